@@ -1,0 +1,18 @@
+"""Where things live on disk. Everything else asks here instead of building paths itself."""
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = Path(os.environ.get("TRAINER_MODELS_DIR", PROJECT_ROOT / "models"))
+STARTER_MODEL_DIR = MODELS_DIR / "qwen2-starter"
+DATA_DIR = PROJECT_ROOT / "data"
+UPLOADS_DIR = DATA_DIR / "uploads"
+SAMPLE_DATA = DATA_DIR / "sample_zhenhuan.jsonl"
+CONFIGS_DIR = PROJECT_ROOT / "configs"
+CACHE_DIR = Path(os.environ.get("TRAINER_CACHE_DIR", PROJECT_ROOT / ".cache"))
+
+
+def runs_root() -> Path:
+    """Root folder of all run directories; read at call time so tests can point it elsewhere."""
+    return Path(os.environ.get("TRAINER_RUNS_ROOT", PROJECT_ROOT / "runs"))
