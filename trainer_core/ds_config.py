@@ -1,0 +1,190 @@
+"""DeepSpeed JSON: build it from the run config, lint any config (ours or hand-written), load presets.
+
+Values the HF Trainer owns (batch sizes, clipping, precision, optimizer hyper-parameters) are left as "auto" so the
+run config stays the single source of truth; the Trainer fills them in at launch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer_core import paths
+from trainer_core.config import RunConfig
+from trainer_core.errors import UserError
+
+PRESETS_DIR = paths.CONFIGS_DIR / "deepspeed"
+
+
+def build_ds_config(cfg: RunConfig, *, on_gpu: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for a run. `on_gpu` only changes pinned memory, which CPU-only hosts cannot use."""
+    if cfg.deepspeed.config_file:
+        return load_ds_json(Path(cfg.deepspeed.config_file))
+    ds = cfg.deepspeed
+    zero: dict[str, Any] = {
+        "stage": ds.stage,
+        "overlap_comm": on_gpu,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if ds.stage in (1, 2):
+        zero.update({"allgather_partitions": True, "allgather_bucket_size": 5e8, "reduce_scatter": True})
+    if ds.stage == 3:
+        zero.update({
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_max_live_parameters": 1e9,
+            "stage3_max_reuse_distance": 1e9,
+            # Without this a ZeRO-3 save writes sharded weights only and final/ would be empty.
+            "stage3_gather_16bit_weights_on_model_save": True,
+        })
+    for key, device in (("offload_optimizer", ds.offload_optimizer), ("offload_param", ds.offload_param)):
+        if device != "none":
+            block: dict[str, Any] = {"device": device, "pin_memory": on_gpu}
+            if device == "nvme":
+                block["nvme_path"] = ds.nvme_path
+            zero[key] = block
+    config: dict[str, Any] = {
+        "bf16": {"enabled": "auto"},
+        "fp16": {
+            "enabled": "auto",
+            "loss_scale": 0,
+            "loss_scale_window": 1000,
+            "initial_scale_power": 16,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "zero_optimization": zero,
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "steps_per_print": 1_000_000,
+        "wall_clock_breakdown": False,
+    }
+    if ds.offload_optimizer != "none":
+        # ZeRO-Offload needs DeepSpeed's own CPU Adam; the Trainer's torch optimizer is refused there.
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+        }
+    return config
+
+
+def load_ds_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"deepspeed.config_file {path} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"deepspeed.config_file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"deepspeed.config_file {path} must hold a JSON object")
+    return data
+
+
+def list_presets() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(PRESETS_DIR.glob("*.json"))}
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    presets = list_presets()
+    if name not in presets:
+        raise UserError(f"unknown DeepSpeed preset {name!r}; choose one of {', '.join(presets)}")
+    return load_ds_json(presets[name])
+
+
+@dataclass
+class Lint:
+    level: str
+    """"error" (the run cannot work) or "warning" (it works, but not as intended)."""
+
+    code: str
+    """Stable short id, e.g. offload-param-stage."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.message} [{self.code}]"
+
+
+def _concrete(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _enabled(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("enabled") is True
+
+
+def lint_ds_config(
+    ds: dict[str, Any],
+    *,
+    world_size: int,
+    micro_batch: int | None = None,
+    grad_accum: int | None = None,
+    precision: str | None = None,
+    gpu_supports_bf16: bool | None = None,
+    device_map: Any = None,
+) -> list[Lint]:
+    """Find DeepSpeed settings that are wrong (error) or wasteful (warning) for this run."""
+    out: list[Lint] = []
+    zero = ds.get("zero_optimization") or {}
+    stage = zero.get("stage", 0)
+    if zero.get("offload_param") and stage != 3:
+        out.append(Lint("error", "offload-param-stage",
+                        f"offload_param only works with ZeRO stage 3 but stage is {stage}; remove it or use offload_optimizer"))
+    if zero.get("offload_optimizer") and stage == 0:
+        out.append(Lint("error", "offload-optimizer-stage", "offload_optimizer needs ZeRO stage 1, 2 or 3"))
+    if stage == 3 and not (zero.get("stage3_gather_16bit_weights_on_model_save")
+                           or zero.get("gather_16bit_weights_on_model_save")):
+        out.append(Lint("warning", "zero3-save-gather",
+                        "ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the saved model will hold no usable "
+                        "weights; set it to true"))
+    if stage == 3 and device_map not in (None, "", {}):
+        out.append(Lint("error", "zero3-device-map",
+                        "device_map cannot be combined with ZeRO-3, which places the parameters itself; drop device_map"))
+    fp16_on = _enabled(ds.get("fp16")) or (ds.get("fp16", {}).get("enabled") == "auto" and precision == "fp16")
+    if gpu_supports_bf16 and fp16_on:
+        out.append(Lint("warning", "fp16-on-bf16-gpu",
+                        "fp16 with loss scaling on a GPU that supports bf16: bf16 is as fast and does not overflow"))
+    if _enabled(ds.get("fp16")) and _enabled(ds.get("bf16")):
+        out.append(Lint("error", "fp16-and-bf16", "fp16 and bf16 are both enabled; enable one"))
+    if precision in ("fp16", "bf16") and ds.get(precision, {}).get("enabled") is False:
+        out.append(Lint("error", "precision-disabled",
+                        f"train.precision is {precision} but the DeepSpeed config disables {precision}"))
+    # Batch arithmetic: train_batch_size = micro * accumulation * world_size must hold for concrete values.
+    tbs = _concrete(ds.get("train_batch_size"))
+    mb = _concrete(ds.get("train_micro_batch_size_per_gpu")) or micro_batch
+    ga = _concrete(ds.get("gradient_accumulation_steps")) or grad_accum
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        value = ds.get(key)
+        if value is not None and value != "auto" and (_concrete(value) is None or value < 1):
+            out.append(Lint("error", "batch-value", f"{key} must be a positive integer or \"auto\" (got {value!r})"))
+    if tbs is not None and mb and ga and tbs != mb * ga * world_size:
+        out.append(Lint("error", "batch-arithmetic",
+                        f"train_batch_size {tbs} != micro batch {mb} x accumulation {ga} x {world_size} ranks "
+                        f"= {mb * ga * world_size}; set it to \"auto\""))
+    if tbs is not None and mb and ga is None and tbs % (mb * world_size):
+        out.append(Lint("error", "batch-arithmetic",
+                        f"train_batch_size {tbs} is not divisible by micro batch {mb} x {world_size} ranks"))
+    if stage in (1, 2, 3) and world_size == 1 and not zero.get("offload_optimizer") and not zero.get("offload_param"):
+        out.append(Lint("warning", "zero-single-rank",
+                        f"ZeRO stage {stage} on a single rank without offload shards nothing; it only adds overhead"))
+    return out
+
+
+def lint_run(cfg: RunConfig, ds: dict[str, Any], *, gpu_supports_bf16: bool | None = None) -> list[Lint]:
+    return lint_ds_config(
+        ds,
+        world_size=cfg.world_size,
+        micro_batch=cfg.train.micro_batch_size,
+        grad_accum=cfg.train.gradient_accumulation,
+        precision=cfg.train.precision,
+        gpu_supports_bf16=gpu_supports_bf16,
+    )
+
+
+def write_json(ds: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(ds, indent=2) + "\n", encoding="utf-8")

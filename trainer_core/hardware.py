@@ -1,0 +1,50 @@
+"""What this machine has: accelerators, their memory and bf16 support, host RAM. Cheap; safe without a GPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psutil
+
+
+@dataclass
+class Gpu:
+    index: int
+    name: str
+    total_bytes: int
+    bf16: bool
+
+
+@dataclass
+class Hardware:
+    gpus: list[Gpu] = field(default_factory=list)
+    host_ram_bytes: int = 0
+    cpu_cores: int = 1
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpus)
+
+
+def detect() -> Hardware:
+    gpus = []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                p = torch.cuda.get_device_properties(i)
+                gpus.append(Gpu(i, p.name, int(p.total_memory), p.major >= 8))
+    except Exception:  # a broken CUDA install must not take the dashboard down; we fall back to CPU
+        gpus = []
+    return Hardware(gpus=gpus, host_ram_bytes=psutil.virtual_memory().total, cpu_cores=psutil.cpu_count() or 1)
+
+
+def resolve_precision(requested: str, hw: Hardware | None = None) -> str:
+    """`auto` -> bf16 on GPUs that support it, fp16 (with loss scaling) on older GPUs, fp32 on a CPU."""
+    if requested != "auto":
+        return requested
+    hw = hw or detect()
+    if not hw.has_gpu:
+        return "fp32"
+    return "bf16" if all(g.bf16 for g in hw.gpus) else "fp16"

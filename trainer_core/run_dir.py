@@ -1,0 +1,115 @@
+"""The run directory: the only channel between the dashboard, the CLI, the supervisor and the trainer.
+
+Layout of runs/<name>/:
+  config.yaml        resolved run config           ds_config.json   DeepSpeed config
+  command.json       launch argv, env, cwd          manifest.json    supervisor pid, pgid, start time
+  status.json        state machine (atomic writes)  train.log        launcher + ranks output
+  metrics.jsonl      one JSON object per log step (rank 0 only, flushed)
+  resources.jsonl    memory samples                 control.json     requests to the trainer (stop)
+  checkpoints/checkpoint-N/COMPLETE                 final/           consolidated model, written last
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.yaml"
+DS_CONFIG = "ds_config.json"
+COMMAND = "command.json"
+MANIFEST = "manifest.json"
+STATUS = "status.json"
+LOG = "train.log"
+METRICS = "metrics.jsonl"
+RESOURCES = "resources.jsonl"
+CONTROL = "control.json"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+COMPLETE_MARKER = "COMPLETE"
+
+TERMINAL_STATES = ("completed", "failed", "stopped")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so a reader sees the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return default
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    return read_json(run_dir / STATUS, {}) or {}
+
+
+def update_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge fields into status.json. Writers: the trainer's rank 0 (progress) and the supervisor (state)."""
+    status = read_status(run_dir)
+    status.update(fields, updated=time.time())
+    write_json_atomic(run_dir / STATUS, status)
+    return status
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def mark_complete(checkpoint: Path, info: dict[str, Any]) -> None:
+    """Write the completion marker of a checkpoint: fsync every file, then the marker via rename."""
+    for p in checkpoint.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(info, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, checkpoint / COMPLETE_MARKER)
+    fsync_dir(checkpoint)
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints every rank finished writing, oldest first. Partial ones are never offered."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file() and checkpoint_step(p) >= 0]
+    return sorted(found, key=checkpoint_step)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def has_final(run_dir: Path) -> bool:
+    return (run_dir / FINAL / COMPLETE_MARKER).is_file()

@@ -1,0 +1,411 @@
+"""Training entry point that the `deepspeed` launcher starts on every rank.
+
+    deepspeed --no_local_rank --num_gpus N --module trainer_core.train --run-dir runs/<name>
+
+Everything it needs is in the run directory (config.yaml, ds_config.json); everything it reports goes back there.
+Normally started by `python -m trainer_core train` / the dashboard through the supervisor, not by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from trainer_core import run_dir as rd
+from trainer_core.batching import IGNORE, Collator, RowDataset, pack_rows, single_rows
+from trainer_core.config import RunConfig, load_config
+from trainer_core.errors import UserError
+from trainer_core.hardware import resolve_precision
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def global_rank() -> int:
+    d = _dist()
+    return d.get_rank() if d else int(os.environ.get("RANK", 0))
+
+
+def init_distributed() -> None:
+    """Initialise torch.distributed through DeepSpeed and make accelerate agree on the world size.
+
+    On DeepSpeed's CPU accelerator, accelerate leaves its backend unset and reports one process even though
+    DeepSpeed runs N ranks: the HF Trainer then gives every rank the whole dataset and lets every rank write logs
+    and checkpoints. We build accelerate's shared state ourselves and correct it from torch.distributed, and the
+    TrainingArguments reuse it (use_configured_state).
+    """
+    from accelerate.state import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    state = PartialState()
+    d = _dist()
+    if d is not None and state.num_processes != d.get_world_size():
+        state.num_processes = d.get_world_size()
+        state.process_index = d.get_rank()
+        state.local_process_index = int(os.environ.get("LOCAL_RANK", 0))
+        state.backend = d.get_backend()
+
+
+def peak_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # CPU: the rank's peak RSS
+
+
+def load_model(cfg: RunConfig, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        cfg.model.path,
+        trust_remote_code=cfg.model.trust_remote_code,
+        torch_dtype=dtype,
+        use_safetensors=True,
+    )
+
+
+def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[list, list]:
+    """Load, validate, encode and (optionally) pack the dataset into training and evaluation rows."""
+    from trainer_core.data import load_dataset
+    from trainer_core.tokenize_cache import encode_cached
+
+    report = load_dataset(cfg.data.path)
+    if report.n_usable == 0:
+        raise UserError(f"data.path {cfg.data.path} has no usable records ({len(report.errors)} row errors); "
+                        "run `python -m trainer_core check-data` on it")
+    conversations = list(report.conversations)
+    random.Random(cfg.train.seed).shuffle(conversations)
+    n_eval = int(round(len(conversations) * cfg.data.eval_ratio))
+    if cfg.data.eval_ratio > 0:
+        n_eval = max(1, n_eval)
+    eval_convs, train_convs = conversations[:n_eval], conversations[n_eval:]
+    train_ex = encode_cached(tokenizer, train_convs, persona=cfg.data.persona, max_length=cfg.data.max_length)
+    eval_ex = encode_cached(tokenizer, eval_convs, persona=cfg.data.persona, max_length=cfg.data.max_length)
+    truncated = sum(e.truncated for e in train_ex)
+    lost = [e for e in train_ex if e.answer_lost]
+    if truncated:
+        log(f"data: {truncated} of {len(train_ex)} records truncated at data.max_length={cfg.data.max_length}; "
+            f"{len(lost)} lost their whole answer and are skipped")
+    train_ex = [e for e in train_ex if not e.answer_lost]
+    eval_ex = [e for e in eval_ex if not e.answer_lost]
+    if not train_ex:
+        raise UserError(f"no training record keeps any answer token at data.max_length={cfg.data.max_length}; raise it")
+    if cfg.data.packing:
+        train_rows = pack_rows(train_ex, cfg.data.max_length, cfg.train.seed)
+    else:
+        train_rows = single_rows(train_ex)
+    log(f"data: {report.n_usable} usable records ({len(report.errors)} rejected), {len(train_ex)} train / "
+        f"{len(eval_ex)} eval, {len(train_rows)} training rows{' (packed)' if cfg.data.packing else ''}, "
+        f"{sum(e.n_label_tokens for e in train_ex)} label tokens")
+    return train_rows, single_rows(eval_ex)
+
+
+def make_trainer_class():
+    from transformers import Trainer
+
+    class SupervisedTrainer(Trainer):
+        """Computes the vocabulary projection and loss only where a label exists.
+
+        On a 152k vocabulary the logits of every prompt token cost more than the rest of a small model; asking the
+        model for the supervised positions only (`logits_to_keep` as an index tensor) skips that work.
+        """
+
+        tokens_seen = 0
+        label_tokens_seen = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            target = labels[:, 1:]
+            self.tokens_seen += int(inputs["input_ids"].numel())
+            n_labels = int((target != IGNORE).sum())
+            self.label_tokens_seen += n_labels
+            if self._supports_logits_to_keep(model):
+                keep = (target != IGNORE).any(dim=0).nonzero().squeeze(-1)
+                outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+                target = target[:, keep]
+            else:
+                outputs = model(**inputs, use_cache=False)
+                outputs.logits = outputs.logits[:, :-1]
+            logits = outputs.logits.float()
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                   ignore_index=IGNORE, reduction="sum") / max(n_labels, 1)
+            return (loss, outputs) if return_outputs else loss
+
+        def _supports_logits_to_keep(self, model) -> bool:
+            if not hasattr(self, "_ltk"):
+                base = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
+                base = getattr(base, "module", base)
+                self._ltk = "logits_to_keep" in inspect.signature(base.forward).parameters
+            return self._ltk
+
+    return SupervisedTrainer
+
+
+def make_callbacks(run: Path, cfg: RunConfig, trainer_ref: dict, keep: int):
+    from transformers import TrainerCallback
+
+    d = _dist()
+    rank = global_rank()
+
+    def all_reduce_int(values: list[int]) -> list[int]:
+        t = torch.tensor(values, dtype=torch.long)
+        if d is not None:
+            d.all_reduce(t)
+        return t.tolist()
+
+    class RunDirCallback(TrainerCallback):
+        """Metrics, progress, stop requests and checkpoint completion, all through the run directory."""
+
+        def __init__(self):
+            self.t0 = time.time()
+            self.last_t = self.t0
+            self.last_tokens = (0, 0)
+            self.metrics = open(run / rd.METRICS, "a", encoding="utf-8") if rank == 0 else None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = self.last_t = time.time()
+            self.start_step = state.global_step
+            if rank == 0:
+                rd.update_status(run, state="running", step=state.global_step, total_steps=state.max_steps,
+                                 started_training=time.time(), world_size=cfg.world_size)
+
+        def on_step_end(self, args, state, control, **kw):
+            # Every rank must reach the same decision in the same step, so rank 0 reads the control file and
+            # the verdict is shared; otherwise one rank would wait forever in the next collective.
+            request = 0
+            if rank == 0:
+                ctl = rd.read_json(run / rd.CONTROL, {}) or {}
+                request = 1 if ctl.get("action") == "save_and_stop" else 0
+            (request,) = all_reduce_int([request])
+            if request:
+                control.should_save = True
+                control.should_training_stop = True
+                if rank == 0:
+                    rd.update_status(run, state="stopping")
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            trainer = trainer_ref["trainer"]
+            tokens, labels = all_reduce_int([trainer.tokens_seen, trainer.label_tokens_seen])
+            peak = peak_memory_bytes()
+            peaks = [peak]
+            if d is not None:
+                peaks = [None] * d.get_world_size()
+                d.all_gather_object(peaks, peak)
+            if rank != 0:
+                return
+            now = time.time()
+            dt = max(now - self.last_t, 1e-9)
+            elapsed = now - self.t0
+            done = state.global_step - self.start_step
+            left = max(state.max_steps - state.global_step, 0)
+            eta = elapsed / done * left if done > 0 else None
+            logs = dict(logs or {})
+            row = {
+                "step": state.global_step,
+                "total_steps": state.max_steps,
+                "epoch": round(state.epoch or 0.0, 4),
+                "loss": logs.get("loss"),
+                "eval_loss": logs.get("eval_loss"),
+                "lr": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens_per_s": (tokens - self.last_tokens[0]) / dt,
+                "label_tokens_per_s": (labels - self.last_tokens[1]) / dt,
+                "tokens": tokens,
+                "label_tokens": labels,
+                "elapsed_s": round(elapsed, 3),
+                "eta_s": None if eta is None else round(eta, 1),
+                "peak_mem_bytes": peaks,
+                "time": now,
+            }
+            row = {k: v for k, v in row.items() if v is not None or k in ("loss", "eval_loss")}
+            if "eval_loss" not in logs and "loss" not in logs:
+                return
+            self.last_t, self.last_tokens = now, (tokens, labels)
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
+            update = {"step": state.global_step, "total_steps": state.max_steps, "eta_s": row.get("eta_s")}
+            if logs.get("loss") is not None:
+                update["loss"] = logs["loss"]
+            if logs.get("eval_loss") is not None:
+                update["eval_loss"] = logs["eval_loss"]
+            rd.update_status(run, **update)
+
+        def on_save(self, args, state, control, **kw):
+            # Trainer.on_save fires after every rank wrote its shards; the barrier makes that true across nodes.
+            if d is not None:
+                d.barrier()
+            if rank == 0:
+                ckpt = run / rd.CHECKPOINTS / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    rd.mark_complete(ckpt, {"step": state.global_step, "time": time.time()})
+                    rotate_checkpoints(run, keep)
+                    rd.update_status(run, last_checkpoint=state.global_step)
+            if d is not None:
+                d.barrier()
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.metrics:
+                self.metrics.close()
+
+    return RunDirCallback()
+
+
+def rotate_checkpoints(run: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; drop older ones and any unmarked (partial) leftovers."""
+    complete = rd.complete_checkpoints(run)
+    newest = rd.checkpoint_step(complete[-1]) if complete else -1
+    for p in (run / rd.CHECKPOINTS).glob("checkpoint-*"):
+        if not (p / rd.COMPLETE_MARKER).is_file() and rd.checkpoint_step(p) < newest:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in complete[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def save_final(trainer, tokenizer, cfg: RunConfig, run: Path) -> None:
+    """Consolidated safetensors + tokenizer + persona in final/, published by a rename once complete."""
+    tmp = run / ".final.tmp"
+    rank = global_rank()
+    if rank == 0 and tmp.exists():
+        shutil.rmtree(tmp)
+    d = _dist()
+    if d is not None:
+        d.barrier()
+    trainer.save_model(str(tmp))  # all ranks: ZeRO-3 gathers the 16-bit weights here
+    if d is not None:
+        d.barrier()
+    if rank != 0:
+        return
+    tokenizer.save_pretrained(str(tmp))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(tmp))
+    rd.write_json_atomic(tmp / "persona.json", {"persona": cfg.data.persona, "base_model": cfg.model.path,
+                                                 "trust_remote_code": cfg.model.trust_remote_code})
+    rd.mark_complete(tmp, {"time": time.time()})
+    final = run / rd.FINAL
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    rd.fsync_dir(run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--resume-from", default="", help="checkpoint directory to resume from")
+    args = parser.parse_args(argv)
+    run = args.run_dir.resolve()
+    cfg = load_config(run / rd.CONFIG)
+
+    def log(msg: str) -> None:
+        if global_rank() == 0:
+            print(f"[trainer] {msg}", flush=True)
+
+    import deepspeed
+
+    deepspeed.init_distributed()
+    init_distributed()
+    rank = global_rank()
+    torch.manual_seed(cfg.train.seed)
+
+    from transformers import AutoTokenizer, TrainingArguments
+
+    precision = resolve_precision(cfg.train.precision)
+    ds_config = json.loads((run / rd.DS_CONFIG).read_text(encoding="utf-8"))
+    targs = TrainingArguments(
+        output_dir=str(run / rd.CHECKPOINTS),
+        deepspeed=ds_config,
+        accelerator_config={"use_configured_state": True},
+        per_device_train_batch_size=cfg.train.micro_batch_size,
+        per_device_eval_batch_size=cfg.train.micro_batch_size,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation,
+        num_train_epochs=cfg.train.epochs,
+        max_steps=cfg.train.max_steps,
+        learning_rate=cfg.train.learning_rate,
+        lr_scheduler_type=cfg.train.lr_scheduler,
+        warmup_ratio=cfg.train.warmup_ratio,
+        weight_decay=cfg.train.weight_decay,
+        max_grad_norm=cfg.train.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        logging_steps=cfg.train.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if cfg.train.save_steps > 0 else "no",
+        save_steps=max(cfg.train.save_steps, 1),
+        save_total_limit=None,  # rotation is ours: it must only count complete checkpoints
+        save_safetensors=True,
+        eval_strategy=("steps" if cfg.train.eval_steps else "epoch") if cfg.data.eval_ratio > 0 else "no",
+        eval_steps=cfg.train.eval_steps or None,
+        seed=cfg.train.seed,
+        data_seed=cfg.train.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        save_only_model=False,
+        ddp_timeout=3600,
+    )
+    log(f"ranks={targs.world_size} precision={precision} zero_stage={cfg.deepspeed.stage} "
+        f"offload={cfg.deepspeed.offload_optimizer}/{cfg.deepspeed.offload_param}")
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "eod_id", None) or tokenizer.eos_token_id or 0
+    train_rows, eval_rows = build_rows(cfg, tokenizer, log)
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    # Weights load in full precision under mixed precision: DeepSpeed keeps fp32 masters and casts itself.
+    model = load_model(cfg, torch.float32 if dtype != torch.float32 else dtype)
+    if cfg.train.gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False):
+        model.config.use_cache = False
+
+    trainer_ref: dict = {}
+    Trainer = make_trainer_class()
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=RowDataset(train_rows),
+        eval_dataset=RowDataset(eval_rows) if eval_rows else None,
+        data_collator=Collator(pad_token_id=pad_id, packed=cfg.data.packing),
+        callbacks=[make_callbacks(run, cfg, trainer_ref, cfg.train.save_total_limit)],
+    )
+    trainer_ref["trainer"] = trainer
+    resume = args.resume_from or None
+    if resume:
+        log(f"resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+
+    stopped = (rd.read_json(run / rd.CONTROL, {}) or {}).get("action") == "save_and_stop"
+    if stopped:
+        log("stopped on request after saving a checkpoint")
+        return 0
+    save_final(trainer, tokenizer, cfg, run)
+    if rank == 0:
+        rd.update_status(run, step=trainer.state.global_step, final=True)
+        log(f"final model written to {run / rd.FINAL}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
