@@ -1,0 +1,449 @@
+"""Load and validate a dialogue dataset file: conversations for training plus row-level errors.
+
+Three record formats are understood, detected per record (a file may mix them):
+
+- alpaca (the huanhuan.json format): ``{"instruction", "input"?, "output", "system"?, "history"?: [[q, a], ...]}``
+- messages: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
+- sharegpt: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...], "system"?}``
+
+Files are ``.json`` (a top-level array of records) or ``.jsonl`` (one record per line). Problems with the file
+as a whole raise ``UserError``; problems with single records become ``RowError``s and the record is left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trainer_core import paths
+from trainer_core.errors import UserError
+
+DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+DEFAULT_MAX_CHARS = 20_000
+MAX_REPORTED_ERRORS = 200
+EXTENSIONS = (".json", ".jsonl")
+
+ALPACA_FIELDS = {"instruction", "input", "output", "system", "history"}
+MESSAGES_FIELDS = {"messages"}
+SHAREGPT_FIELDS = {"conversations", "system"}
+MESSAGES_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
+@dataclass
+class RowError:
+    """One problem with one record. ``row`` is 1-based: the record's position in a .json array, or its line
+    number in a .jsonl file. ``field`` names the offending field ("" for the record as a whole)."""
+
+    row: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" + (f", {self.field}" if self.field else "")
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class DataReport:
+    path: str
+    """The file that was read (for uploads, the name it was uploaded under)."""
+    format: str
+    """"alpaca", "messages", "sharegpt", "mixed" when records use several, "unknown" when none was recognised."""
+    n_rows: int
+    """Records in the file, usable or not (for .jsonl: non-blank lines)."""
+    conversations: list[list[dict]] = field(default_factory=list)
+    """Usable records as ``[{"role", "content"}, ...]``, ending with an assistant turn."""
+    row_ids: list[int] = field(default_factory=list)
+    """1-based row number of each entry in ``conversations``."""
+    errors: list[RowError] = field(default_factory=list)
+    """Problems that make a record unusable; such records are not in ``conversations``."""
+    warnings: list[RowError] = field(default_factory=list)
+    """Things worth knowing that do not stop a record from being used (unknown fields)."""
+
+    @property
+    def n_usable(self) -> int:
+        return len(self.conversations)
+
+    def to_dict(self, max_errors: int = MAX_REPORTED_ERRORS) -> dict:
+        """JSON-able summary; errors and warnings are cut to ``max_errors`` each, with the full counts alongside."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "n_rows": self.n_rows,
+            "n_usable": self.n_usable,
+            "n_errors": len(self.errors),
+            "n_warnings": len(self.warnings),
+            "errors": [asdict(e) for e in self.errors[:max_errors]],
+            "warnings": [asdict(w) for w in self.warnings[:max_errors]],
+        }
+
+
+def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = DEFAULT_MAX_CHARS) -> DataReport:
+    """Read and validate a .json or .jsonl dataset file. The size is checked before anything is read."""
+    path = Path(path)
+    ext = _check_extension(path.name)
+    if not path.exists():
+        raise UserError(f"{path}: file not found; check the path")
+    if not path.is_file():
+        raise UserError(f"{path}: is not a file; give the path of a .json or .jsonl file")
+    _check_size(str(path), path.stat().st_size, max_bytes)
+    return _load(path.read_bytes(), str(path), ext, max_bytes=max_bytes, max_chars=max_chars)
+
+
+def load_dataset_bytes(
+    data: bytes, name: str, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = DEFAULT_MAX_CHARS
+) -> DataReport:
+    """Same as ``load_dataset`` for bytes already in memory (an upload); ``name`` picks the format by extension."""
+    return _load(data, name, _check_extension(name), max_bytes=max_bytes, max_chars=max_chars)
+
+
+def _check_extension(name: str) -> str:
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in EXTENSIONS:
+        raise UserError(f"{name}: unsupported file type {ext or '(none)'!r}; use a .json array or a .jsonl file")
+    return ext
+
+
+def _check_size(name: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise UserError(
+            f"{name}: file is {_human_bytes(size)}, over the {_human_bytes(max_bytes)} limit; "
+            "split it into smaller files or remove records"
+        )
+    if size == 0:
+        raise UserError(f"{name}: file is empty (0 bytes); it needs at least one record")
+
+
+def _human_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def _load(data: bytes, name: str, ext: str, *, max_bytes: int, max_chars: int) -> DataReport:
+    _check_size(name, len(data), max_bytes)
+    text = _decode(data, name)
+    if not text.strip():
+        raise UserError(f"{name}: file has only whitespace; it needs at least one record")
+    report = DataReport(path=name, format="unknown", n_rows=0)
+    if ext == ".jsonl":
+        rows = _parse_jsonl(text)
+    else:
+        rows = ((i, record, None) for i, record in enumerate(_parse_json_array(text, name), start=1))
+    formats = set()
+    seen: dict[str, int] = {}
+    for row, record, json_error in rows:
+        report.n_rows += 1
+        if json_error:
+            report.errors.append(RowError(row, "", json_error))
+            continue
+        fmt, conversation = _validate(record, row, report, max_chars)
+        if fmt:
+            formats.add(fmt)
+        if conversation is None:
+            continue
+        key = json.dumps(conversation, ensure_ascii=False)
+        if key in seen:
+            report.errors.append(RowError(row, "", f"duplicate of row {seen[key]}; remove one copy"))
+            continue
+        seen[key] = row
+        report.conversations.append(conversation)
+        report.row_ids.append(row)
+    if report.n_rows == 0:
+        raise UserError(f"{name}: contains no records; add at least one")
+    if len(formats) == 1:
+        report.format = formats.pop()
+    elif formats:
+        report.format = "mixed"
+    return report
+
+
+def _decode(data: bytes, name: str) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{name}: file is UTF-16; save it as UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(
+            f"{name}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}, line {line}); "
+            "save the file as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def _parse_json_array(text: str, name: str) -> list:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{name}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if not isinstance(value, list):
+        raise UserError(
+            f"{name}: top level is {_json_type(value)}; expected an array of records "
+            '[{"instruction": ..., "output": ...}, ...] (or a .jsonl file with one record per line)'
+        )
+    return value
+
+
+def _parse_jsonl(text: str):
+    """Yield (line number, record, None) per non-blank line, or (line number, None, message) if it is not JSON."""
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters splitlines() breaks on.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield lineno, None, f"invalid JSON at column {e.colno}: {e.msg}"
+        else:
+            yield lineno, record, None
+
+
+def _json_type(value) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _validate(record, row: int, report: DataReport, max_chars: int) -> tuple[str | None, list[dict] | None]:
+    """Return (format, conversation); conversation is None when the record has errors (added to ``report``)."""
+    errors: list[RowError] = []
+    if not isinstance(record, dict):
+        report.errors.append(RowError(row, "", f"record is {_json_type(record)}; expected an object"))
+        return None, None
+    if "messages" in record:
+        fmt, known = "messages", MESSAGES_FIELDS
+        conversation = _turns(record["messages"], "messages", "role", "content", MESSAGES_ROLES, row, errors)
+    elif "conversations" in record:
+        fmt, known = "sharegpt", SHAREGPT_FIELDS
+        conversation = _from_sharegpt(record, row, errors)
+    elif "instruction" in record or "output" in record:
+        fmt, known = "alpaca", ALPACA_FIELDS
+        conversation = _from_alpaca(record, row, errors)
+    else:
+        report.errors.append(
+            RowError(row, "", 'unrecognised record; expected "instruction"/"output", "messages" or "conversations"')
+        )
+        return None, None
+    for key in record:
+        if key not in known:
+            report.warnings.append(RowError(row, key, f"unknown field ignored (a {fmt} record uses {sorted(known)})"))
+    if conversation is not None:
+        _check_conversation(conversation, row, errors, max_chars)
+    report.errors.extend(errors)
+    return fmt, (conversation if not errors else None)
+
+
+def _string(record: dict, key: str, row: int, errors: list, *, required: bool, where: str = "") -> str | None:
+    """Fetch a string field, recording a missing or non-string value as an error. ``where`` prefixes the name."""
+    name = where + key
+    if key not in record:
+        if required:
+            errors.append(RowError(row, name, "required field is missing"))
+        return None
+    value = record[key]
+    if not isinstance(value, str):
+        errors.append(RowError(row, name, f"must be a string, got {_json_type(value)}"))
+        return None
+    return value
+
+
+def _from_alpaca(record: dict, row: int, errors: list) -> list[dict] | None:
+    instruction = _string(record, "instruction", row, errors, required=True)
+    extra_input = _string(record, "input", row, errors, required=False)
+    output = _string(record, "output", row, errors, required=True)
+    system = _string(record, "system", row, errors, required=False)
+    if instruction is not None and not instruction.strip():
+        errors.append(RowError(row, "instruction", "is empty; it is what the user says"))
+    if output is not None and not output.strip():
+        errors.append(RowError(row, "output", "is empty; it is the reply the model learns"))
+    history = record.get("history", [])
+    turns: list[dict] = []
+    if not isinstance(history, list):
+        message = f"must be an array of [question, answer] pairs, got {_json_type(history)}"
+        errors.append(RowError(row, "history", message))
+        history = []
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)):
+            errors.append(RowError(row, f"history[{i}]", "must be a [question, answer] pair of strings"))
+            continue
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    if errors:
+        return None
+    user = instruction + ("\n" + extra_input if extra_input else "")
+    head = [{"role": "system", "content": system}] if system else []
+    return head + turns + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+def _from_sharegpt(record: dict, row: int, errors: list) -> list[dict] | None:
+    system = _string(record, "system", row, errors, required=False)
+    turns = _turns(record["conversations"], "conversations", "from", "value", SHAREGPT_ROLES, row, errors)
+    if errors:
+        return None
+    return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def _turns(items, name: str, role_key: str, text_key: str, roles: dict, row: int, errors: list) -> list[dict] | None:
+    """Turn a list of turn objects into ``[{"role", "content"}]``, mapping role names through ``roles``."""
+    if not isinstance(items, list):
+        errors.append(RowError(row, name, f"must be an array of turns, got {_json_type(items)}"))
+        return None
+    if not items:
+        errors.append(RowError(row, name, "is empty; it needs a user turn and an assistant turn"))
+        return None
+    turns = []
+    for i, item in enumerate(items):
+        where = f"{name}[{i}]."
+        if not isinstance(item, dict):
+            errors.append(RowError(row, f"{name}[{i}]", f"turn is {_json_type(item)}; expected an object"))
+            continue
+        role = _string(item, role_key, row, errors, required=True, where=where)
+        content = _string(item, text_key, row, errors, required=True, where=where)
+        if role is not None and role not in roles:
+            errors.append(RowError(row, where + role_key, f"unknown role {role!r}; use one of {sorted(roles)}"))
+        elif role is not None and content is not None:
+            turns.append({"role": roles[role], "content": content})
+    return None if errors else turns
+
+
+def _check_conversation(conversation: list[dict], row: int, errors: list, max_chars: int) -> None:
+    """Checks shared by all formats, on the normalised conversation."""
+    roles = [t["role"] for t in conversation]
+    if "system" in roles[1:]:
+        errors.append(RowError(row, "", "a system turn may only come first"))
+    if "user" not in roles:
+        errors.append(RowError(row, "", "has no user turn"))
+    if roles[-1] != "assistant":
+        errors.append(RowError(row, "", f"must end with an assistant turn, ends with {roles[-1]}"))
+    for i, turn in enumerate(conversation):
+        if turn["role"] != "system" and not turn["content"].strip():
+            errors.append(RowError(row, f"turn {i + 1}", f"empty {turn['role']} turn"))
+        bad = _CONTROL.search(turn["content"])
+        if bad:
+            where = f"{turn['role']} text has control character U+{ord(bad.group()):04X} at position {bad.start()}"
+            errors.append(RowError(row, f"turn {i + 1}", f"{where}; remove it"))
+    total = sum(len(t["content"]) for t in conversation)
+    if total > max_chars:
+        errors.append(RowError(row, "", f"is {total:,} characters, over the {max_chars:,} limit (max_chars)"))
+
+
+# Unicode control characters (category Cc) except tab, newline and carriage return.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+# ---------------------------------------------------------------------------------------------------- uploads
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._\-\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+def safe_upload_name(name: str) -> str:
+    """A file name safe to create under the uploads folder: the basename only, letters/digits/CJK/._- kept,
+    everything else replaced by "_", no "..", no leading dot. Raises UserError unless it ends in .json/.jsonl."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    stem, dot, ext = base.rpartition(".")
+    ext = "." + ext.lower() if dot else ""
+    if ext not in EXTENSIONS:
+        raise UserError(f"{base or name!r}: uploads must be .json or .jsonl files")
+    stem = _UNSAFE.sub("_", unicodedata.normalize("NFC", stem))
+    stem = re.sub(r"\.{2,}", ".", stem).strip("._-")[:100] or "upload"
+    return stem + ext
+
+
+def store_upload(data: bytes, name: str) -> Path:
+    """Write uploaded bytes under ``paths.UPLOADS_DIR`` as ``<safe stem>-<content hash><ext>``, atomically.
+    The same bytes under the same name land on the same file; different bytes never overwrite each other."""
+    safe = safe_upload_name(name)
+    stem, ext = os.path.splitext(safe)
+    target = Path(paths.UPLOADS_DIR) / f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}{ext}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------- token stats
+
+
+@dataclass
+class TokenStats:
+    n: int
+    """Conversations measured."""
+    p50: int
+    p95: int
+    max: int
+    mean: float
+    """Sequence lengths in tokens, before truncation."""
+    max_length: int
+    """The training max_length the truncation counts refer to."""
+    n_truncated: int
+    """Conversations longer than max_length."""
+    n_answer_lost: int
+    """Conversations whose prompt alone fills max_length, so truncation leaves no answer token to learn from."""
+    n_label_tokens: int
+    """Tokens trained on (labels) after truncation to max_length, summed over all conversations."""
+    lengths: list[int]
+    """Each conversation's full length, in input order (for a histogram)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def token_stats(report_or_conversations, tokenizer, *, persona: str, max_length: int) -> TokenStats:
+    """Tokenise every conversation the way training will and measure lengths and truncation at ``max_length``.
+
+    Encodes twice: once without a limit for the true lengths, once at ``max_length`` so the truncation figures come
+    from ``chat_format``'s own truncation rule rather than a guess at it.
+    """
+    from trainer_core.chat_format import encode_conversations
+
+    if isinstance(report_or_conversations, DataReport):
+        conversations = report_or_conversations.conversations
+    else:
+        conversations = list(report_or_conversations)
+    full = encode_conversations(tokenizer, conversations, persona=persona, max_length=2**31 - 1)
+    cut = encode_conversations(tokenizer, conversations, persona=persona, max_length=max_length)
+    lengths = [len(e.input_ids) for e in full]
+    ordered = sorted(lengths)
+    return TokenStats(
+        n=len(lengths),
+        p50=_percentile(ordered, 0.50),
+        p95=_percentile(ordered, 0.95),
+        max=ordered[-1] if ordered else 0,
+        mean=sum(lengths) / len(lengths) if lengths else 0.0,
+        max_length=max_length,
+        n_truncated=sum(e.truncated for e in cut),
+        n_answer_lost=sum(e.answer_lost for e in cut),
+        n_label_tokens=sum(e.n_label_tokens for e in cut),
+        lengths=lengths,
+    )
+
+
+def _percentile(ordered: list[int], q: float) -> int:
+    """Nearest-rank percentile of an already sorted list (0 for an empty one)."""
+    if not ordered:
+        return 0
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
