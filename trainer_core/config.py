@@ -242,7 +242,7 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), allow_unicode=True, sort_keys=False)
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.type)}
+SECTIONS: dict[str, type] = {k: t for k, t in typing.get_type_hints(RunConfig).items() if dataclasses.is_dataclass(t)}
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -131,9 +131,10 @@ def make_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             target = labels[:, 1:]
-            self.tokens_seen += int(inputs["input_ids"].numel())
             n_labels = int((target != IGNORE).sum())
-            self.label_tokens_seen += n_labels
+            if model.training:
+                self.tokens_seen += int(inputs["input_ids"].numel())
+                self.label_tokens_seen += n_labels
             if self._supports_logits_to_keep(model):
                 keep = (target != IGNORE).any(dim=0).nonzero().squeeze(-1)
                 outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
@@ -384,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         train_dataset=RowDataset(train_rows),
         eval_dataset=RowDataset(eval_rows) if eval_rows else None,
         data_collator=Collator(pad_token_id=pad_id, packed=cfg.data.packing),
+        processing_class=tokenizer,  # checkpoints carry the tokenizer, so any of them can be chatted with
         callbacks=[make_callbacks(run, cfg, trainer_ref, cfg.train.save_total_limit)],
     )
     trainer_ref["trainer"] = trainer

@@ -1,0 +1,348 @@
+"""Command line: everything the dashboard does, from a terminal or a cluster script.
+
+    python -m trainer_core prepare-models
+    python -m trainer_core check-data FILE [--model DIR] [--max-length N] [--json]
+    python -m trainer_core plan CONFIG [--set k=v]... [--json]
+    python -m trainer_core train CONFIG [--set k=v]... [--detach]
+    python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--detach]
+    python -m trainer_core runs [--json] | logs RUN [-n N] [--follow]
+    python -m trainer_core chat MODEL_OR_RUN --prompt TEXT [--persona TEXT] [--max-new-tokens N]
+    python -m trainer_core export RUN [--checkpoint STEP]
+
+Exit codes: 0 success, 1 the run failed, 2 bad input (the message says which field or file and how to fix it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from trainer_core.errors import UserError
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+def cmd_prepare_models(args) -> int:
+    from trainer_core.starter import prepare_models
+
+    print(prepare_models(force=args.force))
+    return 0
+
+
+def cmd_check_data(args) -> int:
+    from trainer_core.config import DEFAULT_PERSONA
+    from trainer_core.data import load_dataset, token_stats
+
+    report = load_dataset(args.file)
+    out = report.to_dict()
+    if args.model or Path(_default_model()).is_dir():
+        from transformers import AutoTokenizer
+
+        model = args.model or _default_model()
+        tok = AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+        if report.n_usable:
+            out["tokens"] = token_stats(report, tok, persona=args.persona or DEFAULT_PERSONA,
+                                        max_length=args.max_length).to_dict()
+            out["tokens"].pop("lengths", None)
+            out["tokens"]["tokenizer"] = str(model)
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {len(report.errors)} errors, "
+              f"format {out['format']}")
+        for e in report.errors[:50]:
+            print(f"  row {e.row} {e.field}: {e.message}")
+        if len(report.errors) > 50:
+            print(f"  ... {len(report.errors) - 50} more")
+        for w in report.warnings[:10]:
+            print(f"  warning: row {w.row} {w.field}: {w.message}")
+        t = out.get("tokens")
+        if t:
+            print(f"tokens (max_length {args.max_length}): p50 {t['p50']}, p95 {t['p95']}, max {t['max']}, "
+                  f"{t['n_truncated']} would be truncated, {t['n_answer_lost']} would lose the whole answer")
+    return 0 if report.n_usable else 2
+
+
+def _default_model() -> str:
+    from trainer_core import paths
+
+    return str(paths.STARTER_MODEL_DIR)
+
+
+def cmd_plan(args) -> int:
+    from trainer_core.config import load_config
+    from trainer_core.launch import all_node_commands, shell_line
+    from trainer_core.memory import fmt_bytes, plan_memory
+    from trainer_core.runs import preflight
+
+    pf = preflight(load_config(args.config, args.set))
+    plan = plan_memory(pf.cfg)
+    from trainer_core import paths
+    from trainer_core.hardware import detect
+    from trainer_core.runs import new_run_name
+
+    run = paths.runs_root() / new_run_name(pf.cfg)
+    commands = all_node_commands(pf.cfg, run, has_gpu=detect().has_gpu)
+    out = {"config": pf.cfg.to_dict(), "ds_config": pf.ds_config, "argv": commands,
+           "memory": plan.to_dict(), "lints": [str(x) for x in pf.lints], "records": pf.n_records}
+    if args.json:
+        _print_json(out)
+        return 0
+    print("# DeepSpeed config")
+    print(json.dumps(pf.ds_config, indent=2))
+    print("# launch command" + ("s (one per node)" if len(commands) > 1 else ""))
+    for c in commands:
+        print(shell_line(c))
+    print("# memory plan")
+    print(f"  parameters: {plan.params:,}")
+    print(f"  per rank: {fmt_bytes(plan.per_rank_device_bytes)} "
+          f"(of {fmt_bytes(plan.device_total_bytes)})" if plan.device_total_bytes else
+          f"  per rank: {fmt_bytes(plan.per_rank_device_bytes)}")
+    print(f"  host RAM: {fmt_bytes(plan.host_bytes)} of {fmt_bytes(plan.host_total_bytes)}"
+          f" -> {'fits' if plan.fits else 'DOES NOT FIT'}")
+    for n in plan.notes:
+        print(f"  note: {n}")
+    print("# lint")
+    for x in pf.lints or ["ok"]:
+        print(f"  {x}")
+    return 0
+
+
+def _wait_foreground(run: Path) -> int:
+    """Follow a foreground run's log until it ends; Ctrl-C asks for a save-then-stop."""
+    from trainer_core import run_dir as rd
+    from trainer_core.supervisor import read_state, stop
+    from trainer_core.tailing import read_tail_bytes
+
+    offset = 0
+    log = run / rd.LOG
+
+    def on_int(signum, frame):
+        print("\nstopping (saving a checkpoint first; Ctrl-C again to force)...", file=sys.stderr)
+        signal.signal(signal.SIGINT, lambda s, f: stop(run, force=True))
+        stop(run, force=False)
+
+    signal.signal(signal.SIGINT, on_int)
+    while True:
+        try:
+            size = log.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size > offset:
+            chunk = read_tail_bytes(log, size - offset)
+            sys.stderr.write(chunk.decode("utf-8", "replace"))
+            sys.stderr.flush()
+            offset = size
+        state = read_state(run)
+        if state["state"] in rd.TERMINAL_STATES:
+            break
+        time.sleep(0.5)
+    if state["state"] == "failed":
+        print(f"run failed: {state.get('error')}", file=sys.stderr)
+    return 0 if state["state"] in ("completed", "stopped") else 1
+
+
+def cmd_train(args) -> int:
+    from trainer_core.config import load_config
+    from trainer_core.runs import create_run
+    from trainer_core.supervisor import start
+
+    run = create_run(load_config(args.config, args.set))
+    try:
+        start(run, detach=True)
+    except UserError:
+        import shutil
+
+        shutil.rmtree(run, ignore_errors=True)  # devices busy: leave no run directory behind
+        raise
+    code = 0 if args.detach else _wait_foreground(run)
+    print(run)
+    return code
+
+
+def _run(ref: str) -> Path:
+    from trainer_core.runs import resolve_run_dir
+
+    return resolve_run_dir(ref)
+
+
+def cmd_status(args) -> int:
+    from trainer_core.supervisor import read_state
+
+    st = read_state(_run(args.run))
+    if args.json:
+        _print_json(st)
+    else:
+        eta = st.get("eta_s")
+        print(f"{st['name']}: {st['state']}  step {st.get('step', 0)}/{st.get('total_steps', '?')}  "
+              f"loss {st.get('loss', '-')}  eta {'-' if eta is None else f'{eta:.0f}s'}")
+        if st.get("error"):
+            print(f"error: {st['error']}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from trainer_core.supervisor import stop
+
+    st = stop(_run(args.run), force=args.force)
+    print(f"{st['name']}: {st['state']} (checkpoints: {st['checkpoints']})")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from trainer_core.supervisor import resume
+
+    run = _run(args.run)
+    ckpt = resume(run)
+    print(f"resuming {run.name} from {ckpt.name if ckpt else 'the start (no complete checkpoint)'}",
+          file=sys.stderr)
+    code = 0 if args.detach else _wait_foreground(run)
+    print(run)
+    return code
+
+
+def cmd_runs(args) -> int:
+    from trainer_core.runs import list_runs
+    from trainer_core.supervisor import read_state
+
+    rows = [read_state(r) for r in list_runs()]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for st in rows:
+        print(f"{st['name']:<32} {st['state']:<10} step {st.get('step', 0)}/{st.get('total_steps', '?')} "
+              f"loss {st.get('loss', '-')}")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from trainer_core import run_dir as rd
+    from trainer_core.supervisor import read_state
+    from trainer_core.tailing import read_tail_bytes, tail_lines
+
+    run = _run(args.run)
+    log = run / rd.LOG
+    for line in tail_lines(log, args.n):
+        print(line)
+    if args.follow:
+        offset = log.stat().st_size if log.exists() else 0
+        while True:
+            size = log.stat().st_size if log.exists() else 0
+            if size > offset:
+                sys.stdout.write(read_tail_bytes(log, size - offset).decode("utf-8", "replace"))
+                sys.stdout.flush()
+                offset = size
+            elif read_state(run)["state"] in rd.TERMINAL_STATES:
+                break
+            time.sleep(0.5)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from trainer_core.config import DEFAULT_PERSONA
+    from trainer_core.inference import GenParams, load_chat_model, resolve_model_dir, run_persona, stream_reply
+
+    model_dir = resolve_model_dir(args.model, args.checkpoint)
+    model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code)
+    persona = args.persona if args.persona is not None else (run_persona(model_dir) or DEFAULT_PERSONA)
+    params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    for piece in stream_reply(model, tok, [{"role": "user", "content": args.prompt}], persona=persona,
+                              params=params):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    print()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from trainer_core.export import export_checkpoint
+
+    print(export_checkpoint(_run(args.run), args.checkpoint))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer_core", description="Role-play fine-tuning studio CLI")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prepare-models", help="build the starter model under models/ (idempotent)")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(fn=cmd_prepare_models)
+
+    s = sub.add_parser("check-data", help="validate a dataset; exit 0 usable, 2 not")
+    s.add_argument("file")
+    s.add_argument("--model", help="tokenizer for token statistics (default: the starter model)")
+    s.add_argument("--max-length", type=int, default=512)
+    s.add_argument("--persona", default=None)
+    s.add_argument("--trust-remote-code", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_check_data)
+
+    for name, fn, hlp in (("plan", cmd_plan, "resolved DeepSpeed JSON, launch argv, memory plan, lint"),
+                          ("train", cmd_train, "create a run and train it")):
+        s = sub.add_parser(name, help=hlp)
+        s.add_argument("config")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set train.learning_rate=2e-5")
+        if name == "plan":
+            s.add_argument("--json", action="store_true")
+        else:
+            s.add_argument("--detach", action="store_true", help="print the run directory and return at once")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("status", help="state of a run from its directory")
+    s.add_argument("run")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("stop", help="save a checkpoint, then stop (--force: no save)")
+    s.add_argument("run")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(fn=cmd_stop)
+
+    s = sub.add_parser("resume", help="continue a stopped or failed run from its newest complete checkpoint")
+    s.add_argument("run")
+    s.add_argument("--detach", action="store_true")
+    s.set_defaults(fn=cmd_resume)
+
+    s = sub.add_parser("runs", help="list runs")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_runs)
+
+    s = sub.add_parser("logs", help="tail a run's log")
+    s.add_argument("run")
+    s.add_argument("-n", type=int, default=50)
+    s.add_argument("--follow", action="store_true")
+    s.set_defaults(fn=cmd_logs)
+
+    s = sub.add_parser("chat", help="one reply from a model folder or a run")
+    s.add_argument("model")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--persona", default=None)
+    s.add_argument("--max-new-tokens", type=int, default=128)
+    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--checkpoint", type=int, default=None)
+    s.add_argument("--trust-remote-code", action="store_true")
+    s.set_defaults(fn=cmd_chat)
+
+    s = sub.add_parser("export", help="consolidate a ZeRO checkpoint to safetensors")
+    s.add_argument("run")
+    s.add_argument("--checkpoint", type=int, default=None)
+    s.set_defaults(fn=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

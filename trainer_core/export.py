@@ -1,0 +1,54 @@
+"""Consolidate a ZeRO checkpoint into one safetensors model with DeepSpeed's own zero_to_fp32 tooling.
+
+The result (runs/<name>/exports/checkpoint-N/) loads with plain `AutoModelForCausalLM.from_pretrained`.
+zero_to_fp32 reads the optimizer shards with torch.load; it is only ever pointed at checkpoints our own trainer
+wrote into this run directory, never at user-supplied files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from trainer_core import run_dir as rd
+from trainer_core.errors import UserError
+
+COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".py", ".jinja")
+SKIP = {"trainer_state.json", "rng_state.pth", "scheduler.pt", "training_args.bin", rd.COMPLETE_MARKER}
+
+
+def pick_checkpoint(run: Path, step: int | None) -> Path:
+    done = rd.complete_checkpoints(run)
+    if not done:
+        raise UserError(f"run {run.name} has no complete checkpoint to export")
+    if step is None:
+        return done[-1]
+    for c in done:
+        if rd.checkpoint_step(c) == step:
+            return c
+    raise UserError(f"run {run.name} has no complete checkpoint {step}; complete ones: "
+                    f"{', '.join(str(rd.checkpoint_step(c)) for c in done)}")
+
+
+def export_checkpoint(run: Path, step: int | None = None) -> Path:
+    from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
+
+    ckpt = pick_checkpoint(run, step)
+    dest = run / "exports" / ckpt.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
+    try:
+        convert_zero_checkpoint_to_fp32_state_dict(str(ckpt), str(tmp), safe_serialization=True)
+        for f in ckpt.iterdir():
+            wanted = f.suffix in COPY_SUFFIXES and f.name not in SKIP and not f.name.endswith(".index.json")
+            if f.is_file() and wanted and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
+        rd.mark_complete(tmp, {"source": str(ckpt)})
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

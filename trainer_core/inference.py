@@ -1,0 +1,183 @@
+"""Chat with a model directory, a run's final model or one of its complete checkpoints.
+
+The reply streams as it is generated (`TextIteratorStreamer` fed by `generate` in a worker thread); history is
+trimmed from the oldest turn so prompt + answer fit the model's context.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from trainer_core import run_dir as rd
+from trainer_core.chat_format import prompt_ids
+from trainer_core.errors import UserError
+from trainer_core.models import check_model_dir
+
+
+@dataclass
+class GenParams:
+    max_new_tokens: int = 128
+    """Longest reply in tokens."""
+
+    temperature: float = 0.7
+    """Sampling temperature (0 = greedy)."""
+
+    top_p: float = 0.8
+    """Nucleus sampling mass."""
+
+    repetition_penalty: float = 1.05
+    """Penalty for repeating tokens (1 = none)."""
+
+    seed: int | None = None
+    """Fix sampling for reproducible replies."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= 8192:
+            raise UserError(f"max_new_tokens must be between 1 and 8192 (got {self.max_new_tokens})")
+        if not 0 <= self.temperature <= 5:
+            raise UserError(f"temperature must be between 0 and 5 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if not 0.5 <= self.repetition_penalty <= 3:
+            raise UserError(f"repetition_penalty must be between 0.5 and 3 (got {self.repetition_penalty})")
+
+
+def resolve_model_dir(ref: str | Path, checkpoint: int | None = None) -> Path:
+    """A model folder as given, or for a run directory its final/ (or a chosen / the newest complete checkpoint)."""
+    p = Path(ref).expanduser()
+    if (p / rd.CONFIG).is_file():  # a run directory
+        if checkpoint is not None:
+            for c in rd.complete_checkpoints(p):
+                if rd.checkpoint_step(c) == checkpoint:
+                    return c
+            raise UserError(f"run {p.name} has no complete checkpoint {checkpoint}")
+        if rd.has_final(p):
+            return p / rd.FINAL
+        latest = rd.latest_checkpoint(p)
+        if latest is None:
+            raise UserError(f"run {p.name} has no final model and no complete checkpoint yet")
+        return latest
+    return p
+
+
+def run_persona(model_dir: Path) -> str | None:
+    """The persona a fine-tuned model was trained with (final/persona.json or the run's config)."""
+    info = rd.read_json(model_dir / "persona.json")
+    if isinstance(info, dict) and info.get("persona"):
+        return info["persona"]
+    run = model_dir.parent.parent if model_dir.parent.name == rd.CHECKPOINTS else None
+    if run is not None and (run / rd.CONFIG).is_file():
+        from trainer_core.config import load_config
+
+        return load_config(run / rd.CONFIG).data.persona
+    return None
+
+
+def load_chat_model(model_dir: str | Path, *, trust_remote_code: bool = False):
+    """(model, tokenizer) on the best available device, safetensors only, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    check_model_dir(model_dir, trust_remote_code=trust_remote_code)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code, torch_dtype=dtype,
+                                                 use_safetensors=True)
+    model.to(device).eval()
+    return model, tok
+
+
+def context_length(model, tokenizer) -> int:
+    n = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "seq_length", None)
+    tl = getattr(tokenizer, "model_max_length", None)
+    if tl and tl < 10**9:
+        n = min(n, tl) if n else tl
+    return int(n or 2048)
+
+
+def trim_history(tokenizer, messages: list[dict], persona: str, budget: int) -> tuple[list[dict], list[int]]:
+    """Drop the oldest turns until the prompt fits in `budget` tokens; the newest user turn always stays."""
+    msgs = list(messages)
+    while True:
+        ids = prompt_ids(tokenizer, msgs, persona)
+        if len(ids) <= budget or len([m for m in msgs if m["role"] != "system"]) <= 1:
+            return msgs, ids[-budget:]
+        drop = next(i for i, m in enumerate(msgs) if m["role"] != "system")
+        msgs.pop(drop)
+        # Keep turns paired: a history starting with an assistant turn confuses the template.
+        while drop < len(msgs) - 1 and msgs[drop]["role"] == "assistant":
+            msgs.pop(drop)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = set()
+    gc = getattr(model, "generation_config", None)
+    eos = getattr(gc, "eos_token_id", None) if gc is not None else None
+    for x in (eos if isinstance(eos, list) else [eos]):
+        if x is not None:
+            ids.add(int(x))
+    for tok in ("<|im_end|>", "<|endoftext|>"):
+        try:
+            t = tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(t, int) and t >= 0 and t != getattr(tokenizer, "unk_token_id", None):
+                ids.add(t)
+        except (KeyError, ValueError):
+            pass
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params: GenParams) -> Iterator[str]:
+    """Yield the reply text piece by piece while `generate` runs in a worker thread."""
+    from transformers import TextIteratorStreamer
+
+    ctx = context_length(model, tokenizer)
+    _, ids = trim_history(tokenizer, messages, persona, max(16, ctx - params.max_new_tokens))
+    input_ids = torch.tensor([ids], device=model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_ids(model, tokenizer)[0]
+    kwargs = dict(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=params.max_new_tokens,
+        do_sample=params.temperature > 0,
+        repetition_penalty=params.repetition_penalty,
+        eos_token_id=_eos_ids(model, tokenizer),
+        pad_token_id=pad,
+        streamer=streamer,
+    )
+    if params.temperature > 0:
+        kwargs.update(temperature=params.temperature, top_p=params.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            with torch.inference_mode():
+                model.generate(**kwargs)
+        except BaseException as e:  # surfaced to the caller below instead of dying silently in the thread
+            errors.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    for piece in streamer:
+        if piece:
+            yield piece
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def reply(model, tokenizer, messages: list[dict], *, persona: str, params: GenParams) -> str:
+    return "".join(stream_reply(model, tokenizer, messages, persona=persona, params=params))

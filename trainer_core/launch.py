@@ -1,0 +1,124 @@
+"""The exact commands that start a run: DeepSpeed's own launcher, as argv lists (never a shell string).
+
+One node: `deepspeed --include localhost:0,1 ...` (GPUs) or `--num_gpus N` (CPU ranks). Several nodes: a hostfile with
+the pdsh/ssh launcher from node 0, or `--no_ssh` with one launcher per node (`--node_rank`, `--master_addr`).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import sys
+from pathlib import Path
+
+from trainer_core import paths
+from trainer_core.config import RunConfig
+from trainer_core.errors import UserError
+
+HOSTFILE = "hostfile"
+
+
+def runner_prefix() -> list[str]:
+    # The venv's interpreter runs DeepSpeed's runner module: no reliance on PATH or on the `deepspeed` shim.
+    return [sys.executable, "-u", "-m", "deepspeed.launcher.runner"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_hostfile(text: str) -> list[tuple[str, int]]:
+    """`host slots=N` lines (or `;`-separated), as DeepSpeed reads them; validated here with the line named."""
+    hosts = []
+    for i, raw in enumerate(text.replace(";", "\n").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].startswith("slots="):
+            raise UserError(f"placement.hostfile line {i} {raw.strip()!r} must look like 'host1 slots=4'")
+        host, slots = parts[0], parts[1][len("slots="):]
+        if not slots.isdigit() or int(slots) < 1:
+            raise UserError(f"placement.hostfile line {i}: slots must be a positive number (got {slots!r})")
+        if not all(c.isalnum() or c in ".-_" for c in host):
+            raise UserError(f"placement.hostfile line {i}: {host!r} is not a host name")
+        hosts.append((host, int(slots)))
+    if not hosts:
+        raise UserError("placement.hostfile lists no hosts")
+    return hosts
+
+
+def hostfile_text(cfg: RunConfig) -> str:
+    """The hostfile content for pdsh/ssh runs (from a path or the inline lines)."""
+    spec = cfg.placement.hostfile.strip()
+    if "slots=" not in spec and Path(spec).is_file():
+        spec = Path(spec).read_text(encoding="utf-8")
+    hosts = parse_hostfile(spec)
+    for host, slots in hosts:
+        if slots < cfg.placement.num_ranks:
+            raise UserError(f"placement.hostfile gives {host} {slots} slots but placement.num_ranks is "
+                            f"{cfg.placement.num_ranks}")
+    if len(hosts) != cfg.placement.num_nodes:
+        raise UserError(f"placement.hostfile lists {len(hosts)} hosts but placement.num_nodes is "
+                        f"{cfg.placement.num_nodes}")
+    return "".join(f"{h} slots={s}\n" for h, s in hosts)
+
+
+def trainer_args(run_dir: Path, resume_from: Path | None) -> list[str]:
+    args = ["--module", "trainer_core.train", "--run-dir", str(run_dir)]
+    if resume_from is not None:
+        args += ["--resume-from", str(resume_from)]
+    return args
+
+
+def node_argv(cfg: RunConfig, run_dir: Path, *, node_rank: int | None = None, master_port: int | None = None,
+              resume_from: Path | None = None, has_gpu: bool = False) -> list[str]:
+    """The launcher argv for one node (for local and pdsh/ssh runs, the only node that launches)."""
+    p = cfg.placement
+    port = master_port or p.master_port
+    argv = runner_prefix() + ["--no_local_rank", "--master_port", str(port)]
+    if p.launcher == "local":
+        if has_gpu:
+            gpus = p.gpus or list(range(p.num_ranks))
+            argv += ["--include", "localhost:" + ",".join(map(str, gpus))]
+        else:
+            argv += ["--num_gpus", str(p.num_ranks)]
+        argv += ["--master_addr", "127.0.0.1"]
+    elif p.launcher in ("pdsh", "ssh"):
+        argv += ["--hostfile", str(run_dir / HOSTFILE), "--launcher", p.launcher, "--master_addr", p.master_addr]
+        if p.gpus:
+            argv += ["--include", "@".join(f"{h}:{','.join(map(str, p.gpus))}"
+                                           for h, _ in parse_hostfile(hostfile_text(cfg)))]
+    else:  # no_ssh: every node runs its own launcher with its rank; DeepSpeed connects them through the master
+        rank = p.node_rank if node_rank is None else node_rank
+        argv += ["--no_ssh", "--node_rank", str(rank), "--num_nodes", str(p.num_nodes),
+                 "--num_gpus", str(p.num_ranks), "--master_addr", p.master_addr]
+        if p.gpus and has_gpu:
+            argv += ["--include", "localhost:" + ",".join(map(str, p.gpus))]
+    return argv + trainer_args(run_dir, resume_from)
+
+
+def all_node_commands(cfg: RunConfig, run_dir: Path, has_gpu: bool = False) -> list[list[str]]:
+    """One argv per node that must be started by hand (no_ssh), or the single launch argv otherwise."""
+    if cfg.placement.launcher == "no_ssh":
+        return [node_argv(cfg, run_dir, node_rank=r, has_gpu=has_gpu) for r in range(cfg.placement.num_nodes)]
+    return [node_argv(cfg, run_dir, has_gpu=has_gpu)]
+
+
+def launch_env(cfg: RunConfig, has_gpu: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PROJECT_ROOT), env.get("PYTHONPATH", "")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    if not has_gpu and "OMP_NUM_THREADS" not in env:
+        # CPU ranks share the cores; oversubscribing threads makes every rank slower.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cfg.placement.num_ranks))
+    return env
+
+
+def shell_line(argv: list[str]) -> str:
+    """For display and scripts only: the argv quoted so a shell would pass it through unchanged."""
+    return " ".join(shlex.quote(a) for a in argv)

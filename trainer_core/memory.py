@@ -1,0 +1,172 @@
+"""Memory planner: per-rank accelerator memory and host RAM for a run, from the model's config alone.
+
+Model states come from DeepSpeed's own estimators (ZeRO-2/3; stages 0/1 by the same arithmetic), activations and
+logits from the batch shape. The model is instantiated on the meta device, so a 7B model answers in about a second
+without touching its weights. On a CPU-only machine every rank's "accelerator" memory is its resident memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trainer_core.config import RunConfig
+from trainer_core.errors import UserError
+from trainer_core.hardware import Hardware, detect, resolve_precision
+
+GiB = 1024**3
+# A CPU rank's resident memory before any model state: interpreter, torch, transformers, DeepSpeed, CPU Adam.
+CPU_RANK_BASELINE = int(0.75 * GiB)
+# Share of the sequence that carries labels in role-play data (answers are short); used for the logits estimate.
+LABEL_FRACTION = 0.5
+
+
+@dataclass
+class ModelShape:
+    params: int
+    largest_layer_params: int
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    vocab: int
+
+
+@dataclass
+class MemoryPlan:
+    params: int
+    per_rank_device_bytes: int
+    """Peak per rank on the accelerator (CPU: resident memory of the rank)."""
+    host_bytes: int
+    """Host RAM for the whole node (offloaded states, CPU ranks)."""
+    breakdown: dict[str, int] = field(default_factory=dict)
+    device_total_bytes: int | None = None
+    host_total_bytes: int = 0
+    fits: bool = True
+    notes: list[str] = field(default_factory=list)
+    on_gpu: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False) -> ModelShape:
+    """Exact parameter counts from config.json by building the model on the meta device."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise UserError(f"model.path {model_dir}: cannot read its config ({str(e).splitlines()[0]})") from None
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code,
+                                                 torch_dtype=torch.float32)
+        model.tie_weights()  # meta-device construction skips tying; untied it would count the embedding twice
+    params = sum(p.numel() for p in model.parameters())  # tied weights are counted once
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+
+    def get(*names, default=0):
+        for n in names:
+            v = getattr(config, n, None)
+            if v:
+                return int(v)
+        return default
+
+    hidden = get("hidden_size", "n_embd", "d_model")
+    return ModelShape(
+        params=params,
+        largest_layer_params=largest,
+        hidden=hidden,
+        layers=get("num_hidden_layers", "n_layer", "num_layers"),
+        heads=get("num_attention_heads", "n_head"),
+        intermediate=get("intermediate_size", "ffn_hidden_size", default=4 * hidden),
+        vocab=get("vocab_size"),
+    )
+
+
+def _model_states(shape: ModelShape, cfg: RunConfig, ranks_per_node: int, nodes: int, half: bool) -> tuple[int, int]:
+    """(device bytes per rank, host bytes per node) for parameters, gradients and optimizer states."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    p = shape.params
+    world = ranks_per_node * nodes
+    ds = cfg.deepspeed
+    off_opt = ds.offload_optimizer != "none"
+    off_param = ds.offload_param != "none"
+    if ds.stage == 3:
+        host, dev, _ = estimate_zero3_model_states_mem_needs(
+            p, shape.largest_layer_params, num_gpus_per_node=ranks_per_node, num_nodes=nodes,
+            cpu_offload=off_opt, cpu_offload_params=off_param, zero_init=True, additional_buffer_factor=1.5)
+    elif ds.stage == 2:
+        host, dev = estimate_zero2_model_states_mem_needs(
+            p, num_gpus_per_node=ranks_per_node, num_nodes=nodes, cpu_offload=off_opt, additional_buffer_factor=1.5)
+    elif ds.stage == 1:
+        # Optimizer states (12 bytes: fp32 master + Adam moments) sharded; 16-bit params and grads replicated.
+        dev = 4 * p + (0 if off_opt else int(12 * p / world))
+        host = int(p * max(4 * ranks_per_node, 16) * 1.5) if off_opt else 0
+    else:
+        dev, host = 16 * p, 0
+    if not half:
+        # DeepSpeed's estimators assume 16-bit params and grads; fp32 training holds both in 4 bytes.
+        extra = {0: 4 * p, 1: 4 * p, 2: 2 * p + 2 * p // world, 3: 4 * p // world}[ds.stage]
+        dev += extra
+    if ds.offload_optimizer == "nvme" or ds.offload_param == "nvme":
+        host = host // 4  # states stream from disk; pinned buffers remain
+    return int(dev), int(host)
+
+
+def _activations(shape: ModelShape, cfg: RunConfig, half: bool) -> tuple[int, int]:
+    """(activation bytes, logits bytes) for one micro-batch on one rank."""
+    b, s = cfg.train.micro_batch_size, cfg.data.max_length
+    d = 2 if half else 4
+    per_layer = b * s * (10 * shape.hidden + 3 * shape.intermediate) * d + b * shape.heads * s * 4
+    if cfg.train.gradient_checkpointing:
+        acts = shape.layers * b * s * shape.hidden * d + per_layer
+    else:
+        acts = shape.layers * per_layer
+    # Our loss asks the model for logits only at labelled positions, in fp32, plus their gradient.
+    logits = int(b * s * LABEL_FRACTION * shape.vocab * 4 * 3)
+    return int(acts), logits
+
+
+def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | None = None) -> MemoryPlan:
+    hw = hw or detect()
+    shape = shape or model_shape(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    precision = resolve_precision(cfg.train.precision, hw)
+    half = precision in ("bf16", "fp16")
+    ranks, nodes = cfg.placement.num_ranks, cfg.placement.num_nodes
+    dev_states, host_states = _model_states(shape, cfg, ranks, nodes, half)
+    acts, logits = _activations(shape, cfg, half)
+    breakdown = {"model_states": dev_states, "activations": acts, "logits": logits}
+    per_rank = dev_states + acts + logits
+    notes = []
+    if hw.has_gpu:
+        host = host_states + ranks * int(1.5 * GiB)  # each rank's process on the host
+        device_total = min(g.total_bytes for g in hw.gpus)
+        fits = per_rank <= 0.95 * device_total and host <= hw.host_ram_bytes
+    else:
+        # CPU ranks: "device" memory is the rank's RSS, and all ranks share the host.
+        breakdown["process_baseline"] = CPU_RANK_BASELINE
+        per_rank += CPU_RANK_BASELINE + host_states // max(ranks, 1)
+        host = per_rank * ranks
+        device_total = None
+        fits = host <= 0.9 * hw.host_ram_bytes
+        notes.append("no GPU here: figures are each CPU rank's resident memory")
+    if precision == "fp32" and hw.has_gpu:
+        notes.append("fp32 on a GPU doubles parameter and gradient memory; use auto precision")
+    return MemoryPlan(params=shape.params, per_rank_device_bytes=int(per_rank), host_bytes=int(host),
+                      breakdown=breakdown, device_total_bytes=device_total, host_total_bytes=hw.host_ram_bytes,
+                      fits=fits, notes=notes, on_gpu=hw.has_gpu)
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,44 @@
+"""Local model directories: find them, and check one is usable before anything starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trainer_core import paths
+from trainer_core.errors import UserError
+
+
+def check_model_dir(path: str | Path, *, trust_remote_code: bool = False) -> dict:
+    """Return the model's config.json after checking the directory holds a loadable safetensors model."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise UserError(f"model.path {p} is not a directory: point it at a local model folder "
+                        "(run `python -m trainer_core prepare-models` for the starter model)")
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"model.path {p} has no config.json: is this a Hugging Face model folder?")
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"model.path {p}: config.json is broken ({e}); re-download or re-export the model") from None
+    has_st = any(p.glob("*.safetensors"))
+    if not has_st:
+        if any(p.glob("*.bin")) or any(p.glob("*.pt")) or any(p.glob("*.pth")):
+            raise UserError(f"model.path {p} only has pickle weights (.bin/.pt); we load safetensors only because "
+                            "pickle files can run code. Convert them to safetensors first")
+        raise UserError(f"model.path {p} has no weights (*.safetensors)")
+    if config.get("auto_map") and not trust_remote_code:
+        raise UserError(f"model.path {p} ships its own Python code (auto_map in config.json); tick "
+                        "model.trust_remote_code only if you trust its source")
+    return config
+
+
+def list_local_models() -> list[Path]:
+    """Model folders under models/ (the starter model among them) that look loadable."""
+    if not paths.MODELS_DIR.is_dir():
+        return []
+    return sorted(d for d in paths.MODELS_DIR.iterdir()
+                  if d.is_dir() and not d.name.startswith(".") and (d / "config.json").is_file())

@@ -1,0 +1,132 @@
+"""Create run directories (after every check passes) and list existing runs.
+
+A run directory appears complete or not at all: it is assembled under a hidden temporary name and renamed into
+place, so a failed check or a crash never leaves a half-written run behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer_core import paths
+from trainer_core import run_dir as rd
+from trainer_core.config import RunConfig, save_config
+from trainer_core.ds_config import build_ds_config, lint_run, write_json
+from trainer_core.errors import UserError
+from trainer_core.hardware import detect
+from trainer_core.launch import HOSTFILE, all_node_commands, hostfile_text
+from trainer_core.models import check_model_dir
+
+
+@dataclasses.dataclass
+class Preflight:
+    cfg: RunConfig
+    ds_config: dict
+    lints: list
+    n_records: int
+
+
+def resolve_paths(cfg: RunConfig) -> RunConfig:
+    """Absolute model and data paths, so the run does not depend on the directory it is launched from."""
+    model = Path(cfg.model.path).expanduser()
+    data = Path(cfg.data.path).expanduser()
+    model = model if model.is_absolute() else (paths.PROJECT_ROOT / model)
+    data = data if data.is_absolute() else (paths.PROJECT_ROOT / data)
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, path=str(model.resolve())),
+        data=dataclasses.replace(cfg.data, path=str(data.resolve())),
+    )
+
+
+def preflight(cfg: RunConfig) -> Preflight:
+    """Every check a run must pass before anything is written or started."""
+    from trainer_core.data import load_dataset
+
+    cfg = resolve_paths(cfg)
+    check_model_dir(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    if not Path(cfg.data.path).is_file():
+        raise UserError(f"data.path {cfg.data.path} not found: upload a dataset or pick the sample")
+    report = load_dataset(cfg.data.path)
+    if report.n_usable == 0:
+        first = f"; first problem: row {report.errors[0].row} {report.errors[0].field}: {report.errors[0].message}" \
+            if report.errors else ""
+        raise UserError(f"data.path {cfg.data.path} has no usable records{first}")
+    hw = detect()
+    if hw.has_gpu and cfg.placement.launcher == "local":
+        wanted = cfg.placement.gpus or list(range(cfg.placement.num_ranks))
+        missing = [g for g in wanted if g >= len(hw.gpus)]
+        if missing:
+            raise UserError(f"placement.gpus asks for GPU {missing} but this machine has {len(hw.gpus)} GPUs")
+    if cfg.placement.launcher in ("pdsh", "ssh"):
+        hostfile_text(cfg)
+    ds = build_ds_config(cfg, on_gpu=hw.has_gpu)
+    lints = lint_run(cfg, ds, gpu_supports_bf16=hw.has_gpu and all(g.bf16 for g in hw.gpus))
+    errors = [str(x) for x in lints if x.level == "error"]
+    if errors:
+        raise UserError("DeepSpeed config problems: " + "; ".join(errors))
+    return Preflight(cfg=cfg, ds_config=ds, lints=lints, n_records=report.n_usable)
+
+
+def new_run_name(cfg: RunConfig) -> str:
+    return cfg.name or time.strftime("run-%Y%m%d-%H%M%S")
+
+
+def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
+    """Check everything, then write a complete run directory and return it (state `queued`)."""
+    pf = preflight(cfg)
+    root = runs_root or paths.runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    name = new_run_name(pf.cfg)
+    final = root / name
+    if final.exists():
+        if pf.cfg.name:
+            raise UserError(f"name: a run called {name!r} already exists in {root}; pick another name")
+        name = f"{name}-{int(time.time() * 1000) % 1000:03d}"
+        final = root / name
+    cfg = dataclasses.replace(pf.cfg, name=name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        save_config(cfg, tmp / rd.CONFIG)
+        write_json(pf.ds_config, tmp / rd.DS_CONFIG)
+        if cfg.placement.launcher in ("pdsh", "ssh"):
+            (tmp / HOSTFILE).write_text(hostfile_text(cfg), encoding="utf-8")
+        rd.write_json_atomic(tmp / rd.COMMAND, {
+            "argv": all_node_commands(cfg, final, has_gpu=detect().has_gpu),
+            "cwd": str(paths.PROJECT_ROOT),
+            "note": "planned commands; the supervisor records the exact argv it ran in manifest.json",
+        })
+        rd.write_json_atomic(tmp / rd.STATUS, {"state": "queued", "created": time.time(), "name": name,
+                                               "lints": [str(x) for x in pf.lints]})
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def list_runs(runs_root: Path | None = None) -> list[Path]:
+    root = runs_root or paths.runs_root()
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / rd.CONFIG).is_file()]
+    return sorted(runs, key=lambda p: (p / rd.CONFIG).stat().st_mtime, reverse=True)
+
+
+def resolve_run_dir(ref: str | Path) -> Path:
+    """A run given as a path or as a name under the runs root."""
+    p = Path(ref)
+    if not p.is_dir():
+        p = paths.runs_root() / str(ref)
+    if not (p / rd.CONFIG).is_file():
+        raise UserError(f"{ref} is not a run directory (no {rd.CONFIG}); `python -m trainer_core runs` lists them")
+    return p.resolve()
+
+
+def summary(run: Path) -> dict[str, Any]:
+    return {"run_dir": str(run), "name": run.name, **rd.read_status(run)}

@@ -1,0 +1,383 @@
+"""Run supervision: detached launch, status from disk, save-then-stop, resume, device locks.
+
+    python -m trainer_core.supervisor --run-dir runs/<name> [--resume-from CKPT]   (started by `start()`)
+
+Each run gets one small supervisor process in its own session (so its process group holds every process of the
+run). It starts DeepSpeed's launcher as its child, samples memory into resources.jsonl, and when the child ends
+writes the final state to status.json, whether or not a dashboard is alive. The device lock is an flock held by the
+supervisor's file descriptor: the kernel releases it however the run ends, kill -9 included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from trainer_core import paths
+from trainer_core import run_dir as rd
+from trainer_core.config import load_config
+from trainer_core.errors import UserError
+from trainer_core.hardware import detect
+from trainer_core.launch import launch_env, node_argv
+from trainer_core.tailing import read_tail_bytes
+
+LOCKS = ".locks"
+STOP_GRACE_S = 15.0
+
+
+# ---------------------------------------------------------------- device locks
+
+def device_keys(run: Path) -> list[str]:
+    cfg = load_config(run / rd.CONFIG)
+    hw = detect()
+    if not hw.has_gpu:
+        return ["cpu"]
+    return [f"gpu{g}" for g in (cfg.placement.gpus or range(cfg.placement.num_ranks))]
+
+
+def acquire_locks(run: Path, keys: list[str]) -> list[int]:
+    """Take every device lock without blocking; on conflict release what was taken and name the holder."""
+    lock_dir = run.parent / LOCKS
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fds: list[int] = []
+    for key in keys:
+        fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another run"
+            os.close(fd)
+            for f in fds:
+                os.close(f)
+            raise UserError(f"{key} is in use by run {holder}; stop it or pick other devices "
+                            "(placement.gpus)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, run.name.encode(), 0)
+        fds.append(fd)
+    return fds
+
+
+def lock_holder(runs_root: Path, key: str) -> str | None:
+    """Which run holds a device lock right now (None when free)."""
+    path = runs_root / LOCKS / f"{key}.lock"
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "?"
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- starting
+
+def start(run: Path, *, detach: bool = True, resume_from: Path | None = None) -> subprocess.Popen:
+    """Start the run's supervisor. The device locks are taken here, before returning, so two launches on the same
+    devices cannot both start; the supervisor inherits the lock descriptors and holds them for the run's life."""
+    run = run.resolve()
+    state = read_state(run)["state"]
+    if state in ("starting", "running", "stopping"):
+        raise UserError(f"run {run.name} is already {state}")
+    fds = acquire_locks(run, device_keys(run))
+    try:
+        rd.update_status(run, state="starting", exit_code=None, error=None, final=False)
+        (run / rd.CONTROL).unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "trainer_core.supervisor", "--run-dir", str(run),
+                "--lock-fds", ",".join(map(str, fds))]
+        if resume_from is not None:
+            argv += ["--resume-from", str(resume_from)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PROJECT_ROOT), env.get("PYTHONPATH", "")]))
+        proc = subprocess.Popen(
+            argv, cwd=paths.PROJECT_ROOT, env=env, pass_fds=fds, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(run / "supervisor.log", "ab"),
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
+    # Wait until the supervisor has written its manifest, so status is meaningful as soon as we return.
+    deadline = time.time() + 30
+    while time.time() < deadline and proc.poll() is None:
+        if (rd.read_json(run / rd.MANIFEST, {}) or {}).get("pid") == proc.pid:
+            break
+        time.sleep(0.05)
+    if not detach:
+        proc.wait()
+    return proc
+
+
+# ---------------------------------------------------------------- the supervisor process itself
+
+def _proc_info(pid: int) -> dict[str, Any]:
+    p = psutil.Process(pid)
+    return {"pid": pid, "pgid": os.getpgid(pid), "create_time": p.create_time()}
+
+
+def sample_resources(run: Path, root_pid: int, stop: threading.Event, every_s: float) -> None:
+    """Append memory samples of every process of the run (and GPUs through NVML when present)."""
+    nvml = None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        nvml = pynvml
+    except Exception:  # no NVIDIA driver: CPU-only sampling
+        nvml = None
+    with open(run / rd.RESOURCES, "a", encoding="utf-8") as out:
+        while not stop.is_set():
+            row: dict[str, Any] = {"time": time.time()}
+            try:
+                procs = psutil.Process(root_pid).children(recursive=True)
+            except psutil.Error:
+                procs = []
+            ranks = []
+            for p in procs:
+                try:
+                    cmd = p.cmdline()
+                    if "trainer_core.train" not in " ".join(cmd) or "deepspeed.launcher" in " ".join(cmd):
+                        continue
+                    env_rank = None
+                    try:
+                        env_rank = p.environ().get("RANK")
+                    except psutil.Error:
+                        pass
+                    ranks.append({"pid": p.pid, "rank": int(env_rank) if env_rank else None,
+                                  "rss_bytes": p.memory_info().rss})
+                except psutil.Error:
+                    continue
+            vm = psutil.virtual_memory()
+            row["ranks"] = sorted(ranks, key=lambda r: (r["rank"] is None, r["rank"]))
+            row["host_used_bytes"] = vm.total - vm.available
+            row["host_total_bytes"] = vm.total
+            if nvml is not None:
+                gpus = []
+                for i in range(nvml.nvmlDeviceGetCount()):
+                    h = nvml.nvmlDeviceGetHandleByIndex(i)
+                    mem = nvml.nvmlDeviceGetMemoryInfo(h)
+                    util = nvml.nvmlDeviceGetUtilizationRates(h)
+                    gpus.append({"index": i, "used_bytes": int(mem.used), "total_bytes": int(mem.total),
+                                 "util_pct": int(util.gpu)})
+                row["gpus"] = gpus
+            if ranks or nvml is not None:
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+            stop.wait(every_s)
+
+
+def supervise(run: Path, resume_from: Path | None, lock_fds: list[int]) -> int:
+    me = _proc_info(os.getpid())
+    cfg = load_config(run / rd.CONFIG)
+    hw = detect()
+    argv = node_argv(cfg, run, resume_from=resume_from, has_gpu=hw.has_gpu,
+                     master_port=_pick_port(cfg))
+    rd.write_json_atomic(run / rd.MANIFEST, {**me, "argv": argv, "started": time.time(), "lock_fds": lock_fds,
+                                             "resume_from": str(resume_from) if resume_from else None})
+    rd.write_json_atomic(run / rd.COMMAND, {"argv": [argv], "cwd": str(paths.PROJECT_ROOT)})
+    log = open(run / rd.LOG, "ab", buffering=0)
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} supervisor {me['pid']} starting: {argv}\n".encode())
+    child = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=launch_env(cfg, hw.has_gpu),
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    rd.update_status(run, state="starting", launcher_pid=child.pid)
+
+    def forward(signum, frame):
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_resources, args=(run, child.pid, stop, 2.0), daemon=True)
+    sampler.start()
+    code = child.wait()
+    stop.set()
+    sampler.join(timeout=5)
+    finish(run, code)
+    log.write(f"=== supervisor: launcher exited with {code}\n".encode())
+    return 0
+
+
+def _pick_port(cfg) -> int | None:
+    from trainer_core.launch import free_port
+
+    # Two local runs on different GPUs must not share a rendezvous port; multi-node runs use the configured one.
+    return free_port() if cfg.placement.launcher == "local" else None
+
+
+def finish(run: Path, code: int) -> None:
+    """Record the final state from the launcher's exit code, the stop request and what is on disk."""
+    control = rd.read_json(run / rd.CONTROL, {}) or {}
+    status = rd.read_status(run)
+    if code == 0 and rd.has_final(run) and not control:
+        rd.update_status(run, state="completed", exit_code=0, ended=time.time(), error=None)
+    elif control.get("action") in ("save_and_stop", "force_stop"):
+        rd.update_status(run, state="stopped", exit_code=code, ended=time.time(),
+                         error=None, forced=control.get("action") == "force_stop",
+                         last_checkpoint=status.get("last_checkpoint"))
+    else:
+        error = root_error(run / rd.LOG) or f"the launcher exited with code {code}"
+        rd.update_status(run, state="failed", exit_code=code, ended=time.time(), error=error)
+
+
+# ---------------------------------------------------------------- status from disk
+
+ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt)\b.*|error: .*)$")
+OOM = re.compile(r"out of memory|OutOfMemoryError|can't allocate memory|Cannot allocate memory|std::bad_alloc", re.I)
+NO_SPACE = re.compile(r"No space left on device|ENOSPC|Disk quota exceeded", re.I)
+
+
+def root_error(log_path: Path, tail_bytes: int = 256_000) -> str | None:
+    """The failing rank's final exception line; out-of-memory and full disks are named as such."""
+    text = read_tail_bytes(log_path, tail_bytes).decode("utf-8", "replace")
+    lines = [ln.rstrip() for ln in text.splitlines()]
+    candidates = [m.group(1).strip() for ln in lines if (m := ERROR_LINE.match(ln.strip()))]
+    # The launcher's own "exits with return code" noise and our supervisor lines are not root causes.
+    candidates = [c for c in candidates if "subprocess.CalledProcessError" not in c and "sigkill_handler" not in c]
+    joined = "\n".join(lines)
+    if NO_SPACE.search(joined):
+        detail = next((c for c in reversed(candidates) if NO_SPACE.search(c)), None)
+        return "no space left on device" + (f": {detail}" if detail else "")
+    if OOM.search(joined):
+        detail = next((c for c in reversed(candidates) if OOM.search(c)), None)
+        return "out of memory" + (f": {detail}" if detail else "")
+    if not candidates:
+        return None
+    # Prefer our own one-line user errors, then the last real exception.
+    mine = [c for c in candidates if c.startswith("error: ")]
+    return (mine[-1][len("error: "):] if mine else candidates[-1])[:500]
+
+
+def _alive(info: dict[str, Any]) -> bool:
+    """The recorded process is alive *and* is the same process (its start time matches; pids get reused)."""
+    try:
+        p = psutil.Process(int(info["pid"]))
+        return abs(p.create_time() - float(info["create_time"])) < 0.01 and p.status() != psutil.STATUS_ZOMBIE
+    except (KeyError, TypeError, ValueError, psutil.Error):
+        return False
+
+
+def read_state(run: Path) -> dict[str, Any]:
+    """State of a run from its directory alone: status.json checked against the supervisor's liveness."""
+    status = rd.read_status(run)
+    state = status.get("state", "queued")
+    manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
+    alive = bool(manifest) and _alive(manifest)
+    if state in ("starting", "running", "stopping") and not alive:
+        # The supervisor is gone without writing a final state (killed with the whole group, machine reboot).
+        state = "failed"
+        status.setdefault("error", None)
+        status["error"] = status.get("error") or root_error(run / rd.LOG) or \
+            "the run's processes ended without reporting a result (killed?)"
+        status["interrupted"] = True
+    if state == "running" and (rd.read_json(run / rd.CONTROL, {}) or {}).get("action"):
+        state = "stopping"
+    status["state"] = state
+    status["alive"] = alive
+    status["run_dir"] = str(run)
+    status["name"] = run.name
+    status["checkpoints"] = [rd.checkpoint_step(p) for p in rd.complete_checkpoints(run)]
+    status["has_final"] = rd.has_final(run)
+    return status
+
+
+# ---------------------------------------------------------------- stop / resume
+
+def _group_pids(pgid: int) -> list[int]:
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid:
+                out.append(p.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not _group_pids(pgid):
+            return True
+        time.sleep(0.1)
+    return not _group_pids(pgid)
+
+
+def stop(run: Path, *, force: bool = False, save_timeout: float = 600.0) -> dict[str, Any]:
+    """Stop a run. Normal stop asks the trainer to save a checkpoint and exit, then ends whatever is left of the
+    process group (SIGTERM, then SIGKILL after a grace period). Force stop skips the save."""
+    manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
+    if not manifest or not _alive(manifest):
+        state = read_state(run)
+        if state["state"] in rd.TERMINAL_STATES:
+            return state
+        raise UserError(f"run {run.name} is not running")
+    pgid = int(manifest["pgid"])
+    rd.write_json_atomic(run / rd.CONTROL, {"action": "force_stop" if force else "save_and_stop",
+                                            "requested": time.time()})
+    rd.update_status(run, state="stopping")
+    if not force:
+        # The trainer polls the control file every step, saves, and exits; the supervisor then records `stopped`.
+        deadline = time.time() + save_timeout
+        while time.time() < deadline and _alive(manifest):
+            time.sleep(0.2)
+    if _group_pids(pgid):
+        _signal_group(pgid, signal.SIGTERM)
+        if not _wait_group_gone(pgid, STOP_GRACE_S):
+            _signal_group(pgid, signal.SIGKILL)
+            _wait_group_gone(pgid, 10)
+    status = rd.read_status(run)
+    if status.get("state") not in rd.TERMINAL_STATES:
+        # The supervisor itself was killed before it could write: record the stop ourselves.
+        rd.update_status(run, state="stopped", ended=time.time(), forced=force)
+    return read_state(run)
+
+
+def resume(run: Path, *, detach: bool = True) -> Path | None:
+    """Restart a stopped, failed or interrupted run from its newest complete checkpoint (from scratch if none)."""
+    state = read_state(run)
+    if state["state"] in ("starting", "running", "stopping"):
+        raise UserError(f"run {run.name} is still {state['state']}; stop it first")
+    if state["state"] == "completed":
+        raise UserError(f"run {run.name} already completed; clone it to train again")
+    ckpt = rd.latest_checkpoint(run)
+    rd.update_status(run, resumed_from=rd.checkpoint_step(ckpt) if ckpt else None)
+    start(run, detach=detach, resume_from=ckpt)
+    return ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--resume-from", type=Path, default=None)
+    parser.add_argument("--lock-fds", default="")
+    args = parser.parse_args(argv)
+    fds = [int(x) for x in args.lock_fds.split(",") if x]
+    return supervise(args.run_dir.resolve(), args.resume_from, fds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
