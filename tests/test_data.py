@@ -56,11 +56,11 @@ def test_real_huanhuan_json():
     assert report.format == "alpaca"
     assert report.n_rows == 3729
     # The file repeats some records on purpose (two persona answers 50 times each) and a few stock lines
-    # ("皇上万福金安。"): 112 later copies, each reported once and left out.
-    assert report.n_usable == 3617
-    assert len(report.errors) == 112
-    assert all(e.message.startswith("duplicate of row ") for e in report.errors)
-    assert report.warnings == []
+    # ("皇上万福金安。"): 112 later copies, each reported as a warning and kept.
+    assert report.n_usable == 3729
+    assert report.errors == []
+    assert len(report.warnings) == 112
+    assert all(w.message.startswith("duplicate of row ") for w in report.warnings)
     assert report.conversations[0] == [
         {"role": "user", "content": "娘娘。"},
         {"role": "assistant", "content": "你放心，本宫到任何时候都不会自轻自贱委屈了这孩子。"},
@@ -168,12 +168,12 @@ def test_to_dict_is_json_and_caps_errors(tmp_path):
     report = load_jsonl(tmp_path, *[alpaca(i, output="") for i in range(250)], alpaca(999), alpaca(999, extra=1))
     summary = report.to_dict()
     json.dumps(summary)
-    assert summary["n_rows"] == 252 and summary["n_usable"] == 1
-    assert summary["n_errors"] == 251 and len(summary["errors"]) == 200
+    assert summary["n_rows"] == 252 and summary["n_usable"] == 2  # the duplicate is kept, with a warning
+    assert summary["n_errors"] == 250 and len(summary["errors"]) == 200
     assert summary["errors"][0] == {
         "row": 1, "field": "output", "message": "is empty; it is the reply the model learns"
     }
-    assert summary["n_warnings"] == 1
+    assert summary["n_warnings"] == 2  # the unknown "extra" field and the duplicate
 
 
 # ---------------------------------------------------------------------------------------------------- file-level errors
@@ -324,11 +324,12 @@ def test_bad_history(tmp_path):
 
 def test_exact_duplicates_report_the_later_row(tmp_path):
     report = load_jsonl(tmp_path, alpaca(1), alpaca(2), alpaca(1), alpaca(1))
-    assert messages(report) == [
-        "row 3: duplicate of row 1; remove one copy",
-        "row 4: duplicate of row 1; remove one copy",
+    assert [str(w) for w in report.warnings] == [
+        "row 3: duplicate of row 1 (kept; remove it to train on it once)",
+        "row 4: duplicate of row 1 (kept; remove it to train on it once)",
     ]
-    assert report.row_ids == [1, 2]
+    assert report.errors == []
+    assert report.row_ids == [1, 2, 3, 4]
 
 
 def test_over_long_record_rejected_by_max_chars(tmp_path):

@@ -154,9 +154,11 @@ def _load(data: bytes, name: str, ext: str, *, max_bytes: int, max_chars: int) -
             continue
         key = json.dumps(conversation, ensure_ascii=False)
         if key in seen:
-            report.errors.append(RowError(row, "", f"duplicate of row {seen[key]}; remove one copy"))
-            continue
-        seen[key] = row
+            # Reported but kept: datasets repeat persona lines on purpose to weight them (huanhuan.json has
+            # "你是谁？" 50 times), and dropping them would change what the user chose to train on.
+            report.warnings.append(RowError(row, "", f"duplicate of row {seen[key]} (kept; remove it to train on it once)"))
+        else:
+            seen[key] = row
         report.conversations.append(conversation)
         report.row_ids.append(row)
     if report.n_rows == 0:
