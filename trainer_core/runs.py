@@ -130,3 +130,16 @@ def resolve_run_dir(ref: str | Path) -> Path:
 
 def summary(run: Path) -> dict[str, Any]:
     return {"run_dir": str(run), "name": run.name, **rd.read_status(run)}
+
+
+def delete_run(run: Path) -> None:
+    """Remove a run directory; refused while any of its processes is alive."""
+    from trainer_core.supervisor import read_state
+
+    state = read_state(run)
+    if state["alive"]:
+        raise UserError(f"run {run.name} is {state['state']}; stop it before deleting")
+    root = paths.runs_root().resolve()
+    if run.resolve().parent != root:
+        raise UserError(f"{run} is not inside the runs folder {root}")
+    shutil.rmtree(run)
