@@ -42,10 +42,12 @@ def cmd_check_data(args) -> int:
     report = load_dataset(args.file)
     out = report.to_dict()
     if args.model or Path(_default_model()).is_dir():
-        from transformers import AutoTokenizer
+        from trainer_core.models import check_model_dir, load_tokenizer
 
         model = args.model or _default_model()
-        tok = AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+        if args.model:
+            check_model_dir(model, trust_remote_code=args.trust_remote_code)
+        tok = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
         if report.n_usable:
             out["tokens"] = token_stats(report, tok, persona=args.persona or DEFAULT_PERSONA,
                                         max_length=args.max_length).to_dict()

@@ -32,14 +32,15 @@ def pick_checkpoint(run: Path, step: int | None) -> Path:
 
 
 def export_checkpoint(run: Path, step: int | None = None) -> Path:
-    from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     ckpt = pick_checkpoint(run, step)
     dest = run / "exports" / ckpt.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
     try:
-        convert_zero_checkpoint_to_fp32_state_dict(str(ckpt), str(tmp), safe_serialization=True)
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
+        save_safetensors(dedupe_shared(state), tmp)
         for f in ckpt.iterdir():
             wanted = f.suffix in COPY_SUFFIXES and f.name not in SKIP and not f.name.endswith(".index.json")
             if f.is_file() and wanted and not (tmp / f.name).exists():
@@ -52,3 +53,32 @@ def export_checkpoint(run: Path, step: int | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def dedupe_shared(state: dict) -> dict:
+    """Tied weights (embedding = lm_head) come back as one tensor under two names; safetensors refuses shared
+    storage, and from_pretrained re-ties them, so the later names are dropped."""
+    seen: dict = {}
+    out = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen[key] = name
+        out[name] = tensor.contiguous()
+    return out
+
+
+def save_safetensors(state: dict, dest: Path, max_shard_bytes: int = 5 * 1024**3) -> None:
+    import json
+
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_bytes)
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: state[n] for n in names}, str(dest / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                 "weight_map": split.tensor_to_filename}
+        (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")

@@ -80,14 +80,16 @@ def run_persona(model_dir: Path) -> str | None:
 
 def load_chat_model(model_dir: str | Path, *, trust_remote_code: bool = False):
     """(model, tokenizer) on the best available device, safetensors only, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from trainer_core.models import load_tokenizer
 
     model_dir = Path(model_dir)
     check_model_dir(model_dir, trust_remote_code=trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code, torch_dtype=dtype,
+    tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=dtype,
                                                  use_safetensors=True)
     model.to(device).eval()
     return model, tok

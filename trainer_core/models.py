@@ -42,3 +42,11 @@ def list_local_models() -> list[Path]:
         return []
     return sorted(d for d in paths.MODELS_DIR.iterdir()
                   if d.is_dir() and not d.name.startswith(".") and (d / "config.json").is_file())
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
+    """AutoTokenizer for a local model. `fix_mistral_regex=False` silences a false alarm in transformers 4.57.3+
+    that warns about a Mistral regex for any local model saved by those versions (ours included)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, fix_mistral_regex=False)

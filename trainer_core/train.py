@@ -74,7 +74,7 @@ def load_model(cfg: RunConfig, dtype: torch.dtype):
     return AutoModelForCausalLM.from_pretrained(
         cfg.model.path,
         trust_remote_code=cfg.model.trust_remote_code,
-        torch_dtype=dtype,
+        dtype=dtype,
         use_safetensors=True,
     )
 
@@ -324,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = global_rank()
     torch.manual_seed(cfg.train.seed)
 
-    from transformers import AutoTokenizer, TrainingArguments
+    from transformers import TrainingArguments
+
+    from trainer_core.models import load_tokenizer
 
     precision = resolve_precision(cfg.train.precision)
     ds_config = json.loads((run / rd.DS_CONFIG).read_text(encoding="utf-8"))
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"ranks={targs.world_size} precision={precision} zero_stage={cfg.deepspeed.stage} "
         f"offload={cfg.deepspeed.offload_optimizer}/{cfg.deepspeed.offload_param}")
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = getattr(tokenizer, "eod_id", None) or tokenizer.eos_token_id or 0
