@@ -21,3 +21,40 @@ def starter_tokenizer(starter_model):
 def remote_code_model(tmp_path_factory):
     """Directory of TinyQwen, the Qwen-7B-Chat-style model that needs trust_remote_code=True."""
     return build_remote_code_fixture(tmp_path_factory.mktemp("tinyqwen"))
+
+
+# ------------------------------------------------------------------ real runs (slow tests)
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def runs_root(tmp_path, monkeypatch):
+    """A private runs root for one test; the CLI subprocesses inherit it through the environment."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("TRAINER_RUNS_ROOT", str(root))
+    return root
+
+
+def cli(*args: str, timeout: float = 900, check: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m trainer_core ARGS` as a real process from the project root."""
+    proc = subprocess.run([sys.executable, "-m", "trainer_core", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def quick_sets(**overrides) -> list[str]:
+    """--set arguments for a short quickstart run."""
+    sets = {"train.epochs": 1, "train.save_steps": 5, "data.eval_ratio": 0.1}
+    sets.update(overrides)
+    out = []
+    for k, v in sets.items():
+        out += ["--set", f"{k}={v}"]
+    return out
