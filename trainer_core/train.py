@@ -291,6 +291,8 @@ def save_final(trainer, tokenizer, cfg: RunConfig, run: Path) -> None:
         d.barrier()
     if rank != 0:
         return
+    # final/ is what users share and load: weights as safetensors only, no pickled Trainer arguments.
+    (tmp / "training_args.bin").unlink(missing_ok=True)
     tokenizer.save_pretrained(str(tmp))
     model = trainer.accelerator.unwrap_model(trainer.model)
     if getattr(model, "generation_config", None) is not None:
