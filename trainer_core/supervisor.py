@@ -209,6 +209,9 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int]) -> int:
     code = child.wait()
     stop.set()
     sampler.join(timeout=5)
+    # Free the devices before announcing the end, so whoever sees the final state can start the next run.
+    for fd in lock_fds:
+        os.close(fd)
     finish(run, code)
     log.write(f"=== supervisor: launcher exited with {code}\n".encode())
     return 0

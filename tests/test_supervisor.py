@@ -1,0 +1,142 @@
+# .venv/bin/python -m pytest tests/test_supervisor.py -q    (slow: real detached deepspeed runs on CPU)
+"""Run supervision with real processes: detach, status from disk, save-then-stop, resume, kill -9, locks."""
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import cli, quick_sets
+from trainer_core import run_dir as rd
+from trainer_core.supervisor import _group_pids, lock_holder, read_state
+from trainer_core.tailing import read_all_rows
+
+pytestmark = pytest.mark.slow
+
+QUICKSTART = "configs/quickstart.yaml"
+
+
+def detach(*sets: str) -> Path:
+    proc = cli("train", QUICKSTART, "--detach", *sets, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def status_json(run: Path) -> dict:
+    return json.loads(cli("status", str(run), "--json", check=True).stdout)
+
+
+def run_pids(run: Path) -> list[int]:
+    return _group_pids(int(rd.read_json(run / rd.MANIFEST)["pgid"]))
+
+
+def test_detached_two_rank_run_outlives_its_launcher_and_holds_the_cpu_lock(runs_root):
+    run = detach(*quick_sets(**{"placement.num_ranks": 2, "name": "detached"}))
+    # The CLI process that started it has exited; the run is in its own session and keeps going.
+    manifest = rd.read_json(run / rd.MANIFEST)
+    assert manifest["pgid"] == manifest["pid"] and manifest["pgid"] != os.getpgid(0)
+    st = wait_for(lambda: (s := status_json(run))["state"] == "running" and s.get("step", 0) >= 1 and s,
+                  240, "training progress")
+    assert st["total_steps"] > st["step"] >= 1 and st["alive"]
+
+    # A second launch on the same device (this machine's CPU) is refused and leaves no run directory.
+    before = sorted(p.name for p in runs_root.iterdir())
+    second = cli("train", QUICKSTART, "--detach", "--set", "name=second", timeout=120)
+    assert second.returncode == 2
+    assert "cpu is in use by run detached" in second.stderr
+    assert sorted(p.name for p in runs_root.iterdir()) == before
+
+    wait_for(lambda: status_json(run)["state"] == "completed", 400, "completion")
+    final = rd.read_status(run)
+    assert final["exit_code"] == 0 and final["state"] == "completed"
+    assert lock_holder(runs_root, "cpu") is None
+    samples = read_all_rows(run / rd.RESOURCES)
+    assert any(len(s["ranks"]) == 2 and all(r["rss_bytes"] > 50 * 2**20 for r in s["ranks"]) for s in samples)
+    assert {r["rank"] for s in samples for r in s["ranks"]} == {0, 1}
+
+
+def test_stop_saves_then_ends_every_process_and_resume_finishes(runs_root):
+    run = detach(*quick_sets(**{"train.max_steps": 30, "train.save_steps": 1000, "name": "stoppable"}))
+    wait_for(lambda: rd.read_status(run).get("step", 0) >= 3, 240, "three steps")
+    pids = run_pids(run)
+    assert len(pids) >= 3  # supervisor, deepspeed launcher(s), rank
+
+    out = cli("stop", str(run), timeout=300)
+    assert out.returncode == 0, out.stderr
+    st = read_state(run)
+    assert st["state"] == "stopped" and not st["alive"]
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert lock_holder(runs_root, "cpu") is None
+    ckpts = rd.complete_checkpoints(run)
+    assert len(ckpts) == 1, "stop must save a complete checkpoint (save_steps alone would not have)"
+    stopped_at = rd.checkpoint_step(ckpts[0])
+    assert 3 <= stopped_at < 30
+
+    res = cli("resume", str(run), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert read_state(run)["state"] == "completed" and rd.has_final(run)
+    steps = [r["step"] for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
+    # Resumed from the saved step: the steps after it are trained once more each, up to max_steps.
+    assert steps[-1] == 30 and steps.count(stopped_at + 1) == 1 and max(steps) == 30
+    assert "resuming from" in (run / rd.LOG).read_text()
+
+
+def test_kill_9_during_a_checkpoint_save_is_never_offered(runs_root):
+    run = detach(*quick_sets(**{"train.max_steps": 24, "train.save_steps": 2, "name": "killed"}))
+    ckroot = run / rd.CHECKPOINTS
+
+    def partial_checkpoint():
+        done = {p.name for p in rd.complete_checkpoints(run)}
+        if not done:
+            return None  # wait for one complete checkpoint to fall back to
+        for p in ckroot.glob("checkpoint-*"):
+            if p.name not in done and not (p / rd.COMPLETE_MARKER).exists():
+                return p
+        return None
+
+    partial = wait_for(partial_checkpoint, 300, "a save in progress", interval=0.005)
+    os.killpg(int(rd.read_json(run / rd.MANIFEST)["pgid"]), signal.SIGKILL)
+    wait_for(lambda: not run_pids(run), 20, "every process gone")
+    complete = [rd.checkpoint_step(p) for p in rd.complete_checkpoints(run)]
+    partial_step = rd.checkpoint_step(partial)
+    assert partial_step not in complete, "a checkpoint without its marker was offered"
+    st = read_state(run)
+    assert st["state"] == "failed" and st["interrupted"]
+    assert partial_step not in st["checkpoints"]
+    assert lock_holder(runs_root, "cpu") is None, "kill -9 must free the lock"
+
+    res = cli("resume", str(run), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (run / rd.LOG).read_text()
+    assert f"resuming from {run / rd.CHECKPOINTS / f'checkpoint-{max(complete)}'}" in log
+    assert read_state(run)["state"] == "completed"
+
+
+def test_bad_weights_end_failed_with_the_root_error(runs_root, starter_model, tmp_path):
+    broken = tmp_path / "broken-model"
+    shutil.copytree(starter_model, broken)
+    # Passes the preflight (a safetensors file is there) but cannot be read: a truncated download.
+    with open(broken / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    run = detach("--set", f"model.path={broken}", "--set", "name=badweights")
+    wait_for(lambda: read_state(run)["state"] == "failed", 240, "failure")
+    st = status_json(run)
+    assert st["state"] == "failed" and st["exit_code"] not in (0, None)
+    assert "safetensors" in st["error"].lower() or "header" in st["error"].lower(), st["error"]
+    assert "Traceback" not in st["error"]
+    assert lock_holder(runs_root, "cpu") is None
