@@ -15,6 +15,7 @@ Exit codes: 0 success, 1 the run failed, 2 bad input (the message says which fie
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -24,14 +25,23 @@ from pathlib import Path
 from trainer_core.errors import UserError
 
 
+# The real stdout, kept for our results: while a command runs, sys.stdout points at stderr so that library
+# chatter (DeepSpeed logs its accelerator choice on stdout) cannot corrupt `--json` output or the run-dir line.
+_STDOUT = [sys.stdout]
+
+
+def emit(*args, **kwargs) -> None:
+    print(*args, file=_STDOUT[0], flush=True, **kwargs)
+
+
 def _print_json(obj) -> None:
-    print(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+    emit(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
 def cmd_prepare_models(args) -> int:
     from trainer_core.starter import prepare_models
 
-    print(prepare_models(force=args.force))
+    emit(prepare_models(force=args.force))
     return 0
 
 
@@ -56,17 +66,17 @@ def cmd_check_data(args) -> int:
     if args.json:
         _print_json(out)
     else:
-        print(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {len(report.errors)} errors, "
+        emit(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {len(report.errors)} errors, "
               f"format {out['format']}")
         for e in report.errors[:50]:
-            print(f"  row {e.row} {e.field}: {e.message}")
+            emit(f"  row {e.row} {e.field}: {e.message}")
         if len(report.errors) > 50:
-            print(f"  ... {len(report.errors) - 50} more")
+            emit(f"  ... {len(report.errors) - 50} more")
         for w in report.warnings[:10]:
-            print(f"  warning: row {w.row} {w.field}: {w.message}")
+            emit(f"  warning: row {w.row} {w.field}: {w.message}")
         t = out.get("tokens")
         if t:
-            print(f"tokens (max_length {args.max_length}): p50 {t['p50']}, p95 {t['p95']}, max {t['max']}, "
+            emit(f"tokens (max_length {args.max_length}): p50 {t['p50']}, p95 {t['p95']}, max {t['max']}, "
                   f"{t['n_truncated']} would be truncated, {t['n_answer_lost']} would lose the whole answer")
     return 0 if report.n_usable else 2
 
@@ -96,23 +106,23 @@ def cmd_plan(args) -> int:
     if args.json:
         _print_json(out)
         return 0
-    print("# DeepSpeed config")
-    print(json.dumps(pf.ds_config, indent=2))
-    print("# launch command" + ("s (one per node)" if len(commands) > 1 else ""))
+    emit("# DeepSpeed config")
+    emit(json.dumps(pf.ds_config, indent=2))
+    emit("# launch command" + ("s (one per node)" if len(commands) > 1 else ""))
     for c in commands:
-        print(shell_line(c))
-    print("# memory plan")
-    print(f"  parameters: {plan.params:,}")
-    print(f"  per rank: {fmt_bytes(plan.per_rank_device_bytes)} "
+        emit(shell_line(c))
+    emit("# memory plan")
+    emit(f"  parameters: {plan.params:,}")
+    emit(f"  per rank: {fmt_bytes(plan.per_rank_device_bytes)} "
           f"(of {fmt_bytes(plan.device_total_bytes)})" if plan.device_total_bytes else
           f"  per rank: {fmt_bytes(plan.per_rank_device_bytes)}")
-    print(f"  host RAM: {fmt_bytes(plan.host_bytes)} of {fmt_bytes(plan.host_total_bytes)}"
+    emit(f"  host RAM: {fmt_bytes(plan.host_bytes)} of {fmt_bytes(plan.host_total_bytes)}"
           f" -> {'fits' if plan.fits else 'DOES NOT FIT'}")
     for n in plan.notes:
-        print(f"  note: {n}")
-    print("# lint")
+        emit(f"  note: {n}")
+    emit("# lint")
     for x in pf.lints or ["ok"]:
-        print(f"  {x}")
+        emit(f"  {x}")
     return 0
 
 
@@ -164,7 +174,7 @@ def cmd_train(args) -> int:
         shutil.rmtree(run, ignore_errors=True)  # devices busy: leave no run directory behind
         raise
     code = 0 if args.detach else _wait_foreground(run)
-    print(run)
+    emit(run)
     return code
 
 
@@ -182,10 +192,10 @@ def cmd_status(args) -> int:
         _print_json(st)
     else:
         eta = st.get("eta_s")
-        print(f"{st['name']}: {st['state']}  step {st.get('step', 0)}/{st.get('total_steps', '?')}  "
+        emit(f"{st['name']}: {st['state']}  step {st.get('step', 0)}/{st.get('total_steps', '?')}  "
               f"loss {st.get('loss', '-')}  eta {'-' if eta is None else f'{eta:.0f}s'}")
         if st.get("error"):
-            print(f"error: {st['error']}")
+            emit(f"error: {st['error']}")
     return 0
 
 
@@ -193,7 +203,7 @@ def cmd_stop(args) -> int:
     from trainer_core.supervisor import stop
 
     st = stop(_run(args.run), force=args.force)
-    print(f"{st['name']}: {st['state']} (checkpoints: {st['checkpoints']})")
+    emit(f"{st['name']}: {st['state']} (checkpoints: {st['checkpoints']})")
     return 0
 
 
@@ -202,10 +212,10 @@ def cmd_resume(args) -> int:
 
     run = _run(args.run)
     ckpt = resume(run)
-    print(f"resuming {run.name} from {ckpt.name if ckpt else 'the start (no complete checkpoint)'}",
+    emit(f"resuming {run.name} from {ckpt.name if ckpt else 'the start (no complete checkpoint)'}",
           file=sys.stderr)
     code = 0 if args.detach else _wait_foreground(run)
-    print(run)
+    emit(run)
     return code
 
 
@@ -218,7 +228,7 @@ def cmd_runs(args) -> int:
         _print_json(rows)
         return 0
     for st in rows:
-        print(f"{st['name']:<32} {st['state']:<10} step {st.get('step', 0)}/{st.get('total_steps', '?')} "
+        emit(f"{st['name']:<32} {st['state']:<10} step {st.get('step', 0)}/{st.get('total_steps', '?')} "
               f"loss {st.get('loss', '-')}")
     return 0
 
@@ -231,14 +241,14 @@ def cmd_logs(args) -> int:
     run = _run(args.run)
     log = run / rd.LOG
     for line in tail_lines(log, args.n):
-        print(line)
+        emit(line)
     if args.follow:
         offset = log.stat().st_size if log.exists() else 0
         while True:
             size = log.stat().st_size if log.exists() else 0
             if size > offset:
-                sys.stdout.write(read_tail_bytes(log, size - offset).decode("utf-8", "replace"))
-                sys.stdout.flush()
+                _STDOUT[0].write(read_tail_bytes(log, size - offset).decode("utf-8", "replace"))
+                _STDOUT[0].flush()
                 offset = size
             elif read_state(run)["state"] in rd.TERMINAL_STATES:
                 break
@@ -256,16 +266,16 @@ def cmd_chat(args) -> int:
     params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     for piece in stream_reply(model, tok, [{"role": "user", "content": args.prompt}], persona=persona,
                               params=params):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    print()
+        _STDOUT[0].write(piece)
+        _STDOUT[0].flush()
+    emit()
     return 0
 
 
 def cmd_export(args) -> int:
     from trainer_core.export import export_checkpoint
 
-    print(export_checkpoint(_run(args.run), args.checkpoint))
+    emit(export_checkpoint(_run(args.run), args.checkpoint))
     return 0
 
 
@@ -343,8 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _STDOUT[0] = sys.stdout
     try:
-        return args.fn(args)
+        with contextlib.redirect_stdout(sys.stderr):
+            return args.fn(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -63,8 +63,10 @@ def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False) -> Mo
         raise UserError(f"model.path {model_dir}: cannot read its config ({str(e).splitlines()[0]})") from None
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code,
-                                                 torch_dtype=torch.float32)
-        model.tie_weights()  # meta-device construction skips tying; untied it would count the embedding twice
+                                                 dtype=torch.float32)
+    # Tie outside the context: inside it every parameter assignment is replaced by a fresh meta tensor, and an
+    # untied model would count the embedding twice.
+    model.tie_weights()
     params = sum(p.numel() for p in model.parameters())  # tied weights are counted once
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
 

@@ -1,0 +1,134 @@
+# .venv/bin/python -m pytest tests/test_cli.py -q
+"""The CLI as users call it: real processes, exit codes, one-line errors, nothing left behind on bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, cli, quick_sets
+from trainer_core import run_dir as rd
+
+REAL_DATA = ROOT.parent / "shared" / "data" / "huanhuan.json"
+QUICKSTART = "configs/quickstart.yaml"
+
+
+def one_line_error(proc, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    err = proc.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_DATA.is_file(), reason="../shared/data/huanhuan.json is not beside the project")
+def test_check_data_on_the_real_dataset(starter_model):
+    out = cli("check-data", str(REAL_DATA), "--json", "--max-length", "128", check=True)
+    report = json.loads(out.stdout)
+    assert report["n_rows"] == 3729 and report["n_usable"] == 3729 and report["n_errors"] == 0
+    t = report["tokens"]
+    assert t["n"] == 3729 and 0 < t["p50"] <= t["p95"] <= t["max"]
+    assert t["max_length"] == 128
+    # The longest record (304 characters) exceeds 128 tokens, so at least it is counted as truncated; most are not.
+    assert t["max"] > 128 and 1 <= t["n_truncated"] < 3729 // 10
+    # Short palace lines: the median record (system + user + answer in ChatML) is well under 128 tokens.
+    assert t["p50"] < 128
+
+
+def test_check_data_exit_codes(tmp_path, starter_model):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "皇上驾到", "output": ""}\n{"oops": 1}\n', encoding="utf-8")
+    proc = cli("check-data", str(bad))
+    assert proc.returncode == 2
+    assert "row 1 output: is empty" in proc.stdout and "row 2" in proc.stdout
+    good = cli("check-data", "data/sample_zhenhuan.jsonl")
+    assert good.returncode == 0 and "140 usable" in good.stdout
+    one_line_error(cli("check-data", str(tmp_path / "missing.json")), "missing.json")
+
+
+def test_plan_json_has_config_argv_memory_and_lint(runs_root, starter_model):
+    out = json.loads(cli("plan", QUICKSTART, "--set", "placement.num_ranks=2", "--json", check=True).stdout)
+    assert out["ds_config"]["zero_optimization"]["stage"] == 2
+    (argv,) = out["argv"]
+    assert argv[argv.index("--num_gpus") + 1] == "2" and "trainer_core.train" in argv
+    assert out["memory"]["params"] == 9_816_640 and out["memory"]["per_rank_device_bytes"] > 0
+    assert not list(runs_root.iterdir()), "plan must not create a run"
+
+
+def write_config(tmp_path: Path, **changes) -> Path:
+    cfg = yaml.safe_load((ROOT / QUICKSTART).read_text(encoding="utf-8"))
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        cfg.setdefault(section, {})[key] = value
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+BAD_CONFIGS = [
+    ({"train__lr": 1e-4}, ["unknown config key 'train.lr'", "did you mean train.learning_rate"]),
+    ({"train__learning_rate": -1.0}, ["train.learning_rate must be > 0"]),
+    ({"train__epochs": "three"}, ["train.epochs must be a number", "three"]),
+    ({"deepspeed__stage": 4}, ["deepspeed.stage must be 0, 1, 2 or 3", "got 4"]),
+    ({"data__max_length": 0}, ["data.max_length must be between"]),
+    ({"deepspeed__offload_param": "cpu"}, ["deepspeed.offload_param needs deepspeed.stage 3"]),
+    ({"model__path": "/nonexistent/model"}, ["model.path /nonexistent/model is not a directory"]),
+    ({"data__path": "/nonexistent/data.json"}, ["data.path /nonexistent/data.json not found"]),
+]
+
+
+@pytest.mark.parametrize("changes,needles", BAD_CONFIGS, ids=[next(iter(c)) for c, _ in BAD_CONFIGS])
+def test_bad_config_is_refused_before_anything_is_written(tmp_path, runs_root, starter_model, changes, needles):
+    proc = cli("train", str(write_config(tmp_path, **changes)), "--detach")
+    one_line_error(proc, *needles)
+    assert not list(runs_root.iterdir()), "a refused run left files behind"
+
+
+def test_bad_model_directories_are_refused(tmp_path, runs_root, starter_model):
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(Path(starter_model) / "config.json", no_weights)
+    one_line_error(cli("train", QUICKSTART, "--set", f"model.path={no_weights}"), "has no weights")
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(Path(starter_model) / "config.json", pickled)
+    (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    one_line_error(cli("train", QUICKSTART, "--set", f"model.path={pickled}"), "safetensors only")
+
+    broken = tmp_path / "broken-config"
+    shutil.copytree(starter_model, broken)
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    one_line_error(cli("train", QUICKSTART, "--set", f"model.path={broken}"), "config.json is broken")
+    assert not list(runs_root.iterdir())
+
+
+def test_dataset_without_usable_rows_is_refused(tmp_path, runs_root, starter_model):
+    data = tmp_path / "empty-outputs.json"
+    data.write_text(json.dumps([{"instruction": "你好", "output": ""}], ensure_ascii=False), encoding="utf-8")
+    one_line_error(cli("train", QUICKSTART, "--set", f"data.path={data}"), "has no usable records", "row 1")
+    assert not list(runs_root.iterdir())
+
+
+def test_remote_code_model_needs_the_explicit_opt_in(tmp_path, runs_root, remote_code_model):
+    one_line_error(cli("train", QUICKSTART, "--set", f"model.path={remote_code_model}"), "trust_remote_code")
+    assert not list(runs_root.iterdir())
+
+
+@pytest.mark.slow
+def test_remote_code_model_trains_with_chatml_when_trusted(runs_root, remote_code_model):
+    proc = cli("train", QUICKSTART, *quick_sets(**{"model.path": remote_code_model, "model.trust_remote_code": "true",
+                                                  "train.max_steps": 4, "data.eval_ratio": 0}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = Path(proc.stdout.strip().splitlines()[-1])
+    assert rd.read_status(run)["state"] == "completed"
+    final = run / rd.FINAL
+    assert (final / "model.safetensors").is_file() and list(final.glob("*.py")), "custom code travels with final/"
+    reply = cli("chat", str(run), "--trust-remote-code", "--prompt", "你是谁", "--max-new-tokens", "5", check=True)
+    assert reply.returncode == 0
+    refused = cli("chat", str(run), "--prompt", "你是谁")
+    one_line_error(refused, "trust_remote_code")
