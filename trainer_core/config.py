@@ -288,8 +288,16 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
     raise AssertionError(f"unsupported field type {typ} for {name}")
 
 
+# Names people bring from other tools (the tutorial's train.sh, HF TrainingArguments) -> our field.
+ALIASES = {"lr": "learning_rate", "batch_size": "micro_batch_size", "per_device_train_batch_size": "micro_batch_size",
+           "gradient_accumulation_steps": "gradient_accumulation", "num_train_epochs": "epochs",
+           "zero_stage": "stage", "max_len": "max_length", "system": "persona", "model_path": "path"}
+
+
 def _unknown_key(name: str, choices: list[str]) -> UserError:
-    close = difflib.get_close_matches(name, choices, n=1)
+    prefix, _, leaf = name.rpartition(".")
+    alias = f"{prefix}.{ALIASES[leaf]}" if prefix and leaf in ALIASES else ALIASES.get(leaf)
+    close = [alias] if alias in choices else difflib.get_close_matches(name, choices, n=1)
     hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(sorted(choices))})"
     return UserError(f"unknown config key {name!r}{hint}")
 
