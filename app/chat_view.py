@@ -1,0 +1,84 @@
+"""Chat page logic: what can be chatted with, cached model loading, streamed replies, the persona probe set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import streamlit as st
+
+from trainer_core import run_dir as rd
+from trainer_core.config import DEFAULT_PERSONA, load_config
+from trainer_core.inference import GenParams, load_chat_model, run_persona, stream_reply
+from trainer_core.runs import list_runs
+
+# Prompts that show whether the persona took: identity, an in-world cue, hostility, and something off-topic.
+PROBES = ["你是谁？", "皇上驾到！", "你这个又蠢又丑的女人，滚开！", "帮我写一个 Python 快速排序函数。"]
+
+
+def run_targets(run: Path) -> dict[str, Path]:
+    """Chat-ready models of a run: final/, each complete checkpoint, each export, newest first."""
+    out: dict[str, Path] = {}
+    if rd.has_final(run):
+        out["final"] = run / rd.FINAL
+    exports = run / "exports"
+    if exports.is_dir():
+        for p in sorted(exports.glob("checkpoint-*"), key=rd.checkpoint_step, reverse=True):
+            if (p / rd.COMPLETE_MARKER).is_file():
+                out[f"export-{rd.checkpoint_step(p)}"] = p
+    for p in reversed(rd.complete_checkpoints(run)):
+        out[p.name] = p
+    return out
+
+
+def chat_runs() -> list[Path]:
+    return [r for r in list_runs() if run_targets(r)]
+
+
+def run_base(run: Path) -> tuple[str, bool]:
+    """The model a run started from and whether it needs remote code: the "base" side of compare mode."""
+    cfg = load_config(run / rd.CONFIG)
+    return cfg.model.path, cfg.model.trust_remote_code
+
+
+def persona_for(model_dir: Path) -> str:
+    try:
+        return run_persona(model_dir) or DEFAULT_PERSONA
+    except Exception:  # a damaged run config must not break the chat page; the default persona is a fine start
+        return DEFAULT_PERSONA
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _load(model_dir: str, trust_remote_code: bool, stamp: float):
+    return load_chat_model(model_dir, trust_remote_code=trust_remote_code)
+
+
+def load(model_dir: str | Path, trust_remote_code: bool):
+    """(model, tokenizer), loaded once per folder; a re-written folder (new mtime) loads again. Never mutated."""
+    p = Path(model_dir)
+    marker = p / rd.COMPLETE_MARKER if (p / rd.COMPLETE_MARKER).exists() else p / "config.json"
+    stamp = marker.stat().st_mtime if marker.exists() else 0.0
+    return _load(str(p), trust_remote_code, stamp)
+
+
+def reply_stream(model_dir: str | Path, trust_remote_code: bool, messages: list[dict], persona: str,
+                 params: GenParams) -> Iterator[str]:
+    model, tok = load(model_dir, trust_remote_code)
+    return stream_reply(model, tok, messages, persona=persona, params=params)
+
+
+def histories() -> dict[str, list[dict]]:
+    """Conversation per side ("ft": the chosen model, "base": the model it was trained from)."""
+    return st.session_state.setdefault("chat.history", {"ft": [], "base": []})
+
+
+def regenerate() -> None:
+    for hist in histories().values():
+        if hist and hist[-1]["role"] == "assistant":
+            hist.pop()
+
+
+def clear() -> None:
+    for hist in histories().values():
+        hist.clear()
+    st.session_state.pop("chat.probe", None)

@@ -1,0 +1,125 @@
+"""Data page logic: pick a dataset, validate it, measure it with the real tokenizer, show one record's label mask."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from trainer_core import paths
+from trainer_core.data import DataReport, TokenStats, load_dataset, load_dataset_bytes, store_upload, token_stats
+from trainer_core.errors import UserError
+
+PAGE_SIZE = 20
+
+
+def store_uploaded(data: bytes, name: str) -> Path:
+    """Validate an uploaded file, then keep it under data/uploads with a safe name. UserError if unreadable."""
+    load_dataset_bytes(data, name)  # file-level problems (encoding, not JSON, wrong type) stop here
+    return store_upload(data, name)
+
+
+def resolve(path: str) -> Path:
+    """A dataset path as typed: relative paths are relative to the project folder, as in run configs."""
+    p = Path(path.strip()).expanduser()
+    return p if p.is_absolute() else paths.PROJECT_ROOT / p
+
+
+def shown_path(path: Path | str) -> str:
+    """Paths inside the project are shown relative to it, as a user would type them."""
+    try:
+        return str(Path(path).resolve().relative_to(paths.PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _report(path: str, mtime: float) -> DataReport:
+    return load_dataset(path)
+
+
+def report_for(path: Path) -> DataReport:
+    """Validation report of a dataset file (cached until the file changes). UserError for file-level problems."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; check the path")
+    return _report(str(path), path.stat().st_mtime)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def tokenizer_for(model_dir: str, trust_remote_code: bool):
+    from trainer_core.models import check_model_dir, load_tokenizer
+
+    check_model_dir(model_dir, trust_remote_code=trust_remote_code)
+    return load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _stats(path: str, mtime: float, model_dir: str, trust: bool, persona: str, max_length: int) -> TokenStats:
+    return token_stats(_report(path, mtime), tokenizer_for(model_dir, trust), persona=persona, max_length=max_length)
+
+
+def stats_for(path: Path, model_dir: str, trust: bool, persona: str, max_length: int) -> TokenStats:
+    return _stats(str(path), path.stat().st_mtime, model_dir, trust, persona, max_length)
+
+
+def errors_frame(report: DataReport, which: str = "errors") -> pd.DataFrame:
+    rows = [{"row": e.row, "field": e.field, "message": e.message} for e in getattr(report, which)]
+    return pd.DataFrame(rows, columns=["row", "field", "message"])
+
+
+def preview_frame(report: DataReport, page: int, page_size: int = PAGE_SIZE) -> pd.DataFrame:
+    """One page of usable records: row number, turns, the last user message and the answer (text, never HTML)."""
+    start = (page - 1) * page_size
+    rows = []
+    for row, conv in zip(report.row_ids[start:start + page_size], report.conversations[start:start + page_size]):
+        system = next((m["content"] for m in conv if m["role"] == "system"), "")
+        user = next(m["content"] for m in reversed(conv) if m["role"] == "user")
+        rows.append({"row": row, "turns": len(conv), "system": system, "user": user, "assistant": conv[-1]["content"]})
+    return pd.DataFrame(rows, columns=["row", "turns", "system", "user", "assistant"])
+
+
+def n_pages(report: DataReport, page_size: int = PAGE_SIZE) -> int:
+    return max(1, -(-report.n_usable // page_size))
+
+
+def length_histogram(stats: TokenStats, labels: dict[str, str]) -> alt.LayerChart:
+    """Token lengths as a histogram with a red rule at max_length; bars past the rule are the truncated ones."""
+    df = pd.DataFrame({"tokens": stats.lengths})
+    df["cut"] = df["tokens"] > stats.max_length
+    bars = alt.Chart(df).mark_bar().encode(
+        x=alt.X("tokens:Q", bin=alt.Bin(maxbins=40), title=labels["x"]),
+        y=alt.Y("count():Q", title=labels["y"]),
+        color=alt.Color("cut:N", scale=alt.Scale(domain=[False, True], range=["#4c78a8", "#e45756"]), legend=None),
+    )
+    rule = alt.Chart(pd.DataFrame({"max_length": [stats.max_length]})).mark_rule(
+        color="#d62728", strokeDash=[6, 3], size=2).encode(x="max_length:Q")
+    return (bars + rule).properties(height=260)
+
+
+MASK_CSS = (
+    "font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.9rem; line-height: 1.9; "
+    "white-space: pre-wrap; word-break: break-all;"
+)
+TRAINED_CSS = "background:#c7f0c2; color:#0b3d0b; border-bottom:2px solid #2e7d32;"
+CONTEXT_CSS = "background:#eeeeee; color:#555555;"
+
+
+def mask_html(pieces: list[tuple[str, bool]]) -> str:
+    """The label-mask view: one span per token, trained tokens highlighted. Every token is HTML-escaped, so a
+    record holding `<script>` or `<|im_start|>` shows as text."""
+    spans = []
+    for text, trained in pieces:
+        css = TRAINED_CSS if trained else CONTEXT_CSS
+        spans.append(f'<span style="{css} margin:0 1px; padding:1px 0; border-radius:2px">{html.escape(text)}</span>')
+    return f'<div class="mask-view" style="{MASK_CSS}">{"".join(spans)}</div>'
+
+
+def record_mask(tokenizer, conversation: list[dict], persona: str, max_length: int):
+    """(token pieces with trained flags, the Encoded record) for one record, encoded exactly as training will."""
+    from trainer_core.chat_format import encode_conversations, render_mask
+
+    enc = encode_conversations(tokenizer, [conversation], persona=persona, max_length=max_length)[0]
+    return render_mask(tokenizer, enc), enc

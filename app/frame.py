@@ -1,0 +1,44 @@
+"""The sidebar every page shares: language switch and the active run (state, step, loss), live while it trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app.i18n import LANGUAGES, state_label, t
+from app.state import LIVE_STATES, active_run
+from trainer_core.supervisor import read_state
+
+CARD_REFRESH_S = 2.0
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        st.radio(t("frame.language"), list(LANGUAGES), format_func=LANGUAGES.get, key="lang", horizontal=True,
+                 persist_state="session")
+        st.divider()
+        run = active_run()
+        if run is None:
+            st.caption(t("frame.no_run"))
+            st.page_link("pages/train.py", label=t("frame.start_one"), icon=":material/rocket_launch:")
+            return
+        live = read_state(run)["state"] in LIVE_STATES
+        st.fragment(run_every=CARD_REFRESH_S if live else None)(_run_card)(run, live)
+
+
+def _run_card(run: Path, live: bool) -> None:
+    s = read_state(run)
+    with st.container(border=True, key="frame-run"):
+        st.markdown(f"**{t('frame.active_run')}**")
+        st.text(run.name)
+        st.markdown(state_label(s["state"]))
+        total = s.get("total_steps") or 0
+        step = s.get("step") or 0
+        if total:
+            st.progress(min(step / total, 1.0), text=t("frame.step", step=step, total=total))
+        loss = s.get("loss")
+        st.caption(t("frame.loss", loss="-" if loss is None else f"{loss:.4f}"))
+        st.page_link("pages/monitor.py", label=t("frame.open_monitor"), icon=":material/monitoring:")
+    if live and s["state"] not in LIVE_STATES:
+        st.rerun()  # the run just ended: redraw the whole page once, without the timer

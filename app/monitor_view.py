@@ -1,0 +1,215 @@
+"""Monitor page logic: incremental reads of a run's metrics and resource samples, charts, the highlighted log tail."""
+
+from __future__ import annotations
+
+import html
+import sys
+import threading
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app.i18n import state_name, t
+from app.state import LIVE_STATES
+from trainer_core import run_dir as rd
+from trainer_core.memory import fmt_bytes
+from trainer_core.supervisor import ERROR_LINE, OOM, read_state
+from trainer_core.tailing import read_new_rows, tail_lines
+
+REFRESH_S = 1.0
+LOG_LINES = 200
+MAX_POINTS = 1500
+
+
+def new_rows(run: Path, filename: str) -> list[dict]:
+    """All rows of a run's JSONL file, reading only what was appended since this tab last looked."""
+    cache = st.session_state.setdefault("mon.rows", {})
+    path = run / filename
+    rows, offset = cache.get(str(path), ([], 0))
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    if size < offset:  # the file was replaced (run deleted and recreated under the same name)
+        rows, offset = [], 0
+    added, offset = read_new_rows(path, offset)
+    rows = rows + added
+    cache[str(path)] = (rows, offset)
+    return rows
+
+
+def _thin(df: pd.DataFrame) -> pd.DataFrame:
+    step = max(1, len(df) // MAX_POINTS)
+    return df.iloc[::step] if step > 1 else df
+
+
+def metric_frames(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, evaluation rows) keyed by step; a resumed run's re-logged steps keep their newest value."""
+    df = pd.DataFrame(rows)
+    if df.empty or "step" not in df:
+        return pd.DataFrame(), pd.DataFrame()
+    train = df[df["loss"].notna()] if "loss" in df else df.iloc[0:0]
+    evals = df[df["eval_loss"].notna()] if "eval_loss" in df else df.iloc[0:0]
+    return (train.drop_duplicates("step", keep="last").sort_values("step"),
+            evals.drop_duplicates("step", keep="last").sort_values("step"))
+
+
+def long_frame(df: pd.DataFrame, x: str, columns: dict[str, str]) -> pd.DataFrame:
+    """Wide to long for a multi-series chart: columns maps a column to its legend label; missing values dropped."""
+    parts = [pd.DataFrame({x: df[x], "series": label, "value": df[col]}) for col, label in columns.items() if col in df]
+    if not parts:
+        return pd.DataFrame(columns=[x, "series", "value"])
+    return _thin(pd.concat(parts).dropna(subset=["value"]))
+
+
+def line_chart(df: pd.DataFrame, x: str, x_title: str, y_title: str, *, y_format: str | None = None,
+               log_scale: bool = False) -> alt.Chart:
+    axis = alt.Axis(format=y_format) if y_format else alt.Axis()
+    scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
+    return alt.Chart(df).mark_line(point=len(df) < 60).encode(
+        x=alt.X(f"{x}:Q", title=x_title),
+        y=alt.Y("value:Q", title=y_title, axis=axis, scale=scale),
+        color=alt.Color("series:N", title=None, legend=alt.Legend(orient="top")),
+        tooltip=[x, "series", alt.Tooltip("value:Q", format=".4g")],
+    ).properties(height=220)
+
+
+def resource_frames(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """(per-device memory, host RAM) as long frames over elapsed seconds, and whether the first is GPU memory."""
+    if not rows:
+        empty = pd.DataFrame(columns=["t", "series", "value"])
+        return empty, empty, False
+    t0 = rows[0]["time"]
+    on_gpu = any(r.get("gpus") for r in rows)
+    dev, host = [], []
+    for r in rows:
+        t_s = r["time"] - t0
+        if on_gpu:
+            dev += [{"t": t_s, "series": f"GPU {g['index']}", "value": g["used_bytes"] / 2**30} for g in r["gpus"]]
+        else:
+            dev += [{"t": t_s, "series": f"rank {x['rank'] if x['rank'] is not None else x['pid']}",
+                     "value": x["rss_bytes"] / 2**30} for x in r.get("ranks", [])]
+        host.append({"t": t_s, "series": t("mon.host_used"), "value": r["host_used_bytes"] / 2**30})
+        host.append({"t": t_s, "series": t("mon.host_total"), "value": r["host_total_bytes"] / 2**30})
+    return _thin(pd.DataFrame(dev)), _thin(pd.DataFrame(host)), on_gpu
+
+
+def is_error_line(line: str) -> bool:
+    s = line.strip()
+    return bool(ERROR_LINE.match(s) or s.startswith("Traceback") or OOM.search(s))
+
+
+def log_html(lines: list[str]) -> str:
+    """The log tail as escaped text, error lines in red. Log text is never interpreted as HTML."""
+    out = []
+    for line in lines:
+        text = html.escape(line)
+        if is_error_line(line):
+            text = f'<span style="color:#b71c1c; background:#fdecea; font-weight:600">{text}</span>'
+        out.append(text)
+    style = ("font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.78rem; white-space: pre-wrap; "
+             "word-break: break-all; background:#fafafa; border:1px solid #e0e0e0; border-radius:6px; padding:8px; "
+             "max-height: 420px; overflow-y: auto; display:flex; flex-direction:column-reverse;")
+    # column-reverse keeps the newest line in view without any script.
+    return f'<div class="log-tail" style="{style}"><div>{"<br>".join(out)}</div></div>'
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _stop(run: Path, force: bool) -> None:
+    from trainer_core.supervisor import stop
+
+    try:
+        stop(run, force=force)
+    except Exception as e:  # the page shows the state from disk; the reason goes to the server log
+        print(f"stop {run.name} failed: {e}", file=sys.stderr)
+
+
+def stop_in_background(run: Path, force: bool) -> None:
+    """Ask a run to stop without holding the page: a normal stop waits for the trainer's checkpoint."""
+    threading.Thread(target=_stop, args=(run, force), daemon=True, name=f"stop-{run.name}").start()
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and pd.isna(value)) else format(value, spec)
+
+
+def live_panel(run: Path, live: bool) -> None:
+    """Progress, charts, memory and log of one run; redrawn every second while the run is alive."""
+    s = read_state(run)
+    step, total = s.get("step") or 0, s.get("total_steps") or 0
+    train, evals = metric_frames(new_rows(run, rd.METRICS))
+    last = train.iloc[-1].to_dict() if not train.empty else {}
+    with st.container(key="mon-progress"):
+        st.progress(min(step / total, 1.0) if total else 0.0,
+                    text=t("mon.progress", step=step, total=total or "?", state=state_name(s["state"])))
+        c = st.columns(6)
+        c[0].metric(t("mon.step"), f"{step} / {total or '?'}")
+        c[1].metric(t("mon.loss"), _fmt(s.get("loss"), ".4f"))
+        c[2].metric(t("mon.eval_loss"), _fmt(s.get("eval_loss"), ".4f"))
+        c[3].metric(t("mon.tokens_s"), _fmt(last.get("tokens_per_s"), ",.0f"),
+                    help=t("mon.label_tokens_s", n=_fmt(last.get("label_tokens_per_s"), ",.0f")))
+        c[4].metric(t("mon.eta"), fmt_duration(s.get("eta_s")) if s["state"] in LIVE_STATES else "-")
+        c[5].metric(t("mon.elapsed"), fmt_duration(last.get("elapsed_s")))
+
+    step_t = t("mon.x_step")
+    c1, c2 = st.columns(2)
+    loss_df = pd.concat([long_frame(train, "step", {"loss": t("mon.loss")}),
+                         long_frame(evals, "step", {"eval_loss": t("mon.eval_loss")})])
+    with c1.container(key="mon-loss-chart"):
+        st.markdown(f"**{t('mon.chart.loss')}**")
+        if loss_df.empty:
+            st.caption(t("mon.no_metrics"))
+        else:
+            st.altair_chart(line_chart(loss_df, "step", step_t, t("mon.loss")), width="stretch")
+    with c2:
+        st.markdown(f"**{t('mon.chart.lr')}**")
+        if "lr" in train:
+            st.altair_chart(line_chart(long_frame(train, "step", {"lr": "lr"}), "step", step_t, "lr",
+                                       y_format=".1e"), width="stretch")
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown(f"**{t('mon.chart.grad_norm')}**")
+        if "grad_norm" in train:
+            st.altair_chart(line_chart(long_frame(train, "step", {"grad_norm": "grad norm"}), "step", step_t,
+                                       "grad norm"), width="stretch")
+    with c2:
+        st.markdown(f"**{t('mon.chart.tokens')}**")
+        if "tokens_per_s" in train:
+            cols = {"tokens_per_s": t("mon.tokens_s"), "label_tokens_per_s": t("mon.label_tokens")}
+            st.altair_chart(line_chart(long_frame(train, "step", cols), "step", step_t, "tokens/s"),
+                            width="stretch")
+
+    dev, host, on_gpu = resource_frames(new_rows(run, rd.RESOURCES))
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown(f"**{t('mon.chart.gpu_mem') if on_gpu else t('mon.chart.rank_mem')}**")
+        if dev.empty:
+            st.caption(t("mon.no_samples"))
+        else:
+            st.altair_chart(line_chart(dev, "t", t("mon.x_time"), "GiB"), width="stretch")
+        if last.get("peak_mem_bytes"):
+            peaks = last["peak_mem_bytes"] if isinstance(last["peak_mem_bytes"], list) else [last["peak_mem_bytes"]]
+            st.caption(t("mon.peak", peaks=", ".join(fmt_bytes(int(p)) for p in peaks)))
+    with c2:
+        st.markdown(f"**{t('mon.chart.host')}**")
+        if not host.empty:
+            st.altair_chart(line_chart(host, "t", t("mon.x_time"), "GiB"), width="stretch")
+
+    st.markdown(f"**{t('mon.log')}**")
+    lines = tail_lines(run / rd.LOG, LOG_LINES)
+    if lines:
+        st.html(log_html(lines))
+    else:
+        st.caption(t("mon.no_log"))
+    if live and s["state"] not in LIVE_STATES:
+        st.rerun()  # the run ended: redraw the page once (buttons, error box) and stop the timer

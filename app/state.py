@@ -1,0 +1,30 @@
+"""What a browser tab remembers: the active run. Everything else about a run is read from its directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from trainer_core.runs import list_runs
+from trainer_core.supervisor import read_state
+
+LIVE_STATES = ("starting", "running", "stopping")
+
+
+def active_run() -> Path | None:
+    """The run this tab is looking at: the one picked last, else the newest live run, else the newest run.
+
+    The fallback reads only the disk, so a fresh tab (or a restarted dashboard) re-attaches to a running job.
+    """
+    runs = list_runs()
+    picked = st.session_state.get("active_run")
+    for run in runs:
+        if run.name == picked:
+            return run
+    live = [run for run in runs if read_state(run)["state"] in LIVE_STATES]
+    return (live or runs or [None])[0]
+
+
+def set_active_run(run: Path | str) -> None:
+    st.session_state["active_run"] = Path(run).name

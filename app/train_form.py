@@ -1,0 +1,301 @@
+"""The Train form: one widget per `RunConfig` field, validated by `trainer_core.config`, errors shown at the field.
+
+Widget values live in session_state under `p.f.<section>.<field>` and persist across page switches, so the Data page
+("train on this file") and the Runs page (clone and edit) can fill the form before the user comes back to it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import streamlit as st
+
+from app.i18n import CONFIG_FIELDS, option_labels, t
+from trainer_core import paths
+from trainer_core.config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
+from trainer_core.errors import UserError
+
+QUICKSTART = paths.CONFIGS_DIR / "quickstart.yaml"
+OTHER_MODEL = "__other__"
+MODEL_CHOICE = "p.f.model.choice"
+PRESET = "p.f.preset"
+
+# How each field is edited: (kind, options). Floats are number inputs without bounds on purpose: the config's own
+# validation refuses bad values and names the field. The learning rate is typed as text so "2e-5" works.
+WIDGETS: dict[tuple[str, str], tuple] = {
+    ("run", "name"): ("text",),
+    ("model", "path"): ("model",),
+    ("model", "trust_remote_code"): ("bool",),
+    ("data", "path"): ("text",),
+    ("data", "persona"): ("area",),
+    ("data", "max_length"): ("int", 64),
+    ("data", "eval_ratio"): ("float", 0.05, "%.2f"),
+    ("data", "packing"): ("bool",),
+    ("train", "epochs"): ("float", 1.0, "%.2f"),
+    ("train", "max_steps"): ("int", 1),
+    ("train", "learning_rate"): ("text",),
+    ("train", "lr_scheduler"): ("select", SCHEDULERS),
+    ("train", "warmup_ratio"): ("float", 0.01, "%.3f"),
+    ("train", "weight_decay"): ("float", 0.01, "%.4f"),
+    ("train", "micro_batch_size"): ("int", 1),
+    ("train", "gradient_accumulation"): ("int", 1),
+    ("train", "max_grad_norm"): ("float", 0.1, "%.2f"),
+    ("train", "precision"): ("select", PRECISIONS),
+    ("train", "gradient_checkpointing"): ("bool",),
+    ("train", "logging_steps"): ("int", 1),
+    ("train", "save_steps"): ("int", 10),
+    ("train", "save_total_limit"): ("int", 1),
+    ("train", "eval_steps"): ("int", 10),
+    ("train", "seed"): ("int", 1),
+    ("deepspeed", "stage"): ("select", (0, 1, 2, 3)),
+    ("deepspeed", "offload_optimizer"): ("select", OFFLOAD_DEVICES),
+    ("deepspeed", "offload_param"): ("select", OFFLOAD_DEVICES),
+    ("deepspeed", "nvme_path"): ("text",),
+    ("deepspeed", "config_file"): ("text",),
+    ("placement", "num_ranks"): ("int", 1),
+    ("placement", "gpus"): ("gpus",),
+    ("placement", "launcher"): ("select", LAUNCHERS),
+    ("placement", "hostfile"): ("area",),
+    ("placement", "num_nodes"): ("int", 1),
+    ("placement", "node_rank"): ("int", 1),
+    ("placement", "master_addr"): ("text",),
+    ("placement", "master_port"): ("int", 1),
+}
+assert set(WIDGETS) == set(CONFIG_FIELDS), "every RunConfig field needs a widget in WIDGETS"
+
+
+def key(section: str, name: str) -> str:
+    return f"p.f.{section}.{name}"
+
+
+def default_config() -> RunConfig:
+    """The quickstart config (trains the starter model on the sample in minutes on a CPU), else the defaults."""
+    return load_config(QUICKSTART) if QUICKSTART.is_file() else RunConfig()
+
+
+def _widget_value(section: str, name: str, value):
+    if (section, name) == ("train", "learning_rate"):
+        return f"{value:g}"
+    if (section, name) == ("placement", "gpus"):
+        return list(value)
+    return value
+
+
+def load_into_form(cfg: RunConfig) -> None:
+    """Put a config into the form (also when the Train page is not on screen: the widgets pick it up)."""
+    raw = cfg.to_dict()
+    for section, name in CONFIG_FIELDS:
+        value = raw["name"] if section == "run" else raw[section][name]
+        if (section, name) == ("model", "path"):
+            _set_model(value)
+        else:
+            st.session_state[key(section, name)] = _widget_value(section, name, value)
+
+
+def _set_model(path: str) -> None:
+    p = Path(path).expanduser()
+    p = (p if p.is_absolute() else paths.PROJECT_ROOT / p).resolve()
+    if str(p) in model_options():
+        st.session_state[MODEL_CHOICE] = str(p)
+    else:
+        st.session_state[MODEL_CHOICE] = OTHER_MODEL
+        st.session_state[key("model", "path")] = path
+
+
+def ensure_defaults() -> None:
+    """Fill the form with the quickstart config the first time a tab opens the dashboard."""
+    if MODEL_CHOICE not in st.session_state:
+        load_into_form(default_config())
+    if st.session_state.pop("train.clear_name", False):
+        st.session_state[key("run", "name")] = ""
+
+
+def model_options() -> list[str]:
+    from trainer_core.models import list_local_models
+
+    return [str(p.resolve()) for p in list_local_models()] + [OTHER_MODEL]
+
+
+def model_path() -> str:
+    choice = st.session_state.get(MODEL_CHOICE, OTHER_MODEL)
+    return st.session_state.get(key("model", "path"), "") if choice == OTHER_MODEL else choice
+
+
+def value(section: str, name: str):
+    """The form's current value of a field (as the widget holds it)."""
+    if (section, name) == ("model", "path"):
+        return model_path()
+    return st.session_state.get(key(section, name))
+
+
+def form_dict() -> dict:
+    raw: dict = {"name": value("run", "name") or ""}
+    for section, name in CONFIG_FIELDS:
+        if section != "run":
+            raw.setdefault(section, {})[name] = value(section, name)
+    return raw
+
+
+def validate() -> tuple[RunConfig | None, str | None]:
+    """(config, None) when the form is valid, else (None, the library's message naming the field)."""
+    try:
+        return config_from_dict(form_dict()), None
+    except UserError as e:
+        return None, str(e)
+
+
+_FIELD_RE = re.compile(r"^(name|[a-z_]+\.[a-z_]+)\b")
+
+
+def error_field(message: str | None) -> str | None:
+    """`train.learning_rate must be > 0 ...` -> `train.learning_rate` (`name ...` -> `run.name`)."""
+    m = _FIELD_RE.match(message or "")
+    if not m:
+        return None
+    return "run.name" if m.group(1) == "name" else m.group(1)
+
+
+def field(section: str, name: str, error: str | None = None, **kw) -> None:
+    """Draw the widget for one config field, with the field's docstring as help and its error right below."""
+    kind, *opts = WIDGETS[(section, name)]
+    label, help_ = t(f"field.{section}.{name}"), t(f"help.{section}.{name}")
+    k = key(section, name)
+    if kind == "model":
+        _model_picker(label, help_)
+    elif kind == "text":
+        st.text_input(label, key=k, help=help_, persist_state="session", **kw)
+    elif kind == "area":
+        st.text_area(label, key=k, help=help_, height=90, persist_state="session", **kw)
+    elif kind == "bool":
+        st.checkbox(label, key=k, help=help_, persist_state="session", **kw)
+    elif kind == "int":
+        st.number_input(label, key=k, help=help_, step=opts[0], persist_state="session", **kw)
+    elif kind == "float":
+        st.number_input(label, key=k, help=help_, step=opts[0], format=opts[1], persist_state="session", **kw)
+    elif kind == "select":
+        fmt = option_labels(f"opt.{name}.") if name in ("stage", "offload_optimizer", "offload_param") else str
+        st.selectbox(label, list(opts[0]), key=k, help=help_, format_func=fmt, persist_state="session", **kw)
+    elif kind == "gpus":
+        _gpu_picker(label, help_, k)
+    if error and error_field(error) == f"{section}.{name}":
+        st.error(error, icon=":material/error:")
+
+
+def _model_picker(label: str, help_: str) -> None:
+    from app.data_view import shown_path
+
+    options = model_options()
+    if st.session_state.get(MODEL_CHOICE) not in options:
+        st.session_state[MODEL_CHOICE] = OTHER_MODEL
+    st.selectbox(label, options, key=MODEL_CHOICE, help=help_, persist_state="session",
+                 format_func=lambda p, other=t("train.model_other"): other if p == OTHER_MODEL else shown_path(p))
+    if st.session_state[MODEL_CHOICE] == OTHER_MODEL:
+        st.text_input(t("train.model_typed"), key=key("model", "path"), persist_state="session",
+                      placeholder="/data/models/Qwen2.5-7B-Instruct")
+
+
+@st.cache_resource(show_spinner=False)
+def hardware():
+    from trainer_core.hardware import detect
+
+    return detect()
+
+
+def _gpu_picker(label: str, help_: str, k: str) -> None:
+    gpus = {g.index: g for g in hardware().gpus}
+    chosen = st.session_state.get(k) or []
+    options = sorted(set(gpus) | set(chosen))
+
+    def fmt(i: int) -> str:
+        g = gpus.get(i)
+        return f"GPU {i}" if g is None else f"GPU {i} · {g.name} · {g.total_bytes / 1024**3:.0f} GiB"
+
+    st.multiselect(label, options, key=k, help=help_, format_func=fmt, persist_state="session",
+                   placeholder=t("train.gpus_all") if gpus else t("train.no_gpu"), disabled=not options)
+
+
+def apply_preset() -> None:
+    """Callback of the preset button: copy a shipped DeepSpeed preset's ZeRO choices into the form."""
+    from trainer_core.ds_config import load_preset
+
+    zero = load_preset(st.session_state[PRESET]).get("zero_optimization", {})
+    st.session_state[key("deepspeed", "stage")] = int(zero.get("stage", 0))
+    st.session_state[key("deepspeed", "offload_optimizer")] = (zero.get("offload_optimizer") or {}).get("device", "none")
+    st.session_state[key("deepspeed", "offload_param")] = (zero.get("offload_param") or {}).get("device", "none")
+    st.session_state[key("deepspeed", "config_file")] = ""
+
+
+def reset_to_quickstart() -> None:
+    load_into_form(default_config())
+
+
+def _mtime(path: str) -> float:
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else paths.PROJECT_ROOT / p
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _preflight(yaml_text: str, stamp: tuple):
+    from trainer_core.config import config_from_dict as build
+    from trainer_core.runs import preflight
+    import yaml
+
+    return preflight(build(yaml.safe_load(yaml_text)))
+
+
+def preflight(cfg: RunConfig):
+    """`trainer_core.runs.preflight`, cached until the config or the files it reads change."""
+    stamp = (_mtime(cfg.data.path), _mtime(str(Path(cfg.model.path) / "config.json")),
+             _mtime(cfg.deepspeed.config_file) if cfg.deepspeed.config_file else 0.0)
+    return _preflight(cfg.to_yaml(), stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _plan(yaml_text: str):
+    from trainer_core.memory import plan_memory
+    import yaml
+
+    return plan_memory(config_from_dict(yaml.safe_load(yaml_text)))
+
+
+def memory_plan(cfg: RunConfig):
+    return _plan(cfg.to_yaml())
+
+
+def launch_commands(cfg: RunConfig) -> list[str]:
+    """The exact launcher command line(s) for this config, as a shell would take them."""
+    from trainer_core.launch import all_node_commands, shell_line
+    from trainer_core.runs import new_run_name
+
+    run = paths.runs_root() / new_run_name(cfg)
+    return [shell_line(argv) for argv in all_node_commands(cfg, run, has_gpu=hardware().has_gpu)]
+
+
+def launch(cfg: RunConfig) -> Path:
+    """Create the run directory and start it, as `python -m trainer_core train --detach` does."""
+    from trainer_core.runs import create_run
+    from trainer_core.supervisor import start
+
+    run = create_run(cfg)
+    try:
+        start(run, detach=True)
+    except UserError:
+        shutil.rmtree(run, ignore_errors=True)  # devices busy: leave no run directory behind
+        raise
+    return run
+
+
+def plan_rows(plan) -> list[tuple[str, int, int, bool]]:
+    """(label, needed bytes, available bytes, fits) for the memory plan: per rank, then the host."""
+    if plan.on_gpu:
+        return [(t("plan.per_rank_gpu"), plan.per_rank_device_bytes, plan.device_total_bytes,
+                 plan.per_rank_device_bytes <= 0.95 * plan.device_total_bytes),
+                (t("plan.host"), plan.host_bytes, plan.host_total_bytes, plan.host_bytes <= plan.host_total_bytes)]
+    return [(t("plan.per_rank_cpu"), plan.per_rank_device_bytes, plan.host_total_bytes, plan.fits),
+            (t("plan.host"), plan.host_bytes, plan.host_total_bytes, plan.fits)]

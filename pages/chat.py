@@ -1,0 +1,144 @@
+"""Chat: talk to a finished run (its final model or a checkpoint) or any model; compare it with its base model."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from app import chat_view as cv
+from app import train_form as form
+from app.data_view import resolve, shown_path
+from app.i18n import option_labels, t
+from app.state import active_run
+from trainer_core.errors import UserError
+from trainer_core.inference import GenParams
+from trainer_core.models import list_local_models
+
+st.title(t("chat.title"))
+
+runs = {r.name: r for r in cv.chat_runs()}
+source = st.radio(t("chat.source"), ["run", "model"], key="p.chat.source", horizontal=True, persist_state="session",
+                  format_func=option_labels("chat.source."))
+base_dir, base_trust = None, False
+if source == "run":
+    if not runs:
+        st.info(t("chat.no_runs"))
+        st.stop()
+    active = active_run()
+    if st.session_state.get("p.chat.run") not in runs:
+        st.session_state["p.chat.run"] = active.name if active is not None and active.name in runs else next(iter(runs))
+    c1, c2 = st.columns(2)
+    run = runs[c1.selectbox(t("chat.run"), list(runs), key="p.chat.run", persist_state="session")]
+    targets = cv.run_targets(run)
+    if st.session_state.get("p.chat.target") not in targets:
+        st.session_state["p.chat.target"] = next(iter(targets))
+    target = c2.selectbox(t("chat.target"), list(targets), key="p.chat.target", persist_state="session",
+                          format_func=lambda k, final=t("chat.final"): final if k == "final" else k)
+    model_dir = targets[target]
+    base_path, base_trust = cv.run_base(run)
+    base_dir = resolve(base_path)
+    trust = base_trust
+else:
+    options = [str(p) for p in list_local_models()] + [form.OTHER_MODEL]
+    if st.session_state.get("p.chat.model") not in options:
+        st.session_state["p.chat.model"] = options[0]
+    c1, c2 = st.columns(2)
+    choice = c1.selectbox(t("chat.model"), options, key="p.chat.model", persist_state="session",
+                          format_func=lambda p, other=t("train.model_other"): other if p == form.OTHER_MODEL else shown_path(p))
+    if choice == form.OTHER_MODEL:
+        typed = c2.text_input(t("train.model_typed"), key="p.chat.model_typed", persist_state="session")
+        if not typed.strip():
+            st.stop()
+        model_dir = resolve(typed)
+    else:
+        model_dir = Path(choice)
+    trust = st.checkbox(t("field.model.trust_remote_code"), key="p.chat.trust", persist_state="session",
+                        help=t("help.model.trust_remote_code"))
+    if trust:
+        st.warning(t("train.trust_warning"), icon=":material/warning:")
+
+# A new model brings its own persona (the one it was trained with).
+if st.session_state.get("chat.persona_for") != str(model_dir):
+    st.session_state["chat.persona_for"] = str(model_dir)
+    st.session_state["p.chat.persona"] = cv.persona_for(model_dir)
+persona = st.text_area(t("chat.persona"), key="p.chat.persona", height=68, persist_state="session",
+                       help=t("help.data.persona"))
+
+defaults = GenParams()
+with st.expander(t("chat.params")):
+    c = st.columns(4)
+    temperature = c[0].slider(t("chat.temperature"), 0.0, 2.0, defaults.temperature, 0.05, key="p.chat.temperature",
+                              persist_state="session", help=t("chat.temperature_help"))
+    top_p = c[1].slider("top-p", 0.05, 1.0, defaults.top_p, 0.05, key="p.chat.top_p", persist_state="session",
+                        help=t("chat.top_p_help"))
+    max_new = c[2].slider(t("chat.max_new_tokens"), 16, 1024, defaults.max_new_tokens, 16, key="p.chat.max_new",
+                          persist_state="session")
+    rep = c[3].slider(t("chat.repetition_penalty"), 1.0, 2.0, defaults.repetition_penalty, 0.01,
+                      key="p.chat.repetition", persist_state="session", help=t("chat.repetition_help"))
+params = GenParams(max_new_tokens=int(max_new), temperature=temperature, top_p=top_p, repetition_penalty=rep)
+
+compare = st.toggle(t("chat.compare"), key="p.chat.compare", persist_state="session", disabled=base_dir is None,
+                    help=t("chat.compare_help")) and base_dir is not None
+sides = {"ft": (model_dir, trust, t("chat.side.ft", name=shown_path(model_dir)))}
+if compare:
+    sides["base"] = (base_dir, base_trust, t("chat.side.base", name=shown_path(base_dir)))
+hist = cv.histories()
+
+c = st.columns([1, 1, 2, 2])
+c[0].button(t("chat.clear"), key="chat.clear", on_click=cv.clear, icon=":material/delete_sweep:")
+c[1].button(t("chat.regenerate"), key="chat.regenerate", on_click=cv.regenerate, icon=":material/refresh:",
+            disabled=not hist["ft"])
+run_probe = c[2].button(t("chat.probe"), key="chat.probe_btn", icon=":material/psychology:",
+                        help=t("chat.probe_help", prompts=" / ".join(cv.PROBES)))
+
+prompt = st.chat_input(t("chat.placeholder"), key="chat.input")
+if prompt:
+    for side in sides:
+        hist[side].append({"role": "user", "content": prompt})
+
+cols = dict(zip(sides, st.columns(len(sides))))
+for side, (path, _, title) in sides.items():
+    with cols[side]:
+        st.markdown(f"**{title}**")
+        for msg in hist[side]:
+            with st.chat_message(msg["role"]):
+                st.markdown(msg["content"])
+for side, (path, trust_code, _) in sides.items():
+    if hist[side] and hist[side][-1]["role"] == "user":
+        with cols[side], st.chat_message("assistant"):
+            try:
+                with st.spinner(t("chat.loading")):
+                    stream = cv.reply_stream(path, trust_code, hist[side], persona, params)
+                text = st.write_stream(stream)
+            except (UserError, OSError, ValueError) as e:
+                hist[side].pop()
+                st.error(str(e), icon=":material/error:")
+            else:
+                hist[side].append({"role": "assistant", "content": text})
+
+# ---- persona probe: the same four prompts, one turn each, on every side
+if run_probe:
+    results = []
+    st.subheader(t("chat.probe_results"))
+    for q in cv.PROBES:
+        row = {"prompt": q}
+        st.markdown(f"**{q}**")
+        for side, col in zip(sides, st.columns(len(sides))):
+            path, trust_code, title = sides[side]
+            with col:
+                st.caption(title)
+                try:
+                    row[side] = st.write_stream(cv.reply_stream(path, trust_code, [{"role": "user", "content": q}],
+                                                                persona, params))
+                except (UserError, OSError, ValueError) as e:
+                    row[side] = ""
+                    st.error(str(e), icon=":material/error:")
+        results.append(row)
+    st.session_state["chat.probe"] = {"sides": {k: v[2] for k, v in sides.items()}, "rows": results}
+elif st.session_state.get("chat.probe"):
+    probe = st.session_state["chat.probe"]
+    st.subheader(t("chat.probe_results"))
+    for row in probe["rows"]:
+        st.markdown(f"**{row['prompt']}**")
+        for side, col in zip(probe["sides"], st.columns(len(probe["sides"]))):
+            col.caption(probe["sides"][side])
+            col.text(row.get(side, ""))

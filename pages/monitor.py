@@ -1,0 +1,52 @@
+"""Monitor: one run's progress, curves, memory and log, live while it trains; stop, force stop or resume it."""
+
+import streamlit as st
+
+from app import monitor_view as mv
+from app.i18n import t
+from app.state import LIVE_STATES, active_run, set_active_run
+from trainer_core.errors import UserError
+from trainer_core.runs import list_runs
+from trainer_core.supervisor import read_state, resume
+
+st.title(t("mon.title"))
+runs = {r.name: r for r in list_runs()}
+if not runs:
+    st.info(t("mon.no_runs"))
+    st.page_link("pages/train.py", label=t("frame.start_one"), icon=":material/rocket_launch:")
+    st.stop()
+
+st.session_state["mon.run"] = active_run().name
+st.selectbox(t("mon.run"), list(runs), key="mon.run", on_change=lambda: set_active_run(st.session_state["mon.run"]))
+run = runs[st.session_state["mon.run"]]
+s = read_state(run)
+
+if s["state"] == "failed":
+    st.error(t("mon.failed", error=s.get("error") or t("mon.unknown_error")), icon=":material/error:")
+elif s["state"] == "completed":
+    st.success(t("mon.completed"), icon=":material/task_alt:")
+    st.page_link("pages/chat.py", label=t("mon.chat_now"), icon=":material/chat:")
+elif s["state"] == "stopped":
+    st.info(t("mon.stopped", checkpoints=", ".join(map(str, s["checkpoints"])) or "-"), icon=":material/pause:")
+
+c = st.columns([1, 1, 1, 3])
+if c[0].button(t("mon.stop"), key="mon.stop", icon=":material/save:", help=t("mon.stop_help"),
+               disabled=s["state"] not in ("starting", "running")):
+    mv.stop_in_background(run, force=False)
+    st.toast(t("mon.stop_requested"))
+if c[1].button(t("mon.force_stop"), key="mon.force_stop", icon=":material/dangerous:", help=t("mon.force_help"),
+               disabled=not s["alive"]):
+    mv.stop_in_background(run, force=True)
+    st.toast(t("mon.stop_requested"))
+if c[2].button(t("mon.resume"), key="mon.resume", icon=":material/play_arrow:", help=t("mon.resume_help"),
+               disabled=s["state"] not in ("stopped", "failed")):
+    try:
+        with st.spinner(t("mon.resuming")):
+            resume(run)
+    except UserError as e:
+        st.error(str(e), icon=":material/error:")
+    else:
+        st.rerun()
+
+live = s["state"] in LIVE_STATES
+st.fragment(run_every=mv.REFRESH_S if live else None)(mv.live_panel)(run, live)

@@ -1,0 +1,105 @@
+"""Runs: every run on disk, its saved config, loss curves side by side; relaunch, clone and edit, export, delete."""
+
+import streamlit as st
+
+from app import runs_view as rv
+from app import train_form as form
+from app.i18n import t
+from app.state import active_run, set_active_run
+from trainer_core.errors import UserError
+from trainer_core.runs import delete_run, list_runs
+from trainer_core.supervisor import read_state
+
+st.title(t("runs.title"))
+runs = {r.name: r for r in list_runs()}
+if not runs:
+    st.info(t("runs.none"))
+    st.page_link("pages/train.py", label=t("frame.start_one"), icon=":material/rocket_launch:")
+    st.stop()
+
+table = rv.history_frame(list(runs.values()))
+st.dataframe(table, hide_index=True, key="runs.table",
+             column_config={c: st.column_config.Column(t(f"runs.col.{c}")) for c in table.columns})
+
+st.subheader(t("runs.overlay"))
+if "p.runs.compare" in st.session_state:
+    st.session_state["p.runs.compare"] = [n for n in st.session_state["p.runs.compare"] if n in runs]
+else:
+    st.session_state["p.runs.compare"] = list(runs)[:3]
+chosen = st.multiselect(t("runs.overlay_pick"), list(runs), key="p.runs.compare", persist_state="session")
+chart = rv.loss_overlay([runs[n] for n in chosen], t("mon.x_step"), t("mon.loss"))
+if chart is None:
+    st.caption(t("mon.no_metrics"))
+else:
+    st.altair_chart(chart, width="stretch")
+
+st.subheader(t("runs.manage"))
+if st.session_state.get("p.runs.pick") not in runs:
+    active = active_run()
+    st.session_state["p.runs.pick"] = active.name if active is not None else next(iter(runs))
+run = runs[st.selectbox(t("runs.pick"), list(runs), key="p.runs.pick", persist_state="session")]
+state = read_state(run)
+try:
+    cfg = rv.saved_config(run)
+except UserError as e:
+    cfg = None
+    st.error(str(e), icon=":material/error:")
+
+c = st.columns(4)
+if c[0].button(t("runs.relaunch"), key="runs.relaunch", icon=":material/replay:", disabled=cfg is None,
+               help=t("runs.relaunch_help")):
+    try:
+        with st.spinner(t("train.launching")):
+            new = form.launch(rv.as_new_run(cfg))
+    except UserError as e:
+        st.error(t("train.refused", error=str(e)), icon=":material/block:")
+    else:
+        set_active_run(new)
+        st.switch_page("pages/monitor.py")
+if c[1].button(t("runs.clone"), key="runs.clone", icon=":material/edit:", disabled=cfg is None,
+               help=t("runs.clone_help")):
+    form.load_into_form(rv.as_new_run(cfg))
+    st.switch_page("pages/train.py")
+if c[2].button(t("runs.monitor"), key="runs.monitor", icon=":material/monitoring:"):
+    set_active_run(run)
+    st.switch_page("pages/monitor.py")
+if c[3].button(t("runs.delete"), key="runs.delete", icon=":material/delete:", disabled=state["alive"],
+               help=t("runs.delete_help")):
+    st.session_state["runs.confirm"] = run.name
+if st.session_state.get("runs.confirm") == run.name:
+    st.warning(t("runs.confirm", name=run.name), icon=":material/warning:")
+    y, n, _ = st.columns([1, 1, 4])
+    if y.button(t("runs.delete_yes"), key="runs.delete_yes", type="primary"):
+        st.session_state.pop("runs.confirm")
+        try:
+            delete_run(run)
+        except UserError as e:
+            st.error(str(e), icon=":material/error:")
+        else:
+            if st.session_state.get("active_run") == run.name:
+                st.session_state.pop("active_run")
+            st.rerun()
+    if n.button(t("runs.delete_no"), key="runs.delete_no"):
+        st.session_state.pop("runs.confirm")
+        st.rerun()
+
+with st.expander(t("runs.export"), expanded=False):
+    if not state["checkpoints"]:
+        st.caption(t("runs.no_checkpoints"))
+    else:
+        c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+        step = c1.selectbox(t("runs.export_step"), list(reversed(state["checkpoints"])), key="runs.export_step")
+        if c2.button(t("runs.export_go"), key="runs.export_go", icon=":material/download:"):
+            from trainer_core.export import export_checkpoint
+
+            try:
+                with st.spinner(t("runs.exporting")):
+                    dest = export_checkpoint(run, int(step))
+            except UserError as e:
+                st.error(str(e), icon=":material/error:")
+            else:
+                st.success(t("runs.exported", path=str(dest)), icon=":material/check:")
+
+st.markdown(f"**{t('runs.saved_config')}**")
+if cfg is not None:
+    st.code(cfg.to_yaml(), language="yaml")

@@ -1,0 +1,147 @@
+"""Train: the run config as a form, the memory plan for this machine, the exact DeepSpeed JSON and command, Launch."""
+
+import json
+
+import streamlit as st
+
+from app import train_form as form
+from app.i18n import t
+from app.state import set_active_run
+from trainer_core.ds_config import list_presets
+from trainer_core.errors import UserError
+from trainer_core.memory import fmt_bytes
+
+st.title(t("train.title"))
+st.caption(t("app.steps"))
+form.ensure_defaults()
+
+# Validate what the widgets hold before drawing them, so each error can sit under its own field.
+cfg, error = form.validate()
+pf = None
+if cfg is not None:
+    try:
+        pf = form.preflight(cfg)
+    except UserError as e:
+        error = str(e)
+f = lambda section, name, **kw: form.field(section, name, error, **kw)  # noqa: E731
+
+st.button(t("train.reset"), key="train.reset", on_click=form.reset_to_quickstart, icon=":material/restart_alt:")
+tabs = st.tabs([t("train.tab.model"), t("train.tab.hyper"), t("train.tab.zero"), t("train.tab.placement")])
+with tabs[0]:
+    c1, c2 = st.columns(2)
+    with c1:
+        f("run", "name", placeholder=t("train.name_placeholder"))
+        f("model", "path")
+        f("model", "trust_remote_code")
+        if form.value("model", "trust_remote_code"):
+            st.warning(t("train.trust_warning"), icon=":material/warning:")
+    with c2:
+        f("data", "path")
+        st.page_link("pages/data.py", label=t("train.check_data"), icon=":material/dataset:")
+        f("data", "persona")
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        f("data", "max_length")
+    with c2:
+        f("data", "eval_ratio")
+    with c3:
+        f("data", "packing")
+with tabs[1]:
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        f("train", "epochs")
+        f("train", "max_steps")
+        f("train", "learning_rate")
+        f("train", "lr_scheduler")
+        f("train", "warmup_ratio")
+    with c2:
+        f("train", "micro_batch_size")
+        f("train", "weight_decay")
+        f("train", "gradient_checkpointing")
+        f("train", "seed")
+    with c3:
+        f("train", "logging_steps")
+        f("train", "save_steps")
+        f("train", "save_total_limit")
+        f("train", "eval_steps")
+with tabs[2]:
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    c1.selectbox(t("train.preset"), list(list_presets()), key=form.PRESET, persist_state="session",
+                 help=t("train.preset_help"))
+    c2.button(t("train.apply_preset"), key="train.apply_preset", on_click=form.apply_preset)
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        f("deepspeed", "stage")
+        f("deepspeed", "offload_optimizer")
+        f("deepspeed", "offload_param")
+        if "nvme" in (form.value("deepspeed", "offload_optimizer"), form.value("deepspeed", "offload_param")):
+            f("deepspeed", "nvme_path")
+    with c2:
+        f("train", "precision")
+        f("train", "gradient_accumulation")
+        f("train", "max_grad_norm")
+    with c3:
+        f("deepspeed", "config_file", placeholder="configs/deepspeed/zero3.json")
+with tabs[3]:
+    c1, c2 = st.columns(2)
+    with c1:
+        f("placement", "num_ranks")
+        f("placement", "gpus")
+        f("placement", "launcher")
+    if form.value("placement", "launcher") != "local":
+        with c2:
+            f("placement", "hostfile")
+            f("placement", "num_nodes")
+            f("placement", "node_rank")
+            f("placement", "master_addr")
+            f("placement", "master_port")
+
+st.divider()
+st.subheader(t("train.plan"))
+if error:
+    st.error(t("train.invalid", error=error), icon=":material/error:")
+else:
+    try:
+        plan = form.memory_plan(pf.cfg)
+    except UserError as e:
+        plan = None
+        st.error(str(e), icon=":material/error:")
+    if plan is not None:
+        with st.container(border=True, key="train-memory"):
+            rows = form.plan_rows(plan)
+            c = st.columns(len(rows) + 1)
+            for col, (label, need, have, ok) in zip(c, rows):
+                colour = "green" if ok else "red"
+                col.markdown(f"{label}  \n:{colour}[**{fmt_bytes(need)}**] / {fmt_bytes(have)}")
+            c[-1].markdown(f"{t('plan.params')}  \n**{plan.params:,}**")
+            if plan.fits:
+                st.success(t("plan.fits"), icon=":material/check_circle:")
+            else:
+                st.error(t("plan.not_fit"), icon=":material/memory:")
+            st.caption(" · ".join(f"{t('plan.part.' + k)} {fmt_bytes(v)}" for k, v in plan.breakdown.items()))
+            for note in plan.notes:
+                st.caption(note)
+    for lint in pf.lints:
+        st.warning(str(lint.message), icon=":material/rule:")
+    with st.expander(t("train.command"), expanded=True):
+        for line in form.launch_commands(pf.cfg):
+            st.code(line, language="bash", wrap_lines=True)
+        st.caption(t("train.command_note"))
+    with st.expander("ds_config.json"):
+        st.code(json.dumps(pf.ds_config, indent=2), language="json")
+    with st.expander("config.yaml"):
+        st.code(pf.cfg.to_yaml(), language="yaml")
+
+if st.button(t("train.launch"), key="train.launch", type="primary", icon=":material/rocket_launch:"):
+    if error:
+        st.error(t("train.refused", error=error), icon=":material/block:")
+    else:
+        try:
+            with st.spinner(t("train.launching")):
+                run = form.launch(cfg)
+        except UserError as e:
+            st.error(t("train.refused", error=str(e)), icon=":material/block:")
+        else:
+            set_active_run(run)
+            st.session_state["train.clear_name"] = True
+            st.switch_page("pages/monitor.py")

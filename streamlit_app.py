@@ -1,0 +1,24 @@
+"""Role-play fine-tuning studio: the dashboard. Every page reads and writes through `trainer_core`.
+
+    streamlit run streamlit_app.py          (./run_app.sh sets up the venv and the starter model first)
+
+Runs live in run directories, not in this process: restart the dashboard at any time and it re-attaches.
+"""
+
+import streamlit as st
+
+from app import frame, train_form
+from app.i18n import t
+
+st.set_page_config(page_title=t("app.title"), page_icon=":material/theater_comedy:", layout="wide")
+
+page = st.navigation([
+    st.Page("pages/data.py", title=t("page.data"), icon=":material/dataset:", url_path="data", default=True),
+    st.Page("pages/train.py", title=t("page.train"), icon=":material/tune:", url_path="train"),
+    st.Page("pages/monitor.py", title=t("page.monitor"), icon=":material/monitoring:", url_path="monitor"),
+    st.Page("pages/chat.py", title=t("page.chat"), icon=":material/chat:", url_path="chat"),
+    st.Page("pages/runs.py", title=t("page.runs"), icon=":material/history:", url_path="runs"),
+])
+train_form.ensure_defaults()  # the Data and Chat pages read the Train form too
+frame.sidebar()
+page.run()
