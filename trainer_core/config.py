@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from trainer_core import paths
 from trainer_core.errors import UserError
 
 DEFAULT_PERSONA = "现在你要扮演皇帝身边的女人--甄嬛"
-RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: "$" would let a trailing newline in
 
 
 def _check(ok: bool, name: str, message: str) -> None:
@@ -208,7 +209,8 @@ class PlacementArgs:
         _check(self.num_nodes >= 1, "placement.num_nodes", f"must be >= 1 (got {self.num_nodes})")
         _check(0 <= self.node_rank < self.num_nodes, "placement.node_rank", f"must be in [0, {self.num_nodes}) (got {self.node_rank})")
         _check(1024 <= self.master_port <= 65535, "placement.master_port", f"must be between 1024 and 65535 (got {self.master_port})")
-        _check(bool(re.fullmatch(r"[A-Za-z0-9.:_-]+", self.master_addr)), "placement.master_addr",
+        # No leading "-": the launcher would read the address as an option.
+        _check(bool(re.fullmatch(r"[A-Za-z0-9:][A-Za-z0-9.:_-]*", self.master_addr)), "placement.master_addr",
                f"must be a host name or IP address (got {self.master_addr!r})")
         _check(self.launcher != "local" or self.num_nodes == 1, "placement.num_nodes",
                f"is {self.num_nodes} but placement.launcher is local: use pdsh, ssh or no_ssh for several nodes")
@@ -228,7 +230,7 @@ class RunConfig:
     placement: PlacementArgs = field(default_factory=PlacementArgs)
 
     def __post_init__(self) -> None:
-        _check(not self.name or bool(RUN_NAME_RE.match(self.name)), "name",
+        _check(not self.name or bool(RUN_NAME_RE.fullmatch(self.name)), "name",
                f"may only hold letters, digits, '.', '_' and '-' and start with a letter or digit (got {self.name!r})")
 
     @property
@@ -271,14 +273,19 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
             return value
         raise UserError(f"{name} must be a whole number (got {value!r})")
     if typ is float:
+        number = None
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise UserError(f"{name} must be a number (got {value!r})")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        if number is None:
+            raise UserError(f"{name} must be a number (got {value!r})")
+        if not math.isfinite(number):  # inf epochs would never end; nan fails no comparison-based check
+            raise UserError(f"{name} must be a finite number (got {value!r})")
+        return number
     if typ is str:
         if isinstance(value, str):
             return value
@@ -297,7 +304,9 @@ ALIASES = {"lr": "learning_rate", "batch_size": "micro_batch_size", "per_device_
 def _unknown_key(name: str, choices: list[str]) -> UserError:
     prefix, _, leaf = name.rpartition(".")
     alias = f"{prefix}.{ALIASES[leaf]}" if prefix and leaf in ALIASES else ALIASES.get(leaf)
-    close = [alias] if alias in choices else difflib.get_close_matches(name, choices, n=1)
+    # Compare field names only: the shared "section." prefix would make any key look close to some field.
+    leaves = {c.rpartition(".")[2]: c for c in choices}
+    close = [alias] if alias in choices else [leaves[m] for m in difflib.get_close_matches(leaf, leaves, n=1)]
     hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(sorted(choices))})"
     return UserError(f"unknown config key {name!r}{hint}")
 
@@ -354,12 +363,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
     for item in overrides:
         keys, value = parse_override(item)
+        if keys == ["name"]:
+            out["name"] = item.split("=", 1)[1]  # a run called "yes" or "2024" stays text
+            continue
         if len(keys) == 1:
             out[keys[0]] = value
             continue
         if len(keys) != 2:
             raise UserError(f"--set key {'.'.join(keys)!r} is too deep: use section.field, e.g. train.epochs=2")
-        section = out.setdefault(keys[0], {})
+        if out.get(keys[0]) is None:  # absent, or an empty `train:` in the YAML
+            out[keys[0]] = {}
+        section = out[keys[0]]
         if not isinstance(section, dict):
             raise UserError(f"--set {keys[0]} is not a section")
         # Text fields keep exactly what was typed (a persona of "123" stays text).
