@@ -118,6 +118,18 @@ def _enabled(block: Any) -> bool:
     return isinstance(block, dict) and block.get("enabled") is True
 
 
+def _block(ds: dict[str, Any], key: str) -> dict[str, Any]:
+    """A sub-dict of a hand-written config; null or a wrong type reads as empty instead of crashing the linter."""
+    value = ds.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _offloaded(zero: dict[str, Any], key: str) -> bool:
+    """DeepSpeed accepts {"device": "none"} as "no offload", and templates ship it that way."""
+    block = zero.get(key)
+    return isinstance(block, dict) and str(block.get("device", "none")).lower() != "none"
+
+
 def lint_ds_config(
     ds: dict[str, Any],
     *,
@@ -130,28 +142,30 @@ def lint_ds_config(
 ) -> list[Lint]:
     """Find DeepSpeed settings that are wrong (error) or wasteful (warning) for this run."""
     out: list[Lint] = []
-    zero = ds.get("zero_optimization") or {}
+    zero = _block(ds, "zero_optimization")
     stage = zero.get("stage", 0)
-    if zero.get("offload_param") and stage != 3:
+    if _offloaded(zero, "offload_param") and stage != 3:
         out.append(Lint("error", "offload-param-stage",
                         f"offload_param only works with ZeRO stage 3 but stage is {stage}; remove it or use offload_optimizer"))
-    if zero.get("offload_optimizer") and stage == 0:
+    if _offloaded(zero, "offload_optimizer") and stage == 0:
         out.append(Lint("error", "offload-optimizer-stage", "offload_optimizer needs ZeRO stage 1, 2 or 3"))
-    if stage == 3 and not (zero.get("stage3_gather_16bit_weights_on_model_save")
-                           or zero.get("gather_16bit_weights_on_model_save")):
+    # DeepSpeed reads this flag under its current name, a short alias and the older fp16 name.
+    if stage == 3 and not any(zero.get(k) for k in ("stage3_gather_16bit_weights_on_model_save",
+                                                    "gather_16bit_weights_on_model_save",
+                                                    "stage3_gather_fp16_weights_on_model_save")):
         out.append(Lint("warning", "zero3-save-gather",
                         "ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the saved model will hold no usable "
                         "weights; set it to true"))
     if stage == 3 and device_map not in (None, "", {}):
         out.append(Lint("error", "zero3-device-map",
                         "device_map cannot be combined with ZeRO-3, which places the parameters itself; drop device_map"))
-    fp16_on = _enabled(ds.get("fp16")) or (ds.get("fp16", {}).get("enabled") == "auto" and precision == "fp16")
+    fp16_on = _enabled(ds.get("fp16")) or (_block(ds, "fp16").get("enabled") == "auto" and precision == "fp16")
     if gpu_supports_bf16 and fp16_on:
         out.append(Lint("warning", "fp16-on-bf16-gpu",
                         "fp16 with loss scaling on a GPU that supports bf16: bf16 is as fast and does not overflow"))
     if _enabled(ds.get("fp16")) and _enabled(ds.get("bf16")):
         out.append(Lint("error", "fp16-and-bf16", "fp16 and bf16 are both enabled; enable one"))
-    if precision in ("fp16", "bf16") and ds.get(precision, {}).get("enabled") is False:
+    if precision in ("fp16", "bf16") and _block(ds, precision).get("enabled") is False:
         out.append(Lint("error", "precision-disabled",
                         f"train.precision is {precision} but the DeepSpeed config disables {precision}"))
     # Batch arithmetic: train_batch_size = micro * accumulation * world_size must hold for concrete values.
@@ -169,7 +183,8 @@ def lint_ds_config(
     if tbs is not None and mb and ga is None and tbs % (mb * world_size):
         out.append(Lint("error", "batch-arithmetic",
                         f"train_batch_size {tbs} is not divisible by micro batch {mb} x {world_size} ranks"))
-    if stage in (1, 2, 3) and world_size == 1 and not zero.get("offload_optimizer") and not zero.get("offload_param"):
+    if stage in (1, 2, 3) and world_size == 1 and not _offloaded(zero, "offload_optimizer") \
+            and not _offloaded(zero, "offload_param"):
         out.append(Lint("warning", "zero-single-rank",
                         f"ZeRO stage {stage} on a single rank without offload shards nothing; it only adds overhead"))
     return out
