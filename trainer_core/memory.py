@@ -103,15 +103,15 @@ def _model_states(shape: ModelShape, cfg: RunConfig, ranks_per_node: int, nodes:
         host, dev, _ = estimate_zero3_model_states_mem_needs(
             p, shape.largest_layer_params, num_gpus_per_node=ranks_per_node, num_nodes=nodes,
             cpu_offload=off_opt, cpu_offload_params=off_param, zero_init=True, additional_buffer_factor=1.5)
-    elif ds.stage == 2:
+    else:
+        # Stages 0 and 1 by ZeRO-2's arithmetic, so the stages compare on the same byte counts. Host memory is the
+        # same for all three: every rank loads the model on the host first, and offloaded states live there.
         host, dev = estimate_zero2_model_states_mem_needs(
             p, num_gpus_per_node=ranks_per_node, num_nodes=nodes, cpu_offload=off_opt, additional_buffer_factor=1.5)
-    elif ds.stage == 1:
-        # Optimizer states (12 bytes: fp32 master + Adam moments) sharded; 16-bit params and grads replicated.
-        dev = 4 * p + (0 if off_opt else int(12 * p / world))
-        host = int(p * max(4 * ranks_per_node, 16) * 1.5) if off_opt else 0
-    else:
-        dev, host = 16 * p, 0
+        if ds.stage == 1:
+            dev += 2 * p - int(2 * p / world)  # 16-bit gradients are not partitioned
+        elif ds.stage == 0:
+            dev = estimate_zero2_model_states_mem_needs(p, cpu_offload=False)[1]  # as one rank: nothing partitioned
     if not half:
         # DeepSpeed's estimators assume 16-bit params and grads; fp32 training holds both in 4 bytes.
         extra = {0: 4 * p, 1: 4 * p, 2: 2 * p + 2 * p // world, 3: 4 * p // world}[ds.stage]
