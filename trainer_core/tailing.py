@@ -63,8 +63,10 @@ def read_new_rows(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], in
     for line in data[: end + 1].splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a damaged line never hides the ones after it
+        except (ValueError, RecursionError):
+            # A damaged line (torn write, NUL bytes after a crash, bad UTF-8) never hides the ones after it;
+            # json.loads raises UnicodeDecodeError, a ValueError, for undecodable bytes.
+            continue
         if isinstance(row, dict):
             rows.append(row)
     return rows, offset + end + 1
