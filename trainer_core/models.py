@@ -30,10 +30,38 @@ def check_model_dir(path: str | Path, *, trust_remote_code: bool = False) -> dic
             raise UserError(f"model.path {p} only has pickle weights (.bin/.pt); we load safetensors only because "
                             "pickle files can run code. Convert them to safetensors first")
         raise UserError(f"model.path {p} has no weights (*.safetensors)")
+    _check_weight_files(p)
     if config.get("auto_map") and not trust_remote_code:
         raise UserError(f"model.path {p} ships its own Python code (auto_map in config.json); tick "
                         "model.trust_remote_code only if you trust its source")
     return config
+
+
+def _check_weight_files(p: Path) -> None:
+    """Catch an interrupted download here rather than in every rank after launch: every shard the index names must
+    exist, and every safetensors file must be as long as its header says (reads only the headers)."""
+    for index in p.glob("*.safetensors.index.json"):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise UserError(f"model.path {p}: {index.name} is broken; re-download the model") from None
+        missing = sorted(s for s in shards if not (p / s).is_file())
+        if missing:
+            raise UserError(f"model.path {p}: {index.name} lists {len(missing)} missing weight file(s), first "
+                            f"{missing[0]}; the download is incomplete")
+    for f in sorted(p.glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if size < 8 or n > size - 8:
+                    raise ValueError("shorter than its header")
+                header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
+            raise UserError(f"model.path {p}: {f.name} is not a valid safetensors file; re-download it") from None
+        if 8 + n + end > size:
+            raise UserError(f"model.path {p}: {f.name} is truncated ({size} of {8 + n + end} bytes); re-download it")
 
 
 def list_local_models() -> list[Path]:
