@@ -7,6 +7,7 @@ the pdsh/ssh launcher from node 0, or `--no_ssh` with one launcher per node (`--
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 import sys
@@ -41,10 +42,12 @@ def parse_hostfile(text: str) -> list[tuple[str, int]]:
         if len(parts) != 2 or not parts[1].startswith("slots="):
             raise UserError(f"placement.hostfile line {i} {raw.strip()!r} must look like 'host1 slots=4'")
         host, slots = parts[0], parts[1][len("slots="):]
-        if not slots.isdigit() or int(slots) < 1:
+        if not re.fullmatch(r"[0-9]+", slots) or int(slots) < 1:  # ASCII digits: DeepSpeed parses with \d+
             raise UserError(f"placement.hostfile line {i}: slots must be a positive number (got {slots!r})")
-        if not all(c.isalnum() or c in ".-_" for c in host):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", host):
             raise UserError(f"placement.hostfile line {i}: {host!r} is not a host name")
+        if any(h == host for h, _ in hosts):  # DeepSpeed refuses the file at launch; say so now
+            raise UserError(f"placement.hostfile line {i}: {host} is listed twice")
         hosts.append((host, int(slots)))
     if not hosts:
         raise UserError("placement.hostfile lists no hosts")
@@ -52,15 +55,21 @@ def parse_hostfile(text: str) -> list[tuple[str, int]]:
 
 
 def hostfile_text(cfg: RunConfig) -> str:
-    """The hostfile content for pdsh/ssh runs (from a path or the inline lines)."""
+    """The hostfile content for multi-node runs (from a path or the inline lines)."""
     spec = cfg.placement.hostfile.strip()
-    if "slots=" not in spec and Path(spec).is_file():
-        spec = Path(spec).read_text(encoding="utf-8")
+    if "slots=" not in spec:
+        if not Path(spec).expanduser().is_file():
+            raise UserError(f"placement.hostfile {spec!r} is neither a file nor 'host slots=N' lines")
+        spec = Path(spec).expanduser().read_text(encoding="utf-8")
     hosts = parse_hostfile(spec)
+    gpus = cfg.placement.gpus
     for host, slots in hosts:
         if slots < cfg.placement.num_ranks:
             raise UserError(f"placement.hostfile gives {host} {slots} slots but placement.num_ranks is "
                             f"{cfg.placement.num_ranks}")
+        if gpus and max(gpus) >= slots:
+            raise UserError(f"placement.gpus asks for GPU {max(gpus)} but placement.hostfile gives {host} only "
+                            f"{slots} slots (GPUs 0-{slots - 1})")
     if len(hosts) != cfg.placement.num_nodes:
         raise UserError(f"placement.hostfile lists {len(hosts)} hosts but placement.num_nodes is "
                         f"{cfg.placement.num_nodes}")
@@ -87,18 +96,33 @@ def node_argv(cfg: RunConfig, run_dir: Path, *, node_rank: int | None = None, ma
         else:
             argv += ["--num_gpus", str(p.num_ranks)]
         argv += ["--master_addr", "127.0.0.1"]
-    elif p.launcher in ("pdsh", "ssh"):
-        argv += ["--hostfile", str(run_dir / HOSTFILE), "--launcher", p.launcher, "--master_addr", p.master_addr]
-        if p.gpus:
-            argv += ["--include", "@".join(f"{h}:{','.join(map(str, p.gpus))}"
-                                           for h, _ in parse_hostfile(hostfile_text(cfg)))]
-    else:  # no_ssh: every node runs its own launcher with its rank; DeepSpeed connects them through the master
+        return argv + trainer_args(run_dir, resume_from)
+    # Several nodes: DeepSpeed reads the node list (and so the world size) from the hostfile in every mode.
+    argv += ["--hostfile", str(run_dir / HOSTFILE), "--master_addr", p.master_addr]
+    if p.launcher in ("pdsh", "ssh"):
+        # DeepSpeed reaches the other nodes over ssh through pdsh; "ssh" names that transport for users.
+        argv += ["--launcher", "pdsh"]
+        _check_remote_shell_safe([str(paths.PROJECT_ROOT), sys.executable, *trainer_args(run_dir, resume_from)])
+    else:  # no_ssh: every node runs its own launcher with its rank; they meet at the master address
         rank = p.node_rank if node_rank is None else node_rank
-        argv += ["--no_ssh", "--node_rank", str(rank), "--num_nodes", str(p.num_nodes),
-                 "--num_gpus", str(p.num_ranks), "--master_addr", p.master_addr]
-        if p.gpus and has_gpu:
-            argv += ["--include", "localhost:" + ",".join(map(str, p.gpus))]
+        argv += ["--no_ssh", "--node_rank", str(rank)]
+    if p.gpus and has_gpu:
+        hosts = [h for h, _ in parse_hostfile(hostfile_text(cfg))]
+        argv += ["--include", "@".join(f"{h}:{','.join(map(str, p.gpus))}" for h in hosts)]
+    else:
+        # Without these DeepSpeed starts one rank per hostfile slot, more than num_ranks when a host has spare slots.
+        # (They cannot be combined with --include, which names the slots itself.)
+        argv += ["--num_nodes", str(p.num_nodes), "--num_gpus", str(p.num_ranks)]
     return argv + trainer_args(run_dir, resume_from)
+
+
+def _check_remote_shell_safe(values: list[str]) -> None:
+    """pdsh joins DeepSpeed's remote command into one shell line and quotes only arguments with spaces, so `$(...)`
+    in a path would run on every node: refuse such paths instead."""
+    for value in values:
+        if not re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", value):
+            raise UserError(f"placement.launcher pdsh runs {value!r} through a shell on every node, which would "
+                            "interpret some of its characters; use paths of letters, digits and ./_- only")
 
 
 def all_node_commands(cfg: RunConfig, run_dir: Path, has_gpu: bool = False) -> list[list[str]]:
