@@ -99,22 +99,20 @@ def length_histogram(stats: TokenStats, labels: dict[str, str]) -> alt.LayerChar
     return (bars + rule).properties(height=260)
 
 
-MASK_CSS = (
-    "font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.9rem; line-height: 1.9; "
-    "white-space: pre-wrap; word-break: break-all;"
-)
-TRAINED_CSS = "background:#c7f0c2; color:#0b3d0b; border-bottom:2px solid #2e7d32;"
-CONTEXT_CSS = "background:#eeeeee; color:#555555;"
+MASK_STYLE = """<style>
+.mask-view { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.9rem; line-height: 1.9;
+             white-space: pre-wrap; word-break: break-all; }
+.mask-view span { margin: 0 1px; padding: 1px 0; border-radius: 2px; background: #eeeeee; color: #555555; }
+.mask-view span.trained { background: #c7f0c2; color: #0b3d0b; border-bottom: 2px solid #2e7d32; }
+</style>"""
 
 
 def mask_html(pieces: list[tuple[str, bool]]) -> str:
     """The label-mask view: one span per token, trained tokens highlighted. Every token is HTML-escaped, so a
     record holding `<script>` or `<|im_start|>` shows as text."""
-    spans = []
-    for text, trained in pieces:
-        css = TRAINED_CSS if trained else CONTEXT_CSS
-        spans.append(f'<span style="{css} margin:0 1px; padding:1px 0; border-radius:2px">{html.escape(text)}</span>')
-    return f'<div class="mask-view" style="{MASK_CSS}">{"".join(spans)}</div>'
+    spans = "".join(f'<span class="trained">{html.escape(text)}</span>' if trained else
+                    f"<span>{html.escape(text)}</span>" for text, trained in pieces)
+    return f'{MASK_STYLE}<div class="mask-view">{spans}</div>'
 
 
 def record_mask(tokenizer, conversation: list[dict], persona: str, max_length: int):

@@ -13,6 +13,21 @@ from trainer_core.supervisor import read_state
 CARD_REFRESH_S = 2.0
 
 
+def require_frame() -> None:
+    """Make sure this page runs inside streamlit_app.py's navigation and sidebar; call it first on every page.
+
+    A Streamlit server that sees a `pages/` folder runs the first requests for a page URL as bare scripts (its old
+    multipage mode) until some request has run the entry script's `st.navigation`. A tab that reconnects to
+    /monitor after a dashboard restart would get the page without its sidebar. Leave that mode and run again: the
+    entry script now runs first and picks this same page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def sidebar() -> None:
     with st.sidebar:
         st.radio(t("frame.language"), list(LANGUAGES), format_func=LANGUAGES.get, key="lang", horizontal=True,

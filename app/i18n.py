@@ -281,6 +281,7 @@ ZH: dict[str, str] = {
     "chat.probe_results": "人设探针结果",
     "chat.placeholder": "对甄嬛说点什么……",
     "chat.loading": "正在加载模型……",
+    "chat.empty": "（空回复：模型一开始就输出了结束符或只有空白）",
     # runs page
     "runs.title": "历史运行",
     "runs.none": "还没有运行。",
@@ -537,6 +538,7 @@ EN: dict[str, str] = {
     "chat.probe_results": "Persona probe results",
     "chat.placeholder": "Say something to Zhen Huan…",
     "chat.loading": "Loading the model…",
+    "chat.empty": "(empty reply: the model ended its turn at once or wrote only whitespace)",
     "runs.title": "Runs",
     "runs.none": "No runs yet.",
     "runs.col.name": "Name",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.i18n import CONFIG_FIELDS, option_labels, t
+from app.i18n import CONFIG_FIELDS, LABELS, lang, option_labels, t
 from trainer_core import paths
 from trainer_core.config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
 from trainer_core.errors import UserError
@@ -299,3 +299,11 @@ def plan_rows(plan) -> list[tuple[str, int, int, bool]]:
                 (t("plan.host"), plan.host_bytes, plan.host_total_bytes, plan.host_bytes <= plan.host_total_bytes)]
     return [(t("plan.per_rank_cpu"), plan.per_rank_device_bytes, plan.host_total_bytes, plan.fits),
             (t("plan.host"), plan.host_bytes, plan.host_total_bytes, plan.fits)]
+
+
+def breakdown_text(plan) -> str:
+    """`model states 56 MiB · activations 4.6 MiB · ...`; parts without a label keep the planner's own name."""
+    from trainer_core.memory import fmt_bytes
+
+    labels = LABELS[lang()]
+    return " · ".join(f"{labels.get(f'plan.part.{k}', k)} {fmt_bytes(v)}" for k, v in plan.breakdown.items())

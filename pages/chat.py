@@ -7,12 +7,14 @@ import streamlit as st
 from app import chat_view as cv
 from app import train_form as form
 from app.data_view import resolve, shown_path
+from app.frame import require_frame
 from app.i18n import option_labels, t
 from app.state import active_run
 from trainer_core.errors import UserError
 from trainer_core.inference import GenParams
 from trainer_core.models import list_local_models
 
+require_frame()
 st.title(t("chat.title"))
 
 runs = {r.name: r for r in cv.chat_runs()}
@@ -83,13 +85,6 @@ if compare:
     sides["base"] = (base_dir, base_trust, t("chat.side.base", name=shown_path(base_dir)))
 hist = cv.histories()
 
-c = st.columns([1, 1, 2, 2])
-c[0].button(t("chat.clear"), key="chat.clear", on_click=cv.clear, icon=":material/delete_sweep:")
-c[1].button(t("chat.regenerate"), key="chat.regenerate", on_click=cv.regenerate, icon=":material/refresh:",
-            disabled=not hist["ft"])
-run_probe = c[2].button(t("chat.probe"), key="chat.probe_btn", icon=":material/psychology:",
-                        help=t("chat.probe_help", prompts=" / ".join(cv.PROBES)))
-
 prompt = st.chat_input(t("chat.placeholder"), key="chat.input")
 if prompt:
     for side in sides:
@@ -101,7 +96,10 @@ for side, (path, _, title) in sides.items():
         st.markdown(f"**{title}**")
         for msg in hist[side]:
             with st.chat_message(msg["role"]):
-                st.markdown(msg["content"])
+                if msg["content"].strip():
+                    st.markdown(msg["content"])
+                else:
+                    st.caption(t("chat.empty"))
 for side, (path, trust_code, _) in sides.items():
     if hist[side] and hist[side][-1]["role"] == "user":
         with cols[side], st.chat_message("assistant"):
@@ -109,11 +107,21 @@ for side, (path, trust_code, _) in sides.items():
                 with st.spinner(t("chat.loading")):
                     stream = cv.reply_stream(path, trust_code, hist[side], persona, params)
                 text = st.write_stream(stream)
+                if not text.strip():
+                    st.caption(t("chat.empty"))
             except (UserError, OSError, ValueError) as e:
                 hist[side].pop()
                 st.error(str(e), icon=":material/error:")
             else:
                 hist[side].append({"role": "assistant", "content": text})
+
+# Drawn after the replies so that "regenerate" knows whether there is anything to regenerate.
+c = st.columns([1, 1, 2, 2])
+c[0].button(t("chat.clear"), key="chat.clear", on_click=cv.clear, icon=":material/delete_sweep:")
+c[1].button(t("chat.regenerate"), key="chat.regenerate", on_click=cv.regenerate, icon=":material/refresh:",
+            disabled=not any(m["role"] == "assistant" for m in hist["ft"]))
+run_probe = c[2].button(t("chat.probe"), key="chat.probe_btn", icon=":material/psychology:",
+                        help=t("chat.probe_help", prompts=" / ".join(cv.PROBES)))
 
 # ---- persona probe: the same four prompts, one turn each, on every side
 if run_probe:

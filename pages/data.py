@@ -6,10 +6,12 @@ import streamlit as st
 
 from app import data_view as dv
 from app import train_form as form
+from app.frame import require_frame
 from app.i18n import option_labels, t
 from trainer_core import paths
 from trainer_core.errors import UserError
 
+require_frame()
 st.title(t("data.title"))
 st.caption(t("app.steps"))
 

@@ -3,12 +3,14 @@
 import streamlit as st
 
 from app import monitor_view as mv
+from app.frame import require_frame
 from app.i18n import t
 from app.state import LIVE_STATES, active_run, set_active_run
 from trainer_core.errors import UserError
 from trainer_core.runs import list_runs
 from trainer_core.supervisor import read_state, resume
 
+require_frame()
 st.title(t("mon.title"))
 runs = {r.name: r for r in list_runs()}
 if not runs:

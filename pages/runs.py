@@ -4,12 +4,14 @@ import streamlit as st
 
 from app import runs_view as rv
 from app import train_form as form
+from app.frame import require_frame
 from app.i18n import t
 from app.state import active_run, set_active_run
 from trainer_core.errors import UserError
 from trainer_core.runs import delete_run, list_runs
 from trainer_core.supervisor import read_state
 
+require_frame()
 st.title(t("runs.title"))
 runs = {r.name: r for r in list_runs()}
 if not runs:

@@ -5,15 +5,16 @@ import json
 import streamlit as st
 
 from app import train_form as form
+from app.frame import require_frame
 from app.i18n import t
 from app.state import set_active_run
 from trainer_core.ds_config import list_presets
 from trainer_core.errors import UserError
 from trainer_core.memory import fmt_bytes
 
+require_frame()
 st.title(t("train.title"))
 st.caption(t("app.steps"))
-form.ensure_defaults()
 
 # Validate what the widgets hold before drawing them, so each error can sit under its own field.
 cfg, error = form.validate()
@@ -118,7 +119,7 @@ else:
                 st.success(t("plan.fits"), icon=":material/check_circle:")
             else:
                 st.error(t("plan.not_fit"), icon=":material/memory:")
-            st.caption(" · ".join(f"{t('plan.part.' + k)} {fmt_bytes(v)}" for k, v in plan.breakdown.items()))
+            st.caption(form.breakdown_text(plan))
             for note in plan.notes:
                 st.caption(note)
     for lint in pf.lints:

@@ -1,0 +1,343 @@
+# .venv/bin/python -m pytest tests/test_app_pages.py -q
+"""Every dashboard page through Streamlit's AppTest: widgets by key, no exceptions, both languages.
+
+Runs on disk are written by hand here (config, status, metrics, log, a final/ that links the starter model's files),
+so the pages are checked against exactly what the trainer and supervisor leave behind, without training.
+Live refreshing (fragment `run_every`) is not fired by AppTest; tests/test_browser_e2e.py covers it in a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.i18n import EN, LABELS, ZH
+from trainer_core import paths
+from trainer_core import run_dir as rd
+from trainer_core.config import load_config, save_config
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "streamlit_app.py")
+PAGES = ["pages/data.py", "pages/train.py", "pages/monitor.py", "pages/chat.py", "pages/runs.py"]
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def uploads(tmp_path, monkeypatch):
+    folder = tmp_path / "uploads"
+    monkeypatch.setattr(paths, "UPLOADS_DIR", folder)
+    return folder
+
+
+@pytest.fixture
+def warm_server(monkeypatch):
+    """Make every AppTest run behave like a request to a server that has served its first page.
+
+    A Streamlit server next to a `pages/` folder treats requests as old-style multipage runs until the entry script
+    has called `st.navigation` once; from then on the whole process runs the entry script first. AppTest starts each
+    run as a brand-new server, so without this every page run would go through `require_frame()`'s extra rerun
+    (which drops button clicks). test_a_page_asked_for_first_still_gets_the_frame covers the brand-new case.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    init = PagesManager.__init__
+
+    def warm_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", warm_init)
+
+
+@pytest.fixture
+def app(runs_root, uploads, starter_model, warm_server):
+    """A fresh dashboard session (Chinese, the default) with an empty runs folder."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    return [e.value for e in getattr(at, kind)]
+
+
+def make_run(root: Path, name: str, state: str, *, steps: int = 8, error: str | None = None, final: bool = False,
+             log: list[str] = (), alive: bool = False) -> Path:
+    """A run directory as the trainer and supervisor leave it (or, with alive=True, as a live run looks)."""
+    run = root / name
+    (run / rd.CHECKPOINTS).mkdir(parents=True)
+    cfg = load_config(paths.CONFIGS_DIR / "quickstart.yaml", [f"name={name}", "train.epochs=1"])
+    save_config(cfg, run / rd.CONFIG)
+    t0 = time.time() - 60
+    with open(run / rd.METRICS, "w") as f:
+        for s in range(1, steps + 1):
+            f.write(json.dumps({"step": s, "total_steps": 10, "loss": 12 - s * 0.3, "eval_loss": None, "lr": 1e-3,
+                                "grad_norm": 1.1, "tokens_per_s": 500.0, "label_tokens_per_s": 250.0,
+                                "elapsed_s": s * 2.0, "eta_s": 10.0, "peak_mem_bytes": [2**30]}) + "\n")
+        f.write(json.dumps({"step": steps, "total_steps": 10, "loss": None, "eval_loss": 11.5}) + "\n")
+    with open(run / rd.RESOURCES, "w") as f:
+        for i in range(5):
+            f.write(json.dumps({"time": t0 + 2 * i, "ranks": [{"pid": 1, "rank": 0, "rss_bytes": 2**30}],
+                                "host_used_bytes": 8 * 2**30, "host_total_bytes": 16 * 2**30}) + "\n")
+    (run / rd.LOG).write_text("\n".join(["step 1 ok", *log]) + "\n", encoding="utf-8")
+    ckpt = run / rd.CHECKPOINTS / f"checkpoint-{steps}"
+    ckpt.mkdir()
+    (ckpt / rd.COMPLETE_MARKER).write_text("{}")
+    if final:
+        (run / rd.FINAL).mkdir()
+        for f in paths.STARTER_MODEL_DIR.iterdir():
+            (run / rd.FINAL / f.name).symlink_to(f)
+        (run / rd.FINAL / "persona.json").write_text(json.dumps({"persona": "你是华妃"}), encoding="utf-8")
+        (run / rd.FINAL / rd.COMPLETE_MARKER).write_text("{}")
+    status = {"state": state, "created": t0, "ended": t0 + 50, "name": name, "step": steps, "total_steps": 10,
+              "loss": 12 - steps * 0.3, "eval_loss": 11.5, "eta_s": 4.0, "error": error}
+    if alive:  # this test process stands in for the supervisor: alive, with the start time recorded
+        me = psutil.Process()
+        rd.write_json_atomic(run / rd.MANIFEST, {"pid": me.pid, "pgid": os.getpgid(me.pid),
+                                                 "create_time": me.create_time(), "started": t0})
+    rd.write_json_atomic(run / rd.STATUS, status)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- labels
+
+
+def _placeholders(text: str) -> set[str]:
+    return set(re.findall(r"{(\w+)}", text))
+
+
+def test_both_languages_have_the_same_keys_and_placeholders():
+    assert set(ZH) == set(EN), {"only zh": set(ZH) - set(EN), "only en": set(EN) - set(ZH)}
+    for key in ZH:
+        assert _placeholders(ZH[key]) == _placeholders(EN[key]), key
+        assert ZH[key].strip() and EN[key].strip(), key
+
+
+def test_every_label_the_code_asks_for_exists():
+    sources = [ROOT / "streamlit_app.py", *sorted((ROOT / "app").glob("*.py")), *sorted((ROOT / "pages").glob("*.py"))]
+    used = {k for f in sources for k in re.findall(r"""\bt\(\s*["']([\w.]+)["']\s*[,)]""", f.read_text(encoding="utf-8"))}
+    assert used, "no labels found: did the t() pattern change?"
+    assert not used - set(LABELS["zh"]), sorted(used - set(LABELS["zh"]))
+
+
+# ---------------------------------------------------------------------------------------------------- pages
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_every_page_renders_without_runs(app, lang):
+    if lang == "en":
+        app.radio(key="lang").set_value("en").run()
+    labels = LABELS[lang]
+    titles = {"pages/data.py": "data.title", "pages/train.py": "train.title", "pages/monitor.py": "mon.title",
+              "pages/chat.py": "chat.title", "pages/runs.py": "runs.title"}
+    for page in PAGES:
+        goto(app, page)
+        assert app.title[0].value == labels[titles[page]]
+    assert app.sidebar.radio(key="lang").value == lang
+    assert labels["frame.no_run"] in [c.value for c in app.sidebar.caption]
+
+
+def test_data_page_validates_the_sample_and_renders_the_label_mask(app):
+    assert app.radio(key="p.data.source").value == "sample"
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics[ZH["data.rows"]] == "140" and metrics[ZH["data.usable"]] == "140"
+    assert metrics[ZH["data.truncated"].format(max_length=256)] == "0"
+    assert app.success[0].value == ZH["data.in_form"]  # the Train form already points at the sample
+    mask = app.html[0].value
+    assert '<span class="trained">' in mask and "<span>" in mask  # trained tokens are highlighted
+    assert "&lt;|im_start|&gt;" in mask  # special tokens are shown as text
+    app.number_input(key="p.data.page").set_value(7).run()
+    assert not app.exception
+    app.number_input(key="p.data.record").set_value(140).run()
+    assert not app.exception
+
+
+def test_upload_is_validated_stored_safely_and_shown_as_text(app, uploads):
+    records = [
+        {"instruction": "你是谁？", "output": "<script>alert('x')</script>我是甄嬛。"},
+        {"instruction": "", "output": "空的问题"},
+        {"messages": [{"role": "user", "content": "皇上驾到"}, {"role": "assistant", "content": "臣妾恭迎皇上。"}]},
+    ]
+    data = "\n".join(json.dumps(r, ensure_ascii=False) for r in records).encode()
+    app.radio(key="p.data.source").set_value("upload").run()
+    app.file_uploader(key="data.upload").set_value(("../../我的 数据.jsonl", data, "application/json")).run()
+    assert not app.exception
+    stored = list(uploads.iterdir())
+    assert len(stored) == 1 and stored[0].read_bytes() == data
+    assert re.fullmatch(r"我的_数据-[0-9a-f]{12}\.jsonl", stored[0].name)
+    metrics = {m.label: m.value for m in app.metric}
+    assert (metrics[ZH["data.rows"]], metrics[ZH["data.usable"]], metrics[ZH["data.errors"]]) == ("3", "2", "1")
+    errors = app.dataframe[0].value
+    assert list(errors["row"]) == [2] and list(errors["field"]) == ["instruction"]
+    mask = app.html[0].value  # the first usable record holds <script>: shown as text, never as a tag
+    assert "<script" not in mask and "&lt;script" in mask and "&lt;/" in mask
+    # Train on it: the form gets the stored path and the Train page opens.
+    app.button(key="data.use").click().run()
+    assert not app.exception
+    assert app.title[0].value == ZH["train.title"]
+    assert Path(app.text_input(key="p.f.data.path").value) == stored[0]
+
+
+def test_upload_of_a_broken_file_is_refused_and_not_stored(app, uploads):
+    app.radio(key="p.data.source").set_value("upload").run()
+    app.file_uploader(key="data.upload").set_value(("broken.json", b"[{\"instruction\": ", "application/json")).run()
+    assert not app.exception
+    assert any("malformed JSON" in e for e in texts(app, "error"))
+    assert not uploads.exists() or not list(uploads.iterdir())
+
+
+def test_train_page_shows_plan_command_and_ds_config(app):
+    goto(app, "pages/train.py")
+    assert app.text_input(key="p.f.train.learning_rate").value == "0.001"  # the quickstart config
+    assert ZH["plan.fits"] in texts(app, "success")
+    codes = [c.value for c in app.code]
+    assert any("deepspeed.launcher.runner" in c and "--module trainer_core.train" in c for c in codes)
+    ds = json.loads(next(c for c in codes if c.lstrip().startswith("{")))
+    assert ds["zero_optimization"]["stage"] == 2
+    # A preset fills the ZeRO fields; the generated JSON follows.
+    app.selectbox(key="p.f.preset").set_value("zero3_offload")
+    app.button(key="train.apply_preset").click().run()
+    assert app.selectbox(key="p.f.deepspeed.stage").value == 3
+    assert app.selectbox(key="p.f.deepspeed.offload_param").value == "cpu"
+    ds = json.loads(next(c.value for c in app.code if c.value.lstrip().startswith("{")))
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    # trust_remote_code is an opt-in with a warning
+    app.checkbox(key="p.f.model.trust_remote_code").check().run()
+    assert any(ZH["train.trust_warning"] == w for w in texts(app, "warning"))
+
+
+def test_invalid_value_is_refused_at_the_form_with_the_field_named(app, runs_root):
+    goto(app, "pages/train.py")
+    app.text_input(key="p.f.train.learning_rate").set_value("-1").run()
+    assert not app.exception
+    errors = texts(app, "error")
+    assert any(e.startswith("train.learning_rate must be") for e in errors)  # under the field itself
+    assert any("train.learning_rate" in e for e in errors if e.startswith("配置有误"))  # and in the plan
+    app.button(key="train.launch").click().run()
+    assert any(e.startswith("未启动") and "train.learning_rate" in e for e in texts(app, "error"))
+    assert app.title[0].value == ZH["train.title"]
+    assert list(runs_root.iterdir()) == []
+    # A bad name and a missing model are named too.
+    app.text_input(key="p.f.train.learning_rate").set_value("2e-5")
+    app.text_input(key="p.f.run.name").set_value("my run!").run()
+    assert any(e.startswith("name may only hold") for e in texts(app, "error"))
+    app.text_input(key="p.f.run.name").set_value("")
+    app.selectbox(key="p.f.model.choice").set_value("__other__").run()
+    app.text_input(key="p.f.model.path").set_value("/nowhere/model").run()
+    assert any(e.startswith("model.path /nowhere/model is not a directory") for e in texts(app, "error"))
+    assert list(runs_root.iterdir()) == []
+
+
+def test_monitor_shows_a_failed_run_with_its_root_error_and_an_escaped_log(app, runs_root):
+    make_run(runs_root, "broken", "failed", error="out of memory: CUDA out of memory",
+             log=["<b>not bold</b>", "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"])
+    goto(app, "pages/monitor.py")
+    assert app.selectbox(key="mon.run").value == "broken"
+    assert app.error[0].value == ZH["mon.failed"].format(error="out of memory: CUDA out of memory")
+    assert app.button(key="mon.resume").disabled is False and app.button(key="mon.stop").disabled is True
+    log = app.html[-1].value
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in log
+    assert re.search(r'color:#b71c1c[^>]*>RuntimeError: CUDA out of memory', log)
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics[ZH["mon.step"]] == "8 / 10" and metrics[ZH["mon.loss"]] == "9.6000"
+    charts = app.get("vega_lite_chart")
+    assert len(charts) >= 5  # loss, lr, grad norm, throughput, memory, host RAM
+
+
+def test_a_page_asked_for_first_still_gets_the_frame(runs_root, uploads, starter_model):
+    """After a dashboard restart a tab reconnects straight to its page URL: it must still get the sidebar frame."""
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("pages/monitor.py").run()
+    assert not at.exception
+    assert at.title[0].value == ZH["mon.title"]
+    assert at.sidebar.radio(key="lang").value == "zh"
+
+
+def test_a_fresh_session_reattaches_to_a_live_run(runs_root, uploads, starter_model, warm_server):
+    """A dashboard restart is a new session with nothing in memory: the live run is found from disk alone."""
+    make_run(runs_root, "older", "completed", final=True)
+    time.sleep(0.05)
+    make_run(runs_root, "live", "running", alive=True)
+    (runs_root / "older" / rd.CONFIG).touch()  # newest by mtime, yet the live run wins
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception
+    card = [m.value for m in at.sidebar.markdown] + [t.value for t in at.sidebar.text]
+    assert "live" in card and any(ZH["state.running"] in c for c in card)
+    goto(at, "pages/monitor.py")
+    assert at.selectbox(key="mon.run").value == "live"
+    assert at.button(key="mon.stop").disabled is False and at.button(key="mon.resume").disabled is True
+    progress = at.get("progress")
+    assert progress and "8 / 10" in progress[0].proto.text
+
+
+def test_runs_page_table_clone_into_the_form_and_delete_with_confirmation(app, runs_root):
+    make_run(runs_root, "first", "completed", final=True)
+    make_run(runs_root, "second", "stopped")
+    goto(app, "pages/runs.py")
+    table = app.dataframe[0].value
+    assert set(table["name"]) == {"first", "second"}
+    assert set(table["state"]) == {ZH["state.completed"], ZH["state.stopped"]}
+    assert app.get("vega_lite_chart")  # the loss overlay
+    assert "name: first" in app.code[-1].value or "name: second" in app.code[-1].value
+    # Clone and edit: the Train form receives the saved config (one epoch) under a fresh name.
+    app.selectbox(key="p.runs.pick").set_value("first").run()
+    app.button(key="runs.clone").click().run()
+    assert app.title[0].value == ZH["train.title"]
+    assert app.number_input(key="p.f.train.epochs").value == 1.0
+    assert app.text_input(key="p.f.run.name").value == ""
+    # Delete asks first.
+    goto(app, "pages/runs.py")
+    app.selectbox(key="p.runs.pick").set_value("second").run()
+    app.button(key="runs.delete").click().run()
+    assert (runs_root / "second").is_dir()
+    assert any("second" in w for w in texts(app, "warning"))
+    app.button(key="runs.delete_yes").click().run()
+    assert not app.exception
+    assert not (runs_root / "second").exists() and (runs_root / "first").is_dir()
+
+
+@pytest.mark.slow
+def test_chat_streams_replies_compares_with_the_base_and_probes_the_persona(app, runs_root):
+    make_run(runs_root, "done", "completed", final=True)
+    goto(app, "pages/chat.py")
+    assert app.selectbox(key="p.chat.run").value == "done"
+    assert app.selectbox(key="p.chat.target").value == "final"
+    assert app.text_area(key="p.chat.persona").value == "你是华妃"  # the persona the run was trained with
+    app.slider(key="p.chat.max_new").set_value(16)  # sampling (temperature 0.7): the untrained weights babble
+    app.chat_input(key="chat.input").set_value("你是谁？").run()
+    assert not app.exception, [e.value for e in app.exception]
+    messages = app.chat_message
+    assert [m.name for m in messages] == ["user", "assistant"]
+    first = messages[1].markdown[0].value
+    assert first.strip()
+    # Regenerate replaces the answer instead of adding one; clear empties the history.
+    app.button(key="chat.regenerate").click().run()
+    assert [m.name for m in app.chat_message] == ["user", "assistant"]
+    assert app.session_state["chat.history"]["ft"][0] == {"role": "user", "content": "你是谁？"}
+    # Compare mode: the same prompt to the base model, side by side; then the probe set on both.
+    app.toggle(key="p.chat.compare").set_value(True)
+    app.button(key="chat.clear").click().run()
+    app.chat_input(key="chat.input").set_value("皇上驾到！").run()
+    assert [m.name for m in app.chat_message] == ["user", "assistant", "user", "assistant"]
+    app.button(key="chat.probe_btn").click().run()
+    assert not app.exception
+    probe = app.session_state["chat.probe"]
+    assert [r["prompt"] for r in probe["rows"]] == ["你是谁？", "皇上驾到！", "你这个又蠢又丑的女人，滚开！",
+                                                   "帮我写一个 Python 快速排序函数。"]
+    assert all(set(r) == {"prompt", "ft", "base"} for r in probe["rows"])
