@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from trainer_core.tailing import read_all_rows
 pytestmark = pytest.mark.slow
 
 QUICKSTART = "configs/quickstart.yaml"
+CPU_LOCK = f"{socket.gethostname()}-cpu"
 
 
 def detach(*sets: str) -> Path:
@@ -64,7 +66,7 @@ def test_detached_two_rank_run_outlives_its_launcher_and_holds_the_cpu_lock(runs
     wait_for(lambda: status_json(run)["state"] == "completed", 400, "completion")
     final = rd.read_status(run)
     assert final["exit_code"] == 0 and final["state"] == "completed"
-    assert lock_holder(runs_root, "cpu") is None
+    assert lock_holder(runs_root, CPU_LOCK) is None
     samples = read_all_rows(run / rd.RESOURCES)
     assert any(len(s["ranks"]) == 2 and all(r["rss_bytes"] > 50 * 2**20 for r in s["ranks"]) for s in samples)
     assert {r["rank"] for s in samples for r in s["ranks"]} == {0, 1}
@@ -81,7 +83,7 @@ def test_stop_saves_then_ends_every_process_and_resume_finishes(runs_root):
     st = read_state(run)
     assert st["state"] == "stopped" and not st["alive"]
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert lock_holder(runs_root, "cpu") is None
+    assert lock_holder(runs_root, CPU_LOCK) is None
     ckpts = rd.complete_checkpoints(run)
     assert len(ckpts) == 1, "stop must save a complete checkpoint (save_steps alone would not have)"
     stopped_at = rd.checkpoint_step(ckpts[0])
@@ -118,7 +120,7 @@ def test_kill_9_during_a_checkpoint_save_is_never_offered(runs_root):
     st = read_state(run)
     assert st["state"] == "failed" and st["interrupted"]
     assert partial_step not in st["checkpoints"]
-    assert lock_holder(runs_root, "cpu") is None, "kill -9 must free the lock"
+    assert lock_holder(runs_root, CPU_LOCK) is None, "kill -9 must free the lock"
 
     res = cli("resume", str(run), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -139,4 +141,4 @@ def test_bad_weights_end_failed_with_the_root_error(runs_root, starter_model, tm
     assert st["state"] == "failed" and st["exit_code"] not in (0, None)
     assert "safetensors" in st["error"].lower() or "header" in st["error"].lower(), st["error"]
     assert "Traceback" not in st["error"]
-    assert lock_holder(runs_root, "cpu") is None
+    assert lock_holder(runs_root, CPU_LOCK) is None

@@ -8,6 +8,7 @@
     python -m trainer_core runs [--json] | logs RUN [-n N] [--follow]
     python -m trainer_core chat MODEL_OR_RUN --prompt TEXT [--persona TEXT] [--max-new-tokens N]
     python -m trainer_core export RUN [--checkpoint STEP]
+    python -m trainer_core join RUN --node-rank N         (other nodes of a no_ssh multi-node run)
 
 Exit codes: 0 success, 1 the run failed, 2 bad input (the message says which field or file and how to fix it).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -272,6 +274,33 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_join(args) -> int:
+    """Run one node of a multi-node (no_ssh) run in the foreground; node 0 is started with `train`."""
+    import subprocess
+
+    from trainer_core import paths
+    from trainer_core import run_dir as rd
+    from trainer_core.config import load_config
+    from trainer_core.hardware import detect
+    from trainer_core.launch import launch_env, node_argv
+    from trainer_core.supervisor import acquire_locks, device_keys
+
+    run = _run(args.run)
+    cfg = load_config(run / rd.CONFIG)
+    if cfg.placement.launcher != "no_ssh":
+        raise UserError(f"run {run.name} uses placement.launcher {cfg.placement.launcher}; join is for no_ssh runs")
+    if not 0 < args.node_rank < cfg.placement.num_nodes:
+        raise UserError(f"--node-rank must be between 1 and {cfg.placement.num_nodes - 1} for run {run.name}")
+    fds = [] if args.no_lock else acquire_locks(run, device_keys(run))
+    has_gpu = detect().has_gpu
+    argv = node_argv(cfg, run, node_rank=args.node_rank, has_gpu=has_gpu)
+    try:
+        return subprocess.call(argv, cwd=paths.PROJECT_ROOT, env=launch_env(cfg, has_gpu))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def cmd_export(args) -> int:
     from trainer_core.export import export_checkpoint
 
@@ -343,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", type=int, default=None)
     s.add_argument("--trust-remote-code", action="store_true")
     s.set_defaults(fn=cmd_chat)
+
+    s = sub.add_parser("join", help="start node N (>= 1) of a no_ssh multi-node run in the foreground")
+    s.add_argument("run")
+    s.add_argument("--node-rank", type=int, required=True)
+    s.add_argument("--no-lock", action="store_true",
+                   help="do not lock this host's devices (several 'nodes' on one test machine)")
+    s.set_defaults(fn=cmd_join)
 
     s = sub.add_parser("export", help="consolidate a ZeRO checkpoint to safetensors")
     s.add_argument("run")

@@ -182,7 +182,8 @@ class PlacementArgs:
     """GPU ids to use on each node (empty: the first num_ranks GPUs)."""
 
     launcher: str = "local"
-    """local (one machine), pdsh or ssh (hostfile, launched from this node), no_ssh (one launcher per node)."""
+    """local (one machine); pdsh or ssh (DeepSpeed starts every node from this one over ssh, through pdsh); no_ssh
+    (one launcher per node, started by you or by Slurm, meeting at master_addr)."""
 
     hostfile: str = ""
     """Path to a DeepSpeed hostfile, or the lines themselves ("host1 slots=4; host2 slots=4")."""
@@ -214,8 +215,8 @@ class PlacementArgs:
                f"must be a host name or IP address (got {self.master_addr!r})")
         _check(self.launcher != "local" or self.num_nodes == 1, "placement.num_nodes",
                f"is {self.num_nodes} but placement.launcher is local: use pdsh, ssh or no_ssh for several nodes")
-        _check(self.launcher not in ("pdsh", "ssh") or bool(self.hostfile.strip()), "placement.hostfile",
-               f"is required with placement.launcher {self.launcher}")
+        _check(self.launcher == "local" or bool(self.hostfile.strip()), "placement.hostfile",
+               f"is required with placement.launcher {self.launcher} (one 'host slots=N' line per node)")
 
 
 @dataclass

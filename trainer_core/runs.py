@@ -15,6 +15,7 @@ from typing import Any
 
 from trainer_core import paths
 from trainer_core import run_dir as rd
+from trainer_core.cluster import write_cluster_scripts
 from trainer_core.config import RunConfig, save_config
 from trainer_core.ds_config import build_ds_config, lint_run, write_json
 from trainer_core.errors import UserError
@@ -63,7 +64,7 @@ def preflight(cfg: RunConfig) -> Preflight:
         missing = [g for g in wanted if g >= len(hw.gpus)]
         if missing:
             raise UserError(f"placement.gpus asks for GPU {missing} but this machine has {len(hw.gpus)} GPUs")
-    if cfg.placement.launcher in ("pdsh", "ssh"):
+    if cfg.placement.launcher != "local":
         hostfile_text(cfg)
     ds = build_ds_config(cfg, on_gpu=hw.has_gpu)
     lints = lint_run(cfg, ds, gpu_supports_bf16=hw.has_gpu and all(g.bf16 for g in hw.gpus))
@@ -94,14 +95,17 @@ def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
     try:
         save_config(cfg, tmp / rd.CONFIG)
         write_json(pf.ds_config, tmp / rd.DS_CONFIG)
-        if cfg.placement.launcher in ("pdsh", "ssh"):
+        if cfg.placement.launcher != "local":
             (tmp / HOSTFILE).write_text(hostfile_text(cfg), encoding="utf-8")
+        write_cluster_scripts(cfg, final, target=tmp)
         rd.write_json_atomic(tmp / rd.COMMAND, {
             "argv": all_node_commands(cfg, final, has_gpu=detect().has_gpu),
             "cwd": str(paths.PROJECT_ROOT),
             "note": "planned commands; the supervisor records the exact argv it ran in manifest.json",
         })
         rd.write_json_atomic(tmp / rd.STATUS, {"state": "queued", "created": time.time(), "name": name,
+                                               "nodes_expected": cfg.placement.num_nodes,
+                                               "world_size": cfg.world_size,
                                                "lints": [str(x) for x in pf.lints]})
         tmp.rename(final)
     except BaseException:

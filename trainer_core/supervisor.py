@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,11 +41,13 @@ STOP_GRACE_S = 15.0
 # ---------------------------------------------------------------- device locks
 
 def device_keys(run: Path) -> list[str]:
+    """Lock names for the devices this node's ranks use; prefixed with the host, since a runs root on a shared
+    file system serves several nodes."""
     cfg = load_config(run / rd.CONFIG)
-    hw = detect()
-    if not hw.has_gpu:
-        return ["cpu"]
-    return [f"gpu{g}" for g in (cfg.placement.gpus or range(cfg.placement.num_ranks))]
+    host = socket.gethostname()
+    if not detect().has_gpu:
+        return [f"{host}-cpu"]
+    return [f"{host}-gpu{g}" for g in (cfg.placement.gpus or range(cfg.placement.num_ranks))]
 
 
 def acquire_locks(run: Path, keys: list[str]) -> list[int]:
@@ -191,7 +194,9 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int]) -> int:
     rd.write_json_atomic(run / rd.COMMAND, {"argv": [argv], "cwd": str(paths.PROJECT_ROOT)})
     log = open(run / rd.LOG, "ab", buffering=0)
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} supervisor {me['pid']} starting: {argv}\n".encode())
-    child = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=launch_env(cfg, hw.has_gpu),
+    env = launch_env(cfg, hw.has_gpu)
+    env["TRAINER_SUPERVISED"] = "1"  # the final state is ours to write, after the devices are free
+    child = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=env,
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     rd.update_status(run, state="starting", launcher_pid=child.pid)
 
@@ -282,7 +287,7 @@ def read_state(run: Path) -> dict[str, Any]:
     state = status.get("state", "queued")
     manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
     alive = bool(manifest) and _alive(manifest)
-    if state in ("starting", "running", "stopping") and not alive:
+    if state in ("starting", "running", "stopping") and manifest and not alive:
         # The supervisor is gone without writing a final state (killed with the whole group, machine reboot).
         state = "failed"
         status.setdefault("error", None)

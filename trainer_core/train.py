@@ -127,6 +127,8 @@ def make_trainer_class():
 
         tokens_seen = 0
         label_tokens_seen = 0
+        eval_sum = 0.0
+        eval_count = 0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
@@ -143,9 +145,28 @@ def make_trainer_class():
                 outputs = model(**inputs, use_cache=False)
                 outputs.logits = outputs.logits[:, :-1]
             logits = outputs.logits.float()
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                   ignore_index=IGNORE, reduction="sum") / max(n_labels, 1)
+            loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                       ignore_index=IGNORE, reduction="sum")
+            if not model.training:
+                self.eval_sum += float(loss_sum)
+                self.eval_count += n_labels
+            loss = loss_sum / max(n_labels, 1)
             return (loss, outputs) if return_outputs else loss
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            """eval_loss as the mean over every label token of the eval set, the same for any batch size or rank
+            count (the Trainer's own is a mean of per-batch means)."""
+            self.eval_sum, self.eval_count = 0.0, 0
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            key = f"{metric_key_prefix}_loss"
+            total = torch.tensor([self.eval_sum, float(self.eval_count)], dtype=torch.float64)
+            if _dist() is not None:
+                _dist().all_reduce(total)
+            if total[1] > 0 and key in output.metrics:
+                output.metrics[key] = float(total[0] / total[1])
+            return output
 
         def _supports_logits_to_keep(self, model) -> bool:
             if not hasattr(self, "_ltk"):
@@ -231,6 +252,7 @@ def make_callbacks(run: Path, cfg: RunConfig, trainer_ref: dict, keep: int):
                 "elapsed_s": round(elapsed, 3),
                 "eta_s": None if eta is None else round(eta, 1),
                 "peak_mem_bytes": peaks,
+                "eval_s": logs.get("eval_runtime"),  # lets a reader subtract evaluation from training time
                 "time": now,
             }
             row = {k: v for k, v in row.items() if v is not None or k in ("loss", "eval_loss")}
@@ -405,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     save_final(trainer, tokenizer, cfg, run)
     if rank == 0:
         rd.update_status(run, step=trainer.state.global_step, final=True)
+        if not os.environ.get("TRAINER_SUPERVISED"):
+            # Started by hand or by Slurm (launch_node.sh): no supervisor will record the end, so we do.
+            rd.update_status(run, state="completed", exit_code=0, ended=time.time())
         log(f"final model written to {run / rd.FINAL}")
     return 0
 

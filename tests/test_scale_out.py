@@ -1,0 +1,112 @@
+# .venv/bin/python -m pytest tests/test_scale_out.py -q    (the 2-node tests are slow: real deepspeed launchers)
+"""Scale-out on DeepSpeed's own launcher: per-node commands, exported Slurm/shell scripts, and a 2-"node" run on
+one machine (two --no_ssh launchers meeting at 127.0.0.1)."""
+
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, quick_sets
+from trainer_core import run_dir as rd
+from trainer_core.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_command_line
+from trainer_core.config import load_config
+from trainer_core.launch import free_port
+from trainer_core.supervisor import read_state
+from trainer_core.tailing import read_all_rows
+
+QUICKSTART = "configs/quickstart.yaml"
+HOSTS = "node0 slots=1; node1 slots=1"
+
+
+def two_node_sets(**extra) -> list[str]:
+    return quick_sets(**{"placement.launcher": "no_ssh", "placement.num_nodes": 2, "placement.hostfile": HOSTS,
+                         "placement.master_port": free_port(), "data.eval_ratio": 0, **extra})
+
+
+def created_run(*sets) -> Path:
+    from trainer_core.runs import create_run
+
+    return create_run(load_config(QUICKSTART, [s for s in sets if s != "--set"]))
+
+
+def test_scripts_are_valid_bash_and_run_the_planned_command(runs_root, starter_model):
+    run = created_run(*two_node_sets(name="scripts"))
+    node, slurm = run / NODE_SCRIPT, run / SLURM_SCRIPT
+    for script in (node, slurm):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+        assert os.access(script, os.X_OK)
+    cfg = load_config(run / rd.CONFIG)
+    line = node_command_line(cfg, run, has_gpu=False)
+    assert line in node.read_text() and "--no_ssh" in line and '--node_rank "$NODE_RANK"' in line
+    # The Slurm script starts that same per-node script on every node, one task each.
+    text = slurm.read_text()
+    assert "#SBATCH --nodes=2" in text and "#SBATCH --ntasks-per-node=1" in text
+    assert f"bash {shlex.quote(str(run))}/{NODE_SCRIPT}" in text
+    # plan shows one command per node, each with its rank.
+    planned = rd.read_json(run / rd.COMMAND)["argv"]
+    assert [a[a.index("--node_rank") + 1] for a in planned] == ["0", "1"]
+    assert (run / "hostfile").read_text() == "node0 slots=1\nnode1 slots=1\n"
+
+
+def rows_and_steps(run: Path, log: str) -> tuple[int, list[int], int]:
+    n_rows = int(re.search(r"(\d+) training rows", log).group(1))
+    steps = [r["step"] for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
+    return n_rows, steps, rd.read_status(run).get("total_steps", -1)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_with_sharded_data(runs_root):
+    proc = cli("train", QUICKSTART, "--detach", *two_node_sets(name="two-nodes"), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = Path(proc.stdout.strip().splitlines()[-1])
+    # Node 1 joins from "another machine": its own launcher, same run directory, same master.
+    joined = cli("join", str(run), "--node-rank", "1", "--no-lock", timeout=600)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    deadline = time.time() + 120
+    while read_state(run)["state"] not in rd.TERMINAL_STATES and time.time() < deadline:
+        time.sleep(0.5)
+    st = read_state(run)
+    assert st["state"] == "completed", st.get("error")
+    assert st["nodes_expected"] == 2 and st["world_size"] == 2
+    n_rows, steps, total = rows_and_steps(run, (run / rd.LOG).read_text(encoding="utf-8", errors="replace"))
+    assert total == math.ceil(n_rows / (2 * 2)), "data must be sharded over both nodes' ranks"
+    assert steps == list(range(1, total + 1)), "only global rank 0 writes metrics"
+    assert rd.has_final(run) and rd.complete_checkpoints(run)
+
+
+@pytest.mark.slow
+def test_slurm_script_runs_both_nodes(runs_root, tmp_path):
+    run = created_run(*two_node_sets(name="slurm"))
+    # Stand-ins for Slurm's tools on this machine: scontrol lists two nodes, srun starts one task per node with
+    # SLURM_NODEID set, as Slurm does. Everything after that is the generated script and DeepSpeed.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # Names must resolve here: the first one becomes MASTER_ADDR, as the first node of an allocation does.
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nprintf 'localhost\\n127.0.0.1\\n'\n")
+    (bin_dir / "srun").write_text(
+        "#!/bin/bash\nshift 2\npids=()\nfor id in 0 1; do SLURM_NODEID=$id \"$@\" & pids+=($!); done\n"
+        "rc=0; for p in \"${pids[@]}\"; do wait $p || rc=1; done; exit $rc\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_NODELIST="node[0-1]")
+    job = subprocess.Popen(["bash", str(run / SLURM_SCRIPT)], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:  # never leave a hung job's ranks behind
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 0, output[-3000:]
+    st = read_state(run)
+    assert st["state"] == "completed" and rd.has_final(run)
+    assert (run / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
+    n_rows, steps, total = rows_and_steps(run, output)  # sbatch would put this in slurm-%j.log
+    assert total == math.ceil(n_rows / (2 * 2)) and steps == list(range(1, total + 1))

@@ -1,0 +1,78 @@
+"""Cluster scripts for a run: a plain per-node shell script and a Slurm batch script, both running the same
+DeepSpeed `--no_ssh` launch that `plan` shows, written into the run directory.
+
+    bash runs/<name>/launch_node.sh NODE_RANK [MASTER_ADDR]     on every node (same shared run directory)
+    sbatch runs/<name>/launch_slurm.sbatch                       on a Slurm cluster
+
+Every value that reaches a script is validated by the run config and quoted with shlex: scripts are generated
+text, never built from unchecked user input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from pathlib import Path
+
+from trainer_core import paths
+from trainer_core.config import RunConfig
+from trainer_core.launch import node_argv
+
+NODE_SCRIPT = "launch_node.sh"
+SLURM_SCRIPT = "launch_slurm.sbatch"
+_RANK, _ADDR = "@@NODE_RANK@@", "@@MASTER_ADDR@@"
+
+
+def node_command_line(cfg: RunConfig, run_dir: Path, has_gpu: bool = True) -> str:
+    """The no_ssh launch of one node as a shell line, with the node rank and master address as variables."""
+    no_ssh = dataclasses.replace(cfg, placement=dataclasses.replace(cfg.placement, launcher="no_ssh"))
+    # GPU subsets (--include) need host names; without a hostfile in the config every GPU of a node is used.
+    argv = node_argv(no_ssh, run_dir, node_rank=0, has_gpu=has_gpu and bool(cfg.placement.hostfile.strip()))
+    argv[argv.index("--node_rank") + 1] = _RANK
+    argv[argv.index("--master_addr") + 1] = _ADDR
+    line = " ".join(shlex.quote(a) for a in argv)
+    return line.replace(_RANK, '"$NODE_RANK"').replace(_ADDR, '"$MASTER_ADDR"')
+
+
+def node_script(cfg: RunConfig, run_dir: Path, has_gpu: bool = True) -> str:
+    root = shlex.quote(str(paths.PROJECT_ROOT))
+    return f"""#!/usr/bin/env bash
+# Node launcher for run {cfg.name}: start it on each of the {cfg.placement.num_nodes} nodes, all sharing this run
+# directory. Usage: bash {NODE_SCRIPT} NODE_RANK [MASTER_ADDR]   (under Slurm the rank comes from SLURM_NODEID)
+set -euo pipefail
+NODE_RANK="${{1:-${{SLURM_NODEID:?give the node rank (0 is the master) as the first argument}}}}"
+MASTER_ADDR="${{2:-{shlex.quote(cfg.placement.master_addr)}}}"
+cd {root}
+export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}
+exec {node_command_line(cfg, run_dir, has_gpu)}
+"""
+
+
+def slurm_script(cfg: RunConfig, run_dir: Path) -> str:
+    p = cfg.placement
+    run = shlex.quote(str(run_dir))
+    return f"""#!/usr/bin/env bash
+#SBATCH --job-name={cfg.name}
+#SBATCH --nodes={p.num_nodes}
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node={p.num_ranks}
+#SBATCH --output={run_dir}/slurm-%j.log
+# Slurm batch script for run {cfg.name}: one DeepSpeed launcher per node, {p.num_ranks} ranks each.
+set -euo pipefail
+# This allocation's nodes become the hostfile DeepSpeed reads; the first one is the master.
+scontrol show hostnames "$SLURM_JOB_NODELIST" | sed 's/$/ slots={p.num_ranks}/' > {run}/hostfile
+MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+srun --nodes={p.num_nodes} --ntasks-per-node=1 bash {run}/{NODE_SCRIPT} "" "$MASTER_ADDR"
+"""
+
+
+def write_cluster_scripts(cfg: RunConfig, run_dir: Path, target: Path | None = None) -> list[Path]:
+    """Write both scripts into `target` (default: the run directory itself), executable."""
+    target = target or run_dir
+    out = []
+    for name, text in ((NODE_SCRIPT, node_script(cfg, run_dir)), (SLURM_SCRIPT, slurm_script(cfg, run_dir))):
+        path = target / name
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o755)
+        out.append(path)
+    return out
