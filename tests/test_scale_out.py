@@ -110,3 +110,12 @@ def test_slurm_script_runs_both_nodes(runs_root, tmp_path):
     assert (run / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
     n_rows, steps, total = rows_and_steps(run, output)  # sbatch would put this in slurm-%j.log
     assert total == math.ceil(n_rows / (2 * 2)) and steps == list(range(1, total + 1))
+
+
+def test_a_single_node_run_also_gets_cluster_scripts(runs_root, starter_model):
+    run = created_run("placement.num_ranks=2", "name=local")
+    assert subprocess.run(["bash", "-n", str(run / NODE_SCRIPT)]).returncode == 0
+    text = (run / NODE_SCRIPT).read_text()
+    assert "--no_ssh" in text and "--num_gpus 2" in text
+    (argv,) = rd.read_json(run / rd.COMMAND)["argv"]
+    assert argv[argv.index("--num_gpus") + 1] == "2" and "--no_ssh" not in argv, "the run itself launches locally"

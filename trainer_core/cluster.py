@@ -25,7 +25,10 @@ _RANK, _ADDR = "@@NODE_RANK@@", "@@MASTER_ADDR@@"
 
 def node_command_line(cfg: RunConfig, run_dir: Path, has_gpu: bool = True) -> str:
     """The no_ssh launch of one node as a shell line, with the node rank and master address as variables."""
-    no_ssh = dataclasses.replace(cfg, placement=dataclasses.replace(cfg.placement, launcher="no_ssh"))
+    p = cfg.placement
+    # A single-node config exported for a cluster: the hostfile is written at job start (see slurm_script).
+    hosts = p.hostfile or "; ".join(f"node{i} slots={p.num_ranks}" for i in range(p.num_nodes))
+    no_ssh = dataclasses.replace(cfg, placement=dataclasses.replace(p, launcher="no_ssh", hostfile=hosts))
     # GPU subsets (--include) need host names; without a hostfile in the config every GPU of a node is used.
     argv = node_argv(no_ssh, run_dir, node_rank=0, has_gpu=has_gpu and bool(cfg.placement.hostfile.strip()))
     argv[argv.index("--node_rank") + 1] = _RANK
