@@ -7,8 +7,10 @@ from typing import Iterator
 
 import streamlit as st
 
+from app.i18n import t
 from trainer_core import run_dir as rd
 from trainer_core.config import DEFAULT_PERSONA, load_config
+from trainer_core.errors import UserError
 from trainer_core.inference import GenParams, load_chat_model, run_persona, stream_reply
 from trainer_core.runs import list_runs
 
@@ -82,3 +84,36 @@ def clear() -> None:
     for hist in histories().values():
         hist.clear()
     st.session_state.pop("chat.probe", None)
+
+
+def run_probe(sides: dict[str, tuple], persona: str, params: GenParams) -> None:
+    """Ask every side each probe prompt (one turn, no history), streaming the answers in columns; keep the results
+    so they stay on the page."""
+    rows = []
+    st.subheader(t("chat.probe_results"))
+    for prompt in PROBES:
+        row = {"prompt": prompt}
+        st.markdown(f"**{prompt}**")
+        for (side, (path, trust, title)), col in zip(sides.items(), st.columns(len(sides))):
+            with col:
+                st.caption(title)
+                try:
+                    row[side] = st.write_stream(reply_stream(path, trust, [{"role": "user", "content": prompt}],
+                                                             persona, params))
+                except (UserError, OSError, ValueError) as e:
+                    row[side] = ""
+                    st.error(str(e), icon=":material/error:")
+        rows.append(row)
+    st.session_state["chat.probe"] = {"titles": {side: v[2] for side, v in sides.items()}, "rows": rows}
+
+
+def show_probe() -> None:
+    probe = st.session_state.get("chat.probe")
+    if not probe:
+        return
+    st.subheader(t("chat.probe_results"))
+    for row in probe["rows"]:
+        st.markdown(f"**{row['prompt']}**")
+        for (side, title), col in zip(probe["titles"].items(), st.columns(len(probe["titles"]))):
+            col.caption(title)
+            col.text(row.get(side, ""))

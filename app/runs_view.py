@@ -71,7 +71,7 @@ def loss_overlay(runs: list[Path], x_title: str, y_title: str) -> alt.Chart | No
     if not parts:
         return None
     return alt.Chart(pd.concat(parts)).mark_line().encode(
-        x=alt.X("step:Q", title=x_title), y=alt.Y("loss:Q", title=y_title, scale=alt.Scale(zero=False)),
+        x=alt.X("step:Q", title=x_title, axis=alt.Axis(tickMinStep=1, format="d")), y=alt.Y("loss:Q", title=y_title, scale=alt.Scale(zero=False)),
         color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top")),
         tooltip=["run", "step", alt.Tooltip("loss:Q", format=".4f")],
     ).properties(height=320)

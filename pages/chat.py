@@ -116,37 +116,15 @@ for side, (path, trust_code, _) in sides.items():
                 hist[side].append({"role": "assistant", "content": text})
 
 # Drawn after the replies so that "regenerate" knows whether there is anything to regenerate.
-c = st.columns([1, 1, 2, 2])
-c[0].button(t("chat.clear"), key="chat.clear", on_click=cv.clear, icon=":material/delete_sweep:")
-c[1].button(t("chat.regenerate"), key="chat.regenerate", on_click=cv.regenerate, icon=":material/refresh:",
-            disabled=not any(m["role"] == "assistant" for m in hist["ft"]))
-run_probe = c[2].button(t("chat.probe"), key="chat.probe_btn", icon=":material/psychology:",
-                        help=t("chat.probe_help", prompts=" / ".join(cv.PROBES)))
+buttons = st.container(horizontal=True)  # one row of buttons, each as wide as its label
+buttons.button(t("chat.clear"), key="chat.clear", on_click=cv.clear, icon=":material/delete_sweep:")
+buttons.button(t("chat.regenerate"), key="chat.regenerate", on_click=cv.regenerate, icon=":material/refresh:",
+               disabled=not any(m["role"] == "assistant" for m in hist["ft"]))
+run_probe = buttons.button(t("chat.probe"), key="chat.probe_btn", icon=":material/psychology:",
+                           help=t("chat.probe_help", prompts=" / ".join(cv.PROBES)))
 
 # ---- persona probe: the same four prompts, one turn each, on every side
 if run_probe:
-    results = []
-    st.subheader(t("chat.probe_results"))
-    for q in cv.PROBES:
-        row = {"prompt": q}
-        st.markdown(f"**{q}**")
-        for side, col in zip(sides, st.columns(len(sides))):
-            path, trust_code, title = sides[side]
-            with col:
-                st.caption(title)
-                try:
-                    row[side] = st.write_stream(cv.reply_stream(path, trust_code, [{"role": "user", "content": q}],
-                                                                persona, params))
-                except (UserError, OSError, ValueError) as e:
-                    row[side] = ""
-                    st.error(str(e), icon=":material/error:")
-        results.append(row)
-    st.session_state["chat.probe"] = {"sides": {k: v[2] for k, v in sides.items()}, "rows": results}
-elif st.session_state.get("chat.probe"):
-    probe = st.session_state["chat.probe"]
-    st.subheader(t("chat.probe_results"))
-    for row in probe["rows"]:
-        st.markdown(f"**{row['prompt']}**")
-        for side, col in zip(probe["sides"], st.columns(len(probe["sides"]))):
-            col.caption(probe["sides"][side])
-            col.text(row.get(side, ""))
+    cv.run_probe(sides, persona, params)
+else:
+    cv.show_probe()

@@ -7,6 +7,7 @@ from app.frame import require_frame
 from app.i18n import t
 from app.state import LIVE_STATES, active_run, set_active_run
 from trainer_core.errors import UserError
+from trainer_core.run_dir import TERMINAL_STATES
 from trainer_core.runs import list_runs
 from trainer_core.supervisor import read_state, resume
 
@@ -31,16 +32,16 @@ elif s["state"] == "completed":
 elif s["state"] == "stopped":
     st.info(t("mon.stopped", checkpoints=", ".join(map(str, s["checkpoints"])) or "-"), icon=":material/pause:")
 
-c = st.columns([1, 1, 1, 3])
-if c[0].button(t("mon.stop"), key="mon.stop", icon=":material/save:", help=t("mon.stop_help"),
+row = st.container(horizontal=True)  # one row of buttons, each as wide as its label
+if row.button(t("mon.stop"), key="mon.stop", icon=":material/save:", help=t("mon.stop_help"),
                disabled=s["state"] not in ("starting", "running")):
     mv.stop_in_background(run, force=False)
     st.toast(t("mon.stop_requested"))
-if c[1].button(t("mon.force_stop"), key="mon.force_stop", icon=":material/dangerous:", help=t("mon.force_help"),
-               disabled=not s["alive"]):
+if row.button(t("mon.force_stop"), key="mon.force_stop", icon=":material/dangerous:", help=t("mon.force_help"),
+               disabled=not s["alive"] or s["state"] in TERMINAL_STATES):
     mv.stop_in_background(run, force=True)
     st.toast(t("mon.stop_requested"))
-if c[2].button(t("mon.resume"), key="mon.resume", icon=":material/play_arrow:", help=t("mon.resume_help"),
+if row.button(t("mon.resume"), key="mon.resume", icon=":material/play_arrow:", help=t("mon.resume_help"),
                disabled=s["state"] not in ("stopped", "failed")):
     try:
         with st.spinner(t("mon.resuming")):

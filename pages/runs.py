@@ -47,8 +47,8 @@ except UserError as e:
     cfg = None
     st.error(str(e), icon=":material/error:")
 
-c = st.columns(4)
-if c[0].button(t("runs.relaunch"), key="runs.relaunch", icon=":material/replay:", disabled=cfg is None,
+row = st.container(horizontal=True)  # one row of buttons, each as wide as its label
+if row.button(t("runs.relaunch"), key="runs.relaunch", icon=":material/replay:", disabled=cfg is None,
                help=t("runs.relaunch_help")):
     try:
         with st.spinner(t("train.launching")):
@@ -58,20 +58,20 @@ if c[0].button(t("runs.relaunch"), key="runs.relaunch", icon=":material/replay:"
     else:
         set_active_run(new)
         st.switch_page("pages/monitor.py")
-if c[1].button(t("runs.clone"), key="runs.clone", icon=":material/edit:", disabled=cfg is None,
+if row.button(t("runs.clone"), key="runs.clone", icon=":material/edit:", disabled=cfg is None,
                help=t("runs.clone_help")):
     form.load_into_form(rv.as_new_run(cfg))
     st.switch_page("pages/train.py")
-if c[2].button(t("runs.monitor"), key="runs.monitor", icon=":material/monitoring:"):
+if row.button(t("runs.monitor"), key="runs.monitor", icon=":material/monitoring:"):
     set_active_run(run)
     st.switch_page("pages/monitor.py")
-if c[3].button(t("runs.delete"), key="runs.delete", icon=":material/delete:", disabled=state["alive"],
+if row.button(t("runs.delete"), key="runs.delete", icon=":material/delete:", disabled=state["alive"],
                help=t("runs.delete_help")):
     st.session_state["runs.confirm"] = run.name
 if st.session_state.get("runs.confirm") == run.name:
     st.warning(t("runs.confirm", name=run.name), icon=":material/warning:")
-    y, n, _ = st.columns([1, 1, 4])
-    if y.button(t("runs.delete_yes"), key="runs.delete_yes", type="primary"):
+    confirm = st.container(horizontal=True)
+    if confirm.button(t("runs.delete_yes"), key="runs.delete_yes", type="primary"):
         st.session_state.pop("runs.confirm")
         try:
             delete_run(run)
@@ -81,7 +81,7 @@ if st.session_state.get("runs.confirm") == run.name:
             if st.session_state.get("active_run") == run.name:
                 st.session_state.pop("active_run")
             st.rerun()
-    if n.button(t("runs.delete_no"), key="runs.delete_no"):
+    if confirm.button(t("runs.delete_no"), key="runs.delete_no"):
         st.session_state.pop("runs.confirm")
         st.rerun()
 

@@ -52,37 +52,54 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise AssertionError(f"streamlit did not answer on {url} within {timeout}s")
 
 
+class Server:
+    """`streamlit run streamlit_app.py` as run_app.sh starts it, on a free port, with a private runs folder."""
+
+    def __init__(self, tmp_path: Path):
+        self.runs = tmp_path / "runs"
+        self.runs.mkdir()
+        self.log_path = tmp_path / "streamlit.log"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, TRAINER_RUNS_ROOT=str(self.runs), PYTHONUNBUFFERED="1")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(self.port),
+                 "--server.headless", "true"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_healthy(self.url, self.proc)
+
+    def stop(self) -> None:
+        """End the dashboard (its own process group only: training runs live in their own sessions)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 @pytest.fixture
 def server(tmp_path):
-    """`streamlit run streamlit_app.py` on a free port with a private runs folder; killed with its runs after."""
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    port = free_port()
-    env = dict(os.environ, TRAINER_RUNS_ROOT=str(runs), PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    """A running dashboard; afterwards it is stopped and any run it started is force-stopped."""
+    srv = Server(tmp_path)
     try:
-        wait_healthy(url, proc)
-        yield url, runs
+        srv.start()
+        yield srv
     finally:
         from trainer_core.runs import list_runs
         from trainer_core.supervisor import read_state, stop
 
-        for run in list_runs(runs):
+        srv.stop()
+        for run in list_runs(srv.runs):
             if read_state(run)["alive"]:
                 stop(run, force=True)
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        print((tmp_path / "streamlit.log").read_text(errors="replace")[-3000:])
+        print(srv.log_path.read_text(errors="replace")[-3000:])
 
 
 def shot(page, name: str, height: int = 2600) -> None:
@@ -95,11 +112,13 @@ def shot(page, name: str, height: int = 2600) -> None:
     page.set_viewport_size(size)
 
 
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+
 def settle(page, timeout: float = 60_000) -> None:
-    """Wait until the script run finished (the running indicator is gone)."""
+    """Wait until the script run has finished (not for pages that refresh themselves every second)."""
     page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+    page.wait_for_selector(IDLE, state="attached", timeout=timeout)
 
 
 def nav(page, label: str) -> None:
@@ -113,14 +132,13 @@ def step_text(page) -> str:
 def test_upload_train_watch_chat(server):
     from playwright.sync_api import expect, sync_playwright
 
-    url, runs = server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         expect.set_options(timeout=60_000)
         try:
-            walk_through(page, url, runs, expect)
+            walk_through(page, server, expect)
         except BaseException:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "failure.png"))
@@ -129,7 +147,8 @@ def test_upload_train_watch_chat(server):
             browser.close()
 
 
-def walk_through(page, url: str, runs: Path, expect) -> None:
+def walk_through(page, server: Server, expect) -> None:
+    url, runs = server.url, server.runs
 
     # ---- Data: upload the sample; it is validated and stored under data/uploads with a safe name
     page.goto(url)
@@ -174,31 +193,54 @@ def walk_through(page, url: str, runs: Path, expect) -> None:
     assert chart.screenshot() != first_chart, "the loss chart did not change while the run trained"
     assert page.evaluate("window.__noReload") is True, "the page was reloaded"
     shot(page, "3-monitor-running-zh")
+
+    # ---- Restart the dashboard mid-run: the tab reconnects by itself and re-attaches to the run from disk
+    server.stop()
+    before = step_text(page)
+    server.start()
+    deadline = time.time() + 180
+    while step_text(page) == before and time.time() < deadline:
+        time.sleep(0.5)
+    assert step_text(page) != before, "the tab did not pick the run up again after the dashboard restart"
+    # It is the whole app that came back, not the bare page script: our navigation and the language switch.
+    expect(page.locator('[data-testid="stSidebarNav"] a')).to_have_count(5)
+    expect(page.locator('[data-testid="stSidebar"]').get_by_text("English", exact=True)).to_be_visible()
+    assert page.evaluate("window.__noReload") is True, "the page was reloaded"
     expect(page.get_by_text("训练完成，最终模型已保存。")).to_be_visible(timeout=400_000)
     settle(page)
     shot(page, "4-monitor-done-zh")
     (run,) = [r for r in runs.iterdir() if not r.name.startswith(".")]
     assert (run / "final" / "COMPLETE").is_file()
 
-    # ---- Chat: the finished run is preselected; the reply streams in
+    # ---- Chat: the finished run is preselected; the reply streams in piece by piece
     nav(page, "对话")
     box = page.get_by_placeholder("对甄嬛说点什么……")
     expect(box).to_be_visible()
+    settle(page)
+    page.get_by_text("生成参数", exact=True).click()  # long replies, so the stream is slow enough to watch
+    max_new = page.locator('[data-testid="stSlider"]').filter(has_text="最多生成 token 数").get_by_role("slider")
+    max_new.focus()
+    max_new.press("End")
+    settle(page)
     box.fill("你是谁？")
     box.press("Enter")
     reply = page.locator('[data-testid="stChatMessage"]').filter(
-        has=page.locator('[data-testid="stChatMessageAvatarAssistant"]')).last
-    lengths = set()
-    running = page.locator('[data-testid="stStatusWidget"]')
-    deadline = time.time() + 180
+        has=page.locator('[data-testid="stChatMessageAvatarAssistant"]')).last.locator(
+        '[data-testid="stMarkdownContainer"]')
+    lengths = []
+    deadline = time.time() + 300
     page.wait_for_timeout(300)
-    while time.time() < deadline and (running.count() or not reply.count()):
+    while time.time() < deadline and (not page.locator(IDLE).count() or not reply.count()):
         if reply.count():
-            lengths.add(len(reply.inner_text().strip()))
+            n = len(reply.inner_text().strip())
+            if not lengths or lengths[-1] != n:
+                lengths.append(n)
         time.sleep(0.05)
     settle(page)
-    assert reply.inner_text().strip(), "no reply text"
-    print(f"reply lengths seen while streaming: {sorted(lengths)}")
+    final = reply.inner_text().strip()
+    assert final, "no reply text"
+    partial = [n for n in lengths if 0 < n < len(final)]
+    assert partial, f"the reply appeared all at once (lengths seen: {lengths}, final {len(final)})"
     shot(page, "5-chat-zh")
     nav(page, "历史运行")
     expect(page.get_by_role("heading", name="历史运行")).to_be_visible()
