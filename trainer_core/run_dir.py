@@ -11,6 +11,7 @@ Layout of runs/<name>/:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -36,16 +37,7 @@ TERMINAL_STATES = ("completed", "failed", "stopped")
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so a reader sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -59,12 +51,44 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     return read_json(run_dir / STATUS, {}) or {}
 
 
+STATUS_BLOCK = 4096
+
+
 def update_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    """Merge fields into status.json. Writers: the trainer's rank 0 (progress) and the supervisor (state)."""
+    """Merge fields into status.json. Writers: the trainer's rank 0 (progress) and the supervisor (state).
+
+    The file is padded with spaces to whole 4 KiB blocks. When the disk is full a new file cannot be written, but
+    the final state still must be: then the existing blocks are overwritten in place, which needs no new space.
+    """
     status = read_status(run_dir)
     status.update(fields, updated=time.time())
-    write_json_atomic(run_dir / STATUS, status)
+    text = json.dumps(status, ensure_ascii=False, indent=1)
+    size = -(-(len(text.encode()) + 1) // STATUS_BLOCK) * STATUS_BLOCK
+    padded = text + " " * (size - len(text.encode()) - 1) + "\n"
+    path = run_dir / STATUS
+    try:
+        _write_text_atomic(path, padded)
+    except OSError as e:
+        if e.errno != errno.ENOSPC or not path.exists() or path.stat().st_size < len(padded.encode()):
+            raise
+        with open(path, "r+b") as f:
+            f.write(padded.encode().ljust(path.stat().st_size, b" "))
+            f.flush()
+            os.fsync(f.fileno())
     return status
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def fsync_dir(path: Path) -> None:

@@ -58,6 +58,7 @@ def preflight(cfg: RunConfig) -> Preflight:
         first = f"; first problem: row {report.errors[0].row} {report.errors[0].field}: {report.errors[0].message}" \
             if report.errors else ""
         raise UserError(f"data.path {cfg.data.path} has no usable records{first}")
+    check_answers_fit(cfg, report.conversations)
     hw = detect()
     if hw.has_gpu and cfg.placement.launcher == "local":
         wanted = cfg.placement.gpus or list(range(cfg.placement.num_ranks))
@@ -72,6 +73,19 @@ def preflight(cfg: RunConfig) -> Preflight:
     if errors:
         raise UserError("DeepSpeed config problems: " + "; ".join(errors))
     return Preflight(cfg=cfg, ds_config=ds, lints=lints, n_records=report.n_usable)
+
+
+def check_answers_fit(cfg: RunConfig, conversations: list) -> None:
+    """Refuse a run in which no record keeps an answer token after truncation (it would fail after start-up)."""
+    from trainer_core.models import load_tokenizer
+    from trainer_core.tokenize_cache import encode_cached
+
+    tok = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    encoded = encode_cached(tok, conversations, persona=cfg.data.persona, max_length=cfg.data.max_length)
+    if all(e.answer_lost for e in encoded):
+        longest = max(len(e.input_ids) for e in encoded)
+        raise UserError(f"data.max_length {cfg.data.max_length} cuts off every answer (prompts reach {longest} "
+                        "tokens with the persona); raise data.max_length or shorten data.persona")
 
 
 def new_run_name(cfg: RunConfig) -> str:

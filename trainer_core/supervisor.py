@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -178,8 +179,11 @@ def sample_resources(run: Path, root_pid: int, stop: threading.Event, every_s: f
                                  "util_pct": int(util.gpu)})
                 row["gpus"] = gpus
             if ranks or nvml is not None:
-                out.write(json.dumps(row) + "\n")
-                out.flush()
+                try:
+                    out.write(json.dumps(row) + "\n")
+                    out.flush()
+                except OSError:
+                    pass  # disk full: sampling is lost, the run's outcome is still recorded
             stop.wait(every_s)
 
 
@@ -193,7 +197,7 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int]) -> int:
                                              "resume_from": str(resume_from) if resume_from else None})
     rd.write_json_atomic(run / rd.COMMAND, {"argv": [argv], "cwd": str(paths.PROJECT_ROOT)})
     log = open(run / rd.LOG, "ab", buffering=0)
-    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} supervisor {me['pid']} starting: {argv}\n".encode())
+    _note(log, f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} supervisor {me['pid']} starting: {argv}\n")
     env = launch_env(cfg, hw.has_gpu)
     env["TRAINER_SUPERVISED"] = "1"  # the final state is ours to write, after the devices are free
     child = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=env,
@@ -218,8 +222,15 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int]) -> int:
     for fd in lock_fds:
         os.close(fd)
     finish(run, code)
-    log.write(f"=== supervisor: launcher exited with {code}\n".encode())
+    _note(log, f"=== supervisor: launcher exited with {code}\n")
     return 0
+
+
+def _note(log, text: str) -> None:
+    try:
+        log.write(text.encode())
+    except OSError:
+        pass  # a full disk must not stop the supervisor from recording the final state
 
 
 def _pick_port(cfg) -> int | None:
@@ -240,14 +251,27 @@ def finish(run: Path, code: int) -> None:
                          error=None, forced=control.get("action") == "force_stop",
                          last_checkpoint=status.get("last_checkpoint"))
     else:
-        error = root_error(run / rd.LOG) or f"the launcher exited with code {code}"
+        error = root_error(run / rd.LOG)
+        if not error or not error.startswith(("no space", "out of memory")):
+            error = disk_full(run) or error or f"the launcher exited with code {code}"
         rd.update_status(run, state="failed", exit_code=code, ended=time.time(), error=error)
+
+
+def disk_full(run: Path) -> str | None:
+    """A full runs folder, named as the cause: when the disk is full the ranks' own error often cannot even be
+    written to train.log."""
+    usage = shutil.disk_usage(run)
+    if usage.free >= max(32 * 2**20, usage.total // 1000):
+        return None
+    return (f"no space left on device: {usage.free // 2**20} MiB free of {usage.total // 2**20} MiB "
+            f"on the runs folder {run.parent}; free space or move TRAINER_RUNS_ROOT, then resume")
 
 
 # ---------------------------------------------------------------- status from disk
 
 ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt)\b.*|error: .*)$")
 OOM = re.compile(r"out of memory|OutOfMemoryError|can't allocate memory|Cannot allocate memory|std::bad_alloc", re.I)
+RANK_EXIT = re.compile(r"sigkill_handler\].*exits with return code = (-?\d+)")
 NO_SPACE = re.compile(r"No space left on device|ENOSPC|Disk quota exceeded", re.I)
 
 
@@ -265,6 +289,14 @@ def root_error(log_path: Path, tail_bytes: int = 256_000) -> str | None:
     if OOM.search(joined):
         detail = next((c for c in reversed(candidates) if OOM.search(c)), None)
         return "out of memory" + (f": {detail}" if detail else "")
+    # DeepSpeed's launcher names the first rank that failed; a negative code means a signal ended it, and the
+    # errors the surviving ranks print afterwards (lost connections) are consequences, not the cause.
+    first = RANK_EXIT.search(joined)
+    if first and int(first.group(1)) < 0:
+        sig = -int(first.group(1))
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        why = " (kill -9 or the kernel's out-of-memory killer)" if sig == signal.SIGKILL else ""
+        return f"a rank process was killed by {name}{why}; the launcher stopped the other ranks"
     if not candidates:
         return None
     # Prefer our own one-line user errors, then the last real exception.
