@@ -1,0 +1,70 @@
+"""Shared by the benchmark scripts: the record split, the held-out evaluation both recipes are scored with, and
+reading a rank's peak memory.
+
+Held-out loss is one definition for every model: the records are encoded the way chat inference sees them
+(`trainer_core.chat_format`, ChatML with the persona as system turn, cut at 128 tokens), and the loss is the mean
+cross-entropy over all answer tokens and their `<|im_end|>` (a per-token mean over the whole held-out set).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from trainer_core.chat_format import IGNORE_INDEX, encode_conversations  # noqa: E402
+from trainer_core.config import DEFAULT_PERSONA  # noqa: E402
+
+DATA = Path("/work/shared/data/huanhuan.json")
+EVAL_MAX_LENGTH = 128  # the tutorial's MAX_LENGTH
+
+
+def split_records(records: list[dict], n_heldout: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(train, held-out): a seeded sample of n_heldout records is held out, the rest keep their order."""
+    held = set(random.Random(seed).sample(range(len(records)), n_heldout))
+    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
+
+
+def as_conversation(record: dict) -> list[dict]:
+    """An alpaca record as our loader reads it (instruction and input joined, as the tutorial joins them)."""
+    return [{"role": "user", "content": record["instruction"] + record.get("input", "")},
+            {"role": "assistant", "content": record["output"]}]
+
+
+def encode_heldout(tokenizer, records: list[dict], persona: str = DEFAULT_PERSONA):
+    enc = encode_conversations(tokenizer, [as_conversation(r) for r in records], persona=persona,
+                               max_length=EVAL_MAX_LENGTH)
+    return [e for e in enc if not e.answer_lost]
+
+
+@torch.no_grad()
+def heldout_loss(model, encoded) -> float:
+    """Mean cross-entropy per answer token over the held-out set, one record at a time, fp32 logits."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for e in encoded:
+        ids = torch.tensor([e.input_ids])
+        target = torch.tensor(e.labels[1:])
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+        total += F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum").item()
+        count += int((target != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def peak_rss_bytes() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")

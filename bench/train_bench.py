@@ -1,0 +1,240 @@
+"""Training benchmark: the tutorial's recipe against our trainer, in one invocation, on the same records.
+
+    .venv/bin/python bench/train_bench.py              # 400 records, 40 held out, 1 epoch each (about 6-8 min on 2 cores)
+    .venv/bin/python bench/train_bench.py --quick      # 60 records, a few steps: a smoke check, not a measurement
+
+Three real `deepspeed` launches, one after the other:
+  baseline   bench/baseline_train.py: the tutorial's process_func, padding collator, micro-batch 1, its ZeRO-2
+             CPU-offload JSON, lr 1e-4, full-vocabulary HF loss;
+  ours-same  `python -m trainer_core train bench/ours_same.yaml`: our engine with the baseline's hyper-parameters
+             (micro-batch 1, no packing, max_length 128, lr 1e-4, ZeRO-2 CPU offload), to isolate engine speed;
+  ours       `python -m trainer_core train configs/quickstart.yaml`: our defaults for the starter model, 1 epoch.
+The held-out records are the same for all three and scored the same way (bench/common.py). Times are training time
+only (from the Trainer's on_train_begin, after DeepSpeed and CPU Adam are built; our in-training evaluations are
+subtracted). Nothing here asserts a time: the machine is shared, so only ratios from one invocation mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import DATA, EVAL_MAX_LENGTH, ROOT, encode_heldout, split_records, write_json  # noqa: E402
+from trainer_core import run_dir as rd  # noqa: E402
+from trainer_core.tailing import read_all_rows  # noqa: E402
+
+PY = sys.executable
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+OURS_SAME = ROOT / "bench" / "ours_same.yaml"
+SEED = 42  # train.seed of both our configs: the split below depends on it
+
+
+def prepare_data(work: Path, n_records: int, n_heldout: int) -> tuple[Path, Path, Path]:
+    """train.json (baseline), heldout.json, ours.json (train + held-out, ordered so our trainer holds out exactly
+    the held-out records: it shuffles with random.Random(train.seed) and takes the first eval_ratio * n)."""
+    from trainer_core.models import load_tokenizer
+
+    records = json.loads(DATA.read_text(encoding="utf-8"))[:n_records]
+    tok = load_tokenizer(ROOT / "models" / "qwen2-starter")
+    # Held-out records must fit in EVAL_MAX_LENGTH, so every recipe scores the whole answer of each.
+    fits = [len(e.input_ids) < EVAL_MAX_LENGTH for e in encode_heldout(tok, records)]
+    candidates = [i for i, ok in enumerate(fits) if ok]
+    held = set(random.Random(0).sample(candidates, n_heldout))
+    train = [r for i, r in enumerate(records) if i not in held]
+    heldout = [r for i, r in enumerate(records) if i in held]
+    wanted = heldout + train  # what our trainer's shuffle must produce
+    perm = list(range(len(wanted)))
+    random.Random(SEED).shuffle(perm)  # shuffled[j] = original[perm[j]]
+    ours = [None] * len(wanted)
+    for j, src in enumerate(perm):
+        ours[src] = wanted[j]
+    paths = work / "train.json", work / "heldout.json", work / "ours.json"
+    for p, data in zip(paths, (train, heldout, ours)):
+        p.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return paths
+
+
+def env() -> dict[str, str]:
+    from trainer_core.launch import launch_env
+    from trainer_core.config import RunConfig
+
+    e = launch_env(RunConfig(), has_gpu=False)  # the environment our launcher gives its ranks, for both recipes
+    return e
+
+
+def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int) -> dict:
+    from trainer_core.launch import free_port
+
+    result = work / "baseline.json"
+    argv = [PY, "-u", "-m", "deepspeed.launcher.runner", "--no_local_rank", "--num_gpus", "1",
+            "--master_port", str(free_port()), str(ROOT / "bench" / "baseline_train.py"),
+            "--deepspeed", str(ROOT / "bench" / "baseline_ds_config.json"),
+            "--output_dir", str(work / "baseline-out"),
+            "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+            "--num_train_epochs", "1", "--learning_rate", "1e-4", "--logging_steps", "10",
+            # DeepSpeed >= 0.14 refuses WarmupDecayLR with 0 warm-up steps (the tutorial's default): 1 is the least.
+            "--warmup_steps", "1",
+            # Checkpoints are not training: the tutorial saves every 100 steps, we save in neither recipe.
+            "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", str(SEED),
+            "--model_path", str(ROOT / "models" / "qwen2-starter"), "--data_path", str(train),
+            "--heldout_path", str(heldout), "--result_path", str(result)]
+    if max_steps > 0:
+        argv += ["--max_steps", str(max_steps)]
+    log = work / "baseline.log"
+    with open(log, "wb") as out:
+        proc = subprocess.run(argv, cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not result.is_file():
+        sys.exit(f"baseline failed (exit {proc.returncode}); see {log}:\n{log.read_text(errors='replace')[-3000:]}")
+    r = json.loads(result.read_text(encoding="utf-8"))
+    r["log"] = str(log)
+    return r
+
+
+def run_ours(work: Path, name: str, config: Path, data: Path, heldout: Path, n_records: int, n_heldout: int,
+             sets: list[str]) -> dict:
+    """Train with our CLI; figures from metrics.jsonl (rank 0) and status.json, held-out loss re-scored here."""
+    overrides = [f"data.path={data}", f"data.eval_ratio={n_heldout / n_records!r}", "train.epochs=1",
+                 "train.save_steps=0", f"train.seed={SEED}", f"name={name}", *sets]
+    argv = [PY, "-m", "trainer_core", "train", str(config)]
+    for o in overrides:
+        argv += ["--set", o]
+    e = env()
+    e["TRAINER_RUNS_ROOT"] = str(work / "runs")
+    proc = subprocess.run(argv, cwd=ROOT, env=e, capture_output=True, text=True)
+    run = work / "runs" / name
+    if proc.returncode != 0:
+        log = (run / rd.LOG).read_text(errors="replace")[-3000:] if (run / rd.LOG).is_file() else proc.stderr[-3000:]
+        sys.exit(f"{name} failed (exit {proc.returncode}):\n{log}")
+    rows = read_all_rows(run / rd.METRICS)
+    # Training time at each row: elapsed since on_train_begin minus the evaluations that ran before it.
+    curve, eval_s, steps = [], 0.0, []
+    for r in rows:
+        if r.get("eval_loss") is not None:
+            curve.append((r["step"], r["eval_loss"], r["elapsed_s"] - eval_s - r.get("eval_s", 0.0)))
+            eval_s += r.get("eval_s", 0.0)
+        if r.get("loss") is not None:
+            steps.append((r["step"], r["elapsed_s"] - eval_s, r["label_tokens"], r["tokens"]))
+    last = steps[-1]
+    final = run / rd.FINAL
+    return {
+        "recipe": name,
+        "run": str(run),
+        "train_time_s": last[1],
+        "steps": last[0],
+        "label_tokens": last[2],
+        "tokens": last[3],
+        "records": n_records - n_heldout,
+        "eval_curve": curve,
+        "heldout_loss": _rescore(final, heldout),
+        "heldout_loss_in_training": curve[-1][1] if curve else None,
+        "peak_rss_bytes": max(max(r.get("peak_mem_bytes") or [0]) for r in rows),
+    }
+
+
+def _rescore(model_dir: Path, heldout: Path) -> float:
+    """The final model scored by bench/common.py, exactly as the baseline's."""
+    code = ("import json,sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]);"
+            "from bench.common import encode_heldout, heldout_loss;"
+            "from transformers import AutoModelForCausalLM; from trainer_core.models import load_tokenizer;"
+            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); t = load_tokenizer(sys.argv[1]);"
+            "print(heldout_loss(m, encode_heldout(t, json.loads(Path(sys.argv[2]).read_text()))))")
+    out = subprocess.run([PY, "-c", code, str(model_dir), str(heldout), str(ROOT)], cwd=ROOT, env=env(),
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def time_to_loss(curve: list, target: float) -> float | None:
+    """Training seconds until the first evaluation at or below target (None: never reached)."""
+    for _, loss, t in curve:
+        if loss <= target:
+            return t
+    return None
+
+
+def table(results: list[dict], target: float) -> str:
+    head = ["recipe", "steps", "train_s", "label_tok", "label_tok/s", "records/s", "heldout_loss",
+            "s_to_baseline_loss", "peak_rss_MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        t = r["train_time_s"]
+        reach = r["train_time_s"] if r["recipe"] == "baseline" else time_to_loss(r.get("eval_curve", []), target)
+        cells = [r["recipe"], r["steps"], f"{t:.1f}", r["label_tokens"], f"{r['label_tokens'] / t:.1f}",
+                 f"{r['records'] / t:.2f}", f"{r['heldout_loss']:.4f}", "-" if reach is None else f"{reach:.1f}",
+                 f"{r['peak_rss_bytes'] / 2**20:.0f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def ratios(results: list[dict], target: float) -> list[str]:
+    base = results[0]
+    b_tps = base["label_tokens"] / base["train_time_s"]
+    b_rps = base["records"] / base["train_time_s"]
+    out = []
+    for r in results[1:]:
+        tps = r["label_tokens"] / r["train_time_s"]
+        rps = r["records"] / r["train_time_s"]
+        reach = time_to_loss(r.get("eval_curve", []), target)
+        speed = "not reached" if reach is None else f"{base['train_time_s'] / reach:.2f}x"
+        out.append(f"{r['recipe']} / baseline: label tokens/s {tps / b_tps:.2f}x, records/s {rps / b_rps:.2f}x, "
+                   f"time to the baseline's held-out loss {speed}, peak RSS {r['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}x")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--records", type=int, default=400, help="first N records of huanhuan.json (default 400)")
+    p.add_argument("--heldout", type=int, default=40, help="of those, held out for evaluation (default 40)")
+    p.add_argument("--quick", action="store_true", help="60 records, 3-5 steps per recipe: a smoke check")
+    p.add_argument("--only", default="baseline,ours-same,ours", help="comma-separated recipes to run")
+    p.add_argument("--set", action="append", default=[], help="extra --set for the 'ours' run (experiments)")
+    p.add_argument("--json", type=Path, help="also write every figure to this file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.records, args.heldout = 60, 6
+    steps_base, steps_ours = (5, 3) if args.quick else (-1, -1)
+    only = set(args.only.split(","))
+    work = Path(tempfile.mkdtemp(prefix="train-bench-"))
+    train, heldout, ours_data = prepare_data(work, args.records, args.heldout)
+    print(f"work dir {work}; {args.records} records, {args.heldout} held out", flush=True)
+
+    results = []
+    if "baseline" in only:
+        t = time.time()
+        results.append(run_baseline(work, train, heldout, steps_base))
+        print(f"baseline done in {time.time() - t:.0f}s wall", flush=True)
+    common = [f"train.max_steps={steps_ours}"] if steps_ours > 0 else []
+    if "ours-same" in only:
+        t = time.time()
+        results.append(run_ours(work, "ours-same", OURS_SAME, ours_data, heldout, args.records, args.heldout, common))
+        print(f"ours-same done in {time.time() - t:.0f}s wall", flush=True)
+    if "ours" in only:
+        t = time.time()
+        # Evaluate after every step: the curve gives the time to the baseline's loss (evaluation time excluded).
+        results.append(run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout,
+                                [*common, "train.eval_steps=1", *args.set]))
+        print(f"ours done in {time.time() - t:.0f}s wall", flush=True)
+
+    target = results[0]["heldout_loss"] if results and results[0]["recipe"] == "baseline" else float("nan")
+    print()
+    print(f"machine: {os.cpu_count()} CPU cores, shared; training time only; held-out loss: {args.heldout} records, "
+          f"per answer token; target = baseline's final held-out loss {target:.4f}")
+    print(table(results, target))
+    if results and results[0]["recipe"] == "baseline":
+        for line in ratios(results, target):
+            print(line)
+    if args.json:
+        write_json(args.json, {"records": args.records, "heldout": args.heldout, "target": target, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
