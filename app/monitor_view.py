@@ -69,10 +69,12 @@ def line_chart(df: pd.DataFrame, x: str, x_title: str, y_title: str, *, y_format
     axis = alt.Axis(format=y_format) if y_format else alt.Axis()
     scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
     x_axis = alt.Axis(tickMinStep=1, format="d") if x == "step" else alt.Axis()
+    order = list(dict.fromkeys(df["series"]))  # colours follow the series order, not the labels' alphabet
     return alt.Chart(df).mark_line(point=len(df) < 60).encode(
         x=alt.X(f"{x}:Q", title=x_title, axis=x_axis),
         y=alt.Y("value:Q", title=y_title, axis=axis, scale=scale),
-        color=alt.Color("series:N", title=None, legend=alt.Legend(orient="top")),
+        color=alt.Color("series:N", title=None, sort=order, scale=alt.Scale(domain=order),
+                        legend=alt.Legend(orient="top")),
         tooltip=[x, "series", alt.Tooltip("value:Q", format=".4g")],
     ).properties(height=220)
 

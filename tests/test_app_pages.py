@@ -217,6 +217,11 @@ def test_train_page_shows_plan_command_and_ds_config(app):
     assert app.selectbox(key="p.f.deepspeed.offload_param").value == "cpu"
     ds = json.loads(next(c.value for c in app.code if c.value.lstrip().startswith("{")))
     assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    # A plan that cannot fit is shown in red with the advice.
+    app.number_input(key="p.f.train.micro_batch_size").set_value(512)
+    app.number_input(key="p.f.data.max_length").set_value(131072).run()
+    assert ZH["plan.not_fit"] in texts(app, "error")
+    assert any(":red[" in m for m in texts(app, "markdown"))
     # trust_remote_code is an opt-in with a warning
     app.checkbox(key="p.f.model.trust_remote_code").check().run()
     assert any(ZH["train.trust_warning"] == w for w in texts(app, "warning"))

@@ -212,21 +212,27 @@ def walk_through(page, server: Server, expect) -> None:
     (run,) = [r for r in runs.iterdir() if not r.name.startswith(".")]
     assert (run / "final" / "COMPLETE").is_file()
 
-    # ---- Chat: the finished run is preselected; the reply streams in piece by piece
+    # ---- Chat: the finished run is preselected. Compare mode puts the untrained base model beside it; the base
+    # model babbles up to max new tokens, long enough to watch its reply arrive piece by piece.
     nav(page, "对话")
     box = page.get_by_placeholder("对甄嬛说点什么……")
     expect(box).to_be_visible()
     settle(page)
-    page.get_by_text("生成参数", exact=True).click()  # long replies, so the stream is slow enough to watch
+    page.get_by_text("生成参数", exact=True).click()
     max_new = page.locator('[data-testid="stSlider"]').filter(has_text="最多生成 token 数").get_by_role("slider")
     max_new.focus()
-    max_new.press("End")
+    max_new.press("Home")
+    for _ in range(15):  # 16 + 15 x 16 = 256 new tokens
+        max_new.press("ArrowRight")
+    settle(page)
+    page.get_by_text("对比模式：同一句话同时问基座模型", exact=True).click()
     settle(page)
     box.fill("你是谁？")
     box.press("Enter")
-    reply = page.locator('[data-testid="stChatMessage"]').filter(
-        has=page.locator('[data-testid="stChatMessageAvatarAssistant"]')).last.locator(
-        '[data-testid="stMarkdownContainer"]')
+    assistant = page.locator('[data-testid="stChatMessage"]').filter(
+        has=page.locator('[data-testid="stChatMessageAvatarAssistant"]'))
+    expect(assistant.first.locator('[data-testid="stMarkdownContainer"]')).not_to_have_text("正在加载模型……")
+    reply = assistant.nth(1).locator('[data-testid="stMarkdownContainer"]')  # the base model's, second
     lengths = []
     deadline = time.time() + 300
     page.wait_for_timeout(300)
@@ -239,11 +245,18 @@ def walk_through(page, server: Server, expect) -> None:
     settle(page)
     final = reply.inner_text().strip()
     assert final, "no reply text"
+    assert assistant.first.inner_text().strip(), "the fine-tuned model gave no reply"
     partial = [n for n in lengths if 0 < n < len(final)]
     assert partial, f"the reply appeared all at once (lengths seen: {lengths}, final {len(final)})"
+    page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollTo(0, 0)")
     shot(page, "5-chat-zh")
     nav(page, "历史运行")
     expect(page.get_by_role("heading", name="历史运行")).to_be_visible()
+    settle(page)
+    page.get_by_text("导出检查点为 safetensors 模型", exact=True).click()
+    page.get_by_role("button", name="导出", exact=True).click()
+    expect(page.get_by_text("已导出到")).to_be_visible(timeout=120_000)
+    assert list(run.glob("exports/checkpoint-*/model*.safetensors")), "export wrote no weights"
     settle(page)
     shot(page, "6-runs-zh")
 
