@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup_env.sh requirements.txt
 .venv/bin/python -m trainer_core prepare-models
-exec .venv/bin/python -m streamlit run streamlit_app.py "$@"
+exec .venv/bin/python -m app.serve "$@"
