@@ -248,7 +248,7 @@ def walk_through(page, server: Server, expect) -> None:
     assert assistant.first.inner_text().strip(), "the fine-tuned model gave no reply"
     partial = [n for n in lengths if 0 < n < len(final)]
     assert partial, f"the reply appeared all at once (lengths seen: {lengths}, final {len(final)})"
-    page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollTo(0, 0)")
+    page.evaluate("document.querySelectorAll('*').forEach(e => { if (e.scrollTop > 0) e.scrollTop = 0; })")
     shot(page, "5-chat-zh")
     nav(page, "历史运行")
     expect(page.get_by_role("heading", name="历史运行")).to_be_visible()
