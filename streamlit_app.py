@@ -11,6 +11,8 @@ from app import frame, train_form
 from app.i18n import t
 
 st.set_page_config(page_title=t("app.title"), page_icon=":material/theater_comedy:", layout="wide")
+if not frame.signed_in():
+    st.stop()
 
 page = st.navigation([
     st.Page("pages/data.py", title=t("page.data"), icon=":material/dataset:", url_path="data", default=True),

@@ -28,6 +28,27 @@ def require_frame() -> None:
         st.rerun()
 
 
+def signed_in() -> bool:
+    """On a loopback address nobody else can reach the dashboard. Bound to any other address it shows nothing
+    until the visitor gives the password (env STUDIO_PASSWORD or `password` in secrets), once per session."""
+    from app.auth import configured_password, is_loopback, password_ok
+
+    if is_loopback(st.get_option("server.address") or "") or st.session_state.get("signed_in"):
+        return True
+    st.title(t("app.title"))
+    expected = configured_password(st.secrets)
+    if expected is None:
+        st.error(t("auth.no_password"), icon=":material/lock:")
+        return False
+    given = st.text_input(t("auth.password"), type="password", key="auth.password")
+    if given and password_ok(given, expected):
+        st.session_state["signed_in"] = True
+        st.rerun()
+    if given:
+        st.error(t("auth.wrong"), icon=":material/lock:")
+    return False
+
+
 def sidebar() -> None:
     with st.sidebar:
         st.radio(t("frame.language"), list(LANGUAGES), format_func=LANGUAGES.get, key="lang", horizontal=True,

@@ -36,6 +36,9 @@ ZH: dict[str, str] = {
     "frame.step": "步数 {step} / {total}",
     "frame.loss": "损失 {loss}",
     "frame.open_monitor": "打开监控",
+    "auth.password": "密码",
+    "auth.wrong": "密码不对。",
+    "auth.no_password": "仪表盘监听在本机以外的地址上，但没有设置密码，因此不提供任何页面。请设置环境变量 STUDIO_PASSWORD（或 secrets 中的 password），或只监听 127.0.0.1。",
     # run states
     "state.queued": "排队中",
     "state.starting": "启动中",
@@ -333,6 +336,10 @@ EN: dict[str, str] = {
     "frame.step": "Step {step} / {total}",
     "frame.loss": "Loss {loss}",
     "frame.open_monitor": "Open monitor",
+    "auth.password": "Password",
+    "auth.wrong": "Wrong password.",
+    "auth.no_password": "The dashboard listens beyond this machine but no password is set, so it serves nothing. Set "
+                        "STUDIO_PASSWORD (or `password` in secrets), or listen on 127.0.0.1 only.",
     "state.queued": "queued",
     "state.starting": "starting",
     "state.running": "running",

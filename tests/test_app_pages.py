@@ -346,3 +346,21 @@ def test_chat_streams_replies_compares_with_the_base_and_probes_the_persona(app,
     assert [r["prompt"] for r in probe["rows"]] == ["你是谁？", "皇上驾到！", "你这个又蠢又丑的女人，滚开！",
                                                    "帮我写一个 Python 快速排序函数。"]
     assert all(set(r) == {"prompt", "ft", "base"} for r in probe["rows"])
+
+
+def test_beyond_loopback_nothing_is_served_without_the_password(runs_root, uploads, starter_model, warm_server,
+                                                                  monkeypatch):
+    import streamlit as st
+
+    get_option = st.get_option
+    monkeypatch.setattr(st, "get_option", lambda name: "0.0.0.0" if name == "server.address" else get_option(name))
+    monkeypatch.delenv("STUDIO_PASSWORD", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert texts(at, "error") == [ZH["auth.no_password"]] and not at.sidebar.radio
+    monkeypatch.setenv("STUDIO_PASSWORD", "s3cret")
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.text_input(key="auth.password").set_value("guess").run()
+    assert texts(at, "error") == [ZH["auth.wrong"]] and not at.sidebar.radio
+    at.text_input(key="auth.password").set_value("s3cret").run()
+    assert not at.exception
+    assert at.title[0].value == ZH["data.title"] and at.sidebar.radio(key="lang").value == "zh"
