@@ -53,7 +53,8 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 class Server:
-    """`streamlit run streamlit_app.py` as run_app.sh starts it, on a free port, with a private runs folder."""
+    """The dashboard as run_app.sh starts it (`python -m app.serve`, which runs `streamlit run streamlit_app.py`),
+    on a free port, with a private runs folder."""
 
     def __init__(self, tmp_path: Path):
         self.runs = tmp_path / "runs"
@@ -67,8 +68,7 @@ class Server:
         env = dict(os.environ, TRAINER_RUNS_ROOT=str(self.runs), PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(self.port),
-                 "--server.headless", "true"],
+                [sys.executable, "-m", "app.serve", "--server.port", str(self.port), "--server.headless", "true"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_healthy(self.url, self.proc)
 
