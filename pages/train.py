@@ -24,7 +24,13 @@ if cfg is not None:
         pf = form.preflight(cfg)
     except UserError as e:
         error = str(e)
-f = lambda section, name, **kw: form.field(section, name, error, **kw)  # noqa: E731
+
+
+def f(section: str, name: str, **kw) -> None:
+    """One form field, with `error` under it when the error names this field."""
+    form.field(section, name, error, **kw)
+
+
 
 st.button(t("train.reset"), key="train.reset", on_click=form.reset_to_quickstart, icon=":material/restart_alt:")
 tabs = st.tabs([t("train.tab.model"), t("train.tab.hyper"), t("train.tab.zero"), t("train.tab.placement")])
