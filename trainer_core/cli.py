@@ -41,9 +41,11 @@ def _print_json(obj) -> None:
 
 
 def cmd_prepare_models(args) -> int:
+    from trainer_core.hardware import warm_deepspeed_ops
     from trainer_core.starter import prepare_models
 
     emit(prepare_models(force=args.force))
+    warm_deepspeed_ops()
     return 0
 
 

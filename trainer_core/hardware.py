@@ -48,3 +48,17 @@ def resolve_precision(requested: str, hw: Hardware | None = None) -> str:
     if not hw.has_gpu:
         return "fp32"
     return "bf16" if all(g.bf16 for g in hw.gpus) else "fp16"
+
+
+def warm_deepspeed_ops() -> None:
+    """Compile DeepSpeed's JIT ops the runs use (CPU Adam; on the CPU accelerator its shared-memory comm op) now,
+    once, instead of inside a run: the first build takes about a minute, and a run stopped mid-build would leave
+    torch's extension lock behind, making every later run wait on it."""
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    names = ["CPUAdamBuilder"] + (["ShareMemCommBuilder"] if acc.device_name() == "cpu" else [])
+    for name in names:
+        builder = acc.create_op_builder(name)
+        if builder is not None and builder.is_compatible():
+            builder.load()
