@@ -6,6 +6,8 @@ Widget values live in session_state under `p.f.<section>.<field>` and persist ac
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import shutil
 from pathlib import Path
@@ -275,6 +277,20 @@ def launch_commands(cfg: RunConfig) -> list[str]:
 
     run = paths.runs_root() / new_run_name(cfg)
     return [shell_line(argv) for argv in all_node_commands(cfg, run, has_gpu=hardware().has_gpu)]
+
+
+def cluster_files(cfg: RunConfig) -> dict[str, str]:
+    """The hostfile (multi-node launchers) and the two cluster scripts a run with this config will get."""
+    from trainer_core.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_script, slurm_script
+    from trainer_core.launch import HOSTFILE, hostfile_text
+    from trainer_core.runs import new_run_name
+
+    cfg = dataclasses.replace(cfg, name=new_run_name(cfg))
+    run = paths.runs_root() / cfg.name
+    files = {NODE_SCRIPT: node_script(cfg, run), SLURM_SCRIPT: slurm_script(cfg, run)}
+    if cfg.placement.launcher != "local":
+        files[HOSTFILE] = hostfile_text(cfg)
+    return files
 
 
 def launch(cfg: RunConfig) -> Path:

@@ -134,6 +134,15 @@ else:
         for line in form.launch_commands(pf.cfg):
             st.code(line, language="bash", wrap_lines=True)
         st.caption(t("train.command_note"))
+    with st.expander(t("train.cluster")):
+        files = form.cluster_files(pf.cfg)
+        if "hostfile" in files:
+            st.caption(t("train.hostfile"))
+            st.code(files["hostfile"], language="text")
+        for name, label in (("launch_node.sh", "train.download_node"), ("launch_slurm.sbatch", "train.download_slurm")):
+            st.code(files[name], language="bash")
+            st.download_button(t(label), files[name], file_name=name, mime="text/x-shellscript", key=f"dl-{name}")
+        st.caption(t("train.cluster_note"))
     with st.expander("ds_config.json"):
         st.code(json.dumps(pf.ds_config, indent=2), language="json")
     with st.expander("config.yaml"):

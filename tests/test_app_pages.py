@@ -227,6 +227,22 @@ def test_train_page_shows_plan_command_and_ds_config(app):
     assert any(ZH["train.trust_warning"] == w for w in texts(app, "warning"))
 
 
+def test_train_page_shows_the_hostfile_and_cluster_scripts_for_several_nodes(app):
+    goto(app, "pages/train.py")
+    app.selectbox(key="p.f.placement.launcher").set_value("no_ssh").run()
+    app.text_area(key="p.f.placement.hostfile").set_value("gpu1 slots=1\ngpu2 slots=1")
+    app.number_input(key="p.f.placement.num_nodes").set_value(2).run()
+    assert not app.exception
+    codes = [c.value for c in app.code]
+    assert "gpu1 slots=1\ngpu2 slots=1" in codes, "the hostfile it will write"
+    node_cmds = [c for c in codes if "deepspeed.launcher.runner" in c and "--no_ssh" in c and "$" not in c]
+    assert len(node_cmds) == 2 and "--node_rank 1" in node_cmds[1], "one exact command per node"
+    assert any(re.match(r"#!/usr/bin/env bash\n#SBATCH --job-name=run-\d+", c) and "#SBATCH --nodes=2" in c
+               for c in codes)
+    assert any('--node_rank "$NODE_RANK"' in c for c in codes)
+    assert {b.label for b in app.get("download_button")} >= {ZH["train.download_node"], ZH["train.download_slurm"]}
+
+
 def test_invalid_value_is_refused_at_the_form_with_the_field_named(app, runs_root):
     goto(app, "pages/train.py")
     app.text_input(key="p.f.train.learning_rate").set_value("-1").run()
