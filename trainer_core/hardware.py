@@ -54,6 +54,7 @@ def warm_deepspeed_ops() -> None:
     """Compile DeepSpeed's JIT ops the runs use (CPU Adam; on the CPU accelerator its shared-memory comm op) now,
     once, instead of inside a run: the first build takes about a minute, and a run stopped mid-build would leave
     torch's extension lock behind, making every later run wait on it."""
+    use_project_extension_dir()
     from deepspeed.accelerator import get_accelerator
 
     acc = get_accelerator()
@@ -62,3 +63,13 @@ def warm_deepspeed_ops() -> None:
         builder = acc.create_op_builder(name)
         if builder is not None and builder.is_compatible():
             builder.load()
+
+
+def use_project_extension_dir() -> None:
+    """Build DeepSpeed's ops into this checkout's .cache, unless the user chose a folder: two checkouts or venvs
+    sharing ~/.cache/torch_extensions would rebuild the same op over each other and wait on each other's lock."""
+    import os
+
+    from trainer_core import paths
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(paths.CACHE_DIR / "torch_extensions"))

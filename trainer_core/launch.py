@@ -137,6 +137,7 @@ def launch_env(cfg: RunConfig, has_gpu: bool) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PROJECT_ROOT), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(paths.CACHE_DIR / "torch_extensions"))  # see warm_deepspeed_ops
     if not has_gpu and "OMP_NUM_THREADS" not in env:
         # CPU ranks share the cores; oversubscribing threads makes every rank slower.
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cfg.placement.num_ranks))
