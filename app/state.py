@@ -28,3 +28,15 @@ def active_run() -> Path | None:
 
 def set_active_run(run: Path | str) -> None:
     st.session_state["active_run"] = Path(run).name
+
+
+def runs_or_stop(empty_label: str) -> dict[str, Path]:
+    """All runs by name; with none yet, say so, point at the Train page and end the page here."""
+    from app.i18n import t
+
+    runs = {r.name: r for r in list_runs()}
+    if not runs:
+        st.info(t(empty_label))
+        st.page_link("pages/train.py", label=t("frame.start_one"), icon=":material/rocket_launch:")
+        st.stop()
+    return runs

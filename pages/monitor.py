@@ -5,19 +5,14 @@ import streamlit as st
 from app import monitor_view as mv
 from app.frame import require_frame
 from app.i18n import t
-from app.state import LIVE_STATES, active_run, set_active_run
+from app.state import LIVE_STATES, active_run, runs_or_stop, set_active_run
 from trainer_core.errors import UserError
 from trainer_core.run_dir import TERMINAL_STATES
-from trainer_core.runs import list_runs
 from trainer_core.supervisor import read_state, resume
 
 require_frame()
 st.title(t("mon.title"))
-runs = {r.name: r for r in list_runs()}
-if not runs:
-    st.info(t("mon.no_runs"))
-    st.page_link("pages/train.py", label=t("frame.start_one"), icon=":material/rocket_launch:")
-    st.stop()
+runs = runs_or_stop("mon.no_runs")
 
 st.session_state["mon.run"] = active_run().name
 st.selectbox(t("mon.run"), list(runs), key="mon.run", on_change=lambda: set_active_run(st.session_state["mon.run"]))

@@ -6,18 +6,14 @@ from app import runs_view as rv
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import t
-from app.state import active_run, set_active_run
+from app.state import active_run, runs_or_stop, set_active_run
 from trainer_core.errors import UserError
-from trainer_core.runs import delete_run, list_runs
+from trainer_core.runs import delete_run
 from trainer_core.supervisor import read_state
 
 require_frame()
 st.title(t("runs.title"))
-runs = {r.name: r for r in list_runs()}
-if not runs:
-    st.info(t("runs.none"))
-    st.page_link("pages/train.py", label=t("frame.start_one"), icon=":material/rocket_launch:")
-    st.stop()
+runs = runs_or_stop("runs.none")
 
 table = rv.history_frame(list(runs.values()))
 st.dataframe(table, hide_index=True, key="runs.table",

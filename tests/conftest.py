@@ -58,3 +58,22 @@ def quick_sets(**overrides) -> list[str]:
     for k, v in sets.items():
         out += ["--set", f"{k}={v}"]
     return out
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.2):
+    """Poll `pred` until it returns something truthy (returned), or fail naming what never happened."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := pred():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def detach(*sets: str, config: str = "configs/quickstart.yaml") -> Path:
+    """`train CONFIG --detach`: the run directory, once the supervisor has started."""
+    proc = cli("train", config, "--detach", *sets, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Path(proc.stdout.strip().splitlines()[-1])

@@ -6,13 +6,12 @@ import os
 import shutil
 import signal
 import socket
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import cli, quick_sets
+from conftest import cli, detach, quick_sets, wait_for
 from trainer_core import run_dir as rd
 from trainer_core.supervisor import _group_pids, lock_holder, read_state
 from trainer_core.tailing import read_all_rows
@@ -23,20 +22,8 @@ QUICKSTART = "configs/quickstart.yaml"
 CPU_LOCK = f"{socket.gethostname()}-cpu"
 
 
-def detach(*sets: str) -> Path:
-    proc = cli("train", QUICKSTART, "--detach", *sets, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def wait_for(pred, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def status_json(run: Path) -> dict:

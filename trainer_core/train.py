@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import os
 import random
 import shutil
@@ -27,6 +26,7 @@ from trainer_core.batching import IGNORE, Collator, RowDataset, pack_rows, singl
 from trainer_core.config import RunConfig, load_config
 from trainer_core.errors import UserError
 from trainer_core.hardware import resolve_precision
+from trainer_core.linear_ce import linear_cross_entropy
 
 
 def _dist():
@@ -38,6 +38,11 @@ def _dist():
 def global_rank() -> int:
     d = _dist()
     return d.get_rank() if d else int(os.environ.get("RANK", 0))
+
+
+def log_rank0(msg: str) -> None:
+    if global_rank() == 0:
+        print(f"[trainer] {msg}", flush=True)
 
 
 def init_distributed() -> None:
@@ -119,10 +124,12 @@ def make_trainer_class():
     from transformers import Trainer
 
     class SupervisedTrainer(Trainer):
-        """Computes the vocabulary projection and loss only where a label exists.
+        """Computes the vocabulary projection and loss only where a label exists, without full logits.
 
-        On a 152k vocabulary the logits of every prompt token cost more than the rest of a small model; asking the
-        model for the supervised positions only (`logits_to_keep` as an index tensor) skips that work.
+        On a 152k vocabulary the head costs more than the rest of a small model. The fast path asks the model for
+        no logits at all (an empty `logits_to_keep`), takes the final hidden states at the labelled positions and
+        computes the head's cross-entropy blockwise (`linear_ce`). Models it cannot vouch for (remote code, a
+        biased or scaled head, ZeRO-3's partitioned weights) get logits at the labelled positions only instead.
         """
 
         tokens_seen = 0
@@ -133,20 +140,28 @@ def make_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             target = labels[:, 1:]
-            n_labels = int((target != IGNORE).sum())
+            mask = target != IGNORE
+            n_labels = int(mask.sum())
             if model.training:
                 self.tokens_seen += int(inputs["input_ids"].numel())
                 self.label_tokens_seen += n_labels
-            if self._supports_logits_to_keep(model):
-                keep = (target != IGNORE).any(dim=0).nonzero().squeeze(-1)
-                outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-                target = target[:, keep]
+            head = self._fused_head(model, inputs, mask)
+            if head is not None:
+                outputs = model(**inputs, logits_to_keep=torch.empty(0, dtype=torch.long),
+                                output_hidden_states=True, use_cache=False)
+                hidden = outputs.hidden_states[-1][:, :-1][mask]
+                loss_sum = linear_cross_entropy(hidden, head.weight, target[mask])
             else:
-                outputs = model(**inputs, use_cache=False)
-                outputs.logits = outputs.logits[:, :-1]
-            logits = outputs.logits.float()
-            loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                       ignore_index=IGNORE, reduction="sum")
+                if self._supports_logits_to_keep(model):
+                    keep = mask.any(dim=0).nonzero().squeeze(-1)
+                    outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+                    target = target[:, keep]
+                else:
+                    outputs = model(**inputs, use_cache=False)
+                    outputs.logits = outputs.logits[:, :-1]
+                logits = outputs.logits.float()
+                loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                           ignore_index=IGNORE, reduction="sum")
             if not model.training:
                 self.eval_sum += float(loss_sum)
                 self.eval_count += n_labels
@@ -168,12 +183,41 @@ def make_trainer_class():
                 output.metrics[key] = float(total[0] / total[1])
             return output
 
+        def _base(self, model):
+            base = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
+            return getattr(base, "module", base)
+
         def _supports_logits_to_keep(self, model) -> bool:
             if not hasattr(self, "_ltk"):
-                base = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
-                base = getattr(base, "module", base)
-                self._ltk = "logits_to_keep" in inspect.signature(base.forward).parameters
+                self._ltk = "logits_to_keep" in inspect.signature(self._base(model).forward).parameters
             return self._ltk
+
+        def _fused_head(self, model, inputs, mask):
+            """The output embedding when the blockwise loss applies to this model, else None. Decided on the first
+            batch with labels, by checking that the last hidden state times the head weight is the model's logits."""
+            if hasattr(self, "_head"):
+                return self._head
+            base = self._base(model)
+            head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+            cfg = getattr(base, "config", None)
+            plain = (isinstance(head, torch.nn.Linear) and head.bias is None
+                     and not hasattr(head.weight, "ds_id")  # ZeRO-3 partitions it outside the head's forward
+                     and not getattr(cfg, "final_logit_softcapping", None) and not hasattr(cfg, "logit_scale")
+                     and self._supports_logits_to_keep(model))
+            if plain and not mask.any():
+                return None  # nothing to compare on yet
+            self._head = None
+            if plain:
+                keep = mask.any(dim=0).nonzero().squeeze(-1)[:4]
+                with torch.no_grad():
+                    out = base(**inputs, logits_to_keep=keep, output_hidden_states=True, use_cache=False)
+                    last = out.hidden_states[-1][:, keep]
+                    mine = last @ head.weight.to(last.dtype).T
+                if torch.allclose(mine.float(), out.logits.float(), rtol=1e-2, atol=1e-2):
+                    self._head = head
+            if self._head is None:
+                log_rank0("loss: logits at labelled positions only (the blockwise head loss does not apply here)")
+            return self._head
 
     return SupervisedTrainer
 
@@ -337,10 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     run = args.run_dir.resolve()
     cfg = load_config(run / rd.CONFIG)
 
-    def log(msg: str) -> None:
-        if global_rank() == 0:
-            print(f"[trainer] {msg}", flush=True)
-
+    log = log_rank0
     import deepspeed
 
     deepspeed.init_distributed()
