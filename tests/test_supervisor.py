@@ -116,16 +116,19 @@ def test_kill_9_during_a_checkpoint_save_is_never_offered(runs_root):
     assert read_state(run)["state"] == "completed"
 
 
-def test_bad_weights_end_failed_with_the_root_error(runs_root, starter_model, tmp_path):
-    broken = tmp_path / "broken-model"
-    shutil.copytree(starter_model, broken)
-    # Passes the preflight (a safetensors file is there) but cannot be read: a truncated download.
-    with open(broken / "model.safetensors", "r+b") as f:
-        f.truncate(1000)
-    run = detach("--set", f"model.path={broken}", "--set", "name=badweights")
+def test_a_model_gone_by_launch_time_ends_failed_with_the_root_error(runs_root, starter_model, tmp_path):
+    from trainer_core.config import load_config
+    from trainer_core.runs import create_run
+    from trainer_core.supervisor import start
+
+    moved = tmp_path / "model-on-a-share"
+    shutil.copytree(starter_model, moved)
+    run = create_run(load_config(QUICKSTART, [f"model.path={moved}", "name=model-gone"]))  # preflight passes
+    shutil.rmtree(moved)  # the share is unmounted / the folder moved before the run starts
+    start(run, detach=True)
     wait_for(lambda: read_state(run)["state"] == "failed", 240, "failure")
     st = status_json(run)
     assert st["state"] == "failed" and st["exit_code"] not in (0, None)
-    assert "safetensors" in st["error"].lower() or "header" in st["error"].lower(), st["error"]
+    assert str(moved) in st["error"] or "model-on-a-share" in st["error"], st["error"]
     assert "Traceback" not in st["error"]
     assert lock_holder(runs_root, CPU_LOCK) is None

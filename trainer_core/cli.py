@@ -216,7 +216,7 @@ def cmd_resume(args) -> int:
 
     run = _run(args.run)
     ckpt = resume(run)
-    emit(f"resuming {run.name} from {ckpt.name if ckpt else 'the start (no complete checkpoint)'}",
+    print(f"resuming {run.name} from {ckpt.name if ckpt else 'the start (no complete checkpoint)'}",
           file=sys.stderr)
     code = 0 if args.detach else _wait_foreground(run)
     emit(run)
