@@ -129,6 +129,7 @@ def test_a_model_gone_by_launch_time_ends_failed_with_the_root_error(runs_root, 
     wait_for(lambda: read_state(run)["state"] == "failed", 240, "failure")
     st = status_json(run)
     assert st["state"] == "failed" and st["exit_code"] not in (0, None)
-    assert str(moved) in st["error"] or "model-on-a-share" in st["error"], st["error"]
+    assert st["error"] == f"model.path {moved} is not a directory: point it at a local model folder " \
+        "(run `python -m trainer_core prepare-models` for the starter model)", st["error"]
     assert "Traceback" not in st["error"]
     assert lock_holder(runs_root, CPU_LOCK) is None

@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import TrainingArguments
 
-    from trainer_core.models import load_tokenizer
+    from trainer_core.models import check_model_dir, load_tokenizer
 
     precision = resolve_precision(cfg.train.precision)
     ds_config = json.loads((run / rd.DS_CONFIG).read_text(encoding="utf-8"))
@@ -432,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"ranks={targs.world_size} precision={precision} zero_stage={cfg.deepspeed.stage} "
         f"offload={cfg.deepspeed.offload_optimizer}/{cfg.deepspeed.offload_param}")
 
+    # Checked again here: the folder may have moved or changed between creating the run and starting it.
+    check_model_dir(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
