@@ -1,0 +1,47 @@
+# .venv/bin/python -m pytest tests/test_inference.py -q
+"""Chat inference on the starter model: streaming equals plain generation, history trimming, model resolution."""
+
+import pytest
+
+from trainer_core.chat_format import prompt_ids
+from trainer_core.errors import UserError
+from trainer_core.inference import GenParams, load_chat_model, reply, resolve_model_dir, stream_reply, trim_history
+
+
+@pytest.fixture(scope="module")
+def chat_model(starter_model):
+    return load_chat_model(starter_model)
+
+
+def test_stream_pieces_join_to_the_greedy_reply(chat_model):
+    model, tok = chat_model
+    params = GenParams(max_new_tokens=12, temperature=0)
+    msgs = [{"role": "user", "content": "皇上驾到"}]
+    pieces = list(stream_reply(model, tok, msgs, persona="你是甄嬛", params=params))
+    assert "".join(pieces) == reply(model, tok, msgs, persona="你是甄嬛", params=params)
+
+
+def test_history_is_trimmed_from_the_oldest_turn(starter_tokenizer):
+    history = []
+    for i in range(6):
+        history += [{"role": "user", "content": f"第{i}问" * 20}, {"role": "assistant", "content": f"第{i}答" * 20}]
+    history.append({"role": "user", "content": "最后一问"})
+    full = len(prompt_ids(starter_tokenizer, history, "你是甄嬛"))
+    kept, ids = trim_history(starter_tokenizer, history, "你是甄嬛", budget=full // 2)
+    assert len(ids) <= full // 2
+    assert kept[-1]["content"] == "最后一问", "the newest user turn always stays"
+    assert kept[0]["role"] == "user" and kept[0]["content"] != history[0]["content"], "oldest turns dropped first"
+    assert kept == history[len(history) - len(kept):], "what stays is the newest, in order"
+
+
+def test_generation_parameters_are_validated():
+    with pytest.raises(UserError, match="top_p"):
+        GenParams(top_p=0)
+    with pytest.raises(UserError, match="max_new_tokens"):
+        GenParams(max_new_tokens=0)
+
+
+def test_a_run_without_a_model_yet_is_explained(tmp_path):
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    with pytest.raises(UserError, match="no final model and no complete checkpoint"):
+        resolve_model_dir(tmp_path)
