@@ -23,6 +23,8 @@ import yaml
 from trainer_core import paths
 from trainer_core.errors import UserError
 
+# libyaml's safe loader when PyYAML was built with it: 10x faster, and the Runs page parses every run's config.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_PERSONA = "现在你要扮演皇帝身边的女人--甄嬛"
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: "$" would let a trailing newline in
 
@@ -393,7 +395,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not p.is_file():
             raise UserError(f"config file {p} not found: pass an existing .yaml file, e.g. configs/quickstart.yaml")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(p.read_text(encoding="utf-8"), Loader=SAFE_LOADER) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(raw, dict):

@@ -1,0 +1,148 @@
+"""Monitor latency and page loads in a real browser, with the dashboard under load.
+
+    .venv/bin/python bench/browser_latency.py [--sessions 3] [--lines 5] [--runs 50] [--log-gb 1]
+
+Starts the dashboard as run_app.sh does (`python -m app.serve`) on a free port with a private runs folder holding
+`--runs` finished runs and one live run whose train.log is `--log-gb` GB. `--sessions` Chromium sessions open the
+Monitor page on the live run; this script then appends metric lines as the trainer does (metrics.jsonl + status.json)
+and prints how long each line takes to show in every session, without reloading. Then it times opening each page.
+Needs Debian's Chromium (/usr/bin/chromium). Figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from dashboard_load import make_runs  # noqa: E402  (same fixture data as the server-side load bench)
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+TOTAL = 1000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_live(run: Path) -> None:
+    """Turn a finished run into a live one: this process stands in for its supervisor."""
+    from trainer_core import run_dir as rd
+
+    me = psutil.Process()
+    rd.write_json_atomic(run / rd.MANIFEST, {"pid": me.pid, "pgid": os.getpgid(me.pid),
+                                             "create_time": me.create_time(), "started": time.time()})
+    with open(run / rd.METRICS, "w") as f:
+        f.write(json.dumps(row(1)) + "\n")
+    rd.update_status(run, state="running", step=1, total_steps=TOTAL, loss=12.0, eta_s=999.0)
+
+
+def row(step: int) -> dict:
+    return {"step": step, "total_steps": TOTAL, "loss": 12 - step * 0.001, "lr": 1e-4, "grad_norm": 1.0,
+            "tokens_per_s": 800.0, "label_tokens_per_s": 300.0, "elapsed_s": step * 1.0, "eta_s": TOTAL - step,
+            "peak_mem_bytes": [2**30], "time": time.time()}
+
+
+def write_step(run: Path, step: int) -> float:
+    from trainer_core import run_dir as rd
+
+    with open(run / rd.METRICS, "a") as f:
+        f.write(json.dumps(row(step)) + "\n")
+    rd.update_status(run, step=step, loss=row(step)["loss"])
+    return time.perf_counter()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=3)
+    ap.add_argument("--lines", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--log-gb", type=float, default=1.0)
+    args = ap.parse_args()
+    if not Path("/usr/bin/chromium").exists():
+        print("needs /usr/bin/chromium (apt-get install chromium)")
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        live = make_runs(Path(tmp), args.runs, args.log_gb)
+        make_live(live)
+        port = free_port()
+        env = dict(os.environ, TRAINER_RUNS_ROOT=tmp)
+        server = subprocess.Popen([sys.executable, "-m", "app.serve", "--server.port", str(port)], cwd=ROOT,
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(120):
+                try:
+                    urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+                pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+                         for _ in range(args.sessions)]
+                for page in pages:
+                    page.goto(f"{url}/monitor")
+                for page in pages:
+                    page.wait_for_selector(".st-key-mon-progress", timeout=120_000)
+                print(f"{args.runs} runs in history, live run with a {args.log_gb:g} GB train.log, "
+                      f"{args.sessions} browser sessions on its Monitor page")
+                latencies: list[float] = []
+                for i in range(args.lines):
+                    step = 10 * (i + 1)
+                    t0 = write_step(live, step)
+                    pending = set(range(len(pages)))
+                    while pending and time.perf_counter() - t0 < 30:
+                        for k in list(pending):
+                            text = pages[k].locator(".st-key-mon-progress").inner_text()
+                            if f"{step} / {TOTAL}" in text:
+                                latencies.append(time.perf_counter() - t0)
+                                pending.discard(k)
+                        time.sleep(0.02)
+                    latencies += [float("inf")] * len(pending)
+                    time.sleep(1.3)  # let each line stand before the next, as with a real logging interval
+                finite = [x for x in latencies if x != float("inf")]
+                print(f"metric line -> visible in the Monitor page: median {statistics.median(finite):.2f} s, "
+                      f"max {max(latencies):.2f} s over {len(latencies)} (line, session) pairs")
+                page = pages[0]
+                links = page.locator('[data-testid="stSidebarNav"] a')
+                for i, label in enumerate(("Data", "Train", "Monitor", "Chat", "Runs")):
+                    times = []
+                    for _ in range(3):
+                        t0 = time.perf_counter()
+                        links.nth(i).click()
+                        page.wait_for_timeout(50)
+                        page.wait_for_selector(IDLE, state="attached", timeout=60_000)
+                        times.append(time.perf_counter() - t0)
+                    print(f"switch to {label:<8} page rendered in {statistics.median(times):.2f} s (median of 3)")
+                browser.close()
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
