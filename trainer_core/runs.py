@@ -7,6 +7,7 @@ place, so a failed check or a crash never leaves a half-written run behind.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
@@ -97,13 +98,7 @@ def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
     pf = preflight(cfg)
     root = runs_root or paths.runs_root()
     root.mkdir(parents=True, exist_ok=True)
-    name = new_run_name(pf.cfg)
-    final = root / name
-    if final.exists():
-        if pf.cfg.name:
-            raise UserError(f"name: a run called {name!r} already exists in {root}; pick another name")
-        name = f"{name}-{int(time.time() * 1000) % 1000:03d}"
-        final = root / name
+    name, final = reserve_name(root, pf.cfg)
     cfg = dataclasses.replace(pf.cfg, name=name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
@@ -121,11 +116,28 @@ def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
                                                "nodes_expected": cfg.placement.num_nodes,
                                                "world_size": cfg.world_size,
                                                "lints": [str(x) for x in pf.lints]})
-        tmp.rename(final)
+        os.rename(tmp, final)  # replaces the empty reserved directory in one step
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
         raise
     return final
+
+
+def reserve_name(root: Path, cfg: RunConfig) -> tuple[str, Path]:
+    """Claim a run name with an atomic mkdir, so two launches in the same second (two tabs, two terminals) never
+    pick the same directory; an empty directory is invisible to list_runs until the run is renamed over it."""
+    base = new_run_name(cfg)
+    for attempt in range(1000):
+        name = base if attempt == 0 else f"{base}-{attempt + 1}"
+        try:
+            (root / name).mkdir()
+            return name, root / name
+        except FileExistsError:
+            if cfg.name:
+                raise UserError(f"name: a run called {base!r} already exists in {root}; pick another name") from None
+    raise UserError(f"could not find a free run name next to {base!r} in {root}")
 
 
 def list_runs(runs_root: Path | None = None) -> list[Path]:
