@@ -99,9 +99,15 @@ if "__main__" == __name__:
     tokenizer.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # Qwen-7B-Chat's eod_id
     tokenized_id = [process_func(r) for r in records]
 
-    # torch.half on the GPU in the tutorial; this CPU has no fp16 training path, so fp32 (fp16 "auto" resolves off).
-    model = AutoModelForCausalLM.from_pretrained(finetune_args.model_path, trust_remote_code=True, dtype=torch.float32,
-                                                 device_map={"": "cpu"})
+    # The tutorial loads torch.half onto the GPU. On a CPU there is no fp16 training path, so fp32 (fp16 "auto"
+    # resolves off); on a GPU (bench/gpu_check.py) the precision the card supports, passed as --bf16/--fp16.
+    if torch.cuda.is_available():
+        dtype = torch.bfloat16 if training_args.bf16 else torch.half
+        device_map = {"": int(os.environ.get("LOCAL_RANK") or 0)}
+    else:
+        dtype, device_map = torch.float32, {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(finetune_args.model_path, trust_remote_code=True, dtype=dtype,
+                                                 device_map=device_map)
 
     clock = Clock()
     trainer = CountingTrainer(
@@ -131,4 +137,5 @@ if "__main__" == __name__:
             "train_loss_last": losses[-1] if losses else None,
             "heldout_loss": heldout_loss(model, heldout),
             "peak_rss_bytes": peak_rss_bytes(),
+            "peak_cuda_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
         })

@@ -9,7 +9,6 @@ cross-entropy over all answer tokens and their `<|im_end|>` (a per-token mean ov
 from __future__ import annotations
 
 import json
-import random
 import resource
 import sys
 from pathlib import Path
@@ -26,12 +25,6 @@ from trainer_core.config import DEFAULT_PERSONA  # noqa: E402
 
 DATA = Path("/work/shared/data/huanhuan.json")
 EVAL_MAX_LENGTH = 128  # the tutorial's MAX_LENGTH
-
-
-def split_records(records: list[dict], n_heldout: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """(train, held-out): a seeded sample of n_heldout records is held out, the rest keep their order."""
-    held = set(random.Random(seed).sample(range(len(records)), n_heldout))
-    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
 
 
 def as_conversation(record: dict) -> list[dict]:
@@ -52,9 +45,10 @@ def heldout_loss(model, encoded) -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    device = next(model.parameters()).device
     for e in encoded:
-        ids = torch.tensor([e.input_ids])
-        target = torch.tensor(e.labels[1:])
+        ids = torch.tensor([e.input_ids], device=device)
+        target = torch.tensor(e.labels[1:], device=device)
         logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
         total += F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum").item()
         count += int((target != IGNORE_INDEX).sum())

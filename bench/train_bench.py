@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_bench.py              # 400 records, 40 held out, 1 epoch each (about 6-8 min on 2 cores)
     .venv/bin/python bench/train_bench.py --quick      # 60 records, a few steps: a smoke check, not a measurement
+    .venv/bin/python bench/train_bench.py --ablation   # also our defaults minus each optimisation in turn
 
 Three real `deepspeed` launches, one after the other:
   baseline   bench/baseline_train.py: the tutorial's process_func, padding collator, micro-batch 1, its ZeRO-2
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DATA, EVAL_MAX_LENGTH, ROOT, encode_heldout, split_records, write_json  # noqa: E402
+from bench.common import DATA, EVAL_MAX_LENGTH, ROOT, encode_heldout, write_json  # noqa: E402
 from trainer_core import run_dir as rd  # noqa: E402
 from trainer_core.tailing import read_all_rows  # noqa: E402
 
@@ -64,11 +66,11 @@ def prepare_data(work: Path, n_records: int, n_heldout: int) -> tuple[Path, Path
 
 
 def env() -> dict[str, str]:
-    from trainer_core.launch import launch_env
+    """The environment our launcher gives its ranks (threads per rank, PYTHONPATH), for both recipes."""
     from trainer_core.config import RunConfig
+    from trainer_core.launch import launch_env
 
-    e = launch_env(RunConfig(), has_gpu=False)  # the environment our launcher gives its ranks, for both recipes
-    return e
+    return launch_env(RunConfig(), has_gpu=False)
 
 
 def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int) -> dict:
@@ -95,20 +97,20 @@ def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int) -> dict
     if proc.returncode != 0 or not result.is_file():
         sys.exit(f"baseline failed (exit {proc.returncode}); see {log}:\n{log.read_text(errors='replace')[-3000:]}")
     r = json.loads(result.read_text(encoding="utf-8"))
-    r["log"] = str(log)
+    if max_steps > 0:
+        r["records"] = None  # a partial epoch: records/s would mean nothing
     return r
 
 
 def run_ours(work: Path, name: str, config: Path, data: Path, heldout: Path, n_records: int, n_heldout: int,
-             sets: list[str]) -> dict:
-    """Train with our CLI; figures from metrics.jsonl (rank 0) and status.json, held-out loss re-scored here."""
+             sets: list[str], env_extra: dict | None = None) -> dict:
+    """Train with our CLI; figures from metrics.jsonl (rank 0), held-out loss re-scored here."""
     overrides = [f"data.path={data}", f"data.eval_ratio={n_heldout / n_records!r}", "train.epochs=1",
                  "train.save_steps=0", f"train.seed={SEED}", f"name={name}", *sets]
     argv = [PY, "-m", "trainer_core", "train", str(config)]
     for o in overrides:
         argv += ["--set", o]
-    e = env()
-    e["TRAINER_RUNS_ROOT"] = str(work / "runs")
+    e = {**env(), **(env_extra or {}), "TRAINER_RUNS_ROOT": str(work / "runs")}
     proc = subprocess.run(argv, cwd=ROOT, env=e, capture_output=True, text=True)
     run = work / "runs" / name
     if proc.returncode != 0:
@@ -132,7 +134,7 @@ def run_ours(work: Path, name: str, config: Path, data: Path, heldout: Path, n_r
         "steps": last[0],
         "label_tokens": last[2],
         "tokens": last[3],
-        "records": n_records - n_heldout,
+        "records": None if any(o.startswith("train.max_steps=") for o in sets) else n_records - n_heldout,
         "eval_curve": curve,
         "heldout_loss": _rescore(final, heldout),
         "heldout_loss_in_training": curve[-1][1] if curve else None,
@@ -168,7 +170,8 @@ def table(results: list[dict], target: float) -> str:
         t = r["train_time_s"]
         reach = r["train_time_s"] if r["recipe"] == "baseline" else time_to_loss(r.get("eval_curve", []), target)
         cells = [r["recipe"], r["steps"], f"{t:.1f}", r["label_tokens"], f"{r['label_tokens'] / t:.1f}",
-                 f"{r['records'] / t:.2f}", f"{r['heldout_loss']:.4f}", "-" if reach is None else f"{reach:.1f}",
+                 "-" if r["records"] is None else f"{r['records'] / t:.2f}", f"{r['heldout_loss']:.4f}",
+                 "-" if reach is None else f"{reach:.1f}",
                  f"{r['peak_rss_bytes'] / 2**20:.0f}"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
@@ -177,16 +180,27 @@ def table(results: list[dict], target: float) -> str:
 def ratios(results: list[dict], target: float) -> list[str]:
     base = results[0]
     b_tps = base["label_tokens"] / base["train_time_s"]
-    b_rps = base["records"] / base["train_time_s"]
     out = []
     for r in results[1:]:
         tps = r["label_tokens"] / r["train_time_s"]
-        rps = r["records"] / r["train_time_s"]
+        rps = "-" if r["records"] is None or base["records"] is None else \
+            f"{(r['records'] / r['train_time_s']) / (base['records'] / base['train_time_s']):.2f}x"
         reach = time_to_loss(r.get("eval_curve", []), target)
         speed = "not reached" if reach is None else f"{base['train_time_s'] / reach:.2f}x"
-        out.append(f"{r['recipe']} / baseline: label tokens/s {tps / b_tps:.2f}x, records/s {rps / b_rps:.2f}x, "
-                   f"time to the baseline's held-out loss {speed}, peak RSS {r['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}x")
+        out.append(f"{r['recipe']} / baseline: label tokens/s {tps / b_tps:.2f}x, records/s {rps}, "
+                   f"time to the baseline's held-out loss {speed}, "
+                   f"peak RSS {r['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}x")
     return out
+
+
+# --ablation: our defaults with one optimisation taken away each, to say what each contributes.
+ABLATIONS = [
+    ("ours-logits-head", [], {"TRAINER_HEAD_LOSS": "logits"}),  # logits at labelled positions, plain cross-entropy
+    ("ours-fp32-head", [], {"TRAINER_HEAD_LOSS": "fp32"}),  # blockwise head, fp32 products
+    ("ours-no-packing", ["data.packing=false"], {}),
+    ("ours-micro-1", ["train.micro_batch_size=1"], {}),
+    ("ours-lr-1e-4", ["train.learning_rate=1e-4"], {}),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,10 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", type=int, default=400, help="first N records of huanhuan.json (default 400)")
     p.add_argument("--heldout", type=int, default=40, help="of those, held out for evaluation (default 40)")
     p.add_argument("--quick", action="store_true", help="60 records, 3-5 steps per recipe: a smoke check")
+    p.add_argument("--ablation", action="store_true",
+                   help="also run our defaults without each optimisation in turn (about 5 more minutes)")
     p.add_argument("--only", default="baseline,ours-same,ours", help="comma-separated recipes to run")
     p.add_argument("--set", action="append", default=[], help="extra --set for the 'ours' run (experiments)")
-    p.add_argument("--target", type=float, help="held-out loss to reach when the baseline is not run")
+    p.add_argument("--target", type=float, default=float("nan"),
+                   help="held-out loss to reach when the baseline is not run")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs)")
     args = p.parse_args(argv)
     if args.quick:
         args.records, args.heldout = 60, 6
@@ -205,35 +223,39 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
     train, heldout, ours_data = prepare_data(work, args.records, args.heldout)
-    print(f"work dir {work}; {args.records} records, {args.heldout} held out", flush=True)
+    print(f"{args.records} records, {args.heldout} held out; work dir {work}", flush=True)
+
+    def timed(label, fn):
+        t = time.time()
+        results.append(fn())
+        print(f"{label} done in {time.time() - t:.0f}s wall", flush=True)
 
     results = []
     if "baseline" in only:
-        t = time.time()
-        results.append(run_baseline(work, train, heldout, steps_base))
-        print(f"baseline done in {time.time() - t:.0f}s wall", flush=True)
+        timed("baseline", lambda: run_baseline(work, train, heldout, steps_base))
     common = [f"train.max_steps={steps_ours}"] if steps_ours > 0 else []
     if "ours-same" in only:
-        t = time.time()
-        results.append(run_ours(work, "ours-same", OURS_SAME, ours_data, heldout, args.records, args.heldout, common))
-        print(f"ours-same done in {time.time() - t:.0f}s wall", flush=True)
-    if "ours" in only:
-        t = time.time()
-        # Evaluate after every step: the curve gives the time to the baseline's loss (evaluation time excluded).
-        results.append(run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout,
-                                [*common, "train.eval_steps=1", *args.set]))
-        print(f"ours done in {time.time() - t:.0f}s wall", flush=True)
+        timed("ours-same", lambda: run_ours(work, "ours-same", OURS_SAME, ours_data, heldout, args.records,
+                                            args.heldout, common))
+    # Ours evaluates after every step: the curve gives the time to the baseline's loss (evaluation time excluded).
+    runs = [("ours", [], {})] if "ours" in only else []
+    runs += ABLATIONS if args.ablation else []
+    for name, sets, extra in runs:
+        timed(name, lambda: run_ours(work, name, QUICKSTART, ours_data, heldout, args.records, args.heldout,
+                                     [*common, "train.eval_steps=1", *sets, *args.set], extra))
 
     target = results[0]["heldout_loss"] if results and results[0]["recipe"] == "baseline" else args.target
     print()
-    print(f"machine: {os.cpu_count()} CPU cores, shared; training time only; held-out loss: {args.heldout} records, "
-          f"per answer token; target = baseline's final held-out loss {target:.4f}")
+    print(f"machine: {os.cpu_count()} CPU cores (shared); training time only; held-out loss over {args.heldout} "
+          f"records, per answer token; target = the baseline's final held-out loss {target:.4f}")
     print(table(results, target))
     if results and results[0]["recipe"] == "baseline":
         for line in ratios(results, target):
             print(line)
     if args.json:
         write_json(args.json, {"records": args.records, "heldout": args.heldout, "target": target, "results": results})
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -13,53 +13,62 @@ must be the last op on its inputs' path, as a loss is.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
-# Logits per block (tokens x vocabulary rows). CPU: 2^22 fp32 values (16 MB). Blocks of 4 MB, one core's L2, are
-# as fast on an idle machine, but four times as many small ops lose more whenever the cores are shared: every op's
-# threads meet at a barrier. GPU: far more, which keeps the kernel count down.
-CPU_BLOCK = 1 << 22
-GPU_BLOCK = 1 << 27
-MAX_TOKENS = 512
+# Logits per block (tokens x vocabulary rows) and tokens per block. CPU: 2^22 fp32 values (16 MB). Blocks of 4 MB,
+# one core's L2, are as fast on an idle machine, but four times as many small ops lose more whenever the cores are
+# shared: every op's threads meet at a barrier. GPU: 2^25 (128 MB), enough to keep the kernel count down.
+CPU_BLOCK, CPU_TOKENS = 1 << 22, 512
+GPU_BLOCK, GPU_TOKENS = 1 << 25, 4096
 SMALL = 48  # tokens up to which the plain product is faster (measured on the starter model's 152k x 64 head)
 
 
-def block_sizes(n_tokens: int, vocab: int, budget: int) -> tuple[int, int]:
+def block_sizes(n_tokens: int, vocab: int, on_gpu: bool = False) -> tuple[int, int]:
     """(vocabulary rows, tokens) per block."""
-    tokens = max(1, min(n_tokens, MAX_TOKENS))
+    budget, max_tokens = (GPU_BLOCK, GPU_TOKENS) if on_gpu else (CPU_BLOCK, CPU_TOKENS)
+    tokens = max(1, min(n_tokens, max_tokens))
     rows = min(vocab, max(1024, budget // tokens))
     return rows, tokens
 
 
+def workspace_bytes(n_tokens: int, vocab: int, hidden: int, weight_bytes: int, on_gpu: bool = False) -> int:
+    """Peak extra memory of one call: the head's weight gradient (returned by backward), the gradient of the hidden
+    states, and one block of logits in fp32 with its softmax in the matmul dtype (the memory planner uses this)."""
+    rows, tokens = block_sizes(n_tokens, vocab, on_gpu)
+    return vocab * hidden * weight_bytes + n_tokens * hidden * 8 + rows * tokens * (4 + weight_bytes)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, target, block_vocab, block_tokens):
+    def forward(ctx, hidden, weight, target, block_vocab, block_tokens, dtype):
         n, vocab = hidden.shape[0], weight.shape[0]
-        # Matmuls run in the activations' dtype (bf16 under mixed precision); softmax statistics in fp32.
-        w = weight.to(hidden.dtype)
+        # Matmuls in `dtype` (the activations' own, or bf16); softmax statistics and accumulators in fp32; the
+        # target logit and the "- 1 at the target" part of the gradient from the inputs as given.
+        h_all, w = hidden.to(dtype), weight.to(dtype)
         starts = range(0, vocab, block_vocab)
         block_lse = torch.empty(n, len(starts), dtype=torch.float32, device=hidden.device)
         for t0 in range(0, n, block_tokens):
-            h = hidden[t0:t0 + block_tokens]
+            h = h_all[t0:t0 + block_tokens]
             for j, v0 in enumerate(starts):
                 block_lse[t0:t0 + block_tokens, j] = torch.logsumexp(
                     torch.mm(h, w[v0:v0 + block_vocab].T).float(), dim=1)
         lse = torch.logsumexp(block_lse, dim=1)
-        target_logit = (hidden.float() * w[target].float()).sum(-1)
-        loss = (lse - target_logit).sum()
+        target_rows = weight[target].float()
+        loss = (lse - (hidden.float() * target_rows).sum(-1)).sum()
 
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        if needs_grad:
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             grad_hidden = torch.zeros(n, hidden.shape[1], dtype=torch.float32, device=hidden.device)
             grad_weight = torch.empty_like(weight)
             for v0 in starts:
                 wb = w[v0:v0 + block_vocab]
                 acc = None
                 for t0 in range(0, n, block_tokens):
-                    h = hidden[t0:t0 + block_tokens]
+                    h = h_all[t0:t0 + block_tokens]
                     # softmax = exp(logit - lse); the "- 1 at the target" part is added once, below.
-                    p = torch.mm(h, wb.T).float().sub_(lse[t0:t0 + block_tokens, None]).exp_().to(hidden.dtype)
+                    p = torch.mm(h, wb.T).float().sub_(lse[t0:t0 + block_tokens, None]).exp_().to(dtype)
                     grad_hidden[t0:t0 + block_tokens].add_(torch.mm(p, wb).float())
                     part = torch.mm(p.T, h).float()
                     acc = part if acc is None else acc.add_(part)
@@ -69,7 +78,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 here = (target >= v0) & (target < v0 + block_vocab)
                 acc.index_add_(0, target[here] - v0, hidden[here].float(), alpha=-1)
                 grad_weight[v0:v0 + block_vocab] = acc.to(weight.dtype)
-            grad_hidden.sub_(w[target].float())
+            grad_hidden.sub_(target_rows)
             ctx.save_for_backward(grad_hidden.to(hidden.dtype), grad_weight)
         return loss
 
@@ -77,19 +86,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
         return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), \
-            None, None, None
+            None, None, None, None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo (Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                         blocks: tuple[int, int] | None = None) -> torch.Tensor:
+                         blocks: tuple[int, int] | None = None, matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Sum over rows of cross_entropy(hidden @ weight.T, target), as an fp32 scalar.
 
     hidden [n, d] (the final hidden states at labelled positions), weight [vocab, d] (the output embedding, no
-    bias), target [n] token ids (no ignore index: select the labelled rows before calling).
+    bias), target [n] token ids (no ignore index: select the labelled rows before calling). matmul_dtype: the
+    dtype of the products (default: the activations' own).
     """
+    dtype = matmul_dtype or hidden.dtype
     if blocks is None and hidden.shape[0] <= SMALL:
         # A few tokens' logits fit in cache anyway; one plain product is cheaper than two blockwise sweeps.
-        return F.cross_entropy((hidden @ weight.to(hidden.dtype).T).float(), target, reduction="sum")
+        return F.cross_entropy((hidden.to(dtype) @ weight.to(dtype).T).float(), target, reduction="sum")
     if blocks is None:
-        blocks = block_sizes(hidden.shape[0], weight.shape[0], GPU_BLOCK if hidden.is_cuda else CPU_BLOCK)
-    return _LinearCrossEntropy.apply(hidden, weight, target, blocks[0], blocks[1])
+        blocks = block_sizes(hidden.shape[0], weight.shape[0], hidden.is_cuda)
+    return _LinearCrossEntropy.apply(hidden, weight, target, blocks[0], blocks[1], dtype)

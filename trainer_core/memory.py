@@ -1,7 +1,8 @@
 """Memory planner: per-rank accelerator memory and host RAM for a run, from the model's config alone.
 
-Model states come from DeepSpeed's own estimators (ZeRO-2/3; stages 0/1 by the same arithmetic), activations and
-logits from the batch shape. The model is instantiated on the meta device, so a 7B model answers in about a second
+On GPUs, model states come from DeepSpeed's own estimators (ZeRO-2/3; stages 0/1 by the same arithmetic); on CPU
+ranks from bytes per parameter measured by bench/memory_bench.py. Activations and the vocabulary head's memory come
+from the batch shape. The model is instantiated on the meta device, so a 7B model answers in about a second
 without touching its weights. On a CPU-only machine every rank's "accelerator" memory is its resident memory.
 """
 
@@ -14,11 +15,26 @@ from pathlib import Path
 from trainer_core.config import RunConfig
 from trainer_core.errors import UserError
 from trainer_core.hardware import Hardware, detect, resolve_precision
+from trainer_core.linear_ce import workspace_bytes
 
 GiB = 1024**3
-# A CPU rank's resident memory before any model state: interpreter, torch, transformers, DeepSpeed, CPU Adam.
-CPU_RANK_BASELINE = int(0.75 * GiB)
-# Share of the sequence that carries labels in role-play data (answers are short); used for the logits estimate.
+MiB = 1024**2
+# CPU ranks, measured with bench/memory_bench.py (peak RSS of 3-step runs of a 10M and a 100M Qwen2 with a 152k
+# vocabulary, ZeRO 0-3 with and without offload, 1 and 2 ranks; README, Performance).
+# A rank's resident memory before any model state: interpreter, torch, transformers, DeepSpeed, tokenizer, data.
+CPU_RANK_BASELINE = 600 * MiB
+# CPU ranks train in fp32. Model-state bytes per parameter at the peak, as (held by every rank, divided over the
+# ranks), by (ZeRO stage, optimizer offloaded).
+CPU_STATE_BYTES = {
+    (0, False): (16, 0),  # weights, gradients and Adam's two moments, all whole on every rank
+    # The fp32 partition (master weights, Adam moments, reduced gradients, buckets) is sharded; the module's own
+    # weights stay whole.
+    (1, False): (5, 18), (2, False): (5, 18),
+    (1, True): (10.5, 25.5), (2, True): (10.5, 25.5),  # DeepSpeed's CPU optimizer adds copies and bounce buffers
+    # Every rank loads the whole model before ZeRO-3 partitions it, and a peak keeps that.
+    (3, False): (12, 12), (3, True): (9, 22),
+}
+# Share of the sequence that carries labels in role-play data (answers are short); used for the head's estimate.
 LABEL_FRACTION = 0.5
 
 
@@ -121,8 +137,8 @@ def _model_states(shape: ModelShape, cfg: RunConfig, ranks_per_node: int, nodes:
     return int(dev), int(host)
 
 
-def _activations(shape: ModelShape, cfg: RunConfig, half: bool) -> tuple[int, int]:
-    """(activation bytes, logits bytes) for one micro-batch on one rank."""
+def _activations(shape: ModelShape, cfg: RunConfig, half: bool, on_gpu: bool) -> tuple[int, int]:
+    """(activation bytes, vocabulary-head bytes) for one micro-batch on one rank."""
     b, s = cfg.train.micro_batch_size, cfg.data.max_length
     d = 2 if half else 4
     per_layer = b * s * (10 * shape.hidden + 3 * shape.intermediate) * d + b * shape.heads * s * 4
@@ -130,9 +146,23 @@ def _activations(shape: ModelShape, cfg: RunConfig, half: bool) -> tuple[int, in
         acts = shape.layers * b * s * shape.hidden * d + per_layer
     else:
         acts = shape.layers * per_layer
-    # Our loss asks the model for logits only at labelled positions, in fp32, plus their gradient.
-    logits = int(b * s * LABEL_FRACTION * shape.vocab * 4 * 3)
-    return int(acts), logits
+    labelled = int(b * s * LABEL_FRACTION)
+    if cfg.deepspeed.stage == 3:
+        # ZeRO-3 partitions the head's weight, so the loss asks the model for logits at labelled positions:
+        # fp32 logits, their softmax and gradient.
+        head = labelled * shape.vocab * 4 * 3
+    else:
+        # The blockwise head loss (linear_ce) never holds the logits: its workspace, plus the embedding's dense
+        # gradient, which autograd adds to the head's when the two are tied.
+        head = workspace_bytes(labelled, shape.vocab, shape.hidden, d, on_gpu) + shape.vocab * shape.hidden * d
+    return int(acts), int(head)
+
+
+def _cpu_model_states(shape: ModelShape, cfg: RunConfig) -> int:
+    """Bytes per CPU rank for weights, gradients and optimizer states (measured, see CPU_STATE_BYTES)."""
+    offload = cfg.deepspeed.offload_optimizer != "none" or cfg.deepspeed.offload_param != "none"
+    whole, sharded = CPU_STATE_BYTES[(cfg.deepspeed.stage, offload and cfg.deepspeed.stage > 0)]
+    return int(shape.params * (whole + sharded / cfg.world_size))
 
 
 def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | None = None) -> MemoryPlan:
@@ -141,19 +171,21 @@ def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | 
     precision = resolve_precision(cfg.train.precision, hw)
     half = precision in ("bf16", "fp16")
     ranks, nodes = cfg.placement.num_ranks, cfg.placement.num_nodes
-    dev_states, host_states = _model_states(shape, cfg, ranks, nodes, half)
-    acts, logits = _activations(shape, cfg, half)
-    breakdown = {"model_states": dev_states, "activations": acts, "logits": logits}
-    per_rank = dev_states + acts + logits
+    acts, logits = _activations(shape, cfg, half, hw.has_gpu)
     notes = []
     if hw.has_gpu:
+        dev_states, host_states = _model_states(shape, cfg, ranks, nodes, half)
+        breakdown = {"model_states": dev_states, "activations": acts, "logits": logits}
+        per_rank = dev_states + acts + logits
         host = host_states + ranks * int(1.5 * GiB)  # each rank's process on the host
         device_total = min(g.total_bytes for g in hw.gpus)
         fits = per_rank <= 0.95 * device_total and host <= hw.host_ram_bytes
     else:
         # CPU ranks: "device" memory is the rank's RSS, and all ranks share the host.
-        breakdown["process_baseline"] = CPU_RANK_BASELINE
-        per_rank += CPU_RANK_BASELINE + host_states // max(ranks, 1)
+        states = _cpu_model_states(shape, cfg)
+        breakdown = {"model_states": states, "activations": acts, "logits": logits,
+                     "process_baseline": CPU_RANK_BASELINE}
+        per_rank = CPU_RANK_BASELINE + states + acts + logits
         host = per_rank * ranks
         device_total = None
         fits = host <= 0.9 * hw.host_ram_bytes

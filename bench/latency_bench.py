@@ -1,0 +1,129 @@
+"""Latency figures the dashboard depends on: tailing a huge log, chat time-to-first-token, streaming overhead.
+
+    .venv/bin/python bench/latency_bench.py [--model models/qwen2-starter] [--tokens 64]
+
+1. `trainer_core.tailing.tail_lines` on a 1 GB log: a sparse file in /tmp (a 1 GB hole, then 2,000 real trainer
+   log lines at the end), last 200 lines, median and worst of 20 calls.
+2. Chat time-to-first-token: `trainer_core.inference.stream_reply` on the starter model, from the call to the first
+   text piece (prompt building, generate in its worker thread, the streamer), median of 5 after a warm-up.
+3. Streaming overhead: greedy decoding of the same prompt for the same number of tokens (eos disabled so both run
+   the full count), through stream_reply and through a plain `model.generate`; tokens/s of each and the difference.
+The "metric line appears on the Monitor page within 2 s" figure is measured in the browser harness, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from trainer_core.inference import GenParams, _eos_ids, load_chat_model, stream_reply, trim_history  # noqa: E402
+from trainer_core.config import DEFAULT_PERSONA  # noqa: E402
+from trainer_core.tailing import tail_lines  # noqa: E402
+
+GB = 1 << 30
+MESSAGES = [{"role": "user", "content": "皇上今日可曾来过？"}]
+
+
+def tail_figures(n_calls: int = 20) -> dict:
+    fd, name = tempfile.mkstemp(prefix="latency-1g-", suffix=".log")
+    path = Path(name)
+    try:
+        lines = "".join(f"[trainer] step {i}/2000 loss {10 - i / 500:.4f} lr 1.0e-03 tokens/s 950.2\n"
+                        for i in range(2000)).encode()
+        with os.fdopen(fd, "wb") as f:
+            f.truncate(GB - len(lines))  # a hole: no disk blocks, reads as zeros
+            f.seek(GB - len(lines))
+            f.write(lines)
+        assert path.stat().st_size == GB
+        times = []
+        for _ in range(n_calls):
+            t = time.perf_counter()
+            got = tail_lines(path, 200)
+            times.append(time.perf_counter() - t)
+        assert got[-1].startswith("[trainer] step 1999/2000") and len(got) == 200
+        return {"median_ms": statistics.median(times) * 1e3, "max_ms": max(times) * 1e3}
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def ttft_figures(model, tok, n: int = 5) -> dict:
+    params = GenParams(max_new_tokens=16, temperature=0.0, seed=0)
+    "".join(stream_reply(model, tok, MESSAGES, persona=DEFAULT_PERSONA, params=params))  # warm-up
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        stream = stream_reply(model, tok, MESSAGES, persona=DEFAULT_PERSONA, params=params)
+        next(stream)
+        times.append(time.perf_counter() - t)
+        for _ in stream:  # let the worker thread finish before the next call
+            pass
+    return {"median_ms": statistics.median(times) * 1e3, "max_ms": max(times) * 1e3}
+
+
+def streaming_figures(model, tok, n_tokens: int, repeats: int = 3) -> dict:
+    """Same prompt, greedy, n_tokens each way; min_new_tokens keeps either from stopping at an eos token."""
+    params = GenParams(max_new_tokens=n_tokens, temperature=0.0, seed=0, repetition_penalty=1.0)
+    ctx = model.config.max_position_embeddings
+    _, ids = trim_history(tok, MESSAGES, DEFAULT_PERSONA, ctx - n_tokens)
+    input_ids = torch.tensor([ids])
+    plain_kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n_tokens,
+                        min_new_tokens=n_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                        pad_token_id=_eos_ids(model, tok)[0])
+
+    def plain() -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**plain_kwargs)
+        assert out.shape[1] - input_ids.shape[1] == n_tokens
+        return time.perf_counter() - t
+
+    def streamed() -> float:
+        t = time.perf_counter()
+        "".join(stream_reply(model, tok, MESSAGES, persona=DEFAULT_PERSONA, params=params))
+        return time.perf_counter() - t
+
+    # stream_reply passes eos ids explicitly; min_new_tokens through the generation config keeps it going.
+    model.generation_config.min_new_tokens = n_tokens
+    try:
+        plain(), streamed()  # warm-up
+        p, s = [], []
+        for _ in range(repeats):  # interleaved, so both see the same machine load
+            p.append(plain())
+            s.append(streamed())
+    finally:
+        model.generation_config.min_new_tokens = None
+    plain_tps, stream_tps = n_tokens / statistics.median(p), n_tokens / statistics.median(s)
+    return {"tokens": n_tokens, "plain_tok_s": plain_tps, "stream_tok_s": stream_tps,
+            "overhead": 1 - stream_tps / plain_tps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=ROOT / "models" / "qwen2-starter")
+    p.add_argument("--tokens", type=int, default=64)
+    args = p.parse_args(argv)
+    tail = tail_figures()
+    print(f"tail_lines(200) of a 1 GB log: median {tail['median_ms']:.2f} ms, worst {tail['max_ms']:.2f} ms "
+          "(goal <= 50 ms)", flush=True)
+    model, tok = load_chat_model(args.model)
+    ttft = ttft_figures(model, tok)
+    print(f"chat time to first token ({args.model.name}, CPU): median {ttft['median_ms']:.0f} ms, "
+          f"worst {ttft['max_ms']:.0f} ms (goal <= 300 ms)", flush=True)
+    st = streaming_figures(model, tok, args.tokens)
+    print(f"greedy {st['tokens']} tokens: plain generate {st['plain_tok_s']:.1f} tok/s, stream_reply "
+          f"{st['stream_tok_s']:.1f} tok/s, streaming overhead {st['overhead']:+.1%} (goal <= 10%)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

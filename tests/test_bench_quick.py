@@ -1,0 +1,38 @@
+# .venv/bin/python -m pytest tests/test_bench_quick.py -q    (slow: three real deepspeed launches, about 2 minutes)
+"""The training benchmark runs end to end in --quick mode and prints a table that parses. Times are not checked:
+the machine is shared, and the figures are the benchmark's to report, not a test's to assert."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(not Path("/work/shared/data/huanhuan.json").is_file(), reason="needs ../shared/data/huanhuan.json")
+def test_quick_bench_prints_a_table_that_parses():
+    proc = subprocess.run([sys.executable, "bench/train_bench.py", "--quick"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| recipe |"))
+    columns = [c.strip() for c in lines[header].strip("|").split("|")]
+    assert columns[:5] == ["recipe", "steps", "train_s", "label_tok", "label_tok/s"]
+    rows = {}
+    for line in lines[header + 2:header + 5]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(columns), line
+        rows[cells[0]] = dict(zip(columns, cells))
+    assert set(rows) == {"baseline", "ours-same", "ours"}
+    for row in rows.values():
+        assert int(row["steps"]) > 0 and int(row["label_tok"]) > 0
+        assert float(row["train_s"]) > 0 and float(row["label_tok/s"]) > 0
+        assert 0 < float(row["heldout_loss"]) < 20  # per-token cross-entropy of a 152k vocabulary starts near 11.9
+        assert float(row["peak_rss_MiB"]) > 100
+    ratios = [line for line in lines if " / baseline: label tokens/s " in line]
+    assert len(ratios) == 2
+    assert all(re.search(r"label tokens/s [0-9.]+x", line) for line in ratios)
