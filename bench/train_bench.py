@@ -196,7 +196,6 @@ def ratios(results: list[dict], target: float) -> list[str]:
 # --ablation: our defaults with one optimisation taken away each, to say what each contributes.
 ABLATIONS = [
     ("ours-logits-head", [], {"TRAINER_HEAD_LOSS": "logits"}),  # logits at labelled positions, plain cross-entropy
-    ("ours-fp32-head", [], {"TRAINER_HEAD_LOSS": "fp32"}),  # blockwise head, fp32 products
     ("ours-no-packing", ["data.packing=false"], {}),
     ("ours-micro-1", ["train.micro_batch_size=1"], {}),
     ("ours-lr-1e-4", ["train.learning_rate=1e-4"], {}),

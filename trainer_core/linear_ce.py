@@ -13,8 +13,6 @@ must be the last op on its inputs' path, as a loss is.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -45,8 +43,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, target, block_vocab, block_tokens, dtype):
         n, vocab = hidden.shape[0], weight.shape[0]
-        # Matmuls in `dtype` (the activations' own, or bf16); softmax statistics and accumulators in fp32; the
-        # target logit and the "- 1 at the target" part of the gradient from the inputs as given.
+        # Matmuls in `dtype`; softmax statistics and accumulators in fp32; the target logit and the "- 1 at the
+        # target" part of the gradient from the inputs as given.
         h_all, w = hidden.to(dtype), weight.to(dtype)
         starts = range(0, vocab, block_vocab)
         block_lse = torch.empty(n, len(starts), dtype=torch.float32, device=hidden.device)
@@ -89,24 +87,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None, None, None, None
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo (Linux)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                         blocks: tuple[int, int] | None = None, matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
+                         blocks: tuple[int, int] | None = None) -> torch.Tensor:
     """Sum over rows of cross_entropy(hidden @ weight.T, target), as an fp32 scalar.
 
     hidden [n, d] (the final hidden states at labelled positions), weight [vocab, d] (the output embedding, no
-    bias), target [n] token ids (no ignore index: select the labelled rows before calling). matmul_dtype: the
-    dtype of the products (default: the activations' own).
+    bias), target [n] token ids (no ignore index: select the labelled rows before calling). The products run in
+    the activations' dtype (bf16 under mixed precision on a GPU), softmax statistics in fp32.
     """
-    dtype = matmul_dtype or hidden.dtype
+    dtype = hidden.dtype
     if blocks is None and hidden.shape[0] <= SMALL:
         # A few tokens' logits fit in cache anyway; one plain product is cheaper than two blockwise sweeps.
         return F.cross_entropy((hidden.to(dtype) @ weight.to(dtype).T).float(), target, reduction="sum")

@@ -26,7 +26,7 @@ from trainer_core.batching import IGNORE, Collator, RowDataset, pack_rows, singl
 from trainer_core.config import RunConfig, load_config
 from trainer_core.errors import UserError
 from trainer_core.hardware import resolve_precision
-from trainer_core.linear_ce import cpu_has_bf16, linear_cross_entropy
+from trainer_core.linear_ce import linear_cross_entropy
 
 
 def _dist():
@@ -150,7 +150,7 @@ def make_trainer_class():
                 outputs = model(**inputs, logits_to_keep=torch.empty(0, dtype=torch.long),
                                 output_hidden_states=True, use_cache=False)
                 hidden = outputs.hidden_states[-1][:, :-1][mask]
-                loss_sum = linear_cross_entropy(hidden, head.weight, target[mask], matmul_dtype=self._head_dtype)
+                loss_sum = linear_cross_entropy(hidden, head.weight, target[mask])
             else:
                 if self._supports_logits_to_keep(model):
                     keep = mask.any(dim=0).nonzero().squeeze(-1)
@@ -197,8 +197,7 @@ def make_trainer_class():
             batch with labels, by checking that the last hidden state times the head weight is the model's logits."""
             if hasattr(self, "_head"):
                 return self._head
-            choice = os.environ.get("TRAINER_HEAD_LOSS", "")  # "logits" / "bf16": benchmark ablations
-            if choice == "logits":
+            if os.environ.get("TRAINER_HEAD_LOSS") == "logits":  # benchmarks measure the path without it
                 self._head = None
                 return None
             base = self._base(model)
@@ -219,12 +218,7 @@ def make_trainer_class():
                     mine = last @ head.weight.to(last.dtype).T
                 if torch.allclose(mine.float(), out.logits.float(), rtol=1e-2, atol=1e-2):
                     self._head = head
-                    # bf16 products for an fp32 model on a CPU with bf16 units are opt-in (TRAINER_HEAD_LOSS=bf16):
-                    # in the session's ablation (train_bench --ablation) they trained 5.8x slower end to end than
-                    # fp32 products on this 2-core machine, against 1.6x faster in the isolated head_bench.
-                    bf16 = (last.dtype == torch.float32 and not last.is_cuda and choice == "bf16" and cpu_has_bf16())
-                    self._head_dtype = torch.bfloat16 if bf16 else None
-                    log_rank0(f"loss: blockwise head cross-entropy, products in {'bf16' if bf16 else last.dtype}")
+                    log_rank0("loss: blockwise head cross-entropy at labelled positions")
             if self._head is None:
                 log_rank0("loss: logits at labelled positions only (the blockwise head loss does not apply here)")
             return self._head
