@@ -198,7 +198,8 @@ ABLATIONS = [
     ("ours-logits-head", [], {"TRAINER_HEAD_LOSS": "logits"}),  # logits at labelled positions, plain cross-entropy
     ("ours-no-packing", ["data.packing=false"], {}),
     ("ours-micro-1", ["train.micro_batch_size=1"], {}),
-    ("ours-lr-1e-3", ["train.learning_rate=1e-3"], {}),  # the starter's previous default learning rate
+    ("ours-micro-2", ["train.micro_batch_size=2", "train.learning_rate=3e-3"], {}),  # the previous defaults
+    ("ours-lr-1e-4", ["train.learning_rate=1e-4"], {}),  # the tutorial's learning rate
 ]
 
 

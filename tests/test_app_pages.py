@@ -204,7 +204,7 @@ def test_upload_of_a_broken_file_is_refused_and_not_stored(app, uploads):
 
 def test_train_page_shows_plan_command_and_ds_config(app):
     goto(app, "pages/train.py")
-    assert app.text_input(key="p.f.train.learning_rate").value == "0.003"  # the quickstart config
+    assert app.text_input(key="p.f.train.learning_rate").value == "0.008"  # the quickstart config
     assert ZH["plan.fits"] in texts(app, "success")
     codes = [c.value for c in app.code]
     assert any("deepspeed.launcher.runner" in c and "--module trainer_core.train" in c for c in codes)

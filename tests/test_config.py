@@ -32,7 +32,7 @@ def test_quickstart_loads():
     assert cfg.model.path == "models/qwen2-starter"
     assert cfg.data.path == "data/sample_zhenhuan.jsonl"
     assert (cfg.data.max_length, cfg.data.eval_ratio) == (256, 0.1)
-    assert (cfg.train.learning_rate, cfg.train.micro_batch_size, cfg.train.epochs) == (0.003, 2, 3.0)
+    assert (cfg.train.learning_rate, cfg.train.micro_batch_size, cfg.train.epochs) == (0.008, 4, 3.0)
     assert (cfg.deepspeed.stage, cfg.deepspeed.offload_optimizer) == (2, "cpu")
     assert cfg.placement.num_ranks == 1
 

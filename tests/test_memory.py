@@ -137,6 +137,32 @@ def test_tutorial_hardware_four_24gb_cards(qwen7b_dir, qwen7b):
     assert tutorial.fits
 
 
+def test_shipped_7b_config_fits_the_tutorial_hardware(qwen7b_dir, qwen7b):
+    """configs/qwen_7b_4x24gb.yaml on 4 x 24 GB (a GPU cannot exist here: the hardware is described, not detected),
+    for the Qwen-7B-Chat shape and for Qwen2.5-7B (GQA, 152,064 vocabulary, untied head)."""
+    from trainer_core.ds_config import build_ds_config, lint_run
+    from trainer_core.paths import CONFIGS_DIR
+
+    example = CONFIGS_DIR / "qwen_7b_4x24gb.yaml"
+    q25 = qwen7b_dir.parent / "qwen25-7b"
+    q25.mkdir(exist_ok=True)
+    (q25 / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064,
+        "tie_word_embeddings": False}), encoding="utf-8")
+    host = Hardware(gpus=RTX24x4.gpus, host_ram_bytes=256 * GiB)
+    for model_dir in (qwen7b_dir, q25):
+        cfg = load_config(example, [f"model.path={model_dir}"])
+        assert (cfg.train.learning_rate, cfg.placement.num_ranks, cfg.deepspeed.stage) == (1e-5, 4, 2)
+        p = plan_memory(cfg, hw=host)
+        assert p.fits and p.per_rank_device_bytes < 0.8 * 24 * GiB, p.breakdown  # headroom for fragmentation
+        assert lint_run(cfg, build_ds_config(cfg, on_gpu=True), gpu_supports_bf16=True) == []
+        # Without recomputation the same run would not leave that headroom.
+        no_gc = plan_memory(load_config(example, [f"model.path={model_dir}", "train.gradient_checkpointing=false"]),
+                            hw=host)
+        assert no_gc.per_rank_device_bytes > p.per_rank_device_bytes
+
+
 def test_host_ram_limits_the_fit(qwen7b_dir, qwen7b):
     small_host = Hardware(gpus=RTX24x4.gpus, host_ram_bytes=64 * GiB)
     p = plan(qwen7b_dir, qwen7b, small_host, "deepspeed.stage=3", "deepspeed.offload_optimizer=cpu",
