@@ -7,13 +7,14 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import cli, quick_sets
+from conftest import cli, quick_sets, wait_for
 from trainer_core import run_dir as rd
 from trainer_core.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_command_line
 from trainer_core.config import load_config
@@ -55,6 +56,10 @@ def test_scripts_are_valid_bash_and_run_the_planned_command(runs_root, starter_m
     assert (run / "hostfile").read_text() == "node0 slots=1\nnode1 slots=1\n"
 
 
+def micro(run: Path) -> int:
+    return load_config(run / rd.CONFIG).train.micro_batch_size
+
+
 def rows_and_steps(run: Path, log: str) -> tuple[int, list[int], int]:
     n_rows = int(re.search(r"(\d+) training rows", log).group(1))
     steps = [r["step"] for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
@@ -76,16 +81,15 @@ def test_two_nodes_on_loopback_train_with_sharded_data(runs_root):
     assert st["state"] == "completed", st.get("error")
     assert st["nodes_expected"] == 2 and st["world_size"] == 2
     n_rows, steps, total = rows_and_steps(run, (run / rd.LOG).read_text(encoding="utf-8", errors="replace"))
-    assert total == math.ceil(n_rows / (2 * 2)), "data must be sharded over both nodes' ranks"
+    assert total == math.ceil(n_rows / (micro(run) * 2)) < math.ceil(n_rows / micro(run)), \
+        "data must be sharded over both nodes' ranks"
     assert steps == list(range(1, total + 1)), "only global rank 0 writes metrics"
     assert rd.has_final(run) and rd.complete_checkpoints(run)
 
 
-@pytest.mark.slow
-def test_slurm_script_runs_both_nodes(runs_root, tmp_path):
-    run = created_run(*two_node_sets(name="slurm"))
-    # Stand-ins for Slurm's tools on this machine: scontrol lists two nodes, srun starts one task per node with
-    # SLURM_NODEID set, as Slurm does. Everything after that is the generated script and DeepSpeed.
+def slurm_job(run: Path, tmp_path: Path) -> subprocess.Popen:
+    """Start the run's generated Slurm script with stand-ins for Slurm's tools: scontrol lists two nodes, srun starts
+    one task per node with SLURM_NODEID set, as Slurm does. Everything after that is the script and DeepSpeed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     # Names must resolve here: the first one becomes MASTER_ADDR, as the first node of an allocation does.
@@ -96,20 +100,55 @@ def test_slurm_script_runs_both_nodes(runs_root, tmp_path):
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_NODELIST="node[0-1]")
-    job = subprocess.Popen(["bash", str(run / SLURM_SCRIPT)], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(["bash", str(run / SLURM_SCRIPT)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_job(job: subprocess.Popen) -> None:
+    if job.poll() is None:  # never leave a hung job's ranks behind
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+
+@pytest.mark.slow
+def test_slurm_script_runs_both_nodes(runs_root, tmp_path):
+    run = created_run(*two_node_sets(name="slurm"))
+    job = slurm_job(run, tmp_path)
     try:
         output, _ = job.communicate(timeout=600)
     finally:
-        if job.poll() is None:  # never leave a hung job's ranks behind
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+        kill_job(job)
     assert job.returncode == 0, output[-3000:]
     st = read_state(run)
     assert st["state"] == "completed" and rd.has_final(run)
     assert (run / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
     n_rows, steps, total = rows_and_steps(run, output)  # sbatch would put this in slurm-%j.log
-    assert total == math.ceil(n_rows / (2 * 2)) and steps == list(range(1, total + 1))
+    assert total == math.ceil(n_rows / (micro(run) * 2)) and steps == list(range(1, total + 1))
+    beat = rd.read_json(run / rd.HEARTBEAT)
+    assert beat["host"] == socket.gethostname() and rd.heartbeat_age(run) < rd.HEARTBEAT_EVERY_S + 30
+
+
+@pytest.mark.slow
+def test_a_killed_slurm_job_is_reported_failed_once_its_heartbeat_stops(runs_root, tmp_path, monkeypatch):
+    """No supervisor watches an external job: when it dies without a word (scancel -9, node lost), the dashboard
+    must stop showing it as running. The staleness limit is lowered for the test; the trainer's beat is real."""
+    run = created_run(*two_node_sets(name="slurm-killed", **{"train.max_steps": 100000, "train.save_steps": 0}))
+    job = slurm_job(run, tmp_path)
+    try:
+        wait_for(lambda: rd.read_status(run).get("step", 0) >= 2, 300,
+                 "the external run to train")
+        assert read_state(run)["state"] == "running" and not read_state(run)["alive"]  # no supervisor here
+    finally:
+        kill_job(job)
+    killed_at = time.time()
+    last_beat = rd.read_json(run / rd.HEARTBEAT)["time"]
+    stale = rd.HEARTBEAT_EVERY_S + 5
+    monkeypatch.setattr(rd, "HEARTBEAT_STALE_S", stale)
+    assert read_state(run)["state"] == "running"  # a beat at most one interval old: not judged yet
+    st = wait_for(lambda: (s := read_state(run))["state"] == "failed" and s, stale + 10, "the run to be judged lost")
+    assert time.time() - killed_at <= stale + 10 and rd.read_json(run / rd.HEARTBEAT)["time"] == last_beat
+    assert st["interrupted"] and st["error"]
+    assert rd.read_status(run)["state"] == "running"  # judged from the directory, nothing rewritten
 
 
 def test_a_single_node_run_also_gets_cluster_scripts(runs_root, starter_model):
@@ -119,3 +158,26 @@ def test_a_single_node_run_also_gets_cluster_scripts(runs_root, starter_model):
     assert "--no_ssh" in text and "--num_gpus 2" in text
     (argv,) = rd.read_json(run / rd.COMMAND)["argv"]
     assert argv[argv.index("--num_gpus") + 1] == "2" and "--no_ssh" not in argv, "the run itself launches locally"
+
+
+@pytest.mark.slow
+def test_an_external_job_stops_from_the_studio_with_a_checkpoint(runs_root, tmp_path):
+    """Stop works on a Slurm-launched run through control.json, the channel every trainer polls; force-stop, which
+    needs the process group, is refused with where to do it instead."""
+    from trainer_core.errors import UserError
+    from trainer_core.supervisor import stop
+
+    run = created_run(*two_node_sets(name="slurm-stop", **{"train.max_steps": 100000, "train.save_steps": 0}))
+    rd.write_json_atomic(run / rd.CONTROL, {"action": "save_and_stop", "requested": 0})  # left by an earlier attempt
+    job = slurm_job(run, tmp_path)
+    try:
+        wait_for(lambda: rd.read_status(run).get("step", 0) >= 2, 300, "the external run to train")
+        with pytest.raises(UserError, match="started outside the studio"):
+            stop(run, force=True)
+        st = stop(run, save_timeout=120)
+        output, _ = job.communicate(timeout=120)
+    finally:
+        kill_job(job)
+    assert job.returncode == 0, output[-3000:]
+    assert st["state"] == "stopped" and read_state(run)["state"] == "stopped"
+    assert rd.complete_checkpoints(run) and not rd.has_final(run)

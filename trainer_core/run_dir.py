@@ -6,6 +6,7 @@ Layout of runs/<name>/:
   status.json        state machine (atomic writes)  train.log        launcher + ranks output
   metrics.jsonl      one JSON object per log step (rank 0 only, flushed)
   resources.jsonl    memory samples                 control.json     requests to the trainer (stop)
+  heartbeat.json     rank 0's "still alive" time, rewritten every HEARTBEAT_EVERY_S seconds
   checkpoints/checkpoint-N/COMPLETE                 final/           consolidated model, written last
 """
 
@@ -14,7 +15,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,11 +31,18 @@ LOG = "train.log"
 METRICS = "metrics.jsonl"
 RESOURCES = "resources.jsonl"
 CONTROL = "control.json"
+HEARTBEAT = "heartbeat.json"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 COMPLETE_MARKER = "COMPLETE"
 
 TERMINAL_STATES = ("completed", "failed", "stopped")
+
+# Runs launched outside our supervisor (launch_node.sh, Slurm) have no process here to check, so rank 0 proves it
+# is alive by rewriting heartbeat.json; a heartbeat older than HEARTBEAT_STALE_S means the job is gone. The margin
+# covers a slow shared filesystem and modest clock skew between the training node and the dashboard's machine.
+HEARTBEAT_EVERY_S = 30.0
+HEARTBEAT_STALE_S = 300.0
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -45,6 +55,34 @@ def read_json(path: Path, default: Any = None) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return default
+
+
+def start_heartbeat(run_dir: Path, every_s: float = HEARTBEAT_EVERY_S) -> threading.Event:
+    """Rewrite heartbeat.json now and then every `every_s` seconds from a daemon thread, which dies with the process
+    (that is the point: a killed job stops beating). Set the returned event to stop it."""
+    stop = threading.Event()
+    path = run_dir / HEARTBEAT
+    host, pid = socket.gethostname(), os.getpid()
+
+    def beat() -> None:
+        while True:
+            try:
+                write_json_atomic(path, {"time": time.time(), "host": host, "pid": pid})
+            except OSError:
+                pass  # a full disk must not kill training; the next beat tries again
+            if stop.wait(every_s):
+                return
+
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+    return stop
+
+
+def heartbeat_age(run_dir: Path, now: float | None = None) -> float | None:
+    """Seconds since rank 0's last heartbeat, or None when the run has none (never started, or older runs)."""
+    beat = read_json(run_dir / HEARTBEAT)
+    if not isinstance(beat, dict) or not isinstance(beat.get("time"), (int, float)):
+        return None
+    return max(0.0, (time.time() if now is None else now) - float(beat["time"]))
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

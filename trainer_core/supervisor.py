@@ -313,19 +313,30 @@ def _alive(info: dict[str, Any]) -> bool:
         return False
 
 
+def _lost(run: Path, status: dict[str, Any], fallback: str) -> str:
+    """A run whose processes are gone without a final state: failed, with the best cause the log offers."""
+    status["error"] = status.get("error") or root_error(run / rd.LOG) or fallback
+    status["interrupted"] = True
+    return "failed"
+
+
 def read_state(run: Path) -> dict[str, Any]:
-    """State of a run from its directory alone: status.json checked against the supervisor's liveness."""
+    """State of a run from its directory alone: status.json checked against the supervisor's liveness, or for runs
+    launched outside it (launch_node.sh, Slurm) against rank 0's heartbeat."""
     status = rd.read_status(run)
     state = status.get("state", "queued")
     manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
     alive = bool(manifest) and _alive(manifest)
-    if state in ("starting", "running", "stopping") and manifest and not alive:
+    active = state in ("starting", "running", "stopping")
+    if active and manifest and not alive:
         # The supervisor is gone without writing a final state (killed with the whole group, machine reboot).
-        state = "failed"
-        status.setdefault("error", None)
-        status["error"] = status.get("error") or root_error(run / rd.LOG) or \
-            "the run's processes ended without reporting a result (killed?)"
-        status["interrupted"] = True
+        state = _lost(run, status, "the run's processes ended without reporting a result (killed?)")
+    elif active and not manifest:
+        age = rd.heartbeat_age(run)
+        status["heartbeat_age_s"] = age
+        if age is not None and age > rd.HEARTBEAT_STALE_S:
+            state = _lost(run, status, f"no heartbeat from the trainer for {age / 60:.0f} min: its job ended "
+                                       "without reporting a result (node lost or job killed?)")
     if state == "running" and (rd.read_json(run / rd.CONTROL, {}) or {}).get("action"):
         state = "stopping"
     status["state"] = state
@@ -370,7 +381,9 @@ def stop(run: Path, *, force: bool = False, save_timeout: float = 600.0) -> dict
     """Stop a run. Normal stop asks the trainer to save a checkpoint and exit, then ends whatever is left of the
     process group (SIGTERM, then SIGKILL after a grace period). Force stop skips the save."""
     manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
-    if not manifest or not _alive(manifest):
+    if not manifest:
+        return _stop_external(run, force=force, save_timeout=save_timeout)
+    if not _alive(manifest):
         state = read_state(run)
         if state["state"] in rd.TERMINAL_STATES:
             return state
@@ -393,6 +406,25 @@ def stop(run: Path, *, force: bool = False, save_timeout: float = 600.0) -> dict
     if status.get("state") not in rd.TERMINAL_STATES:
         # The supervisor itself was killed before it could write: record the stop ourselves.
         rd.update_status(run, state="stopped", ended=time.time(), forced=force)
+    return read_state(run)
+
+
+def _stop_external(run: Path, *, force: bool, save_timeout: float) -> dict[str, Any]:
+    """A run launched outside our supervisor (launch_node.sh, Slurm) has no process group here to signal, but its
+    trainer reads control.json every step like any other: ask it to save and stop, and wait for it to say so."""
+    state = read_state(run)
+    if state["state"] in rd.TERMINAL_STATES:
+        return state
+    if state.get("heartbeat_age_s") is None:
+        raise UserError(f"run {run.name} is not running")
+    if force:
+        raise UserError(f"run {run.name} was started outside the studio (launch_node.sh or Slurm): force-stop it "
+                        "where it runs (scancel, or Ctrl-C on its launcher); a normal stop saves and ends it from here")
+    rd.write_json_atomic(run / rd.CONTROL, {"action": "save_and_stop", "requested": time.time()})
+    rd.update_status(run, state="stopping")
+    deadline = time.time() + save_timeout
+    while time.time() < deadline and read_state(run)["state"] not in rd.TERMINAL_STATES:
+        time.sleep(0.5)
     return read_state(run)
 
 

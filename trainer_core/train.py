@@ -391,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     deepspeed.init_distributed()
     init_distributed()
     rank = global_rank()
+    if rank == 0:
+        rd.start_heartbeat(run)  # before loading the model, which can take minutes for a 7B
+        if not os.environ.get("TRAINER_SUPERVISED"):
+            # Launched by hand or by Slurm: a stop request left by an earlier attempt is not meant for this one (the
+            # supervisor clears it itself before a supervised start).
+            (run / rd.CONTROL).unlink(missing_ok=True)
     torch.manual_seed(cfg.train.seed)
 
     from transformers import TrainingArguments
@@ -469,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stopped = (rd.read_json(run / rd.CONTROL, {}) or {}).get("action") == "save_and_stop"
     if stopped:
+        if rank == 0 and not os.environ.get("TRAINER_SUPERVISED"):
+            rd.update_status(run, state="stopped", exit_code=0, ended=time.time(), forced=False)
         log("stopped on request after saving a checkpoint")
         return 0
     save_final(trainer, tokenizer, cfg, run)
