@@ -235,6 +235,7 @@ ZH: dict[str, str] = {
     "mon.resume_help": "从最新的完整检查点继续（没有检查点则从头开始）。",
     "mon.resuming": "正在继续……",
     "mon.stop_requested": "已请求停止。",
+    "mon.external": "此运行在工作室之外启动（launch_node.sh 或 Slurm）。训练器 {age} 秒前报告仍在运行；超过 5 分钟没有报告将视为失败。",
     "mon.progress": "步数 {step} / {total} · {state}",
     "mon.step": "步数",
     "mon.loss": "损失",
@@ -502,6 +503,8 @@ EN: dict[str, str] = {
     "mon.resume_help": "Continue from the newest complete checkpoint (from the start if there is none).",
     "mon.resuming": "Resuming…",
     "mon.stop_requested": "Stop requested.",
+    "mon.external": "Started outside the studio (launch_node.sh or Slurm). The trainer last reported in {age} s ago; "
+                    "after 5 minutes without a report the run counts as failed.",
     "mon.progress": "Step {step} / {total} · {state}",
     "mon.step": "Step",
     "mon.loss": "Loss",

@@ -26,6 +26,8 @@ elif s["state"] == "completed":
     st.page_link("pages/chat.py", label=t("mon.chat_now"), icon=":material/chat:")
 elif s["state"] == "stopped":
     st.info(t("mon.stopped", checkpoints=", ".join(map(str, s["checkpoints"])) or "-"), icon=":material/pause:")
+elif s.get("heartbeat_age_s") is not None:  # launched by launch_node.sh or Slurm: no supervisor here
+    st.caption(t("mon.external", age=f"{s['heartbeat_age_s']:.0f}"))
 
 row = st.container(horizontal=True)  # one row of buttons, each as wide as its label
 if row.button(t("mon.stop"), key="mon.stop", icon=":material/save:", help=t("mon.stop_help"),

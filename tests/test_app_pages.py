@@ -281,6 +281,21 @@ def test_monitor_shows_a_failed_run_with_its_root_error_and_an_escaped_log(app, 
     assert len(charts) >= 5  # loss, lr, grad norm, throughput, memory, host RAM
 
 
+def test_monitor_judges_an_external_run_by_its_heartbeat(app, runs_root):
+    """A Slurm-launched run has no supervisor: the page says so while rank 0 beats, and shows it failed after."""
+    run = make_run(runs_root, "slurm", "running")
+    rd.write_json_atomic(run / rd.HEARTBEAT, {"time": time.time() - 12, "host": "node0", "pid": 1})
+    goto(app, "pages/monitor.py")
+    shown = [c.value for c in app.caption if c.value.startswith(ZH["mon.external"].split("{age}")[0])]
+    assert shown and shown[0] in [ZH["mon.external"].format(age=str(a)) for a in (12, 13, 14)]
+    assert app.button(key="mon.stop").disabled is False and app.button(key="mon.force_stop").disabled is True
+    rd.write_json_atomic(run / rd.HEARTBEAT, {"time": time.time() - rd.HEARTBEAT_STALE_S - 60, "host": "node0",
+                                             "pid": 1})
+    app.run()
+    assert app.error[0].value.startswith(ZH["mon.failed"].format(error="no heartbeat from the trainer for 6 min"))
+    assert app.button(key="mon.resume").disabled is False
+
+
 def test_a_page_asked_for_first_still_gets_the_frame(runs_root, uploads, starter_model):
     """After a dashboard restart a tab reconnects straight to its page URL: it must still get the sidebar frame."""
     at = AppTest.from_file(APP, default_timeout=120).run()
