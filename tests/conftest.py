@@ -77,3 +77,17 @@ def detach(*sets: str, config: str = "configs/quickstart.yaml") -> Path:
     proc = cli("train", config, "--detach", *sets, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return Path(proc.stdout.strip().splitlines()[-1])
+
+
+SHM_BUFFERS = "deepspeed_allreduce_buffer_*"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_shm_buffers():
+    """Every run any test starts, however it ends, must leave /dev/shm as it found it: DeepSpeed's CPU all-reduce
+    buffers are 66 MB per rank, and leaking them once per run filled this machine's RAM (train.release_shm_workspace)."""
+    shm = Path("/dev/shm")
+    before = set(shm.glob(SHM_BUFFERS))
+    yield
+    leaked = sorted(p.name for p in set(shm.glob(SHM_BUFFERS)) - before)
+    assert not leaked, f"runs left shared-memory buffers behind: {leaked}"

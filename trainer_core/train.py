@@ -65,6 +65,24 @@ def init_distributed() -> None:
         state.backend = d.get_backend()
 
 
+def release_shm_workspace() -> None:
+    """Remove the name of this rank's /dev/shm all-reduce buffer once every rank has mapped it.
+
+    DeepSpeed's CPU accelerator creates one 66 MB shared-memory file per rank for its all-reduce (named by uid,
+    MASTER_ADDR, MASTER_PORT and rank) and never unlinks it, so every CPU run would leave that much RAM taken in
+    /dev/shm until reboot; hundreds of runs filled this machine's RAM and got ranks OOM-killed. After a barrier every
+    rank has opened every other rank's buffer (DeepSpeed's initialisation waits for that), so the names can go: the
+    mappings stay valid, and the kernel frees the memory when the last rank exits, however it exits.
+    """
+    d = _dist()
+    if d is None or torch.cuda.is_available():
+        return
+    d.barrier()
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_" \
+           f"{os.environ.get('MASTER_PORT')}_{d.get_rank()}"
+    Path("/dev/shm", name).unlink(missing_ok=True)
+
+
 def peak_memory_bytes() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
@@ -390,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
 
     deepspeed.init_distributed()
     init_distributed()
+    release_shm_workspace()
     rank = global_rank()
     if rank == 0:
         rd.start_heartbeat(run)  # before loading the model, which can take minutes for a 7B
