@@ -21,6 +21,34 @@ def test_stream_pieces_join_to_the_greedy_reply(chat_model):
     assert "".join(pieces) == reply(model, tok, msgs, persona="你是甄嬛", params=params)
 
 
+def test_an_abandoned_reply_frees_the_inference_thread(chat_model):
+    """A reader that stops reading (a closed tab) must not keep the single inference thread busy with the rest of a
+    long generation: the next chat would wait for it."""
+    import threading
+    import time
+
+    from trainer_core.inference import on_inference_thread
+
+    model, tok = chat_model
+    model.generation_config.min_new_tokens = 1500  # no early end-of-text: only the cancel can stop it
+    try:
+        params = GenParams(max_new_tokens=1500, temperature=0)
+        stream = stream_reply(model, tok, [{"role": "user", "content": "皇上驾到"}], persona="你是甄嬛", params=params)
+        next(stream)
+        stream.close()  # what Python does to a generator nobody reads any more
+        t = time.perf_counter()
+        assert on_inference_thread(threading.current_thread).result(timeout=60).name.startswith("inference")
+        waited = time.perf_counter() - t
+        model.generation_config.min_new_tokens = 300
+        full = time.perf_counter()
+        reply(model, tok, [{"role": "user", "content": "皇上驾到"}], persona="你是甄嬛",
+              params=GenParams(max_new_tokens=300, temperature=0))
+        per_300 = time.perf_counter() - full
+    finally:
+        model.generation_config.min_new_tokens = None
+    assert waited < per_300, f"waited {waited:.2f}s for an abandoned reply (300 tokens take {per_300:.2f}s)"
+
+
 def test_history_is_trimmed_from_the_oldest_turn(starter_tokenizer):
     history = []
     for i in range(6):

@@ -1,12 +1,19 @@
 """Chat with a model directory, a run's final model or one of its complete checkpoints.
 
-The reply streams as it is generated (`TextIteratorStreamer` fed by `generate` in a worker thread); history is
+The reply streams as it is generated (`TextIteratorStreamer` fed by `generate` on the inference thread); history is
 trimmed from the oldest turn so prompt + answer fit the model's context.
+
+All of a process's model work (loading and every `generate`) runs on one long-lived inference thread. Each thread
+that runs torch ops gets its own OpenMP worker team, and idle teams spin-wait for a while: on a 2-core machine,
+generating on a fresh thread right after torch work on another one was 35% slower (bench/latency_bench.py), and a
+dashboard serving several chats would multiply the teams. One thread also serialises concurrent chats, which on a
+CPU is faster than letting them fight over the cores.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -78,13 +85,27 @@ def run_persona(model_dir: Path) -> str | None:
     return None
 
 
+_worker: ThreadPoolExecutor | None = None
+
+
+def on_inference_thread(fn, *args, **kwargs) -> Future:
+    """Run fn on the process's single inference thread (created on first use)."""
+    global _worker
+    if _worker is None:
+        _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    return _worker.submit(fn, *args, **kwargs)
+
+
 def load_chat_model(model_dir: str | Path, *, trust_remote_code: bool = False):
     """(model, tokenizer) on the best available device, safetensors only, in eval mode."""
+    return on_inference_thread(_load_chat_model, Path(model_dir), trust_remote_code).result()
+
+
+def _load_chat_model(model_dir: Path, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
     from trainer_core.models import load_tokenizer
 
-    model_dir = Path(model_dir)
     check_model_dir(model_dir, trust_remote_code=trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
@@ -136,9 +157,19 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+class _Cancelled:
+    """A stopping criterion that ends generation once its event is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params: GenParams) -> Iterator[str]:
     """Yield the reply text piece by piece while `generate` runs in a worker thread."""
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
 
     ctx = context_length(model, tokenizer)
     _, ids = trim_history(tokenizer, messages, persona, max(16, ctx - params.max_new_tokens))
@@ -159,7 +190,10 @@ def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params
         kwargs.update(temperature=params.temperature, top_p=params.top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    errors: list[BaseException] = []
+    # A reader that goes away (a closed browser tab, an abandoned generator) stops the generation at the next token,
+    # so the one inference thread is free for the next chat.
+    cancelled = threading.Event()
+    kwargs["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancelled)])
 
     def work():
         try:
@@ -167,18 +201,18 @@ def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params
                 torch.manual_seed(params.seed)
             with torch.inference_mode():
                 model.generate(**kwargs)
-        except BaseException as e:  # surfaced to the caller below instead of dying silently in the thread
-            errors.append(e)
-            streamer.end()
+        except BaseException:
+            streamer.end()  # unblock the reader; the error reaches the caller through the future
+            raise
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    for piece in streamer:
-        if piece:
-            yield piece
-    thread.join()
-    if errors:
-        raise errors[0]
+    done = on_inference_thread(work)
+    try:
+        for piece in streamer:
+            if piece:
+                yield piece
+    finally:
+        cancelled.set()
+    done.result()
 
 
 def reply(model, tokenizer, messages: list[dict], *, persona: str, params: GenParams) -> str:

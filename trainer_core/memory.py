@@ -148,9 +148,12 @@ def _activations(shape: ModelShape, cfg: RunConfig, half: bool, on_gpu: bool) ->
         acts = shape.layers * per_layer
     labelled = int(b * s * LABEL_FRACTION)
     if cfg.deepspeed.stage == 3:
-        # ZeRO-3 partitions the head's weight, so the loss asks the model for logits at labelled positions:
-        # fp32 logits, their softmax and gradient.
-        head = labelled * shape.vocab * 4 * 3
+        # ZeRO-3 partitions the head's weight, so the loss asks the model for logits at the positions where any row
+        # of the micro-batch has a label (one set of positions for every row): with b rows that union covers about
+        # 1 - (1 - f)^b of the sequence. Three fp32 copies of those logits at the backward peak: the log-softmax
+        # kept for backward, its incoming gradient and the gradient of the logits.
+        kept = int(b * s * (1 - (1 - LABEL_FRACTION) ** b))
+        head = kept * shape.vocab * 4 * 3
     else:
         # The blockwise head loss (linear_ce) never holds the logits: its workspace, plus the embedding's dense
         # gradient, which autograd adds to the head's when the two are tied.
