@@ -5,7 +5,7 @@ trimmed from the oldest turn so prompt + answer fit the model's context.
 
 All of a process's model work (loading and every `generate`) runs on one long-lived inference thread. Each thread
 that runs torch ops gets its own OpenMP worker team, and idle teams spin-wait for a while: on a 2-core machine,
-generating on a fresh thread right after torch work on another one was 35% slower (bench/latency_bench.py), and a
+generating on a fresh thread right after torch work on another one was 35-39% slower (bench/latency_bench.py), and a
 dashboard serving several chats would multiply the teams. One thread also serialises concurrent chats, which on a
 CPU is faster than letting them fight over the cores.
 """
@@ -168,7 +168,7 @@ class _Cancelled:
 
 
 def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params: GenParams) -> Iterator[str]:
-    """Yield the reply text piece by piece while `generate` runs in a worker thread."""
+    """Yield the reply text piece by piece while `generate` runs on the inference thread."""
     from transformers import StoppingCriteriaList, TextIteratorStreamer
 
     ctx = context_length(model, tokenizer)
