@@ -25,28 +25,24 @@ def test_an_abandoned_reply_frees_the_inference_thread(chat_model):
     """A reader that stops reading (a closed tab) must not keep the single inference thread busy with the rest of a
     long generation: the next chat would wait for it."""
     import threading
-    import time
 
     from trainer_core.inference import on_inference_thread
 
     model, tok = chat_model
+    forwards = []
+    hook = model.register_forward_hook(lambda *args: forwards.append(1))  # one forward per generated token
     model.generation_config.min_new_tokens = 1500  # no early end-of-text: only the cancel can stop it
     try:
         params = GenParams(max_new_tokens=1500, temperature=0)
         stream = stream_reply(model, tok, [{"role": "user", "content": "皇上驾到"}], persona="你是甄嬛", params=params)
         next(stream)
         stream.close()  # what Python does to a generator nobody reads any more
-        t = time.perf_counter()
-        assert on_inference_thread(threading.current_thread).result(timeout=60).name.startswith("inference")
-        waited = time.perf_counter() - t
-        model.generation_config.min_new_tokens = 300
-        full = time.perf_counter()
-        reply(model, tok, [{"role": "user", "content": "皇上驾到"}], persona="你是甄嬛",
-              params=GenParams(max_new_tokens=300, temperature=0))
-        per_300 = time.perf_counter() - full
+        # Anything queued after it runs once the abandoned generation has stopped.
+        assert on_inference_thread(threading.current_thread).result(timeout=120).name.startswith("inference")
     finally:
         model.generation_config.min_new_tokens = None
-    assert waited < per_300, f"waited {waited:.2f}s for an abandoned reply (300 tokens take {per_300:.2f}s)"
+        hook.remove()
+    assert len(forwards) < 500, f"the abandoned reply generated {len(forwards)} of its 1500 tokens"
 
 
 def test_history_is_trimmed_from_the_oldest_turn(starter_tokenizer):

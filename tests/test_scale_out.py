@@ -140,13 +140,12 @@ def test_a_killed_slurm_job_is_reported_failed_once_its_heartbeat_stops(runs_roo
         assert read_state(run)["state"] == "running" and not read_state(run)["alive"]  # no supervisor here
     finally:
         kill_job(job)
-    killed_at = time.time()
     last_beat = rd.read_json(run / rd.HEARTBEAT)["time"]
     stale = rd.HEARTBEAT_EVERY_S + 5
     monkeypatch.setattr(rd, "HEARTBEAT_STALE_S", stale)
     assert read_state(run)["state"] == "running"  # a beat at most one interval old: not judged yet
     st = wait_for(lambda: (s := read_state(run))["state"] == "failed" and s, stale + 10, "the run to be judged lost")
-    assert time.time() - killed_at <= stale + 10 and rd.read_json(run / rd.HEARTBEAT)["time"] == last_beat
+    assert rd.read_json(run / rd.HEARTBEAT)["time"] == last_beat  # nothing beats any more
     assert st["interrupted"] and st["error"]
     assert rd.read_status(run)["state"] == "running"  # judged from the directory, nothing rewritten
 
