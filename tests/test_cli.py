@@ -59,6 +59,35 @@ def test_plan_json_has_config_argv_memory_and_lint(runs_root, starter_model):
     assert not list(runs_root.iterdir()), "plan must not create a run"
 
 
+def test_a_starter_learning_rate_on_a_7b_model_is_flagged(tmp_path, runs_root, starter_model):
+    """The form starts from the quickstart (lr 8e-3, right for the random starter); switching only the model to a
+    pretrained 7B must not go unremarked. A 7B-shaped folder: its config.json, a small but well-formed safetensors
+    file (preflight reads headers, not weights) and the starter's tokenizer."""
+    from safetensors.torch import save_file
+    import torch
+
+    big = tmp_path / "qwen25-7b"
+    big.mkdir()
+    for f in Path(starter_model).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            shutil.copy(f, big / f.name)
+    config = json.loads((Path(starter_model) / "config.json").read_text())
+    config.update({"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+                   "intermediate_size": 18944, "vocab_size": 152064, "tie_word_embeddings": False,
+                   "layer_types": ["full_attention"] * 28})
+    (big / "config.json").write_text(json.dumps(config))
+    save_file({"x": torch.zeros(1)}, str(big / "model.safetensors"))
+
+    out = json.loads(cli("plan", QUICKSTART, "--set", f"model.path={big}", "--json", check=True).stdout)
+    (lint,) = [x for x in out["lints"] if "learning-rate-high" in x]
+    assert lint.startswith("warning: train.learning_rate 0.008 is far above") and "7.6B-parameter" in lint
+    fine = json.loads(cli("plan", QUICKSTART, "--set", f"model.path={big}", "--set", "train.learning_rate=1e-5",
+                          "--json", check=True).stdout)
+    assert not [x for x in fine["lints"] if "learning-rate-high" in x]
+    starter = json.loads(cli("plan", QUICKSTART, "--json", check=True).stdout)
+    assert not [x for x in starter["lints"] if "learning-rate-high" in x]  # 8e-3 is the starter's own default
+
+
 def write_config(tmp_path: Path, **changes) -> Path:
     cfg = yaml.safe_load((ROOT / QUICKSTART).read_text(encoding="utf-8"))
     for dotted, value in changes.items():

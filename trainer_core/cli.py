@@ -165,11 +165,14 @@ def _wait_foreground(run: Path) -> int:
 
 
 def cmd_train(args) -> int:
+    from trainer_core import run_dir as rd
     from trainer_core.config import load_config
     from trainer_core.runs import create_run
     from trainer_core.supervisor import start
 
     run = create_run(load_config(args.config, args.set))
+    for lint in rd.read_status(run).get("lints", []):
+        print(lint, file=sys.stderr)
     try:
         start(run, detach=True)
     except UserError:

@@ -18,7 +18,7 @@ from trainer_core import paths
 from trainer_core import run_dir as rd
 from trainer_core.cluster import write_cluster_scripts
 from trainer_core.config import RunConfig, save_config
-from trainer_core.ds_config import build_ds_config, lint_run, write_json
+from trainer_core.ds_config import Lint, build_ds_config, lint_run, write_json
 from trainer_core.errors import UserError
 from trainer_core.hardware import detect
 from trainer_core.launch import HOSTFILE, all_node_commands, hostfile_text
@@ -70,10 +70,35 @@ def preflight(cfg: RunConfig) -> Preflight:
         hostfile_text(cfg)
     ds = build_ds_config(cfg, on_gpu=hw.has_gpu)
     lints = lint_run(cfg, ds, gpu_supports_bf16=hw.has_gpu and all(g.bf16 for g in hw.gpus))
+    lints += lint_learning_rate(cfg)
     errors = [str(x) for x in lints if x.level == "error"]
     if errors:
         raise UserError("DeepSpeed config problems: " + "; ".join(errors))
     return Preflight(cfg=cfg, ds_config=ds, lints=lints, n_records=report.n_usable)
+
+
+# Highest learning rate that full fine-tuning of a model of at least this many parameters usually tolerates. The form
+# starts from the starter model's quickstart (lr 8e-3, right for a random 10M model), and a user who only switches
+# the model to a pretrained 7B would erase what it knows; published full fine-tuning recipes for 7B chat models use
+# 1e-5 to 2e-5 (Qwen's finetune_ds.sh, LLaMA-Factory's full-SFT examples).
+LR_LIMITS = ((1e9, 1e-4), (1e8, 1e-3))
+
+
+def lint_learning_rate(cfg: RunConfig) -> list[Lint]:
+    """A warning when train.learning_rate is far above what a model of this size is fine-tuned with."""
+    from trainer_core.memory import model_shape
+
+    try:
+        params = model_shape(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code).params
+    except UserError:
+        return []  # the memory plan reports what is wrong with the model's config
+    limit = next((lr for size, lr in LR_LIMITS if params >= size), None)
+    if limit is None or cfg.train.learning_rate <= limit:
+        return []
+    return [Lint("warning", "learning-rate-high",
+                 f"train.learning_rate {cfg.train.learning_rate:g} is far above what full fine-tuning of a "
+                 f"{params / 1e9:.1f}B-parameter model tolerates (usually 1e-5 to 2e-5; above {limit:g} it tends to "
+                 "erase what the model already knows); configs/qwen_7b_4x24gb.yaml uses 1e-5")]
 
 
 def check_answers_fit(cfg: RunConfig, conversations: list) -> None:
