@@ -53,6 +53,37 @@ def test_starter_params_equal_the_loaded_model(starter_model):
     assert sum(p.numel() for p in model.state_dict().values()) == real + embedding  # what counting twice gives
 
 
+def test_planning_in_threads_never_touches_other_threads_models(qwen7b_dir, starter_model):
+    """The dashboard plans in several sessions' threads at once while chat builds real models: building on the meta
+    device must stay inside the planning thread (accelerate's global patch once left later models without data)."""
+    import threading
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    register = torch.nn.Module.register_parameter
+    config = AutoConfig.from_pretrained(starter_model)
+    stop, built = threading.Event(), []
+
+    def plan_repeatedly():
+        while not stop.is_set():
+            model_shape(qwen7b_dir)
+
+    planners = [threading.Thread(target=plan_repeatedly) for _ in range(3)]
+    for th in planners:
+        th.start()
+    try:
+        for _ in range(5):
+            built.append(AutoModelForCausalLM.from_config(config))
+    finally:
+        stop.set()
+        for th in planners:
+            th.join()
+    assert all(p.device.type == "cpu" for m in built for p in m.parameters())
+    assert torch.nn.Module.register_parameter is register
+    assert AutoModelForCausalLM.from_config(config).model.norm.weight.device.type == "cpu"
+
+
 def test_7b_from_config_alone(qwen7b_dir, qwen7b):
     assert [f.name for f in qwen7b_dir.iterdir()] == ["config.json"]
     per_layer = 4 * H * H + 3 * H + 3 * H * INTER + 2 * H  # q k v o (+ q k v bias), gate up down, two norms

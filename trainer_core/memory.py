@@ -70,19 +70,19 @@ class MemoryPlan:
 def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False) -> ModelShape:
     """Exact parameter counts from config.json by building the model on the meta device."""
     import torch
-    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, json.JSONDecodeError) as e:
         raise UserError(f"model.path {model_dir}: cannot read its config ({str(e).splitlines()[0]})") from None
-    with init_empty_weights():
+    # torch's device context is thread-local. accelerate's init_empty_weights patches nn.Module for the whole
+    # process: the dashboard plans in several sessions' threads at once, and two overlapping patches restore each
+    # other's copy, leaving every model built afterwards in that process (chat included) without data.
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code,
                                                  dtype=torch.float32)
-    # Tie outside the context: inside it every parameter assignment is replaced by a fresh meta tensor, and an
-    # untied model would count the embedding twice.
-    model.tie_weights()
+    model.tie_weights()  # an untied model would count the embedding twice
     params = sum(p.numel() for p in model.parameters())  # tied weights are counted once
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
 
