@@ -73,7 +73,25 @@ def env() -> dict[str, str]:
     return launch_env(RunConfig(), has_gpu=False)
 
 
-def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int) -> dict:
+def phases_env(work: Path, name: str, enabled: bool) -> dict[str, str]:
+    """--phases: put bench/phase_timer on the ranks' PYTHONPATH so its sitecustomize times each step's phases."""
+    if not enabled:
+        return {}
+    base = env()
+    return {"PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "phase_timer"), base["PYTHONPATH"]]),
+            "BENCH_PHASES": str(work / "phases" / name)}
+
+
+def read_phases(work: Path, name: str) -> dict | None:
+    path = work / "phases" / name / "phases.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    shutil.rmtree(path.parent)  # the next repetition writes its own
+    return data
+
+
+def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int, env_extra: dict | None = None) -> dict:
     from trainer_core.launch import free_port
 
     result = work / "baseline.json"
@@ -94,7 +112,8 @@ def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int) -> dict
         argv += ["--max_steps", str(max_steps)]
     log = work / "baseline.log"
     with open(log, "wb") as out:
-        proc = subprocess.run(argv, cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(argv, cwd=ROOT, env={**env(), **(env_extra or {})}, stdout=out,
+                              stderr=subprocess.STDOUT)
     # The tutorial's recipe leaves DeepSpeed's 66 MB CPU all-reduce buffer in /dev/shm (our trainer unlinks its own,
     # train.release_shm_workspace); the benchmark cleans up after the baseline rather than change the recipe.
     for leftover in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
@@ -104,6 +123,7 @@ def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int) -> dict
     r = json.loads(result.read_text(encoding="utf-8"))
     if max_steps > 0:
         r["records"] = None  # a partial epoch: records/s would mean nothing
+    r["phases"] = read_phases(work, "baseline")
     return r
 
 
@@ -144,6 +164,7 @@ def run_ours(work: Path, name: str, config: Path, data: Path, heldout: Path, n_r
         "heldout_loss": _rescore(final, heldout),
         "heldout_loss_in_training": curve[-1][1] if curve else None,
         "peak_rss_bytes": max(max(r.get("peak_mem_bytes") or [0]) for r in rows),
+        "phases": read_phases(work, name),
     }
 
 
@@ -179,6 +200,28 @@ def table(results: list[dict], target: float) -> str:
                  "-" if reach is None else f"{reach:.1f}",
                  f"{r['peak_rss_bytes'] / 2**20:.0f}"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def phase_table(results: list[dict]) -> str:
+    """Milliseconds per optimizer step in each phase (--phases); "between steps" is the training loop outside
+    training_step, in-training evaluations excluded."""
+    head = ["recipe", "steps", "ms/step", "forward+loss", "backward compute", "ZeRO gradient handling",
+            "optimizer step", "rest of the step", "between steps"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        ph = r.get("phases")
+        if not ph:
+            continue
+        tot = {k: v[0] for k, v in ph["totals"].items()}
+        steps = ph["totals"]["training_step"][1]
+        fwd, bwd, opt = tot.get("forward_loss", 0.0), tot.get("backward", 0.0), tot.get("optimizer_step", 0.0)
+        zero = tot.get("zero_grads", 0.0)  # inside backward
+        in_step = tot["training_step"]
+        between = ph["window_s"] - in_step - tot.get("evaluate", 0.0)
+        per = [(ph["window_s"] - tot.get("evaluate", 0.0)), fwd, bwd - zero, zero, opt, in_step - fwd - bwd - opt,
+               between]
+        lines.append("| " + " | ".join([r["recipe"], str(steps)] + [f"{1000 * x / steps:.1f}" for x in per]) + " |")
     return "\n".join(lines)
 
 
@@ -222,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], help="extra --set for the 'ours' run (experiments)")
     p.add_argument("--target", type=float, default=float("nan"),
                    help="held-out loss to reach when the baseline is not run")
+    p.add_argument("--phases", action="store_true",
+                   help="also time each step's phases (forward+loss, backward, optimizer step, the loop between "
+                        "steps) through bench/phase_timer; adds a perf_counter pair per call")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs)")
     args = p.parse_args(argv)
@@ -236,15 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     common = [f"train.max_steps={steps_ours}"] if steps_ours > 0 else []
     jobs = []
     if "baseline" in only:
-        jobs.append(("baseline", lambda: run_baseline(work, train, heldout, steps_base)))
+        jobs.append(("baseline", lambda: run_baseline(work, train, heldout, steps_base,
+                                                      phases_env(work, "baseline", args.phases))))
     if "ours-same" in only:
         jobs.append(("ours-same", lambda: run_ours(work, "ours-same", OURS_SAME, ours_data, heldout, args.records,
-                                                   args.heldout, common)))
+                                                   args.heldout, common, phases_env(work, "ours-same", args.phases))))
     # Ours evaluates after every step: the curve gives the time to the baseline's loss (evaluation time excluded).
     for name, sets, extra in ([("ours", [], {})] if "ours" in only else []) + (ABLATIONS if args.ablation else []):
         jobs.append((name, lambda name=name, sets=sets, extra=extra: run_ours(
             work, name, QUICKSTART, ours_data, heldout, args.records, args.heldout,
-            [*common, "train.eval_steps=1", *sets, *args.set], extra)))
+            [*common, "train.eval_steps=1", *sets, *args.set], {**extra, **phases_env(work, name, args.phases)})))
     runs: dict[str, list[dict]] = {name: [] for name, _ in jobs}
     for _ in range(args.repeat):
         for name, fn in jobs:
@@ -264,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     if results and results[0]["recipe"] == "baseline":
         for line in ratios(results, target):
             print(line)
+    if args.phases:
+        print()
+        print("where each optimizer step's time goes (ms per step; training_step = forward+loss + backward + "
+              "optimizer step + rest):")
+        print(phase_table(results))
     if args.repeat > 1:
         for name, rs in runs.items():
             times = ", ".join(f"{r['train_time_s']:.1f}" for r in rs)

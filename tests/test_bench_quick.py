@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.skipif(not Path("/work/shared/data/huanhuan.json").is_file(), reason="needs ../shared/data/huanhuan.json")
 def test_quick_bench_prints_a_table_that_parses():
-    proc = subprocess.run([sys.executable, "bench/train_bench.py", "--quick"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "bench/train_bench.py", "--quick", "--phases"], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
@@ -36,3 +36,20 @@ def test_quick_bench_prints_a_table_that_parses():
     ratios = [line for line in lines if " / baseline: label tokens/s " in line]
     assert len(ratios) == 2
     assert all(re.search(r"label tokens/s [0-9.]+x", line) for line in ratios)
+
+    # --phases: bench/phase_timer hooked every recipe's rank 0 (the baseline's script and our trainer alike), and
+    # the phases add up to the step time (each cell is rounded to 0.1 ms).
+    start = next(i for i, line in enumerate(lines) if line.startswith("| recipe | steps | ms/step |"))
+    names = [c.strip() for c in lines[start].strip("|").split("|")]
+    assert names[3:] == ["forward+loss", "backward compute", "ZeRO gradient handling", "optimizer step",
+                         "rest of the step", "between steps"]
+    phases = {}
+    for line in lines[start + 2:start + 5]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        phases[cells[0]] = cells
+    assert set(phases) == {"baseline", "ours-same", "ours"}
+    for recipe, cells in phases.items():
+        assert cells[1] == rows[recipe]["steps"]
+        per_step, parts = float(cells[2]), [float(c) for c in cells[3:]]
+        assert all(x > 0 for x in parts[:4]), cells  # forward, backward, ZeRO hooks and the optimizer all ran
+        assert abs(sum(parts) - per_step) < 0.1 * len(parts), cells
