@@ -3,6 +3,7 @@
     .venv/bin/python bench/train_bench.py              # 400 records, 40 held out, 1 epoch each (about 6-8 min on 2 cores)
     .venv/bin/python bench/train_bench.py --quick      # 60 records, a few steps: a smoke check, not a measurement
     .venv/bin/python bench/train_bench.py --ablation   # also our defaults minus each optimisation in turn
+    .venv/bin/python bench/train_bench.py --phases     # also ms per step in forward, backward, ZeRO, optimizer
 
 Three real `deepspeed` launches, one after the other:
   baseline   bench/baseline_train.py: the tutorial's process_func, padding collator, micro-batch 1, its ZeRO-2
