@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=float("nan"),
                    help="held-out loss to reach when the baseline is not run")
     p.add_argument("--phases", action="store_true",
-                   help="also time each step's phases (forward+loss, backward, optimizer step, the loop between "
-                        "steps) through bench/phase_timer; adds a perf_counter pair per call")
+                   help="also time each step's phases (forward+loss, backward, ZeRO gradient handling, optimizer "
+                        "step, the loop between steps) through bench/phase_timer; adds a perf_counter pair per call")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs)")
     args = p.parse_args(argv)
