@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.skipif(not Path("/work/shared/data/huanhuan.json").is_file(), reason="needs ../shared/data/huanhuan.json")
 def test_quick_bench_prints_a_table_that_parses():
-    proc = subprocess.run([sys.executable, "bench/train_bench.py", "--quick", "--phases"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "bench/train_bench.py", "--quick", "--phases"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| recipe |"))
@@ -38,7 +38,8 @@ def test_quick_bench_prints_a_table_that_parses():
     assert all(re.search(r"label tokens/s [0-9.]+x", line) for line in ratios)
 
     # --phases: bench/phase_timer hooked every recipe's rank 0 (the baseline's script and our trainer alike), and
-    # the phases add up to the step time (each cell is rounded to 0.1 ms).
+    # forward, backward and optimizer fit inside the timed training steps (a phase counted twice, or one hooked
+    # outside the step, leaves "rest of the step" negative).
     start = next(i for i, line in enumerate(lines) if line.startswith("| recipe | steps | ms/step |"))
     names = [c.strip() for c in lines[start].strip("|").split("|")]
     assert names[3:] == ["forward+loss", "backward compute", "ZeRO gradient handling", "optimizer step",
@@ -50,6 +51,6 @@ def test_quick_bench_prints_a_table_that_parses():
     assert set(phases) == {"baseline", "ours-same", "ours"}
     for recipe, cells in phases.items():
         assert cells[1] == rows[recipe]["steps"]
-        per_step, parts = float(cells[2]), [float(c) for c in cells[3:]]
+        parts = [float(c) for c in cells[3:]]
         assert all(x > 0 for x in parts[:4]), cells  # forward, backward, ZeRO hooks and the optimizer all ran
-        assert abs(sum(parts) - per_step) < 0.1 * len(parts), cells
+        assert parts[4] >= 0 and parts[5] >= 0, cells

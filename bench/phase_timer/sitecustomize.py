@@ -3,7 +3,7 @@
 train_bench puts this folder on PYTHONPATH for its launches, so Python imports this file at start-up in every
 process, the baseline's and ours alike, without either recipe's code knowing. Nothing happens unless BENCH_PHASES
 names a folder. It then times, on rank 0, after their modules are imported:
-  Trainer.training_step      one optimizer step's work (micro-batch 1, no accumulation in the recipes compared);
+  Trainer.training_step      one optimizer step's work (the recipes compared accumulate no gradients);
   DeepSpeedEngine.backward   backward, including ZeRO's gradient reduction and copies into its flat buffers;
   ZeRO-1/2 gradient handling within it (DeepSpeedZeroOptimizer's per-parameter gradient hooks and the epilogue
                              after backward: bucketing, reduction, copies into the optimizer's fp32 buffers, the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 OUT = os.environ.get("BENCH_PHASES")
 TOTALS: dict[str, list[float]] = {}  # phase -> [seconds, calls]
-MARKS = {"first_step": None, "last_step_end": None, "step_start": None}
+MARKS = {"first_step": None, "step_start": None}
 
 
 def _add(phase: str, seconds: float) -> None:
@@ -60,11 +60,11 @@ def _backward_started(t: float) -> None:
 
 
 def _dump() -> None:
-    MARKS["last_step_end"] = time.perf_counter()  # Trainer.train returned: the loop has ended
+    ended = time.perf_counter()  # Trainer.train returned: the loop has ended
     out = Path(OUT)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "phases.json").write_text(json.dumps({"totals": TOTALS, "window_s": MARKS["last_step_end"] -
-                                                 (MARKS["first_step"] or MARKS["last_step_end"])}))
+    window = ended - (MARKS["first_step"] or ended)  # first training step's start to the loop's end
+    (out / "phases.json").write_text(json.dumps({"totals": TOTALS, "window_s": window}))
 
 
 def _patch_trainer(module) -> None:
