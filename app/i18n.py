@@ -23,6 +23,7 @@ CONFIG_FIELDS: list[tuple[str, str]] = [("run", "name")] + [
 ZH: dict[str, str] = {
     "app.title": "角色扮演微调工作室",
     "app.steps": "① 数据 → ② 训练 → ③ 监控 → ④ 对话。默认配置用示例数据在 CPU 上几分钟即可训练好入门模型。",
+    "app.warming": "正在加载模型库（服务刚启动，只需一次）…",
     "page.data": "数据",
     "page.train": "训练",
     "page.monitor": "监控",
@@ -330,6 +331,7 @@ EN: dict[str, str] = {
     "app.title": "Role-play Fine-tuning Studio",
     "app.steps": "① Data → ② Train → ③ Monitor → ④ Chat. The default settings train the starter model on the sample "
                  "data in a few minutes on a CPU.",
+    "app.warming": "Loading the model libraries (once, the server just started)…",
     "page.data": "Data",
     "page.train": "Train",
     "page.monitor": "Monitor",
