@@ -34,6 +34,7 @@ WIDGETS: dict[tuple[str, str], tuple] = {
     ("data", "persona"): ("area",),
     ("data", "max_length"): ("int", 64),
     ("data", "eval_ratio"): ("float", 0.05, "%.2f"),
+    ("data", "max_eval_records"): ("int", 50),
     ("data", "packing"): ("bool",),
     ("train", "epochs"): ("float", 1.0, "%.2f"),
     ("train", "max_steps"): ("int", 1),

@@ -210,7 +210,9 @@ def cmd_stop(args) -> int:
     from trainer_core.supervisor import stop
 
     st = stop(_run(args.run), force=args.force)
-    emit(f"{st['name']}: {st['state']} (checkpoints: {st['checkpoints']})")
+    ended = st.get("ended") or []
+    emit(f"{st['name']}: {st['state']} (checkpoints: {st['checkpoints']}; "
+         f"{'ended ' + ', '.join(ended) if ended else 'no process left to end'})")
     return 0
 
 
@@ -288,7 +290,8 @@ def cmd_join(args) -> int:
     from trainer_core.config import load_config
     from trainer_core.hardware import detect
     from trainer_core.launch import launch_env, node_argv
-    from trainer_core.supervisor import acquire_locks, device_keys
+    from trainer_core.device_locks import acquire
+    from trainer_core.supervisor import device_keys
 
     run = _run(args.run)
     cfg = load_config(run / rd.CONFIG)
@@ -296,7 +299,7 @@ def cmd_join(args) -> int:
         raise UserError(f"run {run.name} uses placement.launcher {cfg.placement.launcher}; join is for no_ssh runs")
     if not 0 < args.node_rank < cfg.placement.num_nodes:
         raise UserError(f"--node-rank must be between 1 and {cfg.placement.num_nodes - 1} for run {run.name}")
-    fds = [] if args.no_lock else acquire_locks(run, device_keys(run))
+    fds = [] if args.no_lock else acquire(run.resolve(), device_keys(run))
     has_gpu = detect().has_gpu
     argv = node_argv(cfg, run, node_rank=args.node_rank, has_gpu=has_gpu)
     try:
