@@ -35,6 +35,8 @@ def test_kill_9_of_one_rank_fails_the_run_with_the_cause_and_leaves_nothing(runs
     assert "killed by SIGKILL" in st["error"], st["error"]
     wait_for(lambda: not run_pids(run), 30, "no process of the run left")
     assert lock_holder(CPU_LOCK) is None
+    again = cli("stop", str(run), "--force")  # idempotent: nothing left to end, still `failed`
+    assert again.returncode == 0 and "failed" in again.stdout and "no process left to end" in again.stdout
 
 
 @pytest.fixture
