@@ -240,6 +240,16 @@ ZH: dict[str, str] = {
     "mon.stop_requested": "已请求停止。",
     "mon.external": "此运行在工作室之外启动（launch_node.sh 或 Slurm）。训练器 {age} 秒前报告仍在运行；超过 5 分钟没有报告将视为失败。",
     "mon.progress": "步数 {step} / {total} · {state}",
+    "mon.supervisor_lost": "这个运行的监管进程已经不在了，但还有 {n} 个进程在运行：各 rank 会在下一步保存检查点后退出。也可以现在停止或强制停止。",
+    "phase.training": "训练",
+    "phase.evaluating": "验证",
+    "phase.saving checkpoint": "保存检查点",
+    "phase.finishing": "收尾",
+    "phase.consolidating final": "合并最终模型",
+    "train.eval_cost": "验证：留出 {ratio:.0%} 的记录，最多 {cap} 条；{when}，训练结束时再验证一次。停止运行时不做验证。",
+    "train.eval_every": "每 {n} 步一次",
+    "train.eval_epoch": "每轮一次",
+    "train.eval_off": "验证已关闭（验证集比例为 0）。",
     "mon.step": "步数",
     "mon.loss": "损失",
     "mon.eval_loss": "验证损失",
@@ -511,6 +521,18 @@ EN: dict[str, str] = {
     "mon.external": "Started outside the studio (launch_node.sh or Slurm). The trainer last reported in {age} s ago; "
                     "after 5 minutes without a report the run counts as failed.",
     "mon.progress": "Step {step} / {total} · {state}",
+    "mon.supervisor_lost": "This run's supervisor process is gone but {n} of its processes still run: the ranks save a "
+                           "checkpoint at their next step and exit. You can also stop or force-stop now.",
+    "phase.training": "training",
+    "phase.evaluating": "evaluating",
+    "phase.saving checkpoint": "saving checkpoint",
+    "phase.finishing": "finishing",
+    "phase.consolidating final": "consolidating final model",
+    "train.eval_cost": "Evaluation: {ratio:.0%} of the records held out, at most {cap}; {when}, and once when training "
+                       "ends. Stopping a run skips evaluation.",
+    "train.eval_every": "every {n} steps",
+    "train.eval_epoch": "once per epoch",
+    "train.eval_off": "Evaluation is off (evaluation split 0).",
     "mon.step": "Step",
     "mon.loss": "Loss",
     "mon.eval_loss": "Eval loss",
@@ -626,6 +648,17 @@ def option_labels(prefix: str):
 
 def state_name(state: str) -> str:
     return t(f"state.{state}") if f"state.{state}" in ZH else state
+
+
+def phase_text(status: dict) -> str:
+    """What a live run is doing, e.g. "验证 12/50"; empty when it says nothing more than its state."""
+    phase = status.get("phase")
+    if not phase or status.get("state") not in ("running", "stopping"):
+        return ""
+    text = t(f"phase.{phase}") if f"phase.{phase}" in ZH else phase
+    if status.get("phase_total"):
+        text += f" {status.get('phase_done') or 0}/{status['phase_total']}"
+    return text
 
 
 def state_label(state: str) -> str:

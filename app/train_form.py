@@ -133,6 +133,19 @@ def value(section: str, name: str):
     return st.session_state.get(key(section, name))
 
 
+def eval_note() -> str:
+    """What evaluation will cost with the form's values, in words."""
+    try:
+        ratio, cap, every = (float(value("data", "eval_ratio")), int(value("data", "max_eval_records")),
+                             int(value("train", "eval_steps")))
+    except (TypeError, ValueError):
+        return ""
+    if ratio <= 0:
+        return t("train.eval_off")
+    when = t("train.eval_every", n=every) if every else t("train.eval_epoch")
+    return t("train.eval_cost", ratio=ratio, cap=cap, when=when)
+
+
 def form_dict() -> dict:
     raw: dict = {"name": value("run", "name") or ""}
     for section, name in CONFIG_FIELDS:

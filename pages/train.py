@@ -52,6 +52,7 @@ with tabs[0]:
     with c2:
         f("data", "eval_ratio")
         f("data", "max_eval_records")
+        st.caption(form.eval_note())
     with c3:
         f("data", "packing")
 with tabs[1]:

@@ -395,3 +395,36 @@ def test_beyond_loopback_nothing_is_served_without_the_password(runs_root, uploa
     at.text_input(key="auth.password").set_value("s3cret").run()
     assert not at.exception
     assert at.title[0].value == ZH["data.title"] and at.sidebar.radio(key="lang").value == "zh"
+
+
+def test_monitor_shows_the_phase_with_progress_and_no_eta_once_training_is_over(app, runs_root):
+    """Evaluation at the end of training is named with its progress, instead of a stale ETA under 'running'."""
+    run = make_run(runs_root, "evaluating", "running", alive=True)
+    rd.update_status(run, phase="evaluating", phase_done=3, phase_total=12)
+    goto(app, "pages/monitor.py")
+    progress = app.get("progress")[0].proto.text
+    assert f"{ZH['state.running']} · {ZH['phase.evaluating']} 3/12" in progress, progress
+    assert {m.label: m.value for m in app.metric}[ZH["mon.eta"]] == "-"
+    card = " ".join(m.value for m in app.sidebar.markdown)
+    assert f"{ZH['phase.evaluating']} 3/12" in card
+
+
+def test_monitor_warns_when_the_ranks_outlive_their_supervisor(app, runs_root):
+    """The supervisor is gone but a process of its group lives on: the run is not failed yet, and the page says why.
+    A child process in a fresh session stands in for the orphaned ranks (its group is the run's)."""
+    import subprocess
+    import sys
+
+    ranks = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        run = make_run(runs_root, "orphaned", "running")
+        # The manifest names a supervisor that is gone (pid 1's start time does not match) and the ranks' group.
+        rd.write_json_atomic(run / rd.MANIFEST, {"pid": 1, "create_time": 0.0, "pgid": ranks.pid})
+        goto(app, "pages/monitor.py")
+        assert app.warning and app.warning[0].value == ZH["mon.supervisor_lost"].format(n=1)
+        assert app.button(key="mon.force_stop").disabled is False
+    finally:
+        ranks.kill()
+        ranks.wait()
+    app.run()
+    assert app.error and ZH["mon.failed"].split("{")[0] in app.error[0].value

@@ -198,9 +198,14 @@ def cmd_status(args) -> int:
     if args.json:
         _print_json(st)
     else:
-        eta = st.get("eta_s")
-        emit(f"{st['name']}: {st['state']}  step {st.get('step', 0)}/{st.get('total_steps', '?')}  "
-              f"loss {st.get('loss', '-')}  eta {'-' if eta is None else f'{eta:.0f}s'}")
+        eta = st.get("eta_s") if st.get("phase", "training") == "training" else None
+        phase = st.get("phase") if st["state"] in ("running", "stopping") else None
+        if phase and st.get("phase_total"):
+            phase += f" {st.get('phase_done') or 0}/{st['phase_total']}"
+        emit(f"{st['name']}: {st['state']}{f' ({phase})' if phase else ''}  step {st.get('step', 0)}/"
+             f"{st.get('total_steps', '?')}  loss {st.get('loss', '-')}  eta {'-' if eta is None else f'{eta:.0f}s'}")
+        if st.get("warning"):
+            emit(f"warning: {st['warning']}")
         if st.get("error"):
             emit(f"error: {st['error']}")
     return 0

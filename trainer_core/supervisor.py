@@ -319,7 +319,7 @@ def read_state(run: Path) -> dict[str, Any]:
         rest = run_processes.members(manifest)
         if rest:
             alive = True
-            status["supervisor_lost"] = True
+            status["supervisor_lost"] = len(rest)  # processes of the run still alive
             status["warning"] = (f"supervisor lost; {len(rest)} process(es) of the run still running (the ranks "
                                  "save and stop at their next step) — stop or force-stop")
         else:
