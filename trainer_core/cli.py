@@ -281,13 +281,22 @@ def cmd_logs(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from trainer_core.config import DEFAULT_PERSONA
-    from trainer_core.inference import GenParams, load_chat_model, resolve_model_dir, run_persona, stream_reply
+    from trainer_core.chat_format import specials_in
+    from trainer_core.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona, load_chat_model,
+                                        resolve_model_dir, stream_reply)
 
     model_dir = resolve_model_dir(args.model, args.checkpoint)
     model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code)
-    persona = args.persona if args.persona is not None else (run_persona(model_dir) or DEFAULT_PERSONA)
+    persona, source = chat_persona(model_dir, args.persona)
     params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    # Which system prompt is in use goes to stderr, so stdout stays the reply alone.
+    said = {PERSONA_GIVEN: "persona: --persona", PERSONA_TRAINED: "persona: the one the run was trained with"}
+    print(said.get(source, "persona: none; the model's own default system prompt (--persona sets one)"),
+          file=sys.stderr, flush=True)
+    for text, what in ((persona, "persona"), (args.prompt, "prompt")):
+        if found := specials_in(tok, text):
+            print(f"warning: the {what} holds special token {', '.join(found)}; it is read as plain text",
+                  file=sys.stderr, flush=True)
     for piece in stream_reply(model, tok, [{"role": "user", "content": args.prompt}], persona=persona,
                               params=params):
         _STDOUT[0].write(piece)
@@ -387,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("chat", help="one reply from a model folder or a run")
     s.add_argument("model")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--persona", default=None)
+    s.add_argument("--persona", default=None, help="system prompt (default: the run's persona; for a plain model "
+                                                   "folder, the model's own default system prompt)")
     s.add_argument("--max-new-tokens", type=int, default=128)
     s.add_argument("--temperature", type=float, default=0.7)
     s.add_argument("--seed", type=int, default=None)
