@@ -25,9 +25,11 @@ PAIRS = [("你是谁？", "我是甄嬛。"), ("皇上驾到！", "臣妾参见�
 
 
 def test_tiny_llama_learns_to_end_its_turn(runs_root, tmp_path):
-    source = tiny_llama(tmp_path / "tiny-llama", chatml_llama())
+    source = tiny_llama(tmp_path / "tiny-llama", chatml_llama(), eos_token="<|im_end|>")
     source_config = json.loads((source / "config.json").read_text())
     source_gen = json.loads((source / "generation_config.json").read_text())
+    # The tokenizer disagrees with the model (eos <|im_start|> and pad </s>): what made the Trainer rewrite the ids.
+    assert source_config["eos_token_id"] != chatml_llama().eos_token_id and "pad_token_id" not in source_gen
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"instruction": q, "output": a}, ensure_ascii=False) + "\n"
                             for q, a in PAIRS * 4), encoding="utf-8")
@@ -40,11 +42,14 @@ def test_tiny_llama_learns_to_end_its_turn(runs_root, tmp_path):
     run = Path(proc.stdout.strip().splitlines()[-1])
     final = run / rd.FINAL
 
-    # The source model's token ids survive training (no "Updated tokens" rewrite by the Trainer).
-    for name, before in (("config.json", source_config), ("generation_config.json", source_gen)):
-        after = json.loads((final / name).read_text())
-        for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
-            assert after.get(key) == before.get(key), (name, key)
+    # The source model's token ids survive training (no "Updated tokens" rewrite by the Trainer), in final/ and in
+    # the checkpoint.
+    checkpoint = rd.complete_checkpoints(run)[-1]
+    for folder in (final, checkpoint):
+        for name, before in (("config.json", source_config), ("generation_config.json", source_gen)):
+            after = json.loads((folder / name).read_text())
+            for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
+                assert after.get(key) == before.get(key), (folder.name, name, key)
     assert "Updated tokens" not in (run / rd.LOG).read_text(encoding="utf-8", errors="replace")
 
     # Greedy replies end on their own: the last generated token is the template's <|im_end|>.

@@ -69,16 +69,20 @@ def zephyr_tags() -> PreTrainedTokenizerFast:
                                    chat_template=ZEPHYR_TAGS_TEMPLATE)
 
 
-def tiny_llama(dest: Path, tokenizer: PreTrainedTokenizerFast) -> Path:
-    """A random-initialised 2-layer Llama for `tokenizer`, saved as safetensors with the tokenizer beside it."""
+def tiny_llama(dest: Path, tokenizer: PreTrainedTokenizerFast, eos_token: str | None = None) -> Path:
+    """A random-initialised 2-layer Llama for `tokenizer`, saved as safetensors with the tokenizer beside it.
+
+    `eos_token` gives the model's config an eos other than the tokenizer's, as converted chat models often have
+    (config `<|im_end|>`, tokenizer `<|im_start|>`); the model then has no pad id either."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+                         bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.convert_tokens_to_ids(eos_token or tokenizer.eos_token),
+                         pad_token_id=None if eos_token else tokenizer.pad_token_id, tie_word_embeddings=True)
     model = LlamaForCausalLM(config)
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
