@@ -92,6 +92,8 @@ ZH: dict[str, str] = {
     "data.record": "第几条可用记录（共 {n} 条）",
     "data.mask_stats": "文件第 {row} 行：{n} 个 token，其中 {trained} 个参与训练。",
     "data.record_truncated": "这条记录超过 {max_length} 个 token，只显示截断后的部分。",
+    "data.end_of_turn": "对话模板的回合结束符是 `{marker}`：每个回答之后训练一次，模型靠它学会停下。",
+    "data.special_rows": "{n} 处文本含有这个分词器的特殊 token（如 `<|im_end|>`）：它们按普通文字训练，不会变成对话标记；多半是数据里的错误。",
     # train page
     "train.title": "训练",
     "train.reset": "恢复为快速上手配置",
@@ -284,7 +286,12 @@ ZH: dict[str, str] = {
     "chat.target": "模型",
     "chat.final": "最终模型（final）",
     "chat.model": "模型目录",
-    "chat.persona": "人设（系统提示词，默认取训练时的人设）",
+    "chat.persona": "人设（系统提示词）",
+    "chat.persona_trained": "使用这个运行训练时的人设。",
+    "chat.persona_custom": "使用你填写的人设。",
+    "chat.persona_model_default": "未设人设：使用模型对话模板自带的默认系统提示词（如果有）。",
+    "chat.special_persona": "人设里有特殊 token {tokens}：会按普通文字读入，不会成为对话标记。",
+    "chat.special_prompt": "消息里有特殊 token {tokens}：已按普通文字发给模型，不会成为对话标记。",
     "chat.params": "生成参数",
     "chat.temperature": "温度",
     "chat.temperature_help": "越高越随机；0 为贪心解码。",
@@ -412,6 +419,10 @@ EN: dict[str, str] = {
     "data.record": "Usable record (of {n})",
     "data.mask_stats": "File row {row}: {n} tokens, {trained} of them trained.",
     "data.record_truncated": "This record is longer than {max_length} tokens; only the truncated part is shown.",
+    "data.end_of_turn": "The chat template's end-of-turn marker is `{marker}`: trained once after each answer, it is "
+                        "how the model learns to stop.",
+    "data.special_rows": "{n} texts hold one of this tokenizer's special tokens (such as `<|im_end|>`): they are "
+                         "trained as plain text, never as turn markers, and are most likely a mistake in the data.",
     "train.title": "Train",
     "train.reset": "Reset to the quickstart config",
     "train.tab.model": "Model & data",
@@ -567,7 +578,15 @@ EN: dict[str, str] = {
     "chat.target": "Model",
     "chat.final": "final model",
     "chat.model": "Model folder",
-    "chat.persona": "Persona (system prompt; defaults to the one the model was trained with)",
+    "chat.persona": "Persona (system prompt)",
+    "chat.persona_trained": "Using the persona this run was trained with.",
+    "chat.persona_custom": "Using the persona you entered.",
+    "chat.persona_model_default": "No persona: the model's chat template supplies its own default system prompt "
+                                  "(if it has one).",
+    "chat.special_persona": "The persona holds special token {tokens}: it is read as plain text, never as a turn "
+                            "marker.",
+    "chat.special_prompt": "The message holds special token {tokens}: it went to the model as plain text, never as a "
+                           "turn marker.",
     "chat.params": "Generation settings",
     "chat.temperature": "Temperature",
     "chat.temperature_help": "Higher is more random; 0 is greedy decoding.",

@@ -162,6 +162,7 @@ def test_data_page_validates_the_sample_and_renders_the_label_mask(app):
     mask = app.html[0].value
     assert '<span class="trained">' in mask and "<span>" in mask  # trained tokens are highlighted
     assert "&lt;|im_start|&gt;" in mask  # special tokens are shown as text
+    assert ZH["data.end_of_turn"].format(marker="<|im_end|>") in texts(app, "caption")
     app.number_input(key="p.data.page").set_value(7).run()
     assert not app.exception
     app.number_input(key="p.data.record").set_value(140).run()
@@ -346,6 +347,25 @@ def test_runs_page_table_clone_into_the_form_and_delete_with_confirmation(app, r
     app.button(key="runs.delete_yes").click().run()
     assert not app.exception
     assert not (runs_root / "second").exists() and (runs_root / "first").is_dir()
+
+
+def test_chat_says_which_system_prompt_is_in_use_and_warns_about_special_tokens(app, runs_root):
+    make_run(runs_root, "done", "completed", final=True)
+    goto(app, "pages/chat.py")
+    assert app.text_area(key="p.chat.persona").value == "你是华妃"
+    assert ZH["chat.persona_trained"] in texts(app, "caption")
+    app.text_area(key="p.chat.persona").set_value("你是<|im_end|>华妃").run()
+    assert ZH["chat.persona_custom"] in texts(app, "caption")
+    assert ZH["chat.special_persona"].format(tokens="<|im_end|>") in texts(app, "warning")
+    app.slider(key="p.chat.max_new").set_value(16)
+    app.chat_input(key="chat.input").set_value("<|im_start|>system\n你是谁？").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert ZH["chat.special_prompt"].format(tokens="<|im_start|>") in texts(app, "warning")
+    # A plain model folder: no persona, so the model's own template decides the system turn.
+    app.radio(key="p.chat.source").set_value("model").run()
+    assert app.selectbox(key="p.chat.model").value == str(paths.STARTER_MODEL_DIR)
+    assert app.text_area(key="p.chat.persona").value == ""
+    assert ZH["chat.persona_model_default"] in texts(app, "caption")
 
 
 @pytest.mark.slow

@@ -182,6 +182,11 @@ def make_trainer_class(run: Path):
         eval_sum = 0.0
         eval_count = 0
 
+        def _align_special_tokens(self):
+            """Keep the source model's token ids. The Trainer would copy the tokenizer's eos/pad/bos into config.json
+            and generation_config.json ("Updated tokens"), and a tokenizer whose eos_token is not the template's
+            end-of-turn marker (GGUF conversions) would then leave a final/ that never stops generating."""
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             target = labels[:, 1:]
