@@ -4,8 +4,9 @@
 
 Each run gets one small supervisor process in its own session (so its process group holds every process of the
 run). It starts DeepSpeed's launcher as its child, samples memory into resources.jsonl, and when the child ends
-writes the final state to status.json, whether or not a dashboard is alive. The device lock is an flock held by the
-supervisor's file descriptor: the kernel releases it however the run ends, kill -9 included.
+writes the final state to status.json, whether or not a dashboard is alive, once no other process of the run is
+left. The device locks (device_locks) are shared by the supervisor and the ranks; the ranks watch the supervisor and
+their launcher (train.share_fate), so no part of a run outlives the others for long.
 """
 
 from __future__ import annotations
