@@ -1,0 +1,470 @@
+"""Qwen-1 (Qwen-7B-Chat) checkpoints brought in as native Qwen2 folders, and fine-tuned weights sent back.
+
+Up to its training length (`seq_length`), Qwen-1 computes exactly what Qwen2 computes: RMSNorm, half-split RoPE,
+q/k/v with bias and o_proj without, SwiGLU. Its dynamic-NTK and logn scaling only act past `seq_length`, so they are
+not carried. Importing therefore renames tensors and splits the fused `c_attn` into q/k/v; nothing is recomputed.
+
+The weights are never loaded as tensors: each output tensor is a byte range of a source tensor (or, going back, a
+concatenation of such ranges), streamed from file to file, so memory stays flat however large the shards are and
+the dtype (bf16) is kept bit for bit. The folder's own Python files are never imported: the config is read as JSON
+and the tokenizer is rebuilt from its `qwen.tiktoken` with the same code as the starter's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from trainer_core.errors import UserError
+
+MARKER = "qwen1_import.json"  # written into every imported folder: where it came from, what was not carried
+QWEN1_CLASS = "QWenLMHeadModel"
+EXTRA_TOKENS = 205  # Qwen-1's <|extra_0|> ... <|extra_204|>, ids 151646 ... 151850, after the three named ones
+FIRST_EXTRA_ID = 151646
+ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+COPY_CHUNK = 16 * 1024 * 1024
+# Buffers some Qwen-1 exports carry; Qwen2 computes them itself.
+SKIPPED = re.compile(r".*rotary_emb\.inv_freq$")
+
+Progress = Callable[[int, int, str], None]
+"""progress(bytes_done, bytes_total, what): called as each tensor is written."""
+
+
+def is_qwen1_dir(path: str | Path) -> bool:
+    """Whether a folder holds a Qwen-1 checkpoint: model_type `qwen`, or an auto_map naming QWenLMHeadModel."""
+    try:
+        config = json.loads((Path(path).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    auto_map = config.get("auto_map") if isinstance(config.get("auto_map"), dict) else {}
+    return config.get("model_type") == "qwen" or QWEN1_CLASS in str(auto_map.get("AutoModelForCausalLM", ""))
+
+
+# ---------------------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class Qwen1Shape:
+    """The Qwen-1 config fields the conversion uses, checked to be representable as Qwen2."""
+
+    hidden: int
+    """Model width (`hidden_size`, or `n_embd` in older configs)."""
+    heads: int
+    """Attention heads (`num_attention_heads` / `n_head`); Qwen-1 has no grouped KV, so KV heads = heads."""
+    layers: int
+    """Transformer blocks (`num_hidden_layers` / `n_layer`)."""
+    mlp: int
+    """SwiGLU width: `ffn_hidden_size // 2` (Qwen-1 counts both input projections)."""
+    vocab: int
+    """Embedding rows (`padded_vocab_size`)."""
+    seq_length: int
+    """Training length; positions past it used dynamic NTK and logn scaling, which Qwen2 does not have."""
+    rope_base: float
+    """`rotary_emb_base`."""
+    eps: float
+    """`layer_norm_epsilon`."""
+    tied: bool
+    """`tie_word_embeddings`: Qwen-7B-Chat keeps a separate lm_head."""
+    notes: list[str] = field(default_factory=list)
+    """What is not carried over, for the user to read."""
+
+
+def _int(config: dict, *names: str) -> int:
+    for name in names:
+        value = config.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    raise UserError(f"config.json: {names[0]} is missing or not a positive integer; is this a Qwen-1 checkpoint?")
+
+
+def read_qwen1_config(config: dict) -> Qwen1Shape:
+    """Check a Qwen-1 config.json (as a dict) and return its shape; a field Qwen2 cannot represent is refused."""
+
+    def refuse(name: str, why: str) -> UserError:
+        return UserError(f"config.json: {name}={config.get(name)!r} cannot be imported as Qwen2 ({why})")
+
+    if config.get("rotary_pct", 1.0) != 1.0:
+        raise refuse("rotary_pct", "Qwen2 rotates every dimension of each head; only 1.0 is supported")
+    if config.get("pos_emb", "rotary") != "rotary":
+        raise refuse("pos_emb", "only rotary position embeddings exist in Qwen2")
+    if config.get("activation", "swiglu") != "swiglu":
+        raise refuse("activation", "Qwen2's MLP is SwiGLU")
+    if config.get("no_bias", True) is not True:
+        raise refuse("no_bias", "Qwen2 has biases on q/k/v only, not on the output or MLP projections")
+    if config.get("apply_residual_connection_post_layernorm", False):
+        raise refuse("apply_residual_connection_post_layernorm", "Qwen2 is pre-norm")
+    hidden = _int(config, "hidden_size", "n_embd")
+    heads = _int(config, "num_attention_heads", "n_head")
+    if hidden % heads:
+        raise refuse("num_attention_heads", f"hidden_size {hidden} is not a multiple of it")
+    if config.get("kv_channels", hidden // heads) != hidden // heads:
+        raise refuse("kv_channels", f"Qwen2's head size is hidden_size / num_attention_heads = {hidden // heads}")
+    ffn = _int(config, "ffn_hidden_size")
+    if ffn % 2:
+        raise refuse("ffn_hidden_size", "it must be even: half of it is the SwiGLU width")
+    vocab = _int(config, "padded_vocab_size", "vocab_size")
+    if vocab < FIRST_EXTRA_ID + EXTRA_TOKENS:
+        raise refuse("padded_vocab_size", f"Qwen's tokenizer needs {FIRST_EXTRA_ID + EXTRA_TOKENS} rows")
+    base = config.get("rotary_emb_base", 10000)
+    eps = config.get("layer_norm_epsilon", 1e-6)
+    if not isinstance(base, (int, float)) or base <= 0:
+        raise refuse("rotary_emb_base", "it must be a positive number")
+    if not isinstance(eps, (int, float)) or eps <= 0:
+        raise refuse("layer_norm_epsilon", "it must be a positive number")
+    seq_length = _int(config, "seq_length")
+    notes = []
+    scaled = [n for n in ("use_dynamic_ntk", "use_logn_attn") if config.get(n)]
+    if scaled:
+        notes.append(f"{' and '.join(scaled)} (long-context scaling past seq_length {seq_length}) is not carried: "
+                     f"keep data.max_length at or below {seq_length}")
+    return Qwen1Shape(hidden=hidden, heads=heads, layers=_int(config, "num_hidden_layers", "n_layer"), mlp=ffn // 2,
+                      vocab=vocab, seq_length=seq_length, rope_base=float(base), eps=float(eps),
+                      tied=bool(config.get("tie_word_embeddings", False)), notes=notes)
+
+
+def qwen2_config(shape: Qwen1Shape, dtype: str):
+    from transformers import Qwen2Config
+
+    from trainer_core.starter import SPECIAL_TOKENS
+
+    return Qwen2Config(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.mlp,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=shape.seq_length,
+        rope_theta=shape.rope_base,
+        rms_norm_eps=shape.eps,
+        tie_word_embeddings=shape.tied,
+        hidden_act="silu",
+        attention_dropout=0.0,
+        use_sliding_window=False,
+        bos_token_id=SPECIAL_TOKENS["<|endoftext|>"],
+        eos_token_id=SPECIAL_TOKENS["<|im_end|>"],
+        dtype=dtype,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ safetensors bytes
+
+
+@dataclass
+class Tensor:
+    """One tensor of a safetensors file, located but not read."""
+
+    file: Path
+    dtype: str
+    shape: list[int]
+    start: int
+    """Absolute byte offset of its data in the file."""
+    nbytes: int
+
+
+def read_header(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file (header only), checked against the file's length."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError
+            header = json.loads(fh.read(n))
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            out[name] = Tensor(path, info["dtype"], list(info["shape"]), 8 + n + begin, end - begin)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{path.name} is not a valid safetensors file; re-download it") from None
+    if any(t.start + t.nbytes > size for t in out.values()):
+        raise UserError(f"{path.name} is truncated; re-download it")
+    return out
+
+
+@dataclass
+class Piece:
+    """An output tensor: the concatenation (along the first dimension) of byte ranges of source tensors."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    parts: list[tuple[Path, int, int]]
+    """(file, absolute offset, length) in order."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(length for _, _, length in self.parts)
+
+
+def write_safetensors(dest: Path, pieces: list[Piece], done: int, total: int, progress: Progress | None) -> int:
+    """Write one safetensors file by streaming each piece's byte ranges; returns the updated byte count."""
+    header, offset = {}, 0
+    for p in pieces:
+        header[p.name] = {"dtype": p.dtype, "shape": p.shape, "data_offsets": [offset, offset + p.nbytes]}
+        offset += p.nbytes
+    header["__metadata__"] = {"format": "pt"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned, as safetensors' own writer does
+    with open(dest, "wb") as out:
+        out.write(len(blob).to_bytes(8, "little"))
+        out.write(blob)
+        for p in pieces:
+            for file, start, length in p.parts:
+                with open(file, "rb") as src:
+                    src.seek(start)
+                    left = length
+                    while left:
+                        chunk = src.read(min(COPY_CHUNK, left))
+                        if not chunk:
+                            raise UserError(f"{file.name} ended early; re-download it")
+                        out.write(chunk)
+                        left -= len(chunk)
+            done += p.nbytes
+            if progress:
+                progress(done, total, p.name)
+        out.flush()
+        os.fsync(out.fileno())
+    return done
+
+
+def source_shards(folder: Path) -> list[Path]:
+    """The safetensors files of a model folder, in index order; .bin folders are refused."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{folder}: {index.name} is broken; re-download the model") from None
+        files = [folder / n for n in dict.fromkeys(sorted(names))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise UserError(f"{folder}: {index.name} lists {len(missing)} missing file(s), first {missing[0]}; "
+                            "the download is incomplete")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
+        raise UserError(f"{folder} only has pickle weights (.bin/.pt); we load safetensors only because pickle files "
+                        "can run code. Download the model's .safetensors files (Qwen-7B-Chat publishes them), or "
+                        "convert the .bin files to safetensors first")
+    raise UserError(f"{folder} has no weights (*.safetensors)")
+
+
+# ------------------------------------------------------------------------------------------------------ the names
+
+
+def _rows(t: Tensor, k: int, n: int) -> tuple[Path, int, int]:
+    """Byte range of the k-th of n equal row blocks of a row-major tensor."""
+    step = t.nbytes // n
+    return (t.file, t.start + k * step, step)
+
+
+def _check(name: str, t: Tensor, shape: list[int], dtype: str) -> None:
+    if t.shape != shape:
+        raise UserError(f"tensor {name} has shape {t.shape}, but config.json implies {shape}; "
+                        "the weights do not match the config")
+    if t.dtype != dtype:
+        raise UserError(f"tensor {name} is {t.dtype} while the embedding is {dtype}; mixed dtypes are not supported")
+
+
+def qwen2_pieces(name: str, t: Tensor, shape: Qwen1Shape, dtype: str) -> list[Piece]:
+    """The Qwen2 tensor(s) one Qwen-1 tensor becomes."""
+    h, m, v = shape.hidden, shape.mlp, shape.vocab
+    whole = [(t.file, t.start, t.nbytes)]
+    if name == "transformer.wte.weight":
+        _check(name, t, [v, h], dtype)
+        return [Piece("model.embed_tokens.weight", dtype, [v, h], whole)]
+    if name == "lm_head.weight":
+        _check(name, t, [v, h], dtype)
+        return [Piece("lm_head.weight", dtype, [v, h], whole)]
+    if name == "transformer.ln_f.weight":
+        _check(name, t, [h], dtype)
+        return [Piece("model.norm.weight", dtype, [h], whole)]
+    match = re.fullmatch(r"transformer\.h\.(\d+)\.(.+)", name)
+    if not match or int(match.group(1)) >= shape.layers:
+        raise UserError(f"tensor {name} is not part of a Qwen-1 model with {shape.layers} layers")
+    layer, rest = f"model.layers.{match.group(1)}.", match.group(2)
+    if rest in ("attn.c_attn.weight", "attn.c_attn.bias"):
+        kind = rest.rsplit(".", 1)[1]
+        full = [3 * h, h] if kind == "weight" else [3 * h]
+        _check(name, t, full, dtype)
+        # c_attn's output is [query | key | value], each hidden wide (Qwen-1 splits it the same way).
+        return [Piece(f"{layer}self_attn.{p}_proj.{kind}", dtype, [h, *full[1:]], [_rows(t, k, 3)])
+                for k, p in enumerate("qkv")]
+    simple = {
+        "ln_1.weight": ("input_layernorm.weight", [h]),
+        "ln_2.weight": ("post_attention_layernorm.weight", [h]),
+        "attn.c_proj.weight": ("self_attn.o_proj.weight", [h, h]),
+        # Qwen-1's MLP is c_proj(w1(x) * silu(w2(x))); Qwen2's is down(silu(gate(x)) * up(x)).
+        "mlp.w1.weight": ("mlp.up_proj.weight", [m, h]),
+        "mlp.w2.weight": ("mlp.gate_proj.weight", [m, h]),
+        "mlp.c_proj.weight": ("mlp.down_proj.weight", [h, m]),
+    }
+    if rest not in simple:
+        raise UserError(f"tensor {name} has no Qwen2 counterpart (a bias where Qwen2 has none?)")
+    target, want = simple[rest]
+    _check(name, t, want, dtype)
+    return [Piece(layer + target, dtype, want, whole)]
+
+
+QWEN1_NAMES = {
+    "model.embed_tokens.weight": "transformer.wte.weight",
+    "model.norm.weight": "transformer.ln_f.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+QWEN1_LAYER_NAMES = {
+    "input_layernorm.weight": "ln_1.weight",
+    "post_attention_layernorm.weight": "ln_2.weight",
+    "self_attn.o_proj.weight": "attn.c_proj.weight",
+    "mlp.up_proj.weight": "mlp.w1.weight",
+    "mlp.gate_proj.weight": "mlp.w2.weight",
+    "mlp.down_proj.weight": "mlp.c_proj.weight",
+}
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizer
+
+
+def build_tokenizer(vocab: Path, seq_length: int):
+    """Qwen2's fast tokenizer from the folder's qwen.tiktoken (the starter's builder, or its cache for the same
+    file), plus Qwen-1's 205 `<|extra_N|>` tokens at their ids."""
+    from transformers import PreTrainedTokenizerFast
+
+    from trainer_core import paths, starter
+
+    cached = paths.CACHE_DIR / starter.TOKENIZER_CACHE_NAME / "tokenizer.json"
+    if cached.exists() and hashlib.sha256(vocab.read_bytes()).hexdigest() == starter.VOCAB_SHA256:
+        tok = PreTrainedTokenizerFast.from_pretrained(cached.parent)
+    else:
+        tok = starter.build_qwen_tokenizer(vocab)
+    extras = [f"<|extra_{i}|>" for i in range(EXTRA_TOKENS)]
+    tok.add_special_tokens({"additional_special_tokens": extras}, replace_additional_special_tokens=False)
+    if tok.convert_tokens_to_ids(extras[0]) != FIRST_EXTRA_ID or len(tok) != FIRST_EXTRA_ID + EXTRA_TOKENS:
+        raise UserError(f"{vocab} does not have Qwen-1's 151,643 ranks; is it Qwen's qwen.tiktoken?")
+    tok.model_max_length = seq_length
+    return tok
+
+
+def generation_config(source: Path):
+    """The folder's sampling settings, stopping on <|im_end|> as well as <|endoftext|> (Qwen-1 stops only on the
+    latter and relies on its chat() to cut at <|im_end|>)."""
+    from transformers import GenerationConfig
+
+    from trainer_core.starter import SPECIAL_TOKENS
+
+    kept = {}
+    try:
+        original = json.loads((source / "generation_config.json").read_text(encoding="utf-8"))
+        for key in ("do_sample", "top_p", "top_k", "temperature", "repetition_penalty", "max_new_tokens"):
+            if isinstance(original.get(key), (int, float)):
+                kept[key] = original[key]
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        pass
+    return GenerationConfig(eos_token_id=[SPECIAL_TOKENS["<|im_end|>"], SPECIAL_TOKENS["<|endoftext|>"]],
+                            pad_token_id=SPECIAL_TOKENS["<|endoftext|>"], **kept)
+
+
+# ------------------------------------------------------------------------------------------------------- import
+
+
+@dataclass
+class ImportResult:
+    """What `import_qwen1` produced."""
+
+    dest: Path
+    """The finished Qwen2 folder."""
+    n_tensors: int
+    """Tensors written (c_attn counts three times)."""
+    nbytes: int
+    """Weight bytes written."""
+    notes: list[str]
+    """What was not carried (long-context scaling), for the user."""
+
+
+def _destination(dest: Path) -> Path:
+    dest = dest.expanduser()
+    if dest.exists():
+        raise UserError(f"{dest} already exists; choose a new folder name or remove it first")
+    if not dest.parent.is_dir():
+        raise UserError(f"{dest.parent} does not exist; create it or choose another destination")
+    return dest
+
+
+def import_qwen1(source: str | Path, dest: str | Path, progress: Progress | None = None) -> ImportResult:
+    """Convert a Qwen-1 folder into a Qwen2 folder at dest (which must not exist yet).
+
+    Written into a hidden temporary folder beside dest and renamed into place when complete.
+    """
+    src = Path(source).expanduser()
+    if not (src / "config.json").is_file():
+        raise UserError(f"{src} has no config.json: point at the downloaded Qwen-7B-Chat folder")
+    if not is_qwen1_dir(src):
+        raise UserError(f"{src} is not a Qwen-1 checkpoint (config.json has no model_type 'qwen' or "
+                        f"{QWEN1_CLASS}); other models load as they are")
+    try:
+        config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{src}: config.json is broken ({e})") from None
+    shape = read_qwen1_config(config)
+    vocab = src / "qwen.tiktoken"
+    if not vocab.is_file():
+        raise UserError(f"{src} has no qwen.tiktoken; the download is incomplete")
+    dest = _destination(Path(dest))
+    tensors: dict[str, Tensor] = {}
+    for f in source_shards(src):
+        tensors.update({name: t for name, t in read_header(f).items() if not SKIPPED.match(name)})
+    if "transformer.wte.weight" not in tensors:
+        raise UserError(f"{src}: the weights have no transformer.wte.weight; is this a Qwen-1 checkpoint?")
+    dtype = tensors["transformer.wte.weight"].dtype
+    if dtype not in DTYPE_NAMES:
+        raise UserError(f"{src}: weights in {dtype} are not supported (bf16, fp16 or fp32)")
+    # One output file per source file, in the same order: memory and disk use follow the source's own sharding.
+    by_file: dict[Path, list[Piece]] = {}
+    for name, t in tensors.items():
+        by_file.setdefault(t.file, []).extend(qwen2_pieces(name, t, shape, dtype))
+    written = {p.name for pieces in by_file.values() for p in pieces}
+    expected = set(QWEN1_NAMES) - ({"lm_head.weight"} if shape.tied else set())
+    expected |= {f"model.layers.{i}.{n}" for i in range(shape.layers)
+                 for n in [*QWEN1_LAYER_NAMES, *(f"self_attn.{p}_proj.{k}" for p in "qkv" for k in ("weight", "bias"))]}
+    missing = sorted(expected - written)
+    if missing:
+        raise UserError(f"{src}: the weights lack {len(missing)} tensor(s) the config implies, first {missing[0]}")
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        total = sum(p.nbytes for pieces in by_file.values() for p in pieces)
+        done, weight_map = 0, {}
+        sharded = len(by_file) > 1
+        for i, (file, pieces) in enumerate(by_file.items(), 1):
+            out_name = f"model-{i:05d}-of-{len(by_file):05d}.safetensors" if sharded else "model.safetensors"
+            done = write_safetensors(tmp / out_name, pieces, done, total, progress)
+            weight_map.update({p.name: out_name for p in pieces})
+        if sharded:
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        qwen2_config(shape, DTYPE_NAMES[dtype]).save_pretrained(tmp)
+        generation_config(src).save_pretrained(tmp)
+        build_tokenizer(vocab, shape.seq_length).save_pretrained(tmp, save_jinja_files=False)
+        marker = {"source": str(src.resolve()), "source_format": "qwen1", "seq_length": shape.seq_length,
+                  "dtype": DTYPE_NAMES[dtype], "not_carried": shape.notes}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ImportResult(dest=dest, n_tensors=len(written), nbytes=total, notes=shape.notes)
