@@ -456,6 +456,8 @@ def import_qwen1(source: str | Path, dest: str | Path, progress: Progress | None
         if sharded:
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        if progress:
+            progress(done, total, "config, tokenizer and chat template")
         qwen2_config(shape, DTYPE_NAMES[dtype]).save_pretrained(tmp)
         generation_config(src).save_pretrained(tmp)
         build_tokenizer(vocab, shape.seq_length).save_pretrained(tmp, save_jinja_files=False)
@@ -468,3 +470,21 @@ def import_qwen1(source: str | Path, dest: str | Path, progress: Progress | None
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ImportResult(dest=dest, n_tensors=len(written), nbytes=total, notes=shape.notes)
+
+
+def lint_imported_length(model_path: str | Path, max_length: int) -> list:
+    """A warning when data.max_length goes past an imported Qwen-1's seq_length: Qwen-1 stretched its context past
+    that length with dynamic NTK and logn scaling, which the Qwen2 folder does not carry."""
+    from trainer_core.ds_config import Lint
+
+    try:
+        marker = json.loads((Path(model_path) / MARKER).read_text(encoding="utf-8"))
+        seq_length = int(marker["seq_length"])
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+        return []
+    if max_length <= seq_length:
+        return []
+    return [Lint("warning", "qwen1-seq-length",
+                 f"data.max_length {max_length} is past this imported Qwen-1 model's seq_length {seq_length}; its "
+                 "long-context scaling (dynamic NTK, logn) was not carried, so positions beyond it are untrained "
+                 f"territory: keep data.max_length at or below {seq_length}")]

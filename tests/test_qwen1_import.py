@@ -1,0 +1,296 @@
+"""Qwen-1 (Qwen-7B-Chat) import: .venv/bin/python -m pytest tests/test_qwen1_import.py -q
+
+The input is ../shared/fixtures/qwen1-tiny, a Qwen-7B-Chat-format folder (Qwen's own code, qwen.tiktoken, random bf16
+weights) with reference.json made by Qwen's own modeling code under transformers 4.37.2. It is third-party test
+input, read in place and never copied into the project.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import ROOT, cli
+from trainer_core.chat_format import encode_conversations, prompt_ids
+from trainer_core.errors import UserError
+from trainer_core.models import check_model_dir
+from trainer_core.qwen1_import import MARKER, import_qwen1, is_qwen1_dir, lint_imported_length
+
+FIXTURE = ROOT.parent / "shared" / "fixtures" / "qwen1-tiny"
+pytestmark = pytest.mark.skipif(not (FIXTURE / "reference.json").is_file(),
+                                reason=f"the Qwen-1 fixture is not here ({FIXTURE}); it lives in ../shared")
+PERSONA = "现在你要扮演皇帝身边的女人--甄嬛"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return json.loads((FIXTURE / "reference.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    return import_qwen1(FIXTURE, tmp_path_factory.mktemp("imp") / "qwen1-tiny").dest
+
+
+def fixture_copy(tmp_path: Path, name: str = "src") -> Path:
+    """A private copy of the fixture to alter (weights, config, code) in one test."""
+    return Path(shutil.copytree(FIXTURE, tmp_path / name))
+
+
+def qwen1_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            out.update({k: st.get_tensor(k) for k in st.keys()})
+    return out
+
+
+def test_the_fixture_is_recognised_and_plain_models_are_not(imported, starter_model):
+    assert is_qwen1_dir(FIXTURE)
+    assert not is_qwen1_dir(imported) and not is_qwen1_dir(starter_model)
+
+
+def test_imported_fixture_reproduces_qwens_own_code_without_remote_code(imported, reference):
+    config = json.loads((imported / "config.json").read_text())
+    assert config["model_type"] == "qwen2" and "auto_map" not in config and config["dtype"] == "bfloat16"
+    assert not list(imported.glob("*.py")), "no Python travels into the imported folder"
+    tok = AutoTokenizer.from_pretrained(imported, trust_remote_code=False, fix_mistral_regex=False)
+    model = AutoModelForCausalLM.from_pretrained(imported, trust_remote_code=False, use_safetensors=True,
+                                                 dtype=torch.float32)
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    worst = 0.0
+    for k, text in enumerate(reference["texts"]):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert ids == reference["ids"][k], f"text {k}: token ids differ from QWenTokenizer's"
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0]
+        lse = torch.logsumexp(logits, dim=-1)
+        at_ids = logits[torch.arange(len(ids)), torch.tensor(ids)]
+        for ours, theirs in ((lse, reference["logsumexp"][k]), (at_ids, reference["logits_at_ids"][k])):
+            diff = (ours - torch.tensor(theirs)).abs().max().item()
+            worst = max(worst, diff)
+            assert diff < 1e-3, f"text {k}: logits differ by {diff}"
+        assert logits.argmax(dim=-1).tolist() == reference["argmax"][k], f"text {k}: argmax differs"
+    print(f"largest difference from Qwen's own code: {worst:.2e}")
+
+
+def test_tokenizer_keeps_qwen1_special_ids_and_generation_stops_on_im_end(imported):
+    tok = AutoTokenizer.from_pretrained(imported, fix_mistral_regex=False)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|extra_0|>",
+                                                      "<|extra_204|>")}
+    assert ids == {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|extra_0|>": 151646,
+                   "<|extra_204|>": 151850}
+    assert tok("a<|extra_7|>b", add_special_tokens=False)["input_ids"] == [64, 151653, 65]
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>" and tok.model_max_length == 2048
+    gen = json.loads((imported / "generation_config.json").read_text())
+    assert set(gen["eos_token_id"]) == {151643, 151645} and gen["top_p"] == 0.8  # sampling kept from the source
+
+
+def test_chat_template_renders_the_tutorials_chatml(imported, reference):
+    tok = AutoTokenizer.from_pretrained(imported, fix_mistral_regex=False)
+    # reference text 0 is what the tutorial's model.chat(tokenizer, "你是谁？", system=persona) feeds Qwen-1
+    # (make_context's ChatML); its ids came from QWenTokenizer.
+    assert prompt_ids(tok, [{"role": "user", "content": "你是谁？"}], PERSONA) == reference["ids"][0]
+    # Reference text 4 is one whole trained turn in ChatML.
+    turn = [{"role": "user", "content": "小主，该歇息了"}, {"role": "assistant", "content": "嗯，知道了。"}]
+    encoded = encode_conversations(tok, [turn], persona="", max_length=512)[0]
+    assert encoded.input_ids == reference["ids"][4]
+    # The tutorial's process_func builds the same text by hand, except that its .strip() drops the newline after
+    # the user's <|im_end|>; with that newline our ids are its ids, and only the answer and <|im_end|> train.
+    example = {"instruction": "你是谁？", "input": "", "output": "家父是大理寺少卿甄远道。"}
+    instruction = tok("\n".join(["<|im_start|>system", PERSONA + "<|im_end|>" + "\n<|im_start|>user\n"
+                                 + example["instruction"] + example["input"] + "<|im_end|>\n"]).strip(),
+                      add_special_tokens=False)["input_ids"]
+    response = tok("<|im_start|>assistant\n" + example["output"] + "<|im_end|>\n", add_special_tokens=False)
+    conversation = [{"role": "user", "content": example["instruction"]},
+                    {"role": "assistant", "content": example["output"]}]
+    ours = encode_conversations(tok, [conversation], persona=PERSONA, max_length=512)[0]
+    assert ours.input_ids == instruction + tok("\n", add_special_tokens=False)["input_ids"] + response["input_ids"]
+    answer = tok(example["output"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert [x for x in ours.labels if x != -100] == answer
+
+
+def test_import_never_runs_the_folders_python(tmp_path):
+    src = fixture_copy(tmp_path)
+    sentinel = tmp_path / "code-ran"
+    for py in src.glob("*.py"):
+        py.write_text(f"open({str(sentinel)!r}, 'w').close()\n")
+    dest = import_qwen1(src, tmp_path / "out").dest
+    AutoModelForCausalLM.from_pretrained(dest, trust_remote_code=False, use_safetensors=True)
+    AutoTokenizer.from_pretrained(dest, trust_remote_code=False, fix_mistral_regex=False)
+    assert not sentinel.exists()
+
+
+def test_sharded_input_gives_sharded_output_with_the_same_tensors(tmp_path, imported):
+    """The fixture re-saved as 4 shards with an index, as real downloads come."""
+    tensors = qwen1_tensors(FIXTURE)
+    src = tmp_path / "sharded"
+    src.mkdir()
+    for f in FIXTURE.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, src / f.name)
+    names = sorted(tensors)
+    groups = [names[i::4] for i in range(4)]
+    weight_map = {}
+    for i, group in enumerate(groups, 1):
+        file = f"model-{i:05d}-of-00004.safetensors"
+        save_file({n: tensors[n] for n in group}, str(src / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(group, file))
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    dest = import_qwen1(src, tmp_path / "out").dest
+    assert len(list(dest.glob("model-0000?-of-00004.safetensors"))) == 4
+    index = json.loads((dest / "model.safetensors.index.json").read_text())
+    assert all((dest / f).is_file() for f in index["weight_map"].values())
+    check_model_dir(dest)  # our own loader's checks pass: index complete, no file truncated
+    single, sharded = qwen1_tensors(imported), qwen1_tensors(dest)
+    assert sorted(single) == sorted(sharded) == sorted(index["weight_map"])
+    assert all(torch.equal(single[n], sharded[n]) and sharded[n].dtype == torch.bfloat16 for n in single)
+
+
+def test_weights_are_split_and_renamed_bit_for_bit(imported):
+    src, ours = qwen1_tensors(FIXTURE), qwen1_tensors(imported)
+    c_attn = src["transformer.h.1.attn.c_attn.weight"]
+    q, k, v = (ours[f"model.layers.1.self_attn.{p}_proj.weight"] for p in "qkv")
+    assert torch.equal(torch.cat([q, k, v]), c_attn)
+    assert torch.equal(ours["model.layers.0.mlp.gate_proj.weight"], src["transformer.h.0.mlp.w2.weight"])
+    assert torch.equal(ours["lm_head.weight"], src["lm_head.weight"])
+    assert sum(t.numel() for t in ours.values()) == sum(t.numel() for t in src.values())
+
+
+@pytest.mark.parametrize("field, value", [("rotary_pct", 0.5), ("kv_channels", 16), ("no_bias", False),
+                                          ("ffn_hidden_size", 183), ("pos_emb", "alibi")])
+def test_unrepresentable_configs_are_refused_naming_the_field(tmp_path, field, value):
+    src = fixture_copy(tmp_path)
+    config = json.loads((src / "config.json").read_text())
+    config[field] = value
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=field):
+        import_qwen1(src, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == [src], "nothing half-written beside the destination"
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
+    src = fixture_copy(tmp_path)
+    config = json.loads((src / "config.json").read_text())
+    config["num_hidden_layers"] = 3
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="model.layers.2"):
+        import_qwen1(src, tmp_path / "out")
+
+
+def test_cli_imports_with_progress_and_refuses_bad_input_in_one_line(tmp_path):
+    dest = tmp_path / "qwen-7b-chat"
+    proc = cli("import-model", str(FIXTURE), str(dest), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(dest)
+    assert "[import] 100%" in proc.stderr and "use_dynamic_ntk" in proc.stderr
+    check_model_dir(dest)  # loads as any model: no auto_map, so no remote-code opt-in asked
+
+    again = cli("import-model", str(FIXTURE), str(dest))
+    pickle_only = fixture_copy(tmp_path, "bin-only")
+    (pickle_only / "model.safetensors").rename(pickle_only / "pytorch_model.bin")
+    not_qwen1 = cli("import-model", str(dest), str(tmp_path / "x"))
+    for proc, needle in ((again, "already exists"), (cli("import-model", str(pickle_only), str(tmp_path / "y")),
+                                                     "pickle"), (not_qwen1, "not a Qwen-1 checkpoint")):
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin-only", "qwen-7b-chat"]
+
+
+def test_training_on_the_raw_qwen1_folder_points_at_the_import(tmp_path):
+    with pytest.raises(UserError, match="import-model"):
+        check_model_dir(FIXTURE)
+
+
+def test_max_length_past_seq_length_is_flagged(imported):
+    assert lint_imported_length(imported, 2048) == []
+    [lint] = lint_imported_length(imported, 4096)
+    assert lint.level == "warning" and "seq_length 2048" in lint.message
+    assert json.loads((imported / MARKER).read_text())["source"] == str(FIXTURE.resolve())
+
+
+MEMORY_PROBE = """
+import json, sys
+from pathlib import Path
+from trainer_core import qwen1_import
+
+def rss(field):
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) * 1024
+
+Path('/proc/self/clear_refs').write_text('5')  # reset the peak (VmHWM) to the current RSS
+base, peak = rss('VmRSS'), []
+def progress(done, total, name):
+    if done == total and not peak:  # the weights are written; the tokenizer build that follows is not measured
+        peak.append(rss('VmHWM'))
+qwen1_import.import_qwen1(sys.argv[1], sys.argv[2], progress=progress)
+print(json.dumps({'base': base, 'peak': peak[0]}))
+"""
+
+
+@pytest.mark.slow
+def test_import_peak_memory_stays_within_one_shard(tmp_path):
+    """A wider Qwen-1 (hidden 256: each embedding 78 MB) in 4 shards; a converter that loaded the model, or even
+    two shards, would grow by more than the largest shard."""
+    config = json.loads((FIXTURE / "config.json").read_text())
+    h, m, layers, vocab = 256, 688, 4, config["padded_vocab_size"]
+    config.update(hidden_size=h, n_embd=h, kv_channels=h // 4, ffn_hidden_size=2 * m, num_hidden_layers=layers,
+                  n_layer=layers)
+    src = tmp_path / "wide"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(config))
+    shutil.copy(FIXTURE / "qwen.tiktoken", src / "qwen.tiktoken")
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(torch.bfloat16)
+
+    shards = [{"transformer.wte.weight": rand(vocab, h)}, {}, {}, {"lm_head.weight": rand(vocab, h)}]
+    for i in range(layers):
+        shards[1 + i // 2].update({f"transformer.h.{i}.attn.c_attn.weight": rand(3 * h, h),
+                                   f"transformer.h.{i}.attn.c_attn.bias": rand(3 * h),
+                                   f"transformer.h.{i}.attn.c_proj.weight": rand(h, h),
+                                   f"transformer.h.{i}.ln_1.weight": rand(h), f"transformer.h.{i}.ln_2.weight": rand(h),
+                                   f"transformer.h.{i}.mlp.w1.weight": rand(m, h),
+                                   f"transformer.h.{i}.mlp.w2.weight": rand(m, h),
+                                   f"transformer.h.{i}.mlp.c_proj.weight": rand(h, m)})
+    shards[2]["transformer.ln_f.weight"] = rand(h)
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        file = f"model-{i:05d}-of-00004.safetensors"
+        save_file(shard, str(src / file))
+        weight_map.update(dict.fromkeys(shard, file))
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    del shards
+    sizes = [f.stat().st_size for f in src.glob("*.safetensors")]
+    largest, total = max(sizes), sum(sizes)
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(src), str(tmp_path / "out")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    growth = figures["peak"] - figures["base"]
+    mib = 1024**2
+    print(f"input {total / mib:.0f} MiB in 4 shards, largest {largest / mib:.0f} MiB; "
+          f"peak RSS growth while converting {growth / mib:.1f} MiB")
+    assert total > 2 * largest
+    assert growth < largest, "the converter held more than one shard's worth of weights"
+    out = qwen1_tensors(tmp_path / "out")
+    assert torch.equal(out["model.embed_tokens.weight"][:3], load_rows(src, "transformer.wte.weight", 3))
+
+
+def load_rows(folder: Path, name: str, n: int) -> torch.Tensor:
+    for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            if name in st.keys():
+                return st.get_slice(name)[:n]
+    raise KeyError(name)
