@@ -6,6 +6,7 @@ input, read in place and never copied into the project.
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -19,10 +20,12 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, cli
+from trainer_core import run_dir as rd
 from trainer_core.chat_format import encode_conversations, prompt_ids
 from trainer_core.errors import UserError
 from trainer_core.models import check_model_dir
 from trainer_core.qwen1_import import MARKER, import_qwen1, is_qwen1_dir, lint_imported_length
+from trainer_core.tailing import read_all_rows
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "qwen1-tiny"
 pytestmark = pytest.mark.skipif(not (FIXTURE / "reference.json").is_file(),
@@ -294,3 +297,54 @@ def load_rows(folder: Path, name: str, n: int) -> torch.Tensor:
             if name in st.keys():
                 return st.get_slice(name)[:n]
     raise KeyError(name)
+
+
+# ------------------------------------------------------------------ the imported model through the normal path (slow)
+
+QUICKSTART = "configs/quickstart.yaml"
+
+
+def trained_run(imported: Path, **sets) -> Path:
+    args = []
+    for k, v in {"model.path": imported, "train.epochs": 1, "data.eval_ratio": 0, "train.logging_steps": 1,
+                 **sets}.items():
+        args += ["--set", f"{k}={v}"]
+    proc = cli("train", QUICKSTART, *args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = Path(proc.stdout.strip().splitlines()[-1])
+    assert rd.read_status(run)["state"] == "completed"
+    return run
+
+
+@pytest.mark.slow
+def test_imported_model_trains_zero2_offload_chats_and_exports(runs_root, imported):
+    run = trained_run(imported, **{"train.max_steps": 3, "train.save_steps": 3, "deepspeed.stage": 2,
+                                   "deepspeed.offload_optimizer": "cpu", "name": "qwen1-z2"})
+    rows = [r for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in rows)
+    final = run / rd.FINAL
+    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=False, use_safetensors=True)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and not model.config.tie_word_embeddings
+    base = qwen1_tensors(FIXTURE)["lm_head.weight"].float()
+    assert not torch.equal(model.state_dict()["lm_head.weight"], base), "final/ holds the untrained weights"
+    tok = AutoTokenizer.from_pretrained(final, fix_mistral_regex=False)
+    assert tok.convert_tokens_to_ids("<|extra_0|>") == 151646 and tok.chat_template
+
+    reply = cli("chat", str(run), "--prompt", "你是谁", "--max-new-tokens", "8", "--seed", "0", check=True)
+    assert reply.stdout.strip(), "chat printed no reply"
+    out = Path(cli("export", str(run), check=True).stdout.strip().splitlines()[-1])
+    exported = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).state_dict()
+    saved = qwen1_tensors(rd.complete_checkpoints(run)[-1])
+    assert torch.allclose(exported["lm_head.weight"], saved["lm_head.weight"].float())
+
+
+@pytest.mark.slow
+def test_imported_model_trains_on_two_ranks_zero3(runs_root, imported):
+    run = trained_run(imported, **{"train.max_steps": 2, "train.save_steps": 2, "deepspeed.stage": 3,
+                                   "deepspeed.offload_optimizer": "none", "placement.num_ranks": 2,
+                                   "name": "qwen1-z3"})
+    assert rd.read_status(run)["world_size"] == 2
+    state = AutoModelForCausalLM.from_pretrained(run / rd.FINAL, use_safetensors=True).state_dict()
+    # ZeRO-3 gathered the real weights on save, the untied lm_head included.
+    assert state["model.embed_tokens.weight"].shape == state["lm_head.weight"].shape == (151936, 32)
+    assert not torch.equal(state["model.embed_tokens.weight"], state["lm_head.weight"])
