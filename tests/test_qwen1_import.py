@@ -348,3 +348,39 @@ def test_imported_model_trains_on_two_ranks_zero3(runs_root, imported):
     # ZeRO-3 gathered the real weights on save, the untied lm_head included.
     assert state["model.embed_tokens.weight"].shape == state["lm_head.weight"].shape == (151936, 32)
     assert not torch.equal(state["model.embed_tokens.weight"], state["lm_head.weight"])
+
+
+# ------------------------------------------------------------------ the Train page (AppTest)
+
+from app.i18n import ZH  # noqa: E402
+from test_app_pages import app, goto, texts, uploads, warm_server  # noqa: E402,F401  (page fixtures)
+from trainer_core import paths  # noqa: E402
+
+
+def test_train_page_offers_the_import_instead_of_the_remote_code_box(app, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setattr(paths, "MODELS_DIR", models)  # the converted folder lands here, not in the real models/
+    goto(app, "pages/train.py")
+    assert app.checkbox(key="p.f.model.trust_remote_code") is not None
+    app.selectbox(key="p.f.model.choice").set_value("__other__").run()
+    app.text_input(key="p.f.model.path").set_value(str(FIXTURE)).run()
+    assert not app.exception
+    assert "p.f.model.trust_remote_code" not in [c.key for c in app.checkbox]
+    assert ZH["qwen1.offer"] in texts(app, "info")
+    assert any("import-model" in e for e in texts(app, "error")), "the raw folder cannot be launched"
+
+    app.text_input(key="train.qwen1_dest").set_value("../escape").run()
+    app.button(key="train.qwen1_import").click().run()
+    assert ZH["qwen1.bad_name"].format(name="../escape") in texts(app, "error")
+    assert not list(models.iterdir()) and not (tmp_path / "escape").exists()
+
+    app.text_input(key="train.qwen1_dest").set_value("qwen-7b-chat").run()
+    app.button(key="train.qwen1_import").click().run()
+    assert not app.exception
+    dest = models / "qwen-7b-chat"
+    assert json.loads((dest / "config.json").read_text())["model_type"] == "qwen2"
+    assert app.selectbox(key="p.f.model.choice").value == str(dest.resolve()), "the new folder is selected"
+    assert ZH["qwen1.done"].format(dest=dest) in texts(app, "success")
+    assert app.checkbox(key="p.f.model.trust_remote_code").value is False
+    assert not any("import-model" in e for e in texts(app, "error")) and ZH["plan.fits"] in texts(app, "success")
