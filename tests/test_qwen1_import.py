@@ -24,7 +24,8 @@ from trainer_core import run_dir as rd
 from trainer_core.chat_format import encode_conversations, prompt_ids
 from trainer_core.errors import UserError
 from trainer_core.models import check_model_dir
-from trainer_core.qwen1_import import MARKER, import_qwen1, is_qwen1_dir, lint_imported_length
+from trainer_core.qwen1_import import (MARKER, export_qwen1, import_qwen1, imported_from, is_qwen1_dir,
+                                      lint_imported_length)
 from trainer_core.tailing import read_all_rows
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "qwen1-tiny"
@@ -220,6 +221,39 @@ def test_max_length_past_seq_length_is_flagged(imported):
     assert json.loads((imported / MARKER).read_text())["source"] == str(FIXTURE.resolve())
 
 
+def test_round_trip_qwen1_to_qwen2_to_qwen1_gives_back_identical_tensors(tmp_path, imported):
+    back = export_qwen1(imported, FIXTURE, tmp_path / "back")
+    original, returned = qwen1_tensors(FIXTURE), qwen1_tensors(back)
+    assert sorted(original) == sorted(returned)
+    assert all(torch.equal(original[n], returned[n]) and returned[n].dtype == original[n].dtype for n in original)
+    for name in ("config.json", "modeling_qwen.py", "tokenization_qwen.py", "qwen.tiktoken", "generation_config.json"):
+        assert (back / name).read_bytes() == (FIXTURE / name).read_bytes(), name
+    assert [f.name for f in tmp_path.iterdir()] == ["back"], "no temporary folder left"
+
+
+def test_fine_tuned_fp32_weights_go_back_in_the_originals_dtype(tmp_path, imported):
+    """What `export` consolidates is fp32: it is cast back to the original's bf16, one tensor at a time."""
+    fp32 = tmp_path / "fp32"
+    fp32.mkdir()
+    state = {n: t.float() for n, t in qwen1_tensors(imported).items()}
+    state["model.layers.0.self_attn.k_proj.bias"] += 1.0  # a "trained" change that must land in c_attn's middle third
+    save_file(state, str(fp32 / "model.safetensors"))
+    back = qwen1_tensors(export_qwen1(fp32, FIXTURE, tmp_path / "back"))
+    original = qwen1_tensors(FIXTURE)
+    assert all(t.dtype == torch.bfloat16 for t in back.values())
+    h = 32
+    bias = back["transformer.h.0.attn.c_attn.bias"]
+    expected = original["transformer.h.0.attn.c_attn.bias"].float()
+    expected[h:2 * h] += 1.0
+    assert torch.equal(bias, expected.to(torch.bfloat16))
+    assert torch.equal(back["transformer.h.1.mlp.w2.weight"], original["transformer.h.1.mlp.w2.weight"])
+
+
+def test_qwen1_export_is_refused_for_models_that_were_not_imported(starter_model):
+    with pytest.raises(UserError, match="not imported from a Qwen-1"):
+        imported_from(starter_model)
+
+
 MEMORY_PROBE = """
 import json, sys
 from pathlib import Path
@@ -332,10 +366,17 @@ def test_imported_model_trains_zero2_offload_chats_and_exports(runs_root, import
 
     reply = cli("chat", str(run), "--prompt", "你是谁", "--max-new-tokens", "8", "--seed", "0", check=True)
     assert reply.stdout.strip(), "chat printed no reply"
-    out = Path(cli("export", str(run), check=True).stdout.strip().splitlines()[-1])
-    exported = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).state_dict()
+    out = Path(cli("export", str(run), "--format", "qwen1", check=True).stdout.strip().splitlines()[-1])
+    assert out.name == "checkpoint-3-qwen1"
+    exported = AutoModelForCausalLM.from_pretrained(out.with_name("checkpoint-3"), use_safetensors=True).state_dict()
     saved = qwen1_tensors(rd.complete_checkpoints(run)[-1])
     assert torch.allclose(exported["lm_head.weight"], saved["lm_head.weight"].float())
+    # The Qwen-1 copy: the tutorial's own names, dtype and code files, holding the fine-tuned weights.
+    qwen1 = qwen1_tensors(out)
+    assert sorted(qwen1) == sorted(qwen1_tensors(FIXTURE)) and (out / "modeling_qwen.py").is_file()
+    assert torch.equal(qwen1["lm_head.weight"], exported["lm_head.weight"].to(torch.bfloat16))
+    q, k, v = (exported[f"model.layers.1.self_attn.{p}_proj.weight"] for p in "qkv")
+    assert torch.equal(qwen1["transformer.h.1.attn.c_attn.weight"], torch.cat([q, k, v]).to(torch.bfloat16))
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@
     python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--detach]
     python -m trainer_core runs [--json] | logs RUN [-n N] [--follow]
     python -m trainer_core chat MODEL_OR_RUN --prompt TEXT [--persona TEXT] [--max-new-tokens N]
-    python -m trainer_core export RUN [--checkpoint STEP]
+    python -m trainer_core export RUN [--checkpoint STEP] [--format qwen1]
     python -m trainer_core import-model SRC DEST          (Qwen-1 / Qwen-7B-Chat folder -> native Qwen2 folder)
     python -m trainer_core join RUN --node-rank N         (other nodes of a no_ssh multi-node run)
 
@@ -310,7 +310,17 @@ def cmd_join(args) -> int:
 def cmd_export(args) -> int:
     from trainer_core.export import export_checkpoint
 
-    emit(export_checkpoint(_run(args.run), args.checkpoint))
+    run = _run(args.run)
+    if args.format == "qwen1":  # checked before the consolidation, which can take minutes
+        from trainer_core import run_dir as rd
+        from trainer_core.config import load_config
+        from trainer_core.qwen1_import import export_qwen1, imported_from
+
+        original = imported_from(load_config(run / rd.CONFIG).model.path)
+    out = export_checkpoint(run, args.checkpoint)
+    if args.format == "qwen1":
+        out = export_qwen1(out, original, out.with_name(f"{out.name}-qwen1"))
+    emit(out)
     return 0
 
 
@@ -411,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="consolidate a ZeRO checkpoint to safetensors")
     s.add_argument("run")
     s.add_argument("--checkpoint", type=int, default=None)
+    s.add_argument("--format", choices=("hf", "qwen1"), default="hf",
+                   help="qwen1: also write the weights back in Qwen-1 names next to the original folder's code, "
+                        "for runs of a model brought in with import-model")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("import-model", help="convert a Qwen-1 (Qwen-7B-Chat) folder into a native Qwen2 folder")

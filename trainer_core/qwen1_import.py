@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -203,9 +204,13 @@ class Piece:
     shape: list[int]
     parts: list[tuple[Path, int, int]]
     """(file, absolute offset, length) in order."""
+    cast: Callable[[], bytes] | None = None
+    """Set when the dtype changes: produces the converted bytes (one tensor in memory), replacing `parts`."""
 
     @property
     def nbytes(self) -> int:
+        if self.cast:
+            return ELEMENT_BYTES[self.dtype] * math.prod(self.shape)
         return sum(length for _, _, length in self.parts)
 
 
@@ -222,7 +227,9 @@ def write_safetensors(dest: Path, pieces: list[Piece], done: int, total: int, pr
         out.write(len(blob).to_bytes(8, "little"))
         out.write(blob)
         for p in pieces:
-            for file, start, length in p.parts:
+            if p.cast:
+                out.write(p.cast())
+            for file, start, length in [] if p.cast else p.parts:
                 with open(file, "rb") as src:
                     src.seek(start)
                     left = length
@@ -488,3 +495,130 @@ def lint_imported_length(model_path: str | Path, max_length: int) -> list:
                  f"data.max_length {max_length} is past this imported Qwen-1 model's seq_length {seq_length}; its "
                  "long-context scaling (dynamic NTK, logn) was not carried, so positions beyond it are untrained "
                  f"territory: keep data.max_length at or below {seq_length}")]
+
+
+# -------------------------------------------------------------------------------------------------------- export
+
+
+def _cast(parts: list[tuple[Path, int, int]], source_dtype: str, shape: list[int], dtype: str) -> Callable[[], bytes]:
+    def run() -> bytes:
+        import torch
+
+        names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+        raw = bytearray()
+        for file, start, length in parts:
+            with open(file, "rb") as fh:
+                fh.seek(start)
+                raw += fh.read(length)
+        tensor = torch.frombuffer(raw, dtype=names[source_dtype]).reshape(shape).to(names[dtype])
+        return tensor.contiguous().view(torch.uint8).numpy().tobytes()
+
+    return run
+
+
+def qwen1_pieces(tensors: dict[str, Tensor], shape: Qwen1Shape, dtype: str) -> list[Piece]:
+    """The Qwen-1 tensors, in Qwen-1 names and the given dtype, built from a Qwen2 folder's tensors."""
+
+    def get(name: str, want: list[int]) -> Tensor:
+        if name not in tensors:
+            raise UserError(f"the fine-tuned weights lack {name}; they do not come from this Qwen-1 model")
+        if tensors[name].shape != want:
+            raise UserError(f"tensor {name} has shape {tensors[name].shape}, the original Qwen-1 config implies "
+                            f"{want}; the run was not trained from this model")
+        return tensors[name]
+
+    def piece(name: str, sources: list[Tensor], out_shape: list[int]) -> Piece:
+        parts = [(t.file, t.start, t.nbytes) for t in sources]
+        kinds = {t.dtype for t in sources}
+        if kinds == {dtype}:
+            return Piece(name, dtype, out_shape, parts)
+        if len(kinds) != 1 or not kinds <= set(DTYPE_NAMES):
+            raise UserError(f"tensor {name}: unsupported dtypes {sorted(kinds)}")
+        return Piece(name, dtype, out_shape, parts, cast=_cast(parts, kinds.pop(), out_shape, dtype))
+
+    h, m, v = shape.hidden, shape.mlp, shape.vocab
+    top = {"model.embed_tokens.weight": [v, h], "model.norm.weight": [h]}
+    if not shape.tied:
+        top["lm_head.weight"] = [v, h]
+    out = [piece(QWEN1_NAMES[n], [get(n, want)], want) for n, want in top.items()]
+    sizes = {"input_layernorm.weight": [h], "post_attention_layernorm.weight": [h], "self_attn.o_proj.weight": [h, h],
+             "mlp.up_proj.weight": [m, h], "mlp.gate_proj.weight": [m, h], "mlp.down_proj.weight": [h, m]}
+    for i in range(shape.layers):
+        layer = f"model.layers.{i}."
+        for kind, row in (("weight", [h]), ("bias", [])):
+            qkv = [get(f"{layer}self_attn.{p}_proj.{kind}", [h, *row]) for p in "qkv"]
+            out.append(piece(f"transformer.h.{i}.attn.c_attn.{kind}", qkv, [3 * h, *row]))
+        for name, want in sizes.items():
+            out.append(piece(f"transformer.h.{i}.{QWEN1_LAYER_NAMES[name]}", [get(layer + name, want)], want))
+    return out
+
+
+def export_qwen1(qwen2_dir: str | Path, original: str | Path, dest: str | Path,
+                 progress: Progress | None = None) -> Path:
+    """Write qwen2_dir's weights back in Qwen-1 names and the original's dtype into dest, next to copies of the
+    original folder's own files (config, Python, qwen.tiktoken), so Qwen's own code loads the result.
+
+    dest is replaced as a whole: written beside it and renamed into place.
+    """
+    qwen2_dir, original, dest = Path(qwen2_dir), Path(original), Path(dest)
+    if not is_qwen1_dir(original):
+        raise UserError(f"{original} is not a Qwen-1 checkpoint (any more); export --format qwen1 needs the folder "
+                        "the model was imported from")
+    shape = read_qwen1_config(json.loads((original / "config.json").read_text(encoding="utf-8")))
+    originals = {}
+    for f in source_shards(original):
+        originals.update(read_header(f))
+    dtype = originals["transformer.wte.weight"].dtype if "transformer.wte.weight" in originals else "BF16"
+    tensors: dict[str, Tensor] = {}
+    for f in source_shards(qwen2_dir):
+        tensors.update(read_header(f))
+    pieces = qwen1_pieces(tensors, shape, dtype)
+    files = list(dict.fromkeys(t.file for t in tensors.values()))
+    by_file: dict[Path, list[Piece]] = {f: [] for f in files}
+    for p in pieces:  # each tensor goes where (the first of) its sources lies: the sharding follows the input's
+        by_file[p.parts[0][0]].append(p)
+    by_file = {f: ps for f, ps in by_file.items() if ps}
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        weights = {"model.safetensors.index.json"} | {f.name for f in original.glob("*.safetensors")}
+        for f in original.iterdir():
+            pickles = f.suffix in (".bin", ".pt", ".pth")
+            if f.is_file() and f.name not in weights and not pickles:
+                shutil.copy2(f, tmp / f.name)
+        total = sum(p.nbytes for p in pieces)
+        done, weight_map = 0, {}
+        sharded = len(by_file) > 1
+        for i, ps in enumerate(by_file.values(), 1):
+            name = f"model-{i:05d}-of-{len(by_file):05d}.safetensors" if sharded else "model.safetensors"
+            done = write_safetensors(tmp / name, ps, done, total, progress)
+            weight_map.update({p.name: name for p in ps})
+        if sharded:
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        tmp.chmod(0o755)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.rename(dest, old)
+            os.rename(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def imported_from(model_dir: str | Path) -> Path:
+    """The original Qwen-1 folder an imported model came from (its marker file), or a UserError saying why not."""
+    try:
+        marker = json.loads((Path(model_dir) / MARKER).read_text(encoding="utf-8"))
+        source = Path(marker["source"])
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise UserError(f"model {model_dir} was not imported from a Qwen-1 checkpoint (no {MARKER}); "
+                        "--format qwen1 is for runs of models brought in with import-model") from None
+    if not source.is_dir():
+        raise UserError(f"{source}, the Qwen-1 folder model {model_dir} was imported from, is gone; "
+                        "--format qwen1 copies its code and tokenizer files")
+    return source
