@@ -615,7 +615,8 @@ EN.update({
     "qwen1.button": "Convert to Qwen2 and use it",
     "qwen1.progress": "Converting the weights… {percent}%",
     "qwen1.done": "Converted to a Qwen2 model and selected: {dest}",
-    "qwen1.bad_name": "Model name \"{name}\" is not valid: letters, digits and ._- only, starting with a letter or digit.",
+    "qwen1.bad_name": "Model name \"{name}\" is not valid: letters, digits and ._- only, starting with a letter "
+                      "or digit.",
 })
 
 LABELS = {"zh": ZH, "en": EN}

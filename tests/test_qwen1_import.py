@@ -104,7 +104,8 @@ def test_chat_template_renders_the_tutorials_chatml(imported, reference):
     # (make_context's ChatML); its ids came from QWenTokenizer.
     assert prompt_ids(tok, [{"role": "user", "content": "你是谁？"}], PERSONA) == reference["ids"][0]
     # Reference text 4 is one whole trained turn in ChatML.
-    turn = [{"role": "user", "content": "小主，该歇息了"}, {"role": "assistant", "content": "嗯，知道了。"}]
+    turn = [{"role": "user", "content": "小主，该歇息了"},
+            {"role": "assistant", "content": "嗯，知道了。"}]
     encoded = encode_conversations(tok, [turn], persona="", max_length=512)[0]
     assert encoded.input_ids == reference["ids"][4]
     # The tutorial's process_func builds the same text by hand, except that its .strip() drops the newline after

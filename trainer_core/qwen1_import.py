@@ -187,7 +187,10 @@ def read_header(path: Path) -> dict[str, Tensor]:
             if name == "__metadata__":
                 continue
             begin, end = info["data_offsets"]
-            out[name] = Tensor(path, info["dtype"], list(info["shape"]), 8 + n + begin, end - begin)
+            tensor = Tensor(path, info["dtype"], list(info["shape"]), 8 + n + begin, end - begin)
+            if tensor.dtype in ELEMENT_BYTES and tensor.nbytes != ELEMENT_BYTES[tensor.dtype] * math.prod(tensor.shape):
+                raise ValueError
+            out[name] = tensor
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         raise UserError(f"{path.name} is not a valid safetensors file; re-download it") from None
     if any(t.start + t.nbytes > size for t in out.values()):
@@ -214,6 +217,19 @@ class Piece:
         return sum(length for _, _, length in self.parts)
 
 
+def _copy_ranges(parts: list[tuple[Path, int, int]], out) -> None:
+    for file, start, length in parts:
+        with open(file, "rb") as src:
+            src.seek(start)
+            left = length
+            while left:
+                chunk = src.read(min(COPY_CHUNK, left))
+                if not chunk:
+                    raise UserError(f"{file.name} ended early; re-download it")
+                out.write(chunk)
+                left -= len(chunk)
+
+
 def write_safetensors(dest: Path, pieces: list[Piece], done: int, total: int, progress: Progress | None) -> int:
     """Write one safetensors file by streaming each piece's byte ranges; returns the updated byte count."""
     header, offset = {}, 0
@@ -229,16 +245,8 @@ def write_safetensors(dest: Path, pieces: list[Piece], done: int, total: int, pr
         for p in pieces:
             if p.cast:
                 out.write(p.cast())
-            for file, start, length in [] if p.cast else p.parts:
-                with open(file, "rb") as src:
-                    src.seek(start)
-                    left = length
-                    while left:
-                        chunk = src.read(min(COPY_CHUNK, left))
-                        if not chunk:
-                            raise UserError(f"{file.name} ended early; re-download it")
-                        out.write(chunk)
-                        left -= len(chunk)
+            else:
+                _copy_ranges(p.parts, out)
             done += p.nbytes
             if progress:
                 progress(done, total, p.name)
@@ -248,7 +256,7 @@ def write_safetensors(dest: Path, pieces: list[Piece], done: int, total: int, pr
 
 
 def source_shards(folder: Path) -> list[Path]:
-    """The safetensors files of a model folder, in index order; .bin folders are refused."""
+    """The safetensors files of a model folder, sorted by name; .bin-only folders are refused."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
