@@ -22,16 +22,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import ROOT, cli
 from trainer_core import run_dir as rd
 from trainer_core.chat_format import encode_conversations, prompt_ids
+from trainer_core.config import load_config
 from trainer_core.errors import UserError
 from trainer_core.models import check_model_dir
 from trainer_core.qwen1_import import (MARKER, export_qwen1, import_qwen1, imported_from, is_qwen1_dir,
                                       lint_imported_length)
+from trainer_core.runs import preflight
 from trainer_core.tailing import read_all_rows
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "qwen1-tiny"
 pytestmark = pytest.mark.skipif(not (FIXTURE / "reference.json").is_file(),
                                 reason=f"the Qwen-1 fixture is not here ({FIXTURE}); it lives in ../shared")
 PERSONA = "现在你要扮演皇帝身边的女人--甄嬛"
+QUICKSTART = "configs/quickstart.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +222,8 @@ def test_max_length_past_seq_length_is_flagged(imported):
     assert lint_imported_length(imported, 2048) == []
     [lint] = lint_imported_length(imported, 4096)
     assert lint.level == "warning" and "seq_length 2048" in lint.message
+    cfg = load_config(ROOT / QUICKSTART, [f"model.path={imported}", "data.max_length=4096"])
+    assert "qwen1-seq-length" in [x.code for x in preflight(cfg).lints], "plan, train and the Train page show it"
     assert json.loads((imported / MARKER).read_text())["source"] == str(FIXTURE.resolve())
 
 
@@ -335,8 +340,6 @@ def load_rows(folder: Path, name: str, n: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ the imported model through the normal path (slow)
-
-QUICKSTART = "configs/quickstart.yaml"
 
 
 def trained_run(imported: Path, **sets) -> Path:
