@@ -604,6 +604,8 @@ ZH.update({
     "qwen1.button": "转换为 Qwen2 并选用",
     "qwen1.progress": "正在转换权重…… {percent}%",
     "qwen1.done": "已转换为 Qwen2 模型并选用：{dest}",
+    "qwen1.not_carried": "Qwen-1 超过 seq_length（{seq_length}）时的长上下文缩放（dynamic NTK、logn）没有带过来："
+                         "最大长度请不超过 {seq_length}。",
     "qwen1.bad_name": "模型名 “{name}” 无效：只能用字母、数字和 ._-，且以字母或数字开头。",
 })
 EN.update({
@@ -615,6 +617,8 @@ EN.update({
     "qwen1.button": "Convert to Qwen2 and use it",
     "qwen1.progress": "Converting the weights… {percent}%",
     "qwen1.done": "Converted to a Qwen2 model and selected: {dest}",
+    "qwen1.not_carried": "Qwen-1's long-context scaling past seq_length {seq_length} (dynamic NTK, logn) is not "
+                         "carried: keep the max length at or below {seq_length}.",
     "qwen1.bad_name": "Model name \"{name}\" is not valid: letters, digits and ._- only, starting with a letter "
                       "or digit.",
 })

@@ -15,7 +15,7 @@ from trainer_core.errors import UserError
 from trainer_core.qwen1_import import import_qwen1, is_qwen1_dir
 
 DEST_NAME = "train.qwen1_dest"
-OUTCOME = "train.qwen1_outcome"  # ("ok", folder, notes) or ("error", message), shown once after the click
+OUTCOME = "train.qwen1_outcome"  # ("ok", folder, seq_length or None) or ("error", message), shown once
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -42,7 +42,7 @@ def _import(source: str) -> None:
     finally:
         bar.empty()
     form._set_model(str(result.dest))
-    st.session_state[OUTCOME] = ("ok", str(result.dest), result.notes)
+    st.session_state[OUTCOME] = ("ok", str(result.dest), result.seq_length if result.notes else None)
 
 
 def offer_qwen1_import(model_path: str) -> bool:
@@ -51,8 +51,8 @@ def offer_qwen1_import(model_path: str) -> bool:
     outcome = st.session_state.pop(OUTCOME, None)
     if outcome and outcome[0] == "ok":
         st.success(t("qwen1.done", dest=outcome[1]), icon=":material/check_circle:")
-        for note in outcome[2]:
-            st.caption(note)
+        if outcome[2]:
+            st.caption(t("qwen1.not_carried", seq_length=outcome[2]))
     if not model_path or not is_qwen1_dir(model_path):
         return False
     with st.container(border=True, key="train-qwen1"):

@@ -427,5 +427,6 @@ def test_train_page_offers_the_import_instead_of_the_remote_code_box(app, tmp_pa
     assert json.loads((dest / "config.json").read_text())["model_type"] == "qwen2"
     assert app.selectbox(key="p.f.model.choice").value == str(dest.resolve()), "the new folder is selected"
     assert ZH["qwen1.done"].format(dest=dest) in texts(app, "success")
+    assert ZH["qwen1.not_carried"].format(seq_length=2048) in texts(app, "caption")
     assert app.checkbox(key="p.f.model.trust_remote_code").value is False
     assert not any("import-model" in e for e in texts(app, "error")) and ZH["plan.fits"] in texts(app, "success")

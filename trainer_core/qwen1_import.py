@@ -408,6 +408,8 @@ class ImportResult:
     """Weight bytes written."""
     notes: list[str]
     """What was not carried (long-context scaling), for the user."""
+    seq_length: int
+    """The source's training length: data.max_length should stay at or below it."""
 
 
 def _destination(dest: Path) -> Path:
@@ -484,7 +486,8 @@ def import_qwen1(source: str | Path, dest: str | Path, progress: Progress | None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ImportResult(dest=dest, n_tensors=len(written), nbytes=total, notes=shape.notes)
+    return ImportResult(dest=dest, n_tensors=len(written), nbytes=total, notes=shape.notes,
+                        seq_length=shape.seq_length)
 
 
 def lint_imported_length(model_path: str | Path, max_length: int) -> list:
