@@ -15,6 +15,7 @@ from trainer_core.errors import UserError
 from trainer_core.qwen1_import import import_qwen1, is_qwen1_dir
 
 DEST_NAME = "train.qwen1_dest"
+DEST_FOR = "train.qwen1_dest_for"  # the source folder DEST_NAME was suggested for
 OUTCOME = "train.qwen1_outcome"  # ("ok", folder, seq_length or None) or ("error", message), shown once
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -57,7 +58,8 @@ def offer_qwen1_import(model_path: str) -> bool:
         return False
     with st.container(border=True, key="train-qwen1"):
         st.info(t("qwen1.offer"), icon=":material/swap_horiz:")
-        if not st.session_state.get(DEST_NAME):
+        if st.session_state.get(DEST_FOR) != model_path:  # a fresh default name for each source folder
+            st.session_state[DEST_FOR] = model_path
             st.session_state[DEST_NAME] = f"{Path(model_path).name}-qwen2"
         st.text_input(t("qwen1.dest"), key=DEST_NAME, help=t("qwen1.dest_help", models=paths.MODELS_DIR))
         st.button(t("qwen1.button"), key="train.qwen1_import", type="primary", icon=":material/download:",

@@ -415,6 +415,7 @@ def test_train_page_offers_the_import_instead_of_the_remote_code_box(app, tmp_pa
     assert ZH["qwen1.offer"] in texts(app, "info")
     assert any("import-model" in e for e in texts(app, "error")), "the raw folder cannot be launched"
 
+    assert app.text_input(key="train.qwen1_dest").value == "qwen1-tiny-qwen2"  # suggested from the source's name
     app.text_input(key="train.qwen1_dest").set_value("../escape").run()
     app.button(key="train.qwen1_import").click().run()
     assert ZH["qwen1.bad_name"].format(name="../escape") in texts(app, "error")
