@@ -53,6 +53,8 @@ with tabs[0]:
         f("data", "max_length")
     with c2:
         f("data", "eval_ratio")
+        f("data", "max_eval_records")
+        st.caption(form.eval_note())
     with c3:
         f("data", "packing")
 with tabs[1]:

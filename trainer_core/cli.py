@@ -52,37 +52,54 @@ def cmd_prepare_models(args) -> int:
 
 def cmd_check_data(args) -> int:
     from trainer_core.config import DEFAULT_PERSONA
-    from trainer_core.data import load_dataset, token_stats
+    from trainer_core.data import load_dataset, special_token_warnings, token_stats
 
     report = load_dataset(args.file)
-    out = report.to_dict()
+    persona = args.persona or DEFAULT_PERSONA
+    tokens, persona_specials = None, []
     if args.model or Path(_default_model()).is_dir():
+        from trainer_core.chat_format import specials_in, turn_format
         from trainer_core.models import check_model_dir, load_tokenizer
 
         model = args.model or _default_model()
         if args.model:
             check_model_dir(model, trust_remote_code=args.trust_remote_code)
         tok = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
+        report.warnings += special_token_warnings(report, tok)
+        persona_specials = specials_in(tok, persona)
         if report.n_usable:
-            out["tokens"] = token_stats(report, tok, persona=args.persona or DEFAULT_PERSONA,
-                                        max_length=args.max_length).to_dict()
-            out["tokens"].pop("lengths", None)
-            out["tokens"]["tokenizer"] = str(model)
+            tokens = token_stats(report, tok, persona=persona, max_length=args.max_length).to_dict()
+            tokens.pop("lengths", None)
+            tokens["tokenizer"] = str(model)
+            tokens["end_of_turn"] = turn_format(tok).end_marker
+    out = report.to_dict()
+    if tokens:
+        out["tokens"] = tokens
+    if persona_specials:
+        out["persona_special_tokens"] = persona_specials
     if args.json:
         _print_json(out)
     else:
+        dropped = f", {report.n_tool_call_rows} left out: tool-call turns are not trained" \
+            if report.n_tool_call_rows else ""
         emit(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {len(report.errors)} errors, "
-              f"format {out['format']}")
+             f"{len(report.warnings)} warnings, format {out['format']}{dropped}")
+        if persona_specials:
+            emit(f"  warning: persona holds special token {', '.join(persona_specials)}; it is read as plain text")
         for e in report.errors[:50]:
             emit(f"  row {e.row} {e.field}: {e.message}")
         if len(report.errors) > 50:
             emit(f"  ... {len(report.errors) - 50} more")
-        for w in report.warnings[:10]:
+        # Duplicates come last: huanhuan.json alone has hundreds, which would hide everything else.
+        for w in sorted(report.warnings, key=lambda w: w.message.startswith("duplicate of row"))[:10]:
             emit(f"  warning: row {w.row} {w.field}: {w.message}")
+        if len(report.warnings) > 10:
+            emit(f"  ... {len(report.warnings) - 10} more warnings (--json lists them)")
         t = out.get("tokens")
         if t:
             emit(f"tokens (max_length {args.max_length}): p50 {t['p50']}, p95 {t['p95']}, max {t['max']}, "
-                  f"{t['n_truncated']} would be truncated, {t['n_answer_lost']} would lose the whole answer")
+                  f"{t['n_truncated']} would be truncated, {t['n_answer_lost']} would lose the whole answer; "
+                  f"trained: each answer and its end-of-turn {t['end_of_turn']}")
     return 0 if report.n_usable else 2
 
 
@@ -199,9 +216,14 @@ def cmd_status(args) -> int:
     if args.json:
         _print_json(st)
     else:
-        eta = st.get("eta_s")
-        emit(f"{st['name']}: {st['state']}  step {st.get('step', 0)}/{st.get('total_steps', '?')}  "
-              f"loss {st.get('loss', '-')}  eta {'-' if eta is None else f'{eta:.0f}s'}")
+        eta = st.get("eta_s") if st.get("phase", "training") == "training" else None
+        phase = st.get("phase") if st["state"] in ("running", "stopping") else None
+        if phase and st.get("phase_total"):
+            phase += f" {st.get('phase_done') or 0}/{st['phase_total']}"
+        emit(f"{st['name']}: {st['state']}{f' ({phase})' if phase else ''}  step {st.get('step', 0)}/"
+             f"{st.get('total_steps', '?')}  loss {st.get('loss', '-')}  eta {'-' if eta is None else f'{eta:.0f}s'}")
+        if st.get("warning"):
+            emit(f"warning: {st['warning']}")
         if st.get("error"):
             emit(f"error: {st['error']}")
     return 0
@@ -211,7 +233,9 @@ def cmd_stop(args) -> int:
     from trainer_core.supervisor import stop
 
     st = stop(_run(args.run), force=args.force)
-    emit(f"{st['name']}: {st['state']} (checkpoints: {st['checkpoints']})")
+    ended = st.get("ended") or []
+    emit(f"{st['name']}: {st['state']} (checkpoints: {st['checkpoints']}; "
+         f"{'ended ' + ', '.join(ended) if ended else 'no process left to end'})")
     return 0
 
 
@@ -265,13 +289,22 @@ def cmd_logs(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from trainer_core.config import DEFAULT_PERSONA
-    from trainer_core.inference import GenParams, load_chat_model, resolve_model_dir, run_persona, stream_reply
+    from trainer_core.chat_format import specials_in
+    from trainer_core.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona, load_chat_model,
+                                        resolve_model_dir, stream_reply)
 
     model_dir = resolve_model_dir(args.model, args.checkpoint)
     model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code)
-    persona = args.persona if args.persona is not None else (run_persona(model_dir) or DEFAULT_PERSONA)
+    persona, source = chat_persona(model_dir, args.persona)
     params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    # Which system prompt is in use goes to stderr, so stdout stays the reply alone.
+    said = {PERSONA_GIVEN: "persona: --persona", PERSONA_TRAINED: "persona: the one the run was trained with"}
+    print(said.get(source, "persona: none; the model's own default system prompt (--persona sets one)"),
+          file=sys.stderr, flush=True)
+    for text, what in ((persona, "persona"), (args.prompt, "prompt")):
+        if found := specials_in(tok, text):
+            print(f"warning: the {what} holds special token {', '.join(found)}; it is read as plain text",
+                  file=sys.stderr, flush=True)
     for piece in stream_reply(model, tok, [{"role": "user", "content": args.prompt}], persona=persona,
                               params=params):
         _STDOUT[0].write(piece)
@@ -289,7 +322,8 @@ def cmd_join(args) -> int:
     from trainer_core.config import load_config
     from trainer_core.hardware import detect
     from trainer_core.launch import launch_env, node_argv
-    from trainer_core.supervisor import acquire_locks, device_keys
+    from trainer_core.device_locks import acquire
+    from trainer_core.supervisor import device_keys
 
     run = _run(args.run)
     cfg = load_config(run / rd.CONFIG)
@@ -297,7 +331,7 @@ def cmd_join(args) -> int:
         raise UserError(f"run {run.name} uses placement.launcher {cfg.placement.launcher}; join is for no_ssh runs")
     if not 0 < args.node_rank < cfg.placement.num_nodes:
         raise UserError(f"--node-rank must be between 1 and {cfg.placement.num_nodes - 1} for run {run.name}")
-    fds = [] if args.no_lock else acquire_locks(run, device_keys(run))
+    fds = [] if args.no_lock else acquire(run.resolve(), device_keys(run))
     has_gpu = detect().has_gpu
     argv = node_argv(cfg, run, node_rank=args.node_rank, has_gpu=has_gpu)
     try:
@@ -403,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("chat", help="one reply from a model folder or a run")
     s.add_argument("model")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--persona", default=None)
+    s.add_argument("--persona", default=None, help="system prompt (default: the run's persona; for a plain model "
+                                                   "folder, the model's own default system prompt)")
     s.add_argument("--max-new-tokens", type=int, default=128)
     s.add_argument("--temperature", type=float, default=0.7)
     s.add_argument("--seed", type=int, default=None)

@@ -124,10 +124,17 @@ def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
     """Check everything, then write a complete run directory and return it (state `queued`)."""
     pf = preflight(cfg)
     root = runs_root or paths.runs_root()
-    root.mkdir(parents=True, exist_ok=True)
-    name, final = reserve_name(root, pf.cfg)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        name, final = reserve_name(root, pf.cfg)
+    except OSError as e:
+        raise _unwritable(root, e) from None
     cfg = dataclasses.replace(pf.cfg, name=name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    except OSError as e:
+        final.rmdir()
+        raise _unwritable(root, e) from None
     try:
         save_config(cfg, tmp / rd.CONFIG)
         write_json(pf.ds_config, tmp / rd.DS_CONFIG)
@@ -150,6 +157,11 @@ def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
             final.rmdir()
         raise
     return final
+
+
+def _unwritable(root: Path, e: OSError) -> UserError:
+    return UserError(f"the runs folder {root} is not writable ({e.strerror}); make it writable or set "
+                     "TRAINER_RUNS_ROOT to a folder that is")
 
 
 def reserve_name(root: Path, cfg: RunConfig) -> tuple[str, Path]:

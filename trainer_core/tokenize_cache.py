@@ -20,7 +20,7 @@ from trainer_core.chat_format import Encoded, encode_conversations
 def _key(tokenizer, conversations, persona: str, max_length: int) -> str:
     h = hashlib.sha256()
     meta = [type(tokenizer).__name__, len(tokenizer), getattr(tokenizer, "chat_template", None) or "",
-            tokenizer.name_or_path, persona, max_length, 2]
+            tokenizer.name_or_path, persona, max_length, 3]
     h.update(json.dumps(meta, ensure_ascii=False).encode())
     h.update(json.dumps(conversations, ensure_ascii=False, sort_keys=True).encode())
     return h.hexdigest()[:32]
