@@ -104,7 +104,7 @@ ZH: dict[str, str] = {
     "train.name_placeholder": "留空则按时间自动命名",
     "train.model_other": "其他路径……",
     "train.model_typed": "模型目录路径",
-    "train.trust_warning": "勾选后会执行模型目录里的 Python 代码（例如 Qwen-7B-Chat 需要）。只对来源可信的模型勾选。",
+    "train.trust_warning": "勾选后会执行模型目录里的 Python 代码。只对来源可信的模型勾选（Qwen-7B-Chat 不需要：选中它时可以转换为 Qwen2）。",
     "train.check_data": "在数据页检查这个数据集",
     "train.preset": "DeepSpeed 预设",
     "train.preset_help": "把预设的 ZeRO 阶段和卸载方式填入下面的表单。",
@@ -432,8 +432,8 @@ EN: dict[str, str] = {
     "train.name_placeholder": "empty: named after the time",
     "train.model_other": "Other path…",
     "train.model_typed": "Model folder",
-    "train.trust_warning": "This runs Python code shipped in the model folder (Qwen-7B-Chat needs it). Only tick it for "
-                           "models from a source you trust.",
+    "train.trust_warning": "This runs Python code shipped in the model folder. Only tick it for models from a source "
+                           "you trust (Qwen-7B-Chat does not need it: pick it and convert it to Qwen2).",
     "train.check_data": "Check this dataset on the Data page",
     "train.preset": "DeepSpeed preset",
     "train.preset_help": "Copy a preset's ZeRO stage and offload choices into the form below.",
@@ -640,6 +640,34 @@ EN: dict[str, str] = {
     "runs.saved_config": "Saved config (config.yaml)",
 }
 EN.update({f"help.{section}.{name}": field_help(section, name) for section, name in CONFIG_FIELDS})
+
+# The Train page's Qwen-1 import (app/qwen1_import_view.py).
+ZH.update({
+    "qwen1.offer": "这是 Qwen-1（Qwen-7B-Chat）格式的模型，自带 Python 代码。可以先把它一次性转换成原生 Qwen2 模型"
+                   "（权重不变，分片逐个转换），之后训练、对话和导出都不再执行模型目录里的代码。",
+    "qwen1.dest": "转换后的模型名（保存在 models/ 下）",
+    "qwen1.dest_help": "新建文件夹 {models}/<名字>；只能用字母、数字和 ._-。",
+    "qwen1.button": "转换为 Qwen2 并选用",
+    "qwen1.progress": "正在转换权重…… {percent}%",
+    "qwen1.done": "已转换为 Qwen2 模型并选用：{dest}",
+    "qwen1.not_carried": "Qwen-1 超过 seq_length（{seq_length}）时的长上下文缩放（dynamic NTK、logn）没有带过来："
+                         "最大长度请不超过 {seq_length}。",
+    "qwen1.bad_name": "模型名 “{name}” 无效：只能用字母、数字和 ._-，且以字母或数字开头。",
+})
+EN.update({
+    "qwen1.offer": "This is a Qwen-1 (Qwen-7B-Chat) checkpoint that ships its own Python code. Convert it once into a "
+                   "native Qwen2 model (same weights, shard by shard); training, chat and export then run no code "
+                   "from the model folder.",
+    "qwen1.dest": "Name of the converted model (under models/)",
+    "qwen1.dest_help": "Creates the folder {models}/<name>; letters, digits and ._- only.",
+    "qwen1.button": "Convert to Qwen2 and use it",
+    "qwen1.progress": "Converting the weights… {percent}%",
+    "qwen1.done": "Converted to a Qwen2 model and selected: {dest}",
+    "qwen1.not_carried": "Qwen-1's long-context scaling past seq_length {seq_length} (dynamic NTK, logn) is not "
+                         "carried: keep the max length at or below {seq_length}.",
+    "qwen1.bad_name": "Model name \"{name}\" is not valid: letters, digits and ._- only, starting with a letter "
+                      "or digit.",
+})
 
 LABELS = {"zh": ZH, "en": EN}
 

@@ -7,7 +7,8 @@
     python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--detach]
     python -m trainer_core runs [--json] | logs RUN [-n N] [--follow]
     python -m trainer_core chat MODEL_OR_RUN --prompt TEXT [--persona TEXT] [--max-new-tokens N]
-    python -m trainer_core export RUN [--checkpoint STEP]
+    python -m trainer_core export RUN [--checkpoint STEP] [--format qwen1]
+    python -m trainer_core import-model SRC DEST          (Qwen-1 / Qwen-7B-Chat folder -> native Qwen2 folder)
     python -m trainer_core join RUN --node-rank N         (other nodes of a no_ssh multi-node run)
 
 Exit codes: 0 success, 1 the run failed, 2 bad input (the message says which field or file and how to fix it).
@@ -343,7 +344,39 @@ def cmd_join(args) -> int:
 def cmd_export(args) -> int:
     from trainer_core.export import export_checkpoint
 
-    emit(export_checkpoint(_run(args.run), args.checkpoint))
+    run = _run(args.run)
+    if args.format == "qwen1":  # checked before the consolidation, which can take minutes
+        from trainer_core import run_dir as rd
+        from trainer_core.config import load_config
+        from trainer_core.qwen1_import import export_qwen1, imported_from
+
+        original = imported_from(load_config(run / rd.CONFIG).model.path)
+    out = export_checkpoint(run, args.checkpoint)
+    if args.format == "qwen1":
+        out = export_qwen1(out, original, out.with_name(f"{out.name}-qwen1"))
+    emit(out)
+    return 0
+
+
+def cmd_import_model(args) -> int:
+    from trainer_core.memory import fmt_bytes
+    from trainer_core.qwen1_import import import_qwen1
+
+    shown = [-1]
+
+    def progress(done: int, total: int, name: str) -> None:
+        percent = 100 * done // max(total, 1)
+        if percent != shown[0] or done == total:  # one line per percent, however many tensors
+            shown[0] = percent
+            print(f"[import] {percent:3d}%  {fmt_bytes(done)} / {fmt_bytes(total)}  {name}", file=sys.stderr,
+                  flush=True)
+
+    result = import_qwen1(args.src, args.dest, progress=progress)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"imported {result.n_tensors} tensors ({fmt_bytes(result.nbytes)}) as a Qwen2 model; no remote code "
+          "needed", file=sys.stderr)
+    emit(result.dest)
     return 0
 
 
@@ -423,7 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="consolidate a ZeRO checkpoint to safetensors")
     s.add_argument("run")
     s.add_argument("--checkpoint", type=int, default=None)
+    s.add_argument("--format", choices=("hf", "qwen1"), default="hf",
+                   help="qwen1: also write the weights back in Qwen-1 names next to the original folder's code, "
+                        "for runs of a model brought in with import-model")
     s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("import-model", help="convert a Qwen-1 (Qwen-7B-Chat) folder into a native Qwen2 folder")
+    s.add_argument("src", help="the downloaded Qwen-1 folder (config.json, *.safetensors, qwen.tiktoken)")
+    s.add_argument("dest", help="new folder to create, e.g. models/qwen-7b-chat")
+    s.set_defaults(fn=cmd_import_model)
     return p
 
 

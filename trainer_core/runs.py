@@ -23,6 +23,7 @@ from trainer_core.errors import UserError
 from trainer_core.hardware import detect
 from trainer_core.launch import HOSTFILE, all_node_commands, hostfile_text
 from trainer_core.models import check_model_dir
+from trainer_core.qwen1_import import lint_imported_length
 
 
 @dataclasses.dataclass
@@ -71,6 +72,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     ds = build_ds_config(cfg, on_gpu=hw.has_gpu)
     lints = lint_run(cfg, ds, gpu_supports_bf16=hw.has_gpu and all(g.bf16 for g in hw.gpus))
     lints += lint_learning_rate(cfg)
+    lints += lint_imported_length(cfg.model.path, cfg.data.max_length)
     errors = [str(x) for x in lints if x.level == "error"]
     if errors:
         raise UserError("DeepSpeed config problems: " + "; ".join(errors))
