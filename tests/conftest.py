@@ -1,7 +1,14 @@
 """Shared pytest fixtures. Model fixtures are session-scoped: each is built once per test run."""
 
+import os
+import tempfile
+
 import pytest
 from transformers import AutoTokenizer
+
+# Device locks are machine-wide: a run a developer (or a benchmark) has going on this machine would make every test
+# run refused. The tests lock in a folder of their own; test_device_locks checks the machine-wide default.
+os.environ.setdefault("TRAINER_LOCK_DIR", tempfile.mkdtemp(prefix="test-device-locks-"))
 
 from trainer_core.starter import build_remote_code_fixture, prepare_models
 
