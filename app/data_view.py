@@ -10,7 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from trainer_core import paths
-from trainer_core.data import DataReport, TokenStats, load_dataset, load_dataset_bytes, store_upload, token_stats
+from trainer_core.data import (DataReport, TokenStats, load_dataset, load_dataset_bytes, safe_upload_name,
+                               store_upload, token_stats)
 from trainer_core.errors import UserError
 
 PAGE_SIZE = 20
@@ -18,6 +19,7 @@ PAGE_SIZE = 20
 
 def store_uploaded(data: bytes, name: str) -> Path:
     """Validate an uploaded file, then keep it under data/uploads with a safe name. UserError if unreadable."""
+    safe_upload_name(name)  # a name it cannot take (a NUL byte) is refused before the bytes are read
     load_dataset_bytes(data, name)  # file-level problems (encoding, not JSON, wrong type) stop here
     return store_upload(data, name)
 

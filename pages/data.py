@@ -22,7 +22,9 @@ if source == "sample":
     path = paths.SAMPLE_DATA
     st.caption(t("data.sample_note"))
 elif source == "upload":
-    upload = st.file_uploader(t("data.upload"), type=["json", "jsonl"], key="data.upload", help=t("data.upload_help"))
+    # No `type=`: with it Streamlit itself raises on a file name holding a NUL byte before this script runs, on
+    # every rerun until a reload. Our own check names the problem instead (extension and name, in store_upload).
+    upload = st.file_uploader(t("data.upload"), key="data.upload", help=t("data.upload_help"))
     if upload is not None:
         stored = st.session_state.setdefault("data.stored", {})
         if upload.file_id not in stored:

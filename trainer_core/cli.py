@@ -30,6 +30,7 @@ from trainer_core.errors import UserError
 # The real stdout, kept for our results: while a command runs, sys.stdout points at stderr so that library
 # chatter (DeepSpeed logs its accelerator choice on stdout) cannot corrupt `--json` output or the run-dir line.
 _STDOUT = [sys.stdout]
+MAX_LOG_LINES = 100_000
 
 
 def emit(*args, **kwargs) -> None:
@@ -50,9 +51,10 @@ def cmd_prepare_models(args) -> int:
 
 
 def cmd_check_data(args) -> int:
-    from trainer_core.config import DEFAULT_PERSONA
+    from trainer_core.config import DEFAULT_PERSONA, MAX_LENGTH_RANGE
     from trainer_core.data import load_dataset, token_stats
 
+    _bounded(args.max_length, "--max-length", *MAX_LENGTH_RANGE, why="the range data.max_length allows")
     report = load_dataset(args.file)
     out = report.to_dict()
     if args.model or Path(_default_model()).is_dir():
@@ -73,16 +75,23 @@ def cmd_check_data(args) -> int:
         emit(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {len(report.errors)} errors, "
               f"format {out['format']}")
         for e in report.errors[:50]:
-            emit(f"  row {e.row} {e.field}: {e.message}")
+            emit(f"  row {e.row}{' ' + e.field if e.field else ''}: {e.message}")
         if len(report.errors) > 50:
             emit(f"  ... {len(report.errors) - 50} more")
         for w in report.warnings[:10]:
-            emit(f"  warning: row {w.row} {w.field}: {w.message}")
+            emit(f"  warning: row {w.row}{' ' + w.field if w.field else ''}: {w.message}")
         t = out.get("tokens")
         if t:
             emit(f"tokens (max_length {args.max_length}): p50 {t['p50']}, p95 {t['p95']}, max {t['max']}, "
                   f"{t['n_truncated']} would be truncated, {t['n_answer_lost']} would lose the whole answer")
     return 0 if report.n_usable else 2
+
+
+def _bounded(value: int | float | None, flag: str, lo, hi, *, why: str = "") -> None:
+    """Numbers typed on the command line get the same one-line refusal as config fields (argparse would print
+    its usage block)."""
+    if value is not None and not lo <= value <= hi:  # also false for NaN
+        raise UserError(f"{flag} must be between {lo:,} and {hi:,}{f' ({why})' if why else ''} (got {value})")
 
 
 def _default_model() -> str:
@@ -245,9 +254,10 @@ def cmd_logs(args) -> int:
     from trainer_core.supervisor import read_state
     from trainer_core.tailing import read_tail_bytes, tail_lines
 
+    _bounded(args.n, "-n", 0, MAX_LOG_LINES)
     run = _run(args.run)
     log = run / rd.LOG
-    for line in tail_lines(log, args.n):
+    for line in tail_lines(log, args.n) if args.n else []:
         emit(line)
     if args.follow:
         offset = log.stat().st_size if log.exists() else 0
@@ -267,7 +277,13 @@ def cmd_chat(args) -> int:
     from trainer_core.config import DEFAULT_PERSONA
     from trainer_core.inference import GenParams, load_chat_model, resolve_model_dir, run_persona, stream_reply
 
-    model_dir = resolve_model_dir(args.model, args.checkpoint)
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty; give the line the model should answer")
+    _bounded(args.max_new_tokens, "--max-new-tokens", 1, 8192)
+    _bounded(args.temperature, "--temperature", 0.0, 10.0)
+    _bounded(args.seed, "--seed", 0, 2**32 - 1)
+    _bounded(args.checkpoint, "--checkpoint", 0, 10**9)
+    model_dir = resolve_model_dir(_model_or_run(args.model), args.checkpoint)
     model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code)
     persona = args.persona if args.persona is not None else (run_persona(model_dir) or DEFAULT_PERSONA)
     params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
@@ -277,6 +293,25 @@ def cmd_chat(args) -> int:
         _STDOUT[0].flush()
     emit()
     return 0
+
+
+def _model_or_run(ref: str) -> Path:
+    """A model folder, a run directory, or a run's name (as status/stop/export accept it)."""
+    from trainer_core import run_dir as rd
+
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        return p
+    if "/" not in ref and (_runs_root() / ref / rd.CONFIG).is_file():
+        return _run(ref)
+    raise UserError(f"{ref}: no such model folder or run; give a model directory, a run directory or a run name "
+                    "(`python -m trainer_core runs` lists them)")
+
+
+def _runs_root() -> Path:
+    from trainer_core import paths
+
+    return paths.runs_root()
 
 
 def cmd_join(args) -> int:
@@ -309,6 +344,7 @@ def cmd_join(args) -> int:
 def cmd_export(args) -> int:
     from trainer_core.export import export_checkpoint
 
+    _bounded(args.checkpoint, "--checkpoint", 0, 10**9)
     emit(export_checkpoint(_run(args.run), args.checkpoint))
     return 0
 

@@ -13,6 +13,7 @@ as a whole raise ``UserError``; problems with single records become ``RowError``
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from trainer_core import paths
 from trainer_core.errors import UserError
+from trainer_core.records import iter_json_array, iter_jsonl, json_type
 
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_CHARS = 20_000
@@ -95,14 +97,17 @@ def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = D
     if not path.is_file():
         raise UserError(f"{path}: is not a file; give the path of a .json or .jsonl file")
     _check_size(str(path), path.stat().st_size, max_bytes)
-    return _load(path.read_bytes(), str(path), ext, max_bytes=max_bytes, max_chars=max_chars)
+    with open(path, "rb") as f:
+        return _load(f, str(path), ext, max_chars=max_chars)
 
 
 def load_dataset_bytes(
     data: bytes, name: str, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = DEFAULT_MAX_CHARS
 ) -> DataReport:
     """Same as ``load_dataset`` for bytes already in memory (an upload); ``name`` picks the format by extension."""
-    return _load(data, name, _check_extension(name), max_bytes=max_bytes, max_chars=max_chars)
+    ext = _check_extension(name)
+    _check_size(name, len(data), max_bytes)
+    return _load(io.BytesIO(data), name, ext, max_chars=max_chars)
 
 
 def _check_extension(name: str) -> str:
@@ -130,23 +135,24 @@ def _human_bytes(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB"
 
 
-def _load(data: bytes, name: str, ext: str, *, max_bytes: int, max_chars: int) -> DataReport:
-    _check_size(name, len(data), max_bytes)
-    text = _decode(data, name)
-    if not text.strip():
-        raise UserError(f"{name}: file has only whitespace; it needs at least one record")
+def _load(stream, name: str, ext: str, *, max_chars: int) -> DataReport:
     report = DataReport(path=name, format="unknown", n_rows=0)
     if ext == ".jsonl":
-        rows = _parse_jsonl(text)
+        rows = iter_jsonl(stream, name)
     else:
-        rows = ((i, record, None) for i, record in enumerate(_parse_json_array(text, name), start=1))
+        text = _decode(stream.read(), name)
+        if not text.strip():
+            raise UserError(f"{name}: file has only whitespace; it needs at least one record")
+        rows = iter_json_array(text, name)
     formats = set()
     seen: dict[str, int] = {}
-    for row, record, json_error in rows:
+    for row, record, repeated, json_error in rows:
         report.n_rows += 1
         if json_error:
             report.errors.append(RowError(row, "", json_error))
             continue
+        for key in dict.fromkeys(repeated):
+            report.warnings.append(RowError(row, key, "key appears more than once; only its last value is used"))
         fmt, conversation = _validate(record, row, report, max_chars)
         if fmt:
             formats.add(fmt)
@@ -162,6 +168,8 @@ def _load(data: bytes, name: str, ext: str, *, max_bytes: int, max_chars: int) -
         report.conversations.append(conversation)
         report.row_ids.append(row)
     if report.n_rows == 0:
+        if ext == ".jsonl":
+            raise UserError(f"{name}: file has only whitespace; it needs at least one record")
         raise UserError(f"{name}: contains no records; add at least one")
     if len(formats) == 1:
         report.format = formats.pop()
@@ -184,45 +192,7 @@ def _decode(data: bytes, name: str) -> str:
     return text.removeprefix("\ufeff")
 
 
-def _parse_json_array(text: str, name: str) -> list:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{name}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    if not isinstance(value, list):
-        raise UserError(
-            f"{name}: top level is {_json_type(value)}; expected an array of records "
-            '[{"instruction": ..., "output": ...}, ...] (or a .jsonl file with one record per line)'
-        )
-    return value
-
-
-def _parse_jsonl(text: str):
-    """Yield (line number, record, None) per non-blank line, or (line number, None, message) if it is not JSON."""
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters splitlines() breaks on.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield lineno, None, f"invalid JSON at column {e.colno}: {e.msg}"
-        else:
-            yield lineno, record, None
-
-
-def _json_type(value) -> str:
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if value is None:
-        return "null"
-    return "a number"
+_json_type = json_type
 
 
 def _validate(record, row: int, report: DataReport, max_chars: int) -> tuple[str | None, list[dict] | None]:
@@ -359,6 +329,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._\-\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
 def safe_upload_name(name: str) -> str:
     """A file name safe to create under the uploads folder: the basename only, letters/digits/CJK/._- kept,
     everything else replaced by "_", no "..", no leading dot. Raises UserError unless it ends in .json/.jsonl."""
+    if _CONTROL.search(name) or "\t" in name or "\n" in name or "\r" in name:
+        bad = next(c for c in name if c in "\t\n\r" or _CONTROL.match(c))
+        raise UserError(f"{name!r}: the file name holds the control character U+{ord(bad):04X}; rename the file")
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     stem, dot, ext = base.rpartition(".")
     ext = "." + ext.lower() if dot else ""

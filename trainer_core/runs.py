@@ -66,6 +66,10 @@ def preflight(cfg: RunConfig) -> Preflight:
         missing = [g for g in wanted if g >= len(hw.gpus)]
         if missing:
             raise UserError(f"placement.gpus asks for GPU {missing} but this machine has {len(hw.gpus)} GPUs")
+    elif cfg.placement.launcher == "local" and cfg.placement.num_ranks > hw.cpu_cores:
+        # Each CPU rank runs its own torch threads; more ranks than cores only thrash (1024 would fork-bomb).
+        raise UserError(f"placement.num_ranks {cfg.placement.num_ranks} is more than this machine's "
+                        f"{hw.cpu_cores} CPU cores and it has no GPU; use at most {hw.cpu_cores}")
     if cfg.placement.launcher != "local":
         hostfile_text(cfg)
     ds = build_ds_config(cfg, on_gpu=hw.has_gpu)
