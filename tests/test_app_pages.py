@@ -202,6 +202,18 @@ def test_upload_of_a_broken_file_is_refused_and_not_stored(app, uploads):
     assert not uploads.exists() or not list(uploads.iterdir())
 
 
+def test_an_upload_name_with_a_nul_byte_is_refused_and_the_page_keeps_working(app, uploads):
+    app.radio(key="p.data.source").set_value("upload").run()
+    record = '{"instruction": "你是谁？", "output": "我是甄嬛。"}\n'.encode()
+    app.file_uploader(key="data.upload").set_value(("a\x00b.jsonl", record, "application/json")).run()
+    assert not app.exception
+    assert any("U+0000" in e for e in texts(app, "error"))
+    assert not uploads.exists() or not list(uploads.iterdir())
+    app.file_uploader(key="data.upload").set_value(("good.jsonl", record, "application/json")).run()
+    assert not app.exception
+    assert {m.label: m.value for m in app.metric}[ZH["data.usable"]] == "1"
+
+
 def test_train_page_shows_plan_command_and_ds_config(app):
     goto(app, "pages/train.py")
     assert app.text_input(key="p.f.train.learning_rate").value == "0.008"  # the quickstart config

@@ -290,6 +290,12 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _short(value: Any) -> str:
+    """repr() cut to a readable length: the value goes into a one-line error message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text):,} characters)"
+
+
 def _coerce(value: Any, typ: Any, name: str) -> Any:
     """Check a YAML value against a field type; ints are accepted where floats are expected."""
     origin = typing.get_origin(typ)
@@ -299,18 +305,18 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
             # "0,1,3" or a single id, the way people type GPU lists.
             value = [v for v in str(value).replace(" ", "").split(",") if v != ""]
         if not isinstance(value, list):
-            raise UserError(f"{name} must be a list (got {type(value).__name__} {value!r})")
+            raise UserError(f"{name} must be a list (got {type(value).__name__} {_short(value)})")
         return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{name} must be true or false (got {value!r})")
+        raise UserError(f"{name} must be true or false (got {_short(value)})")
     if typ is int:
         if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
             return int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise UserError(f"{name} must be a whole number (got {value!r})")
+        raise UserError(f"{name} must be a whole number (got {_short(value)})")
     if typ is float:
         number = None
         if isinstance(value, str):
@@ -321,16 +327,16 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
         if number is None:
-            raise UserError(f"{name} must be a number (got {value!r})")
+            raise UserError(f"{name} must be a number (got {_short(value)})")
         if not math.isfinite(number):  # inf epochs would never end; nan fails no comparison-based check
-            raise UserError(f"{name} must be a finite number (got {value!r})")
+            raise UserError(f"{name} must be a finite number (got {_short(value)})")
         return number
     if typ is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{name} must be text (got {value!r})")
+        raise UserError(f"{name} must be text (got {_short(value)})")
     raise AssertionError(f"unsupported field type {typ} for {name}")
 
 
@@ -391,9 +397,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not keys:
         raise UserError(f"--set {item!r} has no key before '='")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = yaml.load(text, Loader=SAFE_LOADER) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    except RecursionError:  # the pure-Python loader (PyYAML without libyaml) recurses per nesting level
+        raise UserError(f"--set {key.strip()} value is nested too deeply; give a plain value") from None
     return keys, value
 
 
@@ -434,6 +442,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raw = yaml.load(p.read_text(encoding="utf-8"), Loader=SAFE_LOADER) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except RecursionError:
+            raise UserError(f"config file {p} is nested too deeply; a run config has two levels") from None
         if not isinstance(raw, dict):
             raise UserError(f"config file {p} must hold a mapping (model:, data:, train:, ...), not {type(raw).__name__}")
     return config_from_dict(apply_overrides(raw, list(overrides)))
