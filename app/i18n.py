@@ -37,7 +37,8 @@ ZH: dict[str, str] = {
     "frame.loss": "损失 {loss}",
     "frame.open_monitor": "打开监控",
     "auth.password": "密码",
-    "auth.wrong": "密码不对。",
+    "auth.wrong": "密码不对。请 {s} 秒后再试（每次输错，等待时间加倍）。",
+    "auth.wait": "尝试过于频繁：请 {s} 秒后再输入密码。",
     "auth.no_password": "仪表盘监听在本机以外的地址上，但没有设置密码，因此不提供任何页面。请设置环境变量 STUDIO_PASSWORD（或 secrets 中的 password），或只监听 127.0.0.1。",
     # run states
     "state.queued": "排队中",
@@ -343,7 +344,8 @@ EN: dict[str, str] = {
     "frame.loss": "Loss {loss}",
     "frame.open_monitor": "Open monitor",
     "auth.password": "Password",
-    "auth.wrong": "Wrong password.",
+    "auth.wrong": "Wrong password. Try again in {s} s (the wait doubles with each wrong try).",
+    "auth.wait": "Too many tries: enter the password again in {s} s.",
     "auth.no_password": "The dashboard listens beyond this machine but no password is set, so it serves nothing. Set "
                         "STUDIO_PASSWORD (or `password` in secrets), or listen on 127.0.0.1 only.",
     "state.queued": "queued",

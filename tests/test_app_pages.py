@@ -18,6 +18,7 @@ import psutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app import auth
 from app.i18n import EN, LABELS, ZH
 from trainer_core import paths
 from trainer_core import run_dir as rd
@@ -401,9 +402,12 @@ def test_beyond_loopback_nothing_is_served_without_the_password(runs_root, uploa
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert texts(at, "error") == [ZH["auth.no_password"]] and not at.sidebar.radio
     monkeypatch.setenv("STUDIO_PASSWORD", "s3cret")
+    now = [1000.0]
+    monkeypatch.setattr(auth, "THROTTLE", auth.Throttle(clock=lambda: now[0]))
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.text_input(key="auth.password").set_value("guess").run()
-    assert texts(at, "error") == [ZH["auth.wrong"]] and not at.sidebar.radio
+    assert texts(at, "error") == [ZH["auth.wrong"].format(s=1)] and not at.sidebar.radio
+    now[0] += 1.0  # the one-second wait after a first wrong guess
     at.text_input(key="auth.password").set_value("s3cret").run()
     assert not at.exception
     assert at.title[0].value == ZH["data.title"] and at.sidebar.radio(key="lang").value == "zh"
