@@ -65,15 +65,15 @@ elif c2.button(t("data.use"), key="data.use", type="primary", disabled=report.n_
 m = st.columns(5)
 m[0].metric(t("data.rows"), report.n_rows)
 m[1].metric(t("data.usable"), report.n_usable)
-m[2].metric(t("data.errors"), len(report.errors))
-m[3].metric(t("data.warnings"), len(report.warnings))
+m[2].metric(t("data.errors"), report.n_errors)
+m[3].metric(t("data.warnings"), report.n_warnings)
 m[4].metric(t("data.format"), report.format)
 if report.errors:
-    st.error(t("data.errors_note", n=len(report.errors)), icon=":material/error:")
+    st.error(t("data.errors_note", n=report.n_errors), icon=":material/error:")
     st.dataframe(dv.errors_frame(report), hide_index=True, height=min(400, 38 + 35 * len(report.errors)),
                  key="data.errors_table")
 if report.warnings:
-    with st.expander(t("data.warnings_list", n=len(report.warnings))):
+    with st.expander(t("data.warnings_list", n=report.n_warnings)):
         st.dataframe(dv.errors_frame(report, "warnings"), hide_index=True, key="data.warnings_table")
 if report.n_usable == 0:
     st.stop()

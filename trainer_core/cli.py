@@ -52,11 +52,10 @@ def cmd_prepare_models(args) -> int:
 
 def cmd_check_data(args) -> int:
     from trainer_core.config import DEFAULT_PERSONA, MAX_LENGTH_RANGE
-    from trainer_core.data import load_dataset, token_stats
+    from trainer_core.data import TokenCounter, load_dataset
 
     _bounded(args.max_length, "--max-length", *MAX_LENGTH_RANGE, why="the range data.max_length allows")
-    report = load_dataset(args.file)
-    out = report.to_dict()
+    counter = None
     if args.model or Path(_default_model()).is_dir():
         from trainer_core.models import check_model_dir, load_tokenizer
 
@@ -64,22 +63,28 @@ def cmd_check_data(args) -> int:
         if args.model:
             check_model_dir(model, trust_remote_code=args.trust_remote_code)
         tok = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
-        if report.n_usable:
-            out["tokens"] = token_stats(report, tok, persona=args.persona or DEFAULT_PERSONA,
-                                        max_length=args.max_length).to_dict()
-            out["tokens"].pop("lengths", None)
-            out["tokens"]["tokenizer"] = str(model)
+        counter = TokenCounter(tok, persona=args.persona or DEFAULT_PERSONA, max_length=args.max_length)
+    # One pass, nothing kept: each usable record is measured as it is read, so memory does not grow with the file.
+    report = load_dataset(args.file, keep=False, on_usable=(lambda row, conv: counter.add(conv)) if counter else None)
+    out = report.to_dict()
+    if counter is not None and report.n_usable:
+        out["tokens"] = counter.result().to_dict()
+        out["tokens"].pop("lengths", None)
+        out["tokens"]["tokenizer"] = str(model)
     if args.json:
         _print_json(out)
     else:
-        emit(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {len(report.errors)} errors, "
+        emit(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {report.n_errors} errors, "
               f"format {out['format']}")
         for e in report.errors[:50]:
             emit(f"  row {e.row}{' ' + e.field if e.field else ''}: {e.message}")
-        if len(report.errors) > 50:
-            emit(f"  ... {len(report.errors) - 50} more")
+        if report.n_errors > 50:
+            emit(f"  ... {report.n_errors - min(50, len(report.errors))} more errors "
+                 f"({len(report.errors.counts)} kinds; --json lists the first {report.errors.per_kind} of each)")
         for w in report.warnings[:10]:
             emit(f"  warning: row {w.row}{' ' + w.field if w.field else ''}: {w.message}")
+        if report.n_warnings > 10:
+            emit(f"  ... {report.n_warnings - 10} more warnings")
         t = out.get("tokens")
         if t:
             emit(f"tokens (max_length {args.max_length}): p50 {t['p50']}, p95 {t['p95']}, max {t['max']}, "

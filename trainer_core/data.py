@@ -20,8 +20,12 @@ import os
 import re
 import tempfile
 import unicodedata
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from trainer_core import paths
 from trainer_core.errors import UserError
@@ -30,6 +34,8 @@ from trainer_core.records import iter_json_array, iter_jsonl, json_type
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_CHARS = 20_000
 MAX_REPORTED_ERRORS = 200
+MAX_PER_KIND = 50
+"""Problems kept per kind (same field, same message but for numbers and quoted values); the rest are counted."""
 EXTENSIONS = (".json", ".jsonl")
 
 ALPACA_FIELDS = {"instruction", "input", "output", "system", "history"}
@@ -52,6 +58,43 @@ class RowError:
         where = f"row {self.row}" + (f", {self.field}" if self.field else "")
         return f"{where}: {self.message}"
 
+    @property
+    def kind(self) -> str:
+        """The problem without its particulars: "history[3]" and "history[7]" or "row 12" and "row 40" match."""
+        field = re.sub(r"\[\d+\]", "[]", re.sub(r"^turn \d+$", "turn", self.field))
+        return field + "|" + _PARTICULARS.sub("#", self.message)
+
+
+_PARTICULARS = re.compile(r"'[^']*'|\"[^\"]*\"|\d[\d,.]*")
+
+
+class Problems(list):
+    """RowErrors as a list that keeps the first ``per_kind`` of each kind and counts every one, so a file with a
+    million bad rows reports precisely without holding a million messages."""
+
+    def __init__(self, items=(), per_kind: int = MAX_PER_KIND):
+        super().__init__()
+        self.per_kind = per_kind
+        self.counts: dict[str, int] = {}
+        self.total = 0
+        self.extend(items)
+
+    def append(self, problem: RowError) -> None:
+        n = self.counts.get(problem.kind, 0) + 1
+        self.counts[problem.kind] = n
+        self.total += 1
+        if n <= self.per_kind:
+            super().append(problem)
+
+    def extend(self, problems) -> None:
+        for p in problems:
+            self.append(p)
+
+    @property
+    def n_hidden(self) -> int:
+        """Problems counted but not kept."""
+        return self.total - len(self)
+
 
 @dataclass
 class DataReport:
@@ -65,14 +108,25 @@ class DataReport:
     """Usable records as ``[{"role", "content"}, ...]``, ending with an assistant turn."""
     row_ids: list[int] = field(default_factory=list)
     """1-based row number of each entry in ``conversations``."""
-    errors: list[RowError] = field(default_factory=list)
-    """Problems that make a record unusable; such records are not in ``conversations``."""
-    warnings: list[RowError] = field(default_factory=list)
-    """Things worth knowing that do not stop a record from being used (unknown fields)."""
+    errors: Problems = field(default_factory=Problems)
+    """Problems that make a record unusable (the first MAX_PER_KIND of each kind); such records are not in
+    ``conversations``."""
+    warnings: Problems = field(default_factory=Problems)
+    """Things worth knowing that do not stop a record from being used (unknown fields, duplicates)."""
+    usable_count: int | None = None
+    """Usable records when they were counted but not kept (``keep=False``); None when ``conversations`` holds them."""
 
     @property
     def n_usable(self) -> int:
-        return len(self.conversations)
+        return len(self.conversations) if self.usable_count is None else self.usable_count
+
+    @property
+    def n_errors(self) -> int:
+        return getattr(self.errors, "total", len(self.errors))
+
+    @property
+    def n_warnings(self) -> int:
+        return getattr(self.warnings, "total", len(self.warnings))
 
     def to_dict(self, max_errors: int = MAX_REPORTED_ERRORS) -> dict:
         """JSON-able summary; errors and warnings are cut to ``max_errors`` each, with the full counts alongside."""
@@ -81,15 +135,19 @@ class DataReport:
             "format": self.format,
             "n_rows": self.n_rows,
             "n_usable": self.n_usable,
-            "n_errors": len(self.errors),
-            "n_warnings": len(self.warnings),
+            "n_errors": self.n_errors,
+            "n_warnings": self.n_warnings,
             "errors": [asdict(e) for e in self.errors[:max_errors]],
             "warnings": [asdict(w) for w in self.warnings[:max_errors]],
         }
 
 
-def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = DEFAULT_MAX_CHARS) -> DataReport:
-    """Read and validate a .json or .jsonl dataset file. The size is checked before anything is read."""
+def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = DEFAULT_MAX_CHARS,
+                 keep: bool = True, on_usable: Callable[[int, list[dict]], None] | None = None) -> DataReport:
+    """Read and validate a .json or .jsonl dataset file. The size is checked before anything is read.
+
+    ``keep=False`` counts usable records without keeping them, for one pass over a file too large to hold as
+    Python objects; ``on_usable(row, conversation)`` sees each usable record as it is read."""
     path = Path(path)
     ext = _check_extension(path.name)
     if not path.exists():
@@ -98,7 +156,7 @@ def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = D
         raise UserError(f"{path}: is not a file; give the path of a .json or .jsonl file")
     _check_size(str(path), path.stat().st_size, max_bytes)
     with open(path, "rb") as f:
-        return _load(f, str(path), ext, max_chars=max_chars)
+        return _load(f, str(path), ext, max_chars=max_chars, keep=keep, on_usable=on_usable)
 
 
 def load_dataset_bytes(
@@ -135,7 +193,7 @@ def _human_bytes(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB"
 
 
-def _load(stream, name: str, ext: str, *, max_chars: int) -> DataReport:
+def _load(stream, name: str, ext: str, *, max_chars: int, keep: bool = True, on_usable=None) -> DataReport:
     report = DataReport(path=name, format="unknown", n_rows=0)
     if ext == ".jsonl":
         rows = iter_jsonl(stream, name)
@@ -145,7 +203,9 @@ def _load(stream, name: str, ext: str, *, max_chars: int) -> DataReport:
             raise UserError(f"{name}: file has only whitespace; it needs at least one record")
         rows = iter_json_array(text, name)
     formats = set()
-    seen: dict[str, int] = {}
+    # Conversation hash -> first row. A 64-bit hash instead of the text keeps a million records in tens of MB.
+    seen: dict[int, int] = {}
+    n_usable = 0
     for row, record, repeated, json_error in rows:
         report.n_rows += 1
         if json_error:
@@ -158,15 +218,21 @@ def _load(stream, name: str, ext: str, *, max_chars: int) -> DataReport:
             formats.add(fmt)
         if conversation is None:
             continue
-        key = json.dumps(conversation, ensure_ascii=False)
+        key = hash(tuple((t["role"], t["content"]) for t in conversation))
         if key in seen:
             # Reported but kept: datasets repeat persona lines on purpose to weight them (huanhuan.json has
             # "你是谁？" 50 times), and dropping them would change what the user chose to train on.
             report.warnings.append(RowError(row, "", f"duplicate of row {seen[key]} (kept; remove it to train on it once)"))
         else:
             seen[key] = row
-        report.conversations.append(conversation)
-        report.row_ids.append(row)
+        n_usable += 1
+        if on_usable is not None:
+            on_usable(row, conversation)
+        if keep:
+            report.conversations.append(conversation)
+            report.row_ids.append(row)
+    if not keep:
+        report.usable_count = n_usable
     if report.n_rows == 0:
         if ext == ".jsonl":
             raise UserError(f"{name}: file has only whitespace; it needs at least one record")
@@ -387,38 +453,69 @@ class TokenStats:
         return asdict(self)
 
 
+STATS_BATCH = 2048
+"""Conversations encoded per tokenizer call when measuring: large enough for the batch path, small in memory."""
+
+
+class TokenCounter:
+    """Token lengths and truncation figures, fed one conversation at a time and encoded in batches, so measuring
+    a million records holds one batch of them plus 4 bytes per record."""
+
+    def __init__(self, tokenizer, *, persona: str, max_length: int, batch: int = STATS_BATCH):
+        self.tokenizer, self.persona, self.max_length, self.batch = tokenizer, persona, max_length, batch
+        self._pending: list[list[dict]] = []
+        self._lengths = array("i")
+        self.n_truncated = self.n_answer_lost = self.n_label_tokens = 0
+
+    def add(self, conversation: list[dict]) -> None:
+        self._pending.append(conversation)
+        if len(self._pending) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        from trainer_core.chat_format import _cut, encode_conversations
+
+        full = encode_conversations(self.tokenizer, self._pending, persona=self.persona, max_length=2**31 - 1)
+        self._pending = []
+        for e in full:
+            self._lengths.append(len(e.input_ids))
+            # chat_format's own truncation rule, applied to the full encoding instead of encoding a second time.
+            cut = _cut(e.input_ids, e.labels, self.max_length)
+            self.n_truncated += cut.truncated
+            self.n_answer_lost += cut.answer_lost
+            self.n_label_tokens += cut.n_label_tokens
+
+    def result(self) -> TokenStats:
+        if self._pending:
+            self._flush()
+        lengths = np.frombuffer(self._lengths, dtype=np.int32) if len(self._lengths) else np.zeros(0, np.int32)
+        ordered = np.sort(lengths)
+        return TokenStats(
+            n=len(lengths),
+            p50=_percentile(ordered, 0.50),
+            p95=_percentile(ordered, 0.95),
+            max=int(ordered[-1]) if len(ordered) else 0,
+            mean=float(lengths.mean()) if len(lengths) else 0.0,
+            max_length=self.max_length,
+            n_truncated=self.n_truncated,
+            n_answer_lost=self.n_answer_lost,
+            n_label_tokens=self.n_label_tokens,
+            lengths=lengths.tolist(),
+        )
+
+
 def token_stats(report_or_conversations, tokenizer, *, persona: str, max_length: int) -> TokenStats:
-    """Tokenise every conversation the way training will and measure lengths and truncation at ``max_length``.
-
-    Encodes twice: once without a limit for the true lengths, once at ``max_length`` so the truncation figures come
-    from ``chat_format``'s own truncation rule rather than a guess at it.
-    """
-    from trainer_core.chat_format import encode_conversations
-
-    if isinstance(report_or_conversations, DataReport):
-        conversations = report_or_conversations.conversations
-    else:
-        conversations = list(report_or_conversations)
-    full = encode_conversations(tokenizer, conversations, persona=persona, max_length=2**31 - 1)
-    cut = encode_conversations(tokenizer, conversations, persona=persona, max_length=max_length)
-    lengths = [len(e.input_ids) for e in full]
-    ordered = sorted(lengths)
-    return TokenStats(
-        n=len(lengths),
-        p50=_percentile(ordered, 0.50),
-        p95=_percentile(ordered, 0.95),
-        max=ordered[-1] if ordered else 0,
-        mean=sum(lengths) / len(lengths) if lengths else 0.0,
-        max_length=max_length,
-        n_truncated=sum(e.truncated for e in cut),
-        n_answer_lost=sum(e.answer_lost for e in cut),
-        n_label_tokens=sum(e.n_label_tokens for e in cut),
-        lengths=lengths,
-    )
+    """Tokenise every conversation the way training will and measure lengths and truncation at ``max_length``."""
+    counter = TokenCounter(tokenizer, persona=persona, max_length=max_length)
+    conversations = report_or_conversations.conversations if isinstance(report_or_conversations, DataReport) \
+        else report_or_conversations
+    for conversation in conversations:
+        counter.add(conversation)
+    return counter.result()
 
 
-def _percentile(ordered: list[int], q: float) -> int:
-    """Nearest-rank percentile of an already sorted list (0 for an empty one)."""
-    if not ordered:
+def _percentile(ordered, q: float) -> int:
+    """Nearest-rank percentile of an already sorted sequence (0 for an empty one)."""
+    if len(ordered) == 0:
         return 0
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+    return int(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
