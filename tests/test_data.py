@@ -469,6 +469,7 @@ class FakeEncoded:
     def __init__(self, n_prompt, n_answer, max_length):
         n = n_prompt + n_answer
         self.input_ids = list(range(min(n, max_length)))
+        self.labels = ([-100] * n_prompt + list(range(n_answer)))[:max_length]
         self.truncated = n > max_length
         self.answer_lost = n_prompt >= max_length
         self.n_label_tokens = max(0, min(n, max_length) - n_prompt)

@@ -454,6 +454,7 @@ class TokenStats:
 
 
 STATS_BATCH = 2048
+IGNORE_LABEL = -100  # chat_format.IGNORE_INDEX, PyTorch's cross-entropy ignore index
 """Conversations encoded per tokenizer call when measuring: large enough for the batch path, small in memory."""
 
 
@@ -473,17 +474,18 @@ class TokenCounter:
             self._flush()
 
     def _flush(self) -> None:
-        from trainer_core.chat_format import _cut, encode_conversations
+        from trainer_core.chat_format import encode_conversations
 
         full = encode_conversations(self.tokenizer, self._pending, persona=self.persona, max_length=2**31 - 1)
         self._pending = []
         for e in full:
             self._lengths.append(len(e.input_ids))
-            # chat_format's own truncation rule, applied to the full encoding instead of encoding a second time.
-            cut = _cut(e.input_ids, e.labels, self.max_length)
-            self.n_truncated += cut.truncated
-            self.n_answer_lost += cut.answer_lost
-            self.n_label_tokens += cut.n_label_tokens
+            # Training keeps the first max_length tokens (chat_format's cut); counting the labels in that prefix
+            # of the full encoding gives its figures without tokenizing everything a second time.
+            n_labels = sum(1 for label in e.labels[:self.max_length] if label != IGNORE_LABEL)
+            self.n_truncated += len(e.input_ids) > self.max_length
+            self.n_answer_lost += n_labels == 0
+            self.n_label_tokens += n_labels
 
     def result(self) -> TokenStats:
         if self._pending:
