@@ -1,7 +1,7 @@
 """Command line: everything the dashboard does, from a terminal or a cluster script.
 
     python -m trainer_core prepare-models
-    python -m trainer_core check-data FILE [--model DIR] [--max-length N] [--json]
+    python -m trainer_core check-data FILE [--model DIR] [--max-length N] [--no-tokens] [--json]
     python -m trainer_core plan CONFIG [--set k=v]... [--json]
     python -m trainer_core train CONFIG [--set k=v]... [--detach]
     python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--detach]
@@ -56,7 +56,7 @@ def cmd_check_data(args) -> int:
 
     _bounded(args.max_length, "--max-length", *MAX_LENGTH_RANGE, why="the range data.max_length allows")
     counter = None
-    if args.model or Path(_default_model()).is_dir():
+    if not args.no_tokens and (args.model or Path(_default_model()).is_dir()):
         from trainer_core.models import check_model_dir, load_tokenizer
 
         model = args.model or _default_model()
@@ -368,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-length", type=int, default=512)
     s.add_argument("--persona", default=None)
     s.add_argument("--trust-remote-code", action="store_true")
+    s.add_argument("--no-tokens", action="store_true", help="validate only, without token statistics (fast)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_check_data)
 
