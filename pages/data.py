@@ -46,7 +46,7 @@ if path is None:
     st.info(t("data.pick_one"))
     st.stop()
 try:
-    report = dv.report_for(path)
+    report = dv.result_of(dv.report_job(path), t("data.validating"))
 except UserError as e:
     st.error(str(e), icon=":material/error:")
     st.stop()
@@ -103,9 +103,8 @@ if max_length < 16:
     st.error(t("data.bad_max_length"))
     st.stop()
 try:
-    with st.spinner(t("data.tokenizing")):
-        stats = dv.stats_for(path, model_dir, trust, persona, max_length)
-        tok = dv.tokenizer_for(model_dir, trust)
+    stats = dv.result_of(dv.stats_job(path, report, model_dir, trust, persona, max_length), t("data.tokenizing"))
+    tok = dv.tokenizer_for(model_dir, trust)
 except UserError as e:
     st.error(str(e), icon=":material/error:")
     st.stop()

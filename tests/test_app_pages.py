@@ -215,6 +215,34 @@ def test_an_upload_name_with_a_nul_byte_is_refused_and_the_page_keeps_working(ap
     assert {m.label: m.value for m in app.metric}[ZH["data.usable"]] == "1"
 
 
+def test_long_validation_shows_progress_and_does_not_hold_the_page(app, tmp_path, monkeypatch):
+    from app import data_jobs
+    from app import data_view as dv
+
+    monkeypatch.setattr(dv, "FIRST_WAIT_S", 0.0)  # as if the file were large: no grace period before the bar
+    data = tmp_path / "big.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"问{i}", "output": f"答{i % 7}"}, ensure_ascii=False) + "\n"
+                            for i in range(20_000)), encoding="utf-8")
+    app.radio(key="p.data.source").set_value("path").run()
+    app.text_input(key="p.data.server_path").set_value(str(data)).run()
+    assert not app.exception
+    # The script run ended while the work goes on: a progress bar, no figures yet.
+    assert [p.proto.text for p in app.get("progress")][0].startswith(ZH["data.validating"])
+    assert not app.metric
+
+    def settle():
+        for job in list(data_jobs._jobs.values()):
+            assert job.finished.wait(300)
+        app.run()
+        assert not app.exception
+
+    settle()  # validation done; token statistics now run in the background the same way
+    settle()
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics[ZH["data.rows"]] == "20000" and metrics["p50"] not in ("", "0")
+    assert not app.get("progress")
+
+
 def test_train_page_shows_plan_command_and_ds_config(app):
     goto(app, "pages/train.py")
     assert app.text_input(key="p.f.train.learning_rate").value == "0.008"  # the quickstart config

@@ -34,6 +34,7 @@ from trainer_core.records import iter_json_array, iter_jsonl, json_type
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_CHARS = 20_000
 MAX_REPORTED_ERRORS = 200
+PROGRESS_EVERY = 4096
 MAX_PER_KIND = 50
 """Problems kept per kind (same field, same message but for numbers and quoted values); the rest are counted."""
 EXTENSIONS = (".json", ".jsonl")
@@ -143,11 +144,13 @@ class DataReport:
 
 
 def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = DEFAULT_MAX_CHARS,
-                 keep: bool = True, on_usable: Callable[[int, list[dict]], None] | None = None) -> DataReport:
+                 keep: bool = True, on_usable: Callable[[int, list[dict]], None] | None = None,
+                 progress: Callable[[float], None] | None = None) -> DataReport:
     """Read and validate a .json or .jsonl dataset file. The size is checked before anything is read.
 
     ``keep=False`` counts usable records without keeping them, for one pass over a file too large to hold as
-    Python objects; ``on_usable(row, conversation)`` sees each usable record as it is read."""
+    Python objects; ``on_usable(row, conversation)`` sees each usable record as it is read; ``progress(fraction)``
+    hears how much of the file has been read, every few thousand records."""
     path = Path(path)
     ext = _check_extension(path.name)
     if not path.exists():
@@ -156,7 +159,7 @@ def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = D
         raise UserError(f"{path}: is not a file; give the path of a .json or .jsonl file")
     _check_size(str(path), path.stat().st_size, max_bytes)
     with open(path, "rb") as f:
-        return _load(f, str(path), ext, max_chars=max_chars, keep=keep, on_usable=on_usable)
+        return _load(f, str(path), ext, max_chars=max_chars, keep=keep, on_usable=on_usable, progress=progress)
 
 
 def load_dataset_bytes(
@@ -193,21 +196,29 @@ def _human_bytes(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB"
 
 
-def _load(stream, name: str, ext: str, *, max_chars: int, keep: bool = True, on_usable=None) -> DataReport:
+def _load(stream, name: str, ext: str, *, max_chars: int, keep: bool = True, on_usable=None,
+          progress=None) -> DataReport:
     report = DataReport(path=name, format="unknown", n_rows=0)
     if ext == ".jsonl":
         rows = iter_jsonl(stream, name)
+        size = max(1, stream.seek(0, os.SEEK_END))
+        stream.seek(0)
+        where = lambda: stream.tell() / size  # noqa: E731
     else:
         text = _decode(stream.read(), name)
         if not text.strip():
             raise UserError(f"{name}: file has only whitespace; it needs at least one record")
-        rows = iter_json_array(text, name)
+        cursor = [0]
+        rows = iter_json_array(text, name, cursor)
+        where = lambda: cursor[0] / len(text)  # noqa: E731
     formats = set()
     # Conversation hash -> first row. A 64-bit hash instead of the text keeps a million records in tens of MB.
     seen: dict[int, int] = {}
     n_usable = 0
     for row, record, repeated, json_error in rows:
         report.n_rows += 1
+        if progress is not None and report.n_rows % PROGRESS_EVERY == 0:
+            progress(where())
         if json_error:
             report.errors.append(RowError(row, "", json_error))
             continue
@@ -462,8 +473,10 @@ class TokenCounter:
     """Token lengths and truncation figures, fed one conversation at a time and encoded in batches, so measuring
     a million records holds one batch of them plus 4 bytes per record."""
 
-    def __init__(self, tokenizer, *, persona: str, max_length: int, batch: int = STATS_BATCH):
+    def __init__(self, tokenizer, *, persona: str, max_length: int, batch: int = STATS_BATCH,
+                 progress: Callable[[int], None] | None = None):
         self.tokenizer, self.persona, self.max_length, self.batch = tokenizer, persona, max_length, batch
+        self.progress = progress  # called after each batch with the number of conversations measured so far
         self._pending: list[list[dict]] = []
         self._lengths = array("i")
         self.n_truncated = self.n_answer_lost = self.n_label_tokens = 0
@@ -486,6 +499,8 @@ class TokenCounter:
             self.n_truncated += len(e.input_ids) > self.max_length
             self.n_answer_lost += n_labels == 0
             self.n_label_tokens += n_labels
+        if self.progress is not None:
+            self.progress(len(self._lengths))
 
     def result(self) -> TokenStats:
         if self._pending:
@@ -506,9 +521,10 @@ class TokenCounter:
         )
 
 
-def token_stats(report_or_conversations, tokenizer, *, persona: str, max_length: int) -> TokenStats:
+def token_stats(report_or_conversations, tokenizer, *, persona: str, max_length: int,
+                progress: Callable[[int], None] | None = None) -> TokenStats:
     """Tokenise every conversation the way training will and measure lengths and truncation at ``max_length``."""
-    counter = TokenCounter(tokenizer, persona=persona, max_length=max_length)
+    counter = TokenCounter(tokenizer, persona=persona, max_length=max_length, progress=progress)
     conversations = report_or_conversations.conversations if isinstance(report_or_conversations, DataReport) \
         else report_or_conversations
     for conversation in conversations:

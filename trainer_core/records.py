@@ -48,8 +48,9 @@ def iter_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
             yield lineno, record, repeated, None
 
 
-def iter_json_array(text: str, name: str) -> Iterator[Item]:
-    """Records of a .json file holding one top-level array, decoded one element at a time."""
+def iter_json_array(text: str, name: str, cursor: list[int] | None = None) -> Iterator[Item]:
+    """Records of a .json file holding one top-level array, decoded one element at a time. ``cursor[0]`` follows
+    the character position reached, for progress."""
     depth = safe_json.nesting_depth(text)
     if depth > safe_json.MAX_DEPTH:
         raise UserError(f"{name}: nested {depth} levels deep, more than the {safe_json.MAX_DEPTH} a dataset may "
@@ -86,6 +87,8 @@ def iter_json_array(text: str, name: str) -> Iterator[Item]:
             yield row, record, repeated[:], None
         repeated.clear()
         pos = _skip_ws(text, pos)
+        if cursor is not None:
+            cursor[0] = pos
         if text.startswith(",", pos):
             pos = _skip_ws(text, pos + 1)
         elif text.startswith("]", pos):
