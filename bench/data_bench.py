@@ -10,7 +10,7 @@ bytes, persona, max_length and tokenizer), as a relaunch does. The tokenizer is 
 
 Scale mode: writes N short generated records (a .jsonl in a temporary folder, deleted afterwards), then runs
 `check-data` and the trainer's data preparation (`train.build_rows`: encode, split, pack) as separate processes,
-printing each one's wall time and peak RSS (getrusage of the child, read by a fresh wrapper process so no other
+printing each one's wall time, CPU time and peak RSS (getrusage of the child, read by a fresh wrapper process so no other
 child's peak can leak in). The goal is under 1.5 GB each; time is printed, not judged.
 """
 
@@ -38,9 +38,10 @@ MEASURE = """
 import json, resource, subprocess, sys, time
 t = time.perf_counter()
 proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": proc.returncode, "s": time.perf_counter() - t, "stdout": proc.stdout[-2000:],
-                  "stderr": proc.stderr[-2000:],
-                  "peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+                  "stderr": proc.stderr[-2000:], "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "peak_mib": usage.ru_maxrss / 1024}))
 """
 
 BUILD_ROWS = """
@@ -89,7 +90,9 @@ def scale(n: int, max_length: int) -> int:
         for label, argv in steps.items():
             r = measure(argv, env)
             tail = (r["stdout"].strip().splitlines() or [""])[-1]
-            print(f"{label}: exit {r['rc']}, {r['s']:.1f} s, peak RSS {r['peak_mib']:.0f} MiB | {tail}", flush=True)
+            # CPU seconds too: on a shared machine they are what the step would take on a core of its own.
+            print(f"{label}: exit {r['rc']}, {r['s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, "
+                  f"peak RSS {r['peak_mib']:.0f} MiB | {tail}", flush=True)
             if r["rc"] != 0:
                 print(r["stderr"], file=sys.stderr)
                 return 1
