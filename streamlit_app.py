@@ -7,8 +7,10 @@ Runs live in run directories, not in this process: restart the dashboard at any 
 
 import streamlit as st
 
-from app import frame, train_form
+from app import frame, train_form, warmup
 from app.i18n import t
+
+warmup.start()  # transformers' lazy imports race between session threads: import once, before any page runs
 
 st.set_page_config(page_title=t("app.title"), page_icon=":material/theater_comedy:", layout="wide")
 if not frame.signed_in():
@@ -23,4 +25,8 @@ page = st.navigation([
 ])
 train_form.ensure_defaults()  # the Data and Chat pages read the Train form too
 frame.sidebar()
+if not warmup.ready():
+    with st.spinner(t("app.warming")):
+        warmup.wait()
+warmup.wait()  # re-raises an import failure on every run, not just the first
 page.run()

@@ -9,7 +9,8 @@ import streamlit as st
 
 from app.i18n import t
 from trainer_core import run_dir as rd
-from trainer_core.config import DEFAULT_PERSONA, load_config
+from trainer_core.chat_format import specials_in
+from trainer_core.config import load_config
 from trainer_core.errors import UserError
 from trainer_core.inference import GenParams, load_chat_model, run_persona, stream_reply
 from trainer_core.runs import list_runs
@@ -44,10 +45,32 @@ def run_base(run: Path) -> tuple[str, bool]:
 
 
 def persona_for(model_dir: Path) -> str:
+    """The persona a chat starts with: the one the run trained with; none for a plain model folder, so its own
+    template supplies its default system prompt."""
     try:
-        return run_persona(model_dir) or DEFAULT_PERSONA
-    except Exception:  # a damaged run config must not break the chat page; the default persona is a fine start
-        return DEFAULT_PERSONA
+        return run_persona(model_dir) or ""
+    except Exception:  # a damaged run config must not break the chat page; no persona is a fine start
+        return ""
+
+
+def persona_note(model_dir: Path, persona: str) -> str:
+    """i18n key of the line that says which system prompt is in use."""
+    if not persona.strip():
+        return "chat.persona_model_default"
+    return "chat.persona_trained" if persona == persona_for(model_dir) else "chat.persona_custom"
+
+
+def special_tokens_in(model_dir: Path, trust_remote_code: bool, text: str) -> list[str]:
+    """The model's special-token strings found in a persona or prompt (empty when the tokenizer cannot load: the
+    chat itself reports that)."""
+    from app.data_view import tokenizer_for
+
+    if not text:
+        return []
+    try:
+        return specials_in(tokenizer_for(str(model_dir), trust_remote_code), text)
+    except (UserError, OSError, ValueError):
+        return []
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)

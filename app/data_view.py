@@ -12,7 +12,7 @@ import streamlit as st
 from app import data_jobs
 from trainer_core import paths
 from trainer_core.data import (DataReport, TokenStats, load_dataset, load_dataset_bytes, safe_upload_name,
-                               store_upload, token_stats)
+                               special_token_warnings, store_upload, token_stats)
 from trainer_core.errors import UserError
 
 PAGE_SIZE = 20
@@ -93,6 +93,20 @@ def result_of(job: data_jobs.Job, text: str):
 def errors_frame(report: DataReport, which: str = "errors") -> pd.DataFrame:
     rows = [{"row": e.row, "field": e.field, "message": e.message} for e in getattr(report, which)]
     return pd.DataFrame(rows, columns=["row", "field", "message"])
+
+
+def special_frame(report: DataReport, tokenizer) -> pd.DataFrame:
+    """Per-row warnings for texts holding the tokenizer's special-token strings (they need the tokenizer, so they are
+    not part of the report itself)."""
+    rows = [{"row": w.row, "field": w.field, "message": w.message} for w in special_token_warnings(report, tokenizer)]
+    return pd.DataFrame(rows, columns=["row", "field", "message"])
+
+
+def end_of_turn(tokenizer) -> str:
+    """The end-of-turn marker the label mask trains after each answer, as the chat template writes it."""
+    from trainer_core.chat_format import turn_format
+
+    return turn_format(tokenizer).end_marker
 
 
 def preview_frame(report: DataReport, page: int, page_size: int = PAGE_SIZE) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.i18n import LANGUAGES, state_label, t
+from app.i18n import LANGUAGES, phase_text, state_label, t
 from app.state import LIVE_STATES, active_run
 from trainer_core.supervisor import read_state
 
@@ -77,7 +77,8 @@ def _run_card(run: Path, live: bool) -> None:
     with st.container(border=True, key="frame-run"):
         st.markdown(f"**{t('frame.active_run')}**")
         st.text(run.name)
-        st.markdown(state_label(s["state"]))
+        phase = phase_text(s)
+        st.markdown(state_label(s["state"]) + (f" · {phase}" if phase else ""))
         total = s.get("total_steps") or 0
         step = s.get("step") or 0
         if total:

@@ -23,6 +23,7 @@ CONFIG_FIELDS: list[tuple[str, str]] = [("run", "name")] + [
 ZH: dict[str, str] = {
     "app.title": "角色扮演微调工作室",
     "app.steps": "① 数据 → ② 训练 → ③ 监控 → ④ 对话。默认配置用示例数据在 CPU 上几分钟即可训练好入门模型。",
+    "app.warming": "正在加载模型库（服务刚启动，只需一次）…",
     "page.data": "数据",
     "page.train": "训练",
     "page.monitor": "监控",
@@ -93,6 +94,8 @@ ZH: dict[str, str] = {
     "data.record": "第几条可用记录（共 {n} 条）",
     "data.mask_stats": "文件第 {row} 行：{n} 个 token，其中 {trained} 个参与训练。",
     "data.record_truncated": "这条记录超过 {max_length} 个 token，只显示截断后的部分。",
+    "data.end_of_turn": "对话模板的回合结束符是 `{marker}`：每个回答之后训练一次，模型靠它学会停下。",
+    "data.special_rows": "{n} 处文本含有这个分词器的特殊 token（如 `<|im_end|>`）：它们按普通文字训练，不会变成对话标记；多半是数据里的错误。",
     # train page
     "train.title": "训练",
     "train.reset": "恢复为快速上手配置",
@@ -103,7 +106,7 @@ ZH: dict[str, str] = {
     "train.name_placeholder": "留空则按时间自动命名",
     "train.model_other": "其他路径……",
     "train.model_typed": "模型目录路径",
-    "train.trust_warning": "勾选后会执行模型目录里的 Python 代码（例如 Qwen-7B-Chat 需要）。只对来源可信的模型勾选。",
+    "train.trust_warning": "勾选后会执行模型目录里的 Python 代码。只对来源可信的模型勾选（Qwen-7B-Chat 不需要：选中它时可以转换为 Qwen2）。",
     "train.check_data": "在数据页检查这个数据集",
     "train.preset": "DeepSpeed 预设",
     "train.preset_help": "把预设的 ZeRO 阶段和卸载方式填入下面的表单。",
@@ -141,6 +144,7 @@ ZH: dict[str, str] = {
     "field.data.persona": "人设（系统提示词）",
     "field.data.max_length": "最大长度（token）",
     "field.data.eval_ratio": "验证集比例",
+    "field.data.max_eval_records": "验证集最多记录数",
     "field.data.packing": "拼接短样本（packing）",
     "field.train.epochs": "训练轮数",
     "field.train.max_steps": "最大步数",
@@ -179,6 +183,7 @@ ZH: dict[str, str] = {
     "help.data.persona": "模型要学会扮演的系统提示词；没有自带 system 的记录都用它作为系统轮。",
     "help.data.max_length": "每条训练序列的 token 数（提示 + 回答）。更长的记录会被截断并报告。",
     "help.data.eval_ratio": "留作验证的记录比例（0 表示不验证）。",
+    "help.data.max_eval_records": "无论数据多大，最多留出这么多条做验证（其余都参与训练）：每次验证和训练结束时的验证都很短。",
     "help.data.packing": "把多条短记录拼进一条序列（记录之间互不注意），训练更快。",
     "help.train.epochs": "遍历训练数据的轮数。max_steps > 0 时忽略。",
     "help.train.max_steps": "训练到这么多个优化步后停止（-1：按轮数训练完）。",
@@ -239,6 +244,16 @@ ZH: dict[str, str] = {
     "mon.stop_requested": "已请求停止。",
     "mon.external": "此运行在工作室之外启动（launch_node.sh 或 Slurm）。训练器 {age} 秒前报告仍在运行；超过 5 分钟没有报告将视为失败。",
     "mon.progress": "步数 {step} / {total} · {state}",
+    "mon.supervisor_lost": "这个运行的监管进程已经不在了，但还有 {n} 个进程在运行：各 rank 会在下一步保存检查点后退出。也可以现在停止或强制停止。",
+    "phase.training": "训练",
+    "phase.evaluating": "验证",
+    "phase.saving checkpoint": "保存检查点",
+    "phase.finishing": "收尾",
+    "phase.consolidating final": "合并最终模型",
+    "train.eval_cost": "验证：留出 {ratio:.0%} 的记录，最多 {cap} 条；{when}，训练结束时再验证一次。停止运行时不做验证。",
+    "train.eval_every": "每 {n} 步一次",
+    "train.eval_epoch": "每轮一次",
+    "train.eval_off": "验证已关闭（验证集比例为 0）。",
     "mon.step": "步数",
     "mon.loss": "损失",
     "mon.eval_loss": "验证损失",
@@ -273,7 +288,12 @@ ZH: dict[str, str] = {
     "chat.target": "模型",
     "chat.final": "最终模型（final）",
     "chat.model": "模型目录",
-    "chat.persona": "人设（系统提示词，默认取训练时的人设）",
+    "chat.persona": "人设（系统提示词）",
+    "chat.persona_trained": "使用这个运行训练时的人设。",
+    "chat.persona_custom": "使用你填写的人设。",
+    "chat.persona_model_default": "未设人设：使用模型对话模板自带的默认系统提示词（如果有）。",
+    "chat.special_persona": "人设里有特殊 token {tokens}：会按普通文字读入，不会成为对话标记。",
+    "chat.special_prompt": "消息里有特殊 token {tokens}：已按普通文字发给模型，不会成为对话标记。",
     "chat.params": "生成参数",
     "chat.temperature": "温度",
     "chat.temperature_help": "越高越随机；0 为贪心解码。",
@@ -332,6 +352,7 @@ EN: dict[str, str] = {
     "app.title": "Role-play Fine-tuning Studio",
     "app.steps": "① Data → ② Train → ③ Monitor → ④ Chat. The default settings train the starter model on the sample "
                  "data in a few minutes on a CPU.",
+    "app.warming": "Loading the model libraries (once, the server just started)…",
     "page.data": "Data",
     "page.train": "Train",
     "page.monitor": "Monitor",
@@ -402,6 +423,10 @@ EN: dict[str, str] = {
     "data.record": "Usable record (of {n})",
     "data.mask_stats": "File row {row}: {n} tokens, {trained} of them trained.",
     "data.record_truncated": "This record is longer than {max_length} tokens; only the truncated part is shown.",
+    "data.end_of_turn": "The chat template's end-of-turn marker is `{marker}`: trained once after each answer, it is "
+                        "how the model learns to stop.",
+    "data.special_rows": "{n} texts hold one of this tokenizer's special tokens (such as `<|im_end|>`): they are "
+                         "trained as plain text, never as turn markers, and are most likely a mistake in the data.",
     "train.title": "Train",
     "train.reset": "Reset to the quickstart config",
     "train.tab.model": "Model & data",
@@ -411,8 +436,8 @@ EN: dict[str, str] = {
     "train.name_placeholder": "empty: named after the time",
     "train.model_other": "Other path…",
     "train.model_typed": "Model folder",
-    "train.trust_warning": "This runs Python code shipped in the model folder (Qwen-7B-Chat needs it). Only tick it for "
-                           "models from a source you trust.",
+    "train.trust_warning": "This runs Python code shipped in the model folder. Only tick it for models from a source "
+                           "you trust (Qwen-7B-Chat does not need it: pick it and convert it to Qwen2).",
     "train.check_data": "Check this dataset on the Data page",
     "train.preset": "DeepSpeed preset",
     "train.preset_help": "Copy a preset's ZeRO stage and offload choices into the form below.",
@@ -451,6 +476,7 @@ EN: dict[str, str] = {
     "field.data.persona": "Persona (system prompt)",
     "field.data.max_length": "Max length (tokens)",
     "field.data.eval_ratio": "Evaluation split",
+    "field.data.max_eval_records": "Evaluation records at most",
     "field.data.packing": "Pack short records",
     "field.train.epochs": "Epochs",
     "field.train.max_steps": "Max steps",
@@ -510,6 +536,18 @@ EN: dict[str, str] = {
     "mon.external": "Started outside the studio (launch_node.sh or Slurm). The trainer last reported in {age} s ago; "
                     "after 5 minutes without a report the run counts as failed.",
     "mon.progress": "Step {step} / {total} · {state}",
+    "mon.supervisor_lost": "This run's supervisor process is gone but {n} of its processes still run: the ranks save a "
+                           "checkpoint at their next step and exit. You can also stop or force-stop now.",
+    "phase.training": "training",
+    "phase.evaluating": "evaluating",
+    "phase.saving checkpoint": "saving checkpoint",
+    "phase.finishing": "finishing",
+    "phase.consolidating final": "consolidating final model",
+    "train.eval_cost": "Evaluation: {ratio:.0%} of the records held out, at most {cap}; {when}, and once when training "
+                       "ends. Stopping a run skips evaluation.",
+    "train.eval_every": "every {n} steps",
+    "train.eval_epoch": "once per epoch",
+    "train.eval_off": "Evaluation is off (evaluation split 0).",
     "mon.step": "Step",
     "mon.loss": "Loss",
     "mon.eval_loss": "Eval loss",
@@ -544,7 +582,15 @@ EN: dict[str, str] = {
     "chat.target": "Model",
     "chat.final": "final model",
     "chat.model": "Model folder",
-    "chat.persona": "Persona (system prompt; defaults to the one the model was trained with)",
+    "chat.persona": "Persona (system prompt)",
+    "chat.persona_trained": "Using the persona this run was trained with.",
+    "chat.persona_custom": "Using the persona you entered.",
+    "chat.persona_model_default": "No persona: the model's chat template supplies its own default system prompt "
+                                  "(if it has one).",
+    "chat.special_persona": "The persona holds special token {tokens}: it is read as plain text, never as a turn "
+                            "marker.",
+    "chat.special_prompt": "The message holds special token {tokens}: it went to the model as plain text, never as a "
+                           "turn marker.",
     "chat.params": "Generation settings",
     "chat.temperature": "Temperature",
     "chat.temperature_help": "Higher is more random; 0 is greedy decoding.",
@@ -599,6 +645,34 @@ EN: dict[str, str] = {
 }
 EN.update({f"help.{section}.{name}": field_help(section, name) for section, name in CONFIG_FIELDS})
 
+# The Train page's Qwen-1 import (app/qwen1_import_view.py).
+ZH.update({
+    "qwen1.offer": "这是 Qwen-1（Qwen-7B-Chat）格式的模型，自带 Python 代码。可以先把它一次性转换成原生 Qwen2 模型"
+                   "（权重不变，分片逐个转换），之后训练、对话和导出都不再执行模型目录里的代码。",
+    "qwen1.dest": "转换后的模型名（保存在 models/ 下）",
+    "qwen1.dest_help": "新建文件夹 {models}/<名字>；只能用字母、数字和 ._-。",
+    "qwen1.button": "转换为 Qwen2 并选用",
+    "qwen1.progress": "正在转换权重…… {percent}%",
+    "qwen1.done": "已转换为 Qwen2 模型并选用：{dest}",
+    "qwen1.not_carried": "Qwen-1 超过 seq_length（{seq_length}）时的长上下文缩放（dynamic NTK、logn）没有带过来："
+                         "最大长度请不超过 {seq_length}。",
+    "qwen1.bad_name": "模型名 “{name}” 无效：只能用字母、数字和 ._-，且以字母或数字开头。",
+})
+EN.update({
+    "qwen1.offer": "This is a Qwen-1 (Qwen-7B-Chat) checkpoint that ships its own Python code. Convert it once into a "
+                   "native Qwen2 model (same weights, shard by shard); training, chat and export then run no code "
+                   "from the model folder.",
+    "qwen1.dest": "Name of the converted model (under models/)",
+    "qwen1.dest_help": "Creates the folder {models}/<name>; letters, digits and ._- only.",
+    "qwen1.button": "Convert to Qwen2 and use it",
+    "qwen1.progress": "Converting the weights… {percent}%",
+    "qwen1.done": "Converted to a Qwen2 model and selected: {dest}",
+    "qwen1.not_carried": "Qwen-1's long-context scaling past seq_length {seq_length} (dynamic NTK, logn) is not "
+                         "carried: keep the max length at or below {seq_length}.",
+    "qwen1.bad_name": "Model name \"{name}\" is not valid: letters, digits and ._- only, starting with a letter "
+                      "or digit.",
+})
+
 LABELS = {"zh": ZH, "en": EN}
 
 STATE_COLOURS = {"queued": "gray", "starting": "blue", "running": "blue", "stopping": "orange",
@@ -625,6 +699,17 @@ def option_labels(prefix: str):
 
 def state_name(state: str) -> str:
     return t(f"state.{state}") if f"state.{state}" in ZH else state
+
+
+def phase_text(status: dict) -> str:
+    """What a live run is doing, e.g. "验证 12/50"; empty when it says nothing more than its state."""
+    phase = status.get("phase")
+    if not phase or status.get("state") not in ("running", "stopping"):
+        return ""
+    text = t(f"phase.{phase}") if f"phase.{phase}" in ZH else phase
+    if status.get("phase_total"):
+        text += f" {status.get('phase_done') or 0}/{status['phase_total']}"
+    return text
 
 
 def state_label(state: str) -> str:

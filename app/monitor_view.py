@@ -11,7 +11,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.i18n import state_name, t
+from app.i18n import phase_text, state_name, t
 from app.state import LIVE_STATES
 from trainer_core import run_dir as rd
 from trainer_core.memory import fmt_bytes
@@ -153,15 +153,18 @@ def live_panel(run: Path, live: bool) -> None:
     train, evals = metric_frames(new_rows(run, rd.METRICS))
     last = train.iloc[-1].to_dict() if not train.empty else {}
     with st.container(key="mon-progress"):
+        phase = phase_text(s)
         st.progress(min(step / total, 1.0) if total else 0.0,
-                    text=t("mon.progress", step=step, total=total or "?", state=state_name(s["state"])))
+                    text=t("mon.progress", step=step, total=total or "?",
+                           state=state_name(s["state"]) + (f" · {phase}" if phase else "")))
         c = st.columns(6)
         c[0].metric(t("mon.step"), f"{step} / {total or '?'}")
         c[1].metric(t("mon.loss"), _fmt(s.get("loss"), ".4f"))
         c[2].metric(t("mon.eval_loss"), _fmt(s.get("eval_loss"), ".4f"))
         c[3].metric(t("mon.tokens_s"), _fmt(last.get("tokens_per_s"), ",.0f"),
                     help=t("mon.label_tokens_s", n=_fmt(last.get("label_tokens_per_s"), ",.0f")))
-        c[4].metric(t("mon.eta"), fmt_duration(s.get("eta_s")) if s["state"] in LIVE_STATES else "-")
+        training = s["state"] in LIVE_STATES and s.get("phase", "training") == "training"
+        c[4].metric(t("mon.eta"), fmt_duration(s.get("eta_s")) if training else "-")  # none once training is over
         c[5].metric(t("mon.elapsed"), fmt_duration(last.get("elapsed_s")))
 
     step_t = t("mon.x_step")

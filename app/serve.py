@@ -57,6 +57,9 @@ def main(argv: list[str]) -> int:
         print(f"error: refusing to serve on {address or 'all interfaces'} without a password: set {PASSWORD_ENV} "
               "or `password` in .streamlit/secrets.toml, or keep --server.address 127.0.0.1", file=sys.stderr)
         return 2
+    from app import warmup
+
+    warmup.start()  # the libraries load while Streamlit starts, so the first page rarely waits
     from streamlit.web import cli as stcli
 
     sys.argv = ["streamlit", "run", "streamlit_app.py", *argv]

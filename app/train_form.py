@@ -34,6 +34,7 @@ WIDGETS: dict[tuple[str, str], tuple] = {
     ("data", "persona"): ("area",),
     ("data", "max_length"): ("int", 64),
     ("data", "eval_ratio"): ("float", 0.05, "%.2f"),
+    ("data", "max_eval_records"): ("int", 50),
     ("data", "packing"): ("bool",),
     ("train", "epochs"): ("float", 1.0, "%.2f"),
     ("train", "max_steps"): ("int", 1),
@@ -130,6 +131,19 @@ def value(section: str, name: str):
     if (section, name) == ("model", "path"):
         return model_path()
     return st.session_state.get(key(section, name))
+
+
+def eval_note() -> str:
+    """What evaluation will cost with the form's values, in words."""
+    try:
+        ratio, cap, every = (float(value("data", "eval_ratio")), int(value("data", "max_eval_records")),
+                             int(value("train", "eval_steps")))
+    except (TypeError, ValueError):
+        return ""
+    if ratio <= 0:
+        return t("train.eval_off")
+    when = t("train.eval_every", n=every) if every else t("train.eval_epoch")
+    return t("train.eval_cost", ratio=ratio, cap=cap, when=when)
 
 
 def form_dict() -> dict:

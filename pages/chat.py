@@ -64,6 +64,9 @@ if st.session_state.get("chat.persona_for") != str(model_dir):
     st.session_state["p.chat.persona"] = cv.persona_for(model_dir)
 persona = st.text_area(t("chat.persona"), key="p.chat.persona", height=68, persist_state="session",
                        help=t("help.data.persona"))
+st.caption(t(cv.persona_note(model_dir, persona)))
+if found := cv.special_tokens_in(model_dir, trust, persona):
+    st.warning(t("chat.special_persona", tokens=", ".join(found)), icon=":material/warning:")
 
 defaults = GenParams()
 with st.expander(t("chat.params")):
@@ -87,6 +90,8 @@ hist = cv.histories()
 
 prompt = st.chat_input(t("chat.placeholder"), key="chat.input")
 if prompt:
+    if found := cv.special_tokens_in(model_dir, trust, prompt):
+        st.warning(t("chat.special_prompt", tokens=", ".join(found)), icon=":material/warning:")
     for side in sides:
         hist[side].append({"role": "user", "content": prompt})
 

@@ -117,10 +117,15 @@ m[4].metric(t("data.answer_lost"), stats.n_answer_lost)
 st.altair_chart(dv.length_histogram(stats, {"x": t("data.hist_x"), "y": t("data.hist_y")}), width="stretch")
 if stats.n_truncated:
     st.warning(t("data.truncated_note", n=stats.n_truncated, max_length=max_length), icon=":material/content_cut:")
+specials = dv.special_frame(report, tok)
+if len(specials):
+    st.warning(t("data.special_rows", n=len(specials)), icon=":material/warning:")
+    st.dataframe(specials, hide_index=True, key="data.special_table")
 
 # ---- label mask
 st.subheader(t("data.mask"))
 st.caption(t("data.mask_note"))
+st.caption(t("data.end_of_turn", marker=dv.end_of_turn(tok)))
 if st.session_state.get("p.data.record", 1) > report.n_usable:
     st.session_state["p.data.record"] = 1
 record = st.number_input(t("data.record", n=report.n_usable), min_value=1, max_value=report.n_usable,

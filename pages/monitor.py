@@ -26,6 +26,8 @@ elif s["state"] == "completed":
     st.page_link("pages/chat.py", label=t("mon.chat_now"), icon=":material/chat:")
 elif s["state"] == "stopped":
     st.info(t("mon.stopped", checkpoints=", ".join(map(str, s["checkpoints"])) or "-"), icon=":material/pause:")
+elif s.get("supervisor_lost"):
+    st.warning(t("mon.supervisor_lost", n=s["supervisor_lost"]), icon=":material/warning:")
 elif s.get("heartbeat_age_s") is not None:  # launched by launch_node.sh or Slurm: no supervisor here
     st.caption(t("mon.external", age=f"{s['heartbeat_age_s']:.0f}"))
 

@@ -7,6 +7,7 @@ import streamlit as st
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import t
+from app.qwen1_import_view import offer_qwen1_import
 from app.state import set_active_run
 from trainer_core.ds_config import list_presets
 from trainer_core.errors import UserError
@@ -39,9 +40,10 @@ with tabs[0]:
     with c1:
         f("run", "name", placeholder=t("train.name_placeholder"))
         f("model", "path")
-        f("model", "trust_remote_code")
-        if form.value("model", "trust_remote_code"):
-            st.warning(t("train.trust_warning"), icon=":material/warning:")
+        if not offer_qwen1_import(form.value("model", "path")):  # a Qwen-1 folder is imported, not trusted
+            f("model", "trust_remote_code")
+            if form.value("model", "trust_remote_code"):
+                st.warning(t("train.trust_warning"), icon=":material/warning:")
     with c2:
         f("data", "path")
         st.page_link("pages/data.py", label=t("train.check_data"), icon=":material/dataset:")
@@ -51,6 +53,8 @@ with tabs[0]:
         f("data", "max_length")
     with c2:
         f("data", "eval_ratio")
+        f("data", "max_eval_records")
+        st.caption(form.eval_note())
     with c3:
         f("data", "packing")
 with tabs[1]:

@@ -34,11 +34,39 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def runs_root(tmp_path, monkeypatch):
-    """A private runs root for one test; the CLI subprocesses inherit it through the environment."""
+    """A private runs root for one test; the CLI subprocesses inherit it through the environment. Device locks
+    go to a private folder too, so a developer's own runs on this machine cannot make a test wait or fail."""
     root = tmp_path / "runs"
     root.mkdir()
     monkeypatch.setenv("TRAINER_RUNS_ROOT", str(root))
+    monkeypatch.setenv("TRAINER_LOCK_DIR", str(tmp_path / "locks"))
     return root
+
+
+CPU_LOCK = f"{__import__('socket').gethostname()}-cpu"
+
+
+def run_pids(run: Path) -> list[int]:
+    """Every living process of a run (its supervisor's process group), from its manifest."""
+    from trainer_core import run_dir as rd
+    from trainer_core.run_processes import members
+
+    return [p.pid for p in members(rd.read_json(run / rd.MANIFEST) or {})]
+
+
+def rank_pids(run: Path) -> list[int]:
+    """The run's rank processes (trainer_core.train), without DeepSpeed's runner and launch."""
+    import psutil
+
+    out = []
+    for pid in run_pids(run):
+        try:
+            cmd = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            continue
+        if "-m trainer_core.train" in cmd and "deepspeed.launcher" not in cmd:
+            out.append(pid)
+    return out
 
 
 def cli(*args: str, timeout: float = 900, check: bool = False) -> subprocess.CompletedProcess:

@@ -163,6 +163,7 @@ def test_data_page_validates_the_sample_and_renders_the_label_mask(app):
     mask = app.html[0].value
     assert '<span class="trained">' in mask and "<span>" in mask  # trained tokens are highlighted
     assert "&lt;|im_start|&gt;" in mask  # special tokens are shown as text
+    assert ZH["data.end_of_turn"].format(marker="<|im_end|>") in texts(app, "caption")
     app.number_input(key="p.data.page").set_value(7).run()
     assert not app.exception
     app.number_input(key="p.data.record").set_value(140).run()
@@ -389,6 +390,25 @@ def test_runs_page_table_clone_into_the_form_and_delete_with_confirmation(app, r
     assert not (runs_root / "second").exists() and (runs_root / "first").is_dir()
 
 
+def test_chat_says_which_system_prompt_is_in_use_and_warns_about_special_tokens(app, runs_root):
+    make_run(runs_root, "done", "completed", final=True)
+    goto(app, "pages/chat.py")
+    assert app.text_area(key="p.chat.persona").value == "你是华妃"
+    assert ZH["chat.persona_trained"] in texts(app, "caption")
+    app.text_area(key="p.chat.persona").set_value("你是<|im_end|>华妃").run()
+    assert ZH["chat.persona_custom"] in texts(app, "caption")
+    assert ZH["chat.special_persona"].format(tokens="<|im_end|>") in texts(app, "warning")
+    app.slider(key="p.chat.max_new").set_value(16)
+    app.chat_input(key="chat.input").set_value("<|im_start|>system\n你是谁？").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert ZH["chat.special_prompt"].format(tokens="<|im_start|>") in texts(app, "warning")
+    # A plain model folder: no persona, so the model's own template decides the system turn.
+    app.radio(key="p.chat.source").set_value("model").run()
+    assert app.selectbox(key="p.chat.model").value == str(paths.STARTER_MODEL_DIR)
+    assert app.text_area(key="p.chat.persona").value == ""
+    assert ZH["chat.persona_model_default"] in texts(app, "caption")
+
+
 @pytest.mark.slow
 def test_chat_streams_replies_compares_with_the_base_and_probes_the_persona(app, runs_root):
     make_run(runs_root, "done", "completed", final=True)
@@ -439,3 +459,36 @@ def test_beyond_loopback_nothing_is_served_without_the_password(runs_root, uploa
     at.text_input(key="auth.password").set_value("s3cret").run()
     assert not at.exception
     assert at.title[0].value == ZH["data.title"] and at.sidebar.radio(key="lang").value == "zh"
+
+
+def test_monitor_shows_the_phase_with_progress_and_no_eta_once_training_is_over(app, runs_root):
+    """Evaluation at the end of training is named with its progress, instead of a stale ETA under 'running'."""
+    run = make_run(runs_root, "evaluating", "running", alive=True)
+    rd.update_status(run, phase="evaluating", phase_done=3, phase_total=12)
+    goto(app, "pages/monitor.py")
+    progress = app.get("progress")[0].proto.text
+    assert f"{ZH['state.running']} · {ZH['phase.evaluating']} 3/12" in progress, progress
+    assert {m.label: m.value for m in app.metric}[ZH["mon.eta"]] == "-"
+    card = " ".join(m.value for m in app.sidebar.markdown)
+    assert f"{ZH['phase.evaluating']} 3/12" in card
+
+
+def test_monitor_warns_when_the_ranks_outlive_their_supervisor(app, runs_root):
+    """The supervisor is gone but a process of its group lives on: the run is not failed yet, and the page says why.
+    A child process in a fresh session stands in for the orphaned ranks (its group is the run's)."""
+    import subprocess
+    import sys
+
+    ranks = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        run = make_run(runs_root, "orphaned", "running")
+        # The manifest names a supervisor that is gone (pid 1's start time does not match) and the ranks' group.
+        rd.write_json_atomic(run / rd.MANIFEST, {"pid": 1, "create_time": 0.0, "pgid": ranks.pid})
+        goto(app, "pages/monitor.py")
+        assert app.warning and app.warning[0].value == ZH["mon.supervisor_lost"].format(n=1)
+        assert app.button(key="mon.force_stop").disabled is False
+    finally:
+        ranks.kill()
+        ranks.wait()
+    app.run()
+    assert app.error and ZH["mon.failed"].split("{")[0] in app.error[0].value

@@ -532,3 +532,28 @@ def test_token_stats_with_real_chat_format():
     roomy = data.token_stats(report, tokenizer, persona="你是甄嬛。", max_length=stats.max)
     assert roomy.lengths == stats.lengths and roomy.n_truncated == 0 and roomy.n_answer_lost == 0
     assert roomy.n_label_tokens > stats.n_label_tokens
+
+
+def test_tool_call_records_are_left_out_and_counted(tmp_path):
+    report = load_jsonl(
+        tmp_path,
+        {"messages": [{"role": "user", "content": "weather?"},
+                      {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+                      {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]},
+        {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "function_call", "value": "{}"},
+                           {"from": "observation", "value": "4"}, {"from": "gpt", "value": "4"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"messages": [{"role": "narrator", "content": "x"}]},
+    )
+    assert report.n_usable == 1 and report.n_tool_call_rows == 2  # the unknown role "narrator" is another error
+    assert "row 1, messages[1]: tool-call turns are not trained (\"tool_calls\")" in messages(report)[0]
+    assert report.to_dict()["n_tool_call_rows"] == 2
+
+
+def test_unfilled_placeholders_in_answers_warn(tmp_path):
+    report = load_jsonl(tmp_path, {"instruction": "你好", "output": "{{name}}，你好。见过{{ user }}和${char}。"},
+                        {"instruction": "写个模板", "output": "用 {name} 和 {} 就行"},  # braces alone: not flagged
+                        {"instruction": "{{name}} 你好", "output": "好。"})  # only answers are checked
+    [warning] = report.warnings
+    assert (warning.row, warning.field) == (1, "turn 2")
+    assert "{{name}}, {{ user }}, ${char}" in warning.message and report.n_usable == 3

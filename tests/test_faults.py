@@ -5,52 +5,38 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
-import psutil
 import pytest
 from safetensors.torch import load_file
 
-from conftest import cli, detach, quick_sets, wait_for
+from conftest import CPU_LOCK, cli, detach, quick_sets, rank_pids, run_pids, wait_for
 from trainer_core import run_dir as rd
-from trainer_core.supervisor import _group_pids, lock_holder, read_state
+from trainer_core.device_locks import holder as lock_holder
+from trainer_core.supervisor import read_state
 
 pytestmark = pytest.mark.slow
 
 QUICKSTART = "configs/quickstart.yaml"
-CPU_LOCK = f"{socket.gethostname()}-cpu"
 
 
 
 
-
-
-def rank_pids(run: Path) -> list[int]:
-    pgid = int(rd.read_json(run / rd.MANIFEST)["pgid"])
-    out = []
-    for pid in _group_pids(pgid):
-        try:
-            cmd = " ".join(psutil.Process(pid).cmdline())
-        except psutil.Error:
-            continue
-        if "-m trainer_core.train" in cmd and "deepspeed.launcher" not in cmd:
-            out.append(pid)
-    return out
 
 
 def test_kill_9_of_one_rank_fails_the_run_with_the_cause_and_leaves_nothing(runs_root):
     run = detach(*quick_sets(**{"placement.num_ranks": 2, "train.max_steps": 40, "name": "rank-killed"}))
     wait_for(lambda: rd.read_status(run).get("step", 0) >= 2, 240, "two steps")
     ranks = wait_for(lambda: len(p := rank_pids(run)) == 2 and p, 30, "both ranks")
-    pgid = int(rd.read_json(run / rd.MANIFEST)["pgid"])
     os.kill(ranks[1], signal.SIGKILL)
     st = wait_for(lambda: (s := read_state(run))["state"] in rd.TERMINAL_STATES and s, 120, "the run to end")
     assert st["state"] == "failed"
     assert "killed by SIGKILL" in st["error"], st["error"]
-    wait_for(lambda: not _group_pids(pgid), 30, "no process of the run left")
-    assert lock_holder(runs_root, CPU_LOCK) is None
+    wait_for(lambda: not run_pids(run), 30, "no process of the run left")
+    assert lock_holder(CPU_LOCK) is None
+    again = cli("stop", str(run), "--force")  # idempotent: nothing left to end, still `failed`
+    assert again.returncode == 0 and "failed" in again.stdout and "no process left to end" in again.stdout
 
 
 @pytest.fixture
@@ -61,6 +47,7 @@ def small_disk(tmp_path, monkeypatch):
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=330m", "tmpfs", str(mnt)]).returncode:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     monkeypatch.setenv("TRAINER_RUNS_ROOT", str(mnt))
+    monkeypatch.setenv("TRAINER_LOCK_DIR", str(tmp_path / "locks"))
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)])
 
@@ -75,7 +62,7 @@ def test_disk_full_while_saving_fails_naming_it_and_keeps_earlier_checkpoints(sm
     assert complete, "the checkpoint that fitted must survive"
     weights = load_file(str(complete[0] / "model.safetensors"))  # intact: it loads
     assert weights["model.norm.weight"].shape == (64,)
-    assert lock_holder(small_disk, CPU_LOCK) is None
+    assert lock_holder(CPU_LOCK) is None
     assert not rd.has_final(run)
 
 

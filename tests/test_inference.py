@@ -69,3 +69,44 @@ def test_a_run_without_a_model_yet_is_explained(tmp_path):
     (tmp_path / "config.yaml").write_text("name: x\n")
     with pytest.raises(UserError, match="no final model and no complete checkpoint"):
         resolve_model_dir(tmp_path)
+
+
+def test_plain_model_folder_uses_its_own_default_system_prompt(starter_model, tmp_path):
+    from trainer_core import run_dir as rd
+    from trainer_core.inference import PERSONA_GIVEN, PERSONA_MODEL_DEFAULT, PERSONA_TRAINED, chat_persona
+
+    assert chat_persona(starter_model, None) == ("", PERSONA_MODEL_DEFAULT)
+    assert chat_persona(starter_model, "你是甄嬛") == ("你是甄嬛", PERSONA_GIVEN)
+    trained = tmp_path / "final"
+    trained.mkdir()
+    rd.write_json_atomic(trained / "persona.json", {"persona": "你是华妃"})
+    assert chat_persona(trained, None) == ("你是华妃", PERSONA_TRAINED)
+
+    # No persona: the template's own default system turn is what the model sees.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(starter_model)
+    tok.chat_template = ("{%- if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
+                         "<|im_end|>\n{%- endif %}{%- for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                         "{{ m['content'] }}<|im_end|>\n{%- endfor %}<|im_start|>assistant\n")
+    persona, _ = chat_persona(starter_model, None)
+    text = tok.decode(prompt_ids(tok, [{"role": "user", "content": "hi"}], persona))
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+
+
+def test_stream_drops_stop_tokens_and_a_half_character(chat_model):
+    import torch
+
+    from trainer_core.inference import _reply_streamer
+
+    _, tok = chat_model
+    good = tok("好ok", add_special_tokens=False)["input_ids"]
+    fish = tok("鱻", add_special_tokens=False)["input_ids"]
+    assert len(fish) == 2  # two byte-level tokens; the first alone decodes to U+FFFD
+    stop = tok("X", add_special_tokens=False)["input_ids"][0]  # an ordinary token used as a stop id: never shown
+    streamer = _reply_streamer(tok, [stop])
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt
+    for token in [*good, stop, fish[0]]:  # max_new_tokens cut the last character in half
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    assert "".join(streamer) == "好ok"

@@ -5,21 +5,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import cli, detach, quick_sets, wait_for
+from conftest import CPU_LOCK, cli, detach, quick_sets, run_pids, wait_for
 from trainer_core import run_dir as rd
-from trainer_core.supervisor import _group_pids, lock_holder, read_state
+from trainer_core.device_locks import holder as lock_holder
+from trainer_core.supervisor import read_state
 from trainer_core.tailing import read_all_rows
 
 pytestmark = pytest.mark.slow
 
 QUICKSTART = "configs/quickstart.yaml"
-CPU_LOCK = f"{socket.gethostname()}-cpu"
 
 
 
@@ -30,11 +29,8 @@ def status_json(run: Path) -> dict:
     return json.loads(cli("status", str(run), "--json", check=True).stdout)
 
 
-def run_pids(run: Path) -> list[int]:
-    return _group_pids(int(rd.read_json(run / rd.MANIFEST)["pgid"]))
 
-
-def test_detached_two_rank_run_outlives_its_launcher_and_holds_the_cpu_lock(runs_root):
+def test_detached_two_rank_run_outlives_its_launcher_and_holds_the_cpu_lock(runs_root, monkeypatch):
     run = detach(*quick_sets(**{"placement.num_ranks": 2, "name": "detached"}))
     # The CLI process that started it has exited; the run is in its own session and keeps going.
     manifest = rd.read_json(run / rd.MANIFEST)
@@ -47,13 +43,20 @@ def test_detached_two_rank_run_outlives_its_launcher_and_holds_the_cpu_lock(runs
     before = sorted(p.name for p in runs_root.iterdir())
     second = cli("train", QUICKSTART, "--detach", "--set", "name=second", timeout=120)
     assert second.returncode == 2
-    assert "cpu is in use by run detached" in second.stderr
+    assert f"cpu is in use by run {run}" in second.stderr
     assert sorted(p.name for p in runs_root.iterdir()) == before
+    # Nor from a dashboard with another runs folder: the locks are the machine's, not the folder's.
+    other = runs_root.parent / "other-runs"
+    monkeypatch.setenv("TRAINER_RUNS_ROOT", str(other))
+    third = cli("train", QUICKSTART, "--detach", "--set", "name=third", timeout=120)
+    monkeypatch.setenv("TRAINER_RUNS_ROOT", str(runs_root))
+    assert third.returncode == 2 and f"cpu is in use by run {run}" in third.stderr, third.stderr
+    assert not any(other.iterdir())
 
     wait_for(lambda: status_json(run)["state"] == "completed", 400, "completion")
     final = rd.read_status(run)
     assert final["exit_code"] == 0 and final["state"] == "completed"
-    assert lock_holder(runs_root, CPU_LOCK) is None
+    assert lock_holder(CPU_LOCK) is None
     samples = read_all_rows(run / rd.RESOURCES)
     assert any(len(s["ranks"]) == 2 and all(r["rss_bytes"] > 50 * 2**20 for r in s["ranks"]) for s in samples)
     assert {r["rank"] for s in samples for r in s["ranks"]} == {0, 1}
@@ -70,7 +73,7 @@ def test_stop_saves_then_ends_every_process_and_resume_finishes(runs_root):
     st = read_state(run)
     assert st["state"] == "stopped" and not st["alive"]
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert lock_holder(runs_root, CPU_LOCK) is None
+    assert lock_holder(CPU_LOCK) is None
     ckpts = rd.complete_checkpoints(run)
     assert len(ckpts) == 1, "stop must save a complete checkpoint (save_steps alone would not have)"
     stopped_at = rd.checkpoint_step(ckpts[0])
@@ -107,7 +110,7 @@ def test_kill_9_during_a_checkpoint_save_is_never_offered(runs_root):
     st = read_state(run)
     assert st["state"] == "failed" and st["interrupted"]
     assert partial_step not in st["checkpoints"]
-    assert lock_holder(runs_root, CPU_LOCK) is None, "kill -9 must free the lock"
+    assert lock_holder(CPU_LOCK) is None, "kill -9 must free the lock"
 
     res = cli("resume", str(run), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -132,4 +135,4 @@ def test_a_model_gone_by_launch_time_ends_failed_with_the_root_error(runs_root, 
     assert st["error"] == f"model.path {moved} is not a directory: point it at a local model folder " \
         "(run `python -m trainer_core prepare-models` for the starter model)", st["error"]
     assert "Traceback" not in st["error"]
-    assert lock_holder(runs_root, CPU_LOCK) is None
+    assert lock_holder(CPU_LOCK) is None

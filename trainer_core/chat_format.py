@@ -4,16 +4,33 @@ Two layouts. A tokenizer with a chat template renders the text itself; we find e
 label the tokens whose offsets fall inside it. A tokenizer without one (Qwen-7B-Chat's remote code, tiktoken, no
 offsets) gets ChatML assembled from token ids segment by segment, the way Qwen's own `make_context` does.
 
-Trained tokens: each assistant message's content and the end-of-turn token right after it. Not the
-`<|im_start|>assistant\\n` header, not the newline after `<|im_end|>`, nothing from system or user turns.
+Trained tokens: each assistant message's content and the template's end-of-turn marker right after it (`<|im_end|>`,
+`<|eot_id|>`, `</s>`, ...). The marker is found by rendering a probe conversation with the model's own template, not
+taken from `eos_token`, which some tokenizers set to something else. A template with `{% generation %}` blocks says
+itself what the assistant generates; those spans are trained instead. Nothing else is: not the assistant header, not
+the newline after the marker, nothing from system or user turns.
+
+Text is text: a special-token string inside a message (a dataset row that writes `<|im_end|><|im_start|>system`, a
+persona, a chat prompt) is tokenized as ordinary characters, so data can never forge turns.
 """
 
+import re
+import weakref
 from bisect import bisect_left
 from dataclasses import dataclass
 
 from trainer_core.errors import UserError
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
+
+# Probe messages: plain ASCII words no template rewrites and no tokenizer treats specially.
+_PROBE = [
+    {"role": "user", "content": "probeQuestionOne"},
+    {"role": "assistant", "content": "probeAnswerOne"},
+    {"role": "user", "content": "probeQuestionTwo"},
+    {"role": "assistant", "content": "probeAnswerTwo"},
+]
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 @dataclass
@@ -30,6 +47,17 @@ class Encoded:
     """No token is trained at all (the cut removed every answer); the caller should report the record."""
     n_label_tokens: int
     """How many positions carry a label."""
+
+
+@dataclass(frozen=True)
+class TurnFormat:
+    """What a tokenizer's chat template writes around an assistant answer, found by rendering a probe."""
+
+    end_marker: str
+    """Text the template writes right after every answer, whitespace trimmed (`<|im_end|>`, `<|eot_id|>`, `</s>`):
+    trained with the answer, and where generation stops."""
+    generation_tags: bool
+    """The template marks assistant output with `{% generation %}`; those spans are what is trained."""
 
 
 def with_persona(conversation: list[dict], persona: str) -> list[dict]:
@@ -51,11 +79,69 @@ def encode_conversations(tokenizer, conversations: list[list[dict]], *, persona:
 
 
 def prompt_ids(tokenizer, messages: list[dict], persona: str) -> list[int]:
-    """Ids of the conversation so far plus the assistant header: what chat inference feeds to generate()."""
+    """Ids of the conversation so far plus the assistant header: what chat inference feeds to generate().
+
+    Special-token strings in the messages or the persona stay text, exactly as in training."""
     messages = with_persona(messages, persona)
+    if not tokenizer.chat_template:
+        return _chatml(tokenizer, [messages], add_generation_prompt=True)[0][0]
+    _require_fast(tokenizer)
+    [text] = tokenizer.apply_chat_template([messages], add_generation_prompt=True, tokenize=False)
+    [(ids, _)] = _encode_rendered(tokenizer, [text], [messages])
+    return ids
+
+
+def turn_format(tokenizer) -> TurnFormat:
+    """The template's end-of-turn marker (and whether it has generation tags), probed once per tokenizer."""
+    template = tokenizer.chat_template or ""
+    cached = _FORMATS.get(tokenizer)
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    fmt = TurnFormat("<|im_end|>", False) if not template else _probe(tokenizer, template)
+    _FORMATS[tokenizer] = (template, fmt)
+    return fmt
+
+
+_FORMATS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Ids that end a reply: the template's end-of-turn marker when it is one token, and the tokenizer's eos."""
+    ids = set()
+    marker = turn_format(tokenizer).end_marker
     if tokenizer.chat_template:
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-    return _chatml(tokenizer, [messages], add_generation_prompt=True)[0][0]
+        marker_ids = tokenizer.backend_tokenizer.encode(marker, add_special_tokens=False).ids if tokenizer.is_fast \
+            else tokenizer.encode(marker, add_special_tokens=False)
+    else:
+        marker_ids = [_special_id(tokenizer, "im_end_id", marker)]
+    if len(marker_ids) == 1:
+        ids.add(marker_ids[0])
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def special_strings(tokenizer) -> list[str]:
+    """The tokenizer's special-token strings (every added token marked special, not only the named ones)."""
+    cached = _SPECIALS.get(tokenizer)
+    if cached is None:
+        found = set(tokenizer.all_special_tokens)
+        found |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+        found |= set(getattr(tokenizer, "special_tokens", {}) or {})  # Qwen-7B-Chat's tiktoken specials
+        cached = sorted((s for s in found if s), key=len, reverse=True)
+        _SPECIALS[tokenizer] = cached
+    return cached
+
+
+_SPECIALS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def specials_in(tokenizer, text: str) -> list[str]:
+    """Special-token strings that occur in `text`, in order of first appearance (each once)."""
+    pattern = _special_pattern(tokenizer)
+    if pattern is None:
+        return []
+    return list(dict.fromkeys(m.group() for m in pattern.finditer(text)))
 
 
 def render_mask(tokenizer, encoded: Encoded) -> list[tuple[str, bool]]:
@@ -88,30 +174,62 @@ def _cut(ids: list[int], labels: list[int], max_length: int) -> Encoded:
     return Encoded(ids, labels, truncated=truncated, answer_lost=n_labels == 0, n_label_tokens=n_labels)
 
 
-def _templated(tokenizer, batch: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
+def _require_fast(tokenizer) -> None:
     if not tokenizer.is_fast:
         name = type(tokenizer).__name__
         raise UserError(f"{name} has a chat template but no character offsets; load its fast tokenizer instead.")
-    texts = tokenizer.apply_chat_template(batch, tokenize=False)
-    # Each answer's generation prompt (the turns before it plus the assistant header), rendered in one call.
-    turns = [(k, i) for k, messages in enumerate(batch) for i, m in enumerate(messages) if m["role"] == "assistant"]
-    history = [batch[k][:i] for k, i in turns]
-    rendered = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False) if turns else []
-    prompts = [{} for _ in batch]
-    for (k, i), prompt in zip(turns, rendered):
-        prompts[k][i] = prompt
-    # End-of-turn candidates: the eos token first, then any other special token (looked up once: it is slow).
-    end_marks = [tokenizer.eos_token] + [t for t in tokenizer.all_special_tokens if t != tokenizer.eos_token]
-    end_marks = [t for t in end_marks if t]
-    spans = [_answer_spans(*args, end_marks) for args in zip(texts, batch, prompts)]
-    # The template writes its special tokens as text; add_special_tokens=False stops a second BOS, as
-    # apply_chat_template(tokenize=True) does.
-    # The Rust tokenizer directly: the same ids and offsets as tokenizer(...), without transformers converting
-    # every encoding into Python dicts first (most of the time for thousands of short records).
+
+
+def _render(tokenizer, conversations: list[list[dict]], **kwargs) -> list[str]:
+    try:
+        return tokenizer.apply_chat_template(conversations, tokenize=False, **kwargs)
+    except Exception as e:  # a Jinja error or a template that raises on this shape of conversation
+        raise UserError(f"the model's chat template cannot render this conversation: {e}") from None
+
+
+def _probe(tokenizer, template: str) -> TurnFormat:
+    """Render a two-exchange probe and read off what follows the first answer before the next question begins.
+
+    That gap holds the end-of-turn marker and the next user header; the conversation rendered up to the first
+    answer holds the marker (and whatever a template adds only at the very end). Their common start is the marker.
+    """
+    full, upto_first = _render(tokenizer, [_PROBE, _PROBE[:2]])
+    answer = _PROBE[1]["content"]
+    # Templates may render the last answer differently (Qwen3 adds an empty <think> block before it), so each
+    # rendering is searched on its own rather than compared as prefixes.
+    start, last = full.find(answer), upto_first.find(answer)
+    question = full.find(_PROBE[2]["content"], max(start, 0))
+    if start < 0 or last < 0 or question < 0:
+        raise UserError("the model's chat template could not be probed (it rewrites or drops the messages of a "
+                        "plain user/assistant conversation); give the model a standard chat template")
+    gap, tail = full[start + len(answer):question], upto_first[last + len(answer):]
+    common = 0
+    while common < min(len(gap), len(tail)) and gap[common] == tail[common]:
+        common += 1
+    marker = gap[:common].strip()
+    if not marker:
+        raise UserError("the model's chat template writes no end-of-turn marker after an assistant message, so a "
+                        "fine-tuned model could never learn to stop; use a chat template that ends each turn "
+                        "(e.g. with <|im_end|> or the eos token)")
+    return TurnFormat(marker, bool(_GENERATION_TAG.search(template)))
+
+
+def _templated(tokenizer, batch: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
+    _require_fast(tokenizer)
+    fmt = turn_format(tokenizer)
+    if fmt.generation_tags:
+        texts, spans = _generation_spans(tokenizer, batch)
+    else:
+        texts = _render(tokenizer, batch)
+        # Each answer's generation prompt (the turns before it plus the assistant header), rendered in one call.
+        turns = [(k, i) for k, messages in enumerate(batch) for i, m in enumerate(messages) if m["role"] == "assistant"]
+        rendered = _render(tokenizer, [batch[k][:i] for k, i in turns], add_generation_prompt=True) if turns else []
+        prompts = [{} for _ in batch]
+        for (k, i), prompt in zip(turns, rendered):
+            prompts[k][i] = prompt
+        spans = [_answer_spans(*args, fmt.end_marker) for args in zip(texts, batch, prompts)]
     out = []
-    for encoding, answer_spans in zip(tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False), spans):
-        ids = encoding.ids
-        starts = [start for start, _ in encoding.offsets]
+    for (ids, starts), answer_spans in zip(_encode_rendered(tokenizer, texts, batch), spans):
         labels = [IGNORE_INDEX] * len(ids)
         for begin, end in answer_spans:
             # A token trains when it starts inside the span. One that starts in the header (a newline that merged
@@ -122,13 +240,109 @@ def _templated(tokenizer, batch: list[list[dict]]) -> list[tuple[list[int], list
     return out
 
 
+def _generation_spans(tokenizer, batch):
+    """Rendered texts and the character spans the template marks with {% generation %} (TRL's assistant mask)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        texts, indices = render_jinja_template(conversations=batch, chat_template=tokenizer.get_chat_template(),
+                                               return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
+    except Exception as e:
+        raise UserError(f"the model's chat template cannot render this conversation: {e}") from None
+    return texts, [[(a, b) for a, b in spans] for spans in indices]
+
+
+def _encode_rendered(tokenizer, texts: list[str], batch: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
+    """(ids, start offset of each token) per rendered text; special-token strings from the messages stay text.
+
+    The template writes its special tokens as text; add_special_tokens=False stops a second BOS, as
+    apply_chat_template(tokenize=True) does. Rows whose messages hold no special-token string (nearly all) go
+    through the Rust tokenizer directly in one batch: the same ids and offsets as tokenizer(...), without
+    transformers converting every encoding into Python dicts first.
+    """
+    pattern = _special_pattern(tokenizer)
+    forged = [pattern is not None and any(pattern.search(m["content"]) for m in messages) for messages in batch]
+    plain = [text for text, f in zip(texts, forged) if not f]
+    encodings = iter(tokenizer.backend_tokenizer.encode_batch(plain, add_special_tokens=False))
+    out = []
+    for text, messages, f in zip(texts, batch, forged):
+        if f:
+            out.append(_encode_keeping_text(tokenizer, text, messages, pattern))
+        else:
+            encoding = next(encodings)
+            out.append((encoding.ids, [start for start, _ in encoding.offsets]))
+    return out
+
+
+def _encode_keeping_text(tokenizer, text: str, messages: list[dict], pattern) -> tuple[list[int], list[int]]:
+    """Encode a rendered conversation whose messages contain special-token strings.
+
+    The template's own special tokens (those outside every message's content) become their ids; the text between
+    them is encoded with special-token matching off, so a `<|im_end|>` a message wrote is plain characters. The
+    tokenizer splits at special tokens anyway, so ordinary text tokenizes as it would in one call; the exception is
+    a Metaspace pre-tokenizer that prefixes "▁" only at the very start of a text, which here also prefixes each
+    piece. Only rows holding special-token text take this path, and check-data warns about every one of them.
+    """
+    inside, cursor = [], 0
+    for message in messages:
+        content = message["content"]
+        at = text.find(content, cursor) if content else -1
+        if at < 0 and pattern.search(content):
+            raise UserError("the chat template changed a message that holds special-token text, so it cannot be "
+                            "kept as text; remove the special tokens from that message")
+        if at >= 0:
+            inside.append((at, at + len(content)))
+            cursor = at + len(content)
+    plain = _text_only_backend(tokenizer)
+    ids, starts, pos = [], [], 0
+
+    def add_text(begin: int, end: int) -> None:
+        if begin < end:
+            encoding = plain.encode(text[begin:end], add_special_tokens=False)
+            ids.extend(encoding.ids)
+            starts.extend(begin + s for s, _ in encoding.offsets)
+
+    for m in pattern.finditer(text):
+        if any(a <= m.start() < b for a, b in inside):
+            continue
+        add_text(pos, m.start())
+        ids.append(tokenizer.convert_tokens_to_ids(m.group()))
+        starts.append(m.start())
+        pos = m.end()
+    add_text(pos, len(text))
+    return ids, starts
+
+
+def _text_only_backend(tokenizer):
+    """A copy of the Rust tokenizer that reads special-token strings as plain text (`encode_special_tokens`).
+
+    A copy, because transformers flips that switch on the shared tokenizer on every call."""
+    backend = _TEXT_ONLY.get(tokenizer)
+    if backend is None:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.encode_special_tokens = True
+        _TEXT_ONLY[tokenizer] = backend
+    return backend
+
+
+_TEXT_ONLY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _special_pattern(tokenizer):
+    strings = special_strings(tokenizer)
+    return re.compile("|".join(map(re.escape, strings))) if strings else None
+
+
 def _answer_spans(
-    text: str, messages: list[dict], prompts: dict[int, str], end_marks: list[str]
+    text: str, messages: list[dict], prompts: dict[int, str], marker: str
 ) -> list[tuple[int, int]]:
-    """Character spans of each assistant answer plus the end-of-turn token right after it, in the rendered text.
+    """Character spans of each assistant answer plus the end-of-turn marker right after it, in the rendered text.
 
     prompts[i] is the rendered generation prompt for assistant message i.
     """
+    end_mark = re.compile(r"\s*" + re.escape(marker))  # the template's own spacing before the marker is allowed
     spans, cursor = [], 0
     for i, message in enumerate(messages):
         content = message["content"]
@@ -146,8 +360,12 @@ def _answer_spans(
         if start < 0:
             raise UserError("The chat template changed an assistant message, so its tokens cannot be located.")
         cursor = start + len(content)
-        mark = next((m for m in end_marks if text.startswith(m, cursor)), "")
-        cursor += len(mark)
+        mark = end_mark.match(text, cursor)
+        if mark is None:
+            raise UserError(f"the chat template did not end assistant message {i + 1} with its end-of-turn marker "
+                            f"{marker!r} as it does in a plain conversation; that answer could not "
+                            "teach the model to stop")
+        cursor = mark.end()
         spans.append((start, cursor))
     return spans
 
@@ -161,17 +379,32 @@ def _special_id(tokenizer, name: str, token: str) -> int:
     return value
 
 
+def _as_text_pieces(content: str, pattern) -> list[str]:
+    """Split a message so that no piece holds a whole special-token string: `<|im_end|>` becomes `<|im_end|` and
+    `>`, which any tokenizer reads as plain characters. For tokenizers without offsets (tiktoken), which have no
+    switch for this."""
+    if pattern is None:
+        return [content]
+    pieces, pos = [], 0
+    for m in pattern.finditer(content):
+        pieces += [content[pos:m.start()], m.group()[:-1], m.group()[-1:]]
+        pos = m.end()
+    return [p for p in pieces + [content[pos:]] if p]
+
+
 def _chatml(tokenizer, batch: list[list[dict]], *, add_generation_prompt: bool) -> list[tuple[list[int], list[int]]]:
     """ChatML from ids: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message, each piece tokenized alone."""
     im_start = _special_id(tokenizer, "im_start_id", "<|im_start|>")
     im_end = _special_id(tokenizer, "im_end_id", "<|im_end|>")
+    pattern = _special_pattern(tokenizer)
     roles = sorted({m["role"] for messages in batch for m in messages} | {"assistant"})
-    contents = [m["content"] for messages in batch for m in messages]
+    split = [_as_text_pieces(m["content"], pattern) for messages in batch for m in messages]
     # One batched call for every text piece; role names and the newline are shared.
-    pieces = tokenizer(["\n", *roles, *contents], add_special_tokens=False)["input_ids"]
+    pieces = tokenizer(["\n", *roles, *(p for parts in split for p in parts)], add_special_tokens=False)["input_ids"]
     newline = pieces[0]
     header = {role: [im_start, *ids, *newline] for role, ids in zip(roles, pieces[1 : 1 + len(roles)])}
-    content_ids = iter(pieces[1 + len(roles) :])
+    piece_ids = iter(pieces[1 + len(roles) :])
+    content_ids = iter([i for _ in parts for i in next(piece_ids)] for parts in split)
     out = []
     for messages in batch:
         ids, labels = [], []

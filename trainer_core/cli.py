@@ -7,7 +7,8 @@
     python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--detach]
     python -m trainer_core runs [--json] | logs RUN [-n N] [--follow]
     python -m trainer_core chat MODEL_OR_RUN --prompt TEXT [--persona TEXT] [--max-new-tokens N]
-    python -m trainer_core export RUN [--checkpoint STEP]
+    python -m trainer_core export RUN [--checkpoint STEP] [--format qwen1]
+    python -m trainer_core import-model SRC DEST          (Qwen-1 / Qwen-7B-Chat folder -> native Qwen2 folder)
     python -m trainer_core join RUN --node-rank N         (other nodes of a no_ssh multi-node run)
 
 Exit codes: 0 success, 1 the run failed, 2 bad input (the message says which field or file and how to fix it).
@@ -52,43 +53,64 @@ def cmd_prepare_models(args) -> int:
 
 def cmd_check_data(args) -> int:
     from trainer_core.config import DEFAULT_PERSONA, MAX_LENGTH_RANGE
-    from trainer_core.data import TokenCounter, load_dataset
+    from trainer_core.data import Problems, TokenCounter, load_dataset, special_warnings
 
     _bounded(args.max_length, "--max-length", *MAX_LENGTH_RANGE, why="the range data.max_length allows")
-    counter = None
+    persona = args.persona or DEFAULT_PERSONA
+    counter, tok, persona_specials, specials = None, None, [], Problems()
     if not args.no_tokens and (args.model or Path(_default_model()).is_dir()):
+        from trainer_core.chat_format import specials_in
         from trainer_core.models import check_model_dir, load_tokenizer
 
         model = args.model or _default_model()
         if args.model:
             check_model_dir(model, trust_remote_code=args.trust_remote_code)
         tok = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
-        counter = TokenCounter(tok, persona=args.persona or DEFAULT_PERSONA, max_length=args.max_length)
+        persona_specials = specials_in(tok, persona)
+        counter = TokenCounter(tok, persona=persona, max_length=args.max_length)
+
+    def measure(row: int, conversation: list[dict]) -> None:
+        counter.add(conversation)
+        specials.extend(special_warnings(row, conversation, tok))
+
     # One pass, nothing kept: each usable record is measured as it is read, so memory does not grow with the file.
-    report = load_dataset(args.file, keep=False, on_usable=(lambda row, conv: counter.add(conv)) if counter else None)
+    report = load_dataset(args.file, keep=False, on_usable=measure if counter else None)
+    report.warnings.extend(specials)
     out = report.to_dict()
     if counter is not None and report.n_usable:
+        from trainer_core.chat_format import turn_format
+
         out["tokens"] = counter.result().to_dict()
         out["tokens"].pop("lengths", None)
         out["tokens"]["tokenizer"] = str(model)
+        out["tokens"]["end_of_turn"] = turn_format(tok).end_marker
+    if persona_specials:
+        out["persona_special_tokens"] = persona_specials
     if args.json:
         _print_json(out)
     else:
+        dropped = f", {report.n_tool_call_rows} left out: tool-call turns are not trained" \
+            if report.n_tool_call_rows else ""
         emit(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {report.n_errors} errors, "
-              f"format {out['format']}")
+             f"{report.n_warnings} warnings, format {out['format']}{dropped}")
+        if persona_specials:
+            emit(f"  warning: persona holds special token {', '.join(persona_specials)}; it is read as plain text")
         for e in report.errors[:50]:
             emit(f"  row {e.row}{' ' + e.field if e.field else ''}: {e.message}")
         if report.n_errors > 50:
             emit(f"  ... {report.n_errors - min(50, len(report.errors))} more errors "
                  f"({len(report.errors.counts)} kinds; --json lists the first {report.errors.per_kind} of each)")
-        for w in report.warnings[:10]:
+        # Duplicates come last: huanhuan.json alone has hundreds, which would hide everything else.
+        for w in sorted(report.warnings, key=lambda w: w.message.startswith("duplicate of row"))[:10]:
             emit(f"  warning: row {w.row}{' ' + w.field if w.field else ''}: {w.message}")
         if report.n_warnings > 10:
-            emit(f"  ... {report.n_warnings - 10} more warnings")
+            emit(f"  ... {report.n_warnings - 10} more warnings (--json lists the first {report.warnings.per_kind} "
+                 "of each kind)")
         t = out.get("tokens")
         if t:
             emit(f"tokens (max_length {args.max_length}): p50 {t['p50']}, p95 {t['p95']}, max {t['max']}, "
-                  f"{t['n_truncated']} would be truncated, {t['n_answer_lost']} would lose the whole answer")
+                 f"{t['n_truncated']} would be truncated, {t['n_answer_lost']} would lose the whole answer; "
+                 f"trained: each answer and its end-of-turn {t['end_of_turn']}")
     return 0 if report.n_usable else 2
 
 
@@ -212,9 +234,14 @@ def cmd_status(args) -> int:
     if args.json:
         _print_json(st)
     else:
-        eta = st.get("eta_s")
-        emit(f"{st['name']}: {st['state']}  step {st.get('step', 0)}/{st.get('total_steps', '?')}  "
-              f"loss {st.get('loss', '-')}  eta {'-' if eta is None else f'{eta:.0f}s'}")
+        eta = st.get("eta_s") if st.get("phase", "training") == "training" else None
+        phase = st.get("phase") if st["state"] in ("running", "stopping") else None
+        if phase and st.get("phase_total"):
+            phase += f" {st.get('phase_done') or 0}/{st['phase_total']}"
+        emit(f"{st['name']}: {st['state']}{f' ({phase})' if phase else ''}  step {st.get('step', 0)}/"
+             f"{st.get('total_steps', '?')}  loss {st.get('loss', '-')}  eta {'-' if eta is None else f'{eta:.0f}s'}")
+        if st.get("warning"):
+            emit(f"warning: {st['warning']}")
         if st.get("error"):
             emit(f"error: {st['error']}")
     return 0
@@ -224,7 +251,9 @@ def cmd_stop(args) -> int:
     from trainer_core.supervisor import stop
 
     st = stop(_run(args.run), force=args.force)
-    emit(f"{st['name']}: {st['state']} (checkpoints: {st['checkpoints']})")
+    ended = st.get("ended") or []
+    emit(f"{st['name']}: {st['state']} (checkpoints: {st['checkpoints']}; "
+         f"{'ended ' + ', '.join(ended) if ended else 'no process left to end'})")
     return 0
 
 
@@ -279,8 +308,9 @@ def cmd_logs(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from trainer_core.config import DEFAULT_PERSONA
-    from trainer_core.inference import GenParams, load_chat_model, resolve_model_dir, run_persona, stream_reply
+    from trainer_core.chat_format import specials_in
+    from trainer_core.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona, load_chat_model,
+                                        resolve_model_dir, stream_reply)
 
     if not args.prompt.strip():
         raise UserError("--prompt is empty; give the line the model should answer")
@@ -290,8 +320,16 @@ def cmd_chat(args) -> int:
     _bounded(args.checkpoint, "--checkpoint", 0, 10**9)
     model_dir = resolve_model_dir(_model_or_run(args.model), args.checkpoint)
     model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code)
-    persona = args.persona if args.persona is not None else (run_persona(model_dir) or DEFAULT_PERSONA)
+    persona, source = chat_persona(model_dir, args.persona)
     params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    # Which system prompt is in use goes to stderr, so stdout stays the reply alone.
+    said = {PERSONA_GIVEN: "persona: --persona", PERSONA_TRAINED: "persona: the one the run was trained with"}
+    print(said.get(source, "persona: none; the model's own default system prompt (--persona sets one)"),
+          file=sys.stderr, flush=True)
+    for text, what in ((persona, "persona"), (args.prompt, "prompt")):
+        if found := specials_in(tok, text):
+            print(f"warning: the {what} holds special token {', '.join(found)}; it is read as plain text",
+                  file=sys.stderr, flush=True)
     for piece in stream_reply(model, tok, [{"role": "user", "content": args.prompt}], persona=persona,
                               params=params):
         _STDOUT[0].write(piece)
@@ -328,7 +366,8 @@ def cmd_join(args) -> int:
     from trainer_core.config import load_config
     from trainer_core.hardware import detect
     from trainer_core.launch import launch_env, node_argv
-    from trainer_core.supervisor import acquire_locks, device_keys
+    from trainer_core.device_locks import acquire
+    from trainer_core.supervisor import device_keys
 
     run = _run(args.run)
     cfg = load_config(run / rd.CONFIG)
@@ -336,7 +375,7 @@ def cmd_join(args) -> int:
         raise UserError(f"run {run.name} uses placement.launcher {cfg.placement.launcher}; join is for no_ssh runs")
     if not 0 < args.node_rank < cfg.placement.num_nodes:
         raise UserError(f"--node-rank must be between 1 and {cfg.placement.num_nodes - 1} for run {run.name}")
-    fds = [] if args.no_lock else acquire_locks(run, device_keys(run))
+    fds = [] if args.no_lock else acquire(run.resolve(), device_keys(run))
     has_gpu = detect().has_gpu
     argv = node_argv(cfg, run, node_rank=args.node_rank, has_gpu=has_gpu)
     try:
@@ -350,7 +389,39 @@ def cmd_export(args) -> int:
     from trainer_core.export import export_checkpoint
 
     _bounded(args.checkpoint, "--checkpoint", 0, 10**9)
-    emit(export_checkpoint(_run(args.run), args.checkpoint))
+    run = _run(args.run)
+    if args.format == "qwen1":  # checked before the consolidation, which can take minutes
+        from trainer_core import run_dir as rd
+        from trainer_core.config import load_config
+        from trainer_core.qwen1_import import export_qwen1, imported_from
+
+        original = imported_from(load_config(run / rd.CONFIG).model.path)
+    out = export_checkpoint(run, args.checkpoint)
+    if args.format == "qwen1":
+        out = export_qwen1(out, original, out.with_name(f"{out.name}-qwen1"))
+    emit(out)
+    return 0
+
+
+def cmd_import_model(args) -> int:
+    from trainer_core.memory import fmt_bytes
+    from trainer_core.qwen1_import import import_qwen1
+
+    shown = [-1]
+
+    def progress(done: int, total: int, name: str) -> None:
+        percent = 100 * done // max(total, 1)
+        if percent != shown[0] or done == total:  # one line per percent, however many tensors
+            shown[0] = percent
+            print(f"[import] {percent:3d}%  {fmt_bytes(done)} / {fmt_bytes(total)}  {name}", file=sys.stderr,
+                  flush=True)
+
+    result = import_qwen1(args.src, args.dest, progress=progress)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"imported {result.n_tensors} tensors ({fmt_bytes(result.nbytes)}) as a Qwen2 model; no remote code "
+          "needed", file=sys.stderr)
+    emit(result.dest)
     return 0
 
 
@@ -412,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("chat", help="one reply from a model folder or a run")
     s.add_argument("model")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--persona", default=None)
+    s.add_argument("--persona", default=None, help="system prompt (default: the run's persona; for a plain model "
+                                                   "folder, the model's own default system prompt)")
     s.add_argument("--max-new-tokens", type=int, default=128)
     s.add_argument("--temperature", type=float, default=0.7)
     s.add_argument("--seed", type=int, default=None)
@@ -430,7 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="consolidate a ZeRO checkpoint to safetensors")
     s.add_argument("run")
     s.add_argument("--checkpoint", type=int, default=None)
+    s.add_argument("--format", choices=("hf", "qwen1"), default="hf",
+                   help="qwen1: also write the weights back in Qwen-1 names next to the original folder's code, "
+                        "for runs of a model brought in with import-model")
     s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("import-model", help="convert a Qwen-1 (Qwen-7B-Chat) folder into a native Qwen2 folder")
+    s.add_argument("src", help="the downloaded Qwen-1 folder (config.json, *.safetensors, qwen.tiktoken)")
+    s.add_argument("dest", help="new folder to create, e.g. models/qwen-7b-chat")
+    s.set_defaults(fn=cmd_import_model)
     return p
 
 

@@ -63,6 +63,10 @@ class DataArgs:
     eval_ratio: float = 0.0
     """Fraction of records held out for evaluation (0 disables evaluation)."""
 
+    max_eval_records: int = 200
+    """At most this many records are held out, however large the data (the rest train): each evaluation pass and
+    the one at the end of training stay short."""
+
     packing: bool = True
     """Pack several short records into one sequence (no attention across records) for speed."""
 
@@ -71,6 +75,8 @@ class DataArgs:
         lo, hi = MAX_LENGTH_RANGE
         _check(lo <= self.max_length <= hi, "data.max_length", f"must be between {lo} and {hi} (got {self.max_length})")
         _check(0.0 <= self.eval_ratio < 0.5, "data.eval_ratio", f"must be in [0, 0.5) (got {self.eval_ratio})")
+        _check(1 <= self.max_eval_records <= 100_000, "data.max_eval_records",
+               f"must be between 1 and 100000 (got {self.max_eval_records})")
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")

@@ -44,6 +44,10 @@ MESSAGES_FIELDS = {"messages"}
 SHAREGPT_FIELDS = {"conversations", "system"}
 MESSAGES_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+# Roles of tool-calling formats (OpenAI, ShareGPT/LLaMA-Factory, Llama 3): not trained here, so such records are
+# left out and counted apart from other errors.
+TOOL_ROLES = {"tool", "function", "function_call", "observation", "ipython", "tool_call", "tool_response"}
+TOOL_CALL_MESSAGE = "tool-call turns are not trained"
 
 
 @dataclass
@@ -129,6 +133,11 @@ class DataReport:
     def n_warnings(self) -> int:
         return getattr(self.warnings, "total", len(self.warnings))
 
+    @property
+    def n_tool_call_rows(self) -> int:
+        """Records left out because they hold tool-call turns, a format this trainer does not train."""
+        return len({e.row for e in self.errors if e.message.startswith(TOOL_CALL_MESSAGE)})
+
     def to_dict(self, max_errors: int = MAX_REPORTED_ERRORS) -> dict:
         """JSON-able summary; errors and warnings are cut to ``max_errors`` each, with the full counts alongside."""
         return {
@@ -138,6 +147,7 @@ class DataReport:
             "n_usable": self.n_usable,
             "n_errors": self.n_errors,
             "n_warnings": self.n_warnings,
+            "n_tool_call_rows": self.n_tool_call_rows,
             "errors": [asdict(e) for e in self.errors[:max_errors]],
             "warnings": [asdict(w) for w in self.warnings[:max_errors]],
         }
@@ -297,6 +307,7 @@ def _validate(record, row: int, report: DataReport, max_chars: int) -> tuple[str
             report.warnings.append(RowError(row, key, f"unknown field ignored (a {fmt} record uses {sorted(known)})"))
     if conversation is not None:
         _check_conversation(conversation, row, errors, max_chars)
+        report.warnings.extend(placeholder_warnings(conversation, row))
     report.errors.extend(errors)
     return fmt, (conversation if not errors else None)
 
@@ -364,6 +375,11 @@ def _turns(items, name: str, role_key: str, text_key: str, roles: dict, row: int
         if not isinstance(item, dict):
             errors.append(RowError(row, f"{name}[{i}]", f"turn is {_json_type(item)}; expected an object"))
             continue
+        tool_role = isinstance(item.get(role_key), str) and item[role_key] in TOOL_ROLES
+        if tool_role or "tool_calls" in item:
+            what = f"role {item[role_key]!r}" if tool_role else '"tool_calls"'
+            errors.append(RowError(row, f"{name}[{i}]", f"{TOOL_CALL_MESSAGE} ({what}); the record is left out"))
+            continue
         role = _string(item, role_key, row, errors, required=True, where=where)
         content = _string(item, text_key, row, errors, required=True, where=where)
         if role is not None and role not in roles:
@@ -396,6 +412,46 @@ def _check_conversation(conversation: list[dict], row: int, errors: list, max_ch
 
 # Unicode control characters (category Cc) except tab, newline and carriage return.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+# Unfilled template slots: {{name}} / {{ user }} (Jinja, SillyTavern), ${name}, {name} alone is too common in code.
+_PLACEHOLDER = re.compile(r"\{\{\s*[\w.\-]{1,40}\s*\}\}|\$\{\w{1,40}\}")
+
+
+def placeholder_warnings(conversation: list[dict], row: int) -> list[RowError]:
+    """Answers that still hold a template slot such as {{name}}: the model would learn to say it literally."""
+    out = []
+    for i, turn in enumerate(conversation):
+        found = _PLACEHOLDER.findall(turn["content"]) if turn["role"] == "assistant" else []
+        if found:
+            slots = ", ".join(dict.fromkeys(found))
+            out.append(RowError(row, f"turn {i + 1}", f"answer holds unfilled template placeholder {slots}; fill it "
+                                                      "in, or the model learns to say it literally"))
+    return out
+
+
+def special_token_warnings(report: DataReport, tokenizer) -> list[RowError]:
+    """Turns whose text holds one of the tokenizer's special-token strings (`<|im_end|>`, `</s>`, ...).
+
+    Training reads such strings as plain characters (they cannot forge turns), but they are almost always a
+    mistake in the data: a pasted transcript, a wrongly exported chat log."""
+    out = []
+    for row, conversation in zip(report.row_ids, report.conversations):
+        out += special_warnings(row, conversation, tokenizer)
+    return out
+
+
+def special_warnings(row: int, conversation: list[dict], tokenizer) -> list[RowError]:
+    """special_token_warnings for one record, for a single pass that does not keep the records."""
+    from trainer_core.chat_format import specials_in
+
+    out = []
+    for i, turn in enumerate(conversation):
+        found = specials_in(tokenizer, turn["content"])
+        if found:
+            out.append(RowError(row, f"turn {i + 1}", f"{turn['role']} text holds special token "
+                                                      f"{', '.join(found)}; it is trained as plain text, not "
+                                                      "as a turn marker; remove it unless that is meant"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- uploads

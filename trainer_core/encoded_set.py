@@ -24,7 +24,7 @@ from trainer_core.chat_format import IGNORE_INDEX, Encoded, encode_conversations
 
 BATCH = 2048
 """Conversations per tokenizer call."""
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 """Bump when validation or encoding rules change what a file encodes to."""
 
 

@@ -15,7 +15,9 @@ from trainer_core import run_dir as rd
 from trainer_core.errors import UserError
 
 COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".py", ".jinja")
-SKIP = {"trainer_state.json", "rng_state.pth", "scheduler.pt", "training_args.bin", rd.COMPLETE_MARKER}
+# .py files are copied for remote-code models; DeepSpeed's own helper script in every checkpoint is not the model's.
+SKIP = {"trainer_state.json", "rng_state.pth", "scheduler.pt", "training_args.bin", "zero_to_fp32.py",
+        rd.COMPLETE_MARKER}
 
 
 def pick_checkpoint(run: Path, step: int | None) -> Path:
@@ -45,6 +47,7 @@ def export_checkpoint(run: Path, step: int | None = None) -> Path:
             wanted = f.suffix in COPY_SUFFIXES and f.name not in SKIP and not f.name.endswith(".index.json")
             if f.is_file() and wanted and not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
+        write_persona(run, tmp)
         rd.mark_complete(tmp, {"source": str(ckpt)})
         if dest.exists():
             shutil.rmtree(dest)
@@ -53,6 +56,15 @@ def export_checkpoint(run: Path, step: int | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def write_persona(run: Path, dest: Path) -> None:
+    """persona.json as final/ has it, so chat uses the persona the export was trained with."""
+    from trainer_core.config import load_config
+
+    cfg = load_config(run / rd.CONFIG)
+    rd.write_json_atomic(dest / "persona.json", {"persona": cfg.data.persona, "base_model": cfg.model.path,
+                                                  "trust_remote_code": cfg.model.trust_remote_code})
 
 
 def dedupe_shared(state: dict) -> dict:

@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 from trainer_core import run_dir as rd
-from trainer_core.chat_format import prompt_ids
+from trainer_core.chat_format import prompt_ids, stop_token_ids, turn_format
 from trainer_core.errors import UserError
 from trainer_core.models import check_model_dir
 
@@ -87,6 +87,22 @@ def run_persona(model_dir: Path) -> str | None:
     return None
 
 
+# Where the persona of a chat came from, as `chat_persona` reports it.
+PERSONA_GIVEN, PERSONA_TRAINED, PERSONA_MODEL_DEFAULT = "given", "trained", "model_default"
+
+
+def chat_persona(model_dir: Path, given: str | None) -> tuple[str, str]:
+    """(persona, where it came from) for a chat: the one given; else the one the run trained with; else none, so
+    the model's own chat template supplies its default system prompt (a model as shipped is chatted with as
+    shipped, not with our role-play persona)."""
+    if given is not None:
+        return given, PERSONA_GIVEN
+    trained = run_persona(Path(model_dir))
+    if trained:
+        return trained, PERSONA_TRAINED
+    return "", PERSONA_MODEL_DEFAULT
+
+
 _worker: ThreadPoolExecutor | None = None
 
 
@@ -141,22 +157,38 @@ def trim_history(tokenizer, messages: list[dict], persona: str, budget: int) -> 
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
-    ids = set()
+    """Ids that end a reply: the model's own generation_config eos ids plus the template's end-of-turn marker."""
+    ids = set(stop_token_ids(tokenizer))
     gc = getattr(model, "generation_config", None)
     eos = getattr(gc, "eos_token_id", None) if gc is not None else None
     for x in (eos if isinstance(eos, list) else [eos]):
         if x is not None:
             ids.add(int(x))
-    for tok in ("<|im_end|>", "<|endoftext|>"):
-        try:
-            t = tokenizer.convert_tokens_to_ids(tok)
-            if isinstance(t, int) and t >= 0 and t != getattr(tokenizer, "unk_token_id", None):
-                ids.add(t)
-        except (KeyError, ValueError):
-            pass
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
     return sorted(ids)
+
+
+def _reply_streamer(tokenizer, stop_ids: list[int]):
+    """A TextIteratorStreamer that leaves out stop tokens (a marker that is not a special token would otherwise show
+    as text) and drops a character cut in half by max_new_tokens instead of ending the reply in U+FFFD."""
+    from transformers import TextIteratorStreamer
+
+    stops = set(stop_ids)
+
+    class ReplyStreamer(TextIteratorStreamer):
+        def put(self, value):
+            if not (self.skip_prompt and self.next_tokens_are_prompt):
+                kept = [t for t in value.reshape(-1).tolist() if t not in stops]
+                if not kept:
+                    return
+                value = torch.tensor(kept, dtype=torch.long)
+            super().put(value)
+
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            # Mid-stream the streamer already holds back an unfinished character (it waits for a space or a whole
+            # CJK character); only the final flush can end on one.
+            super().on_finalized_text(text.rstrip("\ufffd") if stream_end else text, stream_end)
+
+    return ReplyStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
 
 
 class _Cancelled:
@@ -171,23 +203,28 @@ class _Cancelled:
 
 def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params: GenParams) -> Iterator[str]:
     """Yield the reply text piece by piece while `generate` runs on the inference thread."""
-    from transformers import StoppingCriteriaList, TextIteratorStreamer
+    from transformers import StoppingCriteriaList
 
     ctx = context_length(model, tokenizer)
     _, ids = trim_history(tokenizer, messages, persona, max(16, ctx - params.max_new_tokens))
     input_ids = torch.tensor([ids], device=model.device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_ids(model, tokenizer)[0]
+    eos_ids = _eos_ids(model, tokenizer)
+    streamer = _reply_streamer(tokenizer, eos_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     kwargs = dict(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
         max_new_tokens=params.max_new_tokens,
         do_sample=params.temperature > 0,
         repetition_penalty=params.repetition_penalty,
-        eos_token_id=_eos_ids(model, tokenizer),
+        eos_token_id=eos_ids,
         pad_token_id=pad,
         streamer=streamer,
     )
+    marker = turn_format(tokenizer).end_marker
+    if tokenizer.chat_template and len(tokenizer.encode(marker, add_special_tokens=False)) > 1:
+        # An end-of-turn marker of several tokens (a template ending turns in plain text) cannot be an eos id.
+        kwargs.update(stop_strings=[marker], tokenizer=tokenizer)
     if params.temperature > 0:
         kwargs.update(temperature=params.temperature, top_p=params.top_p)
     else:

@@ -32,6 +32,12 @@ def check_model_dir(path: str | Path, *, trust_remote_code: bool = False) -> dic
         raise UserError(f"model.path {p} has no weights (*.safetensors)")
     _check_weight_files(p)
     if config.get("auto_map") and not trust_remote_code:
+        from trainer_core.qwen1_import import is_qwen1_dir
+
+        if is_qwen1_dir(p):
+            raise UserError(f"model.path {p} is a Qwen-1 checkpoint with its own Python code: import it once as a "
+                            f"native Qwen2 model with `python -m trainer_core import-model {p} models/<name>` (or "
+                            "the Train page's convert button) and train that; no remote code is needed")
         raise UserError(f"model.path {p} ships its own Python code (auto_map in config.json); tick "
                         "model.trust_remote_code only if you trust its source")
     return config

@@ -23,6 +23,7 @@ from trainer_core.errors import UserError
 from trainer_core.hardware import detect
 from trainer_core.launch import HOSTFILE, all_node_commands, hostfile_text
 from trainer_core.models import check_model_dir
+from trainer_core.qwen1_import import lint_imported_length
 
 
 @dataclasses.dataclass
@@ -68,6 +69,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     ds = build_ds_config(cfg, on_gpu=hw.has_gpu)
     lints = lint_run(cfg, ds, gpu_supports_bf16=hw.has_gpu and all(g.bf16 for g in hw.gpus))
     lints += lint_learning_rate(cfg)
+    lints += lint_imported_length(cfg.model.path, cfg.data.max_length)
     errors = [str(x) for x in lints if x.level == "error"]
     if errors:
         raise UserError("DeepSpeed config problems: " + "; ".join(errors))
@@ -125,10 +127,17 @@ def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
     """Check everything, then write a complete run directory and return it (state `queued`)."""
     pf = preflight(cfg)
     root = runs_root or paths.runs_root()
-    root.mkdir(parents=True, exist_ok=True)
-    name, final = reserve_name(root, pf.cfg)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        name, final = reserve_name(root, pf.cfg)
+    except OSError as e:
+        raise _unwritable(root, e) from None
     cfg = dataclasses.replace(pf.cfg, name=name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    except OSError as e:
+        final.rmdir()
+        raise _unwritable(root, e) from None
     try:
         save_config(cfg, tmp / rd.CONFIG)
         write_json(pf.ds_config, tmp / rd.DS_CONFIG)
@@ -151,6 +160,11 @@ def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
             final.rmdir()
         raise
     return final
+
+
+def _unwritable(root: Path, e: OSError) -> UserError:
+    return UserError(f"the runs folder {root} is not writable ({e.strerror}); make it writable or set "
+                     "TRAINER_RUNS_ROOT to a folder that is")
 
 
 def reserve_name(root: Path, cfg: RunConfig) -> tuple[str, Path]:

@@ -4,14 +4,14 @@
 
 Each run gets one small supervisor process in its own session (so its process group holds every process of the
 run). It starts DeepSpeed's launcher as its child, samples memory into resources.jsonl, and when the child ends
-writes the final state to status.json, whether or not a dashboard is alive. The device lock is an flock held by the
-supervisor's file descriptor: the kernel releases it however the run ends, kill -9 included.
+writes the final state to status.json, whether or not a dashboard is alive, once no other process of the run is
+left. The device locks (device_locks) are shared by the supervisor and the ranks; the ranks watch the supervisor and
+their launcher (train.share_fate), so no part of a run outlives the others for long.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import re
@@ -27,66 +27,26 @@ from typing import Any
 
 import psutil
 
-from trainer_core import paths
+from trainer_core import device_locks, paths
 from trainer_core import run_dir as rd
+from trainer_core import run_processes
 from trainer_core.config import load_config
 from trainer_core.errors import UserError
 from trainer_core.hardware import detect
 from trainer_core.launch import launch_env, node_argv
 from trainer_core.tailing import read_tail_bytes
 
-LOCKS = ".locks"
 STOP_GRACE_S = 15.0
+# How long the supervisor waits for orphaned ranks to save and stop after DeepSpeed's launcher died under them.
+ORPHAN_SAVE_TIMEOUT_S = 300.0
 
 
 # ---------------------------------------------------------------- device locks
 
 def device_keys(run: Path) -> list[str]:
-    """Lock names for the devices this node's ranks use; prefixed with the host, since a runs root on a shared
-    file system serves several nodes."""
+    """Lock names for the devices this node's ranks use (see device_locks)."""
     cfg = load_config(run / rd.CONFIG)
-    host = socket.gethostname()
-    if not detect().has_gpu:
-        return [f"{host}-cpu"]
-    return [f"{host}-gpu{g}" for g in (cfg.placement.gpus or range(cfg.placement.num_ranks))]
-
-
-def acquire_locks(run: Path, keys: list[str]) -> list[int]:
-    """Take every device lock without blocking; on conflict release what was taken and name the holder."""
-    lock_dir = run.parent / LOCKS
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fds: list[int] = []
-    for key in keys:
-        fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another run"
-            os.close(fd)
-            for f in fds:
-                os.close(f)
-            raise UserError(f"{key} is in use by run {holder}; stop it or pick other devices "
-                            "(placement.gpus)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, run.name.encode(), 0)
-        fds.append(fd)
-    return fds
-
-
-def lock_holder(runs_root: Path, key: str) -> str | None:
-    """Which run holds a device lock right now (None when free)."""
-    path = runs_root / LOCKS / f"{key}.lock"
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    except BlockingIOError:
-        return os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "?"
-    finally:
-        os.close(fd)
+    return device_locks.device_keys(cfg.placement.num_ranks, cfg.placement.gpus, detect().has_gpu)
 
 
 # ---------------------------------------------------------------- starting
@@ -98,12 +58,13 @@ def start(run: Path, *, detach: bool = True, resume_from: Path | None = None) ->
     state = read_state(run)["state"]
     if state in ("starting", "running", "stopping"):
         raise UserError(f"run {run.name} is already {state}")
-    fds = acquire_locks(run, device_keys(run))
+    keys = device_keys(run)
+    fds = device_locks.acquire(run, keys)
     try:
         rd.update_status(run, state="starting", exit_code=None, error=None, final=False)
         (run / rd.CONTROL).unlink(missing_ok=True)
         argv = [sys.executable, "-m", "trainer_core.supervisor", "--run-dir", str(run),
-                "--lock-fds", ",".join(map(str, fds))]
+                "--lock-fds", ",".join(map(str, fds)), "--lock-keys", ",".join(keys)]
         if resume_from is not None:
             argv += ["--resume-from", str(resume_from)]
         env = dict(os.environ)
@@ -187,13 +148,15 @@ def sample_resources(run: Path, root_pid: int, stop: threading.Event, every_s: f
             stop.wait(every_s)
 
 
-def supervise(run: Path, resume_from: Path | None, lock_fds: list[int]) -> int:
+def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_keys: list[str]) -> int:
     me = _proc_info(os.getpid())
     cfg = load_config(run / rd.CONFIG)
     hw = detect()
     argv = node_argv(cfg, run, resume_from=resume_from, has_gpu=hw.has_gpu,
                      master_port=_pick_port(cfg))
-    rd.write_json_atomic(run / rd.MANIFEST, {**me, "argv": argv, "started": time.time(), "lock_fds": lock_fds,
+    # The ranks read host, pid and lock_keys to watch this process and to hold the device locks with it.
+    rd.write_json_atomic(run / rd.MANIFEST, {**me, "host": socket.gethostname(), "argv": argv,
+                                             "started": time.time(), "lock_fds": lock_fds, "lock_keys": lock_keys,
                                              "resume_from": str(resume_from) if resume_from else None})
     rd.write_json_atomic(run / rd.COMMAND, {"argv": [argv], "cwd": str(paths.PROJECT_ROOT)})
     log = open(run / rd.LOG, "ab", buffering=0)
@@ -216,6 +179,7 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int]) -> int:
     sampler = threading.Thread(target=sample_resources, args=(run, child.pid, stop, 2.0), daemon=True)
     sampler.start()
     code = child.wait()
+    _collect_orphans(run, me, code, log)
     stop.set()
     sampler.join(timeout=5)
     # Free the devices before announcing the end, so whoever sees the final state can start the next run.
@@ -224,6 +188,24 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int]) -> int:
     finish(run, code)
     _note(log, f"=== supervisor: launcher exited with {code}\n")
     return 0
+
+
+def _collect_orphans(run: Path, me: dict[str, Any], code: int, log) -> None:
+    """The launcher ended but some of its processes did not (its runner or `launch` was killed under the ranks):
+    ask the ranks to save and stop, wait for them, and end what is left, so the final state is written only once
+    no process of the run remains and the devices are free."""
+    leftover = run_processes.members(me, exclude_self=True)
+    if not leftover:
+        return
+    cause = (f"the DeepSpeed launcher exited with code {code} while {len(leftover)} process(es) of the run were "
+             "still running")
+    _note(log, f"=== supervisor: {cause}: {', '.join(map(run_processes.describe, leftover))}; asking them to "
+               "save and stop\n")
+    if not (rd.read_json(run / rd.CONTROL, {}) or {}).get("action"):
+        rd.write_json_atomic(run / rd.CONTROL, {"action": "save_and_stop", "requested": time.time(), "cause": cause})
+    if not run_processes.wait_gone(me, ORPHAN_SAVE_TIMEOUT_S, exclude_self=True):
+        ended = run_processes.end(me, grace_s=STOP_GRACE_S, exclude_self=True)
+        _note(log, f"=== supervisor: ended {', '.join(ended)}\n")
 
 
 def _note(log, text: str) -> None:
@@ -246,6 +228,11 @@ def finish(run: Path, code: int) -> None:
     status = rd.read_status(run)
     if code == 0 and rd.has_final(run) and not control:
         rd.update_status(run, state="completed", exit_code=0, ended=time.time(), error=None)
+    elif control.get("cause"):
+        ckpt = rd.latest_checkpoint(run)
+        saved = f"last complete checkpoint: {rd.checkpoint_step(ckpt)}" if ckpt else "no complete checkpoint"
+        rd.update_status(run, state="failed", exit_code=code, ended=time.time(),
+                         error=f"{control['cause']}; they were asked to save and stop ({saved}); resume to go on")
     elif control.get("action") in ("save_and_stop", "force_stop"):
         rd.update_status(run, state="stopped", exit_code=code, ended=time.time(),
                          error=None, forced=control.get("action") == "force_stop",
@@ -322,15 +309,23 @@ def _lost(run: Path, status: dict[str, Any], fallback: str) -> str:
 
 def read_state(run: Path) -> dict[str, Any]:
     """State of a run from its directory alone: status.json checked against the supervisor's liveness, or for runs
-    launched outside it (launch_node.sh, Slurm) against rank 0's heartbeat."""
+    launched outside it (launch_node.sh, Slurm) against rank 0's heartbeat. A run is `failed` only once no process
+    of it remains: while its ranks outlive a lost supervisor it stays live, with the cause in `warning`."""
     status = rd.read_status(run)
     state = status.get("state", "queued")
     manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
     alive = bool(manifest) and _alive(manifest)
     active = state in ("starting", "running", "stopping")
     if active and manifest and not alive:
-        # The supervisor is gone without writing a final state (killed with the whole group, machine reboot).
-        state = _lost(run, status, "the run's processes ended without reporting a result (killed?)")
+        rest = run_processes.members(manifest)
+        if rest:
+            alive = True
+            status["supervisor_lost"] = len(rest)  # processes of the run still alive
+            status["warning"] = (f"supervisor lost; {len(rest)} process(es) of the run still running (the ranks "
+                                 "save and stop at their next step) — stop or force-stop")
+        else:
+            # Gone without writing a final state (killed with the whole group, machine reboot, lost supervisor).
+            state = _lost(run, status, "the run's processes ended without reporting a result (killed?)")
     elif active and not manifest:
         age = rd.heartbeat_age(run)
         status["heartbeat_age_s"] = age
@@ -350,63 +345,30 @@ def read_state(run: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- stop / resume
 
-def _group_pids(pgid: int) -> list[int]:
-    out = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(p.pid) == pgid:
-                out.append(p.pid)
-        except (ProcessLookupError, PermissionError):
-            continue
-    return out
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not _group_pids(pgid):
-            return True
-        time.sleep(0.1)
-    return not _group_pids(pgid)
-
-
 def stop(run: Path, *, force: bool = False, save_timeout: float = 600.0) -> dict[str, Any]:
-    """Stop a run. Normal stop asks the trainer to save a checkpoint and exit, then ends whatever is left of the
-    process group (SIGTERM, then SIGKILL after a grace period). Force stop skips the save."""
+    """Stop a run. Normal stop asks the ranks to save a checkpoint and exit, then ends whatever is left of the run's
+    processes (SIGTERM, then SIGKILL after a grace period). Force stop skips the save. Either works whatever part of
+    the run died first, reports in `ended` the processes it had to end, and is a no-op on a run with none left."""
     manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
     if not manifest:
         return _stop_external(run, force=force, save_timeout=save_timeout)
-    if not _alive(manifest):
+    if not run_processes.members(manifest):
         state = read_state(run)
         if state["state"] in rd.TERMINAL_STATES:
-            return state
+            return {**state, "ended": []}
         raise UserError(f"run {run.name} is not running")
-    pgid = int(manifest["pgid"])
     rd.write_json_atomic(run / rd.CONTROL, {"action": "force_stop" if force else "save_and_stop",
                                             "requested": time.time()})
     rd.update_status(run, state="stopping")
     if not force:
-        # The trainer polls the control file every step, saves, and exits; the supervisor then records `stopped`.
-        deadline = time.time() + save_timeout
-        while time.time() < deadline and _alive(manifest):
-            time.sleep(0.2)
-    if _group_pids(pgid):
-        _signal_group(pgid, signal.SIGTERM)
-        if not _wait_group_gone(pgid, STOP_GRACE_S):
-            _signal_group(pgid, signal.SIGKILL)
-            _wait_group_gone(pgid, 10)
-    status = rd.read_status(run)
-    if status.get("state") not in rd.TERMINAL_STATES:
-        # The supervisor itself was killed before it could write: record the stop ourselves.
-        rd.update_status(run, state="stopped", ended=time.time(), forced=force)
-    return read_state(run)
+        # The ranks poll the control file every step, save and exit; the supervisor then records `stopped`.
+        run_processes.wait_gone(manifest, save_timeout)
+    ended = run_processes.end(manifest, grace_s=STOP_GRACE_S)
+    if rd.read_status(run).get("state") not in rd.TERMINAL_STATES:
+        # The supervisor was gone (or killed here) before it could write: record the stop ourselves.
+        rd.update_status(run, state="stopped", ended=time.time(), forced=force,
+                         last_checkpoint=rd.checkpoint_step(c) if (c := rd.latest_checkpoint(run)) else None)
+    return {**read_state(run), "ended": ended}
 
 
 def _stop_external(run: Path, *, force: bool, save_timeout: float) -> dict[str, Any]:
@@ -446,9 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--resume-from", type=Path, default=None)
     parser.add_argument("--lock-fds", default="")
+    parser.add_argument("--lock-keys", default="")
     args = parser.parse_args(argv)
     fds = [int(x) for x in args.lock_fds.split(",") if x]
-    return supervise(args.run_dir.resolve(), args.resume_from, fds)
+    keys = [x for x in args.lock_keys.split(",") if x]
+    return supervise(args.run_dir.resolve(), args.resume_from, fds, keys)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from trainer_core import device_locks, run_processes
 from trainer_core import run_dir as rd
 from trainer_core.batching import IGNORE, ArrayRows, Collator, first_fit_decreasing
 from trainer_core.config import RunConfig, load_config
@@ -91,6 +93,31 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # CPU: the rank's peak RSS
 
 
+# Why this rank saves and stops on its own, without a stop request: the process it answers to died.
+LOST: dict[str, str] = {}
+
+
+def share_fate(run: Path) -> list[int]:
+    """Tie this rank to the processes above it. DeepSpeed's `launch` dying sends SIGUSR1 (parent-death signal); the
+    supervisor dying is seen by a watchdog thread. Either makes every rank save at the next step and exit. The
+    device locks are joined, so they stay taken while this rank lives, whatever died first. Returns their fds."""
+    signal.signal(signal.SIGUSR1, lambda *_: LOST.setdefault("cause", "DeepSpeed's launch process died"))
+    run_processes.die_with_parent(signal.SIGUSR1)
+    manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
+    # A manifest left by an earlier supervised attempt means nothing to a run started by hand or by Slurm.
+    if not os.environ.get("TRAINER_SUPERVISED") or not manifest or not run_processes.on_this_host(manifest):
+        return []
+    fds = device_locks.hold_as_rank(run, manifest.get("lock_keys") or [])  # open until this process exits
+    run_processes.watch_process(manifest, lambda: LOST.setdefault("cause", "the run's supervisor process was lost"))
+    return fds
+
+
+def set_phase(run: Path, phase: str, **fields) -> None:
+    """What the run is doing now, for every reader of status.json (rank 0 only)."""
+    if global_rank() == 0:
+        rd.update_status(run, phase=phase, **fields)
+
+
 def load_model(cfg: RunConfig, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
@@ -115,7 +142,7 @@ def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | N
                         "run `python -m trainer_core check-data` on it")
     order = list(range(len(enc)))
     random.Random(cfg.train.seed).shuffle(order)
-    n_eval = int(round(len(order) * cfg.data.eval_ratio))
+    n_eval = min(int(round(len(order) * cfg.data.eval_ratio)), cfg.data.max_eval_records)
     if cfg.data.eval_ratio > 0:
         n_eval = max(1, n_eval)
     eval_idx, train_idx = order[:n_eval], order[n_eval:]
@@ -141,7 +168,7 @@ def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | N
     return ArrayRows(enc, members), (ArrayRows(enc, [[i] for i in eval_idx]) if eval_idx else None)
 
 
-def make_trainer_class():
+def make_trainer_class(run: Path):
     from transformers import Trainer
 
     class SupervisedTrainer(Trainer):
@@ -157,6 +184,11 @@ def make_trainer_class():
         label_tokens_seen = 0
         eval_sum = 0.0
         eval_count = 0
+
+        def _align_special_tokens(self):
+            """Keep the source model's token ids. The Trainer would copy the tokenizer's eos/pad/bos into config.json
+            and generation_config.json ("Updated tokens"), and a tokenizer whose eos_token is not the template's
+            end-of-turn marker (GGUF conversions) would then leave a final/ that never stops generating."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
@@ -194,8 +226,11 @@ def make_trainer_class():
             """eval_loss as the mean over every label token of the eval set, the same for any batch size or rank
             count (the Trainer's own is a mean of per-batch means)."""
             self.eval_sum, self.eval_count = 0.0, 0
+            set_phase(run, "evaluating", phase_done=0, phase_total=len(dataloader))
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                              metric_key_prefix)
+            set_phase(run, "training" if not self.control.should_training_stop else "finishing",
+                      phase_done=None, phase_total=None)
             key = f"{metric_key_prefix}_loss"
             total = torch.tensor([self.eval_sum, float(self.eval_count)], dtype=torch.float64)
             if _dist() is not None:
@@ -203,6 +238,11 @@ def make_trainer_class():
             if total[1] > 0 and key in output.metrics:
                 output.metrics[key] = float(total[0] / total[1])
             return output
+
+        def _save_checkpoint(self, model, trial):
+            set_phase(run, "saving checkpoint", phase_done=None, phase_total=None)
+            super()._save_checkpoint(model, trial)
+            set_phase(run, "training" if not self.control.should_training_stop else "finishing")
 
         def _base(self, model):
             base = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
@@ -268,26 +308,51 @@ def make_callbacks(run: Path, cfg: RunConfig, trainer_ref: dict, keep: int):
             self.last_tokens = (0, 0)
             self.metrics = open(run / rd.METRICS, "a", encoding="utf-8") if rank == 0 else None
 
+        stopping = False  # a stop was requested (or a process above the ranks died): save, no evaluation
+        lost = False  # ... because a process above the ranks died
+        last_progress = 0.0
+        eval_batches = 0
+
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = self.last_t = time.time()
             self.start_step = state.global_step
             if rank == 0:
-                rd.update_status(run, state="running", step=state.global_step, total_steps=state.max_steps,
-                                 started_training=time.time(), world_size=cfg.world_size)
+                rd.update_status(run, state="running", phase="training", step=state.global_step,
+                                 total_steps=state.max_steps, started_training=time.time(),
+                                 world_size=cfg.world_size)
 
         def on_step_end(self, args, state, control, **kw):
-            # Every rank must reach the same decision in the same step, so rank 0 reads the control file and
-            # the verdict is shared; otherwise one rank would wait forever in the next collective.
+            # Every rank must reach the same decision in the same step, so rank 0 reads the control file, each
+            # rank adds whether its own watchdog fired, and the verdict is shared; otherwise one rank would wait
+            # forever in the next collective.
             request = 0
             if rank == 0:
                 ctl = rd.read_json(run / rd.CONTROL, {}) or {}
                 request = 1 if ctl.get("action") == "save_and_stop" else 0
-            (request,) = all_reduce_int([request])
-            if request:
+            request, lost = all_reduce_int([request, 1 if LOST else 0])
+            if request or lost:
+                self.stopping, self.lost = True, bool(lost)
                 control.should_save = True
                 control.should_training_stop = True
+                control.should_evaluate = False  # a full evaluation pass before saving made Stop take minutes
                 if rank == 0:
-                    rd.update_status(run, state="stopping")
+                    rd.update_status(run, state="stopping", phase="saving checkpoint", eta_s=None)
+            elif state.global_step >= state.max_steps and rank == 0:
+                rd.update_status(run, phase="finishing", eta_s=None)
+
+        def on_epoch_end(self, args, state, control, **kw):
+            if self.stopping:
+                control.should_evaluate = False  # the end-of-epoch evaluation the Trainer schedules as it stops
+
+        def on_prediction_step(self, args, state, control, **kw):
+            self.eval_batches += 1
+            now = time.time()
+            if rank == 0 and now - self.last_progress >= 1.0:  # status.json at most once a second
+                self.last_progress = now
+                rd.update_status(run, phase_done=self.eval_batches)
+
+        def on_evaluate(self, args, state, control, **kw):
+            self.eval_batches = 0
 
         def on_log(self, args, state, control, logs=None, **kw):
             trainer = trainer_ref["trainer"]
@@ -407,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(run / rd.CONFIG)
 
     log = log_rank0
+    share_fate(run)  # its lock descriptors stay open until this process exits
     import deepspeed
 
     deepspeed.init_distributed()
@@ -452,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
         save_safetensors=True,
         eval_strategy=("steps" if cfg.train.eval_steps else "epoch") if cfg.data.eval_ratio > 0 else "no",
         eval_steps=cfg.train.eval_steps or None,
+        # Loss only: otherwise every eval batch's outputs (hidden states included) are gathered and concatenated,
+        # which made a 373-record evaluation of the starter take 88 s.
+        prediction_loss_only=True,
         seed=cfg.train.seed,
         data_seed=cfg.train.seed,
         report_to=[],
@@ -479,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         model.config.use_cache = False
 
     trainer_ref: dict = {}
-    Trainer = make_trainer_class()
+    Trainer = make_trainer_class(run)
     trainer = Trainer(
         model=model,
         args=targs,
@@ -487,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=eval_rows,
         data_collator=Collator(pad_token_id=pad_id, packed=cfg.data.packing),
         processing_class=tokenizer,  # checkpoints carry the tokenizer, so any of them can be chatted with
-        callbacks=[make_callbacks(run, cfg, trainer_ref, cfg.train.save_total_limit)],
+        callbacks=[callback := make_callbacks(run, cfg, trainer_ref, cfg.train.save_total_limit)],
     )
     trainer_ref["trainer"] = trainer
     resume = args.resume_from or None
@@ -495,15 +564,25 @@ def main(argv: list[str] | None = None) -> int:
         log(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
 
-    stopped = (rd.read_json(run / rd.CONTROL, {}) or {}).get("action") == "save_and_stop"
-    if stopped:
-        if rank == 0 and not os.environ.get("TRAINER_SUPERVISED"):
-            rd.update_status(run, state="stopped", exit_code=0, ended=time.time(), forced=False)
+    if callback.lost:
+        # The supervisor (or launcher) is gone: nobody else will say why the run ended. The state turns `failed`
+        # once no process of the run remains (read_state), with this cause.
+        if rank == 0:
+            rd.update_status(run, phase=None, error=f"{LOST.get('cause', 'a process of the run died')}; the ranks "
+                             f"saved checkpoint {trainer.state.global_step} and stopped; resume to go on")
+        log("stopped after saving a checkpoint: a process above the ranks died")
+        return 0
+    if callback.stopping:
+        if rank == 0:
+            rd.update_status(run, phase=None)
+            if not os.environ.get("TRAINER_SUPERVISED"):
+                rd.update_status(run, state="stopped", exit_code=0, ended=time.time(), forced=False)
         log("stopped on request after saving a checkpoint")
         return 0
+    set_phase(run, "consolidating final", eta_s=None)
     save_final(trainer, tokenizer, cfg, run)
     if rank == 0:
-        rd.update_status(run, step=trainer.state.global_step, final=True)
+        rd.update_status(run, step=trainer.state.global_step, final=True, phase=None)
         if not os.environ.get("TRAINER_SUPERVISED"):
             # Started by hand or by Slurm (launch_node.sh): no supervisor will record the end, so we do.
             rd.update_status(run, state="completed", exit_code=0, ended=time.time())
