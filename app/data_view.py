@@ -9,9 +9,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from app import data_jobs
 from trainer_core import paths
-from trainer_core.data import (DataReport, TokenStats, load_dataset, load_dataset_bytes, special_token_warnings,
-                               store_upload, token_stats)
+from trainer_core.data import (DataReport, TokenStats, load_dataset, load_dataset_bytes, safe_upload_name,
+                               special_token_warnings, store_upload, token_stats)
 from trainer_core.errors import UserError
 
 PAGE_SIZE = 20
@@ -19,6 +20,7 @@ PAGE_SIZE = 20
 
 def store_uploaded(data: bytes, name: str) -> Path:
     """Validate an uploaded file, then keep it under data/uploads with a safe name. UserError if unreadable."""
+    safe_upload_name(name)  # a name it cannot take (a NUL byte) is refused before the bytes are read
     load_dataset_bytes(data, name)  # file-level problems (encoding, not JSON, wrong type) stop here
     return store_upload(data, name)
 
@@ -37,16 +39,17 @@ def shown_path(path: Path | str) -> str:
         return str(path)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def _report(path: str, mtime: float) -> DataReport:
-    return load_dataset(path)
+FIRST_WAIT_S = 1.5
+"""How long a page waits for data work before it shows a progress bar instead (huanhuan.json takes well under)."""
+PROGRESS_REFRESH_S = 0.5
 
 
-def report_for(path: Path) -> DataReport:
-    """Validation report of a dataset file (cached until the file changes). UserError for file-level problems."""
+def report_job(path: Path) -> data_jobs.Job:
+    """Validation of a dataset file, in the background (shared until the file changes). UserError if missing."""
     if not path.is_file():
         raise UserError(f"{path}: file not found; check the path")
-    return _report(str(path), path.stat().st_mtime)
+    key = ("report", str(path), path.stat().st_mtime)
+    return data_jobs.submit(key, lambda progress: load_dataset(path, progress=progress))
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -57,13 +60,34 @@ def tokenizer_for(model_dir: str, trust_remote_code: bool):
     return load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def _stats(path: str, mtime: float, model_dir: str, trust: bool, persona: str, max_length: int) -> TokenStats:
-    return token_stats(_report(path, mtime), tokenizer_for(model_dir, trust), persona=persona, max_length=max_length)
+def stats_job(path: Path, report: DataReport, model_dir: str, trust: bool, persona: str,
+              max_length: int) -> data_jobs.Job:
+    """Token statistics of a validated file, in the background. The tokenizer is loaded here, on the page's
+    thread, where Streamlit's resource cache lives."""
+    tok = tokenizer_for(model_dir, trust)
+    key = ("stats", str(path), path.stat().st_mtime, model_dir, trust, persona, max_length)
+    total = max(1, report.n_usable)
+    return data_jobs.submit(key, lambda progress: token_stats(report, tok, persona=persona, max_length=max_length,
+                                                              progress=lambda n: progress(n / total)))
 
 
-def stats_for(path: Path, model_dir: str, trust: bool, persona: str, max_length: int) -> TokenStats:
-    return _stats(str(path), path.stat().st_mtime, model_dir, trust, persona, max_length)
+def result_of(job: data_jobs.Job, text: str):
+    """The job's result (raising what it raised). Work still running after FIRST_WAIT_S shows a progress bar that
+    refreshes itself, and the page stops here: the script ends, the session stays responsive, and the bar reruns
+    the page once the result is there."""
+    job.finished.wait(FIRST_WAIT_S)
+    if not job.done:
+        @st.fragment(run_every=PROGRESS_REFRESH_S)
+        def progress_bar() -> None:
+            if job.done:
+                st.rerun()
+            st.progress(job.fraction, text=f"{text} {job.fraction:.0%}")
+
+        progress_bar()
+        st.stop()
+    if job.error is not None:
+        raise job.error
+    return job.result
 
 
 def errors_frame(report: DataReport, which: str = "errors") -> pd.DataFrame:

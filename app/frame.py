@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import streamlit as st
@@ -31,7 +32,7 @@ def require_frame() -> None:
 def signed_in() -> bool:
     """On a loopback address nobody else can reach the dashboard. Bound to any other address it shows nothing
     until the visitor gives the password (env STUDIO_PASSWORD or `password` in secrets), once per session."""
-    from app.auth import configured_password, is_loopback, password_ok
+    from app.auth import THROTTLE, SessionAttempts, configured_password, is_loopback, password_ok
 
     if is_loopback(st.get_option("server.address") or "") or st.session_state.get("signed_in"):
         return True
@@ -41,11 +42,19 @@ def signed_in() -> bool:
         st.error(t("auth.no_password"), icon=":material/lock:")
         return False
     given = st.text_input(t("auth.password"), type="password", key="auth.password")
-    if given and password_ok(given, expected):
+    if not given:
+        return False
+    attempts = st.session_state.setdefault("auth.attempts", SessionAttempts())
+    wait = THROTTLE.wait_s(attempts)
+    if wait > 0:  # not even compared: a guess during the wait tells the guesser nothing
+        st.error(t("auth.wait", s=math.ceil(wait)), icon=":material/timer:")
+        return False
+    if password_ok(given, expected):
+        THROTTLE.succeeded(attempts)
         st.session_state["signed_in"] = True
         st.rerun()
-    if given:
-        st.error(t("auth.wrong"), icon=":material/lock:")
+    wait = THROTTLE.failed(attempts, client=st.context.ip_address or "?")
+    st.error(t("auth.wrong", s=math.ceil(wait)), icon=":material/lock:")
     return False
 
 

@@ -2,8 +2,9 @@
 
     python -m app.serve [streamlit flags]       (what run_app.sh runs)
 
-Streamlit's own `server.address` (flag, environment or .streamlit/config.toml) decides where it listens; this
-wrapper reads the same value and stops with exit code 2 if it is not a loopback address and no password is set.
+Streamlit's own `server.address` (last flag, environment, .streamlit/config.toml) decides where it listens; this
+wrapper asks Streamlit's parser for that same value and stops with exit code 2 if it is not a loopback address and
+no password is set.
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ from app.auth import PASSWORD_ENV, configured_password, is_loopback
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def requested_address(argv: list[str]) -> str:
-    for i, arg in enumerate(argv):
-        if arg.startswith("--server.address="):
-            return arg.split("=", 1)[1]
-        if arg == "--server.address" and i + 1 < len(argv):
-            return argv[i + 1]
-    if os.environ.get("STREAMLIT_SERVER_ADDRESS"):
-        return os.environ["STREAMLIT_SERVER_ADDRESS"]
-    import tomllib
+def effective_address(argv: list[str]) -> str:
+    """The address Streamlit will bind for these flags, worked out by Streamlit's own code: its click parser (the
+    last of repeated flags wins, STREAMLIT_SERVER_ADDRESS fills an absent flag) and its config loader (flags over
+    ./.streamlit/config.toml over ~/.streamlit/config.toml). Reading the flags ourselves got the first of two
+    `--server.address` flags while Streamlit bound the last. Call from the project folder, as Streamlit runs."""
+    from streamlit import config
+    from streamlit.web import bootstrap
+    from streamlit.web import cli as stcli
 
-    config = ROOT / ".streamlit" / "config.toml"
-    return tomllib.loads(config.read_text(encoding="utf-8")).get("server", {}).get("address", "") if config.exists() else ""
+    ctx = stcli.main_run.make_context("run", ["streamlit_app.py", *argv])
+    flags = {k: v for k, v in ctx.params.items() if k not in ("target", "args")}
+    bootstrap.load_config_options(flags)
+    return config.get_option("server.address") or ""
 
 
 def secrets_password() -> str | None:
@@ -43,12 +45,18 @@ def secrets_password() -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    address = requested_address(argv)
+    import click
+
+    os.chdir(ROOT)
+    try:
+        address = effective_address(argv)
+    except click.ClickException as e:  # a flag Streamlit does not know: say so the way it would, in one line
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        return 2
     if not is_loopback(address) and not (configured_password() or secrets_password()):
         print(f"error: refusing to serve on {address or 'all interfaces'} without a password: set {PASSWORD_ENV} "
               "or `password` in .streamlit/secrets.toml, or keep --server.address 127.0.0.1", file=sys.stderr)
         return 2
-    os.chdir(ROOT)
     from app import warmup
 
     warmup.start()  # the libraries load while Streamlit starts, so the first page rarely waits

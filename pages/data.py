@@ -22,7 +22,9 @@ if source == "sample":
     path = paths.SAMPLE_DATA
     st.caption(t("data.sample_note"))
 elif source == "upload":
-    upload = st.file_uploader(t("data.upload"), type=["json", "jsonl"], key="data.upload", help=t("data.upload_help"))
+    # No `type=`: with it Streamlit itself raises on a file name holding a NUL byte before this script runs, on
+    # every rerun until a reload. Our own check names the problem instead (extension and name, in store_upload).
+    upload = st.file_uploader(t("data.upload"), key="data.upload", help=t("data.upload_help"))
     if upload is not None:
         stored = st.session_state.setdefault("data.stored", {})
         if upload.file_id not in stored:
@@ -44,7 +46,7 @@ if path is None:
     st.info(t("data.pick_one"))
     st.stop()
 try:
-    report = dv.report_for(path)
+    report = dv.result_of(dv.report_job(path), t("data.validating"))
 except UserError as e:
     st.error(str(e), icon=":material/error:")
     st.stop()
@@ -63,15 +65,15 @@ elif c2.button(t("data.use"), key="data.use", type="primary", disabled=report.n_
 m = st.columns(5)
 m[0].metric(t("data.rows"), report.n_rows)
 m[1].metric(t("data.usable"), report.n_usable)
-m[2].metric(t("data.errors"), len(report.errors))
-m[3].metric(t("data.warnings"), len(report.warnings))
+m[2].metric(t("data.errors"), report.n_errors)
+m[3].metric(t("data.warnings"), report.n_warnings)
 m[4].metric(t("data.format"), report.format)
 if report.errors:
-    st.error(t("data.errors_note", n=len(report.errors)), icon=":material/error:")
+    st.error(t("data.errors_note", n=report.n_errors), icon=":material/error:")
     st.dataframe(dv.errors_frame(report), hide_index=True, height=min(400, 38 + 35 * len(report.errors)),
                  key="data.errors_table")
 if report.warnings:
-    with st.expander(t("data.warnings_list", n=len(report.warnings))):
+    with st.expander(t("data.warnings_list", n=report.n_warnings)):
         st.dataframe(dv.errors_frame(report, "warnings"), hide_index=True, key="data.warnings_table")
 if report.n_usable == 0:
     st.stop()
@@ -101,9 +103,8 @@ if max_length < 16:
     st.error(t("data.bad_max_length"))
     st.stop()
 try:
-    with st.spinner(t("data.tokenizing")):
-        stats = dv.stats_for(path, model_dir, trust, persona, max_length)
-        tok = dv.tokenizer_for(model_dir, trust)
+    stats = dv.result_of(dv.stats_job(path, report, model_dir, trust, persona, max_length), t("data.tokenizing"))
+    tok = dv.tokenizer_for(model_dir, trust)
 except UserError as e:
     st.error(str(e), icon=":material/error:")
     st.stop()

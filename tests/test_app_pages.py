@@ -18,6 +18,7 @@ import psutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app import auth
 from app.i18n import EN, LABELS, ZH
 from trainer_core import paths
 from trainer_core import run_dir as rd
@@ -201,6 +202,46 @@ def test_upload_of_a_broken_file_is_refused_and_not_stored(app, uploads):
     assert not app.exception
     assert any("malformed JSON" in e for e in texts(app, "error"))
     assert not uploads.exists() or not list(uploads.iterdir())
+
+
+def test_an_upload_name_with_a_nul_byte_is_refused_and_the_page_keeps_working(app, uploads):
+    app.radio(key="p.data.source").set_value("upload").run()
+    record = '{"instruction": "你是谁？", "output": "我是甄嬛。"}\n'.encode()
+    app.file_uploader(key="data.upload").set_value(("a\x00b.jsonl", record, "application/json")).run()
+    assert not app.exception
+    assert any("U+0000" in e for e in texts(app, "error"))
+    assert not uploads.exists() or not list(uploads.iterdir())
+    app.file_uploader(key="data.upload").set_value(("good.jsonl", record, "application/json")).run()
+    assert not app.exception
+    assert {m.label: m.value for m in app.metric}[ZH["data.usable"]] == "1"
+
+
+def test_long_validation_shows_progress_and_does_not_hold_the_page(app, tmp_path, monkeypatch):
+    from app import data_jobs
+    from app import data_view as dv
+
+    monkeypatch.setattr(dv, "FIRST_WAIT_S", 0.0)  # as if the file were large: no grace period before the bar
+    data = tmp_path / "big.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"问{i}", "output": f"答{i % 7}"}, ensure_ascii=False) + "\n"
+                            for i in range(20_000)), encoding="utf-8")
+    app.radio(key="p.data.source").set_value("path").run()
+    app.text_input(key="p.data.server_path").set_value(str(data)).run()
+    assert not app.exception
+    # The script run ended while the work goes on: a progress bar, no figures yet.
+    assert [p.proto.text for p in app.get("progress")][0].startswith(ZH["data.validating"])
+    assert not app.metric
+
+    def settle():
+        for job in list(data_jobs._jobs.values()):
+            assert job.finished.wait(300)
+        app.run()
+        assert not app.exception
+
+    settle()  # validation done; token statistics now run in the background the same way
+    settle()
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics[ZH["data.rows"]] == "20000" and metrics["p50"] not in ("", "0")
+    assert not app.get("progress")
 
 
 def test_train_page_shows_plan_command_and_ds_config(app):
@@ -409,9 +450,12 @@ def test_beyond_loopback_nothing_is_served_without_the_password(runs_root, uploa
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert texts(at, "error") == [ZH["auth.no_password"]] and not at.sidebar.radio
     monkeypatch.setenv("STUDIO_PASSWORD", "s3cret")
+    now = [1000.0]
+    monkeypatch.setattr(auth, "THROTTLE", auth.Throttle(clock=lambda: now[0]))
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.text_input(key="auth.password").set_value("guess").run()
-    assert texts(at, "error") == [ZH["auth.wrong"]] and not at.sidebar.radio
+    assert texts(at, "error") == [ZH["auth.wrong"].format(s=1)] and not at.sidebar.radio
+    now[0] += 1.0  # the one-second wait after a first wrong guess
     at.text_input(key="auth.password").set_value("s3cret").run()
     assert not at.exception
     assert at.title[0].value == ZH["data.title"] and at.sidebar.radio(key="lang").value == "zh"

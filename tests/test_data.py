@@ -56,10 +56,10 @@ def test_real_huanhuan_json():
     assert report.format == "alpaca"
     assert report.n_rows == 3729
     # The file repeats some records on purpose (two persona answers 50 times each) and a few stock lines
-    # ("皇上万福金安。"): 112 later copies, each reported as a warning and kept.
+    # ("皇上万福金安。"): 112 later copies, each counted as a warning and kept; the first 50 are listed.
     assert report.n_usable == 3729
     assert report.errors == []
-    assert len(report.warnings) == 112
+    assert report.n_warnings == 112 and len(report.warnings) == 50
     assert all(w.message.startswith("duplicate of row ") for w in report.warnings)
     assert report.conversations[0] == [
         {"role": "user", "content": "娘娘。"},
@@ -169,11 +169,24 @@ def test_to_dict_is_json_and_caps_errors(tmp_path):
     summary = report.to_dict()
     json.dumps(summary)
     assert summary["n_rows"] == 252 and summary["n_usable"] == 2  # the duplicate is kept, with a warning
-    assert summary["n_errors"] == 250 and len(summary["errors"]) == 200
+    assert summary["n_errors"] == 250 and len(summary["errors"]) == 50  # one kind: its first 50, all counted
     assert summary["errors"][0] == {
         "row": 1, "field": "output", "message": "is empty; it is the reply the model learns"
     }
     assert summary["n_warnings"] == 2  # the unknown "extra" field and the duplicate
+
+
+def test_problems_keep_the_first_of_each_kind_and_count_the_rest(tmp_path):
+    rows = [alpaca(i, output="") for i in range(120)] + [{"instruction": "q", "history": [["a"]] * 3}] * 70
+    report = load_jsonl(tmp_path, *rows)
+    assert report.n_errors == 120 + 70 * 4  # empty outputs; per bad record: 3 history pairs + missing output
+    kinds = {e.kind for e in report.errors}
+    assert kinds == {"output|is empty; it is the reply the model learns",
+                     "history[]|must be a [question, answer] pair of strings", "output|required field is missing"}
+    assert len(report.errors) == 3 * 50 and report.errors.n_hidden == report.n_errors - 150
+    # Precise where kept: the first of each kind with its own row and field.
+    assert [str(e) for e in report.errors if e.row == 121][:2] == [
+        "row 121, output: required field is missing", "row 121, history[0]: must be a [question, answer] pair of strings"]
 
 
 # ---------------------------------------------------------------------------------------------------- file-level errors
@@ -456,6 +469,7 @@ class FakeEncoded:
     def __init__(self, n_prompt, n_answer, max_length):
         n = n_prompt + n_answer
         self.input_ids = list(range(min(n, max_length)))
+        self.labels = ([-100] * n_prompt + list(range(n_answer)))[:max_length]
         self.truncated = n > max_length
         self.answer_lost = n_prompt >= max_length
         self.n_label_tokens = max(0, min(n, max_length) - n_prompt)

@@ -31,13 +31,93 @@ def test_streamlit_config_defaults_are_safe():
     assert client["showErrorDetails"] in ("type", "none"), "no tracebacks in the page"
 
 
-@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.168.1.20", ""])
-def test_serving_beyond_loopback_without_a_password_is_refused(address, monkeypatch):
+@pytest.mark.parametrize("flags", [
+    ["--server.address", "0.0.0.0"], ["--server.address", "::"], ["--server.address", "192.168.1.20"],
+    ["--server.address", ""], ["--server.address=0.0.0.0"],
+    # Streamlit binds the last of repeated flags; the check once read the first.
+    ["--server.address", "127.0.0.1", "--server.address", "0.0.0.0"],
+    ["--server.address=127.0.0.1", "--server.address=0.0.0.0"],
+])
+def test_serving_beyond_loopback_without_a_password_is_refused(flags, monkeypatch):
     monkeypatch.delenv("STUDIO_PASSWORD", raising=False)
-    proc = subprocess.run([sys.executable, "-m", "app.serve", "--server.address", address, "--server.port", "8597"],
+    proc = subprocess.run([sys.executable, "-m", "app.serve", *flags, "--server.port", "8597"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
+    assert proc.returncode == 2, proc.stderr[-2000:]
     assert "refusing to serve" in proc.stderr and "STUDIO_PASSWORD" in proc.stderr
+    assert "127.0.0.1 without" not in proc.stderr
+
+
+def test_the_address_from_the_environment_is_checked_too(monkeypatch):
+    monkeypatch.delenv("STUDIO_PASSWORD", raising=False)
+    monkeypatch.setenv("STREAMLIT_SERVER_ADDRESS", "0.0.0.0")
+    proc = subprocess.run([sys.executable, "-m", "app.serve", "--server.port", "8597"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "refusing to serve on 0.0.0.0 without a password" in proc.stderr
+
+
+def test_effective_address_is_what_streamlit_resolves(monkeypatch):
+    """Flags over the environment over .streamlit/config.toml, the last of repeated flags winning."""
+    from app.serve import effective_address
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("STREAMLIT_SERVER_ADDRESS", raising=False)
+    assert effective_address([]) == "127.0.0.1"  # the project's config.toml
+    assert effective_address(["--server.address", "0.0.0.0", "--server.address", "::1"]) == "::1"
+    monkeypatch.setenv("STREAMLIT_SERVER_ADDRESS", "10.0.0.5")
+    assert effective_address([]) == "10.0.0.5"
+    assert effective_address(["--server.address", "127.0.0.1"]) == "127.0.0.1"
+
+
+def test_password_guesses_wait_longer_each_time(monkeypatch, caplog, runs_root, starter_model):
+    """Wrong passwords in one session: 1 s, then 2 s, then 4 s before the next is even compared; past the global
+    allowance a fresh session (a script opening one per guess) waits as well. Each failure logs one line."""
+    import streamlit as st
+
+    from app import auth
+
+    get_option = st.get_option
+    monkeypatch.setattr(st, "get_option", lambda name: "0.0.0.0" if name == "server.address" else get_option(name))
+    monkeypatch.setenv("STUDIO_PASSWORD", "s3cret")
+    now = [5000.0]
+    monkeypatch.setattr(auth, "THROTTLE", auth.Throttle(clock=lambda: now[0]))
+    caplog.set_level("WARNING", logger="studio.auth")
+
+    def errors(at):
+        return [e.value for e in at.error]
+
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    waits = []
+    for guess in ("guess1", "guess2", "guess3"):
+        at.text_input(key="auth.password").set_value(guess).run()
+        (msg,) = errors(at)
+        assert msg.startswith("密码不对。"), msg
+        waits.append(int(msg.split("请 ")[1].split(" 秒")[0]))
+        at.text_input(key="auth.password").set_value("s3cret").run()  # during the wait: refused unheard
+        assert errors(at) == [ZH["auth.wait"].format(s=waits[-1])] and not at.sidebar.radio
+        now[0] += waits[-1]
+        at.text_input(key="auth.password").set_value("").run()
+    assert waits == [1, 2, 4]
+    assert len([r for r in caplog.records if "wrong dashboard password" in r.getMessage()]) == 3
+
+    # Fresh sessions share the global count: after GLOBAL_FREE failures in all, a new session must wait too.
+    for i in range(auth.GLOBAL_FREE - 3 + 1):
+        other = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+        other.text_input(key="auth.password").set_value(f"spray{i}").run()
+    fresh = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    fresh.text_input(key="auth.password").set_value("s3cret").run()
+    assert errors(fresh) == [ZH["auth.wait"].format(s=1)] and not fresh.sidebar.radio
+    now[0] += 1
+    fresh.text_input(key="auth.password").set_value("").run()
+    fresh.text_input(key="auth.password").set_value("s3cret").run()
+    assert not fresh.exception and fresh.sidebar.radio(key="lang")
+    assert len([r for r in caplog.records if "wrong dashboard password" in r.getMessage()]) == auth.GLOBAL_FREE + 1
+
+
+def test_delay_doubles_and_is_capped():
+    from app.auth import MAX_DELAY_S, delay_after
+
+    assert [delay_after(n) for n in range(5)] == [0, 1, 2, 4, 8]
+    assert delay_after(40) == MAX_DELAY_S
 
 
 def free_port() -> int:

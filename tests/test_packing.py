@@ -76,3 +76,30 @@ def test_no_label_crosses_a_boundary(examples):
         for i, p in enumerate(row.position_ids):
             if p == 0:
                 assert row.labels[i] == IGNORE, "an example's first token would be trained from the previous one"
+
+
+def _scan_ffd(lengths, capacity):
+    """The first packer, kept here as the reference: scan every open bin in order."""
+    bins, space = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, free in enumerate(space):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                space[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            space.append(capacity - lengths[i])
+    return bins
+
+
+def test_tree_packing_gives_the_same_bins_as_the_scan():
+    import random
+
+    from trainer_core.batching import first_fit_decreasing
+
+    rnd = random.Random(3)
+    for capacity in (16, 64, 256):
+        lengths = [rnd.randint(1, capacity) for _ in range(3000)] + [capacity, 1, 1]
+        assert first_fit_decreasing(lengths, capacity) == _scan_ffd(lengths, capacity)
+    assert first_fit_decreasing([], 8) == []

@@ -1,7 +1,7 @@
 """Command line: everything the dashboard does, from a terminal or a cluster script.
 
     python -m trainer_core prepare-models
-    python -m trainer_core check-data FILE [--model DIR] [--max-length N] [--json]
+    python -m trainer_core check-data FILE [--model DIR] [--max-length N] [--no-tokens] [--json]
     python -m trainer_core plan CONFIG [--set k=v]... [--json]
     python -m trainer_core train CONFIG [--set k=v]... [--detach]
     python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--detach]
@@ -31,6 +31,7 @@ from trainer_core.errors import UserError
 # The real stdout, kept for our results: while a command runs, sys.stdout points at stderr so that library
 # chatter (DeepSpeed logs its accelerator choice on stdout) cannot corrupt `--json` output or the run-dir line.
 _STDOUT = [sys.stdout]
+MAX_LOG_LINES = 100_000
 
 
 def emit(*args, **kwargs) -> None:
@@ -51,30 +52,38 @@ def cmd_prepare_models(args) -> int:
 
 
 def cmd_check_data(args) -> int:
-    from trainer_core.config import DEFAULT_PERSONA
-    from trainer_core.data import load_dataset, special_token_warnings, token_stats
+    from trainer_core.config import DEFAULT_PERSONA, MAX_LENGTH_RANGE
+    from trainer_core.data import Problems, TokenCounter, load_dataset, special_warnings
 
-    report = load_dataset(args.file)
+    _bounded(args.max_length, "--max-length", *MAX_LENGTH_RANGE, why="the range data.max_length allows")
     persona = args.persona or DEFAULT_PERSONA
-    tokens, persona_specials = None, []
-    if args.model or Path(_default_model()).is_dir():
-        from trainer_core.chat_format import specials_in, turn_format
+    counter, tok, persona_specials, specials = None, None, [], Problems()
+    if not args.no_tokens and (args.model or Path(_default_model()).is_dir()):
+        from trainer_core.chat_format import specials_in
         from trainer_core.models import check_model_dir, load_tokenizer
 
         model = args.model or _default_model()
         if args.model:
             check_model_dir(model, trust_remote_code=args.trust_remote_code)
         tok = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
-        report.warnings += special_token_warnings(report, tok)
         persona_specials = specials_in(tok, persona)
-        if report.n_usable:
-            tokens = token_stats(report, tok, persona=persona, max_length=args.max_length).to_dict()
-            tokens.pop("lengths", None)
-            tokens["tokenizer"] = str(model)
-            tokens["end_of_turn"] = turn_format(tok).end_marker
+        counter = TokenCounter(tok, persona=persona, max_length=args.max_length)
+
+    def measure(row: int, conversation: list[dict]) -> None:
+        counter.add(conversation)
+        specials.extend(special_warnings(row, conversation, tok))
+
+    # One pass, nothing kept: each usable record is measured as it is read, so memory does not grow with the file.
+    report = load_dataset(args.file, keep=False, on_usable=measure if counter else None)
+    report.warnings.extend(specials)
     out = report.to_dict()
-    if tokens:
-        out["tokens"] = tokens
+    if counter is not None and report.n_usable:
+        from trainer_core.chat_format import turn_format
+
+        out["tokens"] = counter.result().to_dict()
+        out["tokens"].pop("lengths", None)
+        out["tokens"]["tokenizer"] = str(model)
+        out["tokens"]["end_of_turn"] = turn_format(tok).end_marker
     if persona_specials:
         out["persona_special_tokens"] = persona_specials
     if args.json:
@@ -82,25 +91,34 @@ def cmd_check_data(args) -> int:
     else:
         dropped = f", {report.n_tool_call_rows} left out: tool-call turns are not trained" \
             if report.n_tool_call_rows else ""
-        emit(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {len(report.errors)} errors, "
-             f"{len(report.warnings)} warnings, format {out['format']}{dropped}")
+        emit(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {report.n_errors} errors, "
+             f"{report.n_warnings} warnings, format {out['format']}{dropped}")
         if persona_specials:
             emit(f"  warning: persona holds special token {', '.join(persona_specials)}; it is read as plain text")
         for e in report.errors[:50]:
-            emit(f"  row {e.row} {e.field}: {e.message}")
-        if len(report.errors) > 50:
-            emit(f"  ... {len(report.errors) - 50} more")
+            emit(f"  row {e.row}{' ' + e.field if e.field else ''}: {e.message}")
+        if report.n_errors > 50:
+            emit(f"  ... {report.n_errors - min(50, len(report.errors))} more errors "
+                 f"({len(report.errors.counts)} kinds; --json lists the first {report.errors.per_kind} of each)")
         # Duplicates come last: huanhuan.json alone has hundreds, which would hide everything else.
         for w in sorted(report.warnings, key=lambda w: w.message.startswith("duplicate of row"))[:10]:
-            emit(f"  warning: row {w.row} {w.field}: {w.message}")
-        if len(report.warnings) > 10:
-            emit(f"  ... {len(report.warnings) - 10} more warnings (--json lists them)")
+            emit(f"  warning: row {w.row}{' ' + w.field if w.field else ''}: {w.message}")
+        if report.n_warnings > 10:
+            emit(f"  ... {report.n_warnings - 10} more warnings (--json lists the first {report.warnings.per_kind} "
+                 "of each kind)")
         t = out.get("tokens")
         if t:
             emit(f"tokens (max_length {args.max_length}): p50 {t['p50']}, p95 {t['p95']}, max {t['max']}, "
-                  f"{t['n_truncated']} would be truncated, {t['n_answer_lost']} would lose the whole answer; "
-                  f"trained: each answer and its end-of-turn {t['end_of_turn']}")
+                 f"{t['n_truncated']} would be truncated, {t['n_answer_lost']} would lose the whole answer; "
+                 f"trained: each answer and its end-of-turn {t['end_of_turn']}")
     return 0 if report.n_usable else 2
+
+
+def _bounded(value: int | float | None, flag: str, lo, hi, *, why: str = "") -> None:
+    """Numbers typed on the command line get the same one-line refusal as config fields (argparse would print
+    its usage block)."""
+    if value is not None and not lo <= value <= hi:  # also false for NaN
+        raise UserError(f"{flag} must be between {lo:,} and {hi:,}{f' ({why})' if why else ''} (got {value})")
 
 
 def _default_model() -> str:
@@ -270,9 +288,10 @@ def cmd_logs(args) -> int:
     from trainer_core.supervisor import read_state
     from trainer_core.tailing import read_tail_bytes, tail_lines
 
+    _bounded(args.n, "-n", 0, MAX_LOG_LINES)
     run = _run(args.run)
     log = run / rd.LOG
-    for line in tail_lines(log, args.n):
+    for line in tail_lines(log, args.n) if args.n else []:
         emit(line)
     if args.follow:
         offset = log.stat().st_size if log.exists() else 0
@@ -293,7 +312,13 @@ def cmd_chat(args) -> int:
     from trainer_core.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona, load_chat_model,
                                         resolve_model_dir, stream_reply)
 
-    model_dir = resolve_model_dir(args.model, args.checkpoint)
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty; give the line the model should answer")
+    _bounded(args.max_new_tokens, "--max-new-tokens", 1, 8192)
+    _bounded(args.temperature, "--temperature", 0.0, 10.0)
+    _bounded(args.seed, "--seed", 0, 2**32 - 1)
+    _bounded(args.checkpoint, "--checkpoint", 0, 10**9)
+    model_dir = resolve_model_dir(_model_or_run(args.model), args.checkpoint)
     model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code)
     persona, source = chat_persona(model_dir, args.persona)
     params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
@@ -311,6 +336,25 @@ def cmd_chat(args) -> int:
         _STDOUT[0].flush()
     emit()
     return 0
+
+
+def _model_or_run(ref: str) -> Path:
+    """A model folder, a run directory, or a run's name (as status/stop/export accept it)."""
+    from trainer_core import run_dir as rd
+
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        return p
+    if "/" not in ref and (_runs_root() / ref / rd.CONFIG).is_file():
+        return _run(ref)
+    raise UserError(f"{ref}: no such model folder or run; give a model directory, a run directory or a run name "
+                    "(`python -m trainer_core runs` lists them)")
+
+
+def _runs_root() -> Path:
+    from trainer_core import paths
+
+    return paths.runs_root()
 
 
 def cmd_join(args) -> int:
@@ -344,6 +388,7 @@ def cmd_join(args) -> int:
 def cmd_export(args) -> int:
     from trainer_core.export import export_checkpoint
 
+    _bounded(args.checkpoint, "--checkpoint", 0, 10**9)
     run = _run(args.run)
     if args.format == "qwen1":  # checked before the consolidation, which can take minutes
         from trainer_core import run_dir as rd
@@ -394,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-length", type=int, default=512)
     s.add_argument("--persona", default=None)
     s.add_argument("--trust-remote-code", action="store_true")
+    s.add_argument("--no-tokens", action="store_true", help="validate only, without token statistics (fast)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_check_data)
 

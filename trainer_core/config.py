@@ -46,6 +46,9 @@ class ModelArgs:
         _check(bool(self.path.strip()), "model.path", "is empty: give the directory of a local model")
 
 
+MAX_LENGTH_RANGE = (16, 131072)
+
+
 @dataclass
 class DataArgs:
     path: str = str(paths.SAMPLE_DATA)
@@ -69,13 +72,20 @@ class DataArgs:
 
     def __post_init__(self) -> None:
         _check(bool(self.path.strip()), "data.path", "is empty: give a .json or .jsonl dataset file")
-        _check(16 <= self.max_length <= 131072, "data.max_length", f"must be between 16 and 131072 (got {self.max_length})")
+        lo, hi = MAX_LENGTH_RANGE
+        _check(lo <= self.max_length <= hi, "data.max_length", f"must be between {lo} and {hi} (got {self.max_length})")
         _check(0.0 <= self.eval_ratio < 0.5, "data.eval_ratio", f"must be in [0, 0.5) (got {self.eval_ratio})")
         _check(1 <= self.max_eval_records <= 100_000, "data.max_eval_records",
                f"must be between 1 and 100000 (got {self.max_eval_records})")
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Upper bounds that no real run reaches; past them a typo (10^30) would overflow a tensor or never finish.
+MAX_EPOCHS = 10_000
+MAX_STEPS = 10**9
+MAX_BATCH = 65_536
+MAX_SEED = 2**32 - 1
+MAX_NODES = 4096
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 
@@ -131,22 +141,42 @@ class TrainArgs:
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, "train.epochs", f"must be > 0 unless train.max_steps is set (got {self.epochs})")
-        _check(self.max_steps == -1 or self.max_steps > 0, "train.max_steps", f"must be -1 or a positive step count (got {self.max_steps})")
+        _check(self.epochs <= MAX_EPOCHS, "train.epochs", f"must be at most {MAX_EPOCHS:,} (got {self.epochs:g})")
+        _check(self.max_steps == -1 or 0 < self.max_steps <= MAX_STEPS, "train.max_steps",
+               f"must be -1 or a step count from 1 to {MAX_STEPS:,} (got {self.max_steps})")
         _check(0 < self.learning_rate < 1, "train.learning_rate", f"must be > 0 and < 1 (got {self.learning_rate})")
         _check(self.lr_scheduler in SCHEDULERS, "train.lr_scheduler", f"must be one of {', '.join(SCHEDULERS)} (got {self.lr_scheduler!r})")
         _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio})")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0 (got {self.weight_decay})")
-        _check(self.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1 (got {self.micro_batch_size})")
-        _check(self.gradient_accumulation >= 1, "train.gradient_accumulation", f"must be >= 1 (got {self.gradient_accumulation})")
+        _check(1 <= self.micro_batch_size <= MAX_BATCH, "train.micro_batch_size",
+               f"must be between 1 and {MAX_BATCH:,} (got {self.micro_batch_size})")
+        _check(1 <= self.gradient_accumulation <= MAX_BATCH, "train.gradient_accumulation",
+               f"must be between 1 and {MAX_BATCH:,} (got {self.gradient_accumulation})")
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (got {self.max_grad_norm})")
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        _check(self.logging_steps >= 1, "train.logging_steps", f"must be >= 1 (got {self.logging_steps})")
-        _check(self.save_steps >= 0, "train.save_steps", f"must be >= 0 (got {self.save_steps})")
-        _check(self.save_total_limit >= 1, "train.save_total_limit", f"must be >= 1 (got {self.save_total_limit})")
-        _check(self.eval_steps >= 0, "train.eval_steps", f"must be >= 0 (got {self.eval_steps})")
+        _check(1 <= self.logging_steps <= MAX_STEPS, "train.logging_steps", f"must be between 1 and {MAX_STEPS:,} (got {self.logging_steps})")
+        _check(0 <= self.save_steps <= MAX_STEPS, "train.save_steps", f"must be between 0 and {MAX_STEPS:,} (got {self.save_steps})")
+        _check(1 <= self.save_total_limit <= 1000, "train.save_total_limit", f"must be between 1 and 1000 (got {self.save_total_limit})")
+        _check(0 <= self.eval_steps <= MAX_STEPS, "train.eval_steps", f"must be between 0 and {MAX_STEPS:,} (got {self.eval_steps})")
+        # numpy, torch and Python's random all take a 32-bit unsigned seed; anything else fails after start-up.
+        _check(0 <= self.seed <= MAX_SEED, "train.seed", f"must be between 0 and {MAX_SEED} (got {self.seed})")
 
 
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+# Offload writes swap files into nvme_path; these trees belong to the operating system, never to a run.
+SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys",
+               "/usr", "/var", "/root")
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr")
+
+
+def system_dir(path: str) -> bool:
+    """True for the OS's own directories (and anything inside /etc, /usr, /proc, ...)."""
+    p = Path(path)
+    for candidate in {p, p.resolve()}:
+        text = str(candidate)
+        if text in SYSTEM_DIRS or any(text.startswith(t + "/") for t in SYSTEM_TREES):
+            return True
+    return False
 
 
 @dataclass
@@ -176,6 +206,11 @@ class DeepSpeedArgs:
                "needs deepspeed.stage >= 1 (stage 0 has no ZeRO optimizer to offload)")
         uses_nvme = "nvme" in (self.offload_optimizer, self.offload_param)
         _check(not uses_nvme or bool(self.nvme_path), "deepspeed.nvme_path", "is required when offloading to nvme")
+        if self.nvme_path:
+            _check(Path(self.nvme_path).is_absolute(), "deepspeed.nvme_path",
+                   f"must be an absolute path (got {self.nvme_path!r})")
+            _check(not system_dir(self.nvme_path), "deepspeed.nvme_path",
+                   f"{self.nvme_path} is a system directory; give a directory of your own on a fast local disk")
 
 
 LAUNCHERS = ("local", "pdsh", "ssh", "no_ssh")
@@ -215,7 +250,8 @@ class PlacementArgs:
         _check(not self.gpus or len(self.gpus) == self.num_ranks, "placement.gpus",
                f"has {len(self.gpus)} ids but placement.num_ranks is {self.num_ranks}: make them agree")
         _check(self.launcher in LAUNCHERS, "placement.launcher", f"must be one of {', '.join(LAUNCHERS)} (got {self.launcher!r})")
-        _check(self.num_nodes >= 1, "placement.num_nodes", f"must be >= 1 (got {self.num_nodes})")
+        _check(1 <= self.num_nodes <= MAX_NODES, "placement.num_nodes", f"must be between 1 and {MAX_NODES} (got {self.num_nodes})")
+        _check(all(g <= 1023 for g in self.gpus), "placement.gpus", f"must be GPU ids below 1024 (got {self.gpus})")
         _check(0 <= self.node_rank < self.num_nodes, "placement.node_rank", f"must be in [0, {self.num_nodes}) (got {self.node_rank})")
         _check(1024 <= self.master_port <= 65535, "placement.master_port", f"must be between 1024 and 65535 (got {self.master_port})")
         # No leading "-": the launcher would read the address as an option.
@@ -260,6 +296,12 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _short(value: Any) -> str:
+    """repr() cut to a readable length: the value goes into a one-line error message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text):,} characters)"
+
+
 def _coerce(value: Any, typ: Any, name: str) -> Any:
     """Check a YAML value against a field type; ints are accepted where floats are expected."""
     origin = typing.get_origin(typ)
@@ -269,18 +311,18 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
             # "0,1,3" or a single id, the way people type GPU lists.
             value = [v for v in str(value).replace(" ", "").split(",") if v != ""]
         if not isinstance(value, list):
-            raise UserError(f"{name} must be a list (got {type(value).__name__} {value!r})")
+            raise UserError(f"{name} must be a list (got {type(value).__name__} {_short(value)})")
         return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{name} must be true or false (got {value!r})")
+        raise UserError(f"{name} must be true or false (got {_short(value)})")
     if typ is int:
         if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
             return int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise UserError(f"{name} must be a whole number (got {value!r})")
+        raise UserError(f"{name} must be a whole number (got {_short(value)})")
     if typ is float:
         number = None
         if isinstance(value, str):
@@ -291,16 +333,16 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
         if number is None:
-            raise UserError(f"{name} must be a number (got {value!r})")
+            raise UserError(f"{name} must be a number (got {_short(value)})")
         if not math.isfinite(number):  # inf epochs would never end; nan fails no comparison-based check
-            raise UserError(f"{name} must be a finite number (got {value!r})")
+            raise UserError(f"{name} must be a finite number (got {_short(value)})")
         return number
     if typ is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{name} must be text (got {value!r})")
+        raise UserError(f"{name} must be text (got {_short(value)})")
     raise AssertionError(f"unsupported field type {typ} for {name}")
 
 
@@ -361,9 +403,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not keys:
         raise UserError(f"--set {item!r} has no key before '='")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = yaml.load(text, Loader=SAFE_LOADER) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    except RecursionError:  # the pure-Python loader (PyYAML without libyaml) recurses per nesting level
+        raise UserError(f"--set {key.strip()} value is nested too deeply; give a plain value") from None
     return keys, value
 
 
@@ -404,6 +448,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raw = yaml.load(p.read_text(encoding="utf-8"), Loader=SAFE_LOADER) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except RecursionError:
+            raise UserError(f"config file {p} is nested too deeply; a run config has two levels") from None
         if not isinstance(raw, dict):
             raise UserError(f"config file {p} must hold a mapping (model:, data:, train:, ...), not {type(raw).__name__}")
     return config_from_dict(apply_overrides(raw, list(overrides)))

@@ -13,21 +13,30 @@ as a whole raise ``UserError``; problems with single records become ``RowError``
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import re
 import tempfile
 import unicodedata
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from trainer_core import paths
 from trainer_core.errors import UserError
+from trainer_core.records import iter_json_array, iter_jsonl, json_type
 
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_CHARS = 20_000
 MAX_REPORTED_ERRORS = 200
+PROGRESS_EVERY = 4096
+MAX_PER_KIND = 50
+"""Problems kept per kind (same field, same message but for numbers and quoted values); the rest are counted."""
 EXTENSIONS = (".json", ".jsonl")
 
 ALPACA_FIELDS = {"instruction", "input", "output", "system", "history"}
@@ -54,6 +63,43 @@ class RowError:
         where = f"row {self.row}" + (f", {self.field}" if self.field else "")
         return f"{where}: {self.message}"
 
+    @property
+    def kind(self) -> str:
+        """The problem without its particulars: "history[3]" and "history[7]" or "row 12" and "row 40" match."""
+        field = re.sub(r"\[\d+\]", "[]", re.sub(r"^turn \d+$", "turn", self.field))
+        return field + "|" + _PARTICULARS.sub("#", self.message)
+
+
+_PARTICULARS = re.compile(r"'[^']*'|\"[^\"]*\"|\d[\d,.]*")
+
+
+class Problems(list):
+    """RowErrors as a list that keeps the first ``per_kind`` of each kind and counts every one, so a file with a
+    million bad rows reports precisely without holding a million messages."""
+
+    def __init__(self, items=(), per_kind: int = MAX_PER_KIND):
+        super().__init__()
+        self.per_kind = per_kind
+        self.counts: dict[str, int] = {}
+        self.total = 0
+        self.extend(items)
+
+    def append(self, problem: RowError) -> None:
+        n = self.counts.get(problem.kind, 0) + 1
+        self.counts[problem.kind] = n
+        self.total += 1
+        if n <= self.per_kind:
+            super().append(problem)
+
+    def extend(self, problems) -> None:
+        for p in problems:
+            self.append(p)
+
+    @property
+    def n_hidden(self) -> int:
+        """Problems counted but not kept."""
+        return self.total - len(self)
+
 
 @dataclass
 class DataReport:
@@ -67,14 +113,25 @@ class DataReport:
     """Usable records as ``[{"role", "content"}, ...]``, ending with an assistant turn."""
     row_ids: list[int] = field(default_factory=list)
     """1-based row number of each entry in ``conversations``."""
-    errors: list[RowError] = field(default_factory=list)
-    """Problems that make a record unusable; such records are not in ``conversations``."""
-    warnings: list[RowError] = field(default_factory=list)
-    """Things worth knowing that do not stop a record from being used (unknown fields)."""
+    errors: Problems = field(default_factory=Problems)
+    """Problems that make a record unusable (the first MAX_PER_KIND of each kind); such records are not in
+    ``conversations``."""
+    warnings: Problems = field(default_factory=Problems)
+    """Things worth knowing that do not stop a record from being used (unknown fields, duplicates)."""
+    usable_count: int | None = None
+    """Usable records when they were counted but not kept (``keep=False``); None when ``conversations`` holds them."""
 
     @property
     def n_usable(self) -> int:
-        return len(self.conversations)
+        return len(self.conversations) if self.usable_count is None else self.usable_count
+
+    @property
+    def n_errors(self) -> int:
+        return getattr(self.errors, "total", len(self.errors))
+
+    @property
+    def n_warnings(self) -> int:
+        return getattr(self.warnings, "total", len(self.warnings))
 
     @property
     def n_tool_call_rows(self) -> int:
@@ -88,16 +145,22 @@ class DataReport:
             "format": self.format,
             "n_rows": self.n_rows,
             "n_usable": self.n_usable,
-            "n_errors": len(self.errors),
-            "n_warnings": len(self.warnings),
+            "n_errors": self.n_errors,
+            "n_warnings": self.n_warnings,
             "n_tool_call_rows": self.n_tool_call_rows,
             "errors": [asdict(e) for e in self.errors[:max_errors]],
             "warnings": [asdict(w) for w in self.warnings[:max_errors]],
         }
 
 
-def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = DEFAULT_MAX_CHARS) -> DataReport:
-    """Read and validate a .json or .jsonl dataset file. The size is checked before anything is read."""
+def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = DEFAULT_MAX_CHARS,
+                 keep: bool = True, on_usable: Callable[[int, list[dict]], None] | None = None,
+                 progress: Callable[[float], None] | None = None) -> DataReport:
+    """Read and validate a .json or .jsonl dataset file. The size is checked before anything is read.
+
+    ``keep=False`` counts usable records without keeping them, for one pass over a file too large to hold as
+    Python objects; ``on_usable(row, conversation)`` sees each usable record as it is read; ``progress(fraction)``
+    hears how much of the file has been read, every few thousand records."""
     path = Path(path)
     ext = _check_extension(path.name)
     if not path.exists():
@@ -105,14 +168,17 @@ def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = D
     if not path.is_file():
         raise UserError(f"{path}: is not a file; give the path of a .json or .jsonl file")
     _check_size(str(path), path.stat().st_size, max_bytes)
-    return _load(path.read_bytes(), str(path), ext, max_bytes=max_bytes, max_chars=max_chars)
+    with open(path, "rb") as f:
+        return _load(f, str(path), ext, max_chars=max_chars, keep=keep, on_usable=on_usable, progress=progress)
 
 
 def load_dataset_bytes(
     data: bytes, name: str, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = DEFAULT_MAX_CHARS
 ) -> DataReport:
     """Same as ``load_dataset`` for bytes already in memory (an upload); ``name`` picks the format by extension."""
-    return _load(data, name, _check_extension(name), max_bytes=max_bytes, max_chars=max_chars)
+    ext = _check_extension(name)
+    _check_size(name, len(data), max_bytes)
+    return _load(io.BytesIO(data), name, ext, max_chars=max_chars)
 
 
 def _check_extension(name: str) -> str:
@@ -140,38 +206,57 @@ def _human_bytes(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB"
 
 
-def _load(data: bytes, name: str, ext: str, *, max_bytes: int, max_chars: int) -> DataReport:
-    _check_size(name, len(data), max_bytes)
-    text = _decode(data, name)
-    if not text.strip():
-        raise UserError(f"{name}: file has only whitespace; it needs at least one record")
+def _load(stream, name: str, ext: str, *, max_chars: int, keep: bool = True, on_usable=None,
+          progress=None) -> DataReport:
     report = DataReport(path=name, format="unknown", n_rows=0)
     if ext == ".jsonl":
-        rows = _parse_jsonl(text)
+        rows = iter_jsonl(stream, name)
+        size = max(1, stream.seek(0, os.SEEK_END))
+        stream.seek(0)
+        where = lambda: stream.tell() / size  # noqa: E731
     else:
-        rows = ((i, record, None) for i, record in enumerate(_parse_json_array(text, name), start=1))
+        text = _decode(stream.read(), name)
+        if not text.strip():
+            raise UserError(f"{name}: file has only whitespace; it needs at least one record")
+        cursor = [0]
+        rows = iter_json_array(text, name, cursor)
+        where = lambda: cursor[0] / len(text)  # noqa: E731
     formats = set()
-    seen: dict[str, int] = {}
-    for row, record, json_error in rows:
+    # Conversation hash -> first row. A 64-bit hash instead of the text keeps a million records in tens of MB.
+    seen: dict[int, int] = {}
+    n_usable = 0
+    for row, record, repeated, json_error in rows:
         report.n_rows += 1
+        if progress is not None and report.n_rows % PROGRESS_EVERY == 0:
+            progress(where())
         if json_error:
             report.errors.append(RowError(row, "", json_error))
             continue
+        for key in dict.fromkeys(repeated):
+            report.warnings.append(RowError(row, key, "key appears more than once; only its last value is used"))
         fmt, conversation = _validate(record, row, report, max_chars)
         if fmt:
             formats.add(fmt)
         if conversation is None:
             continue
-        key = json.dumps(conversation, ensure_ascii=False)
+        key = hash(tuple((t["role"], t["content"]) for t in conversation))
         if key in seen:
             # Reported but kept: datasets repeat persona lines on purpose to weight them (huanhuan.json has
             # "你是谁？" 50 times), and dropping them would change what the user chose to train on.
             report.warnings.append(RowError(row, "", f"duplicate of row {seen[key]} (kept; remove it to train on it once)"))
         else:
             seen[key] = row
-        report.conversations.append(conversation)
-        report.row_ids.append(row)
+        n_usable += 1
+        if on_usable is not None:
+            on_usable(row, conversation)
+        if keep:
+            report.conversations.append(conversation)
+            report.row_ids.append(row)
+    if not keep:
+        report.usable_count = n_usable
     if report.n_rows == 0:
+        if ext == ".jsonl":
+            raise UserError(f"{name}: file has only whitespace; it needs at least one record")
         raise UserError(f"{name}: contains no records; add at least one")
     if len(formats) == 1:
         report.format = formats.pop()
@@ -194,45 +279,7 @@ def _decode(data: bytes, name: str) -> str:
     return text.removeprefix("\ufeff")
 
 
-def _parse_json_array(text: str, name: str) -> list:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{name}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    if not isinstance(value, list):
-        raise UserError(
-            f"{name}: top level is {_json_type(value)}; expected an array of records "
-            '[{"instruction": ..., "output": ...}, ...] (or a .jsonl file with one record per line)'
-        )
-    return value
-
-
-def _parse_jsonl(text: str):
-    """Yield (line number, record, None) per non-blank line, or (line number, None, message) if it is not JSON."""
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters splitlines() breaks on.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield lineno, None, f"invalid JSON at column {e.colno}: {e.msg}"
-        else:
-            yield lineno, record, None
-
-
-def _json_type(value) -> str:
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if value is None:
-        return "null"
-    return "a number"
+_json_type = json_type
 
 
 def _validate(record, row: int, report: DataReport, max_chars: int) -> tuple[str | None, list[dict] | None]:
@@ -387,16 +434,23 @@ def special_token_warnings(report: DataReport, tokenizer) -> list[RowError]:
 
     Training reads such strings as plain characters (they cannot forge turns), but they are almost always a
     mistake in the data: a pasted transcript, a wrongly exported chat log."""
+    out = []
+    for row, conversation in zip(report.row_ids, report.conversations):
+        out += special_warnings(row, conversation, tokenizer)
+    return out
+
+
+def special_warnings(row: int, conversation: list[dict], tokenizer) -> list[RowError]:
+    """special_token_warnings for one record, for a single pass that does not keep the records."""
     from trainer_core.chat_format import specials_in
 
     out = []
-    for row, conversation in zip(report.row_ids, report.conversations):
-        for i, turn in enumerate(conversation):
-            found = specials_in(tokenizer, turn["content"])
-            if found:
-                out.append(RowError(row, f"turn {i + 1}", f"{turn['role']} text holds special token "
-                                                          f"{', '.join(found)}; it is trained as plain text, not "
-                                                          "as a turn marker; remove it unless that is meant"))
+    for i, turn in enumerate(conversation):
+        found = specials_in(tokenizer, turn["content"])
+        if found:
+            out.append(RowError(row, f"turn {i + 1}", f"{turn['role']} text holds special token "
+                                                      f"{', '.join(found)}; it is trained as plain text, not "
+                                                      "as a turn marker; remove it unless that is meant"))
     return out
 
 
@@ -408,6 +462,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._\-\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
 def safe_upload_name(name: str) -> str:
     """A file name safe to create under the uploads folder: the basename only, letters/digits/CJK/._- kept,
     everything else replaced by "_", no "..", no leading dot. Raises UserError unless it ends in .json/.jsonl."""
+    if _CONTROL.search(name) or "\t" in name or "\n" in name or "\r" in name:
+        bad = next(c for c in name if c in "\t\n\r" or _CONTROL.match(c))
+        raise UserError(f"{name!r}: the file name holds the control character U+{ord(bad):04X}; rename the file")
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     stem, dot, ext = base.rpartition(".")
     ext = "." + ext.lower() if dot else ""
@@ -463,38 +520,76 @@ class TokenStats:
         return asdict(self)
 
 
-def token_stats(report_or_conversations, tokenizer, *, persona: str, max_length: int) -> TokenStats:
-    """Tokenise every conversation the way training will and measure lengths and truncation at ``max_length``.
-
-    Encodes twice: once without a limit for the true lengths, once at ``max_length`` so the truncation figures come
-    from ``chat_format``'s own truncation rule rather than a guess at it.
-    """
-    from trainer_core.chat_format import encode_conversations
-
-    if isinstance(report_or_conversations, DataReport):
-        conversations = report_or_conversations.conversations
-    else:
-        conversations = list(report_or_conversations)
-    full = encode_conversations(tokenizer, conversations, persona=persona, max_length=2**31 - 1)
-    cut = encode_conversations(tokenizer, conversations, persona=persona, max_length=max_length)
-    lengths = [len(e.input_ids) for e in full]
-    ordered = sorted(lengths)
-    return TokenStats(
-        n=len(lengths),
-        p50=_percentile(ordered, 0.50),
-        p95=_percentile(ordered, 0.95),
-        max=ordered[-1] if ordered else 0,
-        mean=sum(lengths) / len(lengths) if lengths else 0.0,
-        max_length=max_length,
-        n_truncated=sum(e.truncated for e in cut),
-        n_answer_lost=sum(e.answer_lost for e in cut),
-        n_label_tokens=sum(e.n_label_tokens for e in cut),
-        lengths=lengths,
-    )
+STATS_BATCH = 2048
+IGNORE_LABEL = -100  # chat_format.IGNORE_INDEX, PyTorch's cross-entropy ignore index
+"""Conversations encoded per tokenizer call when measuring: large enough for the batch path, small in memory."""
 
 
-def _percentile(ordered: list[int], q: float) -> int:
-    """Nearest-rank percentile of an already sorted list (0 for an empty one)."""
-    if not ordered:
+class TokenCounter:
+    """Token lengths and truncation figures, fed one conversation at a time and encoded in batches, so measuring
+    a million records holds one batch of them plus 4 bytes per record."""
+
+    def __init__(self, tokenizer, *, persona: str, max_length: int, batch: int = STATS_BATCH,
+                 progress: Callable[[int], None] | None = None):
+        self.tokenizer, self.persona, self.max_length, self.batch = tokenizer, persona, max_length, batch
+        self.progress = progress  # called after each batch with the number of conversations measured so far
+        self._pending: list[list[dict]] = []
+        self._lengths = array("i")
+        self.n_truncated = self.n_answer_lost = self.n_label_tokens = 0
+
+    def add(self, conversation: list[dict]) -> None:
+        self._pending.append(conversation)
+        if len(self._pending) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        from trainer_core.chat_format import encode_conversations
+
+        full = encode_conversations(self.tokenizer, self._pending, persona=self.persona, max_length=2**31 - 1)
+        self._pending = []
+        for e in full:
+            self._lengths.append(len(e.input_ids))
+            # Training keeps the first max_length tokens (chat_format's cut); counting the labels in that prefix
+            # of the full encoding gives its figures without tokenizing everything a second time.
+            n_labels = sum(1 for label in e.labels[:self.max_length] if label != IGNORE_LABEL)
+            self.n_truncated += len(e.input_ids) > self.max_length
+            self.n_answer_lost += n_labels == 0
+            self.n_label_tokens += n_labels
+        if self.progress is not None:
+            self.progress(len(self._lengths))
+
+    def result(self) -> TokenStats:
+        if self._pending:
+            self._flush()
+        lengths = np.frombuffer(self._lengths, dtype=np.int32) if len(self._lengths) else np.zeros(0, np.int32)
+        ordered = np.sort(lengths)
+        return TokenStats(
+            n=len(lengths),
+            p50=_percentile(ordered, 0.50),
+            p95=_percentile(ordered, 0.95),
+            max=int(ordered[-1]) if len(ordered) else 0,
+            mean=float(lengths.mean()) if len(lengths) else 0.0,
+            max_length=self.max_length,
+            n_truncated=self.n_truncated,
+            n_answer_lost=self.n_answer_lost,
+            n_label_tokens=self.n_label_tokens,
+            lengths=lengths.tolist(),
+        )
+
+
+def token_stats(report_or_conversations, tokenizer, *, persona: str, max_length: int,
+                progress: Callable[[int], None] | None = None) -> TokenStats:
+    """Tokenise every conversation the way training will and measure lengths and truncation at ``max_length``."""
+    counter = TokenCounter(tokenizer, persona=persona, max_length=max_length, progress=progress)
+    conversations = report_or_conversations.conversations if isinstance(report_or_conversations, DataReport) \
+        else report_or_conversations
+    for conversation in conversations:
+        counter.add(conversation)
+    return counter.result()
+
+
+def _percentile(ordered, q: float) -> int:
+    """Nearest-rank percentile of an already sorted sequence (0 for an empty one)."""
+    if len(ordered) == 0:
         return 0
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+    return int(ordered[max(0, math.ceil(q * len(ordered)) - 1)])

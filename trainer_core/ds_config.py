@@ -7,12 +7,13 @@ run config stays the single source of truth; the Trainer fills them in at launch
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer_core import paths
-from trainer_core.config import RunConfig
+from trainer_core import paths, safe_json
+from trainer_core.config import OFFLOAD_DEVICES, RunConfig, system_dir
 from trainer_core.errors import UserError
 
 PRESETS_DIR = paths.CONFIGS_DIR / "deepspeed"
@@ -77,11 +78,16 @@ def load_ds_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"deepspeed.config_file {path} not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data, repeated = safe_json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"deepspeed.config_file {path} is not valid JSON: {e}") from None
+    except safe_json.JsonProblem as e:
+        raise UserError(f"deepspeed.config_file {path}: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"deepspeed.config_file {path} must hold a JSON object")
+    if repeated:
+        # DeepSpeed would silently use the last value; which one the author meant is anyone's guess.
+        raise UserError(f"deepspeed.config_file {path}: key {repeated[0]!r} appears more than once; keep one")
     return data
 
 
@@ -94,6 +100,27 @@ def load_preset(name: str) -> dict[str, Any]:
     if name not in presets:
         raise UserError(f"unknown DeepSpeed preset {name!r}; choose one of {', '.join(presets)}")
     return load_ds_json(presets[name])
+
+
+# Largest batch value accepted in a hand-written DeepSpeed JSON: micro x accumulation x ranks of any real run.
+MAX_DS_BATCH = 2**31 - 1
+
+
+def nvme_dir_problem(path: Any) -> str | None:
+    """Why ``path`` cannot take DeepSpeed's NVMe swap files, or None: it must be an existing directory of ours
+    that we can write, and not one of the operating system's."""
+    if not isinstance(path, str) or not path.strip():
+        return "is missing; give a directory on a fast local disk"
+    p = Path(path)
+    if not p.is_absolute():
+        return f"must be an absolute path (got {path!r})"
+    if system_dir(path):
+        return f"{path} is a system directory; give a directory of your own on a fast local disk"
+    if not p.is_dir():
+        return f"{path} is not an existing directory; create it first"
+    if p.stat().st_uid != os.getuid() or not os.access(p, os.W_OK | os.X_OK):
+        return f"{path} is not a directory this user owns and can write; pick or create one that is"
+    return None
 
 
 @dataclass
@@ -144,6 +171,20 @@ def lint_ds_config(
     out: list[Lint] = []
     zero = _block(ds, "zero_optimization")
     stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
+        out.append(Lint("error", "zero-stage", f"zero_optimization.stage must be 0, 1, 2 or 3 (got {stage!r})"))
+    for key in ("offload_optimizer", "offload_param"):
+        block = zero.get(key)
+        if block is None:
+            continue
+        device = block.get("device", "none") if isinstance(block, dict) else None
+        if device not in OFFLOAD_DEVICES:
+            out.append(Lint("error", "offload-device", f"zero_optimization.{key}.device must be one of "
+                                                       f"{', '.join(OFFLOAD_DEVICES)} (got {device!r})"))
+        elif device == "nvme":
+            problem = nvme_dir_problem(block.get("nvme_path"))
+            if problem:
+                out.append(Lint("error", "nvme-path", f"zero_optimization.{key}.nvme_path {problem}"))
     if _offloaded(zero, "offload_param") and stage != 3:
         out.append(Lint("error", "offload-param-stage",
                         f"offload_param only works with ZeRO stage 3 but stage is {stage}; remove it or use offload_optimizer"))
@@ -174,8 +215,10 @@ def lint_ds_config(
     ga = _concrete(ds.get("gradient_accumulation_steps")) or grad_accum
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
         value = ds.get(key)
-        if value is not None and value != "auto" and (_concrete(value) is None or value < 1):
-            out.append(Lint("error", "batch-value", f"{key} must be a positive integer or \"auto\" (got {value!r})"))
+        if value is not None and value != "auto" and (_concrete(value) is None or not 1 <= value <= MAX_DS_BATCH):
+            out.append(Lint("error", "batch-value",
+                            f"{key} must be an integer from 1 to {MAX_DS_BATCH:,} or \"auto\" (got {value!r})"))
+    tbs, mb, ga = (v if v is None or 1 <= v <= MAX_DS_BATCH else None for v in (tbs, mb, ga))
     if tbs is not None and mb and ga and tbs != mb * ga * world_size:
         out.append(Lint("error", "batch-arithmetic",
                         f"train_batch_size {tbs} != micro batch {mb} x accumulation {ga} x {world_size} ranks "

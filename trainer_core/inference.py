@@ -69,6 +69,8 @@ def resolve_model_dir(ref: str | Path, checkpoint: int | None = None) -> Path:
         if latest is None:
             raise UserError(f"run {p.name} has no final model and no complete checkpoint yet")
         return latest
+    if checkpoint is not None:
+        raise UserError(f"--checkpoint {checkpoint} applies to runs only; {p} is a model folder, not a run")
     return p
 
 

@@ -49,24 +49,21 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
 
 def preflight(cfg: RunConfig) -> Preflight:
     """Every check a run must pass before anything is written or started."""
-    from trainer_core.data import load_dataset
-
     cfg = resolve_paths(cfg)
     check_model_dir(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     if not Path(cfg.data.path).is_file():
         raise UserError(f"data.path {cfg.data.path} not found: upload a dataset or pick the sample")
-    report = load_dataset(cfg.data.path)
-    if report.n_usable == 0:
-        first = f"; first problem: row {report.errors[0].row} {report.errors[0].field}: {report.errors[0].message}" \
-            if report.errors else ""
-        raise UserError(f"data.path {cfg.data.path} has no usable records{first}")
-    check_answers_fit(cfg, report.conversations)
+    n_records = check_answers_fit(cfg)
     hw = detect()
     if hw.has_gpu and cfg.placement.launcher == "local":
         wanted = cfg.placement.gpus or list(range(cfg.placement.num_ranks))
         missing = [g for g in wanted if g >= len(hw.gpus)]
         if missing:
             raise UserError(f"placement.gpus asks for GPU {missing} but this machine has {len(hw.gpus)} GPUs")
+    elif cfg.placement.launcher == "local" and cfg.placement.num_ranks > hw.cpu_cores:
+        # Each CPU rank runs its own torch threads; more ranks than cores only thrash (1024 would fork-bomb).
+        raise UserError(f"placement.num_ranks {cfg.placement.num_ranks} is more than this machine's "
+                        f"{hw.cpu_cores} CPU cores and it has no GPU; use at most {hw.cpu_cores}")
     if cfg.placement.launcher != "local":
         hostfile_text(cfg)
     ds = build_ds_config(cfg, on_gpu=hw.has_gpu)
@@ -76,7 +73,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     errors = [str(x) for x in lints if x.level == "error"]
     if errors:
         raise UserError("DeepSpeed config problems: " + "; ".join(errors))
-    return Preflight(cfg=cfg, ds_config=ds, lints=lints, n_records=report.n_usable)
+    return Preflight(cfg=cfg, ds_config=ds, lints=lints, n_records=n_records)
 
 
 # Highest learning rate that full fine-tuning of a model of at least this many parameters usually tolerates. The form
@@ -103,17 +100,23 @@ def lint_learning_rate(cfg: RunConfig) -> list[Lint]:
                  "erase what the model already knows); configs/qwen_7b_4x24gb.yaml uses 1e-5")]
 
 
-def check_answers_fit(cfg: RunConfig, conversations: list) -> None:
-    """Refuse a run in which no record keeps an answer token after truncation (it would fail after start-up)."""
+def check_answers_fit(cfg: RunConfig) -> int:
+    """Encode the dataset as training will (into the cache the trainer then reads) and refuse a run without a
+    usable record, or in which no record keeps an answer token after truncation (it would fail after start-up).
+    Returns the number of usable records."""
+    from trainer_core.encoded_set import encode_file
     from trainer_core.models import load_tokenizer
-    from trainer_core.tokenize_cache import encode_cached
 
     tok = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    encoded = encode_cached(tok, conversations, persona=cfg.data.persona, max_length=cfg.data.max_length)
-    if all(e.answer_lost for e in encoded):
-        longest = max(len(e.input_ids) for e in encoded)
-        raise UserError(f"data.max_length {cfg.data.max_length} cuts off every answer (prompts reach {longest} "
-                        "tokens with the persona); raise data.max_length or shorten data.persona")
+    enc = encode_file(cfg.data.path, tok, persona=cfg.data.persona, max_length=cfg.data.max_length)
+    if len(enc) == 0:
+        first = f"; first problem: {enc.first_error}" if enc.first_error else ""
+        raise UserError(f"data.path {cfg.data.path} has no usable records{first}")
+    if not enc.n_labels.any():
+        raise UserError(f"data.max_length {cfg.data.max_length} cuts off every answer (prompts reach "
+                        f"{int(enc.lengths.max())} tokens with the persona); raise data.max_length or shorten "
+                        "data.persona")
+    return len(enc)
 
 
 def new_run_name(cfg: RunConfig) -> str:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from trainer_core import device_locks, run_processes
 from trainer_core import run_dir as rd
-from trainer_core.batching import IGNORE, Collator, RowDataset, pack_rows, single_rows
+from trainer_core.batching import IGNORE, ArrayRows, Collator, first_fit_decreasing
 from trainer_core.config import RunConfig, load_config
 from trainer_core.errors import UserError
 from trainer_core.hardware import resolve_precision
@@ -129,40 +129,43 @@ def load_model(cfg: RunConfig, dtype: torch.dtype):
     )
 
 
-def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[list, list]:
-    """Load, validate, encode and (optionally) pack the dataset into training and evaluation rows."""
-    from trainer_core.data import load_dataset
-    from trainer_core.tokenize_cache import encode_cached
+def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | None]:
+    """Load, validate, encode and (optionally) pack the dataset into training and evaluation rows.
 
-    report = load_dataset(cfg.data.path)
-    if report.n_usable == 0:
-        raise UserError(f"data.path {cfg.data.path} has no usable records ({len(report.errors)} row errors); "
+    Records stay in flat int32 arrays (encoded_set) and rows are lists of record indices, so a million records
+    fit in a few hundred MB; the split and the packing are the same as when records were Python lists."""
+    from trainer_core.encoded_set import encode_file
+
+    enc = encode_file(cfg.data.path, tokenizer, persona=cfg.data.persona, max_length=cfg.data.max_length)
+    if len(enc) == 0:
+        raise UserError(f"data.path {cfg.data.path} has no usable records ({enc.n_errors} row errors); "
                         "run `python -m trainer_core check-data` on it")
-    conversations = list(report.conversations)
-    random.Random(cfg.train.seed).shuffle(conversations)
-    n_eval = min(int(round(len(conversations) * cfg.data.eval_ratio)), cfg.data.max_eval_records)
+    order = list(range(len(enc)))
+    random.Random(cfg.train.seed).shuffle(order)
+    n_eval = min(int(round(len(order) * cfg.data.eval_ratio)), cfg.data.max_eval_records)
     if cfg.data.eval_ratio > 0:
         n_eval = max(1, n_eval)
-    eval_convs, train_convs = conversations[:n_eval], conversations[n_eval:]
-    train_ex = encode_cached(tokenizer, train_convs, persona=cfg.data.persona, max_length=cfg.data.max_length)
-    eval_ex = encode_cached(tokenizer, eval_convs, persona=cfg.data.persona, max_length=cfg.data.max_length)
-    truncated = sum(e.truncated for e in train_ex)
-    lost = [e for e in train_ex if e.answer_lost]
+    eval_idx, train_idx = order[:n_eval], order[n_eval:]
+    lost = enc.n_labels == 0
+    truncated = int(enc.truncated[train_idx].sum()) if train_idx else 0
     if truncated:
-        log(f"data: {truncated} of {len(train_ex)} records truncated at data.max_length={cfg.data.max_length}; "
-            f"{len(lost)} lost their whole answer and are skipped")
-    train_ex = [e for e in train_ex if not e.answer_lost]
-    eval_ex = [e for e in eval_ex if not e.answer_lost]
-    if not train_ex:
+        log(f"data: {truncated} of {len(train_idx)} records truncated at data.max_length={cfg.data.max_length}; "
+            f"{int(lost[train_idx].sum())} lost their whole answer and are skipped")
+    train_idx = [i for i in train_idx if not lost[i]]
+    eval_idx = [i for i in eval_idx if not lost[i]]
+    if not train_idx:
         raise UserError(f"no training record keeps any answer token at data.max_length={cfg.data.max_length}; raise it")
     if cfg.data.packing:
-        train_rows = pack_rows(train_ex, cfg.data.max_length, cfg.train.seed)
+        lengths = enc.lengths
+        bins = first_fit_decreasing([lengths[i] for i in train_idx], cfg.data.max_length)
+        random.Random(cfg.train.seed).shuffle(bins)
+        members = [[train_idx[j] for j in b] for b in bins]
     else:
-        train_rows = single_rows(train_ex)
-    log(f"data: {report.n_usable} usable records ({len(report.errors)} rejected), {len(train_ex)} train / "
-        f"{len(eval_ex)} eval, {len(train_rows)} training rows{' (packed)' if cfg.data.packing else ''}, "
-        f"{sum(e.n_label_tokens for e in train_ex)} label tokens")
-    return train_rows, single_rows(eval_ex)
+        members = [[i] for i in train_idx]
+    log(f"data: {len(enc)} usable records ({enc.n_errors} rejected), {len(train_idx)} train / "
+        f"{len(eval_idx)} eval, {len(members)} training rows{' (packed)' if cfg.data.packing else ''}, "
+        f"{int(enc.n_labels[train_idx].sum())} label tokens")
+    return ArrayRows(enc, members), (ArrayRows(enc, [[i] for i in eval_idx]) if eval_idx else None)
 
 
 def make_trainer_class(run: Path):
@@ -549,8 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(
         model=model,
         args=targs,
-        train_dataset=RowDataset(train_rows),
-        eval_dataset=RowDataset(eval_rows) if eval_rows else None,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
         data_collator=Collator(pad_token_id=pad_id, packed=cfg.data.packing),
         processing_class=tokenizer,  # checkpoints carry the tokenizer, so any of them can be chatted with
         callbacks=[callback := make_callbacks(run, cfg, trainer_ref, cfg.train.save_total_limit)],
