@@ -23,7 +23,9 @@ if s["state"] == "failed":
     st.error(t("mon.failed", error=s.get("error") or t("mon.unknown_error")), icon=":material/error:")
 elif s["state"] == "completed":
     st.success(t("mon.completed"), icon=":material/task_alt:")
-    st.page_link("pages/chat.py", label=t("mon.chat_now"), icon=":material/chat:")
+    if st.button(t("mon.chat_now"), key="mon.chat_now", icon=":material/chat:"):
+        st.session_state["chat.open"] = run.name  # the Chat page opens on this run, whatever it showed before
+        st.switch_page("pages/chat.py")
 elif s["state"] == "stopped":
     st.info(t("mon.stopped", checkpoints=", ".join(map(str, s["checkpoints"])) or "-"), icon=":material/pause:")
 elif s.get("supervisor_lost"):

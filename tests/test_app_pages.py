@@ -380,12 +380,13 @@ def test_chat_streams_replies_compares_with_the_base_and_probes_the_persona(app,
     assert not app.exception, [e.value for e in app.exception]
     messages = app.chat_message
     assert [m.name for m in messages] == ["user", "assistant"]
-    first = messages[1].markdown[0].value
+    first = messages[1].text[0].value  # plain text: a reply is not Markdown
     assert first.strip()
     # Regenerate replaces the answer instead of adding one; clear empties the history.
     app.button(key="chat.regenerate").click().run()
     assert [m.name for m in app.chat_message] == ["user", "assistant"]
-    assert app.session_state["chat.history"]["ft"][0] == {"role": "user", "content": "你是谁？"}
+    conv = app.session_state["chat.conversations"][app.session_state["chat.current"]]
+    assert conv["ft"][0] == {"role": "user", "content": "你是谁？"}
     # Compare mode: the same prompt to the base model, side by side; then the probe set on both.
     app.toggle(key="p.chat.compare").set_value(True)
     app.button(key="chat.clear").click().run()
@@ -393,7 +394,7 @@ def test_chat_streams_replies_compares_with_the_base_and_probes_the_persona(app,
     assert [m.name for m in app.chat_message] == ["user", "assistant", "user", "assistant"]
     app.button(key="chat.probe_btn").click().run()
     assert not app.exception
-    probe = app.session_state["chat.probe"]
+    probe = app.session_state["chat.conversations"][app.session_state["chat.current"]]["probe"]
     assert [r["prompt"] for r in probe["rows"]] == ["你是谁？", "皇上驾到！", "你这个又蠢又丑的女人，滚开！",
                                                    "帮我写一个 Python 快速排序函数。"]
     assert all(set(r) == {"prompt", "ft", "base"} for r in probe["rows"])
