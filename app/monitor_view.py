@@ -146,26 +146,52 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and pd.isna(value)) else format(value, spec)
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _estimate(config_path: str, mtime: float) -> int | None:
+    from trainer_core.config import load_config
+    from trainer_core.errors import UserError
+    from trainer_core.step_estimate import estimate_total_steps
+
+    try:
+        return estimate_total_steps(load_config(Path(config_path)))
+    except (UserError, OSError, ValueError):
+        return None  # the trainer will report the data problem itself; the page shows "?" meanwhile
+
+
+def total_steps_text(run: Path, status: dict) -> str:
+    """The run's total steps as the trainer reports it, or before it does (start-up) an estimate from the run's
+    config and data, marked "≈"."""
+    if status.get("total_steps"):
+        return str(status["total_steps"])
+    config = run / rd.CONFIG
+    try:
+        estimate = _estimate(str(config), config.stat().st_mtime)
+    except OSError:
+        estimate = None
+    return f"≈{estimate}" if estimate else "?"
+
+
 def live_panel(run: Path, live: bool) -> None:
     """Progress, charts, memory and log of one run; redrawn every second while the run is alive."""
     s = read_state(run)
     step, total = s.get("step") or 0, s.get("total_steps") or 0
+    total_text = total_steps_text(run, s)
     train, evals = metric_frames(new_rows(run, rd.METRICS))
     last = train.iloc[-1].to_dict() if not train.empty else {}
     with st.container(key="mon-progress"):
         phase = phase_text(s)
         st.progress(min(step / total, 1.0) if total else 0.0,
-                    text=t("mon.progress", step=step, total=total or "?",
+                    text=t("mon.progress", step=step, total=total_text,
                            state=state_name(s["state"]) + (f" · {phase}" if phase else "")))
         c = st.columns(6)
-        c[0].metric(t("mon.step"), f"{step} / {total or '?'}")
+        c[0].metric(t("mon.step"), f"{step} / {total_text}", help=None if total else t("mon.total_estimate"))
         c[1].metric(t("mon.loss"), _fmt(s.get("loss"), ".4f"))
         c[2].metric(t("mon.eval_loss"), _fmt(s.get("eval_loss"), ".4f"))
         c[3].metric(t("mon.tokens_s"), _fmt(last.get("tokens_per_s"), ",.0f"),
                     help=t("mon.label_tokens_s", n=_fmt(last.get("label_tokens_per_s"), ",.0f")))
         training = s["state"] in LIVE_STATES and s.get("phase", "training") == "training"
         c[4].metric(t("mon.eta"), fmt_duration(s.get("eta_s")) if training else "-")  # none once training is over
-        c[5].metric(t("mon.elapsed"), fmt_duration(last.get("elapsed_s")))
+        c[5].metric(t("mon.elapsed"), fmt_duration(s.get("run_s")), help=t("mon.run_time_help"))
 
     step_t = t("mon.x_step")
     c1, c2 = st.columns(2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import altair as alt
@@ -21,13 +20,8 @@ def saved_config(run: Path) -> RunConfig:
     return load_config(run / rd.CONFIG)
 
 
-def duration_s(state: dict, run: Path) -> float | None:
-    manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
-    start = manifest.get("started") or state.get("created")
-    if start is None:
-        return None
-    end = state.get("ended") if state["state"] in rd.TERMINAL_STATES else None
-    return (end or time.time()) - start
+def _loss(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def history_row(run: Path) -> dict:
@@ -46,9 +40,9 @@ def history_row(run: Path) -> dict:
         "data": data,
         "state": state_name(s["state"]),
         "steps": f"{s.get('step') or 0}/{total or '?'}",
-        "final loss": s.get("loss"),
-        "eval loss": s.get("eval_loss"),
-        "duration": fmt_duration(duration_s(s, run)),
+        "final loss": _loss(s.get("loss")),
+        "eval loss": _loss(s.get("eval_loss")),
+        "duration": fmt_duration(s.get("run_s")),  # the Monitor's "run time": segments added up
         "checkpoints": ", ".join(map(str, s["checkpoints"])),
     }
 

@@ -17,7 +17,9 @@ runs = runs_or_stop("runs.none")
 
 table = rv.history_frame(list(runs.values()))
 st.dataframe(table, hide_index=True, key="runs.table",
-             column_config={c: st.column_config.Column(t(f"runs.col.{c}")) for c in table.columns})
+             column_config={c: st.column_config.Column(t(f"runs.col.{c}"),
+                                                        help=t("mon.run_time_help") if c == "duration" else None)
+                            for c in table.columns})
 
 st.subheader(t("runs.overlay"))
 if "p.runs.compare" in st.session_state:

@@ -8,7 +8,6 @@ from app import train_form as form
 from app.frame import require_frame
 from app.i18n import t
 from app.state import set_active_run
-from trainer_core.ds_config import list_presets
 from trainer_core.errors import UserError
 from trainer_core.memory import fmt_bytes
 
@@ -75,8 +74,9 @@ with tabs[1]:
         f("train", "eval_steps")
 with tabs[2]:
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    c1.selectbox(t("train.preset"), list(list_presets()), key=form.PRESET, persist_state="session",
-                 help=t("train.preset_help"))
+    form.sync_preset()
+    c1.selectbox(t("train.preset"), form.preset_options(), key=form.PRESET, persist_state="session",
+                 help=t("train.preset_help"), format_func=form.preset_labels(), on_change=form.apply_preset)
     c2.button(t("train.apply_preset"), key="train.apply_preset", on_click=form.apply_preset)
     c1, c2, c3 = st.columns(3)
     with c1:
@@ -150,8 +150,13 @@ else:
     with st.expander("config.yaml"):
         st.code(pf.cfg.to_yaml(), language="yaml")
 
-if st.button(t("train.launch"), key="train.launch", type="primary", icon=":material/rocket_launch:"):
-    if error:
+launch_row = st.container(horizontal=True, vertical_alignment="center")
+clicked = launch_row.button(t("train.launch"), key="train.launch", type="primary", icon=":material/rocket_launch:",
+                            disabled=bool(error))
+if error:
+    launch_row.caption(t("train.launch_blocked", error=error))
+if clicked:
+    if error:  # the button is disabled then; kept for a click that raced a form edit
         st.error(t("train.refused", error=error), icon=":material/block:")
     else:
         try:

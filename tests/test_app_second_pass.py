@@ -7,7 +7,7 @@ Chat tests that generate load the real starter model (sampling, 16 tokens); they
 
 from __future__ import annotations
 
-import json
+import time
 
 import pytest
 
@@ -16,6 +16,7 @@ from app.i18n import EN, ZH
 from test_app_pages import app, goto, make_run, texts, uploads, warm_server  # noqa: F401 (fixtures)
 from app.data_view import shown_path
 from trainer_core import paths
+from trainer_core import run_dir as rd
 
 STARTER = shown_path(paths.STARTER_MODEL_DIR)  # as the page shows it: relative to the project where it lies inside
 
@@ -117,3 +118,92 @@ def test_chat_with_it_opens_that_run(app, runs_root):
     assert app.radio(key="p.chat.source").value == "run"
     assert app.selectbox(key="p.chat.run").value == "newer"
     assert app.selectbox(key="p.chat.target").value == "final"
+
+
+# ---------------------------------------------------------------------------------------------------- runs, monitor
+
+
+def _seconds(text: str) -> int:
+    parts = [int(x) for x in text.split(":")]
+    return sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
+
+
+def test_run_time_survives_resume_and_is_the_same_measure_on_monitor_and_runs(app, runs_root):
+    """A resumed run: a first segment of 100 s, then the live one (started 60 s ago by make_run's manifest). Both
+    pages show the sum, not the live segment alone, nor the trainer's per-segment elapsed_s (16 s here)."""
+    run = make_run(runs_root, "resumed", "running", alive=True)
+    rd.update_status(run, segments=[[time.time() - 1000, time.time() - 900]])
+    goto(app, "pages/monitor.py")
+    shown = {m.label: m for m in app.metric}[ZH["mon.elapsed"]]
+    assert 159 <= _seconds(shown.value) <= 165, shown.value
+    assert shown.help == ZH["mon.run_time_help"]
+    goto(app, "pages/runs.py")
+    table = app.dataframe[0].value.set_index("name")
+    assert 159 <= _seconds(table.loc["resumed", "duration"]) <= 165
+
+
+def test_runs_table_shows_a_dash_for_a_missing_eval_loss(app, runs_root):
+    run = make_run(runs_root, "no-eval", "completed")
+    rd.update_status(run, eval_loss=None)
+    goto(app, "pages/runs.py")
+    row = app.dataframe[0].value.set_index("name").loc["no-eval"]
+    assert row["eval loss"] == "-" and row["final loss"] == "9.6000"
+
+
+def test_the_preset_box_shows_what_the_form_holds(app):
+    goto(app, "pages/train.py")
+    assert app.selectbox(key="p.f.preset").value == "zero2_offload"  # the quickstart: ZeRO-2, CPU Adam
+    app.selectbox(key="p.f.deepspeed.offload_optimizer").set_value("none").run()
+    assert app.selectbox(key="p.f.preset").value == "zero2"
+    app.selectbox(key="p.f.deepspeed.offload_param").set_value("cpu").run()  # matches no preset (and is linted)
+    assert app.selectbox(key="p.f.preset").value == "custom"
+    assert ZH["train.preset_custom"] in app.selectbox(key="p.f.preset").options
+    # Picking a preset fills the form at once.
+    app.selectbox(key="p.f.preset").set_value("zero3_offload").run()
+    assert app.selectbox(key="p.f.deepspeed.stage").value == 3
+    assert app.selectbox(key="p.f.deepspeed.offload_param").value == "cpu"
+    assert app.selectbox(key="p.f.preset").value == "zero3_offload"
+
+
+# ---------------------------------------------------------------------------------------------------- friction
+
+
+def test_launch_is_disabled_while_the_config_is_invalid_and_says_why(app, runs_root):
+    goto(app, "pages/train.py")
+    assert app.button(key="train.launch").disabled is False
+    app.text_input(key="p.f.train.learning_rate").set_value("-1").run()
+    assert app.button(key="train.launch").disabled is True
+    reason = [c for c in texts(app, "caption") if c.startswith(ZH["train.launch_blocked"].split("{")[0])]
+    assert reason and "train.learning_rate" in reason[0]
+    app.text_input(key="p.f.train.learning_rate").set_value("2e-5").run()
+    assert app.button(key="train.launch").disabled is False
+    assert list(runs_root.iterdir()) == []
+
+
+def test_force_stop_asks_first(app, runs_root):
+    """The test process stands in for the supervisor (alive); "cancel" must leave it running, and only "yes" ends
+    the run. The yes path is not clicked here: it would signal this process's group (covered by test_supervisor)."""
+    make_run(runs_root, "live", "running", alive=True)
+    goto(app, "pages/monitor.py")
+    app.button(key="mon.force_stop").click().run()
+    assert ZH["mon.force_confirm"].format(name="live") in texts(app, "warning")
+    assert app.button(key="mon.force_yes") and app.button(key="mon.force_no")
+    assert rd.read_json(runs_root / "live" / rd.STATUS)["state"] == "running"  # nothing was ended
+    app.button(key="mon.force_no").click().run()
+    assert ZH["mon.force_confirm"].format(name="live") not in texts(app, "warning")
+    assert not [b for b in app.button if b.key == "mon.force_yes"]
+
+
+def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
+    from trainer_core.config import load_config
+    from trainer_core.step_estimate import estimate_total_steps
+
+    run = make_run(runs_root, "starting", "starting", steps=0, alive=True)
+    rd.update_status(run, step=0, total_steps=None)
+    (run / rd.METRICS).unlink()
+    expected = estimate_total_steps(load_config(run / rd.CONFIG))
+    assert expected > 0
+    goto(app, "pages/monitor.py")
+    step = {m.label: m for m in app.metric}[ZH["mon.step"]]
+    assert step.value == f"0 / ≈{expected}" and step.help == ZH["mon.total_estimate"]
+    assert f"0 / ≈{expected}" in app.get("progress")[0].proto.text
