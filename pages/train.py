@@ -155,16 +155,13 @@ clicked = launch_row.button(t("train.launch"), key="train.launch", type="primary
                             disabled=bool(error))
 if error:
     launch_row.caption(t("train.launch_blocked", error=error))
-if clicked:
-    if error:  # the button is disabled then; kept for a click that raced a form edit
-        st.error(t("train.refused", error=error), icon=":material/block:")
+if clicked and not error:
+    try:
+        with st.spinner(t("train.launching")):
+            run = form.launch(cfg)
+    except UserError as e:
+        st.error(t("train.refused", error=str(e)), icon=":material/block:")
     else:
-        try:
-            with st.spinner(t("train.launching")):
-                run = form.launch(cfg)
-        except UserError as e:
-            st.error(t("train.refused", error=str(e)), icon=":material/block:")
-        else:
-            set_active_run(run)
-            st.session_state["train.clear_name"] = True
-            st.switch_page("pages/monitor.py")
+        set_active_run(run)
+        st.session_state["train.clear_name"] = True
+        st.switch_page("pages/monitor.py")

@@ -251,8 +251,7 @@ def test_invalid_value_is_refused_at_the_form_with_the_field_named(app, runs_roo
     errors = texts(app, "error")
     assert any(e.startswith("train.learning_rate must be") for e in errors)  # under the field itself
     assert any("train.learning_rate" in e for e in errors if e.startswith("配置有误"))  # and in the plan
-    app.button(key="train.launch").click().run()
-    assert any(e.startswith("未启动") and "train.learning_rate" in e for e in texts(app, "error"))
+    assert app.button(key="train.launch").disabled  # with the reason next to it (tests/test_app_second_pass.py)
     assert app.title[0].value == ZH["train.title"]
     assert list(runs_root.iterdir()) == []
     # A bad name and a missing model are named too.

@@ -181,17 +181,36 @@ def test_launch_is_disabled_while_the_config_is_invalid_and_says_why(app, runs_r
 
 
 def test_force_stop_asks_first(app, runs_root):
-    """The test process stands in for the supervisor (alive); "cancel" must leave it running, and only "yes" ends
-    the run. The yes path is not clicked here: it would signal this process's group (covered by test_supervisor)."""
-    make_run(runs_root, "live", "running", alive=True)
-    goto(app, "pages/monitor.py")
-    app.button(key="mon.force_stop").click().run()
-    assert ZH["mon.force_confirm"].format(name="live") in texts(app, "warning")
-    assert app.button(key="mon.force_yes") and app.button(key="mon.force_no")
-    assert rd.read_json(runs_root / "live" / rd.STATUS)["state"] == "running"  # nothing was ended
-    app.button(key="mon.force_no").click().run()
-    assert ZH["mon.force_confirm"].format(name="live") not in texts(app, "warning")
-    assert not [b for b in app.button if b.key == "mon.force_yes"]
+    """A child process in its own session stands in for the run's supervisor (the manifest names it and its group):
+    the first click only asks, "cancel" leaves it running, "yes" ends it."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from conftest import wait_for
+
+    supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        run = make_run(runs_root, "live", "running")
+        proc = psutil.Process(supervisor.pid)
+        rd.write_json_atomic(run / rd.MANIFEST, {"pid": proc.pid, "pgid": proc.pid, "create_time": proc.create_time(),
+                                                 "started": time.time() - 60})
+        goto(app, "pages/monitor.py")
+        app.button(key="mon.force_stop").click().run()
+        assert ZH["mon.force_confirm"].format(name="live") in texts(app, "warning")
+        time.sleep(0.5)
+        assert supervisor.poll() is None, "force stop ended the run without asking"
+        app.button(key="mon.force_no").click().run()
+        assert ZH["mon.force_confirm"].format(name="live") not in texts(app, "warning")
+        assert not [b for b in app.button if b.key == "mon.force_yes"] and supervisor.poll() is None
+        app.button(key="mon.force_stop").click().run()
+        app.button(key="mon.force_yes").click().run()
+        assert not app.exception
+        wait_for(lambda: supervisor.poll() is not None, 30, "the force stop to end the stand-in supervisor")
+    finally:
+        supervisor.kill()
+        supervisor.wait()
 
 
 def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
