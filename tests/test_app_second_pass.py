@@ -7,8 +7,10 @@ Chat tests that generate load the real starter model (sampling, 16 tokens); they
 
 from __future__ import annotations
 
+import json
 import time
 
+import pandas as pd
 import pytest
 
 from app import chat_view as cv
@@ -226,3 +228,51 @@ def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
     step = {m.label: m for m in app.metric}[ZH["mon.step"]]
     assert step.value == f"0 / ≈{expected}" and step.help == ZH["mon.total_estimate"]
     assert f"0 / ≈{expected}" in app.get("progress")[0].proto.text
+
+
+def test_a_toast_says_when_the_followed_run_ends_while_on_another_page(app, runs_root):
+    run = make_run(runs_root, "r", "running", alive=True)
+    goto(app, "pages/data.py")
+    assert not app.toast
+    rd.update_status(run, state="completed")
+    app.run()
+    assert [x.value for x in app.toast] == [ZH["frame.ended.completed"].format(name="r")]
+    # On the Monitor the page itself says so: no toast there.
+    other = make_run(runs_root, "s", "running", alive=True)
+    goto(app, "pages/monitor.py")
+    app.selectbox(key="mon.run").set_value("s").run()
+    rd.update_status(other, state="failed", error="boom")
+    app.run()
+    assert not app.toast
+
+
+def test_ema_is_bias_corrected():
+    from app.monitor_view import ema
+
+    out = ema(pd.Series([1.0, 2.0, 3.0]), 0.5)
+    assert out.round(4).tolist() == [1.0, 1.6667, 2.4286]
+    assert ema(pd.Series([4.0, 4.0]), 0.9).tolist() == pytest.approx([4.0, 4.0])
+
+
+def test_monitor_smooths_the_loss_and_draws_over_epochs_or_tokens(app, runs_root):
+    run = make_run(runs_root, "curves", "completed")
+    rows = [{"step": s, "total_steps": 8, "epoch": s / 4, "tokens": 1000 * s, "loss": 12 - s * 0.3 + (s % 2),
+             "eval_loss": None, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 500.0, "label_tokens_per_s": 250.0}
+            for s in range(1, 9)]
+    rows.append({"step": 8, "epoch": 2.0, "tokens": 8000, "loss": None, "eval_loss": 11.0})
+    (run / rd.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    goto(app, "pages/monitor.py")
+
+    def loss_spec() -> dict:
+        return json.loads(app.get("vega_lite_chart")[0].proto.spec)
+
+    assert loss_spec()["encoding"]["x"]["field"] == "step"
+    assert loss_spec()["encoding"]["color"]["scale"]["domain"] == [ZH["mon.loss"], ZH["mon.eval_loss"]]
+    app.slider(key="p.mon.smooth").set_value(0.6).run()
+    assert loss_spec()["encoding"]["color"]["scale"]["domain"] == [
+        ZH["mon.loss"], ZH["mon.loss_smoothed"].format(w=0.6), ZH["mon.eval_loss"]]
+    for x in ("epoch", "tokens"):
+        app.radio(key="p.mon.x").set_value(x).run()
+        assert not app.exception
+        assert loss_spec()["encoding"]["x"]["field"] == x
+        assert loss_spec()["encoding"]["x"]["title"] == ZH[f"mon.x_{x}"]
