@@ -276,3 +276,24 @@ def test_monitor_smooths_the_loss_and_draws_over_epochs_or_tokens(app, runs_root
         assert not app.exception
         assert loss_spec()["encoding"]["x"]["field"] == x
         assert loss_spec()["encoding"]["x"]["title"] == ZH[f"mon.x_{x}"]
+
+
+def test_runs_compare_shows_eval_loss_and_the_config_differences(app, runs_root):
+    from trainer_core.config import load_config, save_config
+
+    make_run(runs_root, "a", "completed")
+    b = make_run(runs_root, "b", "completed")
+    save_config(load_config(b / rd.CONFIG, ["train.learning_rate=2e-5"]), b / rd.CONFIG)
+    goto(app, "pages/runs.py")
+    spec = json.loads(app.get("vega_lite_chart")[0].proto.spec)
+    assert spec["encoding"]["strokeDash"]["scale"]["domain"] == [ZH["mon.loss"], ZH["mon.eval_loss"]]
+    assert len(app.dataframe) == 2  # the history table, then the differences
+    diff = app.dataframe[1].value
+    assert list(diff["field"]) == ["train.learning_rate"]
+    assert set(diff.columns) == {"field", "a", "b"} and diff.iloc[0]["b"] == "2e-05"
+    # Same configs (but the name): said in words, no table.
+    app.multiselect(key="p.runs.compare").set_value(["a"]).run()
+    assert len(app.dataframe) == 1
+    save_config(load_config(b / rd.CONFIG, ["train.learning_rate=0.008"]), b / rd.CONFIG)
+    app.multiselect(key="p.runs.compare").set_value(["a", "b"]).run()
+    assert ZH["runs.no_diff"] in texts(app, "caption")
