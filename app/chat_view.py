@@ -90,7 +90,10 @@ def load(model_dir: str | Path, trust_remote_code: bool):
 def reply_stream(model_dir: str | Path, trust_remote_code: bool, messages: list[dict], persona: str,
                  params: GenParams) -> Iterator[str]:
     model, tok = load(model_dir, trust_remote_code)
-    return stream_reply(model, tok, messages, persona=persona, params=params)
+    # A snapshot: the generator reads the messages only when first iterated, after the reply being written has
+    # been added to the history.
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return stream_reply(model, tok, turns, persona=persona, params=params)
 
 
 def conversation_key(source: str, name: str, target: str, persona: str) -> str:
@@ -110,9 +113,9 @@ def _current() -> dict:
     return st.session_state.get("chat.conversations", {}).get(st.session_state.get("chat.current"), {})
 
 
-def regenerate() -> None:
-    """Drop the last reply of each side and ask for a new one on the next run."""
-    for side in ("ft", "base"):
+def regenerate(sides: list[str]) -> None:
+    """Drop the last reply of each side shown and ask for a new one on the next run."""
+    for side in sides:
         hist = _current().get(side, [])
         if hist and hist[-1]["role"] == "assistant":
             hist.pop()

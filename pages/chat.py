@@ -128,7 +128,8 @@ for side, (path, trust_code, by) in sides.items():
 # Drawn after the replies so that "regenerate" knows whether there is anything to regenerate.
 buttons = st.container(horizontal=True)  # one row of buttons, each as wide as its label
 buttons.button(t("chat.clear"), key="chat.clear", on_click=cv.clear, icon=":material/delete_sweep:")
-buttons.button(t("chat.regenerate"), key="chat.regenerate", on_click=cv.regenerate, icon=":material/refresh:",
+buttons.button(t("chat.regenerate"), key="chat.regenerate", on_click=cv.regenerate, args=(list(sides),),
+               icon=":material/refresh:",
                disabled=not conv["ft"])
 run_probe = buttons.button(t("chat.probe"), key="chat.probe_btn", icon=":material/psychology:",
                            help=t("chat.probe_help", prompts=" / ".join(cv.PROBES)))

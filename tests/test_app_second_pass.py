@@ -297,3 +297,16 @@ def test_runs_compare_shows_eval_loss_and_the_config_differences(app, runs_root)
     save_config(load_config(b / rd.CONFIG, ["train.learning_rate=0.008"]), b / rd.CONFIG)
     app.multiselect(key="p.runs.compare").set_value(["a", "b"]).run()
     assert ZH["runs.no_diff"] in texts(app, "caption")
+
+
+def test_the_reply_being_written_is_not_part_of_its_own_prompt(starter_model):
+    """The page adds the growing reply to the history before the model's generator first reads its messages (a
+    generator runs nothing until iterated); the prompt must still be the turns before it."""
+    from trainer_core.inference import GenParams
+
+    user = {"role": "user", "content": "你是谁？"}
+    hist = [dict(user)]
+    chunks = cv.reply_stream(starter_model, False, hist, "你是甄嬛", GenParams(max_new_tokens=8, temperature=0.0))
+    hist.append({"role": "assistant", "content": "", "by": ["ft", "x"], "done": False})
+    assert chunks.gi_frame.f_locals["messages"] == [user]  # what trainer_core.inference.stream_reply will read
+    assert isinstance("".join(chunks), str)
