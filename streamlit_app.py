@@ -24,7 +24,7 @@ page = st.navigation([
     st.Page("pages/runs.py", title=t("page.runs"), icon=":material/history:", url_path="runs"),
 ])
 train_form.ensure_defaults()  # the Data and Chat pages read the Train form too
-frame.sidebar()
+frame.sidebar(page.url_path)
 if not warmup.ready():
     with st.spinner(t("app.warming")):
         warmup.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -89,54 +90,113 @@ def load(model_dir: str | Path, trust_remote_code: bool):
 def reply_stream(model_dir: str | Path, trust_remote_code: bool, messages: list[dict], persona: str,
                  params: GenParams) -> Iterator[str]:
     model, tok = load(model_dir, trust_remote_code)
-    return stream_reply(model, tok, messages, persona=persona, params=params)
+    # A snapshot: the generator reads the messages only when first iterated, after the reply being written has
+    # been added to the history.
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return stream_reply(model, tok, turns, persona=persona, params=params)
 
 
-def histories() -> dict[str, list[dict]]:
-    """Conversation per side ("ft": the chosen model, "base": the model it was trained from)."""
-    return st.session_state.setdefault("chat.history", {"ft": [], "base": []})
+def conversation_key(source: str, name: str, target: str, persona: str) -> str:
+    """What a conversation belongs to: the run (or model folder), the checkpoint chatted with, and the persona."""
+    return json.dumps([source, name, target, persona], ensure_ascii=False)
 
 
-def regenerate() -> None:
-    for hist in histories().values():
+def conversation(key: str) -> dict:
+    """The conversation of one (model or run, checkpoint, persona): a message list per side ("ft": the chosen model,
+    "base": the model it was trained from) and the persona-probe results. Made the current one, so the buttons'
+    callbacks act on it."""
+    st.session_state["chat.current"] = key
+    return st.session_state.setdefault("chat.conversations", {}).setdefault(key, {"ft": [], "base": [], "probe": None})
+
+
+def _current() -> dict:
+    return st.session_state.get("chat.conversations", {}).get(st.session_state.get("chat.current"), {})
+
+
+def regenerate(sides: list[str]) -> None:
+    """Drop the last reply of each side shown and ask for a new one on the next run."""
+    for side in sides:
+        hist = _current().get(side, [])
         if hist and hist[-1]["role"] == "assistant":
             hist.pop()
+    st.session_state["chat.regenerate_now"] = True
 
 
 def clear() -> None:
-    for hist in histories().values():
-        hist.clear()
-    st.session_state.pop("chat.probe", None)
+    conv = _current()
+    if conv:
+        conv["ft"].clear()
+        conv["base"].clear()
+        conv["probe"] = None
 
 
-def run_probe(sides: dict[str, tuple], persona: str, params: GenParams) -> None:
+def add_prompt(conv: dict, sides, prompt: str) -> None:
+    """The user's turn on every side shown; an unanswered turn left by an interrupted run is replaced."""
+    for side in sides:
+        hist = conv[side]
+        if hist and hist[-1]["role"] == "user":
+            hist.pop()
+        hist.append({"role": "user", "content": prompt})
+
+
+def stream_into(hist: list[dict], by: list[str], chunks: Iterator[str]) -> str:
+    """Stream a reply as plain text (a model's underscores and asterisks are not Markdown) and keep it in the
+    history as it grows, marked unfinished until the end: a page left mid-reply keeps what was said rather than
+    asking the model again when it comes back."""
+    msg = {"role": "assistant", "content": "", "by": by, "done": False}
+    hist.append(msg)
+    box = st.empty()
+    for chunk in chunks:
+        msg["content"] += chunk
+        box.text(msg["content"])
+    msg["done"] = True
+    return msg["content"]
+
+
+def show_message(msg: dict) -> None:
+    """One message as plain text, with the model that wrote it (and whether it was cut short) under a reply."""
+    with st.chat_message(msg["role"]):
+        if msg["content"].strip():
+            st.text(msg["content"])
+        elif msg["role"] == "assistant" and msg.get("done", True):
+            st.caption(t("chat.empty"))
+        if msg["role"] == "assistant":
+            st.caption(side_title(msg["by"]) + ("" if msg.get("done", True) else " · " + t("chat.interrupted")))
+
+
+def side_title(by: list[str]) -> str:
+    """Label of what produced a reply: by = [kind, name], kind "ft" (a run's model), "base" or "model"."""
+    return t(f"chat.side.{by[0]}", name=by[1])
+
+
+def run_probe(conv: dict, sides: dict[str, tuple], persona: str, params: GenParams) -> None:
     """Ask every side each probe prompt (one turn, no history), streaming the answers in columns; keep the results
-    so they stay on the page."""
+    with this conversation so they stay on the page and never show under another model."""
     rows = []
     st.subheader(t("chat.probe_results"))
     for prompt in PROBES:
         row = {"prompt": prompt}
         st.markdown(f"**{prompt}**")
-        for (side, (path, trust, title)), col in zip(sides.items(), st.columns(len(sides))):
+        for (side, (path, trust, by)), col in zip(sides.items(), st.columns(len(sides))):
             with col:
-                st.caption(title)
+                st.caption(side_title(by))
                 try:
-                    row[side] = st.write_stream(reply_stream(path, trust, [{"role": "user", "content": prompt}],
-                                                             persona, params))
+                    chunks = reply_stream(path, trust, [{"role": "user", "content": prompt}], persona, params)
+                    row[side] = stream_into([], by, chunks)
                 except (UserError, OSError, ValueError) as e:
                     row[side] = ""
                     st.error(str(e), icon=":material/error:")
         rows.append(row)
-    st.session_state["chat.probe"] = {"titles": {side: v[2] for side, v in sides.items()}, "rows": rows}
+    conv["probe"] = {"by": {side: v[2] for side, v in sides.items()}, "rows": rows}
 
 
-def show_probe() -> None:
-    probe = st.session_state.get("chat.probe")
+def show_probe(conv: dict) -> None:
+    probe = conv.get("probe")
     if not probe:
         return
     st.subheader(t("chat.probe_results"))
     for row in probe["rows"]:
         st.markdown(f"**{row['prompt']}**")
-        for (side, title), col in zip(probe["titles"].items(), st.columns(len(probe["titles"]))):
-            col.caption(title)
+        for (side, by), col in zip(probe["by"].items(), st.columns(len(probe["by"]))):
+            col.caption(side_title(by))
             col.text(row.get(side, ""))

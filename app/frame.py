@@ -58,7 +58,16 @@ def signed_in() -> bool:
     return False
 
 
-def sidebar() -> None:
+def notify_end(name: str, state: str, on_monitor: bool) -> None:
+    """A toast when the run this tab follows ends while the tab is on another page (the Monitor says it itself)."""
+    seen = st.session_state.setdefault("frame.seen", {})
+    before, seen[name] = seen.get(name), state
+    if before in LIVE_STATES and state in ("completed", "failed", "stopped") and not on_monitor:
+        icons = {"completed": ":material/task_alt:", "failed": ":material/error:", "stopped": ":material/pause:"}
+        st.toast(t(f"frame.ended.{state}", name=name), icon=icons[state], duration="long")
+
+
+def sidebar(page_url: str = "") -> None:
     with st.sidebar:
         st.radio(t("frame.language"), list(LANGUAGES), format_func=LANGUAGES.get, key="lang", horizontal=True,
                  persist_state="session")
@@ -68,7 +77,9 @@ def sidebar() -> None:
             st.caption(t("frame.no_run"))
             st.page_link("pages/train.py", label=t("frame.start_one"), icon=":material/rocket_launch:")
             return
-        live = read_state(run)["state"] in LIVE_STATES
+        state = read_state(run)["state"]
+        notify_end(run.name, state, on_monitor=page_url == "monitor")
+        live = state in LIVE_STATES
         st.fragment(run_every=CARD_REFRESH_S if live else None)(_run_card)(run, live)
 
 

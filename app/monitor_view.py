@@ -11,7 +11,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.i18n import phase_text, state_name, t
+from app.i18n import option_labels, phase_text, state_name, t
 from app.state import LIVE_STATES
 from trainer_core import run_dir as rd
 from trainer_core.memory import fmt_bytes
@@ -64,11 +64,23 @@ def long_frame(df: pd.DataFrame, x: str, columns: dict[str, str]) -> pd.DataFram
     return _thin(pd.concat(parts).dropna(subset=["value"]))
 
 
+X_AXES = ("step", "epoch", "tokens")  # what the metric curves can be drawn over: each is a column of metrics.jsonl
+
+
+def ema(values: pd.Series, weight: float) -> pd.Series:
+    """Exponential moving average with TensorBoard's bias correction, so the first points are not pulled to 0."""
+    out, acc = [], 0.0
+    for i, v in enumerate(values, start=1):
+        acc = weight * acc + (1 - weight) * v
+        out.append(acc / (1 - weight ** i))
+    return pd.Series(out, index=values.index, dtype=float)
+
+
 def line_chart(df: pd.DataFrame, x: str, x_title: str, y_title: str, *, y_format: str | None = None,
                log_scale: bool = False) -> alt.Chart:
     axis = alt.Axis(format=y_format) if y_format else alt.Axis()
     scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
-    x_axis = alt.Axis(tickMinStep=1, format="d") if x == "step" else alt.Axis()
+    x_axis = {"step": alt.Axis(tickMinStep=1, format="d"), "tokens": alt.Axis(format="~s")}.get(x, alt.Axis())
     order = list(dict.fromkeys(df["series"]))  # colours follow the series order, not the labels' alphabet
     return alt.Chart(df).mark_line(point=len(df) < 60).encode(
         x=alt.X(f"{x}:Q", title=x_title, axis=x_axis),
@@ -146,53 +158,96 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and pd.isna(value)) else format(value, spec)
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _estimate(config_path: str, mtime: float) -> int | None:
+    from trainer_core.config import load_config
+    from trainer_core.errors import UserError
+    from trainer_core.step_estimate import estimate_total_steps
+
+    try:
+        return estimate_total_steps(load_config(Path(config_path)))
+    except (UserError, OSError, ValueError):
+        return None  # the trainer will report the data problem itself; the page shows "?" meanwhile
+
+
+def total_steps_text(run: Path, status: dict) -> str:
+    """The run's total steps as the trainer reports it, or before it does (start-up) an estimate from the run's
+    config and data, marked "≈"."""
+    if status.get("total_steps"):
+        return str(status["total_steps"])
+    config = run / rd.CONFIG
+    try:
+        estimate = _estimate(str(config), config.stat().st_mtime)
+    except OSError:
+        estimate = None
+    return f"≈{estimate}" if estimate else "?"
+
+
+def curve_controls() -> tuple[str, float]:
+    """The x-axis of the metric curves (steps, epochs or tokens) and the loss smoothing weight (0: none)."""
+    c1, c2 = st.columns(2)
+    x = c1.radio(t("mon.x_axis"), X_AXES, key="p.mon.x", horizontal=True, persist_state="session",
+                 format_func=option_labels("mon.x_"))
+    smoothing = c2.slider(t("mon.smoothing"), 0.0, 0.99, 0.0, 0.01, key="p.mon.smooth", persist_state="session",
+                          help=t("mon.smoothing_help"))
+    return x, smoothing
+
+
 def live_panel(run: Path, live: bool) -> None:
     """Progress, charts, memory and log of one run; redrawn every second while the run is alive."""
     s = read_state(run)
     step, total = s.get("step") or 0, s.get("total_steps") or 0
+    total_text = total_steps_text(run, s)
     train, evals = metric_frames(new_rows(run, rd.METRICS))
     last = train.iloc[-1].to_dict() if not train.empty else {}
     with st.container(key="mon-progress"):
         phase = phase_text(s)
         st.progress(min(step / total, 1.0) if total else 0.0,
-                    text=t("mon.progress", step=step, total=total or "?",
+                    text=t("mon.progress", step=step, total=total_text,
                            state=state_name(s["state"]) + (f" · {phase}" if phase else "")))
         c = st.columns(6)
-        c[0].metric(t("mon.step"), f"{step} / {total or '?'}")
+        c[0].metric(t("mon.step"), f"{step} / {total_text}", help=None if total else t("mon.total_estimate"))
         c[1].metric(t("mon.loss"), _fmt(s.get("loss"), ".4f"))
         c[2].metric(t("mon.eval_loss"), _fmt(s.get("eval_loss"), ".4f"))
         c[3].metric(t("mon.tokens_s"), _fmt(last.get("tokens_per_s"), ",.0f"),
                     help=t("mon.label_tokens_s", n=_fmt(last.get("label_tokens_per_s"), ",.0f")))
         training = s["state"] in LIVE_STATES and s.get("phase", "training") == "training"
         c[4].metric(t("mon.eta"), fmt_duration(s.get("eta_s")) if training else "-")  # none once training is over
-        c[5].metric(t("mon.elapsed"), fmt_duration(last.get("elapsed_s")))
+        c[5].metric(t("mon.elapsed"), fmt_duration(s.get("run_s")), help=t("mon.run_time_help"))
 
-    step_t = t("mon.x_step")
+    x, smoothing = curve_controls()
+    if x not in train or (not train.empty and train[x].isna().all()):
+        x = "step"  # rows written before the column existed (or an empty run) fall back to steps
+    step_t = t(f"mon.x_{x}")
     c1, c2 = st.columns(2)
-    loss_df = pd.concat([long_frame(train, "step", {"loss": t("mon.loss")}),
-                         long_frame(evals, "step", {"eval_loss": t("mon.eval_loss")})])
+    loss_cols = {"loss": t("mon.loss")}
+    if smoothing > 0 and not train.empty:
+        train = train.assign(loss_ema=ema(train["loss"], smoothing))
+        loss_cols["loss_ema"] = t("mon.loss_smoothed", w=smoothing)
+    loss_df = pd.concat([long_frame(train, x, loss_cols),
+                         long_frame(evals, x, {"eval_loss": t("mon.eval_loss")}) if x in evals else None])
     with c1.container(key="mon-loss-chart"):
         st.markdown(f"**{t('mon.chart.loss')}**")
         if loss_df.empty:
             st.caption(t("mon.no_metrics"))
         else:
-            st.altair_chart(line_chart(loss_df, "step", step_t, t("mon.loss")), width="stretch")
+            st.altair_chart(line_chart(loss_df, x, step_t, t("mon.loss")), width="stretch")
     with c2:
         st.markdown(f"**{t('mon.chart.lr')}**")
         if "lr" in train:
-            st.altair_chart(line_chart(long_frame(train, "step", {"lr": "lr"}), "step", step_t, "lr",
+            st.altair_chart(line_chart(long_frame(train, x, {"lr": t("mon.lr")}), x, step_t, t("mon.lr"),
                                        y_format=".1e"), width="stretch")
     c1, c2 = st.columns(2)
     with c1:
         st.markdown(f"**{t('mon.chart.grad_norm')}**")
         if "grad_norm" in train:
-            st.altair_chart(line_chart(long_frame(train, "step", {"grad_norm": "grad norm"}), "step", step_t,
-                                       "grad norm"), width="stretch")
+            st.altair_chart(line_chart(long_frame(train, x, {"grad_norm": t("mon.grad_norm")}), x, step_t,
+                                       t("mon.grad_norm")), width="stretch")
     with c2:
         st.markdown(f"**{t('mon.chart.tokens')}**")
         if "tokens_per_s" in train:
             cols = {"tokens_per_s": t("mon.tokens_s"), "label_tokens_per_s": t("mon.label_tokens")}
-            st.altair_chart(line_chart(long_frame(train, "step", cols), "step", step_t, "tokens/s"),
+            st.altair_chart(line_chart(long_frame(train, x, cols), x, step_t, t("mon.tokens_s")),
                             width="stretch")
 
     dev, host, on_gpu = resource_frames(new_rows(run, rd.RESOURCES))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import altair as alt
@@ -21,13 +20,8 @@ def saved_config(run: Path) -> RunConfig:
     return load_config(run / rd.CONFIG)
 
 
-def duration_s(state: dict, run: Path) -> float | None:
-    manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
-    start = manifest.get("started") or state.get("created")
-    if start is None:
-        return None
-    end = state.get("ended") if state["state"] in rd.TERMINAL_STATES else None
-    return (end or time.time()) - start
+def _loss(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def history_row(run: Path) -> dict:
@@ -46,9 +40,9 @@ def history_row(run: Path) -> dict:
         "data": data,
         "state": state_name(s["state"]),
         "steps": f"{s.get('step') or 0}/{total or '?'}",
-        "final loss": s.get("loss"),
-        "eval loss": s.get("eval_loss"),
-        "duration": fmt_duration(duration_s(s, run)),
+        "final loss": _loss(s.get("loss")),
+        "eval loss": _loss(s.get("eval_loss")),
+        "duration": fmt_duration(s.get("run_s")),  # the Monitor's "run time": segments added up
         "checkpoints": ", ".join(map(str, s["checkpoints"])),
     }
 
@@ -59,22 +53,49 @@ def history_frame(runs: list[Path]) -> pd.DataFrame:
                                  "checkpoints"])
 
 
-def loss_overlay(runs: list[Path], x_title: str, y_title: str) -> alt.Chart | None:
-    """Training loss of several runs on one chart, one colour per run."""
+def loss_overlay(runs: list[Path], x_title: str, y_title: str, labels: dict[str, str]) -> alt.Chart | None:
+    """Training loss (solid) and eval loss (dashed, with points) of several runs on one chart, one colour per run.
+    `labels` names the two kinds in the tab's language."""
     parts = []
     for run in runs:
-        rows = [r for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
-        if rows:
-            df = pd.DataFrame(rows)[["step", "loss"]].drop_duplicates("step", keep="last")
-            df["run"] = run.name
-            parts.append(df)
+        rows = read_all_rows(run / rd.METRICS)
+        for column in ("loss", "eval_loss"):
+            kept = [r for r in rows if r.get(column) is not None]
+            if kept:
+                df = pd.DataFrame(kept)[["step", column]].drop_duplicates("step", keep="last")
+                parts.append(df.rename(columns={column: "value"}).assign(run=run.name, kind=labels[column]))
     if not parts:
         return None
-    return alt.Chart(pd.concat(parts)).mark_line().encode(
-        x=alt.X("step:Q", title=x_title, axis=alt.Axis(tickMinStep=1, format="d")), y=alt.Y("loss:Q", title=y_title, scale=alt.Scale(zero=False)),
+    kinds = [labels["loss"], labels["eval_loss"]]
+    return alt.Chart(pd.concat(parts)).mark_line(point=alt.OverlayMarkDef(size=20)).encode(
+        x=alt.X("step:Q", title=x_title, axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
         color=alt.Color("run:N", title=None, legend=alt.Legend(orient="top")),
-        tooltip=["run", "step", alt.Tooltip("loss:Q", format=".4f")],
+        strokeDash=alt.StrokeDash("kind:N", title=None, scale=alt.Scale(domain=kinds, range=[[1, 0], [5, 3]]),
+                                  legend=alt.Legend(orient="top")),
+        detail="kind:N",
+        tooltip=["run", "kind", "step", alt.Tooltip("value:Q", format=".4f")],
     ).properties(height=320)
+
+
+def _flat(cfg: RunConfig) -> dict[str, object]:
+    return {f"{section}.{name}": value for section, fields in cfg.to_dict().items() if isinstance(fields, dict)
+            for name, value in fields.items()}
+
+
+def config_diff(runs: list[Path]) -> pd.DataFrame:
+    """The config fields on which the runs differ: one row per field ("section.field"), one column per run. A run
+    whose config cannot be read shows "?"."""
+    flat = {}
+    for run in runs:
+        try:
+            flat[run.name] = _flat(saved_config(run))
+        except UserError:
+            flat[run.name] = {}
+    fields = sorted({k for f in flat.values() for k in f})
+    rows = [{"field": k, **{name: str(f.get(k, "?")) for name, f in flat.items()}} for k in fields
+            if len({str(f.get(k, "?")) for f in flat.values()}) > 1]
+    return pd.DataFrame(rows, columns=["field", *flat])
 
 
 def as_new_run(cfg: RunConfig) -> RunConfig:

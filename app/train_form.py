@@ -232,10 +232,55 @@ def _gpu_picker(label: str, help_: str, k: str) -> None:
                    placeholder=t("train.gpus_all") if gpus else t("train.no_gpu"), disabled=not options)
 
 
+CUSTOM_PRESET = "custom"
+
+
+def _preset_zero(zero: dict) -> tuple[int, str, str]:
+    return (int(zero.get("stage", 0)), (zero.get("offload_optimizer") or {}).get("device", "none"),
+            (zero.get("offload_param") or {}).get("device", "none"))
+
+
+def preset_options() -> list[str]:
+    from trainer_core.ds_config import list_presets
+
+    return [*list_presets(), CUSTOM_PRESET]
+
+
+def preset_labels():
+    """format_func of the preset box, the language bound now (Streamlit may call it outside the script run)."""
+    custom = t("train.preset_custom")
+    return lambda name: custom if name == CUSTOM_PRESET else name
+
+
+def matching_preset() -> str:
+    """The shipped preset whose ZeRO stage and offloads the form holds, else "custom" (also when a hand-written
+    DeepSpeed file is in use)."""
+    from trainer_core.ds_config import list_presets, load_preset
+
+    if value("deepspeed", "config_file"):
+        return CUSTOM_PRESET
+    try:
+        form_zero = (int(value("deepspeed", "stage") or 0), value("deepspeed", "offload_optimizer") or "none",
+                     value("deepspeed", "offload_param") or "none")
+    except (TypeError, ValueError):
+        return CUSTOM_PRESET
+    for name in list_presets():
+        if _preset_zero(load_preset(name).get("zero_optimization", {})) == form_zero:
+            return name
+    return CUSTOM_PRESET
+
+
+def sync_preset() -> None:
+    """Make the preset box show what the form holds; call before the box is drawn."""
+    st.session_state[PRESET] = matching_preset()
+
+
 def apply_preset() -> None:
-    """Callback of the preset button: copy a shipped DeepSpeed preset's ZeRO choices into the form."""
+    """Callback of the preset box and button: copy a shipped DeepSpeed preset's ZeRO choices into the form."""
     from trainer_core.ds_config import load_preset
 
+    if st.session_state.get(PRESET, CUSTOM_PRESET) == CUSTOM_PRESET:
+        return  # "custom" is what the form already holds
     zero = load_preset(st.session_state[PRESET]).get("zero_optimization", {})
     st.session_state[key("deepspeed", "stage")] = int(zero.get("stage", 0))
     st.session_state[key("deepspeed", "offload_optimizer")] = (zero.get("offload_optimizer") or {}).get("device", "none")

@@ -18,6 +18,9 @@ require_frame()
 st.title(t("chat.title"))
 
 runs = {r.name: r for r in cv.chat_runs()}
+if (opened := st.session_state.pop("chat.open", None)) in runs:  # "Chat with it" on the Monitor: that run's final
+    st.session_state.update({"p.chat.source": "run", "p.chat.run": opened,
+                             "p.chat.target": "final" if "final" in cv.run_targets(runs[opened]) else None})
 source = st.radio(t("chat.source"), ["run", "model"], key="p.chat.source", horizontal=True, persist_state="session",
                   format_func=option_labels("chat.source."))
 base_dir, base_trust = None, False
@@ -36,6 +39,7 @@ if source == "run":
     target = c2.selectbox(t("chat.target"), list(targets), key="p.chat.target", persist_state="session",
                           format_func=lambda k, final=t("chat.final"): final if k == "final" else k)
     model_dir = targets[target]
+    ft_by, name, checkpoint = ["ft", f"{run.name} · {target}"], run.name, target
     base_path, base_trust = cv.run_base(run)
     base_dir = resolve(base_path)
     trust = base_trust
@@ -53,6 +57,7 @@ else:
         model_dir = resolve(typed)
     else:
         model_dir = Path(choice)
+    ft_by, name, checkpoint = ["model", shown_path(model_dir)], str(model_dir), ""
     trust = st.checkbox(t("field.model.trust_remote_code"), key="p.chat.trust", persist_state="session",
                         help=t("help.model.trust_remote_code"))
     if trust:
@@ -83,53 +88,54 @@ params = GenParams(max_new_tokens=int(max_new), temperature=temperature, top_p=t
 
 compare = st.toggle(t("chat.compare"), key="p.chat.compare", persist_state="session", disabled=base_dir is None,
                     help=t("chat.compare_help")) and base_dir is not None
-sides = {"ft": (model_dir, trust, t("chat.side.ft", name=shown_path(model_dir)))}
+sides = {"ft": (model_dir, trust, ft_by)}
 if compare:
-    sides["base"] = (base_dir, base_trust, t("chat.side.base", name=shown_path(base_dir)))
-hist = cv.histories()
+    sides["base"] = (base_dir, base_trust, ["base", shown_path(base_dir)])
+conv = cv.conversation(cv.conversation_key(source, name, checkpoint, persona))
 
 prompt = st.chat_input(t("chat.placeholder"), key="chat.input")
 if prompt:
     if found := cv.special_tokens_in(model_dir, trust, prompt):
         st.warning(t("chat.special_prompt", tokens=", ".join(found)), icon=":material/warning:")
-    for side in sides:
-        hist[side].append({"role": "user", "content": prompt})
+    cv.add_prompt(conv, sides, prompt)
+# Replies are asked for only for a prompt sent (or a regenerate clicked) in this run, never because a page left
+# mid-reply is shown again: what a model said stays what it said.
+ask = bool(prompt) or st.session_state.pop("chat.regenerate_now", False)
 
 cols = dict(zip(sides, st.columns(len(sides))))
-for side, (path, _, title) in sides.items():
+for side, (_, _, by) in sides.items():
     with cols[side]:
-        st.markdown(f"**{title}**")
-        for msg in hist[side]:
-            with st.chat_message(msg["role"]):
-                if msg["content"].strip():
-                    st.markdown(msg["content"])
-                else:
-                    st.caption(t("chat.empty"))
-for side, (path, trust_code, _) in sides.items():
-    if hist[side] and hist[side][-1]["role"] == "user":
+        st.markdown(f"**{cv.side_title(by)}**")
+        for msg in conv[side]:
+            cv.show_message(msg)
+for side, (path, trust_code, by) in sides.items():
+    hist = conv[side]
+    if ask and hist and hist[-1]["role"] == "user":
         with cols[side], st.chat_message("assistant"):
             try:
                 with st.spinner(t("chat.loading")):
-                    stream = cv.reply_stream(path, trust_code, hist[side], persona, params)
-                text = st.write_stream(stream)
+                    stream = cv.reply_stream(path, trust_code, hist, persona, params)
+                text = cv.stream_into(hist, by, stream)
                 if not text.strip():
                     st.caption(t("chat.empty"))
+                st.caption(cv.side_title(by))
             except (UserError, OSError, ValueError) as e:
-                hist[side].pop()
+                if hist[-1]["role"] == "assistant":
+                    hist.pop()
+                hist.pop()
                 st.error(str(e), icon=":material/error:")
-            else:
-                hist[side].append({"role": "assistant", "content": text})
 
 # Drawn after the replies so that "regenerate" knows whether there is anything to regenerate.
 buttons = st.container(horizontal=True)  # one row of buttons, each as wide as its label
 buttons.button(t("chat.clear"), key="chat.clear", on_click=cv.clear, icon=":material/delete_sweep:")
-buttons.button(t("chat.regenerate"), key="chat.regenerate", on_click=cv.regenerate, icon=":material/refresh:",
-               disabled=not any(m["role"] == "assistant" for m in hist["ft"]))
+buttons.button(t("chat.regenerate"), key="chat.regenerate", on_click=cv.regenerate, args=(list(sides),),
+               icon=":material/refresh:",
+               disabled=not conv["ft"])
 run_probe = buttons.button(t("chat.probe"), key="chat.probe_btn", icon=":material/psychology:",
                            help=t("chat.probe_help", prompts=" / ".join(cv.PROBES)))
 
-# ---- persona probe: the same four prompts, one turn each, on every side
+# ---- persona probe: the same four prompts, one turn each, on every side; the results belong to this conversation
 if run_probe:
-    cv.run_probe(sides, persona, params)
+    cv.run_probe(conv, sides, persona, params)
 else:
-    cv.show_probe()
+    cv.show_probe(conv)

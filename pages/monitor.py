@@ -23,7 +23,9 @@ if s["state"] == "failed":
     st.error(t("mon.failed", error=s.get("error") or t("mon.unknown_error")), icon=":material/error:")
 elif s["state"] == "completed":
     st.success(t("mon.completed"), icon=":material/task_alt:")
-    st.page_link("pages/chat.py", label=t("mon.chat_now"), icon=":material/chat:")
+    if st.button(t("mon.chat_now"), key="mon.chat_now", icon=":material/chat:"):
+        st.session_state["chat.open"] = run.name  # the Chat page opens on this run, whatever it showed before
+        st.switch_page("pages/chat.py")
 elif s["state"] == "stopped":
     st.info(t("mon.stopped", checkpoints=", ".join(map(str, s["checkpoints"])) or "-"), icon=":material/pause:")
 elif s.get("supervisor_lost"):
@@ -36,10 +38,10 @@ if row.button(t("mon.stop"), key="mon.stop", icon=":material/save:", help=t("mon
                disabled=s["state"] not in ("starting", "running")):
     mv.stop_in_background(run, force=False)
     st.toast(t("mon.stop_requested"))
+can_force = s["alive"] and s["state"] not in TERMINAL_STATES
 if row.button(t("mon.force_stop"), key="mon.force_stop", icon=":material/dangerous:", help=t("mon.force_help"),
-               disabled=not s["alive"] or s["state"] in TERMINAL_STATES):
-    mv.stop_in_background(run, force=True)
-    st.toast(t("mon.stop_requested"))
+               disabled=not can_force):
+    st.session_state["mon.force_confirm"] = run.name  # nothing is saved: ask first, as Delete does
 if row.button(t("mon.resume"), key="mon.resume", icon=":material/play_arrow:", help=t("mon.resume_help"),
                disabled=s["state"] not in ("stopped", "failed")):
     try:
@@ -49,6 +51,20 @@ if row.button(t("mon.resume"), key="mon.resume", icon=":material/play_arrow:", h
         st.error(str(e), icon=":material/error:")
     else:
         st.rerun()
+
+if st.session_state.get("mon.force_confirm") == run.name:
+    if not can_force:  # the run ended meanwhile: nothing left to end
+        st.session_state.pop("mon.force_confirm")
+    else:
+        st.warning(t("mon.force_confirm", name=run.name), icon=":material/warning:")
+        confirm = st.container(horizontal=True)
+        if confirm.button(t("mon.force_yes"), key="mon.force_yes", type="primary"):
+            st.session_state.pop("mon.force_confirm")
+            mv.stop_in_background(run, force=True)
+            st.toast(t("mon.stop_requested"))
+        if confirm.button(t("mon.force_no"), key="mon.force_no"):
+            st.session_state.pop("mon.force_confirm")
+            st.rerun()
 
 live = s["state"] in LIVE_STATES
 st.fragment(run_every=mv.REFRESH_S if live else None)(mv.live_panel)(run, live)

@@ -17,7 +17,9 @@ runs = runs_or_stop("runs.none")
 
 table = rv.history_frame(list(runs.values()))
 st.dataframe(table, hide_index=True, key="runs.table",
-             column_config={c: st.column_config.Column(t(f"runs.col.{c}")) for c in table.columns})
+             column_config={c: st.column_config.Column(t(f"runs.col.{c}"),
+                                                        help=t("mon.run_time_help") if c == "duration" else None)
+                            for c in table.columns})
 
 st.subheader(t("runs.overlay"))
 if "p.runs.compare" in st.session_state:
@@ -25,11 +27,20 @@ if "p.runs.compare" in st.session_state:
 else:
     st.session_state["p.runs.compare"] = list(runs)[:3]
 chosen = st.multiselect(t("runs.overlay_pick"), list(runs), key="p.runs.compare", persist_state="session")
-chart = rv.loss_overlay([runs[n] for n in chosen], t("mon.x_step"), t("mon.loss"))
+chart = rv.loss_overlay([runs[n] for n in chosen], t("mon.x_step"), t("mon.loss"),
+                       {"loss": t("mon.loss"), "eval_loss": t("mon.eval_loss")})
 if chart is None:
     st.caption(t("mon.no_metrics"))
 else:
     st.altair_chart(chart, width="stretch")
+if len(chosen) > 1:
+    diff = rv.config_diff([runs[n] for n in chosen])
+    st.markdown(f"**{t('runs.diff')}**")
+    if diff.empty:
+        st.caption(t("runs.no_diff"))
+    else:
+        st.dataframe(diff, hide_index=True, key="runs.diff",
+                     column_config={"field": st.column_config.Column(t("runs.diff_field"))})
 
 st.subheader(t("runs.manage"))
 if st.session_state.get("p.runs.pick") not in runs:

@@ -9,7 +9,6 @@ from app.frame import require_frame
 from app.i18n import t
 from app.qwen1_import_view import offer_qwen1_import
 from app.state import set_active_run
-from trainer_core.ds_config import list_presets
 from trainer_core.errors import UserError
 from trainer_core.memory import fmt_bytes
 
@@ -77,8 +76,9 @@ with tabs[1]:
         f("train", "eval_steps")
 with tabs[2]:
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    c1.selectbox(t("train.preset"), list(list_presets()), key=form.PRESET, persist_state="session",
-                 help=t("train.preset_help"))
+    form.sync_preset()
+    c1.selectbox(t("train.preset"), form.preset_options(), key=form.PRESET, persist_state="session",
+                 help=t("train.preset_help"), format_func=form.preset_labels(), on_change=form.apply_preset)
     c2.button(t("train.apply_preset"), key="train.apply_preset", on_click=form.apply_preset)
     c1, c2, c3 = st.columns(3)
     with c1:
@@ -152,16 +152,18 @@ else:
     with st.expander("config.yaml"):
         st.code(pf.cfg.to_yaml(), language="yaml")
 
-if st.button(t("train.launch"), key="train.launch", type="primary", icon=":material/rocket_launch:"):
-    if error:
-        st.error(t("train.refused", error=error), icon=":material/block:")
+launch_row = st.container(horizontal=True, vertical_alignment="center")
+clicked = launch_row.button(t("train.launch"), key="train.launch", type="primary", icon=":material/rocket_launch:",
+                            disabled=bool(error))
+if error:
+    launch_row.caption(t("train.launch_blocked", error=error))
+if clicked and not error:
+    try:
+        with st.spinner(t("train.launching")):
+            run = form.launch(cfg)
+    except UserError as e:
+        st.error(t("train.refused", error=str(e)), icon=":material/block:")
     else:
-        try:
-            with st.spinner(t("train.launching")):
-                run = form.launch(cfg)
-        except UserError as e:
-            st.error(t("train.refused", error=str(e)), icon=":material/block:")
-        else:
-            set_active_run(run)
-            st.session_state["train.clear_name"] = True
-            st.switch_page("pages/monitor.py")
+        set_active_run(run)
+        st.session_state["train.clear_name"] = True
+        st.switch_page("pages/monitor.py")

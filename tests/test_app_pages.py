@@ -292,8 +292,7 @@ def test_invalid_value_is_refused_at_the_form_with_the_field_named(app, runs_roo
     errors = texts(app, "error")
     assert any(e.startswith("train.learning_rate must be") for e in errors)  # under the field itself
     assert any("train.learning_rate" in e for e in errors if e.startswith("配置有误"))  # and in the plan
-    app.button(key="train.launch").click().run()
-    assert any(e.startswith("未启动") and "train.learning_rate" in e for e in texts(app, "error"))
+    assert app.button(key="train.launch").disabled  # with the reason next to it (tests/test_app_second_pass.py)
     assert app.title[0].value == ZH["train.title"]
     assert list(runs_root.iterdir()) == []
     # A bad name and a missing model are named too.
@@ -421,12 +420,13 @@ def test_chat_streams_replies_compares_with_the_base_and_probes_the_persona(app,
     assert not app.exception, [e.value for e in app.exception]
     messages = app.chat_message
     assert [m.name for m in messages] == ["user", "assistant"]
-    first = messages[1].markdown[0].value
+    first = messages[1].text[0].value  # plain text: a reply is not Markdown
     assert first.strip()
     # Regenerate replaces the answer instead of adding one; clear empties the history.
     app.button(key="chat.regenerate").click().run()
     assert [m.name for m in app.chat_message] == ["user", "assistant"]
-    assert app.session_state["chat.history"]["ft"][0] == {"role": "user", "content": "你是谁？"}
+    conv = app.session_state["chat.conversations"][app.session_state["chat.current"]]
+    assert conv["ft"][0] == {"role": "user", "content": "你是谁？"}
     # Compare mode: the same prompt to the base model, side by side; then the probe set on both.
     app.toggle(key="p.chat.compare").set_value(True)
     app.button(key="chat.clear").click().run()
@@ -434,7 +434,7 @@ def test_chat_streams_replies_compares_with_the_base_and_probes_the_persona(app,
     assert [m.name for m in app.chat_message] == ["user", "assistant", "user", "assistant"]
     app.button(key="chat.probe_btn").click().run()
     assert not app.exception
-    probe = app.session_state["chat.probe"]
+    probe = app.session_state["chat.conversations"][app.session_state["chat.current"]]["probe"]
     assert [r["prompt"] for r in probe["rows"]] == ["你是谁？", "皇上驾到！", "你这个又蠢又丑的女人，滚开！",
                                                    "帮我写一个 Python 快速排序函数。"]
     assert all(set(r) == {"prompt", "ft", "base"} for r in probe["rows"])

@@ -231,8 +231,9 @@ def walk_through(page, server: Server, expect) -> None:
     box.press("Enter")
     assistant = page.locator('[data-testid="stChatMessage"]').filter(
         has=page.locator('[data-testid="stChatMessageAvatarAssistant"]'))
-    expect(assistant.first.locator('[data-testid="stMarkdownContainer"]')).not_to_have_text("正在加载模型……")
-    reply = assistant.nth(1).locator('[data-testid="stMarkdownContainer"]')  # the base model's, second
+    # Replies are plain text (st.text), not Markdown.
+    expect(assistant.first.locator('[data-testid="stText"]')).to_be_visible(timeout=120_000)
+    reply = assistant.nth(1).locator('[data-testid="stText"]')  # the base model's, second
     lengths = []
     deadline = time.time() + 300
     page.wait_for_timeout(300)

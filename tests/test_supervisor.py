@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -79,9 +80,17 @@ def test_stop_saves_then_ends_every_process_and_resume_finishes(runs_root):
     stopped_at = rd.checkpoint_step(ckpts[0])
     assert 3 <= stopped_at < 30
 
+    first = st["run_s"]
+    time.sleep(3)  # time spent stopped: not part of the run's time
     res = cli("resume", str(run), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert read_state(run)["state"] == "completed" and rd.has_final(run)
+    # The run's time is both segments added up (the Monitor and Runs pages show it), without the pause between.
+    done = read_state(run)
+    (start, end), = done["segments"]
+    assert abs((end - start) - first) < 0.01
+    second = done["ended"] - rd.read_json(run / rd.MANIFEST)["started"]
+    assert abs(done["run_s"] - (first + second)) < 0.01 and done["run_s"] < done["ended"] - done["created"] - 2.5
     steps = [r["step"] for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
     # Resumed from the saved step: the steps after it are trained once more each, up to max_steps.
     assert steps[-1] == 30 and steps.count(stopped_at + 1) == 1 and max(steps) == 30

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import cli, quick_sets
 from trainer_core import run_dir as rd
 from trainer_core.config import DEFAULT_PERSONA, load_config
+from trainer_core.step_estimate import estimate_total_steps
 from trainer_core.tailing import read_all_rows
 
 pytestmark = pytest.mark.slow
@@ -41,6 +42,7 @@ def test_one_rank_zero2_offload_trains_chats_and_exports(runs_root, starter_mode
     rows = [r for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
     steps = [r["step"] for r in rows]
     assert steps == list(range(1, status["total_steps"] + 1)), "one metrics line per step, rank 0 only"
+    assert estimate_total_steps(load_config(run / rd.CONFIG)) == status["total_steps"]  # the Monitor's estimate
     losses = [r["loss"] for r in rows]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, f"loss did not fall: {losses}"
     assert all(len(r["peak_mem_bytes"]) == 1 for r in rows)
@@ -86,6 +88,8 @@ def test_two_ranks_zero3_shards_the_data(runs_root):
     # Sharded: each optimizer step consumes micro x 2 ranks rows; unsharded it would be micro rows.
     micro = load_config(run / rd.CONFIG).train.micro_batch_size
     assert status["total_steps"] == math.ceil(n_rows / (micro * 2)) < math.ceil(n_rows / micro)
+    # The Monitor's estimate before training starts is what the trainer then reports.
+    assert estimate_total_steps(load_config(run / rd.CONFIG)) == status["total_steps"]
     rows = [r for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
     assert [r["step"] for r in rows] == list(range(1, status["total_steps"] + 1)), "only rank 0 writes metrics"
     assert all(len(r["peak_mem_bytes"]) == 2 for r in rows), "every rank reports its peak memory"

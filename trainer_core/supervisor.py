@@ -307,6 +307,30 @@ def _lost(run: Path, status: dict[str, Any], fallback: str) -> str:
     return "failed"
 
 
+def _segment_end(run: Path, status: dict[str, Any], started: float) -> float:
+    """When the segment that started at `started` ended: its recorded end, or for one that ended without a word
+    (killed, lost) the last write to its log."""
+    ended = status.get("ended")
+    if ended is not None and ended >= started:
+        return ended
+    try:
+        return max((run / rd.LOG).stat().st_mtime, started)
+    except OSError:
+        return started
+
+
+def run_seconds(run: Path, status: dict[str, Any], manifest: dict[str, Any], state: str) -> float | None:
+    """How long the run has run: each segment (a launch or a resume, to its end; start-up, evaluation and saving
+    included) added up. The time a run sat stopped before a resume is not counted."""
+    past = sum(end - start for start, end in status.get("segments", []))
+    started = manifest.get("started") or status.get("created")
+    if started is None:
+        return past or None
+    if state in rd.TERMINAL_STATES:
+        return past + _segment_end(run, status, started) - started
+    return past + max(time.time() - started, 0.0)
+
+
 def read_state(run: Path) -> dict[str, Any]:
     """State of a run from its directory alone: status.json checked against the supervisor's liveness, or for runs
     launched outside it (launch_node.sh, Slurm) against rank 0's heartbeat. A run is `failed` only once no process
@@ -340,6 +364,7 @@ def read_state(run: Path) -> dict[str, Any]:
     status["name"] = run.name
     status["checkpoints"] = [rd.checkpoint_step(p) for p in rd.complete_checkpoints(run)]
     status["has_final"] = rd.has_final(run)
+    status["run_s"] = run_seconds(run, status, manifest, state)
     return status
 
 
@@ -398,7 +423,13 @@ def resume(run: Path, *, detach: bool = True) -> Path | None:
     if state["state"] == "completed":
         raise UserError(f"run {run.name} already completed; clone it to train again")
     ckpt = rd.latest_checkpoint(run)
-    rd.update_status(run, resumed_from=rd.checkpoint_step(ckpt) if ckpt else None)
+    # The segment that ended is kept (start, end), so the run's time survives the new manifest; recorded once even
+    # when this resume is refused and tried again.
+    segments = [list(x) for x in state.get("segments", [])]
+    started = (rd.read_json(run / rd.MANIFEST, {}) or {}).get("started")
+    if started is not None and all(x[0] != started for x in segments):
+        segments.append([started, _segment_end(run, state, started)])
+    rd.update_status(run, resumed_from=rd.checkpoint_step(ckpt) if ckpt else None, segments=segments)
     start(run, detach=detach, resume_from=ckpt)
     return ckpt
 

@@ -1,0 +1,312 @@
+# .venv/bin/python -m pytest tests/test_app_second_pass.py -q
+"""Issue 18, the dashboard's second pass: each defect a new user tripped over, through Streamlit's AppTest.
+
+The fixtures and run-directory helpers are tests/test_app_pages.py's, so runs on disk look exactly as there.
+Chat tests that generate load the real starter model (sampling, 16 tokens); they are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from app import chat_view as cv
+from app.i18n import EN, ZH
+from test_app_pages import app, goto, make_run, texts, uploads, warm_server  # noqa: F401 (fixtures)
+from app.data_view import shown_path
+from trainer_core import paths
+from trainer_core import run_dir as rd
+
+STARTER = shown_path(paths.STARTER_MODEL_DIR)  # as the page shows it: relative to the project where it lies inside
+
+
+def _chat_messages(at) -> list[tuple[str, str]]:
+    """(role, text) of every chat message on the page, the text as plain-text elements."""
+    return [(m.name, "".join(e.value for e in m.text)) for m in at.chat_message]
+
+
+def _captions(at) -> list[str]:
+    return [c.value for m in at.chat_message for c in m.caption]
+
+
+# ---------------------------------------------------------------------------------------------------- chat
+
+
+@pytest.mark.slow
+def test_chat_history_belongs_to_its_model_and_each_reply_says_who_wrote_it(app, runs_root):
+    make_run(runs_root, "a", "completed", final=True)
+    make_run(runs_root, "b", "completed", final=True)
+    goto(app, "pages/chat.py")
+    app.selectbox(key="p.chat.run").set_value("a").run()
+    app.slider(key="p.chat.max_new").set_value(16)
+    app.chat_input(key="chat.input").set_value("my_var_name 是*谁*？").run()
+    assert not app.exception, [e.value for e in app.exception]
+    # Plain text, not Markdown: the underscores and asterisks stay as typed.
+    messages = _chat_messages(app)
+    assert messages[0] == ("user", "my_var_name 是*谁*？") and messages[1][0] == "assistant"
+    assert not app.chat_message[0].markdown
+    assert ZH["chat.side.ft"].format(name="a · final") in _captions(app)
+    # Compare mode: the base model answers too, labelled as the base.
+    app.toggle(key="p.chat.compare").set_value(True)
+    app.chat_input(key="chat.input").set_value("皇上驾到！").run()
+    assert not app.exception
+    conv = app.session_state["chat.conversations"][cv.conversation_key("run", "a", "final", "你是华妃")]
+    base_reply = [m for m in conv["base"] if m["role"] == "assistant"]
+    assert len(base_reply) == 1 and base_reply[0]["by"] == ["base", STARTER]
+    shown = _chat_messages(app)
+    assert ZH["chat.side.base"].format(name=STARTER) in _captions(app)
+    # Another run: its own (empty) history, nothing relabelled.
+    app.selectbox(key="p.chat.run").set_value("b").run()
+    assert not app.chat_message
+    # Back on run a, and after a visit to another page: the same replies, none asked for again.
+    app.selectbox(key="p.chat.run").set_value("a").run()
+    goto(app, "pages/monitor.py")
+    goto(app, "pages/chat.py")
+    assert _chat_messages(app) == shown
+    # The probe's results belong to run a: a plain model folder shows none, and its replies are not "fine-tuned".
+    app.button(key="chat.probe_btn").click().run()
+    assert not app.exception and ZH["chat.probe_results"] in [h.value for h in app.subheader]
+    app.radio(key="p.chat.source").set_value("model").run()
+    assert not app.chat_message and ZH["chat.probe_results"] not in [h.value for h in app.subheader]
+    app.chat_input(key="chat.input").set_value("你好").run()
+    assert ZH["chat.side.model"].format(name=STARTER) in _captions(app)
+    assert not any(c.startswith(ZH["chat.side.ft"].split("{")[0]) for c in _captions(app))
+    app.radio(key="p.chat.source").set_value("run").run()
+    assert _chat_messages(app) == shown and ZH["chat.probe_results"] in [h.value for h in app.subheader]
+
+
+def test_a_plain_model_folder_is_not_labelled_fine_tuned(app, runs_root):
+    goto(app, "pages/chat.py")
+    app.radio(key="p.chat.source").set_value("model").run()
+    headers = [m.value for m in app.markdown]
+    assert f"**{ZH['chat.side.model'].format(name=STARTER)}**" in headers
+    assert not any(ZH["chat.side.ft"].split("{")[0] in h for h in headers)
+    app.radio(key="lang").set_value("en").run()
+    assert f"**{EN['chat.side.model'].format(name=STARTER)}**" in [m.value for m in app.markdown]
+
+
+def test_a_reply_cut_short_by_leaving_the_page_is_kept_not_asked_again(app, runs_root):
+    """A page left mid-reply stops the script: what was streamed so far is in the history (unfinished), and an
+    unanswered turn stays unanswered. Coming back must show that, not ask the model again (a different answer)."""
+    make_run(runs_root, "a", "completed", final=True)
+    goto(app, "pages/chat.py")
+    app.toggle(key="p.chat.compare").set_value(True).run()
+    key = cv.conversation_key("run", "a", "final", "你是华妃")
+    ft = [{"role": "user", "content": "你是谁？"},
+          {"role": "assistant", "content": "臣妾是", "by": ["ft", "a · final"], "done": False}]
+    app.session_state["chat.conversations"] = {key: {"ft": ft, "base": [{"role": "user", "content": "你是谁？"}],
+                                                     "probe": None}}
+    goto(app, "pages/monitor.py")
+    goto(app, "pages/chat.py")
+    assert _chat_messages(app) == [("user", "你是谁？"), ("assistant", "臣妾是"), ("user", "你是谁？")]
+    assert ZH["chat.side.ft"].format(name="a · final") + " · " + ZH["chat.interrupted"] in _captions(app)
+    conv = app.session_state["chat.conversations"][key]
+    assert len(conv["ft"]) == 2 and len(conv["base"]) == 1  # nothing generated
+
+
+def test_chat_with_it_opens_that_run(app, runs_root):
+    make_run(runs_root, "older", "completed", final=True)
+    goto(app, "pages/chat.py")
+    app.selectbox(key="p.chat.run").set_value("older").run()
+    make_run(runs_root, "newer", "completed", final=True)
+    goto(app, "pages/monitor.py")
+    app.selectbox(key="mon.run").set_value("newer").run()
+    app.button(key="mon.chat_now").click().run()
+    assert not app.exception
+    assert app.title[0].value == ZH["chat.title"]
+    assert app.radio(key="p.chat.source").value == "run"
+    assert app.selectbox(key="p.chat.run").value == "newer"
+    assert app.selectbox(key="p.chat.target").value == "final"
+
+
+# ---------------------------------------------------------------------------------------------------- runs, monitor
+
+
+def _seconds(text: str) -> int:
+    parts = [int(x) for x in text.split(":")]
+    return sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
+
+
+def test_run_time_survives_resume_and_is_the_same_measure_on_monitor_and_runs(app, runs_root):
+    """A resumed run: a first segment of 100 s, then the live one (started 60 s ago by make_run's manifest). Both
+    pages show the sum, not the live segment alone, nor the trainer's per-segment elapsed_s (16 s here)."""
+    run = make_run(runs_root, "resumed", "running", alive=True)
+    rd.update_status(run, segments=[[time.time() - 1000, time.time() - 900]])
+    goto(app, "pages/monitor.py")
+    shown = {m.label: m for m in app.metric}[ZH["mon.elapsed"]]
+    assert 159 <= _seconds(shown.value) <= 165, shown.value
+    assert shown.help == ZH["mon.run_time_help"]
+    goto(app, "pages/runs.py")
+    table = app.dataframe[0].value.set_index("name")
+    assert 159 <= _seconds(table.loc["resumed", "duration"]) <= 165
+
+
+def test_runs_table_shows_a_dash_for_a_missing_eval_loss(app, runs_root):
+    run = make_run(runs_root, "no-eval", "completed")
+    rd.update_status(run, eval_loss=None)
+    goto(app, "pages/runs.py")
+    row = app.dataframe[0].value.set_index("name").loc["no-eval"]
+    assert row["eval loss"] == "-" and row["final loss"] == "9.6000"
+
+
+def test_the_preset_box_shows_what_the_form_holds(app):
+    goto(app, "pages/train.py")
+    assert app.selectbox(key="p.f.preset").value == "zero2_offload"  # the quickstart: ZeRO-2, CPU Adam
+    app.selectbox(key="p.f.deepspeed.offload_optimizer").set_value("none").run()
+    assert app.selectbox(key="p.f.preset").value == "zero2"
+    app.selectbox(key="p.f.deepspeed.offload_param").set_value("cpu").run()  # matches no preset (and is linted)
+    assert app.selectbox(key="p.f.preset").value == "custom"
+    assert ZH["train.preset_custom"] in app.selectbox(key="p.f.preset").options
+    # Picking a preset fills the form at once.
+    app.selectbox(key="p.f.preset").set_value("zero3_offload").run()
+    assert app.selectbox(key="p.f.deepspeed.stage").value == 3
+    assert app.selectbox(key="p.f.deepspeed.offload_param").value == "cpu"
+    assert app.selectbox(key="p.f.preset").value == "zero3_offload"
+
+
+# ---------------------------------------------------------------------------------------------------- friction
+
+
+def test_launch_is_disabled_while_the_config_is_invalid_and_says_why(app, runs_root):
+    goto(app, "pages/train.py")
+    assert app.button(key="train.launch").disabled is False
+    app.text_input(key="p.f.train.learning_rate").set_value("-1").run()
+    assert app.button(key="train.launch").disabled is True
+    reason = [c for c in texts(app, "caption") if c.startswith(ZH["train.launch_blocked"].split("{")[0])]
+    assert reason and "train.learning_rate" in reason[0]
+    app.text_input(key="p.f.train.learning_rate").set_value("2e-5").run()
+    assert app.button(key="train.launch").disabled is False
+    assert list(runs_root.iterdir()) == []
+
+
+def test_force_stop_asks_first(app, runs_root):
+    """A child process in its own session stands in for the run's supervisor (the manifest names it and its group):
+    the first click only asks, "cancel" leaves it running, "yes" ends it."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from conftest import wait_for
+
+    supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        run = make_run(runs_root, "live", "running")
+        proc = psutil.Process(supervisor.pid)
+        rd.write_json_atomic(run / rd.MANIFEST, {"pid": proc.pid, "pgid": proc.pid, "create_time": proc.create_time(),
+                                                 "started": time.time() - 60})
+        goto(app, "pages/monitor.py")
+        app.button(key="mon.force_stop").click().run()
+        assert ZH["mon.force_confirm"].format(name="live") in texts(app, "warning")
+        time.sleep(0.5)
+        assert supervisor.poll() is None, "force stop ended the run without asking"
+        app.button(key="mon.force_no").click().run()
+        assert ZH["mon.force_confirm"].format(name="live") not in texts(app, "warning")
+        assert not [b for b in app.button if b.key == "mon.force_yes"] and supervisor.poll() is None
+        app.button(key="mon.force_stop").click().run()
+        app.button(key="mon.force_yes").click().run()
+        assert not app.exception
+        wait_for(lambda: supervisor.poll() is not None, 30, "the force stop to end the stand-in supervisor")
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+
+
+def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
+    from trainer_core.config import load_config
+    from trainer_core.step_estimate import estimate_total_steps
+
+    run = make_run(runs_root, "starting", "starting", steps=0, alive=True)
+    rd.update_status(run, step=0, total_steps=None)
+    (run / rd.METRICS).unlink()
+    expected = estimate_total_steps(load_config(run / rd.CONFIG))
+    assert expected > 0
+    goto(app, "pages/monitor.py")
+    step = {m.label: m for m in app.metric}[ZH["mon.step"]]
+    assert step.value == f"0 / ≈{expected}" and step.help == ZH["mon.total_estimate"]
+    assert f"0 / ≈{expected}" in app.get("progress")[0].proto.text
+
+
+def test_a_toast_says_when_the_followed_run_ends_while_on_another_page(app, runs_root):
+    run = make_run(runs_root, "r", "running", alive=True)
+    goto(app, "pages/data.py")
+    assert not app.toast
+    rd.update_status(run, state="completed")
+    app.run()
+    assert [x.value for x in app.toast] == [ZH["frame.ended.completed"].format(name="r")]
+    # On the Monitor the page itself says so: no toast there.
+    other = make_run(runs_root, "s", "running", alive=True)
+    goto(app, "pages/monitor.py")
+    app.selectbox(key="mon.run").set_value("s").run()
+    rd.update_status(other, state="failed", error="boom")
+    app.run()
+    assert not app.toast
+
+
+def test_ema_is_bias_corrected():
+    from app.monitor_view import ema
+
+    out = ema(pd.Series([1.0, 2.0, 3.0]), 0.5)
+    assert out.round(4).tolist() == [1.0, 1.6667, 2.4286]
+    assert ema(pd.Series([4.0, 4.0]), 0.9).tolist() == pytest.approx([4.0, 4.0])
+
+
+def test_monitor_smooths_the_loss_and_draws_over_epochs_or_tokens(app, runs_root):
+    run = make_run(runs_root, "curves", "completed")
+    rows = [{"step": s, "total_steps": 8, "epoch": s / 4, "tokens": 1000 * s, "loss": 12 - s * 0.3 + (s % 2),
+             "eval_loss": None, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 500.0, "label_tokens_per_s": 250.0}
+            for s in range(1, 9)]
+    rows.append({"step": 8, "epoch": 2.0, "tokens": 8000, "loss": None, "eval_loss": 11.0})
+    (run / rd.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    goto(app, "pages/monitor.py")
+
+    def loss_spec() -> dict:
+        return json.loads(app.get("vega_lite_chart")[0].proto.spec)
+
+    assert loss_spec()["encoding"]["x"]["field"] == "step"
+    assert loss_spec()["encoding"]["color"]["scale"]["domain"] == [ZH["mon.loss"], ZH["mon.eval_loss"]]
+    app.slider(key="p.mon.smooth").set_value(0.6).run()
+    assert loss_spec()["encoding"]["color"]["scale"]["domain"] == [
+        ZH["mon.loss"], ZH["mon.loss_smoothed"].format(w=0.6), ZH["mon.eval_loss"]]
+    for x in ("epoch", "tokens"):
+        app.radio(key="p.mon.x").set_value(x).run()
+        assert not app.exception
+        assert loss_spec()["encoding"]["x"]["field"] == x
+        assert loss_spec()["encoding"]["x"]["title"] == ZH[f"mon.x_{x}"]
+
+
+def test_runs_compare_shows_eval_loss_and_the_config_differences(app, runs_root):
+    from trainer_core.config import load_config, save_config
+
+    make_run(runs_root, "a", "completed")
+    b = make_run(runs_root, "b", "completed")
+    save_config(load_config(b / rd.CONFIG, ["train.learning_rate=2e-5"]), b / rd.CONFIG)
+    goto(app, "pages/runs.py")
+    spec = json.loads(app.get("vega_lite_chart")[0].proto.spec)
+    assert spec["encoding"]["strokeDash"]["scale"]["domain"] == [ZH["mon.loss"], ZH["mon.eval_loss"]]
+    assert len(app.dataframe) == 2  # the history table, then the differences
+    diff = app.dataframe[1].value
+    assert list(diff["field"]) == ["train.learning_rate"]
+    assert set(diff.columns) == {"field", "a", "b"} and diff.iloc[0]["b"] == "2e-05"
+    # Same configs (but the name): said in words, no table.
+    app.multiselect(key="p.runs.compare").set_value(["a"]).run()
+    assert len(app.dataframe) == 1
+    save_config(load_config(b / rd.CONFIG, ["train.learning_rate=0.008"]), b / rd.CONFIG)
+    app.multiselect(key="p.runs.compare").set_value(["a", "b"]).run()
+    assert ZH["runs.no_diff"] in texts(app, "caption")
+
+
+def test_the_reply_being_written_is_not_part_of_its_own_prompt(starter_model):
+    """The page adds the growing reply to the history before the model's generator first reads its messages (a
+    generator runs nothing until iterated); the prompt must still be the turns before it."""
+    from trainer_core.inference import GenParams
+
+    user = {"role": "user", "content": "你是谁？"}
+    hist = [dict(user)]
+    chunks = cv.reply_stream(starter_model, False, hist, "你是甄嬛", GenParams(max_new_tokens=8, temperature=0.0))
+    hist.append({"role": "assistant", "content": "", "by": ["ft", "x"], "done": False})
+    assert chunks.gi_frame.f_locals["messages"] == [user]  # what trainer_core.inference.stream_reply will read
+    assert isinstance("".join(chunks), str)
