@@ -158,7 +158,10 @@ def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int) ->
     port = free_port()
     argv = [str(py), "-u", "-m", "deepspeed.launcher.runner", "--no_local_rank", "--num_gpus", "1",
             "--master_port", str(port), *script]
+    # Each venv JIT-builds DeepSpeed's CPU ops from its own copy of the sources: a folder of its own keeps the
+    # builds apart from ours (a shared one would be rebuilt at every switch of recipe).
     e = {**env(), "BENCH_PEER_PROBE": str(work / "probe"), "DISABLE_VERSION_CHECK": "1",
+         "TORCH_EXTENSIONS_DIR": str(py.parent.parent / "torch_extensions"),
          "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "peer_probe"), env()["PYTHONPATH"]])}
     log = work / f"{peer}.log"
     with open(log, "wb") as f:

@@ -10,6 +10,7 @@ transformers and DeepSpeed as ours wherever the peer allows it, so the engines u
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".cache" / "peer-venvs"
 WHEELS = "/opt/wheels"
-TORCH = "torch==2.13.0"
+TORCH = os.environ.get("PEER_TORCH", "torch==2.13.0")  # the local wheel's version
 DEEPSPEED = "deepspeed==0.19.8"  # ours: the same ZeRO-2 offload engine and CPU Adam for every recipe
 
 # LLaMA-Factory 0.9.5 declares torchvision, torchaudio, av, gradio and modelscope for its multimodal paths, web UI and
-# hub downloads; none is used to train a local text model from a YAML, and PyPI's torchvision/torchaudio would want
-# their own torch build. It is installed with --no-deps, then every other requirement of its METADATA as declared.
+# hub downloads. It is installed with --no-deps, then every other requirement of its METADATA as declared, because
+# PyPI's torchaudio/torchvision would replace the local CPU torch. That is also why it cannot train here: its
+# data/mm_plugin.py imports torchaudio unconditionally, and torchaudio's last release (2.11.1) requires torch 2.11,
+# not the machine's 2.13.0 wheel. On a machine with network access to a matching torch (a GPU machine), set
+# PEER_TORCH to that torch's pin and add its torchaudio to the pins below.
 LLAMAFACTORY_DEPS = [
     "accelerate<=1.11.0,>=1.3.0", "datasets<=4.0.0,>=2.16.0", "einops", "fire", "numpy", "omegaconf", "packaging",
     "pandas", "peft<=0.18.1,>=0.18.0", "protobuf", "pydantic", "pyyaml", "safetensors", "scipy", "sentencepiece",
