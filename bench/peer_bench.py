@@ -1,0 +1,282 @@
+"""Peer benchmark: our trainer against TRL's SFTTrainer and LLaMA-Factory's CLI, in one invocation, same job.
+
+    .venv/bin/python bench/peer_bench.py                 # 200 huanhuan records, 20 held out, 1 epoch each
+    .venv/bin/python bench/peer_bench.py --repeat 3      # each recipe 3 times, interleaved; the fastest run is kept
+    .venv/bin/python bench/peer_bench.py --only ours,trl # a subset
+
+Every recipe trains the same model (the starter) on the same training records with the same ZeRO-2 + CPU-offload
+DeepSpeed JSON (the one `trainer_core plan` resolves for configs/quickstart.yaml), epochs, micro-batch x
+accumulation, max length, learning rate, schedule, warm-up, weight decay, clipping and seed, all read from our run
+config (peer_settings):
+  ours          `python -m trainer_core train configs/quickstart.yaml` (as bench/train_bench.py runs it);
+  trl           bench/peer_trl_train.py: TRL's SFTTrainer as its docs recommend for chat data (prompt-completion,
+                completion-only loss, packing), fp32 on a CPU;
+  llamafactory  `llamafactory-cli train peer.yaml`: full fine-tuning, template qwen, packing, prompt not trained.
+The peers run in their own venvs (bench/peer_venvs.py, created on first use under .cache/peer-venvs/, never in
+requirements.txt), all three under DeepSpeed's launcher with one CPU rank. Held-out records (the split of
+train_bench) are scored by bench/common.py for every recipe: ours by its in-training evaluation on the same records
+(as train_bench), the peers by bench/peer_probe at every step, and every final model once more after training.
+Label tokens: the positions whose next-token label is not -100 in the batches each trainer fed its loss (ours:
+answer tokens and their <|im_end|>). Times are training time only, from on_train_begin, evaluations subtracted.
+Nothing here asserts a time; a peer that fails is reported with its error and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, encode_heldout, write_json  # noqa: E402
+from bench.train_bench import QUICKSTART, SEED, _rescore, env, prepare_data, run_ours, time_to_loss  # noqa: E402
+from trainer_core.config import load_config  # noqa: E402
+
+RECIPES = ("ours", "trl", "llamafactory")
+STARTER = ROOT / "models" / "qwen2-starter"
+
+
+def job_config(epochs: int):
+    """Our run config for the job every recipe runs: the quickstart defaults at `epochs` epochs."""
+    return load_config(QUICKSTART, [f"train.epochs={epochs}", f"train.seed={SEED}"])
+
+
+def ds_config(cfg) -> dict:
+    """The DeepSpeed JSON our trainer resolves for cfg ("auto" left for the HF Trainer to fill from its arguments)."""
+    from trainer_core.ds_config import build_ds_config
+    return build_ds_config(cfg)
+
+
+def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path) -> dict:
+    """Each peer's own configuration, every job-defining number taken from our run config cfg."""
+    t = cfg.train
+    trl = {
+        "output_dir": str(work / "trl-out"),
+        "max_length": cfg.data.max_length,
+        "packing": cfg.data.packing,
+        "completion_only_loss": True,
+        "per_device_train_batch_size": t.micro_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation,
+        "num_train_epochs": t.epochs,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_ratio": t.warmup_ratio,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "seed": t.seed,
+        "deepspeed": str(ds_json),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
+    llamafactory = {
+        "model_name_or_path": str(STARTER),
+        "trust_remote_code": False,
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "deepspeed": str(ds_json),
+        "dataset": "huanhuan",
+        "dataset_dir": str(dataset_dir),
+        "template": "qwen",
+        "cutoff_len": cfg.data.max_length,
+        "packing": cfg.data.packing,
+        "train_on_prompt": False,
+        "overwrite_cache": True,
+        "output_dir": str(work / "llamafactory-out"),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": t.micro_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation,
+        "num_train_epochs": float(t.epochs),
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_ratio": t.warmup_ratio,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "seed": t.seed,
+        "bf16": False,  # fp32 on a CPU; bench/gpu_check.sh is where bf16 belongs
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "plot_loss": False,
+    }
+    # LLaMA-Factory reads alpaca records through dataset_info.json; the persona goes in as each record's system turn.
+    dataset_info = {"huanhuan": {"file_name": str(data), "formatting": "alpaca",
+                                 "columns": {"prompt": "instruction", "query": "input", "response": "output",
+                                             "system": "system"}}}
+    return {"trl": trl, "llamafactory": llamafactory, "dataset_info": dataset_info}
+
+
+def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
+    """DeepSpeed JSON, TRL's job file, LLaMA-Factory's YAML and dataset, the probe's encoded held-out set."""
+    import yaml
+    from trainer_core.models import load_tokenizer
+
+    ds_json = work / "ds_config.json"
+    write_json(ds_json, ds_config(cfg))
+    lf_dir = work / "llamafactory-data"
+    lf_dir.mkdir()
+    records = json.loads(train.read_text(encoding="utf-8"))
+    lf_data = lf_dir / "train.json"
+    write_json(lf_data, [{**r, "system": cfg.data.persona} for r in records])
+    s = peer_settings(cfg, work, lf_data, lf_dir, ds_json)
+    write_json(lf_dir / "dataset_info.json", s["dataset_info"])
+    (work / "llamafactory.yaml").write_text(yaml.safe_dump(s["llamafactory"], allow_unicode=True), encoding="utf-8")
+    write_json(work / "trl-job.json", {"data": str(train), "persona": cfg.data.persona, "model": str(STARTER),
+                                       "sft_config": s["trl"]})
+    probe = work / "probe"
+    probe.mkdir()
+    encoded = encode_heldout(load_tokenizer(STARTER), json.loads(heldout.read_text(encoding="utf-8")),
+                             persona=cfg.data.persona)
+    write_json(probe / "heldout.json", [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    write_json(probe / "probe.json", {"eval_steps": 1, "root": str(ROOT)})
+    return s
+
+
+def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int) -> dict:
+    """One peer under DeepSpeed's launcher in its own venv, with bench/peer_probe on its PYTHONPATH."""
+    from bench.peer_venvs import ensure
+    from trainer_core.launch import free_port
+
+    py = ensure(peer)
+    out = work / f"{peer}-out"
+    shutil.rmtree(out, ignore_errors=True)
+    (work / "probe" / "result.json").unlink(missing_ok=True)
+    if peer == "trl":
+        script = [str(ROOT / "bench" / "peer_trl_train.py"), "--job", str(work / "trl-job.json")]
+    else:
+        script = [str(py.parent / "llamafactory-cli"), "train", str(work / "llamafactory.yaml")]
+    port = free_port()
+    argv = [str(py), "-u", "-m", "deepspeed.launcher.runner", "--no_local_rank", "--num_gpus", "1",
+            "--master_port", str(port), *script]
+    # Each venv JIT-builds DeepSpeed's CPU ops from its own copy of the sources: a folder of its own keeps the
+    # builds apart from ours (a shared one would be rebuilt at every switch of recipe).
+    e = {**env(), "BENCH_PEER_PROBE": str(work / "probe"), "DISABLE_VERSION_CHECK": "1",
+         "TORCH_EXTENSIONS_DIR": str(py.parent.parent / "torch_extensions"),
+         "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "peer_probe"), env()["PYTHONPATH"]])}
+    log = work / f"{peer}.log"
+    with open(log, "wb") as f:
+        proc = subprocess.run(argv, cwd=work, env=e, stdout=f, stderr=subprocess.STDOUT)
+    for leftover in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+        leftover.unlink(missing_ok=True)  # DeepSpeed's CPU all-reduce buffer, which only our trainer unlinks itself
+    result = work / "probe" / "result.json"
+    final = out / ("final" if peer == "trl" else "")
+    if proc.returncode != 0 or not result.is_file():
+        return {"recipe": peer, "error": last_error(log.read_text(errors="replace")), "log": str(log)}
+    r = json.loads(result.read_text(encoding="utf-8"))
+    return {"recipe": peer, **r, "records": n_train * epochs, "heldout_loss": _rescore(final, heldout),
+            "heldout_loss_in_training": r["eval_curve"][-1][1]}
+
+
+def last_error(log: str) -> str:
+    """The exception line of a failed launch's log (the last line naming an Error), else its last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error:" in line]
+    return (errors or lines or ["no output"])[-1][:400]
+
+
+def table(results: list[dict], target: float | None) -> str:
+    head = ["recipe", "steps", "train_s", "label_tok", "label_tok/s", "records/s", "heldout_loss", "s_to_target",
+            "peak_rss_MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['recipe']} | failed: {r['error']} |" + " |" * (len(head) - 2))
+            continue
+        t = r["train_time_s"]
+        reach = None if target is None else time_to_loss(r["eval_curve"], target)
+        cells = [r["recipe"], r["steps"], f"{t:.1f}", r["label_tokens"], f"{r['label_tokens'] / t:.1f}",
+                 f"{r['records'] / t:.2f}", f"{r['heldout_loss']:.4f}", "never" if reach is None else f"{reach:.1f}",
+                 f"{r['peak_rss_bytes'] / 2**20:.0f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--records", type=int, default=200, help="first N records of huanhuan.json (default 200)")
+    p.add_argument("--heldout", type=int, default=20, help="of those, held out for evaluation (default 20)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs for every recipe (default 1)")
+    p.add_argument("--repeat", type=int, default=1, help="run every recipe K times, interleaved; keep the fastest")
+    p.add_argument("--only", default=",".join(RECIPES), help="comma-separated recipes: " + ", ".join(RECIPES))
+    p.add_argument("--json", type=Path, help="also write every figure to this file")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs, peer configs)")
+    args = p.parse_args(argv)
+    only = [r for r in args.only.split(",") if r]
+    unknown = sorted(set(only) - set(RECIPES))
+    if unknown:
+        p.error(f"--only: unknown recipe {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    if args.repeat < 1 or args.epochs < 1:
+        p.error("--repeat and --epochs must be at least 1")
+    if not 0 < args.heldout < args.records:
+        p.error(f"--heldout must be between 1 and --records - 1 (got {args.heldout} of {args.records})")
+
+    work = Path(tempfile.mkdtemp(prefix="peer-bench-"))
+    train, heldout, ours_data = prepare_data(work, args.records, args.heldout)
+    cfg = job_config(args.epochs)
+    write_peer_inputs(cfg, work, train, heldout)
+    n_train = args.records - args.heldout
+    print(f"{args.records} records, {args.heldout} held out, {args.epochs} epoch(s); work dir {work}", flush=True)
+
+    def ours():
+        r = run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout,
+                     ["train.eval_steps=1", f"train.epochs={args.epochs}"])
+        r["records"] = n_train * args.epochs
+        return r
+
+    jobs = {"ours": ours, **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs))
+                             for peer in ("trl", "llamafactory")}}
+    runs: dict[str, list[dict]] = {name: [] for name in only}
+    for _ in range(args.repeat):
+        for name in only:
+            t = time.time()
+            runs[name].append(jobs[name]())
+            shutil.rmtree(work / "runs" / name, ignore_errors=True)
+            r = runs[name][-1]
+            what = f"failed: {r['error']}" if "error" in r else f"training {r['train_time_s']:.1f}s"
+            print(f"{name} done in {time.time() - t:.0f}s wall ({what})", flush=True)
+    results = []
+    for rs in runs.values():
+        ok = [r for r in rs if "error" not in r]
+        results.append(min(ok, key=lambda r: r["train_time_s"]) if ok else rs[-1])
+
+    done = [r for r in results if "error" not in r]
+    slowest = max(done, key=lambda r: r["train_time_s"]) if done else None
+    target = slowest["eval_curve"][-1][1] if slowest else None
+    print()
+    print(f"machine: {os.cpu_count()} CPU cores (shared); training time only"
+          f"{f', fastest of {args.repeat} interleaved runs each' if args.repeat > 1 else ''}; held-out loss over "
+          f"{args.heldout} records per answer token (bench/common.py); target = the slowest recipe's "
+          f"({slowest['recipe'] if slowest else '-'}) final held-out loss "
+          f"{'-' if target is None else f'{target:.4f}'}")
+    print(table(results, target))
+    ref = next((r for r in done if r["recipe"] == "ours"), None)
+    for r in done:
+        if ref is None or r is ref:
+            continue
+        print(f"ours / {r['recipe']}: records/s {(ref['records'] / ref['train_time_s']) / (r['records'] / r['train_time_s']):.2f}x, "
+              f"label tokens/s {(ref['label_tokens'] / ref['train_time_s']) / (r['label_tokens'] / r['train_time_s']):.2f}x, "
+              f"peak RSS {ref['peak_rss_bytes'] / r['peak_rss_bytes']:.2f}x")
+    if args.repeat > 1:
+        for name, rs in runs.items():
+            print(f"{name}: training seconds of each run "
+                  + ", ".join("failed" if "error" in r else f"{r['train_time_s']:.1f}" for r in rs))
+    if args.json:
+        write_json(args.json, {"records": args.records, "heldout": args.heldout, "epochs": args.epochs,
+                               "target": target, "results": results, "runs": runs})
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

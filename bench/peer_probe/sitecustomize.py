@@ -1,0 +1,99 @@
+"""Bench-only: the same clock, label count and held-out curve for every recipe of bench/peer_bench.py.
+
+peer_bench puts this folder on PYTHONPATH for a peer's launch (TRL, LLaMA-Factory), so Python imports it at
+start-up without the peer's code knowing. Nothing happens unless BENCH_PEER_PROBE names a folder holding
+probe.json (eval_steps, repository root) and heldout.json (held-out records already encoded by bench/common.py).
+On rank 0, once transformers.trainer is imported, every Trainer gets a callback that:
+  - starts the clock at on_train_begin (after DeepSpeed and CPU Adam are built), as train_bench does for ours;
+  - counts label tokens the way our trainer does: positions of labels[:, 1:] that are not -100 in each training
+    batch given to compute_loss, and all input positions as tokens;
+  - every eval_steps optimizer steps and at the last one scores the live model with bench.common.heldout_loss (the
+    shared evaluator) and takes that time off the clock;
+and writes result.json when training ends.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+OUT = os.environ.get("BENCH_PEER_PROBE")
+
+
+def _install(module) -> None:
+    probe = json.loads((Path(OUT) / "probe.json").read_text())
+    sys.path.insert(0, probe["root"])
+    from bench.common import heldout_loss  # torch-only, shared with every other recipe
+
+    heldout = [SimpleNamespace(**e) for e in json.loads((Path(OUT) / "heldout.json").read_text())]
+    counts = {"tokens": 0, "label_tokens": 0}
+    trainer_cls = module.Trainer
+
+    class Probe(module.TrainerCallback):
+        def __init__(self):
+            self.t0, self.eval_s, self.curve = None, 0.0, []
+
+        def elapsed(self) -> float:
+            return time.perf_counter() - self.t0 - self.eval_s
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step % probe["eval_steps"] and state.global_step != state.max_steps:
+                return
+            at, t = self.elapsed(), time.perf_counter()
+            self.curve.append((state.global_step, heldout_loss(model, heldout), at))
+            self.eval_s += time.perf_counter() - t
+
+        def on_train_end(self, args, state, control, **kw):
+            (Path(OUT) / "result.json").write_text(json.dumps({
+                "train_time_s": self.curve[-1][2] if self.curve else self.elapsed(),
+                "steps": state.global_step, **counts, "eval_curve": self.curve,
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+    init, compute_loss = trainer_cls.__init__, trainer_cls.compute_loss
+
+    def init_with_probe(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.add_callback(Probe())
+
+    def counting_compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training and "labels" in inputs:
+            counts["label_tokens"] += int((inputs["labels"][:, 1:] != -100).sum())
+            counts["tokens"] += int(inputs["input_ids"].numel())
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    trainer_cls.__init__ = init_with_probe
+    trainer_cls.compute_loss = counting_compute_loss
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds transformers.trainer with the other finders, then installs the probe once the module has executed."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "transformers.trainer":
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None:
+                execute = spec.loader.exec_module
+
+                def exec_then_install(module, execute=execute):
+                    execute(module)
+                    _install(module)
+                spec.loader.exec_module = exec_then_install
+                return spec
+        return None
+
+
+if OUT and os.environ.get("RANK", "0") == "0":
+    sys.meta_path.insert(0, _AfterImport())

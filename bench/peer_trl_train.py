@@ -1,0 +1,41 @@
+"""TRL's SFTTrainer on the peer benchmark's records (bench/peer_bench.py runs it in TRL's own venv).
+
+    .cache/peer-venvs/trl/bin/python -m deepspeed.launcher.runner --no_local_rank --num_gpus 1 \
+        bench/peer_trl_train.py --job job.json
+
+Configured as TRL's SFT docs recommend for chat data: a conversational prompt-completion dataset (the persona as
+system turn and the question as the prompt, the answer as the completion), so the loss is on the completion only
+(`completion_only_loss`); `packing=True` (TRL's best-fit-decreasing packing, padding-free); fp32 on a CPU
+(bf16 where the GPU supports it). Every number that defines the job comes from job.json, which peer_bench writes
+from our run config. The final model is saved to <output_dir>/final for the shared evaluator.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--job", required=True)
+    job = json.loads(Path(p.parse_args().job).read_text(encoding="utf-8"))
+    records = json.loads(Path(job["data"]).read_text(encoding="utf-8"))
+    rows = [{"prompt": [{"role": "system", "content": job["persona"]},
+                        {"role": "user", "content": r["instruction"] + r.get("input", "")}],
+             "completion": [{"role": "assistant", "content": r["output"]}]} for r in records]
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    args = SFTConfig(**job["sft_config"], bf16=gpu_bf16, fp16=False)
+    tokenizer = AutoTokenizer.from_pretrained(job["model"])
+    model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.bfloat16 if gpu_bf16 else torch.float32)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(Path(args.output_dir) / "final"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Bench-only virtual environments for the peer trainers of bench/peer_bench.py (TRL, LLaMA-Factory).
+
+Each peer gets its own venv under .cache/peer-venvs/<peer>/ (git-ignored), so its pins never touch the product's
+.venv or requirements.txt. torch is installed first from the machine's local CPU wheel (/opt/wheels), so pip sees
+torch==2.13.0 satisfied and never downloads a CUDA build; then the peer at an exact version, with the same
+transformers and DeepSpeed as ours wherever the peer allows it, so the engines underneath are the same.
+
+    .venv/bin/python bench/peer_venvs.py trl llamafactory     # create or complete them (a few minutes each)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENVS = ROOT / ".cache" / "peer-venvs"
+WHEELS = "/opt/wheels"
+TORCH = os.environ.get("PEER_TORCH", "torch==2.13.0")  # the local wheel's version
+DEEPSPEED = "deepspeed==0.19.8"  # ours: the same ZeRO-2 offload engine and CPU Adam for every recipe
+
+# LLaMA-Factory 0.9.5 declares torchvision, torchaudio, av, gradio and modelscope for its multimodal paths, web UI and
+# hub downloads. It is installed with --no-deps, then every other requirement of its METADATA as declared, because
+# PyPI's torchaudio/torchvision would replace the local CPU torch. That is also why it cannot train here: its
+# data/mm_plugin.py imports torchaudio unconditionally, and torchaudio's last release (2.11.1) requires torch 2.11,
+# not the machine's 2.13.0 wheel. On a machine with network access to a matching torch (a GPU machine), set
+# PEER_TORCH to that torch's pin and add its torchaudio to the pins below.
+LLAMAFACTORY_DEPS = [
+    "accelerate<=1.11.0,>=1.3.0", "datasets<=4.0.0,>=2.16.0", "einops", "fire", "numpy", "omegaconf", "packaging",
+    "pandas", "peft<=0.18.1,>=0.18.0", "protobuf", "pydantic", "pyyaml", "safetensors", "scipy", "sentencepiece",
+    "tiktoken", "torchdata<=0.11.0,>=0.10.0", "transformers==4.57.6", "trl<=0.24.0,>=0.18.0", "tyro<0.9.0",
+    "matplotlib>=3.7.0",
+]
+
+PEERS: dict[str, dict] = {
+    "trl": {"pins": ["trl==0.24.0", "transformers==4.57.6", "accelerate==1.11.0", "datasets==4.0.0", DEEPSPEED,
+                     "ninja"],
+            "no_deps": [], "check": "import trl, deepspeed; print(trl.__version__)"},
+    "llamafactory": {"pins": [*LLAMAFACTORY_DEPS, DEEPSPEED, "ninja"], "no_deps": ["llamafactory==0.9.5"],
+                     "check": "import llamafactory; print(llamafactory.__version__)"},
+}
+
+
+def python(peer: str) -> Path:
+    return VENVS / peer / "bin" / "python"
+
+
+def ensure(peer: str, log=sys.stdout) -> Path:
+    """Create the peer's venv if its check import fails; returns its python. Raises CalledProcessError on failure."""
+    spec = PEERS[peer]
+    py = python(peer)
+    if py.is_file() and subprocess.run([str(py), "-c", spec["check"]], capture_output=True).returncode == 0:
+        return py
+    VENVS.mkdir(parents=True, exist_ok=True)
+    steps = [[_system_python(), "-m", "venv", "--clear", str(VENVS / peer)],
+             [str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"],
+             [str(py), "-m", "pip", "install", "-q", "--find-links", WHEELS, TORCH]]
+    if spec["no_deps"]:
+        steps.append([str(py), "-m", "pip", "install", "-q", "--no-deps", *spec["no_deps"]])
+    steps.append([str(py), "-m", "pip", "install", "-q", "--find-links", WHEELS, TORCH, *spec["pins"]])
+    for argv in steps:
+        print("+", " ".join(argv), file=log, flush=True)
+        subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return py
+
+
+def _system_python() -> str:
+    """The interpreter our .venv was made from (venv's `home`), so peers run the same Python."""
+    cfg = Path(sys.prefix) / "pyvenv.cfg"
+    for line in cfg.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "executable":
+            return value.strip()
+    return sys.executable
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or list(PEERS):
+        print(name, "->", ensure(name), flush=True)

@@ -1,0 +1,82 @@
+# .venv/bin/python -m pytest tests/test_peer_bench.py -q    (fast: writes the peers' configs, installs and runs nothing)
+"""bench/peer_bench.py gives TRL and LLaMA-Factory the job our trainer runs: the same DeepSpeed JSON, learning
+rate, schedule, batch, max length, epochs and seed, read back from the files the peers themselves read."""
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.peer_bench import job_config, main, write_peer_inputs  # noqa: E402
+from trainer_core.ds_config import build_ds_config  # noqa: E402
+
+RECORDS = [{"instruction": f"问题{i}", "input": "", "output": f"回答{i}。"} for i in range(6)]
+
+
+@pytest.fixture
+def peer_inputs(tmp_path):
+    train, heldout = tmp_path / "train.json", tmp_path / "heldout.json"
+    train.write_text(json.dumps(RECORDS[:4], ensure_ascii=False), encoding="utf-8")
+    heldout.write_text(json.dumps(RECORDS[4:], ensure_ascii=False), encoding="utf-8")
+    cfg = job_config(2)
+    write_peer_inputs(cfg, tmp_path, train, heldout)
+    return cfg, tmp_path
+
+
+def test_every_peer_gets_our_job(peer_inputs):
+    cfg, work = peer_inputs
+    t = cfg.train
+    assert t.epochs == 2 and t.micro_batch_size == 4 and cfg.data.packing  # quickstart, at the bench's epochs
+    trl = json.loads((work / "trl-job.json").read_text(encoding="utf-8"))
+    lf = yaml.safe_load((work / "llamafactory.yaml").read_text(encoding="utf-8"))
+    s = trl["sft_config"]
+    for peer, lr, micro, accum, max_len, epochs, sched, warm, seed in [
+            ("trl", s["learning_rate"], s["per_device_train_batch_size"], s["gradient_accumulation_steps"],
+             s["max_length"], s["num_train_epochs"], s["lr_scheduler_type"], s["warmup_ratio"], s["seed"]),
+            ("llamafactory", lf["learning_rate"], lf["per_device_train_batch_size"], lf["gradient_accumulation_steps"],
+             lf["cutoff_len"], lf["num_train_epochs"], lf["lr_scheduler_type"], lf["warmup_ratio"], lf["seed"])]:
+        assert (lr, micro, accum, max_len, epochs, sched, warm, seed) == (
+            t.learning_rate, t.micro_batch_size, t.gradient_accumulation, cfg.data.max_length, t.epochs,
+            t.lr_scheduler, t.warmup_ratio, t.seed), peer
+    # Packing on and the prompt never trained, in each peer's own terms; full fine-tuning; fp32 on a CPU.
+    assert s["packing"] is True and s["completion_only_loss"] is True
+    assert lf["packing"] is True and lf["train_on_prompt"] is False and lf["finetuning_type"] == "full"
+    assert lf["bf16"] is False and lf["stage"] == "sft" and lf["trust_remote_code"] is False
+    # One DeepSpeed JSON for all, and it is the one our trainer resolves: ZeRO-2 with the optimizer on the CPU.
+    assert s["deepspeed"] == lf["deepspeed"]
+    ds = json.loads(Path(s["deepspeed"]).read_text(encoding="utf-8"))
+    assert ds == json.loads(json.dumps(build_ds_config(cfg)))
+    assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+
+
+def test_peers_see_the_same_records_and_persona(peer_inputs):
+    cfg, work = peer_inputs
+    trl = json.loads((work / "trl-job.json").read_text(encoding="utf-8"))
+    assert json.loads(Path(trl["data"]).read_text(encoding="utf-8")) == RECORDS[:4]
+    assert trl["persona"] == cfg.data.persona
+    info = json.loads((work / "llamafactory-data" / "dataset_info.json").read_text(encoding="utf-8"))
+    lf_rows = json.loads(Path(info["huanhuan"]["file_name"]).read_text(encoding="utf-8"))
+    assert lf_rows == [{**r, "system": cfg.data.persona} for r in RECORDS[:4]]
+    assert info["huanhuan"]["columns"]["system"] == "system"
+    # The probe scores the same held-out records, encoded once by bench/common.py: answer tokens are labelled.
+    held = json.loads((work / "probe" / "heldout.json").read_text(encoding="utf-8"))
+    assert len(held) == 2 and all(any(x != -100 for x in e["labels"]) for e in held)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--only", "ours,axolotl"], "--only: unknown recipe axolotl"),
+    (["--repeat", "0"], "--repeat and --epochs must be at least 1"),
+    (["--records", "10", "--heldout", "10"], "--heldout must be between 1 and --records - 1"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(args, message, capsys, monkeypatch):
+    made = []
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(kw))  # no work directory may be created
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err and not made
