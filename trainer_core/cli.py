@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_prepare_models)
 
     s = sub.add_parser("check-data", help="validate a dataset; exit 0 usable, 2 not")
-    s.add_argument("file")
+    s.add_argument("file", help=".json, .jsonl, .parquet or .csv file, or a datasets save_to_disk folder")
     s.add_argument("--model", help="tokenizer for token statistics (default: the starter model)")
     s.add_argument("--max-length", type=int, default=512)
     s.add_argument("--persona", default=None)

@@ -208,24 +208,23 @@ def _check_schema(schema: pa.Schema, name: str) -> None:
         raise UserError(f"{name}: no column {', '.join(RECORD_COLUMNS)} (columns: {', '.join(schema.names)[:200]}); "
                         "name the columns as the fields of a .jsonl record")
     for f in schema:
-        problem = _unsupported(f.type, 1)
+        problem = _unsupported(f.type)
         if problem:
             raise UserError(f"{name}: column {f.name!r} has type {f.type}{problem}; use strings, lists of "
                             "[question, answer] string pairs (history) or lists of {role, content} structs")
 
 
-def _unsupported(t: pa.DataType, depth: int) -> str:
-    """"" for a type whose values are JSON values (strings, numbers, booleans, null, lists, structs), else why not."""
-    if depth > safe_json.MAX_DEPTH:
-        return f", nested more than the {safe_json.MAX_DEPTH} levels a dataset may use"
+def _unsupported(t: pa.DataType) -> str:
+    """"" for a type whose values are JSON values (strings, numbers, booleans, null, lists, structs), else why not.
+    Depth needs no check here: Parquet and Arrow IPC readers refuse schemas nested past 64 levels themselves."""
     if pa.types.is_dictionary(t):
-        return _unsupported(t.value_type, depth)
+        return _unsupported(t.value_type)
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) \
             or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
-        return _unsupported(t.value_type, depth + 1)
+        return _unsupported(t.value_type)
     if pa.types.is_struct(t):
         for i in range(t.num_fields):
-            problem = _unsupported(t.field(i).type, depth + 1)
+            problem = _unsupported(t.field(i).type)
             if problem:
                 return problem
         return ""
