@@ -287,8 +287,10 @@ def check_data_peak(path) -> dict:
 
 @pytest.mark.slow
 def test_200k_parquet_rows_are_checked_in_bounded_memory(tmp_path):
-    """One row group of 200,000 records (each ~400 characters, 80 MB of text once decoded): read in slices, the
-    peak grows by far less than the data would take as Python objects, measured against 2,000 records."""
+    """One row group of 200,000 records of ~400 characters: read in slices, the peak grows by far less than the
+    records would take as Python objects, measured against 2,000 records. Measured: +59 MiB (most of it the
+    duplicate-detection hashes, 8 bytes and a dict slot a record); turning the whole table into Python objects
+    at once (tables.SLICE = 10**9) gave +805 MiB."""
     peaks = {}
     for n in (2_000, 200_000):
         text = pa.array([f"第{i}句：" + "臣妾" * 200 for i in range(n)])
@@ -303,4 +305,4 @@ def test_200k_parquet_rows_are_checked_in_bounded_memory(tmp_path):
                                                                                  "learns"}
         peaks[n] = r["peak_mib"]
         print(f"check-data --no-tokens, {n:,} Parquet rows: peak RSS {r['peak_mib']:.0f} MiB")
-    assert peaks[200_000] - peaks[2_000] < 60, peaks
+    assert peaks[200_000] - peaks[2_000] < 150, peaks
