@@ -1,7 +1,7 @@
 """Command line: everything the dashboard does, from a terminal or a cluster script.
 
     python -m trainer_core prepare-models
-    python -m trainer_core check-data FILE [--model DIR] [--max-length N] [--no-tokens] [--json]
+    python -m trainer_core check-data FILE_OR_FOLDER [--model DIR] [--max-length N] [--no-tokens] [--json]
     python -m trainer_core plan CONFIG [--set k=v]... [--json]
     python -m trainer_core train CONFIG [--set k=v]... [--detach]
     python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--detach]
