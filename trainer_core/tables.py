@@ -88,20 +88,21 @@ def iter_saved_dataset(folder: Path, name: str, cursor: list[float]) -> Iterator
     total, before, row = sum(sizes), 0, 0
     for path, size in zip(files, sizes):
         where = f"{name}: {path.name}"
-        try:
-            source = pa.OSFile(str(path))  # read, not memory-mapped: touched pages would stay in the RSS
-            reader = pa.ipc.open_stream(source)
-        except (pa.ArrowException, OSError) as e:
-            raise UserError(f"{where}: not an Arrow stream file as save_to_disk writes ({_first_line(e)})") from None
-        _check_schema(reader.schema, where)
-        progress = lambda done, b=before, s=source: (b + s.tell()) / total  # noqa: E731
-        n = 0
-        for n, record, repeated, problem in _rows(_guarded(reader, where, "Arrow stream file"), reader.schema,
-                                                  where, cursor, progress):
-            yield row + n, record, repeated, problem
+        # Read, not memory-mapped: every page touched would count in the process's RSS until the end.
+        with pa.OSFile(str(path)) as source:
+            try:
+                reader = pa.ipc.open_stream(source)
+            except (pa.ArrowException, OSError) as e:
+                raise UserError(f"{where}: not an Arrow stream file as save_to_disk writes ({_first_line(e)})") \
+                    from None
+            _check_schema(reader.schema, where)
+            progress = lambda done, b=before, s=source: (b + s.tell()) / total  # noqa: E731
+            n = 0
+            for n, record, repeated, problem in _rows(_guarded(reader, where, "Arrow stream file"), reader.schema,
+                                                      where, cursor, progress):
+                yield row + n, record, repeated, problem
         row += n
         before += size
-        source.close()
 
 
 def saved_dataset_files(folder: Path) -> list[Path]:
