@@ -236,6 +236,10 @@ def test_bad_csv_files(tmp_path, capsys):
     utf16 = tmp_path / "u16.csv"
     utf16.write_bytes("instruction,output\na,b\n".encode("utf-16"))
     assert refused(capsys, utf16).endswith("u16.csv: file is UTF-16; save it as UTF-8")
+    huge = tmp_path / "huge.csv"
+    huge.write_text("instruction,output\na,b\nc," + "x" * 40_000_000 + "\n", encoding="utf-8")
+    assert refused(capsys, huge).endswith("huge.csv: a row is longer than 16 MB; records are limited to 20,000 "
+                                          "characters, so split or shorten it")
     header = tmp_path / "header.csv"
     header.write_text("instruction,output\n", encoding="utf-8")
     assert refused(capsys, header).endswith("contains no records; add at least one")

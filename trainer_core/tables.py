@@ -27,6 +27,8 @@ RECORD_COLUMNS = ("instruction", "output", "messages", "conversations")
 JSON_TEXT_COLUMNS = ("history", "messages", "conversations")
 """CSV cells cannot nest, so these columns hold JSON text there."""
 STATE_FILE = "state.json"
+CSV_BLOCK = 16 << 20
+"""Bytes of CSV parsed at a time; one row must fit in it (a record is at most 20,000 characters, data.max_chars)."""
 
 
 def iter_parquet(source, name: str, cursor: list[float]) -> Iterator[Item]:
@@ -58,7 +60,7 @@ def iter_csv(source, name: str, cursor: list[float]) -> Iterator[Item]:
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise UserError(f"{name}: file is UTF-16; save it as UTF-8")
     parse = pcsv.ParseOptions(newlines_in_values=True)  # answers span lines inside quoted cells
-    read = pcsv.ReadOptions(block_size=1 << 20)
+    read = pcsv.ReadOptions(block_size=CSV_BLOCK)
     try:
         # The first open only learns the column names, so that every column can then be read as a string: type
         # inference would turn an answer "42" into a number and a column of "true" into booleans.
@@ -66,6 +68,9 @@ def iter_csv(source, name: str, cursor: list[float]) -> Iterator[Item]:
         convert = pcsv.ConvertOptions(column_types={n: pa.string() for n in names})
         reader = pcsv.open_csv(_open(source), read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowException, OSError) as e:
+        if "straddling object" in str(e):
+            raise UserError(f"{name}: a row is longer than {CSV_BLOCK >> 20} MB; records are limited to 20,000 "
+                            "characters, so split or shorten it") from None
         raise UserError(f"{name}: not a readable CSV file ({_first_line(e)})") from None
     _check_schema(reader.schema, name)
     json_columns = [c for c in JSON_TEXT_COLUMNS if c in names]
@@ -154,6 +159,9 @@ def _guarded(batches, name: str, what: str) -> Iterator[pa.RecordBatch]:
         except StopIteration:
             return
         except (pa.ArrowException, OSError) as e:
+            if "straddling object" in str(e):  # pyarrow's words for a CSV row longer than a block
+                raise UserError(f"{name}: a row is longer than {CSV_BLOCK >> 20} MB; records are limited to "
+                                "20,000 characters, so split or shorten it") from None
             raise UserError(f"{name}: damaged or truncated {what} ({_first_line(e)})") from None
         yield batch
 
