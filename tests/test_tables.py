@@ -14,7 +14,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from trainer_core import tables
+from trainer_core import paths
 from trainer_core.cli import main
 from trainer_core.data import load_dataset, load_dataset_bytes, safe_upload_name
 from trainer_core.errors import UserError
@@ -310,3 +310,15 @@ def test_200k_parquet_rows_are_checked_in_bounded_memory(tmp_path):
         peaks[n] = r["peak_mib"]
         print(f"check-data --no-tokens, {n:,} Parquet rows: peak RSS {r['peak_mib']:.0f} MiB")
     assert peaks[200_000] - peaks[2_000] < 150, peaks
+
+
+REAL_DATA = paths.PROJECT_ROOT.parent / "shared" / "data" / "huanhuan.json"
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason=f"real dataset not present at {REAL_DATA}")
+@pytest.mark.parametrize("kind", WRITERS)
+def test_huanhuan_in_each_format_reports_as_the_json_file(tmp_path, kind):
+    records = json.loads(REAL_DATA.read_text(encoding="utf-8"))
+    report = load_dataset(WRITERS[kind](tmp_path, records))
+    same_as_jsonl(report, load_dataset(REAL_DATA))
+    assert (report.n_rows, report.n_usable) == (3729, 3729) and report.n_warnings > 100
