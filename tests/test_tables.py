@@ -5,7 +5,6 @@ with pyarrow; the save_to_disk layout (Arrow IPC stream files + state.json + dat
 `datasets` is not installed."""
 
 import json
-import resource
 import subprocess
 import sys
 
@@ -214,7 +213,8 @@ def test_columns_no_record_format_uses(tmp_path, capsys):
 def test_column_types_without_a_json_form(tmp_path, capsys, column, why):
     pq.write_table(pa.table({"instruction": ["a"], "output": ["b"], "extra": column}), tmp_path / "t.parquet")
     err = refused(capsys, tmp_path / "t.parquet")
-    assert "column 'extra' has type " in err and why in err and "use strings, lists of [question, answer] string pairs" in err
+    assert "column 'extra' has type " in err and why in err
+    assert "use strings, lists of [question, answer] string pairs" in err
 
 
 def test_nesting_deeper_than_parquet_allows(tmp_path, capsys):

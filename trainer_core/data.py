@@ -59,7 +59,8 @@ TOOL_CALL_MESSAGE = "tool-call turns are not trained"
 @dataclass
 class RowError:
     """One problem with one record. ``row`` is 1-based: the record's position in a .json array or in a
-    Parquet/CSV/save_to_disk table (a CSV header is not counted), or its line number in a .jsonl file. ``field`` names the offending field ("" for the record as a whole)."""
+    Parquet/CSV/save_to_disk table (a CSV header is not counted), or its line number in a .jsonl file.
+    ``field`` names the offending field ("" for the record as a whole)."""
 
     row: int
     field: str
