@@ -11,8 +11,8 @@ import streamlit as st
 
 from app import data_jobs
 from trainer_core import paths
-from trainer_core.data import (DataReport, TokenStats, load_dataset, load_dataset_bytes, safe_upload_name,
-                               special_token_warnings, store_upload, token_stats)
+from trainer_core.data import (DataReport, TokenStats, load_dataset, load_dataset_bytes, modified_time,
+                               safe_upload_name, special_token_warnings, store_upload, token_stats)
 from trainer_core.errors import UserError
 
 PAGE_SIZE = 20
@@ -46,9 +46,9 @@ PROGRESS_REFRESH_S = 0.5
 
 def report_job(path: Path) -> data_jobs.Job:
     """Validation of a dataset file, in the background (shared until the file changes). UserError if missing."""
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: file not found; check the path")
-    key = ("report", str(path), path.stat().st_mtime)
+    key = ("report", str(path), modified_time(path))
     return data_jobs.submit(key, lambda progress: load_dataset(path, progress=progress))
 
 
@@ -65,7 +65,7 @@ def stats_job(path: Path, report: DataReport, model_dir: str, trust: bool, perso
     """Token statistics of a validated file, in the background. The tokenizer is loaded here, on the page's
     thread, where Streamlit's resource cache lives."""
     tok = tokenizer_for(model_dir, trust)
-    key = ("stats", str(path), path.stat().st_mtime, model_dir, trust, persona, max_length)
+    key = ("stats", str(path), modified_time(path), model_dir, trust, persona, max_length)
     total = max(1, report.n_usable)
     return data_jobs.submit(key, lambda progress: token_stats(report, tok, persona=persona, max_length=max_length,
                                                               progress=lambda n: progress(n / total)))

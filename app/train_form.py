@@ -17,6 +17,7 @@ import streamlit as st
 from app.i18n import CONFIG_FIELDS, LABELS, lang, option_labels, t
 from trainer_core import paths
 from trainer_core.config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
+from trainer_core.data import modified_time
 from trainer_core.errors import UserError
 
 QUICKSTART = paths.CONFIGS_DIR / "quickstart.yaml"
@@ -292,11 +293,14 @@ def reset_to_quickstart() -> None:
     load_into_form(default_config())
 
 
-def _mtime(path: str) -> float:
+def _resolved(path: str) -> Path:
     p = Path(path).expanduser()
-    p = p if p.is_absolute() else paths.PROJECT_ROOT / p
+    return p if p.is_absolute() else paths.PROJECT_ROOT / p
+
+
+def _mtime(path: str) -> float:
     try:
-        return p.stat().st_mtime
+        return _resolved(path).stat().st_mtime
     except OSError:
         return 0.0
 
@@ -312,7 +316,7 @@ def _preflight(yaml_text: str, stamp: tuple):
 
 def preflight(cfg: RunConfig):
     """`trainer_core.runs.preflight`, cached until the config or the files it reads change."""
-    stamp = (_mtime(cfg.data.path), _mtime(str(Path(cfg.model.path) / "config.json")),
+    stamp = (modified_time(_resolved(cfg.data.path)), _mtime(str(Path(cfg.model.path) / "config.json")),
              _mtime(cfg.deepspeed.config_file) if cfg.deepspeed.config_file else 0.0)
     return _preflight(cfg.to_yaml(), stamp)
 

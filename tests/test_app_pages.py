@@ -196,6 +196,29 @@ def test_upload_is_validated_stored_safely_and_shown_as_text(app, uploads):
     assert Path(app.text_input(key="p.f.data.path").value) == stored[0]
 
 
+def test_parquet_upload_and_a_save_to_disk_folder_by_path(app, uploads, tmp_path):
+    from test_tables import ALPACA, as_parquet, as_saved
+
+    data = as_parquet(tmp_path, ALPACA).read_bytes()
+    app.radio(key="p.data.source").set_value("upload").run()
+    app.file_uploader(key="data.upload").set_value(("对话.parquet", data, "application/octet-stream")).run()
+    assert not app.exception
+    stored = list(uploads.iterdir())
+    assert len(stored) == 1 and stored[0].suffix == ".parquet" and stored[0].read_bytes() == data
+    metrics = {m.label: m.value for m in app.metric}
+    assert (metrics[ZH["data.rows"]], metrics[ZH["data.usable"]], metrics[ZH["data.errors"]]) == ("8", "5", "3")
+    assert list(app.dataframe[0].value["row"]) == [2, 5, 8]
+
+    folder = as_saved(tmp_path, ALPACA)
+    app.radio(key="p.data.source").set_value("path").run()
+    app.text_input(key="p.data.server_path").set_value(str(folder)).run()
+    assert not app.exception
+    assert {m.label: m.value for m in app.metric}[ZH["data.usable"]] == "5"
+    app.button(key="data.use").click().run()
+    assert not app.exception
+    assert Path(app.text_input(key="p.f.data.path").value) == folder
+
+
 def test_upload_of_a_broken_file_is_refused_and_not_stored(app, uploads):
     app.radio(key="p.data.source").set_value("upload").run()
     app.file_uploader(key="data.upload").set_value(("broken.json", b"[{\"instruction\": ", "application/json")).run()

@@ -198,8 +198,9 @@ def test_missing_file(tmp_path):
 
 
 def test_wrong_extension(tmp_path):
-    with pytest.raises(UserError, match=r"unsupported file type '\.csv'; use a \.json array or a \.jsonl file"):
-        load_dataset(write(tmp_path, "d.csv", "a,b\n"))
+    with pytest.raises(UserError, match=r"unsupported file type '\.txt'; use a \.json array, \.jsonl, \.parquet or "
+                                         r"\.csv file, or a folder written by datasets' save_to_disk"):
+        load_dataset(write(tmp_path, "d.txt", "a,b\n"))
 
 
 def test_empty_file(tmp_path):
@@ -437,9 +438,9 @@ def test_safe_upload_name(name, safe):
     assert safe_upload_name(name) == safe
 
 
-@pytest.mark.parametrize("name", ["x.exe", "data.json.exe", "noext", "x.csv"])
+@pytest.mark.parametrize("name", ["x.exe", "data.json.exe", "noext", "x.arrow"])
 def test_safe_upload_name_rejects_other_extensions(name):
-    with pytest.raises(UserError, match="uploads must be .json or .jsonl files"):
+    with pytest.raises(UserError, match="uploads must be .json, .jsonl, .parquet or .csv files"):
         safe_upload_name(name)
 
 

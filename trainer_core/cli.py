@@ -1,7 +1,7 @@
 """Command line: everything the dashboard does, from a terminal or a cluster script.
 
     python -m trainer_core prepare-models
-    python -m trainer_core check-data FILE [--model DIR] [--max-length N] [--no-tokens] [--json]
+    python -m trainer_core check-data FILE_OR_FOLDER [--model DIR] [--max-length N] [--no-tokens] [--json]
     python -m trainer_core plan CONFIG [--set k=v]... [--json]
     python -m trainer_core train CONFIG [--set k=v]... [--detach]
     python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--detach]
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_prepare_models)
 
     s = sub.add_parser("check-data", help="validate a dataset; exit 0 usable, 2 not")
-    s.add_argument("file")
+    s.add_argument("file", help=".json, .jsonl, .parquet or .csv file, or a datasets save_to_disk folder")
     s.add_argument("--model", help="tokenizer for token statistics (default: the starter model)")
     s.add_argument("--max-length", type=int, default=512)
     s.add_argument("--persona", default=None)

@@ -52,7 +52,8 @@ MAX_LENGTH_RANGE = (16, 131072)
 @dataclass
 class DataArgs:
     path: str = str(paths.SAMPLE_DATA)
-    """Dataset file (.json array or .jsonl) of instruction/input/output, messages or ShareGPT records."""
+    """Dataset file (.json array, .jsonl, .parquet or .csv) or a folder written by datasets' save_to_disk, of
+    instruction/input/output, messages or ShareGPT records."""
 
     persona: str = DEFAULT_PERSONA
     """System prompt the model learns to play; used as the system turn of every record without one."""
@@ -71,7 +72,7 @@ class DataArgs:
     """Pack several short records into one sequence (no attention across records) for speed."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.path.strip()), "data.path", "is empty: give a .json or .jsonl dataset file")
+        _check(bool(self.path.strip()), "data.path", "is empty: give a dataset file or save_to_disk folder")
         lo, hi = MAX_LENGTH_RANGE
         _check(lo <= self.max_length <= hi, "data.max_length", f"must be between {lo} and {hi} (got {self.max_length})")
         _check(0.0 <= self.eval_ratio < 0.5, "data.eval_ratio", f"must be in [0, 0.5) (got {self.eval_ratio})")

@@ -6,8 +6,10 @@ Three record formats are understood, detected per record (a file may mix them):
 - messages: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
 - sharegpt: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...], "system"?}``
 
-Files are ``.json`` (a top-level array of records) or ``.jsonl`` (one record per line). Problems with the file
-as a whole raise ``UserError``; problems with single records become ``RowError``s and the record is left out.
+Files are ``.json`` (a top-level array of records), ``.jsonl`` (one record per line), ``.parquet`` or ``.csv``
+(one record per row, columns named as the fields), or a folder written by ``datasets``' ``save_to_disk``. Problems
+with the file as a whole raise ``UserError``; problems with single records become ``RowError``s and the record is
+left out.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from trainer_core import paths
 from trainer_core.errors import UserError
 from trainer_core.records import iter_json_array, iter_jsonl, json_type
+from trainer_core.tables import iter_csv, iter_parquet, iter_saved_dataset, saved_dataset_files
 
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_CHARS = 20_000
@@ -37,7 +40,10 @@ MAX_REPORTED_ERRORS = 200
 PROGRESS_EVERY = 4096
 MAX_PER_KIND = 50
 """Problems kept per kind (same field, same message but for numbers and quoted values); the rest are counted."""
-EXTENSIONS = (".json", ".jsonl")
+EXTENSIONS = (".json", ".jsonl", ".parquet", ".csv")
+COLUMNAR = {".parquet": iter_parquet, ".csv": iter_csv}
+SAVED = "save_to_disk"
+"""The pseudo-extension of a save_to_disk folder."""
 
 ALPACA_FIELDS = {"instruction", "input", "output", "system", "history"}
 MESSAGES_FIELDS = {"messages"}
@@ -52,8 +58,9 @@ TOOL_CALL_MESSAGE = "tool-call turns are not trained"
 
 @dataclass
 class RowError:
-    """One problem with one record. ``row`` is 1-based: the record's position in a .json array, or its line
-    number in a .jsonl file. ``field`` names the offending field ("" for the record as a whole)."""
+    """One problem with one record. ``row`` is 1-based: the record's position in a .json array or in a
+    Parquet/CSV/save_to_disk table (a CSV header is not counted), or its line number in a .jsonl file.
+    ``field`` names the offending field ("" for the record as a whole)."""
 
     row: int
     field: str
@@ -156,18 +163,23 @@ class DataReport:
 def load_dataset(path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_chars: int = DEFAULT_MAX_CHARS,
                  keep: bool = True, on_usable: Callable[[int, list[dict]], None] | None = None,
                  progress: Callable[[float], None] | None = None) -> DataReport:
-    """Read and validate a .json or .jsonl dataset file. The size is checked before anything is read.
+    """Read and validate a dataset file (or save_to_disk folder). The size is checked before anything is read.
 
     ``keep=False`` counts usable records without keeping them, for one pass over a file too large to hold as
     Python objects; ``on_usable(row, conversation)`` sees each usable record as it is read; ``progress(fraction)``
     hears how much of the file has been read, every few thousand records."""
     path = Path(path)
+    if path.is_dir():
+        _check_size(str(path), sum(f.stat().st_size for f in saved_dataset_files(path)[1:]), max_bytes)
+        return _load(path, str(path), SAVED, max_chars=max_chars, keep=keep, on_usable=on_usable, progress=progress)
     ext = _check_extension(path.name)
     if not path.exists():
         raise UserError(f"{path}: file not found; check the path")
     if not path.is_file():
-        raise UserError(f"{path}: is not a file; give the path of a .json or .jsonl file")
+        raise UserError(f"{path}: is not a file; give the path of a {_KINDS}")
     _check_size(str(path), path.stat().st_size, max_bytes)
+    if ext in COLUMNAR:
+        return _load(path, str(path), ext, max_chars=max_chars, keep=keep, on_usable=on_usable, progress=progress)
     with open(path, "rb") as f:
         return _load(f, str(path), ext, max_chars=max_chars, keep=keep, on_usable=on_usable, progress=progress)
 
@@ -178,14 +190,32 @@ def load_dataset_bytes(
     """Same as ``load_dataset`` for bytes already in memory (an upload); ``name`` picks the format by extension."""
     ext = _check_extension(name)
     _check_size(name, len(data), max_bytes)
-    return _load(io.BytesIO(data), name, ext, max_chars=max_chars)
+    return _load(data if ext in COLUMNAR else io.BytesIO(data), name, ext, max_chars=max_chars)
+
+
+def source_files(path) -> list[Path]:
+    """The files whose bytes are the dataset at ``path``: the file itself, or a save_to_disk folder's state.json
+    and data files (for cache keys and change detection)."""
+    path = Path(path)
+    return saved_dataset_files(path) if path.is_dir() else [path]
+
+
+def modified_time(path) -> float:
+    """When the dataset at ``path`` last changed (0.0 when it cannot be read)."""
+    try:
+        return max(f.stat().st_mtime for f in source_files(path))
+    except (OSError, UserError):
+        return 0.0
 
 
 def _check_extension(name: str) -> str:
     ext = os.path.splitext(name)[1].lower()
     if ext not in EXTENSIONS:
-        raise UserError(f"{name}: unsupported file type {ext or '(none)'!r}; use a .json array or a .jsonl file")
+        raise UserError(f"{name}: unsupported file type {ext or '(none)'!r}; use a {_KINDS}")
     return ext
+
+
+_KINDS = ".json array, .jsonl, .parquet or .csv file, or a folder written by datasets' save_to_disk"
 
 
 def _check_size(name: str, size: int, max_bytes: int) -> None:
@@ -209,7 +239,11 @@ def _human_bytes(n: int) -> str:
 def _load(stream, name: str, ext: str, *, max_chars: int, keep: bool = True, on_usable=None,
           progress=None) -> DataReport:
     report = DataReport(path=name, format="unknown", n_rows=0)
-    if ext == ".jsonl":
+    if ext in COLUMNAR or ext == SAVED:
+        cursor = [0.0]
+        rows = iter_saved_dataset(stream, name, cursor) if ext == SAVED else COLUMNAR[ext](stream, name, cursor)
+        where = lambda: cursor[0]  # noqa: E731
+    elif ext == ".jsonl":
         rows = iter_jsonl(stream, name)
         size = max(1, stream.seek(0, os.SEEK_END))
         stream.seek(0)
@@ -461,7 +495,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._\-\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
 
 def safe_upload_name(name: str) -> str:
     """A file name safe to create under the uploads folder: the basename only, letters/digits/CJK/._- kept,
-    everything else replaced by "_", no "..", no leading dot. Raises UserError unless it ends in .json/.jsonl."""
+    everything else replaced by "_", no "..", no leading dot. Raises UserError unless it ends in one of EXTENSIONS."""
     if _CONTROL.search(name) or "\t" in name or "\n" in name or "\r" in name:
         bad = next(c for c in name if c in "\t\n\r" or _CONTROL.match(c))
         raise UserError(f"{name!r}: the file name holds the control character U+{ord(bad):04X}; rename the file")
@@ -469,7 +503,7 @@ def safe_upload_name(name: str) -> str:
     stem, dot, ext = base.rpartition(".")
     ext = "." + ext.lower() if dot else ""
     if ext not in EXTENSIONS:
-        raise UserError(f"{base or name!r}: uploads must be .json or .jsonl files")
+        raise UserError(f"{base or name!r}: uploads must be .json, .jsonl, .parquet or .csv files")
     stem = _UNSAFE.sub("_", unicodedata.normalize("NFC", stem))
     stem = re.sub(r"\.{2,}", ".", stem).strip("._-")[:100] or "upload"
     return stem + ext

@@ -123,13 +123,16 @@ def encode_file(path, tokenizer, *, persona: str, max_length: int) -> EncodedSet
 
 
 def _key(path: Path, tokenizer, persona: str, max_length: int) -> str:
+    from trainer_core.data import source_files
+
     h = hashlib.sha256()
     meta = [type(tokenizer).__name__, len(tokenizer), getattr(tokenizer, "chat_template", None) or "",
             tokenizer.name_or_path, persona, max_length, IGNORE_INDEX, CACHE_VERSION]
     h.update(json.dumps(meta, ensure_ascii=False).encode())
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for file in source_files(path):  # one file, or a save_to_disk folder's state.json and data files in order
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:32]
 
 

@@ -51,7 +51,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     """Every check a run must pass before anything is written or started."""
     cfg = resolve_paths(cfg)
     check_model_dir(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    if not Path(cfg.data.path).is_file():
+    if not Path(cfg.data.path).exists():
         raise UserError(f"data.path {cfg.data.path} not found: upload a dataset or pick the sample")
     n_records = check_answers_fit(cfg)
     hw = detect()
