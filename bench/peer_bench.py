@@ -57,14 +57,10 @@ def ds_config(cfg) -> dict:
 def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path) -> dict:
     """Each peer's own configuration, every job-defining number taken from our run config cfg."""
     t = cfg.train
-    trl = {
-        "output_dir": str(work / "trl-out"),
-        "max_length": cfg.data.max_length,
-        "packing": cfg.data.packing,
-        "completion_only_loss": True,
+    # The HF TrainingArguments both peers take under the same names.
+    hf_args = {
         "per_device_train_batch_size": t.micro_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation,
-        "num_train_epochs": t.epochs,
         "learning_rate": t.learning_rate,
         "lr_scheduler_type": t.lr_scheduler,
         "warmup_ratio": t.warmup_ratio,
@@ -72,6 +68,14 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
         "max_grad_norm": t.max_grad_norm,
         "seed": t.seed,
         "deepspeed": str(ds_json),
+    }
+    trl = {
+        "output_dir": str(work / "trl-out"),
+        "max_length": cfg.data.max_length,
+        "packing": cfg.data.packing,
+        "completion_only_loss": True,
+        **hf_args,
+        "num_train_epochs": t.epochs,
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
@@ -83,7 +87,6 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
         "stage": "sft",
         "do_train": True,
         "finetuning_type": "full",
-        "deepspeed": str(ds_json),
         "dataset": "huanhuan",
         "dataset_dir": str(dataset_dir),
         "template": "qwen",
@@ -93,15 +96,8 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
         "overwrite_cache": True,
         "output_dir": str(work / "llamafactory-out"),
         "overwrite_output_dir": True,
-        "per_device_train_batch_size": t.micro_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation,
+        **hf_args,
         "num_train_epochs": float(t.epochs),
-        "learning_rate": t.learning_rate,
-        "lr_scheduler_type": t.lr_scheduler,
-        "warmup_ratio": t.warmup_ratio,
-        "weight_decay": t.weight_decay,
-        "max_grad_norm": t.max_grad_norm,
-        "seed": t.seed,
         "bf16": False,  # fp32 on a CPU; bench/gpu_check.sh is where bf16 belongs
         "logging_steps": 1,
         "save_strategy": "no",
