@@ -590,9 +590,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def close_distributed() -> None:
+    """Tear down the process group before the interpreter exits: left to exit-time destructors, a gloo rank
+    sometimes aborted ("terminate called without an active exception") after a clean stop, failing the job."""
+    d = _dist()
+    if d is not None:
+        d.destroy_process_group()
+
+
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        code = main()
+        close_distributed()
+        sys.exit(code)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
