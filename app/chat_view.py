@@ -8,13 +8,13 @@ from typing import Iterator
 
 import streamlit as st
 
-from app.i18n import t
-from trainer_core import run_dir as rd
-from trainer_core.chat_format import specials_in
-from trainer_core.config import load_config
+from app.i18n import say, t
+from trainer_core.runs import protocol as rd
+from trainer_core.data.chat_format import specials_in
+from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
-from trainer_core.inference import GenParams, load_chat_model, run_persona, stream_reply
-from trainer_core.runs import list_runs
+from trainer_core.models.inference import GenParams, load_chat_model, run_persona, stream_reply
+from trainer_core.runs.registry import list_runs
 
 # Prompts that show whether the persona took: identity, an in-world cue, hostility, and something off-topic.
 PROBES = ["你是谁？", "皇上驾到！", "你这个又蠢又丑的女人，滚开！", "帮我写一个 Python 快速排序函数。"]
@@ -185,7 +185,7 @@ def run_probe(conv: dict, sides: dict[str, tuple], persona: str, params: GenPara
                     row[side] = stream_into([], by, chunks)
                 except (UserError, OSError, ValueError) as e:
                     row[side] = ""
-                    st.error(str(e), icon=":material/error:")
+                    st.error(say(e), icon=":material/error:")
         rows.append(row)
     conv["probe"] = {"by": {side: v[2] for side, v in sides.items()}, "rows": rows}
 

@@ -11,7 +11,7 @@ import streamlit as st
 
 from app import data_jobs
 from trainer_core import paths
-from trainer_core.data import (DataReport, TokenStats, load_dataset, load_dataset_bytes, modified_time,
+from trainer_core.data.dataset import (DataReport, TokenStats, load_dataset, load_dataset_bytes, modified_time,
                                safe_upload_name, special_token_warnings, store_upload, token_stats)
 from trainer_core.errors import UserError
 
@@ -47,14 +47,14 @@ PROGRESS_REFRESH_S = 0.5
 def report_job(path: Path) -> data_jobs.Job:
     """Validation of a dataset file, in the background (shared until the file changes). UserError if missing."""
     if not path.exists():
-        raise UserError(f"{path}: file not found; check the path")
+        raise UserError("data.file_not_found", "{path}: file not found; check the path", path=path)
     key = ("report", str(path), modified_time(path))
     return data_jobs.submit(key, lambda progress: load_dataset(path, progress=progress))
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def tokenizer_for(model_dir: str, trust_remote_code: bool):
-    from trainer_core.models import check_model_dir, load_tokenizer
+    from trainer_core.models.local import check_model_dir, load_tokenizer
 
     check_model_dir(model_dir, trust_remote_code=trust_remote_code)
     return load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
@@ -104,7 +104,7 @@ def special_frame(report: DataReport, tokenizer) -> pd.DataFrame:
 
 def end_of_turn(tokenizer) -> str:
     """The end-of-turn marker the label mask trains after each answer, as the chat template writes it."""
-    from trainer_core.chat_format import turn_format
+    from trainer_core.data.chat_format import turn_format
 
     return turn_format(tokenizer).end_marker
 
@@ -156,7 +156,7 @@ def mask_html(pieces: list[tuple[str, bool]]) -> str:
 
 def record_mask(tokenizer, conversation: list[dict], persona: str, max_length: int):
     """(token pieces with trained flags, the Encoded record) for one record, encoded exactly as training will."""
-    from trainer_core.chat_format import encode_conversations, render_mask
+    from trainer_core.data.chat_format import encode_conversations, render_mask
 
     enc = encode_conversations(tokenizer, [conversation], persona=persona, max_length=max_length)[0]
     return render_mask(tokenizer, enc), enc

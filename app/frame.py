@@ -9,7 +9,7 @@ import streamlit as st
 
 from app.i18n import LANGUAGES, phase_text, state_label, t
 from app.state import LIVE_STATES, active_run
-from trainer_core.supervisor import read_state
+from trainer_core.runs.supervisor import read_state
 
 CARD_REFRESH_S = 2.0
 

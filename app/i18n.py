@@ -1,6 +1,6 @@
 """Every label of the dashboard, in Chinese (the default) and English, and `t()` to look one up.
 
-English help for config fields is not written here: it is the docstring under each field in `trainer_core.config`,
+English help for config fields is not written here: it is the docstring under each field in `trainer_core.config.run_config`,
 the same text the CLI prints. The Chinese help translates it; a test checks that both languages have the same keys.
 """
 
@@ -10,7 +10,8 @@ import dataclasses
 
 import streamlit as st
 
-from trainer_core.config import SECTIONS, field_help
+from app.messages_zh import MESSAGES_ZH
+from trainer_core.config.run_config import SECTIONS, field_help
 
 LANGUAGES = {"zh": "中文", "en": "English"}
 DEFAULT_LANGUAGE = "zh"
@@ -177,7 +178,7 @@ ZH: dict[str, str] = {
     "field.placement.node_rank": "本节点序号",
     "field.placement.master_addr": "主节点地址",
     "field.placement.master_port": "主节点端口",
-    # field help (English comes from the docstrings in trainer_core.config)
+    # field help (English comes from the docstrings in trainer_core.config.run_config)
     "help.run.name": "运行名称（字母、数字、. _ -）；留空则按时间生成。",
     "help.model.path": "本地 Hugging Face 因果语言模型目录（safetensors 权重）。不会从 Hub 下载。",
     "help.model.trust_remote_code": "运行模型目录中附带的 Python 代码（Qwen-7B-Chat 需要）。只对信任的模型勾选。",
@@ -734,6 +735,21 @@ def t(key: str, **values) -> str:
     """The label for `key` in the tab's language, with `{placeholders}` filled from `values`."""
     text = LABELS[lang()][key]
     return text.format(**values) if values else text
+
+
+def say(message) -> str:
+    """A trainer_core message in the tab's language: a `Text`, or a `UserError` (or anything with `.text`).
+
+    Chinese comes from `app/messages_zh.py` by the message's code; a code with no entry (a test forbids that for
+    coded messages) and plain strings are shown as they are.
+    """
+    from trainer_core.errors import Text
+
+    message = getattr(message, "text", message)
+    if not isinstance(message, Text):
+        return str(message)
+    lookup = MESSAGES_ZH.get if lang() == "zh" else None
+    return message.render(lookup)
 
 
 def option_labels(prefix: str):

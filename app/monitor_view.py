@@ -13,10 +13,10 @@ import streamlit as st
 
 from app.i18n import option_labels, phase_text, state_name, t
 from app.state import LIVE_STATES
-from trainer_core import run_dir as rd
-from trainer_core.memory import fmt_bytes
-from trainer_core.supervisor import ERROR_LINE, OOM, read_state
-from trainer_core.tailing import read_new_rows, tail_lines
+from trainer_core.runs import protocol as rd
+from trainer_core.config.memory import fmt_bytes
+from trainer_core.runs.supervisor import ERROR_LINE, OOM, read_state
+from trainer_core.runs.tailing import read_new_rows, tail_lines
 
 REFRESH_S = 1.0
 LOG_LINES = 200
@@ -141,7 +141,7 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def _stop(run: Path, force: bool) -> None:
-    from trainer_core.supervisor import stop
+    from trainer_core.runs.supervisor import stop
 
     try:
         stop(run, force=force)
@@ -160,9 +160,9 @@ def _fmt(value, spec: str) -> str:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _estimate(config_path: str, mtime: float) -> int | None:
-    from trainer_core.config import load_config
+    from trainer_core.config.run_config import load_config
     from trainer_core.errors import UserError
-    from trainer_core.step_estimate import estimate_total_steps
+    from trainer_core.data.step_estimate import estimate_total_steps
 
     try:
         return estimate_total_steps(load_config(Path(config_path)))

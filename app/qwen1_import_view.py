@@ -9,10 +9,10 @@ from pathlib import Path
 import streamlit as st
 
 from app import train_form as form
-from app.i18n import t
+from app.i18n import say, t
 from trainer_core import paths
 from trainer_core.errors import UserError
-from trainer_core.qwen1_import import import_qwen1, is_qwen1_dir
+from trainer_core.models.qwen1_import import import_qwen1, is_qwen1_dir
 
 DEST_NAME = "train.qwen1_dest"
 DEST_FOR = "train.qwen1_dest_for"  # the source folder DEST_NAME was suggested for
@@ -38,7 +38,7 @@ def _import(source: str) -> None:
     try:
         result = import_qwen1(source, paths.MODELS_DIR / name, progress=progress)
     except UserError as e:
-        st.session_state[OUTCOME] = ("error", str(e))
+        st.session_state[OUTCOME] = ("error", say(e))
         return
     finally:
         bar.empty()

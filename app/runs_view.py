@@ -9,11 +9,11 @@ import altair as alt
 import pandas as pd
 
 from app.i18n import state_name
-from trainer_core import run_dir as rd
-from trainer_core.config import RunConfig, load_config
+from trainer_core.runs import protocol as rd
+from trainer_core.config.run_config import RunConfig, load_config
 from trainer_core.errors import UserError
-from trainer_core.supervisor import read_state
-from trainer_core.tailing import read_all_rows
+from trainer_core.runs.supervisor import read_state
+from trainer_core.runs.tailing import read_all_rows
 
 
 def saved_config(run: Path) -> RunConfig:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from trainer_core.runs import list_runs
-from trainer_core.supervisor import read_state
+from trainer_core.runs.registry import list_runs
+from trainer_core.runs.supervisor import read_state
 
 LIVE_STATES = ("starting", "running", "stopping")
 

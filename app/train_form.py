@@ -1,4 +1,4 @@
-"""The Train form: one widget per `RunConfig` field, validated by `trainer_core.config`, errors shown at the field.
+"""The Train form: one widget per `RunConfig` field, validated by `trainer_core.config.run_config`, errors shown at the field.
 
 Widget values live in session_state under `p.f.<section>.<field>` and persist across page switches, so the Data page
 ("train on this file") and the Runs page (clone and edit) can fill the form before the user comes back to it.
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.i18n import CONFIG_FIELDS, LABELS, lang, option_labels, t
+from app.i18n import CONFIG_FIELDS, LABELS, lang, option_labels, say, t
 from trainer_core import paths
-from trainer_core.config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
-from trainer_core.data import modified_time
+from trainer_core.config.run_config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
+from trainer_core.data.dataset import modified_time
 from trainer_core.errors import UserError
 
 QUICKSTART = paths.CONFIGS_DIR / "quickstart.yaml"
@@ -117,7 +117,7 @@ def ensure_defaults() -> None:
 
 
 def model_options() -> list[str]:
-    from trainer_core.models import list_local_models
+    from trainer_core.models.local import list_local_models
 
     return [str(p.resolve()) for p in list_local_models()] + [OTHER_MODEL]
 
@@ -160,7 +160,7 @@ def validate() -> tuple[RunConfig | None, str | None]:
     try:
         return config_from_dict(form_dict()), None
     except UserError as e:
-        return None, str(e)
+        return None, say(e)
 
 
 _FIELD_RE = re.compile(r"^(name|[a-z_]+\.[a-z_]+)\b")
@@ -215,7 +215,7 @@ def _model_picker(label: str, help_: str) -> None:
 
 @st.cache_resource(show_spinner=False)
 def hardware():
-    from trainer_core.hardware import detect
+    from trainer_core.config.hardware import detect
 
     return detect()
 
@@ -242,7 +242,7 @@ def _preset_zero(zero: dict) -> tuple[int, str, str]:
 
 
 def preset_options() -> list[str]:
-    from trainer_core.ds_config import list_presets
+    from trainer_core.config.ds_config import list_presets
 
     return [*list_presets(), CUSTOM_PRESET]
 
@@ -256,7 +256,7 @@ def preset_labels():
 def matching_preset() -> str:
     """The shipped preset whose ZeRO stage and offloads the form holds, else "custom" (also when a hand-written
     DeepSpeed file is in use)."""
-    from trainer_core.ds_config import list_presets, load_preset
+    from trainer_core.config.ds_config import list_presets, load_preset
 
     if value("deepspeed", "config_file"):
         return CUSTOM_PRESET
@@ -278,7 +278,7 @@ def sync_preset() -> None:
 
 def apply_preset() -> None:
     """Callback of the preset box and button: copy a shipped DeepSpeed preset's ZeRO choices into the form."""
-    from trainer_core.ds_config import load_preset
+    from trainer_core.config.ds_config import load_preset
 
     if st.session_state.get(PRESET, CUSTOM_PRESET) == CUSTOM_PRESET:
         return  # "custom" is what the form already holds
@@ -307,15 +307,15 @@ def _mtime(path: str) -> float:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _preflight(yaml_text: str, stamp: tuple):
-    from trainer_core.config import config_from_dict as build
-    from trainer_core.runs import preflight
+    from trainer_core.config.run_config import config_from_dict as build
+    from trainer_core.runs.registry import preflight
     import yaml
 
     return preflight(build(yaml.safe_load(yaml_text)))
 
 
 def preflight(cfg: RunConfig):
-    """`trainer_core.runs.preflight`, cached until the config or the files it reads change."""
+    """`trainer_core.runs.registry.preflight`, cached until the config or the files it reads change."""
     stamp = (modified_time(_resolved(cfg.data.path)), _mtime(str(Path(cfg.model.path) / "config.json")),
              _mtime(cfg.deepspeed.config_file) if cfg.deepspeed.config_file else 0.0)
     return _preflight(cfg.to_yaml(), stamp)
@@ -323,7 +323,7 @@ def preflight(cfg: RunConfig):
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _plan(yaml_text: str):
-    from trainer_core.memory import plan_memory
+    from trainer_core.config.memory import plan_memory
     import yaml
 
     return plan_memory(config_from_dict(yaml.safe_load(yaml_text)))
@@ -335,8 +335,8 @@ def memory_plan(cfg: RunConfig):
 
 def launch_commands(cfg: RunConfig) -> list[str]:
     """The exact launcher command line(s) for this config, as a shell would take them."""
-    from trainer_core.launch import all_node_commands, shell_line
-    from trainer_core.runs import new_run_name
+    from trainer_core.runs.launch import all_node_commands, shell_line
+    from trainer_core.runs.registry import new_run_name
 
     run = paths.runs_root() / new_run_name(cfg)
     return [shell_line(argv) for argv in all_node_commands(cfg, run, has_gpu=hardware().has_gpu)]
@@ -344,9 +344,9 @@ def launch_commands(cfg: RunConfig) -> list[str]:
 
 def cluster_files(cfg: RunConfig) -> dict[str, str]:
     """The hostfile (multi-node launchers) and the two cluster scripts a run with this config will get."""
-    from trainer_core.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_script, slurm_script
-    from trainer_core.launch import HOSTFILE, hostfile_text
-    from trainer_core.runs import new_run_name
+    from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_script, slurm_script
+    from trainer_core.runs.launch import HOSTFILE, hostfile_text
+    from trainer_core.runs.registry import new_run_name
 
     cfg = dataclasses.replace(cfg, name=new_run_name(cfg))
     run = paths.runs_root() / cfg.name
@@ -358,8 +358,8 @@ def cluster_files(cfg: RunConfig) -> dict[str, str]:
 
 def launch(cfg: RunConfig) -> Path:
     """Create the run directory and start it, as `python -m trainer_core train --detach` does."""
-    from trainer_core.runs import create_run
-    from trainer_core.supervisor import start
+    from trainer_core.runs.registry import create_run
+    from trainer_core.runs.supervisor import start
 
     run = create_run(cfg)
     try:
@@ -382,7 +382,7 @@ def plan_rows(plan) -> list[tuple[str, int, int, bool]]:
 
 def breakdown_text(plan) -> str:
     """`model states 56 MiB · activations 4.6 MiB · ...`; parts without a label keep the planner's own name."""
-    from trainer_core.memory import fmt_bytes
+    from trainer_core.config.memory import fmt_bytes
 
     labels = LABELS[lang()]
     return " · ".join(f"{labels.get(f'plan.part.{k}', k)} {fmt_bytes(v)}" for k, v in plan.breakdown.items())

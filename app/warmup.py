@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import threading
 
-# Every `from transformers import NAME` that a dashboard page can reach (trainer_core.models, inference, memory,
+# Every `from transformers import NAME` that a dashboard page can reach (trainer_core.models.local, inference, memory,
 # starter). tests/test_warmup.py fails when trainer_core or app import a name that is missing here.
 TRANSFORMERS_NAMES = (
     "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "GenerationConfig", "PreTrainedTokenizerFast",

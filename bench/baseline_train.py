@@ -28,7 +28,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSe
 import deepspeed  # noqa: E402
 
 from bench.common import encode_heldout, heldout_loss, peak_rss_bytes, write_json  # noqa: E402
-from trainer_core.config import DEFAULT_PERSONA  # noqa: E402
+from trainer_core.config.run_config import DEFAULT_PERSONA  # noqa: E402
 
 deepspeed.ops.op_builder.CPUAdamBuilder().load()
 

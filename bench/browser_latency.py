@@ -46,7 +46,7 @@ def free_port() -> int:
 
 def make_live(run: Path) -> None:
     """Turn a finished run into a live one: this process stands in for its supervisor."""
-    from trainer_core import run_dir as rd
+    from trainer_core.runs import protocol as rd
 
     me = psutil.Process()
     rd.write_json_atomic(run / rd.MANIFEST, {"pid": me.pid, "pgid": os.getpgid(me.pid),
@@ -63,7 +63,7 @@ def row(step: int) -> dict:
 
 
 def write_step(run: Path, step: int) -> float:
-    from trainer_core import run_dir as rd
+    from trainer_core.runs import protocol as rd
 
     with open(run / rd.METRICS, "a") as f:
         f.write(json.dumps(row(step)) + "\n")

@@ -2,7 +2,7 @@
 reading a rank's peak memory.
 
 Held-out loss is one definition for every model: the records are encoded the way chat inference sees them
-(`trainer_core.chat_format`, ChatML with the persona as system turn, cut at 128 tokens), and the loss is the mean
+(`trainer_core.data.chat_format`, ChatML with the persona as system turn, cut at 128 tokens), and the loss is the mean
 cross-entropy over all answer tokens and their `<|im_end|>` (a per-token mean over the whole held-out set).
 """
 
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from trainer_core.chat_format import IGNORE_INDEX, encode_conversations  # noqa: E402
-from trainer_core.config import DEFAULT_PERSONA  # noqa: E402
+from trainer_core.data.chat_format import IGNORE_INDEX, encode_conversations  # noqa: E402
+from trainer_core.config.run_config import DEFAULT_PERSONA  # noqa: E402
 
 DATA = Path("/work/shared/data/huanhuan.json")
 EVAL_MAX_LENGTH = 128  # the tutorial's MAX_LENGTH

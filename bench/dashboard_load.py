@@ -27,8 +27,8 @@ PAGES = ["pages/data.py", "pages/train.py", "pages/monitor.py", "pages/chat.py",
 
 def make_runs(root: Path, n: int, log_gb: float) -> Path:
     from trainer_core import paths
-    from trainer_core import run_dir as rd
-    from trainer_core.config import load_config, save_config
+    from trainer_core.runs import protocol as rd
+    from trainer_core.config.run_config import load_config, save_config
 
     now = time.time()
     live = None
@@ -82,7 +82,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TRAINER_RUNS_ROOT"] = tmp
         live = make_runs(Path(tmp), args.runs, args.log_gb)
-        from trainer_core.tailing import tail_lines
+        from trainer_core.runs.tailing import tail_lines
 
         t = time.perf_counter()
         lines = tail_lines(live / "train.log", 200)

@@ -46,9 +46,9 @@ print(json.dumps({"rc": proc.returncode, "s": time.perf_counter() - t, "stdout":
 
 BUILD_ROWS = """
 import sys
-from trainer_core.config import load_config
-from trainer_core.models import load_tokenizer
-from trainer_core.train import build_rows
+from trainer_core.config.run_config import load_config
+from trainer_core.models.local import load_tokenizer
+from trainer_core.training.train import build_rows
 cfg = load_config("configs/quickstart.yaml", ["data.path=" + sys.argv[1], "data.max_length=" + sys.argv[2],
                                               "data.eval_ratio=0.01"])
 tok = load_tokenizer(cfg.model.path)
@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale:
         return scale(args.scale, args.max_length)
 
-    from trainer_core.batching import first_fit_decreasing
-    from trainer_core.config import DEFAULT_PERSONA
-    from trainer_core.encoded_set import encode_file
-    from trainer_core.models import load_tokenizer
+    from trainer_core.data.batching import first_fit_decreasing
+    from trainer_core.config.run_config import DEFAULT_PERSONA
+    from trainer_core.data.encoded_set import encode_file
+    from trainer_core.models.local import load_tokenizer
 
     tokenizer = load_tokenizer(ROOT / "models" / "qwen2-starter")
     for label in ("cold", "cached"):

@@ -98,7 +98,7 @@ def nvml_summary(samples: list[tuple[float, int, int]]) -> str:
 
 
 def run_baseline(work: Path, model: Path, train: Path, heldout: Path, steps: int) -> dict:
-    from trainer_core.launch import free_port
+    from trainer_core.runs.launch import free_port
 
     ds = json.loads((ROOT / "bench" / "baseline_ds_config.json").read_text())
     ds["bf16"] = {"enabled": "auto"}  # the precision this card supports; the tutorial's JSON only has fp16
@@ -123,8 +123,8 @@ def run_baseline(work: Path, model: Path, train: Path, heldout: Path, steps: int
 
 
 def run_ours(work: Path, name: str, sets: list[str]) -> dict:
-    from trainer_core import run_dir as rd
-    from trainer_core.tailing import read_all_rows
+    from trainer_core.runs import protocol as rd
+    from trainer_core.runs.tailing import read_all_rows
 
     argv = [sys.executable, "-m", "trainer_core", "train", str(ROOT / "configs" / "quickstart.yaml")]
     for s in [*sets, f"name={name}"]:
@@ -145,8 +145,8 @@ def run_ours(work: Path, name: str, sets: list[str]) -> dict:
 
 
 def planned(sets: list[str]) -> int:
-    from trainer_core.config import load_config
-    from trainer_core.memory import plan_memory
+    from trainer_core.config.run_config import load_config
+    from trainer_core.config.memory import plan_memory
 
     return plan_memory(load_config(ROOT / "configs" / "quickstart.yaml", sets)).per_rank_device_bytes
 

@@ -5,7 +5,7 @@
 For one packed batch of the quickstart shape (2 rows of 256 tokens, about 190 of them labelled):
   all positions      logits for every token, as the tutorial's recipe computes them (labels masked in the loss);
   labelled, plain    logits at the labelled positions only, plain cross-entropy (our earlier path);
-  labelled, blocks   trainer_core.linear_ce in fp32 (our path);
+  labelled, blocks   trainer_core.training.linear_ce in fp32 (our path);
   labelled, blocks bf16   the same with bf16 matmuls (AMX on this CPU), to see whether bf16 pays.
 CPU time (process_time) of the fastest of 7 calls each, interleaved, so other load on the machine matters less.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from trainer_core.linear_ce import linear_cross_entropy  # noqa: E402
+from trainer_core.training.linear_ce import linear_cross_entropy  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/latency_bench.py [--model models/qwen2-starter] [--tokens 64]
 
-1. `trainer_core.tailing.tail_lines` on a 1 GB log: a sparse file in /tmp (a 1 GB hole, then 2,000 real trainer
+1. `trainer_core.runs.tailing.tail_lines` on a 1 GB log: a sparse file in /tmp (a 1 GB hole, then 2,000 real trainer
    log lines at the end), last 200 lines, median and worst of 20 calls.
-2. Chat time-to-first-token: `trainer_core.inference.stream_reply` on the starter model, from the call to the first
+2. Chat time-to-first-token: `trainer_core.models.inference.stream_reply` on the starter model, from the call to the first
    text piece (prompt building, generate in its worker thread, the streamer), median of 5 after a warm-up.
 3. Streaming overhead: greedy decoding of the same prompt for the same number of tokens (eos disabled so both run
    the full count), through stream_reply and through a plain `model.generate`; tokens/s of each and the difference.
@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from trainer_core.inference import (GenParams, _eos_ids, load_chat_model, on_inference_thread,  # noqa: E402
+from trainer_core.models.inference import (GenParams, _eos_ids, load_chat_model, on_inference_thread,  # noqa: E402
                                     stream_reply, trim_history)
-from trainer_core.config import DEFAULT_PERSONA  # noqa: E402
-from trainer_core.tailing import tail_lines  # noqa: E402
+from trainer_core.config.run_config import DEFAULT_PERSONA  # noqa: E402
+from trainer_core.runs.tailing import tail_lines  # noqa: E402
 
 GB = 1 << 30
 MESSAGES = [{"role": "user", "content": "皇上今日可曾来过？"}]

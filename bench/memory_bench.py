@@ -1,4 +1,4 @@
-"""Memory planner accuracy: predicted (`trainer_core.memory.plan_memory`) vs measured peak per rank.
+"""Memory planner accuracy: predicted (`trainer_core.config.memory.plan_memory`) vs measured peak per rank.
 
     .venv/bin/python bench/memory_bench.py                          # both models, ZeRO 0-3, +/- offload, 1 and 2 ranks
     .venv/bin/python bench/memory_bench.py --models starter --ranks 1   # a subset
@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer_core import run_dir as rd  # noqa: E402
-from trainer_core.tailing import read_all_rows  # noqa: E402
+from trainer_core.runs import protocol as rd  # noqa: E402
+from trainer_core.runs.tailing import read_all_rows  # noqa: E402
 
 STARTER = ROOT / "models" / "qwen2-starter"
 GOAL = 0.25
@@ -59,8 +59,8 @@ def variants(ranks: list[int]) -> list[dict]:
 
 
 def measure(work: Path, model: Path, v: dict, name: str) -> dict:
-    from trainer_core.config import load_config
-    from trainer_core.memory import plan_memory
+    from trainer_core.config.run_config import load_config
+    from trainer_core.config.memory import plan_memory
 
     sets = [f"model.path={model}", f"deepspeed.stage={v['stage']}",
             f"deepspeed.offload_optimizer={'cpu' if v['offload'] else 'none'}",

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, encode_heldout, write_json  # noqa: E402
 from bench.train_bench import QUICKSTART, SEED, _rescore, env, prepare_data, run_ours, time_to_loss  # noqa: E402
-from trainer_core.config import load_config  # noqa: E402
+from trainer_core.config.run_config import load_config  # noqa: E402
 
 RECIPES = ("ours", "trl", "llamafactory")
 STARTER = ROOT / "models" / "qwen2-starter"
@@ -50,7 +50,7 @@ def job_config(epochs: int):
 
 def ds_config(cfg) -> dict:
     """The DeepSpeed JSON our trainer resolves for cfg ("auto" left for the HF Trainer to fill from its arguments)."""
-    from trainer_core.ds_config import build_ds_config
+    from trainer_core.config.ds_config import build_ds_config
     return build_ds_config(cfg)
 
 
@@ -115,7 +115,7 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
 def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
     """DeepSpeed JSON, TRL's job file, LLaMA-Factory's YAML and dataset, the probe's encoded held-out set."""
     import yaml
-    from trainer_core.models import load_tokenizer
+    from trainer_core.models.local import load_tokenizer
 
     ds_json = work / "ds_config.json"
     write_json(ds_json, ds_config(cfg))
@@ -141,7 +141,7 @@ def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
 def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int) -> dict:
     """One peer under DeepSpeed's launcher in its own venv, with bench/peer_probe on its PYTHONPATH."""
     from bench.peer_venvs import ensure
-    from trainer_core.launch import free_port
+    from trainer_core.runs.launch import free_port
 
     py = ensure(peer)
     out = work / f"{peer}-out"

@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer_core import run_dir as rd  # noqa: E402
-from trainer_core.config import load_config  # noqa: E402
-from trainer_core.runs import create_run  # noqa: E402
-from trainer_core.supervisor import read_state, start, stop  # noqa: E402
+from trainer_core.runs import protocol as rd  # noqa: E402
+from trainer_core.config.run_config import load_config  # noqa: E402
+from trainer_core.runs.registry import create_run  # noqa: E402
+from trainer_core.runs.supervisor import read_state, start, stop  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "huanhuan.json"
 

@@ -32,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DATA, EVAL_MAX_LENGTH, ROOT, encode_heldout, write_json  # noqa: E402
-from trainer_core import run_dir as rd  # noqa: E402
-from trainer_core.tailing import read_all_rows  # noqa: E402
+from trainer_core.runs import protocol as rd  # noqa: E402
+from trainer_core.runs.tailing import read_all_rows  # noqa: E402
 
 PY = sys.executable
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -44,7 +44,7 @@ SEED = 42  # train.seed of both our configs: the split below depends on it
 def prepare_data(work: Path, n_records: int, n_heldout: int) -> tuple[Path, Path, Path]:
     """train.json (baseline), heldout.json, ours.json (train + held-out, ordered so our trainer holds out exactly
     the held-out records: it shuffles with random.Random(train.seed) and takes the first eval_ratio * n)."""
-    from trainer_core.models import load_tokenizer
+    from trainer_core.models.local import load_tokenizer
 
     records = json.loads(DATA.read_text(encoding="utf-8"))[:n_records]
     tok = load_tokenizer(ROOT / "models" / "qwen2-starter")
@@ -68,8 +68,8 @@ def prepare_data(work: Path, n_records: int, n_heldout: int) -> tuple[Path, Path
 
 def env() -> dict[str, str]:
     """The environment our launcher gives its ranks (threads per rank, PYTHONPATH), for both recipes."""
-    from trainer_core.config import RunConfig
-    from trainer_core.launch import launch_env
+    from trainer_core.config.run_config import RunConfig
+    from trainer_core.runs.launch import launch_env
 
     return launch_env(RunConfig(), has_gpu=False)
 
@@ -93,7 +93,7 @@ def read_phases(work: Path, name: str) -> dict | None:
 
 
 def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int, env_extra: dict | None = None) -> dict:
-    from trainer_core.launch import free_port
+    from trainer_core.runs.launch import free_port
 
     result = work / "baseline.json"
     port = free_port()
@@ -173,7 +173,7 @@ def _rescore(model_dir: Path, heldout: Path) -> float:
     """The final model scored by bench/common.py, exactly as the baseline's."""
     code = ("import json,sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]);"
             "from bench.common import encode_heldout, heldout_loss;"
-            "from transformers import AutoModelForCausalLM; from trainer_core.models import load_tokenizer;"
+            "from transformers import AutoModelForCausalLM; from trainer_core.models.local import load_tokenizer;"
             "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); t = load_tokenizer(sys.argv[1]);"
             "print(heldout_loss(m, encode_heldout(t, json.loads(Path(sys.argv[2]).read_text()))))")
     out = subprocess.run([PY, "-c", code, str(model_dir), str(heldout), str(ROOT)], cwd=ROOT, env=env(),

@@ -8,11 +8,11 @@ from app import chat_view as cv
 from app import train_form as form
 from app.data_view import resolve, shown_path
 from app.frame import require_frame
-from app.i18n import option_labels, t
+from app.i18n import option_labels, say, t
 from app.state import active_run
 from trainer_core.errors import UserError
-from trainer_core.inference import GenParams
-from trainer_core.models import list_local_models
+from trainer_core.models.inference import GenParams
+from trainer_core.models.local import list_local_models
 
 require_frame()
 st.title(t("chat.title"))
@@ -123,7 +123,7 @@ for side, (path, trust_code, by) in sides.items():
                 if hist[-1]["role"] == "assistant":
                     hist.pop()
                 hist.pop()
-                st.error(str(e), icon=":material/error:")
+                st.error(say(e), icon=":material/error:")
 
 # Drawn after the replies so that "regenerate" knows whether there is anything to regenerate.
 buttons = st.container(horizontal=True)  # one row of buttons, each as wide as its label

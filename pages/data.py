@@ -7,7 +7,7 @@ import streamlit as st
 from app import data_view as dv
 from app import train_form as form
 from app.frame import require_frame
-from app.i18n import option_labels, t
+from app.i18n import option_labels, say, t
 from trainer_core import paths
 from trainer_core.errors import UserError
 
@@ -31,7 +31,7 @@ elif source == "upload":
             try:
                 stored[upload.file_id] = str(dv.store_uploaded(upload.getvalue(), upload.name))
             except UserError as e:
-                st.error(str(e), icon=":material/error:")
+                st.error(say(e), icon=":material/error:")
         if upload.file_id in stored:
             st.session_state["data.last_upload"] = stored[upload.file_id]
     if st.session_state.get("data.last_upload"):
@@ -48,7 +48,7 @@ if path is None:
 try:
     report = dv.result_of(dv.report_job(path), t("data.validating"))
 except UserError as e:
-    st.error(str(e), icon=":material/error:")
+    st.error(say(e), icon=":material/error:")
     st.stop()
 
 in_form = dv.resolve(str(form.value("data", "path") or "")) == path.resolve()
@@ -106,7 +106,7 @@ try:
     stats = dv.result_of(dv.stats_job(path, report, model_dir, trust, persona, max_length), t("data.tokenizing"))
     tok = dv.tokenizer_for(model_dir, trust)
 except UserError as e:
-    st.error(str(e), icon=":material/error:")
+    st.error(say(e), icon=":material/error:")
     st.stop()
 m = st.columns(5)
 m[0].metric("p50", stats.p50)

@@ -4,11 +4,11 @@ import streamlit as st
 
 from app import monitor_view as mv
 from app.frame import require_frame
-from app.i18n import t
+from app.i18n import say, t
 from app.state import LIVE_STATES, active_run, runs_or_stop, set_active_run
 from trainer_core.errors import UserError
-from trainer_core.run_dir import TERMINAL_STATES
-from trainer_core.supervisor import read_state, resume
+from trainer_core.runs.protocol import TERMINAL_STATES
+from trainer_core.runs.supervisor import read_state, resume
 
 require_frame()
 st.title(t("mon.title"))
@@ -48,7 +48,7 @@ if row.button(t("mon.resume"), key="mon.resume", icon=":material/play_arrow:", h
         with st.spinner(t("mon.resuming")):
             resume(run)
     except UserError as e:
-        st.error(str(e), icon=":material/error:")
+        st.error(say(e), icon=":material/error:")
     else:
         st.rerun()
 

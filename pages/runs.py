@@ -5,11 +5,11 @@ import streamlit as st
 from app import runs_view as rv
 from app import train_form as form
 from app.frame import require_frame
-from app.i18n import t
+from app.i18n import say, t
 from app.state import active_run, runs_or_stop, set_active_run
 from trainer_core.errors import UserError
-from trainer_core.runs import delete_run
-from trainer_core.supervisor import read_state
+from trainer_core.runs.registry import delete_run
+from trainer_core.runs.supervisor import read_state
 
 require_frame()
 st.title(t("runs.title"))
@@ -52,7 +52,7 @@ try:
     cfg = rv.saved_config(run)
 except UserError as e:
     cfg = None
-    st.error(str(e), icon=":material/error:")
+    st.error(say(e), icon=":material/error:")
 
 row = st.container(horizontal=True)  # one row of buttons, each as wide as its label
 if row.button(t("runs.relaunch"), key="runs.relaunch", icon=":material/replay:", disabled=cfg is None,
@@ -61,7 +61,7 @@ if row.button(t("runs.relaunch"), key="runs.relaunch", icon=":material/replay:",
         with st.spinner(t("train.launching")):
             new = form.launch(rv.as_new_run(cfg))
     except UserError as e:
-        st.error(t("train.refused", error=str(e)), icon=":material/block:")
+        st.error(t("train.refused", error=say(e)), icon=":material/block:")
     else:
         set_active_run(new)
         st.switch_page("pages/monitor.py")
@@ -83,7 +83,7 @@ if st.session_state.get("runs.confirm") == run.name:
         try:
             delete_run(run)
         except UserError as e:
-            st.error(str(e), icon=":material/error:")
+            st.error(say(e), icon=":material/error:")
         else:
             if st.session_state.get("active_run") == run.name:
                 st.session_state.pop("active_run")
@@ -99,13 +99,13 @@ with st.expander(t("runs.export"), expanded=False):
         c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
         step = c1.selectbox(t("runs.export_step"), list(reversed(state["checkpoints"])), key="runs.export_step")
         if c2.button(t("runs.export_go"), key="runs.export_go", icon=":material/download:"):
-            from trainer_core.export import export_checkpoint
+            from trainer_core.models.export import export_checkpoint
 
             try:
                 with st.spinner(t("runs.exporting")):
                     dest = export_checkpoint(run, int(step))
             except UserError as e:
-                st.error(str(e), icon=":material/error:")
+                st.error(say(e), icon=":material/error:")
             else:
                 st.success(t("runs.exported", path=str(dest)), icon=":material/check:")
 

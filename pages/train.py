@@ -6,11 +6,11 @@ import streamlit as st
 
 from app import train_form as form
 from app.frame import require_frame
-from app.i18n import t
+from app.i18n import say, t
 from app.qwen1_import_view import offer_qwen1_import
 from app.state import set_active_run
 from trainer_core.errors import UserError
-from trainer_core.memory import fmt_bytes
+from trainer_core.config.memory import fmt_bytes
 
 require_frame()
 st.title(t("train.title"))
@@ -23,7 +23,7 @@ if cfg is not None:
     try:
         pf = form.preflight(cfg)
     except UserError as e:
-        error = str(e)
+        error = say(e)
 
 
 def f(section: str, name: str, **kw) -> None:
@@ -116,7 +116,7 @@ else:
         plan = form.memory_plan(pf.cfg)
     except UserError as e:
         plan = None
-        st.error(str(e), icon=":material/error:")
+        st.error(say(e), icon=":material/error:")
     if plan is not None:
         with st.container(border=True, key="train-memory"):
             rows = form.plan_rows(plan)
@@ -162,7 +162,7 @@ if clicked and not error:
         with st.spinner(t("train.launching")):
             run = form.launch(cfg)
     except UserError as e:
-        st.error(t("train.refused", error=str(e)), icon=":material/block:")
+        st.error(t("train.refused", error=say(e)), icon=":material/block:")
     else:
         set_active_run(run)
         st.session_state["train.clear_name"] = True

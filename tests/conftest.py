@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 # run refused. The tests lock in a folder of their own; test_device_locks checks the machine-wide default.
 os.environ.setdefault("TRAINER_LOCK_DIR", tempfile.mkdtemp(prefix="test-device-locks-"))
 
-from trainer_core.starter import build_remote_code_fixture, prepare_models
+from trainer_core.models.starter import build_remote_code_fixture, prepare_models
 
 
 @pytest.fixture(scope="session")
@@ -55,14 +55,14 @@ CPU_LOCK = f"{__import__('socket').gethostname()}-cpu"
 
 def run_pids(run: Path) -> list[int]:
     """Every living process of a run (its supervisor's process group), from its manifest."""
-    from trainer_core import run_dir as rd
-    from trainer_core.run_processes import members
+    from trainer_core.runs import protocol as rd
+    from trainer_core.runs.processes import members
 
     return [p.pid for p in members(rd.read_json(run / rd.MANIFEST) or {})]
 
 
 def rank_pids(run: Path) -> list[int]:
-    """The run's rank processes (trainer_core.train), without DeepSpeed's runner and launch."""
+    """The run's rank processes (trainer_core.training.train), without DeepSpeed's runner and launch."""
     import psutil
 
     out = []
@@ -71,7 +71,7 @@ def rank_pids(run: Path) -> list[int]:
             cmd = " ".join(psutil.Process(pid).cmdline())
         except psutil.Error:
             continue
-        if "-m trainer_core.train" in cmd and "deepspeed.launcher" not in cmd:
+        if "-m trainer_core.training.train" in cmd and "deepspeed.launcher" not in cmd:
             out.append(pid)
     return out
 

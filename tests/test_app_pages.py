@@ -21,8 +21,8 @@ from streamlit.testing.v1 import AppTest
 from app import auth
 from app.i18n import EN, LABELS, ZH
 from trainer_core import paths
-from trainer_core import run_dir as rd
-from trainer_core.config import load_config, save_config
+from trainer_core.runs import protocol as rd
+from trainer_core.config.run_config import load_config, save_config
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
@@ -272,7 +272,7 @@ def test_train_page_shows_plan_command_and_ds_config(app):
     assert app.text_input(key="p.f.train.learning_rate").value == "0.008"  # the quickstart config
     assert ZH["plan.fits"] in texts(app, "success")
     codes = [c.value for c in app.code]
-    assert any("deepspeed.launcher.runner" in c and "--module trainer_core.train" in c for c in codes)
+    assert any("deepspeed.launcher.runner" in c and "--module trainer_core.training.train" in c for c in codes)
     ds = json.loads(next(c for c in codes if c.lstrip().startswith("{")))
     assert ds["zero_optimization"]["stage"] == 2
     # A preset fills the ZeRO fields; the generated JSON follows.

@@ -18,7 +18,7 @@ from app.i18n import EN, ZH
 from test_app_pages import app, goto, make_run, texts, uploads, warm_server  # noqa: F401 (fixtures)
 from app.data_view import shown_path
 from trainer_core import paths
-from trainer_core import run_dir as rd
+from trainer_core.runs import protocol as rd
 
 STARTER = shown_path(paths.STARTER_MODEL_DIR)  # as the page shows it: relative to the project where it lies inside
 
@@ -216,8 +216,8 @@ def test_force_stop_asks_first(app, runs_root):
 
 
 def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
-    from trainer_core.config import load_config
-    from trainer_core.step_estimate import estimate_total_steps
+    from trainer_core.config.run_config import load_config
+    from trainer_core.data.step_estimate import estimate_total_steps
 
     run = make_run(runs_root, "starting", "starting", steps=0, alive=True)
     rd.update_status(run, step=0, total_steps=None)
@@ -279,7 +279,7 @@ def test_monitor_smooths_the_loss_and_draws_over_epochs_or_tokens(app, runs_root
 
 
 def test_runs_compare_shows_eval_loss_and_the_config_differences(app, runs_root):
-    from trainer_core.config import load_config, save_config
+    from trainer_core.config.run_config import load_config, save_config
 
     make_run(runs_root, "a", "completed")
     b = make_run(runs_root, "b", "completed")
@@ -302,11 +302,11 @@ def test_runs_compare_shows_eval_loss_and_the_config_differences(app, runs_root)
 def test_the_reply_being_written_is_not_part_of_its_own_prompt(starter_model):
     """The page adds the growing reply to the history before the model's generator first reads its messages (a
     generator runs nothing until iterated); the prompt must still be the turns before it."""
-    from trainer_core.inference import GenParams
+    from trainer_core.models.inference import GenParams
 
     user = {"role": "user", "content": "你是谁？"}
     hist = [dict(user)]
     chunks = cv.reply_stream(starter_model, False, hist, "你是甄嬛", GenParams(max_new_tokens=8, temperature=0.0))
     hist.append({"role": "assistant", "content": "", "by": ["ft", "x"], "done": False})
-    assert chunks.gi_frame.f_locals["messages"] == [user]  # what trainer_core.inference.stream_reply will read
+    assert chunks.gi_frame.f_locals["messages"] == [user]  # what trainer_core.models.inference.stream_reply will read
     assert isinstance("".join(chunks), str)

@@ -92,8 +92,8 @@ def server(tmp_path):
         srv.start()
         yield srv
     finally:
-        from trainer_core.runs import list_runs
-        from trainer_core.supervisor import read_state, stop
+        from trainer_core.runs.registry import list_runs
+        from trainer_core.runs.supervisor import read_state, stop
 
         srv.stop()
         for run in list_runs(srv.runs):

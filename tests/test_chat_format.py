@@ -7,7 +7,7 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from trainer_core.chat_format import IGNORE_INDEX, encode_conversations, prompt_ids, render_mask, with_persona
+from trainer_core.data.chat_format import IGNORE_INDEX, encode_conversations, prompt_ids, render_mask, with_persona
 
 PERSONA = "你是甄嬛，大理寺少卿甄远道之女。"
 ONE_TURN = [
@@ -172,8 +172,8 @@ def test_conversation_without_answer_is_flagged(starter_tokenizer, remote_tokeni
 
 from toy_chat_models import chatml_llama, llama3, zephyr_tags  # noqa: E402
 
-from trainer_core.chat_format import special_strings, specials_in, stop_token_ids, turn_format  # noqa: E402
-from trainer_core.data import load_dataset_bytes, special_token_warnings  # noqa: E402
+from trainer_core.data.chat_format import special_strings, specials_in, stop_token_ids, turn_format  # noqa: E402
+from trainer_core.data.dataset import load_dataset_bytes, special_token_warnings  # noqa: E402
 from trainer_core.errors import UserError  # noqa: E402
 
 TOYS = {

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, cli, quick_sets
-from trainer_core import run_dir as rd
+from trainer_core.runs import protocol as rd
 
 REAL_DATA = ROOT.parent / "shared" / "data" / "huanhuan.json"
 QUICKSTART = "configs/quickstart.yaml"
@@ -54,7 +54,7 @@ def test_plan_json_has_config_argv_memory_and_lint(runs_root, starter_model):
     out = json.loads(cli("plan", QUICKSTART, "--set", "placement.num_ranks=2", "--json", check=True).stdout)
     assert out["ds_config"]["zero_optimization"]["stage"] == 2
     (argv,) = out["argv"]
-    assert argv[argv.index("--num_gpus") + 1] == "2" and "trainer_core.train" in argv
+    assert argv[argv.index("--num_gpus") + 1] == "2" and "trainer_core.training.train" in argv
     assert out["memory"]["params"] == 9_816_640 and out["memory"]["per_rank_device_bytes"] > 0
     assert not list(runs_root.iterdir()), "plan must not create a run"
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from trainer_core.config import (SECTIONS, RunConfig, apply_overrides, config_from_dict, field_help, load_config,
+from trainer_core.config.run_config import (SECTIONS, RunConfig, apply_overrides, config_from_dict, field_help, load_config,
                                  save_config)
 from trainer_core.errors import UserError
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from trainer_core import data, paths
-from trainer_core.data import DataReport, RowError, load_dataset, load_dataset_bytes, safe_upload_name, store_upload
+from trainer_core import paths
+
+from trainer_core.data import dataset as data
+from trainer_core.data.dataset import DataReport, RowError, load_dataset, load_dataset_bytes, safe_upload_name, store_upload
 from trainer_core.errors import UserError
 
 REAL_DATA = paths.PROJECT_ROOT.parent / "shared" / "data" / "huanhuan.json"
@@ -484,7 +486,7 @@ def test_token_stats_arithmetic(monkeypatch):
         return [FakeEncoded(len(c[0]["content"]), len(c[1]["content"]), max_length) for c in conversations]
 
     fake = types.SimpleNamespace(encode_conversations=encode_conversations)
-    monkeypatch.setitem(sys.modules, "trainer_core.chat_format", fake)
+    monkeypatch.setitem(sys.modules, "trainer_core.data.chat_format", fake)
     convs = [[{"role": "user", "content": "问" * p}, {"role": "assistant", "content": "答" * a}] for p, a in
              [(2, 2), (3, 3), (5, 5), (9, 1), (12, 8)]]  # lengths 4, 6, 10, 10, 20
     stats = data.token_stats(convs, tokenizer=None, persona="甄嬛", max_length=10)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_core import device_locks
+from trainer_core.runs import device_locks
 from trainer_core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent

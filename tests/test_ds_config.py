@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from trainer_core.config import load_config
-from trainer_core.ds_config import build_ds_config, lint_ds_config, lint_run, list_presets, load_preset
+from trainer_core.config.run_config import load_config
+from trainer_core.config.ds_config import build_ds_config, lint_ds_config, lint_run, list_presets, load_preset
 from trainer_core.errors import UserError
 
 # The run config each preset was generated from.

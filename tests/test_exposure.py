@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.i18n import ZH
 from conftest import ROOT
-from trainer_core.config import load_config
+from trainer_core.config.run_config import load_config
 
 PAGES = ["pages/data.py", "pages/train.py", "pages/monitor.py", "pages/chat.py", "pages/runs.py"]
 
@@ -180,7 +180,7 @@ def test_two_launches_at_once_start_exactly_one_run(runs_root, starter_model):
     """Two tabs pressing Launch at the same moment: the dashboard's launch path, from two threads."""
     from app import train_form
     from trainer_core.errors import UserError
-    from trainer_core.supervisor import stop
+    from trainer_core.runs.supervisor import stop
 
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", ["train.max_steps=50"])
     results: list = []

@@ -12,9 +12,9 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import CPU_LOCK, cli, detach, quick_sets, rank_pids, run_pids, wait_for
-from trainer_core import run_dir as rd
-from trainer_core.device_locks import holder as lock_holder
-from trainer_core.supervisor import read_state
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.device_locks import holder as lock_holder
+from trainer_core.runs.supervisor import read_state
 
 pytestmark = pytest.mark.slow
 

@@ -3,9 +3,9 @@
 
 import pytest
 
-from trainer_core.chat_format import prompt_ids
+from trainer_core.data.chat_format import prompt_ids
 from trainer_core.errors import UserError
-from trainer_core.inference import GenParams, load_chat_model, reply, resolve_model_dir, stream_reply, trim_history
+from trainer_core.models.inference import GenParams, load_chat_model, reply, resolve_model_dir, stream_reply, trim_history
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_an_abandoned_reply_frees_the_inference_thread(chat_model):
     long generation: the next chat would wait for it."""
     import threading
 
-    from trainer_core.inference import on_inference_thread
+    from trainer_core.models.inference import on_inference_thread
 
     model, tok = chat_model
     forwards = []
@@ -72,8 +72,8 @@ def test_a_run_without_a_model_yet_is_explained(tmp_path):
 
 
 def test_plain_model_folder_uses_its_own_default_system_prompt(starter_model, tmp_path):
-    from trainer_core import run_dir as rd
-    from trainer_core.inference import PERSONA_GIVEN, PERSONA_MODEL_DEFAULT, PERSONA_TRAINED, chat_persona
+    from trainer_core.runs import protocol as rd
+    from trainer_core.models.inference import PERSONA_GIVEN, PERSONA_MODEL_DEFAULT, PERSONA_TRAINED, chat_persona
 
     assert chat_persona(starter_model, None) == ("", PERSONA_MODEL_DEFAULT)
     assert chat_persona(starter_model, "你是甄嬛") == ("你是甄嬛", PERSONA_GIVEN)
@@ -97,7 +97,7 @@ def test_plain_model_folder_uses_its_own_default_system_prompt(starter_model, tm
 def test_stream_drops_stop_tokens_and_a_half_character(chat_model):
     import torch
 
-    from trainer_core.inference import _reply_streamer
+    from trainer_core.models.inference import _reply_streamer
 
     _, tok = chat_model
     good = tok("好ok", add_special_tokens=False)["input_ids"]

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from trainer_core import paths
-from trainer_core.config import load_config
+from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
-from trainer_core.launch import (all_node_commands, hostfile_text, launch_env, node_argv, parse_hostfile,
+from trainer_core.runs.launch import (all_node_commands, hostfile_text, launch_env, node_argv, parse_hostfile,
                                  runner_prefix, shell_line)
 
 HOSTS = "node1 slots=2; node2 slots=2"
@@ -23,7 +23,7 @@ def cfg(*sets):
 
 
 def train_args(run):
-    return ["--module", "trainer_core.train", "--run-dir", str(run)]
+    return ["--module", "trainer_core.training.train", "--run-dir", str(run)]
 
 
 def test_runner_is_deepspeeds_module_under_this_interpreter():

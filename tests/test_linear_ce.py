@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer_core.linear_ce import linear_cross_entropy
+from trainer_core.training.linear_ce import linear_cross_entropy
 
 
 def reference(hidden, weight, target):

@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from trainer_core.errors import UserError
-from trainer_core.models import check_model_dir
+from trainer_core.models.local import check_model_dir
 
 CONFIG = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
 

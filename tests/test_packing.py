@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from trainer_core.batching import IGNORE, Collator, pack_rows
-from trainer_core.chat_format import encode_conversations
-from trainer_core.config import DEFAULT_PERSONA
-from trainer_core.data import load_dataset
+from trainer_core.data.batching import IGNORE, Collator, pack_rows
+from trainer_core.data.chat_format import encode_conversations
+from trainer_core.config.run_config import DEFAULT_PERSONA
+from trainer_core.data.dataset import load_dataset
 from trainer_core.paths import SAMPLE_DATA
 
 
@@ -96,7 +96,7 @@ def _scan_ffd(lengths, capacity):
 def test_tree_packing_gives_the_same_bins_as_the_scan():
     import random
 
-    from trainer_core.batching import first_fit_decreasing
+    from trainer_core.data.batching import first_fit_decreasing
 
     rnd = random.Random(3)
     for capacity in (16, 64, 256):

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.peer_bench import job_config, main, write_peer_inputs  # noqa: E402
-from trainer_core.ds_config import build_ds_config  # noqa: E402
+from trainer_core.config.ds_config import build_ds_config  # noqa: E402
 
 RECORDS = [{"instruction": f"问题{i}", "input": "", "output": f"回答{i}。"} for i in range(6)]
 

@@ -20,15 +20,15 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, cli
-from trainer_core import run_dir as rd
-from trainer_core.chat_format import encode_conversations, prompt_ids
-from trainer_core.config import load_config
+from trainer_core.runs import protocol as rd
+from trainer_core.data.chat_format import encode_conversations, prompt_ids
+from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
-from trainer_core.models import check_model_dir
-from trainer_core.qwen1_import import (MARKER, export_qwen1, import_qwen1, imported_from, is_qwen1_dir,
+from trainer_core.models.local import check_model_dir
+from trainer_core.models.qwen1_import import (MARKER, export_qwen1, import_qwen1, imported_from, is_qwen1_dir,
                                       lint_imported_length)
-from trainer_core.runs import preflight
-from trainer_core.tailing import read_all_rows
+from trainer_core.runs.registry import preflight
+from trainer_core.runs.tailing import read_all_rows
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "qwen1-tiny"
 pytestmark = pytest.mark.skipif(not (FIXTURE / "reference.json").is_file(),
@@ -263,7 +263,7 @@ def test_qwen1_export_is_refused_for_models_that_were_not_imported(starter_model
 MEMORY_PROBE = """
 import json, sys
 from pathlib import Path
-from trainer_core import qwen1_import
+from trainer_core.models import qwen1_import
 
 def rss(field):
     for line in Path('/proc/self/status').read_text().splitlines():

@@ -10,8 +10,8 @@ import time
 import psutil
 
 from conftest import wait_for
-from trainer_core import run_dir as rd
-from trainer_core.supervisor import read_state
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.supervisor import read_state
 
 
 def beat_time(run):

@@ -6,9 +6,9 @@ import threading
 import pytest
 
 from conftest import ROOT
-from trainer_core import run_dir as rd
-from trainer_core import runs
-from trainer_core.config import load_config
+from trainer_core.runs import protocol as rd
+from trainer_core.runs import registry as runs
+from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
 
 QUICK = ROOT / "configs" / "quickstart.yaml"

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, quick_sets, wait_for
-from trainer_core import run_dir as rd
-from trainer_core.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_command_line
-from trainer_core.config import load_config
-from trainer_core.launch import free_port
-from trainer_core.supervisor import read_state
-from trainer_core.tailing import read_all_rows
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_command_line
+from trainer_core.config.run_config import load_config
+from trainer_core.runs.launch import free_port
+from trainer_core.runs.supervisor import read_state
+from trainer_core.runs.tailing import read_all_rows
 
 QUICKSTART = "configs/quickstart.yaml"
 HOSTS = "node0 slots=1; node1 slots=1"
@@ -32,7 +32,7 @@ def two_node_sets(**extra) -> list[str]:
 
 
 def created_run(*sets) -> Path:
-    from trainer_core.runs import create_run
+    from trainer_core.runs.registry import create_run
 
     return create_run(load_config(QUICKSTART, [s for s in sets if s != "--set"]))
 
@@ -164,7 +164,7 @@ def test_an_external_job_stops_from_the_studio_with_a_checkpoint(runs_root, tmp_
     """Stop works on a Slurm-launched run through control.json, the channel every trainer polls; force-stop, which
     needs the process group, is refused with where to do it instead."""
     from trainer_core.errors import UserError
-    from trainer_core.supervisor import stop
+    from trainer_core.runs.supervisor import stop
 
     run = created_run(*two_node_sets(name="slurm-stop", **{"train.max_steps": 100000, "train.save_steps": 0}))
     rd.write_json_atomic(run / rd.CONTROL, {"action": "save_and_stop", "requested": 0})  # left by an earlier attempt

@@ -14,9 +14,9 @@ import psutil
 import pytest
 
 from conftest import CPU_LOCK, cli, detach, quick_sets, rank_pids, run_pids, wait_for
-from trainer_core import run_dir as rd
-from trainer_core.device_locks import holder as lock_holder
-from trainer_core.supervisor import read_state
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.device_locks import holder as lock_holder
+from trainer_core.runs.supervisor import read_state
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,9 @@ import torch
 from tiktoken.load import load_tiktoken_bpe
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from trainer_core import paths, starter
+from trainer_core import paths
+
+from trainer_core.models import starter
 from trainer_core.errors import UserError
 
 MIXED = [

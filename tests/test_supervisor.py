@@ -12,10 +12,10 @@ import psutil
 import pytest
 
 from conftest import CPU_LOCK, cli, detach, quick_sets, run_pids, wait_for
-from trainer_core import run_dir as rd
-from trainer_core.device_locks import holder as lock_holder
-from trainer_core.supervisor import read_state
-from trainer_core.tailing import read_all_rows
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.device_locks import holder as lock_holder
+from trainer_core.runs.supervisor import read_state
+from trainer_core.runs.tailing import read_all_rows
 
 pytestmark = pytest.mark.slow
 
@@ -129,9 +129,9 @@ def test_kill_9_during_a_checkpoint_save_is_never_offered(runs_root):
 
 
 def test_a_model_gone_by_launch_time_ends_failed_with_the_root_error(runs_root, starter_model, tmp_path):
-    from trainer_core.config import load_config
-    from trainer_core.runs import create_run
-    from trainer_core.supervisor import start
+    from trainer_core.config.run_config import load_config
+    from trainer_core.runs.registry import create_run
+    from trainer_core.runs.supervisor import start
 
     moved = tmp_path / "model-on-a-share"
     shutil.copytree(starter_model, moved)

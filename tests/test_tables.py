@@ -15,7 +15,7 @@ import pytest
 
 from trainer_core import paths
 from trainer_core.cli import main
-from trainer_core.data import load_dataset, load_dataset_bytes, safe_upload_name
+from trainer_core.data.dataset import load_dataset, load_dataset_bytes, safe_upload_name
 from trainer_core.errors import UserError
 
 ALPACA = [
@@ -153,7 +153,8 @@ def test_uploads_accept_parquet_and_csv(tmp_path):
 
 
 def test_training_encodes_a_saved_folder_and_its_cache_follows_the_data(tmp_path, monkeypatch, starter_tokenizer):
-    from trainer_core import encoded_set, paths
+    from trainer_core import paths
+    from trainer_core.data import encoded_set
 
     monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / "cache")
     folder = as_saved(tmp_path, ALPACA)

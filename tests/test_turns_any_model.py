@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import cli
 from toy_chat_models import chatml_llama, tiny_llama
-from trainer_core import run_dir as rd
-from trainer_core.chat_format import prompt_ids
+from trainer_core.runs import protocol as rd
+from trainer_core.data.chat_format import prompt_ids
 
 pytestmark = pytest.mark.slow
 

@@ -43,8 +43,8 @@ def _print_json(obj) -> None:
 
 
 def cmd_prepare_models(args) -> int:
-    from trainer_core.hardware import warm_deepspeed_ops
-    from trainer_core.starter import prepare_models
+    from trainer_core.config.hardware import warm_deepspeed_ops
+    from trainer_core.models.starter import prepare_models
 
     emit(prepare_models(force=args.force))
     warm_deepspeed_ops()
@@ -52,15 +52,15 @@ def cmd_prepare_models(args) -> int:
 
 
 def cmd_check_data(args) -> int:
-    from trainer_core.config import DEFAULT_PERSONA, MAX_LENGTH_RANGE
-    from trainer_core.data import Problems, TokenCounter, load_dataset, special_warnings
+    from trainer_core.config.run_config import DEFAULT_PERSONA, MAX_LENGTH_RANGE
+    from trainer_core.data.dataset import Problems, TokenCounter, load_dataset, special_warnings
 
     _bounded(args.max_length, "--max-length", *MAX_LENGTH_RANGE, why="the range data.max_length allows")
     persona = args.persona or DEFAULT_PERSONA
     counter, tok, persona_specials, specials = None, None, [], Problems()
     if not args.no_tokens and (args.model or Path(_default_model()).is_dir()):
-        from trainer_core.chat_format import specials_in
-        from trainer_core.models import check_model_dir, load_tokenizer
+        from trainer_core.data.chat_format import specials_in
+        from trainer_core.models.local import check_model_dir, load_tokenizer
 
         model = args.model or _default_model()
         if args.model:
@@ -78,7 +78,7 @@ def cmd_check_data(args) -> int:
     report.warnings.extend(specials)
     out = report.to_dict()
     if counter is not None and report.n_usable:
-        from trainer_core.chat_format import turn_format
+        from trainer_core.data.chat_format import turn_format
 
         out["tokens"] = counter.result().to_dict()
         out["tokens"].pop("lengths", None)
@@ -128,16 +128,16 @@ def _default_model() -> str:
 
 
 def cmd_plan(args) -> int:
-    from trainer_core.config import load_config
-    from trainer_core.launch import all_node_commands, shell_line
-    from trainer_core.memory import fmt_bytes, plan_memory
-    from trainer_core.runs import preflight
+    from trainer_core.config.run_config import load_config
+    from trainer_core.runs.launch import all_node_commands, shell_line
+    from trainer_core.config.memory import fmt_bytes, plan_memory
+    from trainer_core.runs.registry import preflight
 
     pf = preflight(load_config(args.config, args.set))
     plan = plan_memory(pf.cfg)
     from trainer_core import paths
-    from trainer_core.hardware import detect
-    from trainer_core.runs import new_run_name
+    from trainer_core.config.hardware import detect
+    from trainer_core.runs.registry import new_run_name
 
     run = paths.runs_root() / new_run_name(pf.cfg)
     commands = all_node_commands(pf.cfg, run, has_gpu=detect().has_gpu)
@@ -168,9 +168,9 @@ def cmd_plan(args) -> int:
 
 def _wait_foreground(run: Path) -> int:
     """Follow a foreground run's log until it ends; Ctrl-C asks for a save-then-stop."""
-    from trainer_core import run_dir as rd
-    from trainer_core.supervisor import read_state, stop
-    from trainer_core.tailing import read_tail_bytes
+    from trainer_core.runs import protocol as rd
+    from trainer_core.runs.supervisor import read_state, stop
+    from trainer_core.runs.tailing import read_tail_bytes
 
     offset = 0
     log = run / rd.LOG
@@ -201,10 +201,10 @@ def _wait_foreground(run: Path) -> int:
 
 
 def cmd_train(args) -> int:
-    from trainer_core import run_dir as rd
-    from trainer_core.config import load_config
-    from trainer_core.runs import create_run
-    from trainer_core.supervisor import start
+    from trainer_core.runs import protocol as rd
+    from trainer_core.config.run_config import load_config
+    from trainer_core.runs.registry import create_run
+    from trainer_core.runs.supervisor import start
 
     run = create_run(load_config(args.config, args.set))
     for lint in rd.read_status(run).get("lints", []):
@@ -222,13 +222,13 @@ def cmd_train(args) -> int:
 
 
 def _run(ref: str) -> Path:
-    from trainer_core.runs import resolve_run_dir
+    from trainer_core.runs.registry import resolve_run_dir
 
     return resolve_run_dir(ref)
 
 
 def cmd_status(args) -> int:
-    from trainer_core.supervisor import read_state
+    from trainer_core.runs.supervisor import read_state
 
     st = read_state(_run(args.run))
     if args.json:
@@ -248,7 +248,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from trainer_core.supervisor import stop
+    from trainer_core.runs.supervisor import stop
 
     st = stop(_run(args.run), force=args.force)
     ended = st.get("ended") or []
@@ -258,7 +258,7 @@ def cmd_stop(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from trainer_core.supervisor import resume
+    from trainer_core.runs.supervisor import resume
 
     run = _run(args.run)
     ckpt = resume(run)
@@ -270,8 +270,8 @@ def cmd_resume(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from trainer_core.runs import list_runs
-    from trainer_core.supervisor import read_state
+    from trainer_core.runs.registry import list_runs
+    from trainer_core.runs.supervisor import read_state
 
     rows = [read_state(r) for r in list_runs()]
     if args.json:
@@ -284,9 +284,9 @@ def cmd_runs(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from trainer_core import run_dir as rd
-    from trainer_core.supervisor import read_state
-    from trainer_core.tailing import read_tail_bytes, tail_lines
+    from trainer_core.runs import protocol as rd
+    from trainer_core.runs.supervisor import read_state
+    from trainer_core.runs.tailing import read_tail_bytes, tail_lines
 
     _bounded(args.n, "-n", 0, MAX_LOG_LINES)
     run = _run(args.run)
@@ -308,8 +308,8 @@ def cmd_logs(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from trainer_core.chat_format import specials_in
-    from trainer_core.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona, load_chat_model,
+    from trainer_core.data.chat_format import specials_in
+    from trainer_core.models.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona, load_chat_model,
                                         resolve_model_dir, stream_reply)
 
     if not args.prompt.strip():
@@ -340,7 +340,7 @@ def cmd_chat(args) -> int:
 
 def _model_or_run(ref: str) -> Path:
     """A model folder, a run directory, or a run's name (as status/stop/export accept it)."""
-    from trainer_core import run_dir as rd
+    from trainer_core.runs import protocol as rd
 
     p = Path(ref).expanduser()
     if p.is_dir():
@@ -362,12 +362,12 @@ def cmd_join(args) -> int:
     import subprocess
 
     from trainer_core import paths
-    from trainer_core import run_dir as rd
-    from trainer_core.config import load_config
-    from trainer_core.hardware import detect
-    from trainer_core.launch import launch_env, node_argv
-    from trainer_core.device_locks import acquire
-    from trainer_core.supervisor import device_keys
+    from trainer_core.runs import protocol as rd
+    from trainer_core.config.run_config import load_config
+    from trainer_core.config.hardware import detect
+    from trainer_core.runs.launch import launch_env, node_argv
+    from trainer_core.runs.device_locks import acquire
+    from trainer_core.runs.supervisor import device_keys
 
     run = _run(args.run)
     cfg = load_config(run / rd.CONFIG)
@@ -386,14 +386,14 @@ def cmd_join(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from trainer_core.export import export_checkpoint
+    from trainer_core.models.export import export_checkpoint
 
     _bounded(args.checkpoint, "--checkpoint", 0, 10**9)
     run = _run(args.run)
     if args.format == "qwen1":  # checked before the consolidation, which can take minutes
-        from trainer_core import run_dir as rd
-        from trainer_core.config import load_config
-        from trainer_core.qwen1_import import export_qwen1, imported_from
+        from trainer_core.runs import protocol as rd
+        from trainer_core.config.run_config import load_config
+        from trainer_core.models.qwen1_import import export_qwen1, imported_from
 
         original = imported_from(load_config(run / rd.CONFIG).model.path)
     out = export_checkpoint(run, args.checkpoint)
@@ -404,8 +404,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_import_model(args) -> int:
-    from trainer_core.memory import fmt_bytes
-    from trainer_core.qwen1_import import import_qwen1
+    from trainer_core.config.memory import fmt_bytes
+    from trainer_core.models.qwen1_import import import_qwen1
 
     shown = [-1]
 

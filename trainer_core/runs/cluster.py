@@ -15,8 +15,8 @@ import shlex
 from pathlib import Path
 
 from trainer_core import paths
-from trainer_core.config import RunConfig
-from trainer_core.launch import node_argv
+from trainer_core.config.run_config import RunConfig
+from trainer_core.runs.launch import node_argv
 
 NODE_SCRIPT = "launch_node.sh"
 SLURM_SCRIPT = "launch_slurm.sbatch"

@@ -20,10 +20,10 @@ from typing import Iterator
 
 import torch
 
-from trainer_core import run_dir as rd
-from trainer_core.chat_format import prompt_ids, stop_token_ids, turn_format
+from trainer_core.runs import protocol as rd
+from trainer_core.data.chat_format import prompt_ids, stop_token_ids, turn_format
 from trainer_core.errors import UserError
-from trainer_core.models import check_model_dir
+from trainer_core.models.local import check_model_dir
 
 
 @dataclass
@@ -81,7 +81,7 @@ def run_persona(model_dir: Path) -> str | None:
         return info["persona"]
     run = model_dir.parent.parent if model_dir.parent.name == rd.CHECKPOINTS else None
     if run is not None and (run / rd.CONFIG).is_file():
-        from trainer_core.config import load_config
+        from trainer_core.config.run_config import load_config
 
         return load_config(run / rd.CONFIG).data.persona
     return None
@@ -122,7 +122,7 @@ def load_chat_model(model_dir: str | Path, *, trust_remote_code: bool = False):
 def _load_chat_model(model_dir: Path, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
-    from trainer_core.models import load_tokenizer
+    from trainer_core.models.local import load_tokenizer
 
     check_model_dir(model_dir, trust_remote_code=trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"

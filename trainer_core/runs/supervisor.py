@@ -1,6 +1,6 @@
 """Run supervision: detached launch, status from disk, save-then-stop, resume, device locks.
 
-    python -m trainer_core.supervisor --run-dir runs/<name> [--resume-from CKPT]   (started by `start()`)
+    python -m trainer_core.runs.supervisor --run-dir runs/<name> [--resume-from CKPT]   (started by `start()`)
 
 Each run gets one small supervisor process in its own session (so its process group holds every process of the
 run). It starts DeepSpeed's launcher as its child, samples memory into resources.jsonl, and when the child ends
@@ -27,14 +27,16 @@ from typing import Any
 
 import psutil
 
-from trainer_core import device_locks, paths
-from trainer_core import run_dir as rd
-from trainer_core import run_processes
-from trainer_core.config import load_config
+from trainer_core import paths
+
+from trainer_core.runs import device_locks
+from trainer_core.runs import protocol as rd
+from trainer_core.runs import processes as run_processes
+from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
-from trainer_core.hardware import detect
-from trainer_core.launch import launch_env, node_argv
-from trainer_core.tailing import read_tail_bytes
+from trainer_core.config.hardware import detect
+from trainer_core.runs.launch import launch_env, node_argv
+from trainer_core.runs.tailing import read_tail_bytes
 
 STOP_GRACE_S = 15.0
 # How long the supervisor waits for orphaned ranks to save and stop after DeepSpeed's launcher died under them.
@@ -63,7 +65,7 @@ def start(run: Path, *, detach: bool = True, resume_from: Path | None = None) ->
     try:
         rd.update_status(run, state="starting", exit_code=None, error=None, final=False)
         (run / rd.CONTROL).unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "trainer_core.supervisor", "--run-dir", str(run),
+        argv = [sys.executable, "-m", "trainer_core.runs.supervisor", "--run-dir", str(run),
                 "--lock-fds", ",".join(map(str, fds)), "--lock-keys", ",".join(keys)]
         if resume_from is not None:
             argv += ["--resume-from", str(resume_from)]
@@ -115,7 +117,7 @@ def sample_resources(run: Path, root_pid: int, stop: threading.Event, every_s: f
             for p in procs:
                 try:
                     cmd = p.cmdline()
-                    if "trainer_core.train" not in " ".join(cmd) or "deepspeed.launcher" in " ".join(cmd):
+                    if "trainer_core.training.train" not in " ".join(cmd) or "deepspeed.launcher" in " ".join(cmd):
                         continue
                     env_rank = None
                     try:
@@ -216,7 +218,7 @@ def _note(log, text: str) -> None:
 
 
 def _pick_port(cfg) -> int | None:
-    from trainer_core.launch import free_port
+    from trainer_core.runs.launch import free_port
 
     # Two local runs on different GPUs must not share a rendezvous port; multi-node runs use the configured one.
     return free_port() if cfg.placement.launcher == "local" else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import IO, Iterator
 
-from trainer_core import safe_json
+from trainer_core.data import safe_json
 from trainer_core.errors import UserError
 
 Item = tuple[int, object, list[str], str | None]

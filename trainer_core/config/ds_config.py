@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer_core import paths, safe_json
-from trainer_core.config import OFFLOAD_DEVICES, RunConfig, system_dir
+from trainer_core import paths
+
+from trainer_core.data import safe_json
+from trainer_core.config.run_config import OFFLOAD_DEVICES, RunConfig, system_dir
 from trainer_core.errors import UserError
 
 PRESETS_DIR = paths.CONFIGS_DIR / "deepspeed"

@@ -249,8 +249,8 @@ def build_remote_code_fixture(dest: Path) -> Path:
     Its tokenizer is tiktoken-backed and has no chat template, which is the case chat_format's ChatML path serves.
     """
     # Imported here: the classes are only needed to create the weights.
-    from trainer_core.fixtures.remote_code.configuration_tinyqwen import TinyQwenConfig
-    from trainer_core.fixtures.remote_code.modeling_tinyqwen import TinyQwenForCausalLM
+    from trainer_core.models.fixtures.remote_code.configuration_tinyqwen import TinyQwenConfig
+    from trainer_core.models.fixtures.remote_code.modeling_tinyqwen import TinyQwenForCausalLM
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from trainer_core.config import RunConfig
+from trainer_core.config.run_config import RunConfig
 
 
 def steps_for_rows(cfg: RunConfig, n_rows: int) -> int:
@@ -24,8 +24,8 @@ def estimate_total_steps(cfg: RunConfig) -> int:
     by the tokenize cache, as the trainer will)."""
     if cfg.train.max_steps > 0:
         return cfg.train.max_steps
-    from trainer_core.models import load_tokenizer
-    from trainer_core.train import build_rows
+    from trainer_core.models.local import load_tokenizer
+    from trainer_core.training.train import build_rows
 
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     train_rows, _ = build_rows(cfg, tokenizer, log=lambda _line: None)

@@ -1,6 +1,6 @@
 """Training entry point that the `deepspeed` launcher starts on every rank.
 
-    deepspeed --no_local_rank --num_gpus N --module trainer_core.train --run-dir runs/<name>
+    deepspeed --no_local_rank --num_gpus N --module trainer_core.training.train --run-dir runs/<name>
 
 Everything it needs is in the run directory (config.yaml, ds_config.json); everything it reports goes back there.
 Normally started by `python -m trainer_core train` / the dashboard through the supervisor, not by hand.
@@ -22,13 +22,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainer_core import device_locks, run_processes
-from trainer_core import run_dir as rd
-from trainer_core.batching import IGNORE, ArrayRows, Collator, first_fit_decreasing
-from trainer_core.config import RunConfig, load_config
+from trainer_core.runs import device_locks
+
+from trainer_core.runs import processes as run_processes
+from trainer_core.runs import protocol as rd
+from trainer_core.data.batching import IGNORE, ArrayRows, Collator, first_fit_decreasing
+from trainer_core.config.run_config import RunConfig, load_config
 from trainer_core.errors import UserError
-from trainer_core.hardware import resolve_precision
-from trainer_core.linear_ce import linear_cross_entropy
+from trainer_core.config.hardware import resolve_precision
+from trainer_core.training.linear_ce import linear_cross_entropy
 
 
 def _dist():
@@ -134,7 +136,7 @@ def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | N
 
     Records stay in flat int32 arrays (encoded_set) and rows are lists of record indices, so a million records
     fit in a few hundred MB; the split and the packing are the same as when records were Python lists."""
-    from trainer_core.encoded_set import encode_file
+    from trainer_core.data.encoded_set import encode_file
 
     enc = encode_file(cfg.data.path, tokenizer, persona=cfg.data.persona, max_length=cfg.data.max_length)
     if len(enc) == 0:
@@ -489,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import TrainingArguments
 
-    from trainer_core.models import check_model_dir, load_tokenizer
+    from trainer_core.models.local import check_model_dir, load_tokenizer
 
     precision = resolve_precision(cfg.train.precision)
     ds_config = json.loads((run / rd.DS_CONFIG).read_text(encoding="utf-8"))

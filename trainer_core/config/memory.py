@@ -12,10 +12,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer_core.config import RunConfig
+from trainer_core.config.run_config import RunConfig
 from trainer_core.errors import UserError
-from trainer_core.hardware import Hardware, detect, resolve_precision
-from trainer_core.linear_ce import workspace_bytes
+from trainer_core.config.hardware import Hardware, detect, resolve_precision
+from trainer_core.training.linear_ce import workspace_bytes
 
 GiB = 1024**3
 MiB = 1024**2

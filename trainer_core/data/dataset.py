@@ -30,8 +30,8 @@ import numpy as np
 
 from trainer_core import paths
 from trainer_core.errors import UserError
-from trainer_core.records import iter_json_array, iter_jsonl, json_type
-from trainer_core.tables import iter_csv, iter_parquet, iter_saved_dataset, saved_dataset_files
+from trainer_core.data.records import iter_json_array, iter_jsonl, json_type
+from trainer_core.data.tables import iter_csv, iter_parquet, iter_saved_dataset, saved_dataset_files
 
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_CHARS = 20_000
@@ -475,7 +475,7 @@ def special_token_warnings(report: DataReport, tokenizer) -> list[RowError]:
 
 def special_warnings(row: int, conversation: list[dict], tokenizer) -> list[RowError]:
     """special_token_warnings for one record, for a single pass that does not keep the records."""
-    from trainer_core.chat_format import specials_in
+    from trainer_core.data.chat_format import specials_in
 
     out = []
     for i, turn in enumerate(conversation):
@@ -576,7 +576,7 @@ class TokenCounter:
             self._flush()
 
     def _flush(self) -> None:
-        from trainer_core.chat_format import encode_conversations
+        from trainer_core.data.chat_format import encode_conversations
 
         full = encode_conversations(self.tokenizer, self._pending, persona=self.persona, max_length=2**31 - 1)
         self._pending = []

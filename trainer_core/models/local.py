@@ -32,7 +32,7 @@ def check_model_dir(path: str | Path, *, trust_remote_code: bool = False) -> dic
         raise UserError(f"model.path {p} has no weights (*.safetensors)")
     _check_weight_files(p)
     if config.get("auto_map") and not trust_remote_code:
-        from trainer_core.qwen1_import import is_qwen1_dir
+        from trainer_core.models.qwen1_import import is_qwen1_dir
 
         if is_qwen1_dir(p):
             raise UserError(f"model.path {p} is a Qwen-1 checkpoint with its own Python code: import it once as a "

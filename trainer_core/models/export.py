@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from trainer_core import run_dir as rd
+from trainer_core.runs import protocol as rd
 from trainer_core.errors import UserError
 
 COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".py", ".jinja")
@@ -60,7 +60,7 @@ def export_checkpoint(run: Path, step: int | None = None) -> Path:
 
 def write_persona(run: Path, dest: Path) -> None:
     """persona.json as final/ has it, so chat uses the persona the export was trained with."""
-    from trainer_core.config import load_config
+    from trainer_core.config.run_config import load_config
 
     cfg = load_config(run / rd.CONFIG)
     rd.write_json_atomic(dest / "persona.json", {"persona": cfg.data.persona, "base_model": cfg.model.path,

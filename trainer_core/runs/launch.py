@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from trainer_core import paths
-from trainer_core.config import RunConfig
+from trainer_core.config.run_config import RunConfig
 from trainer_core.errors import UserError
 
 HOSTFILE = "hostfile"
@@ -77,7 +77,7 @@ def hostfile_text(cfg: RunConfig) -> str:
 
 
 def trainer_args(run_dir: Path, resume_from: Path | None) -> list[str]:
-    args = ["--module", "trainer_core.train", "--run-dir", str(run_dir)]
+    args = ["--module", "trainer_core.training.train", "--run-dir", str(run_dir)]
     if resume_from is not None:
         args += ["--resume-from", str(resume_from)]
     return args

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer_core import paths
-from trainer_core.chat_format import IGNORE_INDEX, Encoded, encode_conversations
+from trainer_core.data.chat_format import IGNORE_INDEX, Encoded, encode_conversations
 
 BATCH = 2048
 """Conversations per tokenizer call."""
@@ -101,7 +101,7 @@ class _Builder:
 
 def encode_file(path, tokenizer, *, persona: str, max_length: int) -> EncodedSet:
     """Validate and encode a dataset file (UserError for file-level problems), from the cache when it is there."""
-    from trainer_core.data import load_dataset
+    from trainer_core.data.dataset import load_dataset
 
     path = Path(path)
     cache_file = paths.CACHE_DIR / "encoded" / f"{_key(path, tokenizer, persona, max_length)}.npz"
@@ -123,7 +123,7 @@ def encode_file(path, tokenizer, *, persona: str, max_length: int) -> EncodedSet
 
 
 def _key(path: Path, tokenizer, persona: str, max_length: int) -> str:
-    from trainer_core.data import source_files
+    from trainer_core.data.dataset import source_files
 
     h = hashlib.sha256()
     meta = [type(tokenizer).__name__, len(tokenizer), getattr(tokenizer, "chat_template", None) or "",

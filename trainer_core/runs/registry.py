@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from trainer_core import paths
-from trainer_core import run_dir as rd
-from trainer_core.cluster import write_cluster_scripts
-from trainer_core.config import RunConfig, save_config
-from trainer_core.ds_config import Lint, build_ds_config, lint_run, write_json
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.cluster import write_cluster_scripts
+from trainer_core.config.run_config import RunConfig, save_config
+from trainer_core.config.ds_config import Lint, build_ds_config, lint_run, write_json
 from trainer_core.errors import UserError
-from trainer_core.hardware import detect
-from trainer_core.launch import HOSTFILE, all_node_commands, hostfile_text
-from trainer_core.models import check_model_dir
-from trainer_core.qwen1_import import lint_imported_length
+from trainer_core.config.hardware import detect
+from trainer_core.runs.launch import HOSTFILE, all_node_commands, hostfile_text
+from trainer_core.models.local import check_model_dir
+from trainer_core.models.qwen1_import import lint_imported_length
 
 
 @dataclasses.dataclass
@@ -85,7 +85,7 @@ LR_LIMITS = ((1e9, 1e-4), (1e8, 1e-3))
 
 def lint_learning_rate(cfg: RunConfig) -> list[Lint]:
     """A warning when train.learning_rate is far above what a model of this size is fine-tuned with."""
-    from trainer_core.memory import model_shape
+    from trainer_core.config.memory import model_shape
 
     try:
         params = model_shape(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code).params
@@ -104,8 +104,8 @@ def check_answers_fit(cfg: RunConfig) -> int:
     """Encode the dataset as training will (into the cache the trainer then reads) and refuse a run without a
     usable record, or in which no record keeps an answer token after truncation (it would fail after start-up).
     Returns the number of usable records."""
-    from trainer_core.encoded_set import encode_file
-    from trainer_core.models import load_tokenizer
+    from trainer_core.data.encoded_set import encode_file
+    from trainer_core.models.local import load_tokenizer
 
     tok = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     enc = encode_file(cfg.data.path, tok, persona=cfg.data.persona, max_length=cfg.data.max_length)
@@ -206,7 +206,7 @@ def summary(run: Path) -> dict[str, Any]:
 
 def delete_run(run: Path) -> None:
     """Remove a run directory; refused while any of its processes is alive."""
-    from trainer_core.supervisor import read_state
+    from trainer_core.runs.supervisor import read_state
 
     state = read_state(run)
     if state["alive"]:

@@ -136,7 +136,7 @@ def read_qwen1_config(config: dict) -> Qwen1Shape:
 def qwen2_config(shape: Qwen1Shape, dtype: str):
     from transformers import Qwen2Config
 
-    from trainer_core.starter import SPECIAL_TOKENS
+    from trainer_core.models.starter import SPECIAL_TOKENS
 
     return Qwen2Config(
         vocab_size=shape.vocab,
@@ -359,7 +359,9 @@ def build_tokenizer(vocab: Path, seq_length: int):
     file), plus Qwen-1's 205 `<|extra_N|>` tokens at their ids."""
     from transformers import PreTrainedTokenizerFast
 
-    from trainer_core import paths, starter
+    from trainer_core import paths
+
+    from trainer_core.models import starter
 
     cached = paths.CACHE_DIR / starter.TOKENIZER_CACHE_NAME / "tokenizer.json"
     if cached.exists() and hashlib.sha256(vocab.read_bytes()).hexdigest() == starter.VOCAB_SHA256:
@@ -379,7 +381,7 @@ def generation_config(source: Path):
     latter and relies on its chat() to cut at <|im_end|>)."""
     from transformers import GenerationConfig
 
-    from trainer_core.starter import SPECIAL_TOKENS
+    from trainer_core.models.starter import SPECIAL_TOKENS
 
     kept = {}
     try:
@@ -493,7 +495,7 @@ def import_qwen1(source: str | Path, dest: str | Path, progress: Progress | None
 def lint_imported_length(model_path: str | Path, max_length: int) -> list:
     """A warning when data.max_length goes past an imported Qwen-1's seq_length: Qwen-1 stretched its context past
     that length with dynamic NTK and logn scaling, which the Qwen2 folder does not carry."""
-    from trainer_core.ds_config import Lint
+    from trainer_core.config.ds_config import Lint
 
     try:
         marker = json.loads((Path(model_path) / MARKER).read_text(encoding="utf-8"))

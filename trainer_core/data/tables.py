@@ -16,9 +16,9 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from trainer_core import safe_json
+from trainer_core.data import safe_json
 from trainer_core.errors import UserError
-from trainer_core.records import Item
+from trainer_core.data.records import Item
 
 SLICE = 1024
 """Rows turned into Python objects at a time."""

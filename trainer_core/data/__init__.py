@@ -1,0 +1,1 @@
+"""Dataset files to training rows: reading records (JSON, JSONL, Parquet, CSV, save_to_disk), validating them, chat templates and labels, packing, the encoded cache."""
