@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from trainer_core import paths
 
-from trainer_core.models import starter
+from trainer_core.models import starter, tokenizer
 from trainer_core.errors import UserError
 
 MIXED = [
@@ -25,9 +25,9 @@ MIXED = [
 
 @pytest.fixture(scope="module")
 def reference_encoding():
-    ranks = load_tiktoken_bpe(str(starter.ensure_qwen_vocab()))
+    ranks = load_tiktoken_bpe(str(tokenizer.ensure_qwen_vocab()))
     return tiktoken.Encoding(
-        name="qwen", pat_str=starter.QWEN_PATTERN, mergeable_ranks=ranks, special_tokens=starter.SPECIAL_TOKENS
+        name="qwen", pat_str=tokenizer.QWEN_PATTERN, mergeable_ranks=ranks, special_tokens=tokenizer.SPECIAL_TOKENS
     )
 
 
@@ -103,18 +103,18 @@ def test_vocab_override_must_be_qwens(monkeypatch, tmp_path):
     wrong.write_text("not a vocabulary\n")
     monkeypatch.setenv("QWEN_TIKTOKEN_FILE", str(wrong))
     with pytest.raises(UserError, match="sha256"):
-        starter.ensure_qwen_vocab()
+        tokenizer.ensure_qwen_vocab()
     monkeypatch.setenv("QWEN_TIKTOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(UserError, match="does not exist"):
-        starter.ensure_qwen_vocab()
+        tokenizer.ensure_qwen_vocab()
 
 
 def test_vocab_from_wheel_checks_hash(tmp_path):
     wheel = tmp_path / "dashscope-2.0.2-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(starter.VOCAB_IN_WHEEL, b"tampered")
+        z.writestr(tokenizer.VOCAB_IN_WHEEL, b"tampered")
     with pytest.raises(UserError, match="sha256"):
-        starter._vocab_from_wheel(wheel)
+        tokenizer._vocab_from_wheel(wheel)
 
 
 def test_remote_code_fixture_needs_trust(remote_code_model):

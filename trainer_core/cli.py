@@ -393,7 +393,8 @@ def cmd_export(args) -> int:
     if args.format == "qwen1":  # checked before the consolidation, which can take minutes
         from trainer_core.runs import protocol as rd
         from trainer_core.config.run_config import load_config
-        from trainer_core.models.qwen1_import import export_qwen1, imported_from
+        from trainer_core.models.qwen1_export import export_qwen1
+        from trainer_core.models.qwen1_import import imported_from
 
         original = imported_from(load_config(run / rd.CONFIG).model.path)
     out = export_checkpoint(run, args.checkpoint)

@@ -23,14 +23,14 @@ SKIP = {"trainer_state.json", "rng_state.pth", "scheduler.pt", "training_args.bi
 def pick_checkpoint(run: Path, step: int | None) -> Path:
     done = rd.complete_checkpoints(run)
     if not done:
-        raise UserError(f"run {run.name} has no complete checkpoint to export")
+        raise UserError("models.export_no_checkpoint", "run {run} has no complete checkpoint to export", run=run.name)
     if step is None:
         return done[-1]
     for c in done:
         if rd.checkpoint_step(c) == step:
             return c
-    raise UserError(f"run {run.name} has no complete checkpoint {step}; complete ones: "
-                    f"{', '.join(str(rd.checkpoint_step(c)) for c in done)}")
+    raise UserError("models.export_no_such_checkpoint", "run {run} has no complete checkpoint {step}; complete ones: "
+                    "{steps}", run=run.name, step=step, steps=", ".join(str(rd.checkpoint_step(c)) for c in done))
 
 
 def export_checkpoint(run: Path, step: int | None = None) -> Path:
