@@ -14,6 +14,8 @@ MESSAGES_ZH: dict[str, str] = {
     # --- runs (trainer_core/runs/) ---
 
     # --- training (trainer_core/training/) ---
+    "training.no_answer_tokens": "在 data.max_length={max_length} 下，没有任何训练记录保留下回答的词元；请调大它。",
+    "training.no_usable_records": "data.path {path} 中没有可用的记录（{errors} 行有错误）；请先对它运行 `python -m trainer_core check-data`。",
 
     # --- models (trainer_core/models/) ---
     "models.dest_exists": "{dest} 已存在；请换一个新的文件夹名，或先删除它。",

@@ -6,7 +6,7 @@ Starts the dashboard as run_app.sh does (`python -m app.serve`) on a free port w
 `--runs` finished runs and one live run whose train.log is `--log-gb` GB. `--sessions` Chromium sessions open the
 Monitor page on the live run; this script then appends metric lines as the trainer does (metrics.jsonl + status.json)
 and prints how long each line takes to show in every session, without reloading. Then it times opening each page.
-Needs Debian's Chromium (/usr/bin/chromium). Figures only; nothing is asserted.
+Needs Chromium on PATH (Debian: apt-get install chromium). Figures only; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import signal
-import socket
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,22 +26,17 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
+from trainer_core.paths import PROJECT_ROOT  # noqa: E402
+sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from dashboard_load import make_runs  # noqa: E402  (same fixture data as the server-side load bench)
+from trainer_core.runs.launch import free_port  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 TOTAL = 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_live(run: Path) -> None:
@@ -78,8 +73,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--log-gb", type=float, default=1.0)
     args = ap.parse_args()
-    if not Path("/usr/bin/chromium").exists():
-        print("needs /usr/bin/chromium (apt-get install chromium)")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        print("needs Chromium on PATH (apt-get install chromium)")
         return 2
     from playwright.sync_api import sync_playwright
 
@@ -88,7 +84,7 @@ def main() -> int:
         make_live(live)
         port = free_port()
         env = dict(os.environ, TRAINER_RUNS_ROOT=tmp)
-        server = subprocess.Popen([sys.executable, "-m", "app.serve", "--server.port", str(port)], cwd=ROOT,
+        server = subprocess.Popen([sys.executable, "-m", "app.serve", "--server.port", str(port)], cwd=PROJECT_ROOT,
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
         url = f"http://127.0.0.1:{port}"
@@ -100,7 +96,7 @@ def main() -> int:
                 except OSError:
                     time.sleep(0.5)
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+                browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
                 pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
                          for _ in range(args.sessions)]
                 for page in pages:

@@ -16,26 +16,37 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if (_checkout := str(Path(__file__).resolve().parent.parent)) not in sys.path:
+    sys.path.insert(0, _checkout)  # run as `python bench/x.py`: make trainer_core importable
 
-from trainer_core.data.chat_format import IGNORE_INDEX, encode_conversations  # noqa: E402
 from trainer_core.config.run_config import DEFAULT_PERSONA  # noqa: E402
+from trainer_core.data.chat_format import IGNORE_INDEX, encode_conversations  # noqa: E402
+from trainer_core.paths import PROJECT_ROOT as ROOT  # noqa: E402
 
-DATA = Path("/work/shared/data/huanhuan.json")
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "huanhuan.json"  # the shared folder beside the checkout
 EVAL_MAX_LENGTH = 128  # the tutorial's MAX_LENGTH
 
 
-def as_conversation(record: dict) -> list[dict]:
-    """An alpaca record as our loader reads it (instruction and input joined, as the tutorial joins them)."""
-    return [{"role": "user", "content": record["instruction"] + record.get("input", "")},
-            {"role": "assistant", "content": record["output"]}]
+def data_file(path: Path) -> Path:
+    """The --data file, or an exit naming what is missing and how to give it."""
+    if not path.is_file():
+        raise SystemExit(f"--data {path}: no such file. Pass --data with a JSON array of alpaca records "
+                         f"(huanhuan.json), or put it at {DEFAULT_DATA}.")
+    return path
+
+
+def as_conversations(records: list[dict]) -> list[list[dict]]:
+    """Alpaca records as our trainer reads them, through trainer_core's own loader (data/dataset.py)."""
+    from trainer_core.data.dataset import load_dataset_bytes
+
+    report = load_dataset_bytes(json.dumps(records, ensure_ascii=False).encode("utf-8"), "records.json")
+    if report.n_usable != len(records):
+        raise SystemExit(f"{report.n_errors} of {len(records)} records are unusable, first: {report.errors[0]}")
+    return report.conversations
 
 
 def encode_heldout(tokenizer, records: list[dict], persona: str = DEFAULT_PERSONA):
-    enc = encode_conversations(tokenizer, [as_conversation(r) for r in records], persona=persona,
-                               max_length=EVAL_MAX_LENGTH)
+    enc = encode_conversations(tokenizer, as_conversations(records), persona=persona, max_length=EVAL_MAX_LENGTH)
     return [e for e in enc if not e.answer_lost]
 
 

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
+from trainer_core.paths import PROJECT_ROOT  # noqa: E402
 
 PAGES = ["pages/data.py", "pages/train.py", "pages/monitor.py", "pages/chat.py", "pages/runs.py"]
 
@@ -59,7 +59,7 @@ def make_runs(root: Path, n: int, log_gb: float) -> Path:
 def render_times(page: str, repeat: int = 3) -> list[float]:
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at = AppTest.from_file(str(PROJECT_ROOT / "streamlit_app.py"), default_timeout=120)
     at.run()
     out = []
     for _ in range(repeat):
@@ -76,9 +76,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--log-gb", type=float, default=1.0)
     args = ap.parse_args()
-    from streamlit.runtime.pages_manager import PagesManager
+    from app.frame import leave_pages_directory_mode
 
-    PagesManager.uses_pages_directory = False  # behave like a server that has served its first page
+    leave_pages_directory_mode()  # behave like a server that has served its first page
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TRAINER_RUNS_ROOT"] = tmp
         live = make_runs(Path(tmp), args.runs, args.log_gb)

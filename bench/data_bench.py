@@ -1,6 +1,6 @@
 """Data preparation: time (and, at scale, peak memory) to validate, measure and encode a dataset.
 
-    .venv/bin/python bench/data_bench.py [--file PATH] [--max-length 256]      huanhuan.json, cold and cached
+    .venv/bin/python bench/data_bench.py [--data PATH] [--max-length 256]      huanhuan.json, cold and cached
     .venv/bin/python bench/data_bench.py --scale 1000000 [--max-length 256]    generated records, each step in
                                                                                its own process, peak RSS measured
 
@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
 os.environ.setdefault("TRAINER_CACHE_DIR", tempfile.mkdtemp(prefix="data-bench-cache-"))  # before paths loads
+from bench.common import DEFAULT_DATA, data_file  # noqa: E402
+from trainer_core.paths import PROJECT_ROOT  # noqa: E402
 
 WORDS = "皇上 娘娘 臣妾 本宫 御花园 碎玉轩 甄嬛 华妃 太后 今日 明日 赏花 请安 奉茶".split()
 
@@ -68,7 +69,7 @@ def write_records(path: Path, n: int, seed: int = 0) -> None:
 
 
 def measure(argv: list[str], env: dict | None = None) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, *argv], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", MEASURE, *argv], cwd=PROJECT_ROOT, capture_output=True, text=True,
                          env=env, check=True)
     return json.loads(out.stdout)
 
@@ -103,22 +104,24 @@ def scale(n: int, max_length: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--file", type=Path, default=Path("/work/shared/data/huanhuan.json"))
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="dataset file (default ../shared/data/huanhuan.json)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--scale", type=int, default=0, metavar="N", help="generate N records and measure at scale")
     args = p.parse_args(argv)
     if args.scale:
         return scale(args.scale, args.max_length)
+    data_file(args.data)
 
     from trainer_core.data.batching import first_fit_decreasing
     from trainer_core.config.run_config import DEFAULT_PERSONA
     from trainer_core.data.encoded_set import encode_file
     from trainer_core.models.local import load_tokenizer
 
-    tokenizer = load_tokenizer(ROOT / "models" / "qwen2-starter")
+    tokenizer = load_tokenizer(PROJECT_ROOT / "models" / "qwen2-starter")
     for label in ("cold", "cached"):
         t = time.perf_counter()
-        enc = encode_file(args.file, tokenizer, persona=DEFAULT_PERSONA, max_length=args.max_length)
+        enc = encode_file(args.data, tokenizer, persona=DEFAULT_PERSONA, max_length=args.max_length)
         keep = [i for i in range(len(enc)) if enc.n_labels[i]]
         rows = first_fit_decreasing([enc.lengths[i] for i in keep], args.max_length)
         dt = time.perf_counter() - t

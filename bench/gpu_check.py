@@ -26,11 +26,11 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
+from trainer_core.paths import PROJECT_ROOT  # noqa: E402
 
-STARTER = ROOT / "models" / "qwen2-starter"
-HUANHUAN = Path("/work/shared/data/huanhuan.json")
+STARTER = PROJECT_ROOT / "models" / "qwen2-starter"
+HUANHUAN = PROJECT_ROOT.parent / "shared" / "data" / "huanhuan.json"  # the shared folder beside the checkout
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),
              ("L40S", 362e12), ("A10", 125e12)]
@@ -100,21 +100,21 @@ def nvml_summary(samples: list[tuple[float, int, int]]) -> str:
 def run_baseline(work: Path, model: Path, train: Path, heldout: Path, steps: int) -> dict:
     from trainer_core.runs.launch import free_port
 
-    ds = json.loads((ROOT / "bench" / "baseline_ds_config.json").read_text())
+    ds = json.loads((PROJECT_ROOT / "bench" / "baseline_ds_config.json").read_text())
     ds["bf16"] = {"enabled": "auto"}  # the precision this card supports; the tutorial's JSON only has fp16
     (work / "baseline_ds.json").write_text(json.dumps(ds))
     result = work / "baseline.json"
     argv = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--no_local_rank", "--num_gpus", "1",
-            "--master_port", str(free_port()), str(ROOT / "bench" / "baseline_train.py"),
+            "--master_port", str(free_port()), str(PROJECT_ROOT / "bench" / "baseline_train.py"),
             "--deepspeed", str(work / "baseline_ds.json"), "--output_dir", str(work / "baseline-out"),
             "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-4",
             "--warmup_steps", "1", "--max_steps", str(steps), "--bf16", "true", "--logging_steps", "10",
             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
             "--model_path", str(model), "--data_path", str(train), "--heldout_path", str(heldout),
             "--result_path", str(result)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     with NvmlSampler() as nvml, open(work / "baseline.log", "wb") as log:
-        proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         sys.exit(f"baseline failed; see {work / 'baseline.log'}:\n{(work / 'baseline.log').read_text()[-3000:]}")
     r = json.loads(result.read_text())
@@ -126,11 +126,11 @@ def run_ours(work: Path, name: str, sets: list[str]) -> dict:
     from trainer_core.runs import protocol as rd
     from trainer_core.runs.tailing import read_all_rows
 
-    argv = [sys.executable, "-m", "trainer_core", "train", str(ROOT / "configs" / "quickstart.yaml")]
+    argv = [sys.executable, "-m", "trainer_core", "train", str(PROJECT_ROOT / "configs" / "quickstart.yaml")]
     for s in [*sets, f"name={name}"]:
         argv += ["--set", s]
     env = {**os.environ, "TRAINER_RUNS_ROOT": str(work / "runs")}
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     run = work / "runs" / name
     if proc.returncode != 0:
         log = run / rd.LOG
@@ -148,7 +148,7 @@ def planned(sets: list[str]) -> int:
     from trainer_core.config.run_config import load_config
     from trainer_core.config.memory import plan_memory
 
-    return plan_memory(load_config(ROOT / "configs" / "quickstart.yaml", sets)).per_rank_device_bytes
+    return plan_memory(load_config(PROJECT_ROOT / "configs" / "quickstart.yaml", sets)).per_rank_device_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60, help="optimizer steps per recipe (default 60)")
     p.add_argument("--records", type=int, default=2000)
-    p.add_argument("--data", type=Path, default=HUANHUAN if HUANHUAN.is_file() else ROOT / "data" / "sample_zhenhuan.jsonl",
+    sample = PROJECT_ROOT / "data" / "sample_zhenhuan.jsonl"
+    p.add_argument("--data", type=Path, default=HUANHUAN if HUANHUAN.is_file() else sample,
                    help="alpaca records, .json or .jsonl (default huanhuan.json, else the shipped sample)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():

@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
+from trainer_core.paths import PROJECT_ROOT  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -127,7 +127,7 @@ def streaming_figures(model, tok, n_tokens: int, repeats: int = 3) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "qwen2-starter")
+    p.add_argument("--model", type=Path, default=PROJECT_ROOT / "models" / "qwen2-starter")
     p.add_argument("--tokens", type=int, default=64)
     args = p.parse_args(argv)
     tail = tail_figures()

@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
+from trainer_core.paths import PROJECT_ROOT  # noqa: E402
 
 from trainer_core.runs import protocol as rd  # noqa: E402
 from trainer_core.runs.tailing import read_all_rows  # noqa: E402
 
-STARTER = ROOT / "models" / "qwen2-starter"
+STARTER = PROJECT_ROOT / "models" / "qwen2-starter"
 GOAL = 0.25
 
 
@@ -67,13 +67,13 @@ def measure(work: Path, model: Path, v: dict, name: str) -> dict:
             f"deepspeed.offload_param={'cpu' if v['offload'] and v['stage'] == 3 else 'none'}",
             f"placement.num_ranks={v['ranks']}", "train.max_steps=3", "train.save_steps=0", "data.eval_ratio=0",
             f"name={name}"]
-    argv = [sys.executable, "-m", "trainer_core", "train", str(ROOT / "configs" / "quickstart.yaml")]
+    argv = [sys.executable, "-m", "trainer_core", "train", str(PROJECT_ROOT / "configs" / "quickstart.yaml")]
     for s in sets:
         argv += ["--set", s]
     env = {**__import__("os").environ, "TRAINER_RUNS_ROOT": str(work / "runs")}
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     run = work / "runs" / name
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml", sets)
+    cfg = load_config(PROJECT_ROOT / "configs" / "quickstart.yaml", sets)
     predicted = plan_memory(cfg).per_rank_device_bytes
     if proc.returncode != 0:
         return {**v, "predicted": predicted, "measured": None, "sampled": None,

@@ -1,9 +1,10 @@
 """Bench-only virtual environments for the peer trainers of bench/peer_bench.py (TRL, LLaMA-Factory).
 
 Each peer gets its own venv under .cache/peer-venvs/<peer>/ (git-ignored), so its pins never touch the product's
-.venv or requirements.txt. torch is installed first from the machine's local CPU wheel (/opt/wheels), so pip sees
-torch==2.13.0 satisfied and never downloads a CUDA build; then the peer at an exact version, with the same
-transformers and DeepSpeed as ours wherever the peer allows it, so the engines underneath are the same.
+.venv or requirements.txt. torch is installed first from the machine's local CPU wheel (where pip's own find-links
+configuration, PIP_FIND_LINKS or pip.conf, points), so pip sees torch==2.13.0 satisfied and never downloads a CUDA
+build; then the peer at an exact version, with the same transformers and DeepSpeed as ours wherever the peer allows
+it, so the engines underneath are the same.
 
     .venv/bin/python bench/peer_venvs.py trl llamafactory     # create or complete them (a few minutes each)
 """
@@ -15,9 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENVS = ROOT / ".cache" / "peer-venvs"
-WHEELS = "/opt/wheels"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
+from trainer_core.paths import PROJECT_ROOT  # noqa: E402
+
+VENVS = PROJECT_ROOT / ".cache" / "peer-venvs"
 TORCH = os.environ.get("PEER_TORCH", "torch==2.13.0")  # the local wheel's version
 DEEPSPEED = "deepspeed==0.19.8"  # ours: the same ZeRO-2 offload engine and CPU Adam for every recipe
 
@@ -56,10 +58,10 @@ def ensure(peer: str, log=sys.stdout) -> Path:
     VENVS.mkdir(parents=True, exist_ok=True)
     steps = [[_system_python(), "-m", "venv", "--clear", str(VENVS / peer)],
              [str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"],
-             [str(py), "-m", "pip", "install", "-q", "--find-links", WHEELS, TORCH]]
+             [str(py), "-m", "pip", "install", "-q", TORCH]]
     if spec["no_deps"]:
         steps.append([str(py), "-m", "pip", "install", "-q", "--no-deps", *spec["no_deps"]])
-    steps.append([str(py), "-m", "pip", "install", "-q", "--find-links", WHEELS, TORCH, *spec["pins"]])
+    steps.append([str(py), "-m", "pip", "install", "-q", TORCH, *spec["pins"]])
     for argv in steps:
         print("+", " ".join(argv), file=log, flush=True)
         subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT)

@@ -20,19 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
+from bench.common import DEFAULT_DATA, data_file  # noqa: E402
+from trainer_core.paths import PROJECT_ROOT  # noqa: E402
 
 from trainer_core.runs import protocol as rd  # noqa: E402
 from trainer_core.config.run_config import load_config  # noqa: E402
 from trainer_core.runs.registry import create_run  # noqa: E402
 from trainer_core.runs.supervisor import read_state, start, stop  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "huanhuan.json"
-
 
 def launch(data: Path, ranks: int, cap: int, extra: list[str]) -> Path:
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
+    cfg = load_config(PROJECT_ROOT / "configs" / "quickstart.yaml", [
         f"data.path={data}", "data.eval_ratio=0.1", f"data.max_eval_records={cap}", "train.save_steps=1000",
         f"placement.num_ranks={ranks}", *extra])
     run = create_run(cfg)
@@ -76,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="alpaca records (default ../shared huanhuan.json)")
     p.add_argument("--ranks", type=int, default=1)
     args = p.parse_args(argv)
-    if not args.data.is_file():
-        raise SystemExit(f"--data {args.data} does not exist: give the huanhuan.json dataset")
+    data_file(args.data)
     tmp = Path(tempfile.mkdtemp(prefix="stop-bench-"))
     os.environ["TRAINER_RUNS_ROOT"] = str(tmp / "runs")
     os.environ["TRAINER_LOCK_DIR"] = str(tmp / "locks")

@@ -31,23 +31,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DATA, EVAL_MAX_LENGTH, ROOT, encode_heldout, write_json  # noqa: E402
+from bench.common import DEFAULT_DATA, EVAL_MAX_LENGTH, data_file, encode_heldout, write_json  # noqa: E402
 from trainer_core.runs import protocol as rd  # noqa: E402
+from trainer_core.paths import PROJECT_ROOT  # noqa: E402
 from trainer_core.runs.tailing import read_all_rows  # noqa: E402
 
 PY = sys.executable
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-OURS_SAME = ROOT / "bench" / "ours_same.yaml"
+QUICKSTART = PROJECT_ROOT / "configs" / "quickstart.yaml"
+OURS_SAME = PROJECT_ROOT / "bench" / "ours_same.yaml"
 SEED = 42  # train.seed of both our configs: the split below depends on it
 
 
-def prepare_data(work: Path, n_records: int, n_heldout: int) -> tuple[Path, Path, Path]:
+def prepare_data(data: Path, work: Path, n_records: int, n_heldout: int) -> tuple[Path, Path, Path]:
     """train.json (baseline), heldout.json, ours.json (train + held-out, ordered so our trainer holds out exactly
     the held-out records: it shuffles with random.Random(train.seed) and takes the first eval_ratio * n)."""
     from trainer_core.models.local import load_tokenizer
 
-    records = json.loads(DATA.read_text(encoding="utf-8"))[:n_records]
-    tok = load_tokenizer(ROOT / "models" / "qwen2-starter")
+    records = json.loads(data_file(data).read_text(encoding="utf-8"))[:n_records]
+    tok = load_tokenizer(PROJECT_ROOT / "models" / "qwen2-starter")
     # Held-out records must fit in EVAL_MAX_LENGTH, so every recipe scores the whole answer of each.
     fits = [len(e.input_ids) < EVAL_MAX_LENGTH for e in encode_heldout(tok, records)]
     candidates = [i for i, ok in enumerate(fits) if ok]
@@ -74,13 +75,16 @@ def env() -> dict[str, str]:
     return launch_env(RunConfig(), has_gpu=False)
 
 
-def phases_env(work: Path, name: str, enabled: bool) -> dict[str, str]:
-    """--phases: put bench/phase_timer on the ranks' PYTHONPATH so its sitecustomize times each step's phases."""
-    if not enabled:
+def hooks_env(work: Path, name: str, phases: bool, hooks: str | None = None) -> dict[str, str]:
+    """The ranks' PYTHONPATH with bench/<hooks> (a recipe's sitecustomize, e.g. logits_head) and, for --phases,
+    bench/phase_timer, whose sitecustomize times each step's phases."""
+    folders = [f for f in (hooks, "phase_timer" if phases else None) if f]
+    if not folders:
         return {}
-    base = env()
-    return {"PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "phase_timer"), base["PYTHONPATH"]]),
-            "BENCH_PHASES": str(work / "phases" / name)}
+    out = {"PYTHONPATH": os.pathsep.join([*(str(PROJECT_ROOT / "bench" / f) for f in folders), env()["PYTHONPATH"]])}
+    if phases:
+        out["BENCH_PHASES"] = str(work / "phases" / name)
+    return out
 
 
 def read_phases(work: Path, name: str) -> dict | None:
@@ -98,8 +102,8 @@ def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int, env_ext
     result = work / "baseline.json"
     port = free_port()
     argv = [PY, "-u", "-m", "deepspeed.launcher.runner", "--no_local_rank", "--num_gpus", "1",
-            "--master_port", str(port), str(ROOT / "bench" / "baseline_train.py"),
-            "--deepspeed", str(ROOT / "bench" / "baseline_ds_config.json"),
+            "--master_port", str(port), str(PROJECT_ROOT / "bench" / "baseline_train.py"),
+            "--deepspeed", str(PROJECT_ROOT / "bench" / "baseline_ds_config.json"),
             "--output_dir", str(work / "baseline-out"),
             "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
             "--num_train_epochs", "1", "--learning_rate", "1e-4", "--logging_steps", "10",
@@ -107,13 +111,13 @@ def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int, env_ext
             "--warmup_steps", "1",
             # Checkpoints are not training: the tutorial saves every 100 steps, we save in neither recipe.
             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", str(SEED),
-            "--model_path", str(ROOT / "models" / "qwen2-starter"), "--data_path", str(train),
+            "--model_path", str(PROJECT_ROOT / "models" / "qwen2-starter"), "--data_path", str(train),
             "--heldout_path", str(heldout), "--result_path", str(result)]
     if max_steps > 0:
         argv += ["--max_steps", str(max_steps)]
     log = work / "baseline.log"
     with open(log, "wb") as out:
-        proc = subprocess.run(argv, cwd=ROOT, env={**env(), **(env_extra or {})}, stdout=out,
+        proc = subprocess.run(argv, cwd=PROJECT_ROOT, env={**env(), **(env_extra or {})}, stdout=out,
                               stderr=subprocess.STDOUT)
     # The tutorial's recipe leaves DeepSpeed's 66 MB CPU all-reduce buffer in /dev/shm (our trainer unlinks its own,
     # train.release_shm_workspace); the benchmark cleans up after the baseline rather than change the recipe.
@@ -137,7 +141,7 @@ def run_ours(work: Path, name: str, config: Path, data: Path, heldout: Path, n_r
     for o in overrides:
         argv += ["--set", o]
     e = {**env(), **(env_extra or {}), "TRAINER_RUNS_ROOT": str(work / "runs")}
-    proc = subprocess.run(argv, cwd=ROOT, env=e, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=e, capture_output=True, text=True)
     run = work / "runs" / name
     if proc.returncode != 0:
         log = (run / rd.LOG).read_text(errors="replace")[-3000:] if (run / rd.LOG).is_file() else proc.stderr[-3000:]
@@ -176,7 +180,7 @@ def _rescore(model_dir: Path, heldout: Path) -> float:
             "from transformers import AutoModelForCausalLM; from trainer_core.models.local import load_tokenizer;"
             "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); t = load_tokenizer(sys.argv[1]);"
             "print(heldout_loss(m, encode_heldout(t, json.loads(Path(sys.argv[2]).read_text()))))")
-    out = subprocess.run([PY, "-c", code, str(model_dir), str(heldout), str(ROOT)], cwd=ROOT, env=env(),
+    out = subprocess.run([PY, "-c", code, str(model_dir), str(heldout), str(PROJECT_ROOT)], cwd=PROJECT_ROOT, env=env(),
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -242,19 +246,22 @@ def ratios(results: list[dict], target: float) -> list[str]:
     return out
 
 
-# --ablation: our defaults with one optimisation taken away each, to say what each contributes.
+# --ablation: our defaults with one optimisation taken away each, to say what each contributes. Each is (name,
+# --set overrides, bench/<folder> whose sitecustomize the ranks import, or None).
 ABLATIONS = [
-    ("ours-logits-head", [], {"TRAINER_HEAD_LOSS": "logits"}),  # logits at labelled positions, plain cross-entropy
-    ("ours-no-packing", ["data.packing=false"], {}),
-    ("ours-micro-1", ["train.micro_batch_size=1"], {}),
-    ("ours-micro-2", ["train.micro_batch_size=2", "train.learning_rate=3e-3"], {}),  # the previous defaults
-    ("ours-lr-1e-4", ["train.learning_rate=1e-4"], {}),  # the tutorial's learning rate
+    ("ours-logits-head", [], "logits_head"),  # logits at labelled positions, plain cross-entropy (head_loss=logits)
+    ("ours-no-packing", ["data.packing=false"], None),
+    ("ours-micro-1", ["train.micro_batch_size=1"], None),
+    ("ours-micro-2", ["train.micro_batch_size=2", "train.learning_rate=3e-3"], None),  # the previous defaults
+    ("ours-lr-1e-4", ["train.learning_rate=1e-4"], None),  # the tutorial's learning rate
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--records", type=int, default=400, help="first N records of huanhuan.json (default 400)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="JSON array of alpaca records (default ../shared/data/huanhuan.json)")
+    p.add_argument("--records", type=int, default=400, help="first N records of --data (default 400)")
     p.add_argument("--heldout", type=int, default=40, help="of those, held out for evaluation (default 40)")
     p.add_argument("--quick", action="store_true", help="60 records, 3-5 steps per recipe: a smoke check")
     p.add_argument("--ablation", action="store_true",
@@ -272,27 +279,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs)")
     args = p.parse_args(argv)
+    data_file(args.data)
     if args.quick:
         args.records, args.heldout = 60, 6
     steps_base, steps_ours = (5, 3) if args.quick else (-1, -1)
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
-    train, heldout, ours_data = prepare_data(work, args.records, args.heldout)
+    train, heldout, ours_data = prepare_data(args.data, work, args.records, args.heldout)
     print(f"{args.records} records, {args.heldout} held out; work dir {work}", flush=True)
 
     common = [f"train.max_steps={steps_ours}"] if steps_ours > 0 else []
     jobs = []
     if "baseline" in only:
         jobs.append(("baseline", lambda: run_baseline(work, train, heldout, steps_base,
-                                                      phases_env(work, "baseline", args.phases))))
+                                                      hooks_env(work, "baseline", args.phases))))
     if "ours-same" in only:
         jobs.append(("ours-same", lambda: run_ours(work, "ours-same", OURS_SAME, ours_data, heldout, args.records,
-                                                   args.heldout, common, phases_env(work, "ours-same", args.phases))))
+                                                   args.heldout, common, hooks_env(work, "ours-same", args.phases))))
     # Ours evaluates after every step: the curve gives the time to the baseline's loss (evaluation time excluded).
-    for name, sets, extra in ([("ours", [], {})] if "ours" in only else []) + (ABLATIONS if args.ablation else []):
-        jobs.append((name, lambda name=name, sets=sets, extra=extra: run_ours(
+    for name, sets, hooks in ([("ours", [], None)] if "ours" in only else []) + (ABLATIONS if args.ablation else []):
+        jobs.append((name, lambda name=name, sets=sets, hooks=hooks: run_ours(
             work, name, QUICKSTART, ours_data, heldout, args.records, args.heldout,
-            [*common, "train.eval_steps=1", *sets, *args.set], {**extra, **phases_env(work, name, args.phases)})))
+            [*common, "train.eval_steps=1", *sets, *args.set], hooks_env(work, name, args.phases, hooks))))
     runs: dict[str, list[dict]] = {name: [] for name, _ in jobs}
     for _ in range(args.repeat):
         for name, fn in jobs:

@@ -20,12 +20,13 @@ from streamlit.testing.v1 import AppTest
 
 from app import auth
 from app.i18n import EN, LABELS, ZH
+from helpers import warm_pages_manager
 from trainer_core import paths
 from trainer_core.runs import protocol as rd
 from trainer_core.config.run_config import load_config, save_config
+from trainer_core.paths import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "streamlit_app.py")
+APP = str(PROJECT_ROOT / "streamlit_app.py")
 PAGES = ["pages/data.py", "pages/train.py", "pages/monitor.py", "pages/chat.py", "pages/runs.py"]
 
 
@@ -41,22 +42,9 @@ def uploads(tmp_path, monkeypatch):
 
 @pytest.fixture
 def warm_server(monkeypatch):
-    """Make every AppTest run behave like a request to a server that has served its first page.
-
-    A Streamlit server next to a `pages/` folder treats requests as old-style multipage runs until the entry script
-    has called `st.navigation` once; from then on the whole process runs the entry script first. AppTest starts each
-    run as a brand-new server, so without this every page run would go through `require_frame()`'s extra rerun
-    (which drops button clicks). test_a_page_asked_for_first_still_gets_the_frame covers the brand-new case.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    init = PagesManager.__init__
-
-    def warm_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", warm_init)
+    """Every AppTest run behaves like a request to a server that has served its first page (helpers.py says why);
+    test_a_page_asked_for_first_still_gets_the_frame covers the brand-new case."""
+    warm_pages_manager(monkeypatch)
 
 
 @pytest.fixture
@@ -131,7 +119,7 @@ def test_both_languages_have_the_same_keys_and_placeholders():
 
 
 def test_every_label_the_code_asks_for_exists():
-    sources = [ROOT / "streamlit_app.py", *sorted((ROOT / "app").glob("*.py")), *sorted((ROOT / "pages").glob("*.py"))]
+    sources = [PROJECT_ROOT / "streamlit_app.py", *sorted((PROJECT_ROOT / "app").glob("*.py")), *sorted((PROJECT_ROOT / "pages").glob("*.py"))]
     used = {k for f in sources for k in re.findall(r"""\bt\(\s*["']([\w.]+)["']\s*[,)]""", f.read_text(encoding="utf-8"))}
     assert used, "no labels found: did the t() pattern change?"
     assert not used - set(LABELS["zh"]), sorted(used - set(LABELS["zh"]))
@@ -325,7 +313,7 @@ def test_invalid_value_is_refused_at_the_form_with_the_field_named(app, runs_roo
     app.text_input(key="p.f.run.name").set_value("")
     app.selectbox(key="p.f.model.choice").set_value("__other__").run()
     app.text_input(key="p.f.model.path").set_value("/nowhere/model").run()
-    assert any(e.startswith("model.path /nowhere/model is not a directory") for e in texts(app, "error"))
+    assert any(e.startswith("model.path /nowhere/model 不是文件夹") for e in texts(app, "error"))  # coded, in Chinese
     assert list(runs_root.iterdir()) == []
 
 

@@ -190,7 +190,7 @@ def test_force_stop_asks_first(app, runs_root):
 
     import psutil
 
-    from conftest import wait_for
+    from helpers import wait_for
 
     supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
     try:

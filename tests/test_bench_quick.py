@@ -5,17 +5,18 @@ the machine is shared, and the figures are the benchmark's to report, not a test
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import SHARED
+from trainer_core.paths import PROJECT_ROOT
+
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif(not Path("/work/shared/data/huanhuan.json").is_file(), reason="needs ../shared/data/huanhuan.json")
+@pytest.mark.skipif(not (SHARED / "data" / "huanhuan.json").is_file(), reason="needs ../shared/data/huanhuan.json")
 def test_quick_bench_prints_a_table_that_parses():
-    proc = subprocess.run([sys.executable, "bench/train_bench.py", "--quick", "--phases"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "bench/train_bench.py", "--quick", "--phases"], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()

@@ -1,15 +1,15 @@
 # .venv/bin/python -m pytest tests/test_browser_e2e.py -q -s
 """The dashboard in a real browser: start it as run_app.sh does, upload the sample, train, watch it live, chat.
 
-Drives Debian's Chromium (/usr/bin/chromium) through Playwright for Python. Screenshots of every page, in both
+Drives Chromium (found on PATH; Debian's package) through Playwright for Python. Screenshots of every page, in both
 languages, go to test-artifacts/ (git-ignored). The training run is the quickstart config cut to one epoch.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,24 +18,20 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
-SAMPLE = ROOT / "data" / "sample_zhenhuan.jsonl"
+from helpers import free_port
+from trainer_core.paths import PROJECT_ROOT
+
+CHROMIUM = shutil.which("chromium")
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+SAMPLE = PROJECT_ROOT / "data" / "sample_zhenhuan.jsonl"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: apt-get install -y chromium"),
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH: apt-get install -y chromium"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -69,7 +65,7 @@ class Server:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app.serve", "--server.port", str(self.port), "--server.headless", "true"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_healthy(self.url, self.proc)
 
     def stop(self) -> None:
@@ -133,7 +129,7 @@ def test_upload_train_watch_chat(server):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         expect.set_options(timeout=60_000)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, cli, quick_sets
+from helpers import cli, quick_sets
+from trainer_core.paths import PROJECT_ROOT
 from trainer_core.runs import protocol as rd
 
-REAL_DATA = ROOT.parent / "shared" / "data" / "huanhuan.json"
+REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "huanhuan.json"
 QUICKSTART = "configs/quickstart.yaml"
 
 
@@ -89,7 +90,7 @@ def test_a_starter_learning_rate_on_a_7b_model_is_flagged(tmp_path, runs_root, s
 
 
 def write_config(tmp_path: Path, **changes) -> Path:
-    cfg = yaml.safe_load((ROOT / QUICKSTART).read_text(encoding="utf-8"))
+    cfg = yaml.safe_load((PROJECT_ROOT / QUICKSTART).read_text(encoding="utf-8"))
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         cfg.setdefault(section, {})[key] = value

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from trainer_core.paths import PROJECT_ROOT
 
 PEAK_LIMIT_MIB = 1536
 
@@ -34,7 +34,7 @@ def write_records(path, n: int) -> None:
 
 
 def measure(*argv: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, *argv], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", MEASURE, *argv], cwd=PROJECT_ROOT, capture_output=True, text=True,
                          check=True, timeout=900)
     return json.loads(out.stdout)
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from trainer_core.runs import device_locks
 from trainer_core.errors import UserError
+from trainer_core.paths import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "testhost-gpu0"
 
 
@@ -72,7 +71,7 @@ def test_the_default_lock_folder_is_per_machine_not_per_runs_folder(monkeypatch,
 def test_an_unwritable_runs_folder_is_one_line_and_exit_2(tmp_path):
     """sysfs refuses mkdir even to root; a read-only mount gives EROFS the same way."""
     env = dict(os.environ, TRAINER_RUNS_ROOT="/sys/trainer-studio-runs", TRAINER_LOCK_DIR=str(tmp_path / "l"))
-    proc = subprocess.run([sys.executable, "-m", "trainer_core", "train", "configs/quickstart.yaml"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "trainer_core", "train", "configs/quickstart.yaml"], cwd=PROJECT_ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [

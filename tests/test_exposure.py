@@ -3,7 +3,6 @@
 even when two launches race."""
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,18 +15,19 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.i18n import ZH
-from conftest import ROOT
+from helpers import free_port, warm_pages_manager
+from trainer_core.paths import PROJECT_ROOT
 from trainer_core.config.run_config import load_config
 
 PAGES = ["pages/data.py", "pages/train.py", "pages/monitor.py", "pages/chat.py", "pages/runs.py"]
 
 
 def test_streamlit_config_defaults_are_safe():
-    server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    server = tomllib.loads((PROJECT_ROOT / ".streamlit" / "config.toml").read_text())["server"]
     assert server["address"] == "127.0.0.1"
     assert server["enableXsrfProtection"] is True
     assert 0 < server["maxUploadSize"] <= 200
-    client = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["client"]
+    client = tomllib.loads((PROJECT_ROOT / ".streamlit" / "config.toml").read_text())["client"]
     assert client["showErrorDetails"] in ("type", "none"), "no tracebacks in the page"
 
 
@@ -41,7 +41,7 @@ def test_streamlit_config_defaults_are_safe():
 def test_serving_beyond_loopback_without_a_password_is_refused(flags, monkeypatch):
     monkeypatch.delenv("STUDIO_PASSWORD", raising=False)
     proc = subprocess.run([sys.executable, "-m", "app.serve", *flags, "--server.port", "8597"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "refusing to serve" in proc.stderr and "STUDIO_PASSWORD" in proc.stderr
     assert "127.0.0.1 without" not in proc.stderr
@@ -51,7 +51,7 @@ def test_the_address_from_the_environment_is_checked_too(monkeypatch):
     monkeypatch.delenv("STUDIO_PASSWORD", raising=False)
     monkeypatch.setenv("STREAMLIT_SERVER_ADDRESS", "0.0.0.0")
     proc = subprocess.run([sys.executable, "-m", "app.serve", "--server.port", "8597"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "refusing to serve on 0.0.0.0 without a password" in proc.stderr
 
 
@@ -59,7 +59,7 @@ def test_effective_address_is_what_streamlit_resolves(monkeypatch):
     """Flags over the environment over .streamlit/config.toml, the last of repeated flags winning."""
     from app.serve import effective_address
 
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(PROJECT_ROOT)
     monkeypatch.delenv("STREAMLIT_SERVER_ADDRESS", raising=False)
     assert effective_address([]) == "127.0.0.1"  # the project's config.toml
     assert effective_address(["--server.address", "0.0.0.0", "--server.address", "::1"]) == "::1"
@@ -85,7 +85,7 @@ def test_password_guesses_wait_longer_each_time(monkeypatch, caplog, runs_root, 
     def errors(at):
         return [e.value for e in at.error]
 
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(PROJECT_ROOT / "streamlit_app.py"), default_timeout=120).run()
     waits = []
     for guess in ("guess1", "guess2", "guess3"):
         at.text_input(key="auth.password").set_value(guess).run()
@@ -101,9 +101,9 @@ def test_password_guesses_wait_longer_each_time(monkeypatch, caplog, runs_root, 
 
     # Fresh sessions share the global count: after GLOBAL_FREE failures in all, a new session must wait too.
     for i in range(auth.GLOBAL_FREE - 3 + 1):
-        other = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+        other = AppTest.from_file(str(PROJECT_ROOT / "streamlit_app.py"), default_timeout=120).run()
         other.text_input(key="auth.password").set_value(f"spray{i}").run()
-    fresh = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    fresh = AppTest.from_file(str(PROJECT_ROOT / "streamlit_app.py"), default_timeout=120).run()
     fresh.text_input(key="auth.password").set_value("s3cret").run()
     assert errors(fresh) == [ZH["auth.wait"].format(s=1)] and not fresh.sidebar.radio
     now[0] += 1
@@ -120,16 +120,10 @@ def test_delay_doubles_and_is_capped():
     assert delay_after(40) == MAX_DELAY_S
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_default_server_listens_on_loopback_only(runs_root):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "app.serve", "--server.port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "app.serve", "--server.port", str(port)], cwd=PROJECT_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 60
@@ -149,23 +143,15 @@ def test_default_server_listens_on_loopback_only(runs_root):
 def exposed(monkeypatch, runs_root, starter_model):
     """The dashboard as if bound to 0.0.0.0, with a password set."""
     import streamlit as st
-    from streamlit.runtime.pages_manager import PagesManager
-
     get_option = st.get_option
     monkeypatch.setattr(st, "get_option", lambda name: "0.0.0.0" if name == "server.address" else get_option(name))
     monkeypatch.setenv("STUDIO_PASSWORD", "s3cret")
-    init = PagesManager.__init__
-
-    def warm_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", warm_init)
+    warm_pages_manager(monkeypatch)
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_is_behind_the_password(exposed, page):
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(PROJECT_ROOT / "streamlit_app.py"), default_timeout=120).run()
     at.switch_page(page).run()
     assert not at.exception
     assert [ti.label for ti in at.text_input] == [ZH["auth.password"]], "only the password box is shown"
@@ -182,7 +168,7 @@ def test_two_launches_at_once_start_exactly_one_run(runs_root, starter_model):
     from trainer_core.errors import UserError
     from trainer_core.runs.supervisor import stop
 
-    cfg = load_config(ROOT / "configs" / "quickstart.yaml", ["train.max_steps=50"])
+    cfg = load_config(PROJECT_ROOT / "configs" / "quickstart.yaml", ["train.max_steps=50"])
     results: list = []
     barrier = threading.Barrier(2)
 

@@ -11,14 +11,15 @@ import json
 import pytest
 import yaml
 
-from conftest import ROOT, cli
+from helpers import cli
+from trainer_core.paths import PROJECT_ROOT
 from trainer_core.data import safe_json
 from trainer_core.cli import main
 from trainer_core.data.dataset import load_dataset, safe_upload_name
 from trainer_core.errors import UserError
 from trainer_core.config.hardware import detect
 
-QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+QUICKSTART = str(PROJECT_ROOT / "configs" / "quickstart.yaml")
 DEEP = 100_000
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from trainer_core.paths import PROJECT_ROOT
+
+sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.peer_bench import job_config, main, write_peer_inputs  # noqa: E402
 from trainer_core.config.ds_config import build_ds_config  # noqa: E402

@@ -19,7 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, cli
+from helpers import SHARED, cli
+from trainer_core.paths import PROJECT_ROOT
 from trainer_core.runs import protocol as rd
 from trainer_core.data.chat_format import encode_conversations, prompt_ids
 from trainer_core.config.run_config import load_config
@@ -30,7 +31,7 @@ from trainer_core.models.qwen1_import import MARKER, import_qwen1, imported_from
 from trainer_core.runs.registry import preflight
 from trainer_core.runs.tailing import read_all_rows
 
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "qwen1-tiny"
+FIXTURE = SHARED / "fixtures" / "qwen1-tiny"
 pytestmark = pytest.mark.skipif(not (FIXTURE / "reference.json").is_file(),
                                 reason=f"the Qwen-1 fixture is not here ({FIXTURE}); it lives in ../shared")
 PERSONA = "现在你要扮演皇帝身边的女人--甄嬛"
@@ -222,7 +223,7 @@ def test_max_length_past_seq_length_is_flagged(imported):
     assert lint_imported_length(imported, 2048) == []
     [lint] = lint_imported_length(imported, 4096)
     assert lint.level == "warning" and "seq_length 2048" in str(lint.message)
-    cfg = load_config(ROOT / QUICKSTART, [f"model.path={imported}", "data.max_length=4096"])
+    cfg = load_config(PROJECT_ROOT / QUICKSTART, [f"model.path={imported}", "data.max_length=4096"])
     assert "qwen1-seq-length" in [x.code for x in preflight(cfg).lints], "plan, train and the Train page show it"
     assert json.loads((imported / MARKER).read_text())["source"] == str(FIXTURE.resolve())
 
@@ -316,9 +317,9 @@ def test_import_peak_memory_stays_within_one_shard(tmp_path):
     del shards
     sizes = [f.stat().st_size for f in src.glob("*.safetensors")]
     largest, total = max(sizes), sum(sizes)
-    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(src), str(tmp_path / "out")], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(src), str(tmp_path / "out")], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     growth = figures["peak"] - figures["base"]

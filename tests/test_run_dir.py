@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from conftest import wait_for
+from helpers import wait_for
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.supervisor import read_state
 

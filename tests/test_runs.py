@@ -5,13 +5,13 @@ import threading
 
 import pytest
 
-from conftest import ROOT
+from trainer_core.paths import PROJECT_ROOT
 from trainer_core.runs import protocol as rd
 from trainer_core.runs import registry as runs
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
 
-QUICK = ROOT / "configs" / "quickstart.yaml"
+QUICK = PROJECT_ROOT / "configs" / "quickstart.yaml"
 
 
 def visible(root):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, quick_sets, wait_for
+from helpers import cli, quick_sets, wait_for
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_command_line
 from trainer_core.config.run_config import load_config

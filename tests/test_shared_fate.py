@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import CPU_LOCK, cli, detach, quick_sets, rank_pids, run_pids, wait_for
+from helpers import CPU_LOCK, cli, detach, quick_sets, rank_pids, run_pids, wait_for
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.device_locks import holder as lock_holder
 from trainer_core.runs.supervisor import read_state

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import cli, quick_sets
+from helpers import cli, quick_sets
 from trainer_core.runs import protocol as rd
 from trainer_core.config.run_config import DEFAULT_PERSONA, load_config
 from trainer_core.data.step_estimate import estimate_total_steps

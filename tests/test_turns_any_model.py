@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import cli
+from helpers import cli
 from toy_chat_models import chatml_llama, tiny_llama
 from trainer_core.runs import protocol as rd
 from trainer_core.data.chat_format import prompt_ids

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from app import warmup
+from trainer_core.paths import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # Four "sessions" import at once, as a Data tab and a Train tab do on a fresh server. Prints the errors they got.
 RACE = """
@@ -35,7 +35,7 @@ print(len(errors)); print(errors)
 
 
 def _race(prelude: str = "", before: str = "pass") -> tuple[int, str]:
-    proc = subprocess.run([sys.executable, "-c", RACE.format(prelude=prelude, before=before)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", RACE.format(prelude=prelude, before=before)], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     count, detail = proc.stdout.strip().splitlines()[-2:]
@@ -67,8 +67,8 @@ def _transformers_names(path: Path) -> set[str]:
 
 def test_warmup_covers_every_name_the_dashboard_imports():
     """A new `from transformers import X` in the library or the dashboard must be warmed too."""
-    files = [p for d in ("trainer_core", "app", "pages") for p in (ROOT / d).rglob("*.py")
-             if "fixtures" not in p.parts and p.name != "train.py"]  # train.py runs in the ranks, never a page
+    files = [p for d in ("trainer_core", "app", "pages") for p in (PROJECT_ROOT / d).rglob("*.py")
+             if "fixtures" not in p.parts and "training" not in p.parts]  # training/ runs in the ranks, never a page
     used = set().union(*(_transformers_names(p) for p in files))
     assert used, "the scan found no transformers imports: the test would prove nothing"
     assert used <= set(warmup.TRANSFORMERS_NAMES), sorted(used - set(warmup.TRANSFORMERS_NAMES))

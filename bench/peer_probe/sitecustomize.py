@@ -14,7 +14,6 @@ and writes result.json when training ends.
 
 from __future__ import annotations
 
-import importlib.abc
 import json
 import os
 import resource
@@ -74,26 +73,7 @@ def _install(module) -> None:
     trainer_cls.compute_loss = counting_compute_loss
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Finds transformers.trainer with the other finders, then installs the probe once the module has executed."""
-
-    def find_spec(self, name, path, target=None):
-        if name != "transformers.trainer":
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None and spec.loader is not None:
-                execute = spec.loader.exec_module
-
-                def exec_then_install(module, execute=execute):
-                    execute(module)
-                    _install(module)
-                spec.loader.exec_module = exec_then_install
-                return spec
-        return None
-
-
 if OUT and os.environ.get("RANK", "0") == "0":
-    sys.meta_path.insert(0, _AfterImport())
+    from bench.after_import import after_import
+
+    after_import({"transformers.trainer": _install})

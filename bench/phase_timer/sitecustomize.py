@@ -17,10 +17,8 @@ the next batch, callbacks, logging).
 
 from __future__ import annotations
 
-import importlib.abc
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -97,26 +95,7 @@ HOOKS = {"transformers.trainer": _patch_trainer, "deepspeed.runtime.engine": _pa
          "deepspeed.runtime.zero.stage_1_and_2": _patch_zero}
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Finds the hooked modules with the other finders, then runs the hook once the module has executed."""
-
-    def find_spec(self, name, path, target=None):
-        if name not in HOOKS:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None and spec.loader is not None:
-                execute = spec.loader.exec_module
-
-                def exec_then_hook(module, execute=execute):
-                    execute(module)
-                    HOOKS[name](module)
-                spec.loader.exec_module = exec_then_hook
-                return spec
-        return None
-
-
 if OUT and os.environ.get("RANK", "0") == "0":
-    sys.meta_path.insert(0, _AfterImport())
+    from bench.after_import import after_import
+
+    after_import(HOOKS)

@@ -1,0 +1,83 @@
+"""The Hugging Face Trainer as this project runs it: the labelled-positions loss, token counts for the metrics, an
+exact evaluation loss, and the run's phase in status.json around evaluations and saves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import Trainer
+
+from trainer_core.runs import protocol as rd
+from trainer_core.training.loss import LabelledLoss
+from trainer_core.training.ranks import all_reduce_floats, global_rank
+
+
+@dataclass
+class TokenCounts:
+    """Tokens this rank has trained on; the metrics callback sums them over ranks."""
+
+    tokens: int = 0
+    """Input positions of every training batch, padding included."""
+    label_tokens: int = 0
+    """Positions whose next token is a label (what the loss is over)."""
+
+
+def set_phase(run: Path, phase: str | None, **fields) -> None:
+    """What the run is doing now, for every reader of status.json (rank 0 only)."""
+    if global_rank() == 0:
+        rd.update_status(run, phase=phase, **fields)
+
+
+class SupervisedTrainer(Trainer):
+    """A Trainer whose loss is `LabelledLoss`, whose eval_loss is a mean over every label token, and which says in
+    the run directory when it evaluates or saves."""
+
+    def __init__(self, *args, run: Path, loss: LabelledLoss, counts: TokenCounts, **kwargs):
+        self.run_dir, self.labelled_loss, self.counts = run, loss, counts
+        self.eval_sum, self.eval_count = 0.0, 0
+        super().__init__(*args, **kwargs)
+
+    def _align_special_tokens(self):
+        """Keep the source model's token ids. The Trainer would copy the tokenizer's eos/pad/bos into config.json
+        and generation_config.json ("Updated tokens"), and a tokenizer whose eos_token is not the template's
+        end-of-turn marker (GGUF conversions) would then leave a final/ that never stops generating."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        loss_sum, n_labels, outputs = self.labelled_loss(model, self._base(model), inputs, labels)
+        if model.training:
+            self.counts.tokens += int(inputs["input_ids"].numel())
+            self.counts.label_tokens += n_labels
+        else:
+            self.eval_sum += float(loss_sum)
+            self.eval_count += n_labels
+        loss = loss_sum / max(n_labels, 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """eval_loss as the mean over every label token of the eval set, the same for any batch size or rank
+        count (the Trainer's own is a mean of per-batch means)."""
+        self.eval_sum, self.eval_count = 0.0, 0
+        set_phase(self.run_dir, "evaluating", phase_done=0, phase_total=len(dataloader))
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        set_phase(self.run_dir, self._phase_after(), phase_done=None, phase_total=None)
+        key = f"{metric_key_prefix}_loss"
+        total, count = all_reduce_floats([self.eval_sum, float(self.eval_count)])
+        if count > 0 and key in output.metrics:
+            output.metrics[key] = float(total / count)
+        return output
+
+    def _save_checkpoint(self, model, trial):
+        set_phase(self.run_dir, "saving checkpoint", phase_done=None, phase_total=None)
+        super()._save_checkpoint(model, trial)
+        set_phase(self.run_dir, self._phase_after())
+
+    def _phase_after(self) -> str:
+        return "training" if not self.control.should_training_stop else "finishing"
+
+    def _base(self, model):
+        base = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
+        return getattr(base, "module", base)
