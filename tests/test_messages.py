@@ -30,7 +30,6 @@ PENDING = {
     "trainer_core/data/tables.py",
     "trainer_core/models/inference.py",
     "trainer_core/runs/device_locks.py", "trainer_core/runs/launch.py", "trainer_core/runs/registry.py",
-    "trainer_core/runs/supervisor.py",
 }
 
 

@@ -34,7 +34,7 @@ def test_simultaneous_unnamed_runs_get_distinct_complete_directories(runs_root, 
         th.join()
     assert sorted(p.name for p in made) == ["run-same-second", "run-same-second-2", "run-same-second-3"]
     for run in made:
-        assert load_config(run / rd.CONFIG).name == run.name and rd.read_status(run)["state"] == "queued"
+        assert load_config(run / rd.CONFIG).name == run.name and rd.read_status(run).state == rd.QUEUED
     assert visible(runs_root) == sorted(p.name for p in made), "no temporary or reserved leftovers"
 
 

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from trainer_core.runs import protocol as rd
+from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
 
 COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".py", ".jinja")
@@ -37,7 +38,7 @@ def export_checkpoint(run: Path, step: int | None = None) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     ckpt = pick_checkpoint(run, step)
-    dest = run / "exports" / ckpt.name
+    dest = run / rd.EXPORTS / ckpt.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
     try:
@@ -47,7 +48,7 @@ def export_checkpoint(run: Path, step: int | None = None) -> Path:
             wanted = f.suffix in COPY_SUFFIXES and f.name not in SKIP and not f.name.endswith(".index.json")
             if f.is_file() and wanted and not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
-        write_persona(run, tmp)
+        write_persona(load_config(run / rd.CONFIG), tmp)
         rd.mark_complete(tmp, {"source": str(ckpt)})
         if dest.exists():
             shutil.rmtree(dest)
@@ -58,13 +59,10 @@ def export_checkpoint(run: Path, step: int | None = None) -> Path:
     return dest
 
 
-def write_persona(run: Path, dest: Path) -> None:
-    """persona.json as final/ has it, so chat uses the persona the export was trained with."""
-    from trainer_core.config.run_config import load_config
-
-    cfg = load_config(run / rd.CONFIG)
-    rd.write_json_atomic(dest / "persona.json", {"persona": cfg.data.persona, "base_model": cfg.model.path,
-                                                  "trust_remote_code": cfg.model.trust_remote_code})
+def write_persona(cfg, dest: Path) -> None:
+    """persona.json beside the weights (final/ and every export), so chat uses the persona they were trained with."""
+    rd.write_json_atomic(dest / rd.PERSONA, {"persona": cfg.data.persona, "base_model": cfg.model.path,
+                                             "trust_remote_code": cfg.model.trust_remote_code})
 
 
 def dedupe_shared(state: dict) -> dict:

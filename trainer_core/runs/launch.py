@@ -76,16 +76,19 @@ def hostfile_text(cfg: RunConfig) -> str:
     return "".join(f"{h} slots={s}\n" for h, s in hosts)
 
 
-def trainer_args(run_dir: Path, resume_from: Path | None) -> list[str]:
+def trainer_args(run_dir: Path, resume_from: Path | None, supervised: bool = False) -> list[str]:
     args = ["--module", "trainer_core.training.train", "--run-dir", str(run_dir)]
     if resume_from is not None:
         args += ["--resume-from", str(resume_from)]
+    if supervised:  # the supervisor holds the device locks and records how the run ended
+        args += ["--supervised"]
     return args
 
 
 def node_argv(cfg: RunConfig, run_dir: Path, *, node_rank: int | None = None, master_port: int | None = None,
-              resume_from: Path | None = None, has_gpu: bool = False) -> list[str]:
-    """The launcher argv for one node (for local and pdsh/ssh runs, the only node that launches)."""
+              resume_from: Path | None = None, has_gpu: bool = False, supervised: bool = False) -> list[str]:
+    """The launcher argv for one node (for local and pdsh/ssh runs, the only node that launches); `supervised`
+    when the run's supervisor starts it."""
     p = cfg.placement
     port = master_port or p.master_port
     argv = runner_prefix() + ["--no_local_rank", "--master_port", str(port)]
@@ -96,13 +99,14 @@ def node_argv(cfg: RunConfig, run_dir: Path, *, node_rank: int | None = None, ma
         else:
             argv += ["--num_gpus", str(p.num_ranks)]
         argv += ["--master_addr", "127.0.0.1"]
-        return argv + trainer_args(run_dir, resume_from)
+        return argv + trainer_args(run_dir, resume_from, supervised)
     # Several nodes: DeepSpeed reads the node list (and so the world size) from the hostfile in every mode.
     argv += ["--hostfile", str(run_dir / HOSTFILE), "--master_addr", p.master_addr]
     if p.launcher in ("pdsh", "ssh"):
         # DeepSpeed reaches the other nodes over ssh through pdsh; "ssh" names that transport for users.
         argv += ["--launcher", "pdsh"]
-        _check_remote_shell_safe([str(paths.PROJECT_ROOT), sys.executable, *trainer_args(run_dir, resume_from)])
+        _check_remote_shell_safe([str(paths.PROJECT_ROOT), sys.executable,
+                                  *trainer_args(run_dir, resume_from, supervised)])
     else:  # no_ssh: every node runs its own launcher with its rank; they meet at the master address
         rank = p.node_rank if node_rank is None else node_rank
         argv += ["--no_ssh", "--node_rank", str(rank)]
@@ -113,7 +117,7 @@ def node_argv(cfg: RunConfig, run_dir: Path, *, node_rank: int | None = None, ma
         # Without these DeepSpeed starts one rank per hostfile slot, more than num_ranks when a host has spare slots.
         # (They cannot be combined with --include, which names the slots itself.)
         argv += ["--num_nodes", str(p.num_nodes), "--num_gpus", str(p.num_ranks)]
-    return argv + trainer_args(run_dir, resume_from)
+    return argv + trainer_args(run_dir, resume_from, supervised)
 
 
 def _check_remote_shell_safe(values: list[str]) -> None:

@@ -6,7 +6,6 @@ step (a rank that decided alone would wait forever in the next collective).
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ def rotate_checkpoints(run: Path, keep: int) -> None:
     """Keep the newest `keep` complete checkpoints; drop older ones and any unmarked (partial) leftovers."""
     complete = rd.complete_checkpoints(run)
     newest = rd.checkpoint_step(complete[-1]) if complete else -1
-    for p in (run / rd.CHECKPOINTS).glob("checkpoint-*"):
+    for p in (run / rd.CHECKPOINTS).glob(f"{rd.CHECKPOINT_PREFIX}*"):
         if not (p / rd.COMPLETE_MARKER).is_file() and rd.checkpoint_step(p) < newest:
             shutil.rmtree(p, ignore_errors=True)
     for p in complete[:-keep]:
@@ -51,7 +50,7 @@ class RunDirCallback(TrainerCallback):
         self.t0 = self.last_t = time.time()
         self.start_step = state.global_step
         if self.rank == 0:
-            rd.update_status(self.run, state="running", phase="training", step=state.global_step,
+            rd.update_status(self.run, state=rd.RUNNING, phase=rd.PHASE_TRAINING, step=state.global_step,
                              total_steps=state.max_steps, started_training=time.time(),
                              world_size=self.cfg.world_size)
 
@@ -59,8 +58,7 @@ class RunDirCallback(TrainerCallback):
         # Rank 0 reads the control file, each rank adds whether its own watchdog fired, and the verdict is shared.
         request = 0
         if self.rank == 0:
-            ctl = rd.read_json(self.run / rd.CONTROL, {}) or {}
-            request = 1 if ctl.get("action") == "save_and_stop" else 0
+            request = 1 if rd.read_control(self.run).action == rd.SAVE_AND_STOP else 0
         request, lost = all_reduce_ints([request, 1 if LOST else 0])
         if request or lost:
             self.stopping, self.lost = True, bool(lost)
@@ -68,9 +66,9 @@ class RunDirCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_evaluate = False  # a full evaluation pass before saving made Stop take minutes
             if self.rank == 0:
-                rd.update_status(self.run, state="stopping", phase="saving checkpoint", eta_s=None)
+                rd.update_status(self.run, state=rd.STOPPING, phase=rd.PHASE_SAVING, eta_s=None)
         elif state.global_step >= state.max_steps and self.rank == 0:
-            rd.update_status(self.run, phase="finishing", eta_s=None)
+            rd.update_status(self.run, phase=rd.PHASE_FINISHING, eta_s=None)
 
     def on_epoch_end(self, args, state, control, **kw):
         if self.stopping:
@@ -93,44 +91,42 @@ class RunDirCallback(TrainerCallback):
         if self.rank != 0 or ("eval_loss" not in logs and "loss" not in logs):
             return
         row = self._metrics_row(state, logs, tokens, labels, peaks)
-        self.last_t, self.last_tokens = row["time"], (tokens, labels)
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
-        update = {"step": state.global_step, "total_steps": state.max_steps, "eta_s": row.get("eta_s")}
+        self.last_t, self.last_tokens = row.time, (tokens, labels)
+        rd.append_metrics(self.metrics, row)
+        update = {"step": state.global_step, "total_steps": state.max_steps, "eta_s": row.eta_s}
         update.update({k: logs[k] for k in ("loss", "eval_loss") if logs.get(k) is not None})
         rd.update_status(self.run, **update)
 
-    def _metrics_row(self, state, logs: dict, tokens: int, labels: int, peaks: list[int]) -> dict:
+    def _metrics_row(self, state, logs: dict, tokens: int, labels: int, peaks: list[int]) -> rd.MetricsRow:
         now = time.time()
         dt = max(now - self.last_t, 1e-9)
         elapsed = now - self.t0
         done = state.global_step - self.start_step
         eta = elapsed / done * max(state.max_steps - state.global_step, 0) if done > 0 else None
-        row = {
-            "step": state.global_step,
-            "total_steps": state.max_steps,
-            "epoch": round(state.epoch or 0.0, 4),
-            "loss": logs.get("loss"),
-            "eval_loss": logs.get("eval_loss"),
-            "lr": logs.get("learning_rate"),
-            "grad_norm": logs.get("grad_norm"),
-            "tokens_per_s": (tokens - self.last_tokens[0]) / dt,
-            "label_tokens_per_s": (labels - self.last_tokens[1]) / dt,
-            "tokens": tokens,
-            "label_tokens": labels,
-            "elapsed_s": round(elapsed, 3),
-            "eta_s": None if eta is None else round(eta, 1),
-            "peak_mem_bytes": peaks,
-            "eval_s": logs.get("eval_runtime"),  # lets a reader subtract evaluation from training time
-            "time": now,
-        }
-        return {k: v for k, v in row.items() if v is not None or k in ("loss", "eval_loss")}
+        return rd.MetricsRow(
+            step=state.global_step,
+            total_steps=state.max_steps,
+            epoch=round(state.epoch or 0.0, 4),
+            loss=logs.get("loss"),
+            eval_loss=logs.get("eval_loss"),
+            lr=logs.get("learning_rate"),
+            grad_norm=logs.get("grad_norm"),
+            tokens_per_s=(tokens - self.last_tokens[0]) / dt,
+            label_tokens_per_s=(labels - self.last_tokens[1]) / dt,
+            tokens=tokens,
+            label_tokens=labels,
+            elapsed_s=round(elapsed, 3),
+            eta_s=None if eta is None else round(eta, 1),
+            peak_mem_bytes=peaks,
+            eval_s=logs.get("eval_runtime"),  # lets a reader subtract evaluation from training time
+            time=now,
+        )
 
     def on_save(self, args, state, control, **kw):
         # Trainer.on_save fires after every rank wrote its shards; the barrier makes that true across nodes.
         barrier()
         if self.rank == 0:
-            ckpt = self.run / rd.CHECKPOINTS / f"checkpoint-{state.global_step}"
+            ckpt = rd.checkpoint_dir(self.run, state.global_step)
             if ckpt.is_dir():
                 rd.mark_complete(ckpt, {"step": state.global_step, "time": time.time()})
                 rotate_checkpoints(self.run, self.cfg.train.save_total_limit)

@@ -196,6 +196,8 @@ def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | N
 
 def save_final(trainer, tokenizer, cfg: RunConfig, run: Path) -> None:
     """Consolidated safetensors + tokenizer + persona in final/, published by a rename once complete."""
+    from trainer_core.models.export import write_persona
+
     tmp = run / ".final.tmp"
     if global_rank() == 0 and tmp.exists():
         shutil.rmtree(tmp)
@@ -210,8 +212,7 @@ def save_final(trainer, tokenizer, cfg: RunConfig, run: Path) -> None:
     model = trainer.accelerator.unwrap_model(trainer.model)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(str(tmp))
-    rd.write_json_atomic(tmp / "persona.json", {"persona": cfg.data.persona, "base_model": cfg.model.path,
-                                                 "trust_remote_code": cfg.model.trust_remote_code})
+    write_persona(cfg, tmp)
     rd.mark_complete(tmp, {"time": time.time()})
     final = run / rd.FINAL
     if final.exists():
@@ -236,16 +237,16 @@ def finish(run: Path, cfg: RunConfig, trainer, tokenizer, callback, supervised: 
         if rank0:
             rd.update_status(run, phase=None)
             if not supervised:
-                rd.update_status(run, state="stopped", exit_code=0, ended=time.time(), forced=False)
+                rd.update_status(run, state=rd.STOPPED, exit_code=0, ended=time.time(), forced=False)
         log_rank0("stopped on request after saving a checkpoint")
         return 0
     if rank0:
-        rd.update_status(run, phase="consolidating final", eta_s=None)
+        rd.update_status(run, phase=rd.PHASE_CONSOLIDATING, eta_s=None)
     save_final(trainer, tokenizer, cfg, run)
     if rank0:
         rd.update_status(run, step=trainer.state.global_step, final=True, phase=None)
         if not supervised:
-            rd.update_status(run, state="completed", exit_code=0, ended=time.time())
+            rd.update_status(run, state=rd.COMPLETED, exit_code=0, ended=time.time())
         log_rank0(f"final model written to {run / rd.FINAL}")
     return 0
 
