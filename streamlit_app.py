@@ -7,12 +7,13 @@ Runs live in run directories, not in this process: restart the dashboard at any 
 
 import streamlit as st
 
-from app import frame, train_form, warmup
-from app.i18n import t
+from app import frame, streamlit_zh, train_form, warmup
+from app.i18n import lang, t
 
 warmup.start()  # transformers' lazy imports race between session threads: import once, before any page runs
 
 st.set_page_config(page_title=t("app.title"), page_icon=":material/theater_comedy:", layout="wide")
+streamlit_zh.install(lang())
 if not frame.signed_in():
     st.stop()
 

@@ -151,6 +151,8 @@ def walk_through(page, server: Server, expect) -> None:
     page.goto(url)
     expect(page.get_by_role("heading", name="数据")).to_be_visible(timeout=90_000)
     page.get_by_text("上传文件", exact=True).click()
+    # Streamlit's own uploader sentence, translated in the page by app/streamlit_zh.py
+    expect(page.locator('[data-testid="stFileUploaderDropzone"]')).to_contain_text("单个文件不超过")
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(SAMPLE))
     expect(page.get_by_text("已保存为")).to_be_visible()
     stored = page.get_by_text("已保存为").inner_text().split()[-1]
@@ -194,6 +196,7 @@ def walk_through(page, server: Server, expect) -> None:
     # ---- Restart the dashboard mid-run: the tab reconnects by itself and re-attaches to the run from disk
     server.stop()
     before = step_text(page)
+    expect(page.get_by_text("连接中断")).to_be_visible(timeout=60_000)  # Streamlit's dialog, in Chinese
     server.start()
     deadline = time.time() + 180
     while step_text(page) == before and time.time() < deadline:
