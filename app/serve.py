@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from app.auth import PASSWORD_ENV, configured_password, is_loopback
-
-ROOT = Path(__file__).resolve().parent.parent
+from trainer_core.paths import PROJECT_ROOT
 
 
 def effective_address(argv: list[str]) -> str:
@@ -36,7 +35,7 @@ def effective_address(argv: list[str]) -> str:
 def secrets_password() -> str | None:
     import tomllib
 
-    for path in (ROOT / ".streamlit" / "secrets.toml", Path.home() / ".streamlit" / "secrets.toml"):
+    for path in (PROJECT_ROOT / ".streamlit" / "secrets.toml", Path.home() / ".streamlit" / "secrets.toml"):
         if path.is_file():
             value = tomllib.loads(path.read_text(encoding="utf-8")).get("password")
             if value:
@@ -47,7 +46,7 @@ def secrets_password() -> str | None:
 def main(argv: list[str]) -> int:
     import click
 
-    os.chdir(ROOT)
+    os.chdir(PROJECT_ROOT)
     try:
         address = effective_address(argv)
     except click.ClickException as e:  # a flag Streamlit does not know: say so the way it would, in one line

@@ -257,7 +257,7 @@ ABLATIONS = [
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="JSON array of alpaca records (default ../shared/data/huanhuan.json)")
@@ -282,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     data_file(args.data)
     if args.quick:
         args.records, args.heldout = 60, 6
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     steps_base, steps_ours = (5, 3) if args.quick else (-1, -1)
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
