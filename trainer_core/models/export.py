@@ -37,7 +37,7 @@ def export_checkpoint(run: Path, step: int | None = None) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     ckpt = pick_checkpoint(run, step)
-    dest = run / "exports" / ckpt.name
+    dest = run / rd.EXPORTS / ckpt.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
     try:
@@ -63,7 +63,7 @@ def write_persona(run: Path, dest: Path) -> None:
     from trainer_core.config.run_config import load_config
 
     cfg = load_config(run / rd.CONFIG)
-    rd.write_json_atomic(dest / "persona.json", {"persona": cfg.data.persona, "base_model": cfg.model.path,
+    rd.write_json_atomic(dest / rd.PERSONA, {"persona": cfg.data.persona, "base_model": cfg.model.path,
                                                   "trust_remote_code": cfg.model.trust_remote_code})
 
 

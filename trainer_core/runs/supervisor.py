@@ -152,8 +152,8 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     me = _proc_info(os.getpid())
     cfg = load_config(run / rd.CONFIG)
     hw = detect()
-    argv = node_argv(cfg, run, resume_from=resume_from, has_gpu=hw.has_gpu,
-                     master_port=_pick_port(cfg))
+    argv = node_argv(cfg, run, resume_from=resume_from, has_gpu=hw.has_gpu, master_port=_pick_port(cfg),
+                     supervised=True)  # the final state is ours to write, after the devices are free
     # The ranks read host, pid and lock_keys to watch this process and to hold the device locks with it.
     rd.write_json_atomic(run / rd.MANIFEST, {**me, "host": socket.gethostname(), "argv": argv,
                                              "started": time.time(), "lock_fds": lock_fds, "lock_keys": lock_keys,
@@ -162,7 +162,7 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     log = open(run / rd.LOG, "ab", buffering=0)
     _note(log, f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} supervisor {me['pid']} starting: {argv}\n")
     env = launch_env(cfg, hw.has_gpu)
-    env["TRAINER_SUPERVISED"] = "1"  # the final state is ours to write, after the devices are free
+    env["TRAINER_SUPERVISED"] = "1"  # TRANSITION: until training/train.py reads --supervised instead
     child = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=env,
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     rd.update_status(run, state=rd.STARTING, launcher_pid=child.pid)

@@ -469,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--resume-from", default="", help="checkpoint directory to resume from")
+    parser.add_argument("--supervised", action="store_true",
+                        help="started by the run's supervisor, which records the final state")
     args = parser.parse_args(argv)
     run = args.run_dir.resolve()
     cfg = load_config(run / rd.CONFIG)
