@@ -27,8 +27,7 @@ def store_uploaded(data: bytes, name: str) -> Path:
 
 def resolve(path: str) -> Path:
     """A dataset path as typed: relative paths are relative to the project folder, as in run configs."""
-    p = Path(path.strip()).expanduser()
-    return p if p.is_absolute() else paths.PROJECT_ROOT / p
+    return paths.resolve(path)
 
 
 def shown_path(path: Path | str) -> str:

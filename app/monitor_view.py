@@ -198,10 +198,25 @@ def curve_controls() -> tuple[str, float]:
 def live_panel(run: Path, live: bool) -> None:
     """Progress, charts, memory and log of one run; redrawn every second while the run is alive."""
     s = read_state(run)
-    step, total = s.step, s.total_steps or 0
-    total_text = total_steps_text(run, s)
     train, evals = metric_frames(new_rows(run, rd.METRICS, _metrics_row))
     last = train.iloc[-1].to_dict() if not train.empty else {}
+    progress_row(run, s, last)
+    metric_charts(train, evals)
+    memory_charts(run, last)
+    st.markdown(f"**{t('mon.log')}**")
+    lines = tail_lines(run / rd.LOG, LOG_LINES)
+    if lines:
+        st.html(log_html(lines))
+    else:
+        st.caption(t("mon.no_log"))
+    if live and not s.live:
+        st.rerun()  # the run ended: redraw the page once (buttons, error box) and stop the timer
+
+
+def progress_row(run: Path, s: rd.Status, last: dict) -> None:
+    """The progress bar and the headline figures: step, losses, throughput, ETA, run time."""
+    step, total = s.step, s.total_steps or 0
+    total_text = total_steps_text(run, s)
     with st.container(key="mon-progress"):
         phase = phase_text(s)
         st.progress(min(step / total, 1.0) if total else 0.0,
@@ -217,6 +232,9 @@ def live_panel(run: Path, live: bool) -> None:
         c[4].metric(t("mon.eta"), fmt_duration(s.eta_s) if training else "-")  # none once training is over
         c[5].metric(t("mon.elapsed"), fmt_duration(s.run_s), help=t("mon.run_time_help"))
 
+
+def metric_charts(train: pd.DataFrame, evals: pd.DataFrame) -> None:
+    """Loss (with the evaluation loss and an optional smoothed curve), learning rate, gradient norm, throughput."""
     x, smoothing = curve_controls()
     if x not in train or (not train.empty and train[x].isna().all()):
         x = "step"  # rows written before the column existed (or an empty run) fall back to steps
@@ -252,6 +270,9 @@ def live_panel(run: Path, live: bool) -> None:
             st.altair_chart(line_chart(long_frame(train, x, cols), x, step_t, t("mon.tokens_s")),
                             width="stretch")
 
+
+def memory_charts(run: Path, last: dict) -> None:
+    """Per-device memory (GPU, or each CPU rank's resident memory) and host RAM over time."""
     dev, host, on_gpu = resource_frames(new_rows(run, rd.RESOURCES))
     c1, c2 = st.columns(2)
     with c1:
@@ -267,12 +288,3 @@ def live_panel(run: Path, live: bool) -> None:
         st.markdown(f"**{t('mon.chart.host')}**")
         if not host.empty:
             st.altair_chart(line_chart(host, "t", t("mon.x_time"), "GiB"), width="stretch")
-
-    st.markdown(f"**{t('mon.log')}**")
-    lines = tail_lines(run / rd.LOG, LOG_LINES)
-    if lines:
-        st.html(log_html(lines))
-    else:
-        st.caption(t("mon.no_log"))
-    if live and not s.live:
-        st.rerun()  # the run ended: redraw the page once (buttons, error box) and stop the timer

@@ -6,10 +6,7 @@ Widget values live in session_state under `p.f.<section>.<field>` and persist ac
 
 from __future__ import annotations
 
-import dataclasses
-
 import re
-import shutil
 from pathlib import Path
 
 import streamlit as st
@@ -99,8 +96,7 @@ def load_into_form(cfg: RunConfig) -> None:
 
 
 def _set_model(path: str) -> None:
-    p = Path(path).expanduser()
-    p = (p if p.is_absolute() else paths.PROJECT_ROOT / p).resolve()
+    p = paths.resolve(path)
     if str(p) in model_options():
         st.session_state[MODEL_CHOICE] = str(p)
     else:
@@ -293,81 +289,42 @@ def reset_to_quickstart() -> None:
     load_into_form(default_config())
 
 
-def _resolved(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else paths.PROJECT_ROOT / p
-
-
 def _mtime(path: str) -> float:
     try:
-        return _resolved(path).stat().st_mtime
+        return paths.resolve(path).stat().st_mtime
     except OSError:
         return 0.0
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _preflight(yaml_text: str, stamp: tuple):
+def _plan(yaml_text: str, stamp: tuple):
     from trainer_core.config.run_config import config_from_dict as build
-    from trainer_core.runs.registry import preflight
+    from trainer_core.runs.orchestrate import plan
     import yaml
 
-    return preflight(build(yaml.safe_load(yaml_text)))
+    return plan(build(yaml.safe_load(yaml_text)))
 
 
 def preflight(cfg: RunConfig):
-    """`trainer_core.runs.registry.preflight`, cached until the config or the files it reads change."""
-    stamp = (modified_time(_resolved(cfg.data.path)), _mtime(str(Path(cfg.model.path) / "config.json")),
+    """`trainer_core.runs.orchestrate.plan` (checks, DeepSpeed dict, commands, memory), cached until the config or
+    the files it reads change."""
+    stamp = (modified_time(paths.resolve(cfg.data.path)), _mtime(str(Path(cfg.model.path) / "config.json")),
              _mtime(cfg.deepspeed.config_file) if cfg.deepspeed.config_file else 0.0)
-    return _preflight(cfg.to_yaml(), stamp)
+    return _plan(cfg.to_yaml(), stamp)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _plan(yaml_text: str):
-    from trainer_core.config.memory import plan_memory
-    import yaml
-
-    return plan_memory(config_from_dict(yaml.safe_load(yaml_text)))
-
-
-def memory_plan(cfg: RunConfig):
-    return _plan(cfg.to_yaml())
+def memory_plan(plan):
+    """The plan's memory figures; a UserError saying why when the model's config could not be read."""
+    if plan.memory_problem is not None:
+        raise UserError(plan.memory_problem)
+    return plan.memory
 
 
-def launch_commands(cfg: RunConfig) -> list[str]:
-    """The exact launcher command line(s) for this config, as a shell would take them."""
-    from trainer_core.runs.launch import all_node_commands, shell_line
-    from trainer_core.runs.registry import new_run_name
+def launch_commands(plan) -> list[str]:
+    """The exact launcher command line(s) of a plan, as a shell would take them."""
+    from trainer_core.runs.launch import shell_line
 
-    run = paths.runs_root() / new_run_name(cfg)
-    return [shell_line(argv) for argv in all_node_commands(cfg, run, has_gpu=hardware().has_gpu)]
-
-
-def cluster_files(cfg: RunConfig) -> dict[str, str]:
-    """The hostfile (multi-node launchers) and the two cluster scripts a run with this config will get."""
-    from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_script, slurm_script
-    from trainer_core.runs.launch import HOSTFILE, hostfile_text
-    from trainer_core.runs.registry import new_run_name
-
-    cfg = dataclasses.replace(cfg, name=new_run_name(cfg))
-    run = paths.runs_root() / cfg.name
-    files = {NODE_SCRIPT: node_script(cfg, run), SLURM_SCRIPT: slurm_script(cfg, run)}
-    if cfg.placement.launcher != "local":
-        files[HOSTFILE] = hostfile_text(cfg)
-    return files
-
-
-def launch(cfg: RunConfig) -> Path:
-    """Create the run directory and start it, as `python -m trainer_core train --detach` does."""
-    from trainer_core.runs.registry import create_run
-    from trainer_core.runs.supervisor import start
-
-    run = create_run(cfg)
-    try:
-        start(run, detach=True)
-    except UserError:
-        shutil.rmtree(run, ignore_errors=True)  # devices busy: leave no run directory behind
-        raise
-    return run
+    return [shell_line(argv) for argv in plan.argv]
 
 
 def plan_rows(plan) -> list[tuple[str, int, int, bool]]:

@@ -26,7 +26,7 @@ from trainer_core.paths import PROJECT_ROOT  # noqa: E402
 
 from trainer_core.runs import protocol as rd  # noqa: E402
 from trainer_core.config.run_config import load_config  # noqa: E402
-from trainer_core.runs.registry import create_run  # noqa: E402
+from trainer_core.runs.orchestrate import create_run  # noqa: E402
 from trainer_core.runs.lifecycle import stop  # noqa: E402
 from trainer_core.runs.state import RunState, read_state  # noqa: E402
 from trainer_core.runs.supervisor import start  # noqa: E402

@@ -8,6 +8,7 @@ from app.frame import require_frame
 from app.i18n import say, t
 from app.state import active_run, runs_or_stop, set_active_run
 from trainer_core.errors import UserError
+from trainer_core.runs.orchestrate import launch
 from trainer_core.runs.registry import delete_run
 from trainer_core.runs.state import read_state
 
@@ -59,7 +60,7 @@ if row.button(t("runs.relaunch"), key="runs.relaunch", icon=":material/replay:",
                help=t("runs.relaunch_help")):
     try:
         with st.spinner(t("train.launching")):
-            new = form.launch(rv.as_new_run(cfg))
+            new = launch(rv.as_new_run(cfg))
     except UserError as e:
         st.error(t("train.refused", error=say(e)), icon=":material/block:")
     else:

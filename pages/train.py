@@ -11,6 +11,7 @@ from app.qwen1_import_view import offer_qwen1_import
 from app.state import set_active_run
 from trainer_core.errors import UserError
 from trainer_core.config.memory import fmt_bytes
+from trainer_core.runs.orchestrate import launch
 
 require_frame()
 st.title(t("train.title"))
@@ -113,7 +114,7 @@ if error:
     st.error(t("train.invalid", error=error), icon=":material/error:")
 else:
     try:
-        plan = form.memory_plan(pf.cfg)
+        plan = form.memory_plan(pf)
     except UserError as e:
         plan = None
         st.error(say(e), icon=":material/error:")
@@ -135,11 +136,11 @@ else:
     for lint in pf.lints:
         st.warning(str(lint.message), icon=":material/rule:")
     with st.expander(t("train.command"), expanded=True):
-        for line in form.launch_commands(pf.cfg):
+        for line in form.launch_commands(pf):
             st.code(line, language="bash", wrap_lines=True)
         st.caption(t("train.command_note"))
     with st.expander(t("train.cluster")):
-        files = form.cluster_files(pf.cfg)
+        files = pf.cluster_files
         if "hostfile" in files:
             st.caption(t("train.hostfile"))
             st.code(files["hostfile"], language="text")
@@ -160,7 +161,7 @@ if error:
 if clicked and not error:
     try:
         with st.spinner(t("train.launching")):
-            run = form.launch(cfg)
+            run = launch(cfg)
     except UserError as e:
         st.error(t("train.refused", error=say(e)), icon=":material/block:")
     else:

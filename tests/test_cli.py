@@ -60,6 +60,17 @@ def test_plan_json_has_config_argv_memory_and_lint(runs_root, starter_model):
     assert not list(runs_root.iterdir()), "plan must not create a run"
 
 
+def test_plan_describes_the_deepspeed_file_that_runs(runs_root, starter_model):
+    # The quickstart's form fields say ZeRO-2 with the optimizer offloaded; the file says ZeRO-3.
+    sets = ("--set", "deepspeed.config_file=configs/deepspeed/zero3.json")
+    text = cli("plan", QUICKSTART, *sets, check=True).stdout
+    assert "# memory plan (ZeRO stage 3, offload optimizer none, param none)" in text
+    out = json.loads(cli("plan", QUICKSTART, *sets, "--json", check=True).stdout)
+    stage3 = json.loads(cli("plan", QUICKSTART, "--set", "deepspeed.stage=3", "--set",
+                            "deepspeed.offload_optimizer=none", "--json", check=True).stdout)
+    assert out["config"]["deepspeed"]["stage"] == 3 and out["memory"] == stage3["memory"]
+
+
 def test_a_starter_learning_rate_on_a_7b_model_is_flagged(tmp_path, runs_root, starter_model):
     """The form starts from the quickstart (lr 8e-3, right for the random starter); switching only the model to a
     pretrained 7B must not go unremarked. A 7B-shaped folder: its config.json, a small but well-formed safetensors

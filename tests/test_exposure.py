@@ -164,9 +164,9 @@ def test_every_page_is_behind_the_password(exposed, page):
 @pytest.mark.slow
 def test_two_launches_at_once_start_exactly_one_run(runs_root, starter_model):
     """Two tabs pressing Launch at the same moment: the dashboard's launch path, from two threads."""
-    from app import train_form
     from trainer_core.errors import UserError
     from trainer_core.runs.lifecycle import stop
+    from trainer_core.runs.orchestrate import launch
 
     cfg = load_config(PROJECT_ROOT / "configs" / "quickstart.yaml", ["train.max_steps=50"])
     results: list = []
@@ -175,7 +175,7 @@ def test_two_launches_at_once_start_exactly_one_run(runs_root, starter_model):
     def press():
         barrier.wait()
         try:
-            results.append(train_form.launch(cfg))
+            results.append(launch(cfg))
         except UserError as e:
             results.append(e)
 

@@ -24,12 +24,10 @@ SOURCES = sorted(p for d in ("trainer_core", "app", "pages") for p in (PROJECT_R
 MESSAGE_ARG = {"RowError": 2, "Lint": 2}
 # TRANSITION: files that still write plain-English messages; each area removes its files as it converts them.
 PENDING = {
-    "trainer_core/cli.py",
     "trainer_core/config/ds_config.py", "trainer_core/config/memory.py", "trainer_core/config/run_config.py",
     "trainer_core/data/chat_format.py", "trainer_core/data/dataset.py", "trainer_core/data/records.py",
     "trainer_core/data/tables.py",
     "trainer_core/models/inference.py",
-    "trainer_core/runs/device_locks.py", "trainer_core/runs/launch.py", "trainer_core/runs/registry.py",
 }
 
 

@@ -28,7 +28,7 @@ from trainer_core.errors import UserError
 from trainer_core.models.local import check_model_dir
 from trainer_core.models.qwen1_export import export_qwen1
 from trainer_core.models.qwen1_import import MARKER, import_qwen1, imported_from, is_qwen1_dir, lint_imported_length
-from trainer_core.runs.registry import preflight
+from trainer_core.runs.orchestrate import plan
 from trainer_core.runs.tailing import read_all_rows
 
 FIXTURE = SHARED / "fixtures" / "qwen1-tiny"
@@ -224,7 +224,7 @@ def test_max_length_past_seq_length_is_flagged(imported):
     [lint] = lint_imported_length(imported, 4096)
     assert lint.level == "warning" and "seq_length 2048" in str(lint.message)
     cfg = load_config(PROJECT_ROOT / QUICKSTART, [f"model.path={imported}", "data.max_length=4096"])
-    assert "qwen1-seq-length" in [x.code for x in preflight(cfg).lints], "plan, train and the Train page show it"
+    assert "qwen1-seq-length" in [x.code for x in plan(cfg, memory=False).lints], "plan, train and the Train page show it"
     assert json.loads((imported / MARKER).read_text())["source"] == str(FIXTURE.resolve())
 
 

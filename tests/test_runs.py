@@ -6,8 +6,9 @@ import threading
 import pytest
 
 from trainer_core.paths import PROJECT_ROOT
+from trainer_core.runs import orchestrate
 from trainer_core.runs import protocol as rd
-from trainer_core.runs import registry as runs
+from trainer_core.runs import registry
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
 
@@ -19,13 +20,13 @@ def visible(root):
 
 
 def test_simultaneous_unnamed_runs_get_distinct_complete_directories(runs_root, starter_model, monkeypatch):
-    monkeypatch.setattr(runs, "new_run_name", lambda cfg: cfg.name or "run-same-second")
+    monkeypatch.setattr(registry, "new_run_name", lambda cfg: cfg.name or "run-same-second")
     cfg = load_config(QUICK)
     made, barrier = [], threading.Barrier(3)
 
     def create():
         barrier.wait()
-        made.append(runs.create_run(cfg))
+        made.append(orchestrate.create_run(cfg))
 
     threads = [threading.Thread(target=create) for _ in range(3)]
     for th in threads:
@@ -39,9 +40,9 @@ def test_simultaneous_unnamed_runs_get_distinct_complete_directories(runs_root, 
 
 
 def test_an_explicit_name_is_never_reused(runs_root, starter_model):
-    runs.create_run(load_config(QUICK, ["name=mine"]))
+    orchestrate.create_run(load_config(QUICK, ["name=mine"]))
     with pytest.raises(UserError, match="a run called 'mine' already exists"):
-        runs.create_run(load_config(QUICK, ["name=mine"]))
+        orchestrate.create_run(load_config(QUICK, ["name=mine"]))
     assert visible(runs_root) == ["mine"]
 
 
@@ -49,7 +50,48 @@ def test_a_failure_while_writing_leaves_nothing(runs_root, starter_model, monkey
     def boom(*a, **k):
         raise OSError("disk went away")
 
-    monkeypatch.setattr(runs, "write_cluster_scripts", boom)
+    monkeypatch.setattr(orchestrate, "write_json", boom)  # the DeepSpeed JSON, written after config.yaml
     with pytest.raises(OSError):
-        runs.create_run(load_config(QUICK, ["name=broken"]))
+        orchestrate.create_run(load_config(QUICK, ["name=broken"]))
     assert visible(runs_root) == []
+
+
+# ---------------------------------------------------------------- plan: what launching would do
+
+def test_plan_resolves_paths_from_the_project_root_and_writes_nothing(runs_root, starter_model):
+    p = orchestrate.plan(load_config(QUICK, ["deepspeed.config_file=configs/deepspeed/zero2.json"]))
+    # models/ may be a link to a shared folder: the resolved path is where it really is.
+    assert p.cfg.model.path == str((PROJECT_ROOT / "models" / "qwen2-starter").resolve())
+    assert p.cfg.data.path == str((PROJECT_ROOT / "data" / "sample_zhenhuan.jsonl").resolve())
+    assert p.cfg.deepspeed.config_file == str((PROJECT_ROOT / "configs" / "deepspeed" / "zero2.json").resolve())
+    (argv,) = p.argv
+    assert argv[argv.index("--run-dir") + 1] == str(p.run_dir) and p.run_dir.parent == runs_root
+    assert set(p.cluster_files) == {"launch_node.sh", "launch_slurm.sbatch"}
+    assert p.memory is not None and p.memory_problem is None and p.n_records > 0
+    assert visible(runs_root) == []
+
+
+def test_a_deepspeed_file_with_stage_3_gets_a_stage_3_memory_plan(runs_root, starter_model):
+    # The form says ZeRO-2 with the optimizer offloaded (the quickstart); the file that runs says ZeRO-3.
+    from_file = orchestrate.plan(load_config(QUICK, ["deepspeed.config_file=configs/deepspeed/zero3.json"]))
+    assert from_file.ds_config["zero_optimization"]["stage"] == 3
+    ds = from_file.cfg.deepspeed
+    assert (ds.stage, ds.offload_optimizer, ds.offload_param) == (3, "none", "none")
+    by_form = orchestrate.plan(load_config(QUICK, ["deepspeed.stage=3", "deepspeed.offload_optimizer=none"]))
+    form_zero2 = orchestrate.plan(load_config(QUICK))
+    assert from_file.memory == by_form.memory != form_zero2.memory
+
+
+def test_the_created_run_saves_the_zero_settings_of_its_deepspeed_file(runs_root, starter_model):
+    run = orchestrate.create_run(load_config(QUICK, ["name=z3", "deepspeed.config_file=configs/deepspeed/zero3.json"]))
+    saved = load_config(run / rd.CONFIG)  # what the trainer reads, and logs as its ZeRO stage
+    assert saved.deepspeed.stage == 3 and saved.deepspeed.offload_optimizer == "none"
+    assert saved.deepspeed.config_file == str((PROJECT_ROOT / "configs" / "deepspeed" / "zero3.json").resolve())
+
+
+def test_the_supervisor_tells_the_ranks_on_their_command_line(tmp_path):
+    from trainer_core.runs.launch import node_argv
+
+    cfg = load_config(QUICK)
+    assert node_argv(cfg, tmp_path, supervised=True)[-1] == "--supervised"
+    assert "--supervised" not in node_argv(cfg, tmp_path)  # by hand, Slurm, `plan`: the ranks record the end

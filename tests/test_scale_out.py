@@ -32,7 +32,7 @@ def two_node_sets(**extra) -> list[str]:
 
 
 def created_run(*sets) -> Path:
-    from trainer_core.runs.registry import create_run
+    from trainer_core.runs.orchestrate import create_run
 
     return create_run(load_config(QUICKSTART, [s for s in sets if s != "--set"]))
 

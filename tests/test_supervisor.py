@@ -130,7 +130,7 @@ def test_kill_9_during_a_checkpoint_save_is_never_offered(runs_root):
 
 def test_a_model_gone_by_launch_time_ends_failed_with_the_root_error(runs_root, starter_model, tmp_path):
     from trainer_core.config.run_config import load_config
-    from trainer_core.runs.registry import create_run
+    from trainer_core.runs.orchestrate import create_run
     from trainer_core.runs.supervisor import start
 
     moved = tmp_path / "model-on-a-share"

@@ -16,3 +16,10 @@ CACHE_DIR = Path(os.environ.get("TRAINER_CACHE_DIR", PROJECT_ROOT / ".cache"))
 def runs_root() -> Path:
     """Root folder of all run directories; read at call time so tests can point it elsewhere."""
     return Path(os.environ.get("TRAINER_RUNS_ROOT", PROJECT_ROOT / "runs"))
+
+
+def resolve(path: str | Path) -> Path:
+    """A path as a user types it in a config, a form or a command: `~` expanded, relative paths taken from the
+    project folder (never from the current directory, which differs between the dashboard, the CLI and the ranks)."""
+    p = Path(str(path).strip()).expanduser()
+    return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()

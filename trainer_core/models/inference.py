@@ -76,7 +76,7 @@ def resolve_model_dir(ref: str | Path, checkpoint: int | None = None) -> Path:
 
 def run_persona(model_dir: Path) -> str | None:
     """The persona a fine-tuned model was trained with (final/persona.json or the run's config)."""
-    info = rd.read_json(model_dir / "persona.json")
+    info = rd.read_json(model_dir / rd.PERSONA)
     if isinstance(info, dict) and info.get("persona"):
         return info["persona"]
     run = model_dir.parent.parent if model_dir.parent.name == rd.CHECKPOINTS else None

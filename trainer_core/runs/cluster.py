@@ -67,15 +67,3 @@ scontrol show hostnames "$SLURM_JOB_NODELIST" | sed 's/$/ slots={p.num_ranks}/' 
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 srun --nodes={p.num_nodes} --ntasks-per-node=1 bash {run}/{NODE_SCRIPT} "" "$MASTER_ADDR"
 """
-
-
-def write_cluster_scripts(cfg: RunConfig, run_dir: Path, target: Path | None = None) -> list[Path]:
-    """Write both scripts into `target` (default: the run directory itself), executable."""
-    target = target or run_dir
-    out = []
-    for name, text in ((NODE_SCRIPT, node_script(cfg, run_dir)), (SLURM_SCRIPT, slurm_script(cfg, run_dir))):
-        path = target / name
-        path.write_text(text, encoding="utf-8")
-        path.chmod(0o755)
-        out.append(path)
-    return out

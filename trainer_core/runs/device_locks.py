@@ -17,7 +17,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer_core.errors import UserError
+from trainer_core.errors import UserError, text
 
 LOCK_DIR_ENV = "TRAINER_LOCK_DIR"
 GATE = ".gate"
@@ -36,8 +36,9 @@ def lock_dir() -> Path:
         if d.stat().st_uid == os.getuid():
             d.chmod(0o1777)
     except OSError as e:
-        raise UserError(f"cannot use the device-lock folder {d} ({e.strerror}); set {LOCK_DIR_ENV} to a writable "
-                        "folder that every dashboard on this machine uses") from None
+        raise UserError("runs.lock_dir_unusable", "cannot use the device-lock folder {folder} ({reason}); set {env} "
+                        "to a writable folder that every dashboard on this machine uses", folder=d, reason=e.strerror,
+                        env=LOCK_DIR_ENV) from None
     return d
 
 
@@ -82,12 +83,12 @@ def acquire(run: Path, keys: list[str]) -> list[int]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _holder(fd) or "another run"
+                holder = _holder(fd) or text("runs.another_run", "another run")
                 os.close(fd)
                 for f in fds:
                     os.close(f)
-                raise UserError(f"{key} is in use by run {holder}; stop it or pick other devices "
-                                "(placement.gpus)") from None
+                raise UserError("runs.device_busy", "{key} is in use by run {holder}; stop it or pick other devices "
+                                "(placement.gpus)", key=key, holder=holder) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(run).encode(), 0)
             fcntl.flock(fd, fcntl.LOCK_SH)  # under the gate: nobody can take it exclusively in between
@@ -106,8 +107,9 @@ def hold_as_rank(run: Path, keys: list[str]) -> list[int]:
                 os.close(fd)
                 for f in fds:
                     os.close(f)
-                raise UserError(f"{key} is no longer held for run {run.name}: its supervisor ended before the "
-                                "ranks started and another run took the device; resume this run later")
+                raise UserError("runs.device_taken", "{key} is no longer held for run {name}: its supervisor ended "
+                                "before the ranks started and another run took the device; resume this run later",
+                                key=key, name=run.name)
             fcntl.flock(fd, fcntl.LOCK_SH)
             fds.append(fd)
     return fds

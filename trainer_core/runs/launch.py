@@ -40,17 +40,21 @@ def parse_hostfile(text: str) -> list[tuple[str, int]]:
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].startswith("slots="):
-            raise UserError(f"placement.hostfile line {i} {raw.strip()!r} must look like 'host1 slots=4'")
+            raise UserError("runs.hostfile_line", "placement.hostfile line {line} {text!r} must look like "
+                            "'host1 slots=4'", line=i, text=raw.strip())
         host, slots = parts[0], parts[1][len("slots="):]
         if not re.fullmatch(r"[0-9]+", slots) or int(slots) < 1:  # ASCII digits: DeepSpeed parses with \d+
-            raise UserError(f"placement.hostfile line {i}: slots must be a positive number (got {slots!r})")
+            raise UserError("runs.hostfile_slots", "placement.hostfile line {line}: slots must be a positive number "
+                            "(got {slots!r})", line=i, slots=slots)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", host):
-            raise UserError(f"placement.hostfile line {i}: {host!r} is not a host name")
+            raise UserError("runs.hostfile_host", "placement.hostfile line {line}: {host!r} is not a host name",
+                            line=i, host=host)
         if any(h == host for h, _ in hosts):  # DeepSpeed refuses the file at launch; say so now
-            raise UserError(f"placement.hostfile line {i}: {host} is listed twice")
+            raise UserError("runs.hostfile_twice", "placement.hostfile line {line}: {host} is listed twice", line=i,
+                            host=host)
         hosts.append((host, int(slots)))
     if not hosts:
-        raise UserError("placement.hostfile lists no hosts")
+        raise UserError("runs.hostfile_empty", "placement.hostfile lists no hosts")
     return hosts
 
 
@@ -58,21 +62,23 @@ def hostfile_text(cfg: RunConfig) -> str:
     """The hostfile content for multi-node runs (from a path or the inline lines)."""
     spec = cfg.placement.hostfile.strip()
     if "slots=" not in spec:
-        if not Path(spec).expanduser().is_file():
-            raise UserError(f"placement.hostfile {spec!r} is neither a file nor 'host slots=N' lines")
-        spec = Path(spec).expanduser().read_text(encoding="utf-8")
+        if not paths.resolve(spec).is_file():
+            raise UserError("runs.hostfile_neither", "placement.hostfile {spec!r} is neither a file nor "
+                            "'host slots=N' lines", spec=spec)
+        spec = paths.resolve(spec).read_text(encoding="utf-8")
     hosts = parse_hostfile(spec)
     gpus = cfg.placement.gpus
     for host, slots in hosts:
         if slots < cfg.placement.num_ranks:
-            raise UserError(f"placement.hostfile gives {host} {slots} slots but placement.num_ranks is "
-                            f"{cfg.placement.num_ranks}")
+            raise UserError("runs.hostfile_few_slots", "placement.hostfile gives {host} {slots} slots but "
+                            "placement.num_ranks is {ranks}", host=host, slots=slots, ranks=cfg.placement.num_ranks)
         if gpus and max(gpus) >= slots:
-            raise UserError(f"placement.gpus asks for GPU {max(gpus)} but placement.hostfile gives {host} only "
-                            f"{slots} slots (GPUs 0-{slots - 1})")
+            raise UserError("runs.hostfile_gpu_missing", "placement.gpus asks for GPU {gpu} but placement.hostfile "
+                            "gives {host} only {slots} slots (GPUs 0-{last})", gpu=max(gpus), host=host, slots=slots,
+                            last=slots - 1)
     if len(hosts) != cfg.placement.num_nodes:
-        raise UserError(f"placement.hostfile lists {len(hosts)} hosts but placement.num_nodes is "
-                        f"{cfg.placement.num_nodes}")
+        raise UserError("runs.hostfile_node_count", "placement.hostfile lists {n} hosts but placement.num_nodes is "
+                        "{nodes}", n=len(hosts), nodes=cfg.placement.num_nodes)
     return "".join(f"{h} slots={s}\n" for h, s in hosts)
 
 
@@ -80,15 +86,18 @@ def trainer_args(run_dir: Path, resume_from: Path | None, supervised: bool = Fal
     args = ["--module", "trainer_core.training.train", "--run-dir", str(run_dir)]
     if resume_from is not None:
         args += ["--resume-from", str(resume_from)]
-    if supervised:  # the supervisor holds the device locks and records how the run ended
-        args += ["--supervised"]
+    if supervised:
+        # On the command line, not in the environment: DeepSpeed's pdsh runner forwards only some variables to the
+        # other nodes, but every rank gets the same argv.
+        args.append("--supervised")
     return args
 
 
 def node_argv(cfg: RunConfig, run_dir: Path, *, node_rank: int | None = None, master_port: int | None = None,
               resume_from: Path | None = None, has_gpu: bool = False, supervised: bool = False) -> list[str]:
-    """The launcher argv for one node (for local and pdsh/ssh runs, the only node that launches); `supervised`
-    when the run's supervisor starts it."""
+    """The launcher argv for one node (for local and pdsh/ssh runs, the only node that launches). `supervised`: the
+    run's supervisor starts it and records the final state (the ranks then leave that to it)."""
+    rank_args = trainer_args(run_dir, resume_from, supervised)
     p = cfg.placement
     port = master_port or p.master_port
     argv = runner_prefix() + ["--no_local_rank", "--master_port", str(port)]
@@ -99,14 +108,13 @@ def node_argv(cfg: RunConfig, run_dir: Path, *, node_rank: int | None = None, ma
         else:
             argv += ["--num_gpus", str(p.num_ranks)]
         argv += ["--master_addr", "127.0.0.1"]
-        return argv + trainer_args(run_dir, resume_from, supervised)
+        return argv + rank_args
     # Several nodes: DeepSpeed reads the node list (and so the world size) from the hostfile in every mode.
     argv += ["--hostfile", str(run_dir / HOSTFILE), "--master_addr", p.master_addr]
     if p.launcher in ("pdsh", "ssh"):
         # DeepSpeed reaches the other nodes over ssh through pdsh; "ssh" names that transport for users.
         argv += ["--launcher", "pdsh"]
-        _check_remote_shell_safe([str(paths.PROJECT_ROOT), sys.executable,
-                                  *trainer_args(run_dir, resume_from, supervised)])
+        _check_remote_shell_safe([str(paths.PROJECT_ROOT), sys.executable, *rank_args])
     else:  # no_ssh: every node runs its own launcher with its rank; they meet at the master address
         rank = p.node_rank if node_rank is None else node_rank
         argv += ["--no_ssh", "--node_rank", str(rank)]
@@ -117,7 +125,7 @@ def node_argv(cfg: RunConfig, run_dir: Path, *, node_rank: int | None = None, ma
         # Without these DeepSpeed starts one rank per hostfile slot, more than num_ranks when a host has spare slots.
         # (They cannot be combined with --include, which names the slots itself.)
         argv += ["--num_nodes", str(p.num_nodes), "--num_gpus", str(p.num_ranks)]
-    return argv + trainer_args(run_dir, resume_from, supervised)
+    return argv + rank_args
 
 
 def _check_remote_shell_safe(values: list[str]) -> None:
@@ -125,8 +133,9 @@ def _check_remote_shell_safe(values: list[str]) -> None:
     in a path would run on every node: refuse such paths instead."""
     for value in values:
         if not re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", value):
-            raise UserError(f"placement.launcher pdsh runs {value!r} through a shell on every node, which would "
-                            "interpret some of its characters; use paths of letters, digits and ./_- only")
+            raise UserError("runs.pdsh_unsafe_path", "placement.launcher pdsh runs {value!r} through a shell on every "
+                            "node, which would interpret some of its characters; use paths of letters, digits and "
+                            "./_- only", value=value)
 
 
 def all_node_commands(cfg: RunConfig, run_dir: Path, has_gpu: bool = False) -> list[list[str]]:

@@ -152,8 +152,8 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     me = _proc_info(os.getpid())
     cfg = load_config(run / rd.CONFIG)
     hw = detect()
-    argv = node_argv(cfg, run, resume_from=resume_from, has_gpu=hw.has_gpu, supervised=True,
-                     master_port=_pick_port(cfg))
+    argv = node_argv(cfg, run, resume_from=resume_from, has_gpu=hw.has_gpu, master_port=_pick_port(cfg),
+                     supervised=True)  # the final state is ours to write, after the devices are free
     # The ranks read host, pid and lock_keys to watch this process and to hold the device locks with it.
     rd.write_json_atomic(run / rd.MANIFEST, {**me, "host": socket.gethostname(), "argv": argv,
                                              "started": time.time(), "lock_fds": lock_fds, "lock_keys": lock_keys,

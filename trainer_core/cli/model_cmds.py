@@ -1,0 +1,121 @@
+"""`chat`, `export` and `import-model`: using what a run produced, and bringing models in."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from trainer_core.cli.common import bounded, emit, run_dir, write_out
+from trainer_core.errors import UserError
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_chat(args) -> int:
+    from trainer_core.data.chat_format import specials_in
+    from trainer_core.models.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona,
+                                               load_chat_model, resolve_model_dir, stream_reply)
+
+    if not args.prompt.strip():
+        raise UserError("cli.empty_prompt", "--prompt is empty; give the line the model should answer")
+    bounded(args.max_new_tokens, "--max-new-tokens", 1, 8192)
+    bounded(args.temperature, "--temperature", 0.0, 10.0)
+    bounded(args.seed, "--seed", 0, 2**32 - 1)
+    bounded(args.checkpoint, "--checkpoint", 0, 10**9)
+    model_dir = resolve_model_dir(_model_or_run(args.model), args.checkpoint)
+    model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code)
+    persona, source = chat_persona(model_dir, args.persona)
+    params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    # Which system prompt is in use goes to stderr, so stdout stays the reply alone.
+    said = {PERSONA_GIVEN: "persona: --persona", PERSONA_TRAINED: "persona: the one the run was trained with"}
+    _note(said.get(source, "persona: none; the model's own default system prompt (--persona sets one)"))
+    for content, what in ((persona, "persona"), (args.prompt, "prompt")):
+        if found := specials_in(tok, content):
+            _note(f"warning: the {what} holds special token {', '.join(found)}; it is read as plain text")
+    for piece in stream_reply(model, tok, [{"role": "user", "content": args.prompt}], persona=persona,
+                              params=params):
+        write_out(piece)
+    emit()
+    return 0
+
+
+def _model_or_run(ref: str) -> Path:
+    """A model folder, a run directory, or a run's name (as status/stop/export accept it)."""
+    from trainer_core import paths
+    from trainer_core.runs import protocol as rd
+
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        return p
+    if "/" not in ref and (paths.runs_root() / ref / rd.CONFIG).is_file():
+        return run_dir(ref)
+    raise UserError("cli.no_model_or_run", "{ref}: no such model folder or run; give a model directory, a run "
+                    "directory or a run name (`python -m trainer_core runs` lists them)", ref=ref)
+
+
+def cmd_export(args) -> int:
+    from trainer_core.models.export import export_checkpoint
+
+    bounded(args.checkpoint, "--checkpoint", 0, 10**9)
+    run = run_dir(args.run)
+    if args.format == "qwen1":  # checked before the consolidation, which can take minutes
+        from trainer_core.config.run_config import load_config
+        from trainer_core.models.qwen1_export import export_qwen1
+        from trainer_core.models.qwen1_import import imported_from
+        from trainer_core.runs import protocol as rd
+
+        original = imported_from(load_config(run / rd.CONFIG).model.path)
+    out = export_checkpoint(run, args.checkpoint)
+    if args.format == "qwen1":
+        out = export_qwen1(out, original, out.with_name(f"{out.name}-qwen1"))
+    emit(out)
+    return 0
+
+
+def cmd_import_model(args) -> int:
+    from trainer_core.config.memory import fmt_bytes
+    from trainer_core.models.qwen1_import import import_qwen1
+
+    shown = [-1]
+
+    def progress(done: int, total: int, name: str) -> None:
+        percent = 100 * done // max(total, 1)
+        if percent != shown[0] or done == total:  # one line per percent, however many tensors
+            shown[0] = percent
+            _note(f"[import] {percent:3d}%  {fmt_bytes(done)} / {fmt_bytes(total)}  {name}")
+
+    result = import_qwen1(args.src, args.dest, progress=progress)
+    for note in result.notes:
+        _note(f"note: {note}")
+    _note(f"imported {result.n_tensors} tensors ({fmt_bytes(result.nbytes)}) as a Qwen2 model; no remote code needed")
+    emit(result.dest)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("chat", help="one reply from a model folder or a run")
+    s.add_argument("model")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--persona", default=None, help="system prompt (default: the run's persona; for a plain model "
+                                                   "folder, the model's own default system prompt)")
+    s.add_argument("--max-new-tokens", type=int, default=128)
+    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--checkpoint", type=int, default=None)
+    s.add_argument("--trust-remote-code", action="store_true")
+    s.set_defaults(fn=cmd_chat)
+
+    s = sub.add_parser("export", help="consolidate a ZeRO checkpoint to safetensors")
+    s.add_argument("run")
+    s.add_argument("--checkpoint", type=int, default=None)
+    s.add_argument("--format", choices=("hf", "qwen1"), default="hf",
+                   help="qwen1: also write the weights back in Qwen-1 names next to the original folder's code, "
+                        "for runs of a model brought in with import-model")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("import-model", help="convert a Qwen-1 (Qwen-7B-Chat) folder into a native Qwen2 folder")
+    s.add_argument("src", help="the downloaded Qwen-1 folder (config.json, *.safetensors, qwen.tiktoken)")
+    s.add_argument("dest", help="new folder to create, e.g. models/qwen-7b-chat")
+    s.set_defaults(fn=cmd_import_model)

@@ -1,0 +1,149 @@
+"""The orchestration API every front-end calls: plan a run, create its directory, launch it.
+
+    plan(cfg)    -> Plan: the resolved config, the DeepSpeed dict that will run, lints, the argv of every node,
+                    the cluster files and the memory plan; nothing is written
+    create_run(cfg) -> run directory (state `queued`), written whole or not at all, after every check passed
+    launch(cfg)  -> run directory with its supervisor started; a run that cannot start leaves no directory
+
+The CLI (`plan`, `train`), the Train page and the Runs page's relaunch go through here, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer_core import paths
+from trainer_core.config.ds_config import Lint, write_json
+from trainer_core.config.hardware import Hardware, detect
+from trainer_core.config.run_config import RunConfig, save_config
+from trainer_core.errors import Text, UserError
+from trainer_core.runs import preflight
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_script, slurm_script
+from trainer_core.runs.launch import all_node_commands, hostfile_text
+from trainer_core.runs.registry import new_run_name, reserve_name, unwritable
+
+if TYPE_CHECKING:
+    from trainer_core.config.memory import MemoryPlan
+
+
+@dataclasses.dataclass
+class Plan:
+    """What launching a config would do, decided before anything is written."""
+
+    cfg: RunConfig
+    """The config as the run will save it: absolute paths, and with `deepspeed.config_file` set, the ZeRO stage
+    and offloads that file holds."""
+    ds_config: dict[str, Any]
+    """The DeepSpeed config the ranks run (the file's when `deepspeed.config_file` is set)."""
+    lints: list[Lint]
+    """Warnings about the config (errors refuse the plan instead)."""
+    n_records: int
+    """Usable training records."""
+    hardware: Hardware
+    """The machine it was planned for."""
+    run_dir: Path
+    """Where the run would be created (a taken unnamed run gets a suffix at creation)."""
+    argv: list[list[str]]
+    """The launcher argv of each node that is started by hand (no_ssh), else the single launch argv."""
+    cluster_files: dict[str, str]
+    """File name -> text: the per-node and Slurm scripts, and the hostfile of a multi-node launcher."""
+    memory: "MemoryPlan | None" = None
+    """Per-rank and host memory for this machine (None when not asked for, or not plannable)."""
+    memory_problem: Text | None = None
+    """Why the memory could not be planned (the model's config could not be read)."""
+
+
+def plan(cfg: RunConfig, *, memory: bool = True) -> Plan:
+    """Every check a run must pass, and what it would run. Raises UserError naming the first problem."""
+    hw = detect()
+    cfg = preflight.resolve_paths(cfg)
+    n_records = preflight.check_files(cfg)
+    preflight.check_placement(cfg, hw)
+    ds = preflight.deepspeed_dict(cfg, hw)
+    lints = preflight.lints(cfg, ds, hw)
+    cfg = preflight.with_zero_of(cfg, ds)
+    run_dir = paths.runs_root() / new_run_name(cfg)
+    named = dataclasses.replace(cfg, name=run_dir.name)
+    out = Plan(cfg=cfg, ds_config=ds, lints=lints, n_records=n_records, hardware=hw, run_dir=run_dir,
+               argv=all_node_commands(cfg, run_dir, has_gpu=hw.has_gpu),
+               cluster_files=cluster_files(named, run_dir))
+    if memory:
+        from trainer_core.config.memory import plan_memory
+
+        try:
+            out.memory = plan_memory(cfg, hw=hw)
+        except UserError as e:
+            out.memory_problem = e.text
+    return out
+
+
+def cluster_files(cfg: RunConfig, run_dir: Path) -> dict[str, str]:
+    """The scripts to start the run on a GPU cluster by hand or with Slurm, and a multi-node launcher's hostfile."""
+    files = {NODE_SCRIPT: node_script(cfg, run_dir), SLURM_SCRIPT: slurm_script(cfg, run_dir)}
+    if cfg.placement.launcher != "local":
+        files[rd.HOSTFILE] = hostfile_text(cfg)
+    return files
+
+
+def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
+    """Check everything, then write a complete run directory and return it (state `queued`)."""
+    return _write_run(plan(cfg, memory=False), runs_root or paths.runs_root())
+
+
+def _write_run(p: Plan, root: Path) -> Path:
+    """Assemble the run under a hidden temporary name and rename it into place: a failed check or a crash never
+    leaves a half-written run behind."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        name, final = reserve_name(root, p.cfg)
+    except OSError as e:
+        raise unwritable(root, e) from None
+    cfg = dataclasses.replace(p.cfg, name=name)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    except OSError as e:
+        final.rmdir()
+        raise unwritable(root, e) from None
+    try:
+        save_config(cfg, tmp / rd.CONFIG)
+        write_json(p.ds_config, tmp / rd.DS_CONFIG)
+        for file_name, text in cluster_files(cfg, final).items():
+            (tmp / file_name).write_text(text, encoding="utf-8")
+            if file_name != rd.HOSTFILE:
+                (tmp / file_name).chmod(0o755)
+        rd.write_json_atomic(tmp / rd.COMMAND, {
+            "argv": all_node_commands(cfg, final, has_gpu=p.hardware.has_gpu),
+            "cwd": str(paths.PROJECT_ROOT),
+            "note": "planned commands; the supervisor records the exact argv it ran in manifest.json",
+        })
+        rd.write_status(tmp, rd.Status(state=rd.QUEUED, created=time.time(), name=name,
+                                       nodes_expected=cfg.placement.num_nodes, world_size=cfg.world_size,
+                                       lints=[str(x) for x in p.lints]))
+        os.rename(tmp, final)  # replaces the empty reserved directory in one step
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
+        raise
+    return final
+
+
+def launch(cfg: RunConfig) -> Path:
+    """Create the run and start its supervisor (detached). When it cannot start (its devices are busy), the run
+    directory is removed again: a refused launch leaves nothing behind."""
+    from trainer_core.runs.supervisor import start
+
+    run = create_run(cfg)
+    try:
+        start(run, detach=True)
+    except UserError:
+        shutil.rmtree(run, ignore_errors=True)
+        raise
+    return run

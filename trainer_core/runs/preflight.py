@@ -1,0 +1,140 @@
+"""Every check a run must pass before anything is written or started (orchestrate.plan runs them)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from trainer_core import paths
+from trainer_core.config.ds_config import Lint, build_ds_config, lint_run
+from trainer_core.config.hardware import Hardware
+from trainer_core.config.run_config import RunConfig
+from trainer_core.errors import UserError, text
+from trainer_core.models.local import check_model_dir
+from trainer_core.models.qwen1_import import lint_imported_length
+from trainer_core.runs.launch import hostfile_text
+
+
+def resolve_paths(cfg: RunConfig) -> RunConfig:
+    """Absolute model, data and DeepSpeed-file paths, so the run does not depend on the directory it is launched
+    from."""
+    ds_file = cfg.deepspeed.config_file
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, path=str(paths.resolve(cfg.model.path))),
+        data=dataclasses.replace(cfg.data, path=str(paths.resolve(cfg.data.path))),
+        deepspeed=dataclasses.replace(cfg.deepspeed, config_file=str(paths.resolve(ds_file)) if ds_file else ""),
+    )
+
+
+def _device(zero: dict[str, Any], key: str) -> str:
+    block = zero.get(key)
+    return str(block.get("device") or "none") if isinstance(block, dict) else "none"
+
+
+def with_zero_of(cfg: RunConfig, ds: dict[str, Any]) -> RunConfig:
+    """The config with its ZeRO stage and offloads as the DeepSpeed dict that runs has them, so the memory plan,
+    the saved config.yaml and the trainer's log line describe a hand-written `deepspeed.config_file`, not the
+    form's fields. Call after the dict's lints passed (they refuse values the config could not hold)."""
+    if not cfg.deepspeed.config_file:
+        return cfg
+    zero = ds.get("zero_optimization") or {}
+    nvme = [b.get("nvme_path") for k in ("offload_optimizer", "offload_param")
+            if isinstance(b := zero.get(k), dict) and b.get("device") == "nvme"]
+    return dataclasses.replace(cfg, deepspeed=dataclasses.replace(
+        cfg.deepspeed, stage=int(zero.get("stage", 0)), offload_optimizer=_device(zero, "offload_optimizer"),
+        offload_param=_device(zero, "offload_param"), nvme_path=str(nvme[0]) if nvme else cfg.deepspeed.nvme_path))
+
+
+def check_placement(cfg: RunConfig, hw: Hardware) -> None:
+    """The ranks asked for exist on this machine (local runs), and a multi-node hostfile is well formed."""
+    p = cfg.placement
+    if hw.has_gpu and p.launcher == "local":
+        missing = [g for g in (p.gpus or list(range(p.num_ranks))) if g >= len(hw.gpus)]
+        if missing:
+            raise UserError("runs.gpus_missing", "placement.gpus asks for GPU {missing} but this machine has {n} GPUs",
+                            missing=missing, n=len(hw.gpus))
+    elif p.launcher == "local" and p.num_ranks > hw.cpu_cores:
+        # Each CPU rank runs its own torch threads; more ranks than cores only thrash (1024 would fork-bomb).
+        raise UserError("runs.too_many_cpu_ranks",
+                        "placement.num_ranks {n} is more than this machine's {cores} CPU cores and it has no GPU; "
+                        "use at most {cores}", n=p.num_ranks, cores=hw.cpu_cores)
+    if p.launcher != "local":
+        hostfile_text(cfg)
+
+
+def check_files(cfg: RunConfig) -> int:
+    """The model and the data are there and the data trains; returns the number of usable records."""
+    check_model_dir(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    if not Path(cfg.data.path).exists():
+        raise UserError("runs.data_not_found", "data.path {path} not found: upload a dataset or pick the sample",
+                        path=cfg.data.path)
+    return check_answers_fit(cfg)
+
+
+def lints(cfg: RunConfig, ds: dict[str, Any], hw: Hardware) -> list[Lint]:
+    """Every lint of the run; errors refuse it, naming each problem."""
+    found = lint_run(cfg, ds, gpu_supports_bf16=hw.has_gpu and all(g.bf16 for g in hw.gpus))
+    found += lint_learning_rate(cfg)
+    found += lint_imported_length(cfg.model.path, cfg.data.max_length)
+    errors = [text("runs.lint_error", "error: {message} [{lint}]", message=x.message, lint=x.code)
+              for x in found if x.level == "error"]
+    if errors:
+        problems = errors[-1]
+        for e in reversed(errors[:-1]):  # one sentence, each part in the reader's language
+            problems = text("runs.problems_joined", "{first}; {rest}", first=e, rest=problems)
+        raise UserError("runs.ds_config_problems", "DeepSpeed config problems: {problems}", problems=problems)
+    return found
+
+
+def deepspeed_dict(cfg: RunConfig, hw: Hardware) -> dict[str, Any]:
+    """The DeepSpeed config the ranks will run: the file's when `deepspeed.config_file` is set."""
+    return build_ds_config(cfg, on_gpu=hw.has_gpu)
+
+
+# Highest learning rate that full fine-tuning of a model of at least this many parameters usually tolerates. The form
+# starts from the starter model's quickstart (lr 8e-3, right for a random 10M model), and a user who only switches
+# the model to a pretrained 7B would erase what it knows; published full fine-tuning recipes for 7B chat models use
+# 1e-5 to 2e-5 (Qwen's finetune_ds.sh, LLaMA-Factory's full-SFT examples).
+LR_LIMITS = ((1e9, 1e-4), (1e8, 1e-3))
+
+
+def lint_learning_rate(cfg: RunConfig) -> list[Lint]:
+    """A warning when train.learning_rate is far above what a model of this size is fine-tuned with."""
+    from trainer_core.config.memory import model_shape
+
+    try:
+        params = model_shape(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code).params
+    except UserError:
+        return []  # the memory plan reports what is wrong with the model's config
+    limit = next((lr for size, lr in LR_LIMITS if params >= size), None)
+    if limit is None or cfg.train.learning_rate <= limit:
+        return []
+    return [Lint("warning", "learning-rate-high", text(
+        "runs.learning_rate_high",
+        "train.learning_rate {lr:g} is far above what full fine-tuning of a {billions:.1f}B-parameter model "
+        "tolerates (usually 1e-5 to 2e-5; above {limit:g} it tends to erase what the model already knows); "
+        "configs/qwen_7b_4x24gb.yaml uses 1e-5", lr=cfg.train.learning_rate, billions=params / 1e9, limit=limit))]
+
+
+def check_answers_fit(cfg: RunConfig) -> int:
+    """Encode the dataset as training will (into the cache the trainer then reads) and refuse a run without a
+    usable record, or in which no record keeps an answer token after truncation (it would fail after start-up).
+    Returns the number of usable records."""
+    from trainer_core.data.encoded_set import encode_file
+    from trainer_core.models.local import load_tokenizer
+
+    tok = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    enc = encode_file(cfg.data.path, tok, persona=cfg.data.persona, max_length=cfg.data.max_length)
+    if len(enc) == 0:
+        if enc.first_error:
+            raise UserError("runs.no_usable_records_first", "data.path {path} has no usable records; first "
+                            "problem: {problem}", path=cfg.data.path, problem=enc.first_error)
+        raise UserError("runs.no_usable_records", "data.path {path} has no usable records", path=cfg.data.path)
+    if not enc.n_labels.any():
+        raise UserError("runs.answers_cut_off",
+                        "data.max_length {max_length} cuts off every answer (prompts reach {longest} tokens with "
+                        "the persona); raise data.max_length or shorten data.persona",
+                        max_length=cfg.data.max_length, longest=int(enc.lengths.max()))
+    return len(enc)
