@@ -221,6 +221,6 @@ def test_cpu_ranks_share_the_host(qwen7b_dir, qwen7b, starter_model):
     p = plan(starter_model, None, CPU_ONLY, "placement.num_ranks=2")
     assert p.on_gpu is False and p.device_total_bytes is None
     assert p.host_bytes == 2 * p.per_rank_device_bytes and p.fits
-    assert any("no GPU" in n for n in p.notes)
+    assert any("no GPU" in str(n) for n in p.notes)
     big = plan(qwen7b_dir, qwen7b, CPU_ONLY, "placement.num_ranks=2")
     assert not big.fits  # a 7B model does not train in 64 GB of RAM

@@ -12,9 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer_core.config.run_config import RunConfig
-from trainer_core.errors import UserError
 from trainer_core.config.hardware import Hardware, detect, resolve_precision
+from trainer_core.config.run_config import RunConfig
+from trainer_core.errors import Text, UserError, text
 from trainer_core.training.linear_ce import workspace_bytes
 
 GiB = 1024**3
@@ -60,11 +60,13 @@ class MemoryPlan:
     device_total_bytes: int | None = None
     host_total_bytes: int = 0
     fits: bool = True
-    notes: list[str] = field(default_factory=list)
+    notes: list[Text] = field(default_factory=list)
+    """What to keep in mind reading the figures; the dashboard shows them in the tab's language."""
     on_gpu: bool = False
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data for JSON (`cli plan --json`): the notes as English sentences."""
+        return {**asdict(self), "notes": [str(n) for n in self.notes]}
 
 
 def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False) -> ModelShape:
@@ -75,7 +77,8 @@ def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False) -> Mo
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise UserError(f"model.path {model_dir}: cannot read its config ({str(e).splitlines()[0]})") from None
+        raise UserError("config.model_config_unreadable", "model.path {path}: cannot read its config ({detail})",
+                        path=model_dir, detail=str(e).splitlines()[0]) from None
     # torch's device context is thread-local. accelerate's init_empty_weights patches nn.Module for the whole
     # process: the dashboard plans in several sessions' threads at once, and two overlapping patches restore each
     # other's copy, leaving every model built afterwards in that process (chat included) without data.
@@ -192,9 +195,10 @@ def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | 
         host = per_rank * ranks
         device_total = None
         fits = host <= 0.9 * hw.host_ram_bytes
-        notes.append("no GPU here: figures are each CPU rank's resident memory")
+        notes.append(text("config.plan_cpu_ranks", "no GPU here: figures are each CPU rank's resident memory"))
     if precision == "fp32" and hw.has_gpu:
-        notes.append("fp32 on a GPU doubles parameter and gradient memory; use auto precision")
+        notes.append(text("config.plan_fp32_on_gpu",
+                          "fp32 on a GPU doubles parameter and gradient memory; use auto precision"))
     return MemoryPlan(params=shape.params, per_rank_device_bytes=int(per_rank), host_bytes=int(host),
                       breakdown=breakdown, device_total_bytes=device_total, host_total_bytes=hw.host_ram_bytes,
                       fits=fits, notes=notes, on_gpu=hw.has_gpu)
