@@ -272,6 +272,40 @@ def _lint_batch(ds: dict[str, Any], world_size: int, micro_batch: int | None, gr
     return out
 
 
+def lints_text(lints: list[Lint]) -> Text:
+    """The lints' messages as one sentence, e.g. for an error that refuses a run; shown in the reader's language."""
+    first, *rest = [x.message for x in lints]
+    return first if not rest else text("lint.list", "{first}; {rest}", first=first, rest=lints_text(lints[1:]))
+
+
+@dataclass(frozen=True)
+class ZeroLayout:
+    """What a DeepSpeed config's zero_optimization block does; the planner and the trainer's log line read this from
+    the dict that runs, since a hand-written deepspeed.config_file may differ from the form's fields."""
+
+    stage: int
+    """ZeRO stage 0-3."""
+
+    offload_optimizer: str
+    """Where optimizer states live: none, cpu or nvme."""
+
+    offload_param: str
+    """Where parameters live between uses: none, cpu or nvme."""
+
+
+def zero_layout(ds: dict[str, Any]) -> ZeroLayout:
+    """The ZeRO layout of a DeepSpeed config (ours or hand-written); what the linter calls an error is refused."""
+    zero = _block(ds, "zero_optimization")
+    stage = zero.get("stage", 0)
+    devices = [str(block.get("device", "none")).lower() if isinstance(block, dict) else "none"
+               for block in (zero.get("offload_optimizer"), zero.get("offload_param"))]
+    if stage not in (0, 1, 2, 3) or isinstance(stage, bool) or not set(devices) <= set(OFFLOAD_DEVICES):
+        raise UserError("config.bad_zero_block", "zero_optimization in the DeepSpeed config is not valid (stage "
+                        "{stage}, offload devices {devices}); fix what the DeepSpeed lint reports first",
+                        stage=short(stage), devices=", ".join(devices))
+    return ZeroLayout(stage, *devices)
+
+
 def lint_run(cfg: RunConfig, ds: dict[str, Any], *, gpu_supports_bf16: bool | None = None) -> list[Lint]:
     return lint_ds_config(
         ds,
