@@ -77,8 +77,8 @@ MESSAGES_ZH: dict[str, str] = {
     "lint.fp16_and_bf16": "fp16 和 bf16 同时开启了；请只开启其中一个",
     "lint.precision_disabled": "train.precision 是 {precision}，但 DeepSpeed 配置关闭了 {precision}",
     "lint.batch_value": "{key} 必须是 1 到 {hi} 之间的整数，或 \"auto\"（当前为 {value}）",
-    "lint.batch_arithmetic": "train_batch_size {total} 不等于 微批次 {micro} × 梯度累积 {accum} × {ranks} 个进程 = {product}；请设为 \"auto\"",
-    "lint.batch_not_divisible": "train_batch_size {total} 不能被 微批次 {micro} × {ranks} 个进程 整除",
+    "lint.batch_arithmetic": "train_batch_size {total} 不等于微批次 {micro} × 梯度累积 {accum} × {ranks} 个进程 = {product}；请设为 \"auto\"",
+    "lint.batch_not_divisible": "train_batch_size {total} 不能被微批次 {micro} × {ranks} 个进程整除",
     "lint.zero_single_rank": "只有一个进程（rank）且没有卸载时，ZeRO stage {stage} 没有东西可切分，只会增加开销",
 
     # --- runs (trainer_core/runs/) ---
