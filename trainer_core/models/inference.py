@@ -198,6 +198,10 @@ class ReplyHandle:
             self.stopped = True
         self._stop.set()
 
+    def cancel(self) -> None:
+        """End the generation without calling the reply stopped: nobody reads it any more."""
+        self._stop.set()
+
     @property
     def seconds(self) -> float:
         return (self._last - self._started) if self._started is not None and self._last is not None else 0.0
@@ -310,7 +314,7 @@ def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params
             if piece:
                 yield piece
     finally:
-        handle._stop.set()
+        handle.cancel()
     done.result()
 
 
