@@ -8,6 +8,7 @@ Chat tests that generate load the real starter model (sampling, 16 tokens); they
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pandas as pd
@@ -310,3 +311,66 @@ def test_the_reply_being_written_is_not_part_of_its_own_prompt(starter_model):
     hist.append({"role": "assistant", "content": "", "by": ["ft", "x"], "done": False})
     assert chunks.gi_frame.f_locals["messages"] == [user]  # what trainer_core.models.inference.stream_reply will read
     assert isinstance("".join(chunks), str)
+
+
+# ---------------------------------------------------------------------------------------------------- chat, second pass
+
+
+def _click_mid_run(key: str, ready, timeout: float = 120.0) -> threading.Thread:
+    """Click button `key` while the page's script is still running, as a browser does: a rerun request carrying the
+    page's widget states plus the button's trigger, which Streamlit serves by interrupting the running script at its
+    next element update and calling the button's callback before the new run. AppTest has no mid-run click, so this
+    makes the same request the server makes, through the running script's context. `ready(session_state)` says when."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetStates
+    from streamlit.runtime.scriptrunner import RerunData
+    from streamlit.runtime.scriptrunner_utils.script_run_context import SCRIPT_RUN_CONTEXT_ATTR_NAME
+
+    def click():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for thread in threading.enumerate():
+                ctx = getattr(thread, SCRIPT_RUN_CONTEXT_ATTR_NAME, None)
+                if ctx is not None and ctx.script_requests is not None and ready(ctx.session_state):
+                    state = ctx.session_state._state
+                    prompt = state._get_widget_id("chat.input")  # a sent message is not sent again by a click
+                    states = WidgetStates()
+                    states.widgets.extend(w for w in ctx.session_state.get_widget_states() if w.id != prompt)
+                    states.widgets.add(id=state._get_widget_id(key), trigger_value=True)
+                    ctx.script_requests.request_rerun(RerunData(widget_states=states,
+                                                                page_script_hash=ctx.page_script_hash))
+                    return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=click, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_stop_ends_the_reply_being_written_and_keeps_it_marked_stopped(app, runs_root):
+    make_run(runs_root, "a", "completed", final=True)
+    goto(app, "pages/chat.py")
+    app.slider(key="p.chat.max_new").set_value(1024)  # sampling: the untrained model would babble to the end
+    live = {}
+
+    def streaming(session_state) -> bool:
+        if "chat.live" in session_state and session_state["chat.live"]["msg"]["content"]:
+            live.update(session_state["chat.live"])
+            return True
+        return False
+
+    clicker = _click_mid_run("chat.stop.ft", streaming)
+    app.chat_input(key="chat.input").set_value("你是谁？").run()
+    clicker.join(5)
+    assert not app.exception, [e.value for e in app.exception]
+    handle = live["handle"]
+    # The generation itself ended early, not only the display.
+    assert handle.finished.wait(60) and handle.stopped and handle.tokens < 1024, handle.tokens
+    conv = app.session_state["chat.conversations"][cv.conversation_key("run", "a", "final", "你是华妃")]
+    user, reply = conv["ft"]
+    assert user["content"] == "你是谁？" and reply is live["msg"]
+    assert reply["stopped"] and reply["done"] and reply["content"].strip() and 0 < reply["tokens"] < 1024
+    assert _chat_messages(app) == [("user", "你是谁？"), ("assistant", reply["content"].strip())]
+    assert ZH["chat.side.ft"].format(name="a · final") + " · " + ZH["chat.stopped"] in _captions(app)
+    assert ZH["chat.speed"].format(tokens=reply["tokens"], rate=f"{reply['tokens_per_s']:.1f}") in _captions(app)
+    assert not [b for b in app.button if b.key == "chat.stop.ft"], "no stop button once nothing is being written"
+    assert "chat.live" not in app.session_state
