@@ -374,3 +374,90 @@ def test_stop_ends_the_reply_being_written_and_keeps_it_marked_stopped(app, runs
     assert ZH["chat.speed"].format(tokens=reply["tokens"], rate=f"{reply['tokens_per_s']:.1f}") in _captions(app)
     assert not [b for b in app.button if b.key == "chat.stop.ft"], "no stop button once nothing is being written"
     assert "chat.live" not in app.session_state
+
+
+def _checkpoint_model(run, step: int) -> None:
+    """Make checkpoint-N of a hand-written run chat-ready: the starter model's files, as final/ has them."""
+    ckpt = run / rd.CHECKPOINTS / f"checkpoint-{step}"
+    for f in paths.STARTER_MODEL_DIR.iterdir():
+        (ckpt / f.name).symlink_to(f)
+
+
+def test_compare_a_checkpoint_with_another_each_reply_labelled_by_what_wrote_it(app, runs_root):
+    run = make_run(runs_root, "a", "completed", final=True)
+    _checkpoint_model(run, 8)
+    goto(app, "pages/chat.py")
+    app.toggle(key="p.chat.compare").set_value(True).run()
+    other = app.selectbox(key="p.chat.other")
+    assert other.value == "base" and other.options == [ZH["chat.compare_base"].format(name=STARTER), "checkpoint-8"]
+    other.set_value("checkpoint-8").run()
+    app.slider(key="p.chat.max_new").set_value(16)
+    app.chat_input(key="chat.input").set_value("你是谁？").run()
+    assert not app.exception, [e.value for e in app.exception]
+    final, ckpt = ZH["chat.side.ft"].format(name="a · final"), ZH["chat.side.ft"].format(name="a · checkpoint-8")
+    headers = [m.value for m in app.main.markdown]
+    assert headers.index(f"**{final}**") < headers.index(f"**{ckpt}**")  # the chosen model left, its rival right
+    assert final in _captions(app) and ckpt in _captions(app)
+    conv = app.session_state["chat.conversations"][cv.conversation_key("run", "a", "final", "你是华妃")]
+    assert [m["role"] for m in conv["checkpoint-8"]] == ["user", "assistant"]
+    assert conv["checkpoint-8"][1]["by"] == ["ft", "a · checkpoint-8"] and conv["checkpoint-8"][1]["tokens"] > 0
+    shown = _chat_messages(app)
+    # The base model instead: its own (empty) column; the checkpoint's replies are not relabelled as the base's.
+    app.selectbox(key="p.chat.other").set_value("base").run()
+    assert _chat_messages(app) == shown[:2] and ZH["chat.side.base"].format(name=STARTER) not in _captions(app)
+    app.selectbox(key="p.chat.other").set_value("checkpoint-8").run()
+    assert _chat_messages(app) == shown
+    # Chatting with the checkpoint, the final model is what it can be compared with (and the base).
+    app.selectbox(key="p.chat.target").set_value("checkpoint-8").run()
+    assert app.selectbox(key="p.chat.other").options == [ZH["chat.compare_base"].format(name=STARTER),
+                                                         ZH["chat.final"]]
+    assert not app.chat_message  # another conversation: the checkpoint's own
+
+
+def test_the_conversation_downloads_as_json_and_markdown(app, runs_root, monkeypatch):
+    """What the browser would download is what Streamlit's media storage is given: captured there."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    make_run(runs_root, "a", "completed", final=True)
+    files = {}
+    store = MemoryMediaFileStorage.load_and_get_id
+
+    def capture(self, data, mimetype, kind, filename=None):
+        files[filename.rsplit(".", 1)[-1]] = (filename, data)
+        return store(self, data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", capture)
+    goto(app, "pages/chat.py")
+    app.toggle(key="p.chat.compare").set_value(True).run()
+    assert [b.label for b in app.get("download_button")] == [ZH["chat.export_json"], ZH["chat.export_md"]]
+    assert all(b.proto.disabled for b in app.get("download_button")), "nothing to download yet"
+    reply = "我是 `my_var` *华妃*\n```\n代码\n```"
+    ft = [{"role": "user", "content": "你是谁？"},
+          {"role": "assistant", "content": reply, "by": ["ft", "a · final"], "done": True, "stopped": True,
+           "tokens": 12, "tokens_per_s": 30.25}]
+    base = [{"role": "user", "content": "你是谁？"},
+            {"role": "assistant", "content": "不知道", "by": ["base", STARTER], "done": True, "tokens": 3,
+             "tokens_per_s": 10.0}]
+    key = cv.conversation_key("run", "a", "final", "你是华妃")
+    app.session_state["chat.conversations"] = {key: {"ft": ft, "base": base, "probe": None}}
+    app.run()
+    assert not any(b.proto.disabled for b in app.get("download_button"))
+    name, data = files["json"]
+    assert name.startswith("chat-a-final-") and name.endswith(".json")
+    doc = json.loads(data)
+    assert (doc["source"], doc["name"], doc["checkpoint"], doc["persona"]) == ("run", "a", "final", "你是华妃")
+    assert doc["params"]["max_new_tokens"] == app.slider(key="p.chat.max_new").value
+    assert [(s["side"], s["label"]) for s in doc["sides"]] == [
+        ("ft", ZH["chat.side.ft"].format(name="a · final")), ("base", ZH["chat.side.base"].format(name=STARTER))]
+    assert doc["sides"][0]["messages"][1] == {"role": "assistant", "content": reply, "by": ["ft", "a · final"],
+                                              "tokens": 12, "tokens_per_s": 30.25, "stopped": True,
+                                              "complete": False}
+    assert doc["sides"][1]["messages"][1]["complete"] is True
+    md = files["md"][1].decode()
+    assert md.startswith(f"# {ZH['chat.md_title']}") and f"- {ZH['chat.md_persona']}: 你是华妃" in md
+    assert f"## {ZH['chat.side.base'].format(name=STARTER)}" in md
+    assert f"````text\n{reply}\n````" in md, "a reply verbatim, in a fence longer than its own"
+    assert f"*{ZH['chat.stopped']} · {ZH['chat.speed'].format(tokens=12, rate='30.2')}*" in md
+    app.radio(key="lang").set_value("en").run()
+    md = files["md"][1].decode()
+    assert md.startswith(f"# {EN['chat.md_title']}") and EN["chat.side.ft"].format(name="a · final") in md
