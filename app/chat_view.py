@@ -155,9 +155,14 @@ def stream_into(hist: list[dict], by: list[str], chunks: Iterator[str], handle: 
     if stop_key and handle is not None:
         st.session_state["chat.live"] = {"handle": handle, "msg": msg}
         stop.button(t("chat.stop"), key=stop_key, on_click=stop_reply, icon=":material/stop_circle:")
-    for chunk in chunks:
-        msg["content"] += chunk
-        box.text(msg["content"])
+    try:
+        for chunk in chunks:
+            msg["content"] += chunk
+            box.text(msg["content"])
+    except Exception:  # a failed generation: no stop button left behind (a rerun, a BaseException, keeps both)
+        stop.empty()
+        st.session_state.pop("chat.live", None)
+        raise
     stop.empty()
     st.session_state.pop("chat.live", None)
     msg["done"] = True
