@@ -133,8 +133,6 @@ for side, (path, trust_code, by) in sides.items():
                 if not text.strip():
                     st.caption(t("chat.empty"))
                 cv.reply_captions(hist[-1])
-                if handle.stopped:
-                    break  # a stop ends this turn: the other column is not asked either
             except (UserError, OSError, ValueError) as e:
                 if hist[-1]["role"] == "assistant":
                     hist.pop()
