@@ -2,7 +2,8 @@
 """Issue 18, the dashboard's second pass: each defect a new user tripped over, through Streamlit's AppTest.
 
 The fixtures and run-directory helpers are tests/test_app_pages.py's, so runs on disk look exactly as there.
-Chat tests that generate load the real starter model (sampling, 16 tokens); they are marked slow.
+Chat tests generate with the real starter model in-process (sampling, 16 tokens unless a stop ends it sooner); the
+two that walk through many pages and models are marked slow.
 """
 
 from __future__ import annotations
