@@ -78,7 +78,8 @@ def transcript_markdown(conv: dict, info: TranscriptInfo, words: dict[str, str])
             if msg["role"] == "user":
                 lines += [f"**{words['user']}**", "", _fenced(msg["content"]), ""]
                 continue
-            notes = [words["stopped"]] if msg.get("stopped") else [] if msg.get("done", True) else [words["interrupted"]]
+            notes = ([words["stopped"]] if msg.get("stopped")
+                     else [] if msg.get("done", True) else [words["interrupted"]])
             if msg.get("tokens"):
                 rate = msg.get("tokens_per_s")
                 notes.append(words["speed"].format(tokens=msg["tokens"], rate=f"{rate:.1f}" if rate else "-"))
