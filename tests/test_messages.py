@@ -27,7 +27,7 @@ PENDING = {
     "trainer_core/cli.py",
     "trainer_core/data/chat_format.py", "trainer_core/data/dataset.py", "trainer_core/data/records.py",
     "trainer_core/data/tables.py",
-    "trainer_core/models/export.py", "trainer_core/models/inference.py", "trainer_core/models/local.py",
+    "trainer_core/models/export.py", "trainer_core/models/local.py",
     "trainer_core/models/qwen1_import.py", "trainer_core/models/starter.py",
     "trainer_core/runs/device_locks.py", "trainer_core/runs/launch.py", "trainer_core/runs/registry.py",
     "trainer_core/runs/supervisor.py",
