@@ -11,8 +11,10 @@ import streamlit as st
 
 from app import data_jobs
 from trainer_core import paths
-from trainer_core.data.dataset import (DataReport, TokenStats, load_dataset, load_dataset_bytes, modified_time,
-                               safe_upload_name, special_token_warnings, store_upload, token_stats)
+from trainer_core.data.dataset import (DataReport, load_dataset, load_dataset_bytes, modified_time,
+                                       special_token_warnings)
+from trainer_core.data.token_stats import TokenStats, token_stats
+from trainer_core.data.uploads import safe_upload_name, store_upload
 from trainer_core.errors import UserError
 
 PAGE_SIZE = 20
@@ -104,7 +106,7 @@ def special_frame(report: DataReport, tokenizer) -> pd.DataFrame:
 
 def end_of_turn(tokenizer) -> str:
     """The end-of-turn marker the label mask trains after each answer, as the chat template writes it."""
-    from trainer_core.data.chat_format import turn_format
+    from trainer_core.data.chat_template import turn_format
 
     return turn_format(tokenizer).end_marker
 

@@ -10,8 +10,10 @@ import pytest
 
 from trainer_core import paths
 
-from trainer_core.data import dataset as data
-from trainer_core.data.dataset import DataReport, RowError, load_dataset, load_dataset_bytes, safe_upload_name, store_upload
+from trainer_core.data import token_stats as data
+from trainer_core.data.dataset import DataReport, load_dataset, load_dataset_bytes
+from trainer_core.data.uploads import safe_upload_name, store_upload
+from trainer_core.data.validate import RowError
 from trainer_core.errors import UserError
 
 REAL_DATA = paths.PROJECT_ROOT.parent / "shared" / "data" / "huanhuan.json"
@@ -62,7 +64,7 @@ def test_real_huanhuan_json():
     assert report.n_usable == 3729
     assert report.errors == []
     assert report.n_warnings == 112 and len(report.warnings) == 50
-    assert all(w.message.startswith("duplicate of row ") for w in report.warnings)
+    assert all(w.message.code == "data.duplicate" for w in report.warnings) and report.n_duplicates == 112
     assert report.conversations[0] == [
         {"role": "user", "content": "娘娘。"},
         {"role": "assistant", "content": "你放心，本宫到任何时候都不会自轻自贱委屈了这孩子。"},
@@ -173,7 +175,8 @@ def test_to_dict_is_json_and_caps_errors(tmp_path):
     assert summary["n_rows"] == 252 and summary["n_usable"] == 2  # the duplicate is kept, with a warning
     assert summary["n_errors"] == 250 and len(summary["errors"]) == 50  # one kind: its first 50, all counted
     assert summary["errors"][0] == {
-        "row": 1, "field": "output", "message": "is empty; it is the reply the model learns"
+        "row": 1, "field": "output", "message": "is empty; it is the reply the model learns",
+        "code": "data.empty_output"
     }
     assert summary["n_warnings"] == 2  # the unknown "extra" field and the duplicate
 
@@ -183,8 +186,7 @@ def test_problems_keep_the_first_of_each_kind_and_count_the_rest(tmp_path):
     report = load_jsonl(tmp_path, *rows)
     assert report.n_errors == 120 + 70 * 4  # empty outputs; per bad record: 3 history pairs + missing output
     kinds = {e.kind for e in report.errors}
-    assert kinds == {"output|is empty; it is the reply the model learns",
-                     "history[]|must be a [question, answer] pair of strings", "output|required field is missing"}
+    assert kinds == {"output|data.empty_output", "history[]|data.history_pair", "output|data.field_missing"}
     assert len(report.errors) == 3 * 50 and report.errors.n_hidden == report.n_errors - 150
     # Precise where kept: the first of each kind with its own row and field.
     assert [str(e) for e in report.errors if e.row == 121][:2] == [
@@ -327,7 +329,7 @@ def test_extra_fields_are_warnings_not_errors(tmp_path):
     report = load_jsonl(tmp_path, alpaca(1, id=7, source="剧本"))
     assert report.errors == [] and report.n_usable == 1
     assert [(w.row, w.field) for w in report.warnings] == [(1, "id"), (1, "source")]
-    assert report.warnings[0].message.startswith("unknown field ignored")
+    assert str(report.warnings[0].message).startswith("unknown field ignored")
 
 
 def test_bad_history(tmp_path):
@@ -559,4 +561,4 @@ def test_unfilled_placeholders_in_answers_warn(tmp_path):
                         {"instruction": "{{name}} 你好", "output": "好。"})  # only answers are checked
     [warning] = report.warnings
     assert (warning.row, warning.field) == (1, "turn 2")
-    assert "{{name}}, {{ user }}, ${char}" in warning.message and report.n_usable == 3
+    assert "{{name}}, {{ user }}, ${char}" in str(warning.message) and report.n_usable == 3
