@@ -562,3 +562,48 @@ def test_unfilled_placeholders_in_answers_warn(tmp_path):
     [warning] = report.warnings
     assert (warning.row, warning.field) == (1, "turn 2")
     assert "{{name}}, {{ user }}, ${char}" in str(warning.message) and report.n_usable == 3
+
+
+# ---------------------------------------------------------------------------------------------------- subsets
+
+
+def test_subsets_are_new_files_of_usable_records_and_leave_the_source_alone(tmp_path):
+    from trainer_core.data.subset import write_subset
+
+    records = [alpaca(i) for i in range(10)] + [alpaca(3), {"instruction": "坏"}, alpaca(5), alpaca(10)]
+    source = write(tmp_path, "源.jsonl", jsonl(*records))
+    before = source.read_bytes()
+    out = tmp_path / "out"
+
+    def written(cut) -> list[dict]:
+        assert cut.path.parent == out and cut.path != source
+        return [json.loads(line) for line in cut.path.read_text(encoding="utf-8").splitlines()]
+
+    head = write_subset(source, first=3, out_dir=out)
+    assert written(head) == records[:3] and (head.n_kept, head.n_of, head.n_duplicates) == (3, 13, 0)
+    # Duplicates (rows 11 and 13 repeat rows 4 and 6) go; the bad row 12 was never usable.
+    unique = write_subset(source, dedupe=True, out_dir=out)
+    assert written(unique) == records[:10] + [alpaca(10)]
+    assert (unique.n_kept, unique.n_of, unique.n_duplicates) == (11, 11, 2)
+    drawn = write_subset(source, sample=4, seed=7, dedupe=True, out_dir=out)
+    picked = written(drawn)
+    assert len(picked) == 4 == drawn.n_kept and drawn.n_of == 11 and drawn.n_duplicates == 2
+    assert len({r["instruction"] for r in picked}) == 4  # distinct records ...
+    assert sorted(picked, key=records.index) == picked  # ... in file order
+    assert write_subset(source, sample=4, seed=7, dedupe=True, out_dir=out) == drawn  # same seed, same file
+    assert written(write_subset(source, sample=4, seed=8, dedupe=True, out_dir=out)) != picked
+    assert written(write_subset(source, sample=99, out_dir=out)) == [records[i] for i in (*range(11), 12, 13)]
+    assert source.read_bytes() == before
+    assert len(list(out.iterdir())) == 5  # every cut its own file (a repeated cut: the same), nothing half-written
+    # The written file is a dataset in its own right, in the source's format.
+    assert load_dataset(unique.path).format == "alpaca" and load_dataset(unique.path).n_warnings == 0
+    with pytest.raises(UserError, match="at least 1"):
+        write_subset(source, first=0, out_dir=out)
+
+
+def test_a_subset_of_a_parquet_file_is_jsonl(tmp_path):
+    from test_tables import ALPACA, as_parquet
+    from trainer_core.data.subset import write_subset
+
+    cut = write_subset(as_parquet(tmp_path, ALPACA), first=2, out_dir=tmp_path / "out")
+    assert cut.path.suffix == ".jsonl" and load_dataset(cut.path).n_usable == 2
