@@ -6,14 +6,18 @@ import html
 from pathlib import Path
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from app import data_jobs
+from app import train_form as form
+from app.i18n import say
 from trainer_core import paths
 from trainer_core.data.dataset import (DataReport, load_dataset, load_dataset_bytes, modified_time,
                                        special_token_warnings)
 from trainer_core.data.token_stats import TokenStats, token_stats
+from trainer_core.data.subset import write_subset
 from trainer_core.data.uploads import safe_upload_name, store_upload
 from trainer_core.errors import UserError
 
@@ -25,6 +29,26 @@ def store_uploaded(data: bytes, name: str) -> Path:
     safe_upload_name(name)  # a name it cannot take (a NUL byte) is refused before the bytes are read
     load_dataset_bytes(data, name)  # file-level problems (encoding, not JSON, wrong type) stop here
     return store_upload(data, name)
+
+
+def take_upload(upload) -> None:
+    """Store a newly uploaded file and select it (on this page and in the Train form); a file that cannot be used
+    replaces the selection with its error, so nothing of the previous file stays on screen. Runs once per upload."""
+    if upload is None or upload.file_id == st.session_state.get("data.upload_id"):
+        return
+    st.session_state["data.upload_id"] = upload.file_id
+    try:
+        stored = store_uploaded(upload.getvalue(), upload.name)
+    except UserError as e:
+        st.session_state["data.last_upload"], st.session_state["data.upload_error"] = None, e
+        return
+    st.session_state["data.last_upload"], st.session_state["data.upload_error"] = str(stored), None
+    use_in_form(stored)
+
+
+def use_in_form(path: Path) -> None:
+    """Make ``path`` the Train form's dataset."""
+    st.session_state[form.key("data", "path")] = shown_path(path)
 
 
 def resolve(path: str) -> Path:
@@ -93,14 +117,16 @@ def result_of(job: data_jobs.Job, text: str):
 
 
 def errors_frame(report: DataReport, which: str = "errors") -> pd.DataFrame:
-    rows = [{"row": e.row, "field": e.field, "message": e.message} for e in getattr(report, which)]
+    """Row problems as a table, each message in the tab's language."""
+    rows = [{"row": e.row, "field": e.field, "message": say(e.message)} for e in getattr(report, which)]
     return pd.DataFrame(rows, columns=["row", "field", "message"])
 
 
 def special_frame(report: DataReport, tokenizer) -> pd.DataFrame:
     """Per-row warnings for texts holding the tokenizer's special-token strings (they need the tokenizer, so they are
     not part of the report itself)."""
-    rows = [{"row": w.row, "field": w.field, "message": w.message} for w in special_token_warnings(report, tokenizer)]
+    rows = [{"row": w.row, "field": w.field, "message": say(w.message)}
+            for w in special_token_warnings(report, tokenizer)]
     return pd.DataFrame(rows, columns=["row", "field", "message"])
 
 
@@ -127,17 +153,36 @@ def n_pages(report: DataReport, page_size: int = PAGE_SIZE) -> int:
 
 
 def length_histogram(stats: TokenStats, labels: dict[str, str]) -> alt.LayerChart:
-    """Token lengths as a histogram with a red rule at max_length; bars past the rule are the truncated ones."""
-    df = pd.DataFrame({"tokens": stats.lengths})
-    df["cut"] = df["tokens"] > stats.max_length
-    bars = alt.Chart(df).mark_bar().encode(
-        x=alt.X("tokens:Q", bin=alt.Bin(maxbins=40), title=labels["x"]),
-        y=alt.Y("count():Q", title=labels["y"]),
+    """Token lengths as a histogram with a red rule at max_length; the part of each bar past the rule (records that
+    get truncated) in red. Bins are whole tokens over the whole axis, so a handful of records still shows bars."""
+    bins = histogram_bins(stats.lengths, stats.max_length)
+    whole = alt.Axis(format="d", tickMinStep=1)  # no "0.2 records", no repeated "302" labels
+    bars = alt.Chart(bins).mark_bar().encode(
+        x=alt.X("start:Q", title=labels["x"], axis=whole, scale=alt.Scale(domain=[0, float(bins["end"].max())])),
+        x2="end:Q",
+        y=alt.Y("count:Q", title=labels["y"], axis=whole, stack="zero"),
         color=alt.Color("cut:N", scale=alt.Scale(domain=[False, True], range=["#4c78a8", "#e45756"]), legend=None),
+        tooltip=["start:Q", "end:Q", "count:Q"],
     )
     rule = alt.Chart(pd.DataFrame({"max_length": [stats.max_length]})).mark_rule(
         color="#d62728", strokeDash=[6, 3], size=2).encode(x="max_length:Q")
     return (bars + rule).properties(height=260)
+
+
+def histogram_bins(lengths: list[int], max_length: int, n_bins: int = 40) -> pd.DataFrame:
+    """Rows (start, end, count, cut) of a histogram from 0 past both the longest record and max_length, in bins of
+    a whole, round number of tokens; each bin counts kept (cut=False) and truncated (cut=True) records apart."""
+    top = max(max(lengths, default=0), max_length) + 1
+    raw = top / n_bins
+    step = next(m * 10**k for k in range(12) for m in (1, 2, 5) if m * 10**k >= raw)
+    edges = np.arange(0, top + step, step)
+    values = np.asarray(lengths, dtype=np.int64)
+    rows = []
+    for cut, part in ((False, values[values <= max_length]), (True, values[values > max_length])):
+        counts, _ = np.histogram(part, bins=edges)
+        rows += [{"start": int(a), "end": int(b), "count": int(c), "cut": cut}
+                 for a, b, c in zip(edges[:-1], edges[1:], counts) if c]
+    return pd.DataFrame(rows, columns=["start", "end", "count", "cut"])
 
 
 MASK_STYLE = """<style>
@@ -162,3 +207,19 @@ def record_mask(tokenizer, conversation: list[dict], persona: str, max_length: i
 
     enc = encode_conversations(tokenizer, [conversation], persona=persona, max_length=max_length)[0]
     return render_mask(tokenizer, enc), enc
+
+
+def make_subset(path: Path, mode: str, n: int, seed: int, dedupe: bool) -> None:
+    """Button callback: cut a new dataset file from ``path`` (first N / random N / all, optionally without exact
+    duplicates), select it by its path on this page and in the Train form, and remember what was done to say so.
+    Runs before the page script, so it may set the source widgets."""
+    try:
+        cut = write_subset(path, first=n if mode == "first" else None, sample=n if mode == "random" else None,
+                           seed=seed, dedupe=dedupe)
+    except UserError as e:
+        st.session_state["data.subset_error"] = e
+        return
+    st.session_state["p.data.source"] = "path"
+    st.session_state["p.data.server_path"] = shown_path(cut.path)
+    st.session_state["data.subset_done"] = cut
+    use_in_form(cut.path)
