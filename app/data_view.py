@@ -155,10 +155,10 @@ def n_pages(report: DataReport, page_size: int = PAGE_SIZE) -> int:
 def length_histogram(stats: TokenStats, labels: dict[str, str]) -> alt.LayerChart:
     """Token lengths as a histogram with a red rule at max_length; the part of each bar past the rule (records that
     get truncated) in red. Bins are whole tokens over the whole axis, so a handful of records still shows bars."""
-    bins = histogram_bins(stats.lengths, stats.max_length)
+    bins, top = histogram_bins(stats.lengths, stats.max_length)
     whole = alt.Axis(format="d", tickMinStep=1)  # no "0.2 records", no repeated "302" labels
     bars = alt.Chart(bins).mark_bar().encode(
-        x=alt.X("start:Q", title=labels["x"], axis=whole, scale=alt.Scale(domain=[0, float(bins["end"].max())])),
+        x=alt.X("start:Q", title=labels["x"], axis=whole, scale=alt.Scale(domain=[0, top])),
         x2="end:Q",
         y=alt.Y("count:Q", title=labels["y"], axis=whole, stack="zero"),
         color=alt.Color("cut:N", scale=alt.Scale(domain=[False, True], range=["#4c78a8", "#e45756"]), legend=None),
@@ -169,9 +169,10 @@ def length_histogram(stats: TokenStats, labels: dict[str, str]) -> alt.LayerChar
     return (bars + rule).properties(height=260)
 
 
-def histogram_bins(lengths: list[int], max_length: int, n_bins: int = 40) -> pd.DataFrame:
-    """Rows (start, end, count, cut) of a histogram from 0 past both the longest record and max_length, in bins of
-    a whole, round number of tokens; each bin counts kept (cut=False) and truncated (cut=True) records apart."""
+def histogram_bins(lengths: list[int], max_length: int, n_bins: int = 40) -> tuple[pd.DataFrame, int]:
+    """(rows (start, end, count, cut) of the non-empty bins, the axis end): bins of a whole, round number of tokens
+    from 0 past both the longest record and max_length; each bin counts kept (cut=False) and truncated (cut=True)
+    records apart."""
     top = max(max(lengths, default=0), max_length) + 1
     raw = top / n_bins
     step = next(m * 10**k for k in range(12) for m in (1, 2, 5) if m * 10**k >= raw)
@@ -182,7 +183,7 @@ def histogram_bins(lengths: list[int], max_length: int, n_bins: int = 40) -> pd.
         counts, _ = np.histogram(part, bins=edges)
         rows += [{"start": int(a), "end": int(b), "count": int(c), "cut": cut}
                  for a, b, c in zip(edges[:-1], edges[1:], counts) if c]
-    return pd.DataFrame(rows, columns=["start", "end", "count", "cut"])
+    return pd.DataFrame(rows, columns=["start", "end", "count", "cut"]), int(edges[-1])
 
 
 MASK_STYLE = """<style>
@@ -209,17 +210,20 @@ def record_mask(tokenizer, conversation: list[dict], persona: str, max_length: i
     return render_mask(tokenizer, enc), enc
 
 
-def make_subset(path: Path, mode: str, n: int, seed: int, dedupe: bool) -> None:
-    """Button callback: cut a new dataset file from ``path`` (first N / random N / all, optionally without exact
-    duplicates), select it by its path on this page and in the Train form, and remember what was done to say so.
-    Runs before the page script, so it may set the source widgets."""
+def make_subset(path: Path) -> None:
+    """Button callback: cut a new dataset file from ``path`` as the widgets ``data.cut.*`` say (first N / random N /
+    all, optionally without exact duplicates), select it by its path on this page and in the Train form, and
+    remember what was done to say so. It runs before the page script, so it may set the source widgets, and it
+    reads the widgets' values now (arguments bound at render time would be those of the run before the click)."""
+    state = st.session_state
+    mode, n = state.get("data.cut.mode"), int(state.get("data.cut.n") or 0)
     try:
         cut = write_subset(path, first=n if mode == "first" else None, sample=n if mode == "random" else None,
-                           seed=seed, dedupe=dedupe)
+                           seed=int(state.get("data.cut.seed") or 0), dedupe=bool(state.get("data.cut.dedupe")))
     except UserError as e:
-        st.session_state["data.subset_error"] = e
+        state["data.subset_error"] = e
         return
-    st.session_state["p.data.source"] = "path"
-    st.session_state["p.data.server_path"] = shown_path(cut.path)
-    st.session_state["data.subset_done"] = cut
+    state["p.data.source"] = "path"
+    state["p.data.server_path"] = shown_path(cut.path)
+    state["data.subset_done"] = cut
     use_in_form(cut.path)
