@@ -12,7 +12,7 @@ import streamlit as st
 
 from app import data_jobs
 from app import train_form as form
-from app.i18n import say
+from app.i18n import option_labels, say, t
 from trainer_core import paths
 from trainer_core.data.dataset import (DataReport, load_dataset, load_dataset_bytes, modified_time,
                                        special_token_warnings)
@@ -34,7 +34,11 @@ def store_uploaded(data: bytes, name: str) -> Path:
 def take_upload(upload) -> None:
     """Store a newly uploaded file and select it (on this page and in the Train form); a file that cannot be used
     replaces the selection with its error, so nothing of the previous file stays on screen. Runs once per upload."""
-    if upload is None or upload.file_id == st.session_state.get("data.upload_id"):
+    if upload is None:  # the file was taken out of the uploader: its error goes with it
+        st.session_state.pop("data.upload_error", None)
+        st.session_state.pop("data.upload_id", None)
+        return
+    if upload.file_id == st.session_state.get("data.upload_id"):
         return
     st.session_state["data.upload_id"] = upload.file_id
     try:
@@ -208,6 +212,33 @@ def record_mask(tokenizer, conversation: list[dict], persona: str, max_length: i
 
     enc = encode_conversations(tokenizer, [conversation], persona=persona, max_length=max_length)[0]
     return render_mask(tokenizer, enc), enc
+
+
+def subset_panel(path: Path, report: DataReport) -> None:
+    """What the last cut did (when its file is the one shown), and the form for a new one: first N / random N / all,
+    optionally without exact duplicates."""
+    state = st.session_state
+    done = state.get("data.subset_done")
+    if done is not None and done.path.resolve() == path.resolve():
+        st.success(t("data.cut.done", path=shown_path(done.path), kept=done.n_kept, of=done.n_of,
+                     dups=done.n_duplicates), icon=":material/content_cut:")
+    with st.expander(t("data.cut.title"), icon=":material/content_cut:"):
+        st.caption(t("data.cut.note"))
+        state.setdefault("data.cut.mode", "first")
+        mode = st.radio(t("data.cut.mode"), ["all", "first", "random"], key="data.cut.mode", horizontal=True,
+                        format_func=option_labels("data.cut.mode."))
+        if state.get("data.cut.n") is None or state["data.cut.n"] > report.n_usable:
+            state["data.cut.n"] = min(50, report.n_usable)
+        state.setdefault("data.cut.seed", 0)
+        c1, c2 = st.columns(2)
+        c1.number_input(t("data.cut.n"), min_value=1, max_value=report.n_usable, key="data.cut.n",
+                        disabled=mode == "all")
+        c2.number_input(t("data.cut.seed"), min_value=0, key="data.cut.seed", disabled=mode != "random")
+        dedupe = st.checkbox(t("data.cut.dedupe", n=report.n_duplicates), key="data.cut.dedupe")
+        st.button(t("data.cut.go"), key="data.cut.go", icon=":material/save:", disabled=mode == "all" and not dedupe,
+                  on_click=make_subset, args=(path,))
+        if state.get("data.subset_error"):
+            st.error(say(state.pop("data.subset_error")), icon=":material/error:")
 
 
 def make_subset(path: Path) -> None:

@@ -76,27 +76,7 @@ if report.n_usable == 0:
     st.stop()
 
 # ---- a smaller or de-duplicated copy, as a new file
-done = st.session_state.get("data.subset_done")
-if done is not None and done.path.resolve() == path.resolve():
-    st.success(t("data.cut.done", path=dv.shown_path(done.path), kept=done.n_kept, of=done.n_of,
-                 dups=done.n_duplicates), icon=":material/content_cut:")
-with st.expander(t("data.cut.title"), icon=":material/content_cut:"):
-    st.caption(t("data.cut.note"))
-    st.session_state.setdefault("data.cut.mode", "first")
-    mode = st.radio(t("data.cut.mode"), ["all", "first", "random"], key="data.cut.mode", horizontal=True,
-                    format_func=option_labels("data.cut.mode."))
-    c1, c2 = st.columns(2)
-    n_now = st.session_state.get("data.cut.n")
-    if n_now is None or n_now > report.n_usable:
-        st.session_state["data.cut.n"] = min(50, report.n_usable)
-    c1.number_input(t("data.cut.n"), min_value=1, max_value=report.n_usable, key="data.cut.n", disabled=mode == "all")
-    st.session_state.setdefault("data.cut.seed", 0)
-    c2.number_input(t("data.cut.seed"), min_value=0, key="data.cut.seed", disabled=mode != "random")
-    dedupe = st.checkbox(t("data.cut.dedupe", n=report.n_duplicates), key="data.cut.dedupe")
-    st.button(t("data.cut.go"), key="data.cut.go", icon=":material/save:", disabled=mode == "all" and not dedupe,
-              on_click=dv.make_subset, args=(path,))
-    if st.session_state.get("data.subset_error"):
-        st.error(say(st.session_state.pop("data.subset_error")), icon=":material/error:")
+dv.subset_panel(path, report)
 
 # ---- preview
 st.subheader(t("data.preview"))
