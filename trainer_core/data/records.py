@@ -39,7 +39,7 @@ def iter_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
             record, repeated = safe_json.loads(line)
         except json.JSONDecodeError as e:
             yield lineno, None, [], text("data.invalid_json_line", "invalid JSON at column {column}: {reason}",
-                                         column=e.colno, reason=e.msg)
+                                         column=e.colno, reason=json_reason(e.msg))
         except safe_json.JsonProblem as e:
             yield lineno, None, [], e.text
         else:
@@ -98,9 +98,27 @@ def iter_json_array(text: str, name: str, cursor: list[int] | None = None) -> It
 
 
 def malformed(name: str, line: int, column: int, reason: str) -> UserError:
-    """A file that is not JSON from this point on. ``reason`` is the parser's own English phrase, kept as is."""
+    """A file that is not JSON from this point on; ``reason`` is the parser's phrase (json.JSONDecodeError.msg)."""
     return UserError("data.malformed_json", "{name}: malformed JSON at line {line}, column {column}: {reason}",
-                     name=name, line=line, column=column, reason=reason)
+                     name=name, line=line, column=column, reason=json_reason(reason))
+
+
+def json_reason(msg: str) -> Text | str:
+    """Python's JSON parser's phrase as a coded text, so the dashboard can say it in Chinese (unknown ones stay)."""
+    return _JSON_REASONS.get(msg, msg)
+
+
+_JSON_REASONS = {
+    "Expecting value": text("data.json_expecting_value", "Expecting value"),
+    "Expecting ',' delimiter": text("data.json_expecting_comma", "Expecting ',' delimiter"),
+    "Expecting ':' delimiter": text("data.json_expecting_colon", "Expecting ':' delimiter"),
+    "Expecting property name enclosed in double quotes": text(
+        "data.json_expecting_name", "Expecting property name enclosed in double quotes"),
+    "Unterminated string starting at": text("data.json_unterminated", "Unterminated string starting at"),
+    "Invalid control character at": text("data.json_control_character", "Invalid control character at"),
+    "Invalid \\escape": text("data.json_bad_escape", "Invalid \\escape"),
+    "Extra data": text("data.json_extra_data", "Extra data"),
+}
 
 
 def not_utf8(name: str, byte: int, offset: int, line: int) -> UserError:

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from trainer_core.data import safe_json
 from trainer_core.errors import Text, UserError, text
-from trainer_core.data.records import Item
+from trainer_core.data.records import Item, json_reason
 
 SLICE = 1024
 """Rows turned into Python objects at a time."""
@@ -208,7 +208,7 @@ def _parse_json_cell(record: dict, column: str, repeated: list[str]) -> Text | N
         record[column], keys = safe_json.loads(cell)
     except json.JSONDecodeError as e:
         return text("data.cell_invalid_json", "{cell}: invalid JSON at column {column}: {reason}", cell=column,
-                    column=e.colno, reason=e.msg)
+                    column=e.colno, reason=json_reason(e.msg))
     except safe_json.JsonProblem as e:
         return text("data.cell_problem", "{cell}: {problem}", cell=column, problem=e.text)
     repeated += keys
