@@ -64,6 +64,7 @@ MESSAGES_ZH: dict[str, str] = {
     "data.state_without_files": "{path}：没有 _data_files 列表，不是 save_to_disk 写出的状态文件。",
     "data.subset_count": "要保留的记录数至少为 1（收到 {n}）。",
     "data.subset_empty": "{path}：没有可保留的可用记录。",
+    "data.subset_not_json": "{path}：第 {row} 行含有 NaN 或 Infinity，.jsonl 文件无法保存；请改为 null 或数字。",
     "data.system_not_first": "system 轮次只能出现在最前面。",
     "data.template_answer_unended": "对话模板没有像在普通对话中那样，在第 {n} 条助手消息后写出回合结束符 {marker!r}；这条回答无法教会模型停下。",
     "data.template_changed_answer": "对话模板改动了一条助手回答，无法定位它的 token。",

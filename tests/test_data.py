@@ -607,3 +607,16 @@ def test_a_subset_of_a_parquet_file_is_jsonl(tmp_path):
 
     cut = write_subset(as_parquet(tmp_path, ALPACA), first=2, out_dir=tmp_path / "out")
     assert cut.path.suffix == ".jsonl" and load_dataset(cut.path).n_usable == 2
+
+
+def test_a_subset_refuses_a_value_json_cannot_hold_and_leaves_nothing(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainer_core.data.subset import write_subset
+
+    source = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"instruction": ["q", "r"], "output": ["a", "b"], "score": [1.0, float("nan")]}), source)
+    with pytest.raises(UserError, match="row 2 holds NaN"):
+        write_subset(source, dedupe=True, out_dir=tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir())

@@ -61,12 +61,20 @@ def write_subset(source, *, first: int | None = None, sample: int | None = None,
             seen += 1
             if (first is not None and written >= first) or (keep is not None and not keep[seen - 1]):
                 continue
-            f.write(json.dumps(usable.record, ensure_ascii=False).encode() + b"\n")
+            f.write(_line(usable.record, usable.row, source))
             written += 1
     if written == 0:
         target.unlink()
         raise UserError("data.subset_empty", "{path}: has no usable records to keep", path=source)
     return Subset(target, written, seen, removed)
+
+
+def _line(record: dict, row: int, source: Path) -> bytes:
+    try:  # a Parquet float column may hold NaN, which JSON has no way to write
+        return json.dumps(record, ensure_ascii=False, allow_nan=False).encode() + b"\n"
+    except ValueError:
+        raise UserError("data.subset_not_json", "{path}: row {row} holds NaN or Infinity, which a .jsonl file cannot "
+                        "hold; replace it with null or a number", path=source, row=row) from None
 
 
 def _candidates(source: Path, dedupe: bool):
