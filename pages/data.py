@@ -123,7 +123,7 @@ elif stats.n_truncated:
 specials = dv.special_frame(report, tok)
 if len(specials):
     st.warning(t("data.special_rows", n=len(specials)), icon=":material/warning:")
-    st.dataframe(specials, hide_index=True, key="data.special_table")
+    st.dataframe(specials, hide_index=True, key="data.special_table", column_config=problem_columns)
 
 # ---- label mask
 st.subheader(t("data.mask"))
