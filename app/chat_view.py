@@ -13,7 +13,7 @@ import streamlit as st
 from app.chat_transcript import TranscriptInfo, file_stem, transcript_json, transcript_markdown
 from app.i18n import say, t
 from trainer_core.runs import protocol as rd
-from trainer_core.data.chat_format import specials_in
+from trainer_core.data.chat_template import specials_in
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
 from trainer_core.models.inference import GenParams, ReplyHandle, load_chat_model, run_persona, stream_reply
