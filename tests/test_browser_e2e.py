@@ -162,8 +162,9 @@ def walk_through(page, server: Server, expect) -> None:
     settle(page)
     shot(page, "1-data-zh")
 
-    # ---- Train: the uploaded file is in the form; one epoch; the plan fits; launch
-    page.get_by_role("button", name="用这个数据训练").click()
+    # ---- Train: uploading put the file in the form (no second click); one epoch; the plan fits; launch
+    expect(page.get_by_text("训练页正在使用这个文件")).to_be_visible()
+    nav(page, "训练")
     expect(page.get_by_role("heading", name="训练")).to_be_visible()
     expect(page.get_by_role("textbox", name="数据集文件")).to_have_value(stored)
     page.get_by_role("tab", name="超参数").click()

@@ -15,7 +15,8 @@ from helpers import cli
 from trainer_core.paths import PROJECT_ROOT
 from trainer_core.data import safe_json
 from trainer_core.cli import main
-from trainer_core.data.dataset import load_dataset, safe_upload_name
+from trainer_core.data.dataset import load_dataset
+from trainer_core.data.uploads import safe_upload_name
 from trainer_core.errors import UserError
 from trainer_core.config.hardware import detect
 

@@ -23,12 +23,7 @@ SOURCES = sorted(p for d in ("trainer_core", "app", "pages") for p in (PROJECT_R
 # Calls whose argument at this index is a user-facing message (RowError(row, field, message), Lint(level, code, message)).
 MESSAGE_ARG = {"RowError": 2, "Lint": 2}
 # TRANSITION: files that still write plain-English messages; each area removes its files as it converts them.
-PENDING = {
-    "trainer_core/config/ds_config.py", "trainer_core/config/memory.py", "trainer_core/config/run_config.py",
-    "trainer_core/data/chat_format.py", "trainer_core/data/dataset.py", "trainer_core/data/records.py",
-    "trainer_core/data/tables.py",
-    "trainer_core/models/inference.py",
-}
+PENDING: set[str] = set()
 
 
 def _name(call: ast.Call) -> str:

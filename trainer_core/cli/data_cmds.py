@@ -25,8 +25,8 @@ def _default_model() -> str:
 
 def _token_counter(args, persona: str):
     """(counter, tokenizer, special tokens in the persona, model) for token statistics, or Nones without them."""
-    from trainer_core.data.chat_format import specials_in
-    from trainer_core.data.dataset import TokenCounter
+    from trainer_core.data.chat_template import specials_in
+    from trainer_core.data.token_stats import TokenCounter
     from trainer_core.models.local import check_model_dir, load_tokenizer
 
     if args.no_tokens or not (args.model or Path(_default_model()).is_dir()):
@@ -40,7 +40,8 @@ def _token_counter(args, persona: str):
 
 def cmd_check_data(args) -> int:
     from trainer_core.config.run_config import DEFAULT_PERSONA, MAX_LENGTH_RANGE
-    from trainer_core.data.dataset import Problems, load_dataset, special_warnings
+    from trainer_core.data.dataset import load_dataset
+    from trainer_core.data.validate import Problems, special_warnings
 
     bounded(args.max_length, "--max-length", *MAX_LENGTH_RANGE,
             why=text("cli.max_length_range", "the range data.max_length allows"))
@@ -56,7 +57,7 @@ def cmd_check_data(args) -> int:
     report.warnings.extend(specials)
     out = report.to_dict()
     if counter is not None and report.n_usable:
-        from trainer_core.data.chat_format import turn_format
+        from trainer_core.data.chat_template import turn_format
 
         out["tokens"] = counter.result().to_dict()
         out["tokens"].pop("lengths", None)
@@ -72,6 +73,8 @@ def cmd_check_data(args) -> int:
 
 
 def _print_report(args, report, out: dict, persona_specials: list[str]) -> None:
+    from trainer_core.data.validate import DUPLICATE
+
     dropped = f", {report.n_tool_call_rows} left out: tool-call turns are not trained" \
         if report.n_tool_call_rows else ""
     emit(f"{args.file}: {out['n_rows']} rows, {report.n_usable} usable, {report.n_errors} errors, "
@@ -84,7 +87,7 @@ def _print_report(args, report, out: dict, persona_specials: list[str]) -> None:
         emit(f"  ... {report.n_errors - min(50, len(report.errors))} more errors "
              f"({len(report.errors.counts)} kinds; --json lists the first {report.errors.per_kind} of each)")
     # Duplicates come last: huanhuan.json alone has hundreds, which would hide everything else.
-    for w in sorted(report.warnings, key=lambda w: str(w.message).startswith("duplicate of row"))[:10]:
+    for w in sorted(report.warnings, key=lambda w: w.message.code == DUPLICATE)[:10]:
         emit(f"  warning: row {w.row}{' ' + w.field if w.field else ''}: {w.message}")
     if report.n_warnings > 10:
         emit(f"  ... {report.n_warnings - 10} more warnings (--json lists the first {report.warnings.per_kind} "

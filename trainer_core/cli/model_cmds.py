@@ -14,7 +14,7 @@ def _note(line: str) -> None:
 
 
 def cmd_chat(args) -> int:
-    from trainer_core.data.chat_format import specials_in
+    from trainer_core.data.chat_template import specials_in
     from trainer_core.models.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona,
                                                load_chat_model, resolve_model_dir, stream_reply)
 
