@@ -60,12 +60,15 @@ def cmd_check_data(args) -> int:
     counter, tok, persona_specials, specials = None, None, [], Problems()
     if not args.no_tokens and (args.model or Path(_default_model()).is_dir()):
         from trainer_core.data.chat_format import specials_in
+        from trainer_core.data.light_tokenizer import load_light_tokenizer
         from trainer_core.models.local import check_model_dir, load_tokenizer
 
         model = args.model or _default_model()
         if args.model:
             check_model_dir(model, trust_remote_code=args.trust_remote_code)
-        tok = load_tokenizer(model, trust_remote_code=args.trust_remote_code)
+        # Without transformers where the folder allows it: importing it (and torch) was ~5 s of a 6 s check.
+        tok = None if args.trust_remote_code else load_light_tokenizer(model)
+        tok = tok or load_tokenizer(model, trust_remote_code=args.trust_remote_code)
         persona_specials = specials_in(tok, persona)
         counter = TokenCounter(tok, persona=persona, max_length=args.max_length)
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from trainer_core.config.run_config import RunConfig
 from trainer_core.errors import UserError
 from trainer_core.config.hardware import Hardware, detect, resolve_precision
-from trainer_core.training.linear_ce import workspace_bytes
 
 GiB = 1024**3
 MiB = 1024**2
@@ -156,7 +155,10 @@ def _activations(shape: ModelShape, cfg: RunConfig, half: bool, on_gpu: bool) ->
         head = kept * shape.vocab * 4 * 3
     else:
         # The blockwise head loss (linear_ce) never holds the logits: its workspace, plus the embedding's dense
-        # gradient, which autograd adds to the head's when the two are tied.
+        # gradient, which autograd adds to the head's when the two are tied. Imported here: linear_ce is training
+        # code (torch), and the dashboard's pages import this module.
+        from trainer_core.training.linear_ce import workspace_bytes
+
         head = workspace_bytes(labelled, shape.vocab, shape.hidden, d, on_gpu) + shape.vocab * shape.hidden * d
     return int(acts), int(head)
 
