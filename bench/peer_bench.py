@@ -36,7 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, encode_heldout, write_json  # noqa: E402
-from bench.train_bench import QUICKSTART, SEED, _rescore, env, prepare_data, run_ours, time_to_loss  # noqa: E402
+from bench.train_bench import (QUICKSTART, SEED, _rescore, env, phase_table, phases_env, prepare_data,  # noqa: E402
+                                read_phases, run_ours, time_to_loss)
 from trainer_core.config.run_config import load_config  # noqa: E402
 
 RECIPES = ("ours", "trl", "llamafactory")
@@ -138,8 +139,9 @@ def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
     return s
 
 
-def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int) -> dict:
-    """One peer under DeepSpeed's launcher in its own venv, with bench/peer_probe on its PYTHONPATH."""
+def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int, phases: bool = False) -> dict:
+    """One peer under DeepSpeed's launcher in its own venv, with bench/peer_probe on its PYTHONPATH (and the phase
+    timer loaded by it when `phases`)."""
     from bench.peer_venvs import ensure
     from trainer_core.runs.launch import free_port
 
@@ -159,6 +161,8 @@ def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int) ->
     e = {**env(), "BENCH_PEER_PROBE": str(work / "probe"), "DISABLE_VERSION_CHECK": "1",
          "TORCH_EXTENSIONS_DIR": str(py.parent.parent / "torch_extensions"),
          "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "peer_probe"), env()["PYTHONPATH"]])}
+    if phases:
+        e["BENCH_PHASES"] = str(work / "phases" / peer)
     log = work / f"{peer}.log"
     with open(log, "wb") as f:
         proc = subprocess.run(argv, cwd=work, env=e, stdout=f, stderr=subprocess.STDOUT)
@@ -169,8 +173,11 @@ def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int) ->
     if proc.returncode != 0 or not result.is_file():
         return {"recipe": peer, "error": last_error(log.read_text(errors="replace")), "log": str(log)}
     r = json.loads(result.read_text(encoding="utf-8"))
+    ph = read_phases(work, peer)
+    if ph:  # the probe's held-out scoring ran inside the loop: not training, as Trainer.evaluate is not for ours
+        ph["totals"].setdefault("evaluate", [0.0, 0])[0] += r.get("probe_eval_s", 0.0)
     return {"recipe": peer, **r, "records": n_train * epochs, "heldout_loss": _rescore(final, heldout),
-            "heldout_loss_in_training": r["eval_curve"][-1][1]}
+            "heldout_loss_in_training": r["eval_curve"][-1][1], "phases": ph}
 
 
 def last_error(log: str) -> str:
@@ -204,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="epochs for every recipe (default 1)")
     p.add_argument("--repeat", type=int, default=1, help="run every recipe K times, interleaved; keep the fastest")
     p.add_argument("--only", default=",".join(RECIPES), help="comma-separated recipes: " + ", ".join(RECIPES))
+    p.add_argument("--phases", action="store_true",
+                   help="also split each recipe's optimizer step into forward+loss, backward, ZeRO gradient "
+                        "handling and optimizer step (bench/phase_timer, loaded into the peers by bench/peer_probe)")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs, peer configs)")
     args = p.parse_args(argv)
@@ -225,12 +235,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def ours():
         r = run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout,
-                     ["train.eval_steps=1", f"train.epochs={args.epochs}"])
+                     ["train.eval_steps=1", f"train.epochs={args.epochs}"], phases_env(work, "ours", args.phases))
         r["records"] = n_train * args.epochs
         return r
 
-    jobs = {"ours": ours, **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs))
-                             for peer in ("trl", "llamafactory")}}
+    jobs = {"ours": ours, **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs,
+                                                               args.phases)) for peer in ("trl", "llamafactory")}}
     runs: dict[str, list[dict]] = {name: [] for name in only}
     for _ in range(args.repeat):
         for name in only:
@@ -262,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ours / {r['recipe']}: records/s {(ref['records'] / ref['train_time_s']) / (r['records'] / r['train_time_s']):.2f}x, "
               f"label tokens/s {(ref['label_tokens'] / ref['train_time_s']) / (r['label_tokens'] / r['train_time_s']):.2f}x, "
               f"peak RSS {ref['peak_rss_bytes'] / r['peak_rss_bytes']:.2f}x")
+    if args.phases:
+        print("\nwhere each optimizer step's time goes (ms per step, bench/phase_timer):")
+        print(phase_table([r for r in done if r.get("phases")]))
     if args.repeat > 1:
         for name, rs in runs.items():
             print(f"{name}: training seconds of each run "

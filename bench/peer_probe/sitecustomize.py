@@ -9,7 +9,10 @@ On rank 0, once transformers.trainer is imported, every Trainer gets a callback 
     batch given to compute_loss, and all input positions as tokens;
   - every eval_steps optimizer steps and at the last one scores the live model with bench.common.heldout_loss (the
     shared evaluator) and takes that time off the clock;
-and writes result.json when training ends.
+and writes result.json when training ends. With BENCH_PHASES also set (peer_bench --phases), it loads
+bench/phase_timer/sitecustomize.py too, by path: a process imports only the first `sitecustomize` on its path, and
+the phase timer's hooks work on any HF Trainer. result.json then carries the probe's evaluation seconds, which the
+phase table takes off the loop as it does our trainer's Trainer.evaluate.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def _install(module) -> None:
         def on_train_end(self, args, state, control, **kw):
             (Path(OUT) / "result.json").write_text(json.dumps({
                 "train_time_s": self.curve[-1][2] if self.curve else self.elapsed(),
-                "steps": state.global_step, **counts, "eval_curve": self.curve,
+                "steps": state.global_step, **counts, "eval_curve": self.curve, "probe_eval_s": self.eval_s,
                 "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
     init, compute_loss = trainer_cls.__init__, trainer_cls.compute_loss
@@ -74,11 +77,14 @@ def _install(module) -> None:
     trainer_cls.compute_loss = counting_compute_loss
 
 
+HOOKS = {"transformers.trainer": [_install]}  # module -> what runs once it has executed
+
+
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Finds transformers.trainer with the other finders, then installs the probe once the module has executed."""
+    """Finds the hooked modules with the other finders, then runs their hooks once the module has executed."""
 
     def find_spec(self, name, path, target=None):
-        if name != "transformers.trainer":
+        if name not in HOOKS:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -87,13 +93,23 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             if spec is not None and spec.loader is not None:
                 execute = spec.loader.exec_module
 
-                def exec_then_install(module, execute=execute):
+                def exec_then_hook(module, execute=execute):
                     execute(module)
-                    _install(module)
-                spec.loader.exec_module = exec_then_install
+                    for hook in HOOKS[name]:
+                        hook(module)
+                spec.loader.exec_module = exec_then_hook
                 return spec
         return None
 
 
 if OUT and os.environ.get("RANK", "0") == "0":
+    if os.environ.get("BENCH_PHASES"):
+        import runpy
+
+        # The timer inserts a finder of its own; two such finders would each find the other and recurse, so its
+        # hooks run from ours instead.
+        timer = runpy.run_path(str(Path(__file__).resolve().parent.parent / "phase_timer" / "sitecustomize.py"))
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, timer["_AfterImport"])]
+        for module_name, hook in timer["HOOKS"].items():
+            HOOKS.setdefault(module_name, []).append(hook)
     sys.meta_path.insert(0, _AfterImport())
