@@ -62,9 +62,9 @@ def _cli(*args: str) -> tuple[float, float]:
 def _chat_first_byte(model: Path) -> tuple[float, float]:
     """(s to the "persona:" line, s to the first reply byte) of one CLI chat, from the process start."""
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "trainer_core", "chat", str(model), "--prompt", MESSAGES[0]["content"],
-                             "--max-new-tokens", "8", "--temperature", "0"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    argv = [sys.executable, "-m", "trainer_core", "chat", str(model), "--prompt", MESSAGES[0]["content"],
+            "--max-new-tokens", "8", "--temperature", "0"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
     sel.register(proc.stderr, selectors.EVENT_READ, "err")
@@ -88,9 +88,9 @@ def _chat_first_byte(model: Path) -> tuple[float, float]:
 def startup_figures(model: Path, n: int = 5) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "100.jsonl"
-        data.write_text("".join(json.dumps({"instruction": f"第{i}个问题：今日天气如何？", "input": "",
-                                            "output": f"回皇上，今日天气晴好，是第{i}个好日子。"}, ensure_ascii=False)
-                                + "\n" for i in range(100)), encoding="utf-8")
+        rows = [{"instruction": f"第{i}个问题：今日天气如何？", "output": f"回皇上，今日天气晴好，是第{i}个好日子。"}
+                for i in range(100)]
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         cases = {"--help": ["--help"],
                  "check-data 100 records (tokenizers)": ["check-data", str(data), "--model", str(model)],
                  "check-data 100 records (before: transformers)": ["check-data", str(data), "--model", str(model),

@@ -3,6 +3,8 @@
     .venv/bin/python bench/peer_bench.py                 # 200 huanhuan records, 20 held out, 1 epoch each
     .venv/bin/python bench/peer_bench.py --repeat 3      # each recipe 3 times, interleaved; the fastest run is kept
     .venv/bin/python bench/peer_bench.py --only ours,trl # a subset
+    .venv/bin/python bench/peer_bench.py --phases        # also where each recipe's optimizer step goes
+    .venv/bin/python bench/peer_bench.py --model DIR     # another model with the starter's tokenizer (gpu_check.sh)
 
 Every recipe trains the same model (the starter) on the same training records with the same ZeRO-2 + CPU-offload
 DeepSpeed JSON (the one `trainer_core plan` resolves for configs/quickstart.yaml), epochs, micro-batch x
@@ -41,12 +43,19 @@ from bench.train_bench import (QUICKSTART, SEED, _rescore, env, phase_table, pha
 from trainer_core.config.run_config import load_config  # noqa: E402
 
 RECIPES = ("ours", "trl", "llamafactory")
-STARTER = ROOT / "models" / "qwen2-starter"
 
 
-def job_config(epochs: int):
-    """Our run config for the job every recipe runs: the quickstart defaults at `epochs` epochs."""
-    return load_config(QUICKSTART, [f"train.epochs={epochs}", f"train.seed={SEED}"])
+def gpu_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def job_config(epochs: int, model: Path | None = None):
+    """Our run config for the job every recipe runs: the quickstart defaults at `epochs` epochs (on `model`, the
+    starter unless given)."""
+    return load_config(QUICKSTART, [f"train.epochs={epochs}", f"train.seed={SEED}",
+                                    *([f"model.path={model}"] if model else [])])
 
 
 def ds_config(cfg) -> dict:
@@ -83,7 +92,7 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
         "disable_tqdm": True,
     }
     llamafactory = {
-        "model_name_or_path": str(STARTER),
+        "model_name_or_path": str(cfg.model.path),
         "trust_remote_code": False,
         "stage": "sft",
         "do_train": True,
@@ -99,7 +108,7 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
         "overwrite_output_dir": True,
         **hf_args,
         "num_train_epochs": float(t.epochs),
-        "bf16": False,  # fp32 on a CPU; bench/gpu_check.sh is where bf16 belongs
+        "bf16": gpu_bf16(),  # fp32 on a CPU, bf16 where the GPU has it (as TRL's job script decides)
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
@@ -128,11 +137,11 @@ def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
     s = peer_settings(cfg, work, lf_data, lf_dir, ds_json)
     write_json(lf_dir / "dataset_info.json", s["dataset_info"])
     (work / "llamafactory.yaml").write_text(yaml.safe_dump(s["llamafactory"], allow_unicode=True), encoding="utf-8")
-    write_json(work / "trl-job.json", {"data": str(train), "persona": cfg.data.persona, "model": str(STARTER),
+    write_json(work / "trl-job.json", {"data": str(train), "persona": cfg.data.persona, "model": str(cfg.model.path),
                                        "sft_config": s["trl"]})
     probe = work / "probe"
     probe.mkdir()
-    encoded = encode_heldout(load_tokenizer(STARTER), json.loads(heldout.read_text(encoding="utf-8")),
+    encoded = encode_heldout(load_tokenizer(cfg.model.path), json.loads(heldout.read_text(encoding="utf-8")),
                              persona=cfg.data.persona)
     write_json(probe / "heldout.json", [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
     write_json(probe / "probe.json", {"eval_steps": 1, "root": str(ROOT)})
@@ -211,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="epochs for every recipe (default 1)")
     p.add_argument("--repeat", type=int, default=1, help="run every recipe K times, interleaved; keep the fastest")
     p.add_argument("--only", default=",".join(RECIPES), help="comma-separated recipes: " + ", ".join(RECIPES))
+    p.add_argument("--model", type=Path, help="model folder every recipe trains (default: the starter); it must "
+                   "use the starter's tokenizer, which splits the records and encodes the held-out set")
     p.add_argument("--phases", action="store_true",
                    help="also split each recipe's optimizer step into forward+loss, backward, ZeRO gradient "
                         "handling and optimizer step (bench/phase_timer, loaded into the peers by bench/peer_probe)")
@@ -228,14 +239,15 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="peer-bench-"))
     train, heldout, ours_data = prepare_data(work, args.records, args.heldout)
-    cfg = job_config(args.epochs)
+    cfg = job_config(args.epochs, args.model)
     write_peer_inputs(cfg, work, train, heldout)
     n_train = args.records - args.heldout
     print(f"{args.records} records, {args.heldout} held out, {args.epochs} epoch(s); work dir {work}", flush=True)
 
     def ours():
-        r = run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout,
-                     ["train.eval_steps=1", f"train.epochs={args.epochs}"], phases_env(work, "ours", args.phases))
+        sets = ["train.eval_steps=1", f"train.epochs={args.epochs}", f"model.path={cfg.model.path}"]
+        r = run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout, sets,
+                     phases_env(work, "ours", args.phases))
         r["records"] = n_train * args.epochs
         return r
 
