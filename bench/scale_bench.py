@@ -65,9 +65,20 @@ def build_model(dest: Path, layers: int) -> tuple[Path, int]:
 
 
 def train_point(work: Path, name: str, steps: int, sets: list[str]) -> dict:
-    """One short run of our trainer; figures from its metrics rows and the phase timer."""
+    """One short run of our trainer; figures from its metrics rows and the phase timer. A point the memory planner
+    says needs more host memory than is available now is skipped: on a shared machine it would OOM-kill others."""
+    import psutil
+
+    from trainer_core.config.memory import plan_memory
+    from trainer_core.config.run_config import load_config
+
     overrides = [f"data.path={DATA}", "data.eval_ratio=0", f"train.max_steps={steps + 1}", "train.save_steps=0",
                  "train.logging_steps=1", f"name={name}", *sets]
+    plan = plan_memory(load_config(QUICKSTART, overrides))
+    free = psutil.virtual_memory().available
+    if plan.host_bytes > free:
+        return {"recipe": name, "error": f"not run: the planner puts it at {plan.host_bytes / 2**30:.1f} GiB of host "
+                                         f"memory, {free / 2**30:.1f} GiB was available"}
     argv = [sys.executable, "-m", "trainer_core", "train", str(QUICKSTART)]
     for o in overrides:
         argv += ["--set", o]
