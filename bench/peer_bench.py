@@ -58,6 +58,12 @@ def job_config(epochs: int, model: Path | None = None):
                                     *([f"model.path={model}"] if model else [])])
 
 
+def model_dir(cfg) -> Path:
+    """The run config's model folder as an absolute path: the peers run in the work directory, where a relative
+    path would be taken for a Hugging Face Hub id."""
+    return ROOT / cfg.model.path
+
+
 def ds_config(cfg) -> dict:
     """The DeepSpeed JSON our trainer resolves for cfg ("auto" left for the HF Trainer to fill from its arguments)."""
     from trainer_core.config.ds_config import build_ds_config
@@ -92,7 +98,7 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
         "disable_tqdm": True,
     }
     llamafactory = {
-        "model_name_or_path": str(cfg.model.path),
+        "model_name_or_path": str(model_dir(cfg)),
         "trust_remote_code": False,
         "stage": "sft",
         "do_train": True,
@@ -137,11 +143,11 @@ def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
     s = peer_settings(cfg, work, lf_data, lf_dir, ds_json)
     write_json(lf_dir / "dataset_info.json", s["dataset_info"])
     (work / "llamafactory.yaml").write_text(yaml.safe_dump(s["llamafactory"], allow_unicode=True), encoding="utf-8")
-    write_json(work / "trl-job.json", {"data": str(train), "persona": cfg.data.persona, "model": str(cfg.model.path),
+    write_json(work / "trl-job.json", {"data": str(train), "persona": cfg.data.persona, "model": str(model_dir(cfg)),
                                        "sft_config": s["trl"]})
     probe = work / "probe"
     probe.mkdir()
-    encoded = encode_heldout(load_tokenizer(cfg.model.path), json.loads(heldout.read_text(encoding="utf-8")),
+    encoded = encode_heldout(load_tokenizer(model_dir(cfg)), json.loads(heldout.read_text(encoding="utf-8")),
                              persona=cfg.data.persona)
     write_json(probe / "heldout.json", [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
     write_json(probe / "probe.json", {"eval_steps": 1, "root": str(ROOT)})

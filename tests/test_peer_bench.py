@@ -48,6 +48,8 @@ def test_every_peer_gets_our_job(peer_inputs):
     assert s["packing"] is True and s["completion_only_loss"] is True
     assert lf["packing"] is True and lf["train_on_prompt"] is False and lf["finetuning_type"] == "full"
     assert lf["bf16"] is False and lf["stage"] == "sft" and lf["trust_remote_code"] is False
+    # The same model folder, absolute: the peers run in the work directory, where a relative path is a Hub id.
+    assert trl["model"] == lf["model_name_or_path"] == str(ROOT / cfg.model.path) and Path(trl["model"]).is_dir()
     # One DeepSpeed JSON for all, and it is the one our trainer resolves: ZeRO-2 with the optimizer on the CPU.
     assert s["deepspeed"] == lf["deepspeed"]
     ds = json.loads(Path(s["deepspeed"]).read_text(encoding="utf-8"))
