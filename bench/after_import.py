@@ -14,14 +14,16 @@ from types import ModuleType
 from typing import Callable
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Finds the hooked modules with the other finders, then runs the hook once the module has executed."""
+# module name -> hooks, shared by every sitecustomize in the process. One finder serves them all: two finders
+# would each ask the other for the same module and recurse.
+HOOKS: dict[str, list[Callable[[ModuleType], None]]] = {}
 
-    def __init__(self, hooks: dict[str, Callable[[ModuleType], None]]):
-        self.hooks = hooks
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds the hooked modules with the other finders, then runs their hooks once the module has executed."""
 
     def find_spec(self, name, path, target=None):
-        if name not in self.hooks:
+        if name not in HOOKS:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -32,7 +34,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
                 def exec_then_hook(module, execute=execute):
                     execute(module)
-                    self.hooks[name](module)
+                    for hook in HOOKS[name]:
+                        hook(module)
                 spec.loader.exec_module = exec_then_hook
                 return spec
         return None
@@ -40,4 +43,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 def after_import(hooks: dict[str, Callable[[ModuleType], None]]) -> None:
     """hooks: module name → function called with the module once it has been imported (not yet imported ones only)."""
-    sys.meta_path.insert(0, _AfterImport(hooks))
+    for name, hook in hooks.items():
+        HOOKS.setdefault(name, []).append(hook)
+    if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport())

@@ -2,6 +2,7 @@
 Qwen2 with random bf16 weights, a fixed number of steps each.
 
     bash bench/gpu_check.sh            # or: .venv/bin/python bench/gpu_check.py [--steps 60] [--records 2000]
+    bash bench/gpu_check.sh --peers    # ours vs TRL vs LLaMA-Factory (bench/peer_bench.py) on the same model
 
 Prints, for each recipe: trained (label) tokens/s, all tokens/s, MFU (6 x params x tokens / time / the card's dense
 bf16 peak), peak torch.cuda.max_memory_allocated per rank next to the planner's prediction, and NVML samples (memory
@@ -160,7 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     sample = PROJECT_ROOT / "data" / "sample_zhenhuan.jsonl"
     p.add_argument("--data", type=Path, default=HUANHUAN if HUANHUAN.is_file() else sample,
                    help="alpaca records, .json or .jsonl (default huanhuan.json, else the shipped sample)")
+    p.add_argument("--build-model", type=Path, metavar="DIR",
+                   help="only write the random 0.5B-class bf16 Qwen2 (with the starter's tokenizer) to DIR and exit; "
+                        "gpu_check.sh --peers trains it with bench/peer_bench.py")
     args = p.parse_args(argv)
+    if args.build_model:
+        _, n_params = build_model(args.build_model)
+        print(f"{args.build_model}: {n_params / 1e6:.0f}M parameters", flush=True)
+        return 0
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU visible to torch; this check needs one (an H100).", file=sys.stderr)
         return 2

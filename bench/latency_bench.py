@@ -1,7 +1,12 @@
-"""Latency figures the dashboard depends on: tailing a huge log, chat time-to-first-token, streaming overhead.
+"""Latency figures: CLI start-up, tailing a huge log, chat time-to-first-token, streaming overhead.
 
-    .venv/bin/python bench/latency_bench.py [--model models/qwen2-starter] [--tokens 64]
+    .venv/bin/python bench/latency_bench.py [--model models/qwen2-starter] [--tokens 64] [--startup-only]
 
+0. CLI start-up, each a fresh `python -m trainer_core` process, median of 5 (wall and CPU seconds; CPU time is the
+   figure a loaded machine distorts least): `--help`; `check-data` on a 100-record file with token statistics on
+   the starter tokenizer, now (tokenizers + jinja2 alone) and as before (`--trust-remote-code` forces the
+   AutoTokenizer path: transformers and torch imported); `chat --max-new-tokens 8`, split into start-up and model
+   load (until its "persona:" line on stderr) and the first reply byte on stdout.
 1. `trainer_core.runs.tailing.tail_lines` on a 1 GB log: a sparse file in /tmp (a 1 GB hole, then 2,000 real trainer
    log lines at the end), last 200 lines, median and worst of 20 calls.
 2. Chat time-to-first-token: `trainer_core.models.inference.stream_reply` on the starter model, from the call to the first
@@ -17,8 +22,12 @@ The "metric line appears on the Monitor page within 2 s" figure is measured in t
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import selectors
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +46,62 @@ from trainer_core.runs.tailing import tail_lines  # noqa: E402
 
 GB = 1 << 30
 MESSAGES = [{"role": "user", "content": "皇上今日可曾来过？"}]
+
+
+def _cli(*args: str) -> tuple[float, float]:
+    """(wall s, CPU s) of one `python -m trainer_core ARGS` process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "trainer_core", *args], cwd=PROJECT_ROOT, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def _chat_first_byte(model: Path) -> tuple[float, float]:
+    """(s to the "persona:" line, s to the first reply byte) of one CLI chat, from the process start."""
+    t = time.perf_counter()
+    argv = [sys.executable, "-m", "trainer_core", "chat", str(model), "--prompt", MESSAGES[0]["content"],
+            "--max-new-tokens", "8", "--temperature", "0"]
+    proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    loaded = first = None
+    while first is None:
+        events = sel.select(timeout=300)
+        if not events:
+            raise RuntimeError("chat printed nothing for 300 s")
+        for key, _ in events:
+            data = os.read(key.fileobj.fileno(), 65536)
+            if not data:
+                sel.unregister(key.fileobj)  # that stream is closed; the other still reads
+            elif key.data == "err" and loaded is None and b"persona:" in data:
+                loaded = time.perf_counter() - t
+            elif key.data == "out":  # the reply, or the newline that ends an empty one
+                first = time.perf_counter() - t
+    proc.communicate()
+    return loaded, first
+
+
+def startup_figures(model: Path, n: int = 5) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "100.jsonl"
+        rows = [{"instruction": f"第{i}个问题：今日天气如何？", "output": f"回皇上，今日天气晴好，是第{i}个好日子。"}
+                for i in range(100)]
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        cases = {"--help": ["--help"],
+                 "check-data 100 records (tokenizers)": ["check-data", str(data), "--model", str(model)],
+                 "check-data 100 records (before: transformers)": ["check-data", str(data), "--model", str(model),
+                                                                    "--trust-remote-code"]}
+        for name, args in cases.items():
+            runs = [_cli(*args) for _ in range(n)]
+            print(f"{name}: median {statistics.median(w for w, _ in runs):.2f} s wall, "
+                  f"{statistics.median(c for _, c in runs):.2f} s CPU (goal <= 2 s)", flush=True)
+    runs = [_chat_first_byte(model) for _ in range(3)]
+    print(f"CLI chat ({model.name}): model loaded at {statistics.median(a for a, _ in runs):.2f} s, first reply "
+          f"byte at {statistics.median(b for _, b in runs):.2f} s (median of 3, from process start)", flush=True)
 
 
 def tail_figures(n_calls: int = 20) -> dict:
@@ -129,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=PROJECT_ROOT / "models" / "qwen2-starter")
     p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--startup-only", action="store_true", help="only the CLI start-up figures (section 0)")
     args = p.parse_args(argv)
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    startup_figures(args.model)
+    if args.startup_only:
+        return 0
     tail = tail_figures()
     print(f"tail_lines(200) of a 1 GB log: median {tail['median_ms']:.2f} ms, worst {tail['max_ms']:.2f} ms "
           "(goal <= 50 ms)", flush=True)

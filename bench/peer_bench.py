@@ -3,6 +3,8 @@
     .venv/bin/python bench/peer_bench.py                 # 200 huanhuan records, 20 held out, 1 epoch each
     .venv/bin/python bench/peer_bench.py --repeat 3      # each recipe 3 times, interleaved; the fastest run is kept
     .venv/bin/python bench/peer_bench.py --only ours,trl # a subset
+    .venv/bin/python bench/peer_bench.py --phases        # also where each recipe's optimizer step goes
+    .venv/bin/python bench/peer_bench.py --model DIR     # another model with the starter's tokenizer (gpu_check.sh)
 
 Every recipe trains the same model (the starter) on the same training records with the same ZeRO-2 + CPU-offload
 DeepSpeed JSON (the one `trainer_core plan` resolves for configs/quickstart.yaml), epochs, micro-batch x
@@ -36,16 +38,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, encode_heldout, write_json  # noqa: E402
-from bench.train_bench import QUICKSTART, SEED, _rescore, env, prepare_data, run_ours, time_to_loss  # noqa: E402
+from bench.train_bench import (QUICKSTART, SEED, _rescore, env, phase_table, hooks_env, prepare_data,  # noqa: E402
+                                read_phases, run_ours, time_to_loss)
 from trainer_core.config.run_config import load_config  # noqa: E402
 
 RECIPES = ("ours", "trl", "llamafactory")
-STARTER = ROOT / "models" / "qwen2-starter"
 
 
-def job_config(epochs: int):
-    """Our run config for the job every recipe runs: the quickstart defaults at `epochs` epochs."""
-    return load_config(QUICKSTART, [f"train.epochs={epochs}", f"train.seed={SEED}"])
+def gpu_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def job_config(epochs: int, model: Path | None = None):
+    """Our run config for the job every recipe runs: the quickstart defaults at `epochs` epochs (on `model`, the
+    starter unless given)."""
+    return load_config(QUICKSTART, [f"train.epochs={epochs}", f"train.seed={SEED}",
+                                    *([f"model.path={model}"] if model else [])])
+
+
+def model_dir(cfg) -> Path:
+    """The run config's model folder as an absolute path: the peers run in the work directory, where a relative
+    path would be taken for a Hugging Face Hub id."""
+    return ROOT / cfg.model.path
 
 
 def ds_config(cfg) -> dict:
@@ -82,7 +98,7 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
         "disable_tqdm": True,
     }
     llamafactory = {
-        "model_name_or_path": str(STARTER),
+        "model_name_or_path": str(model_dir(cfg)),
         "trust_remote_code": False,
         "stage": "sft",
         "do_train": True,
@@ -98,7 +114,7 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
         "overwrite_output_dir": True,
         **hf_args,
         "num_train_epochs": float(t.epochs),
-        "bf16": False,  # fp32 on a CPU; bench/gpu_check.sh is where bf16 belongs
+        "bf16": gpu_bf16(),  # fp32 on a CPU, bf16 where the GPU has it (as TRL's job script decides)
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
@@ -127,19 +143,20 @@ def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
     s = peer_settings(cfg, work, lf_data, lf_dir, ds_json)
     write_json(lf_dir / "dataset_info.json", s["dataset_info"])
     (work / "llamafactory.yaml").write_text(yaml.safe_dump(s["llamafactory"], allow_unicode=True), encoding="utf-8")
-    write_json(work / "trl-job.json", {"data": str(train), "persona": cfg.data.persona, "model": str(STARTER),
+    write_json(work / "trl-job.json", {"data": str(train), "persona": cfg.data.persona, "model": str(model_dir(cfg)),
                                        "sft_config": s["trl"]})
     probe = work / "probe"
     probe.mkdir()
-    encoded = encode_heldout(load_tokenizer(STARTER), json.loads(heldout.read_text(encoding="utf-8")),
+    encoded = encode_heldout(load_tokenizer(model_dir(cfg)), json.loads(heldout.read_text(encoding="utf-8")),
                              persona=cfg.data.persona)
     write_json(probe / "heldout.json", [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
     write_json(probe / "probe.json", {"eval_steps": 1, "root": str(ROOT)})
     return s
 
 
-def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int) -> dict:
-    """One peer under DeepSpeed's launcher in its own venv, with bench/peer_probe on its PYTHONPATH."""
+def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int, phases: bool = False) -> dict:
+    """One peer under DeepSpeed's launcher in its own venv, with bench/peer_probe on its PYTHONPATH (and the phase
+    timer loaded by it when `phases`)."""
     from bench.peer_venvs import ensure
     from trainer_core.runs.launch import free_port
 
@@ -159,6 +176,8 @@ def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int) ->
     e = {**env(), "BENCH_PEER_PROBE": str(work / "probe"), "DISABLE_VERSION_CHECK": "1",
          "TORCH_EXTENSIONS_DIR": str(py.parent.parent / "torch_extensions"),
          "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "peer_probe"), env()["PYTHONPATH"]])}
+    if phases:
+        e["BENCH_PHASES"] = str(work / "phases" / peer)
     log = work / f"{peer}.log"
     with open(log, "wb") as f:
         proc = subprocess.run(argv, cwd=work, env=e, stdout=f, stderr=subprocess.STDOUT)
@@ -169,8 +188,11 @@ def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int) ->
     if proc.returncode != 0 or not result.is_file():
         return {"recipe": peer, "error": last_error(log.read_text(errors="replace")), "log": str(log)}
     r = json.loads(result.read_text(encoding="utf-8"))
+    ph = read_phases(work, peer)
+    if ph:  # the probe's held-out scoring ran inside the loop: not training, as Trainer.evaluate is not for ours
+        ph["totals"].setdefault("evaluate", [0.0, 0])[0] += r.get("probe_eval_s", 0.0)
     return {"recipe": peer, **r, "records": n_train * epochs, "heldout_loss": _rescore(final, heldout),
-            "heldout_loss_in_training": r["eval_curve"][-1][1]}
+            "heldout_loss_in_training": r["eval_curve"][-1][1], "phases": ph}
 
 
 def last_error(log: str) -> str:
@@ -204,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="epochs for every recipe (default 1)")
     p.add_argument("--repeat", type=int, default=1, help="run every recipe K times, interleaved; keep the fastest")
     p.add_argument("--only", default=",".join(RECIPES), help="comma-separated recipes: " + ", ".join(RECIPES))
+    p.add_argument("--model", type=Path, help="model folder every recipe trains (default: the starter); it must "
+                   "use the starter's tokenizer, which splits the records and encodes the held-out set")
+    p.add_argument("--phases", action="store_true",
+                   help="also split each recipe's optimizer step into forward+loss, backward, ZeRO gradient "
+                        "handling and optimizer step (bench/phase_timer, loaded into the peers by bench/peer_probe)")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs, peer configs)")
     args = p.parse_args(argv)
@@ -218,19 +245,20 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="peer-bench-"))
     train, heldout, ours_data = prepare_data(work, args.records, args.heldout)
-    cfg = job_config(args.epochs)
+    cfg = job_config(args.epochs, args.model)
     write_peer_inputs(cfg, work, train, heldout)
     n_train = args.records - args.heldout
     print(f"{args.records} records, {args.heldout} held out, {args.epochs} epoch(s); work dir {work}", flush=True)
 
     def ours():
-        r = run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout,
-                     ["train.eval_steps=1", f"train.epochs={args.epochs}"])
+        sets = ["train.eval_steps=1", f"train.epochs={args.epochs}", f"model.path={cfg.model.path}"]
+        r = run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout, sets,
+                     hooks_env(work, "ours", args.phases))
         r["records"] = n_train * args.epochs
         return r
 
-    jobs = {"ours": ours, **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs))
-                             for peer in ("trl", "llamafactory")}}
+    jobs = {"ours": ours, **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs,
+                                                               args.phases)) for peer in ("trl", "llamafactory")}}
     runs: dict[str, list[dict]] = {name: [] for name in only}
     for _ in range(args.repeat):
         for name in only:
@@ -262,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ours / {r['recipe']}: records/s {(ref['records'] / ref['train_time_s']) / (r['records'] / r['train_time_s']):.2f}x, "
               f"label tokens/s {(ref['label_tokens'] / ref['train_time_s']) / (r['label_tokens'] / r['train_time_s']):.2f}x, "
               f"peak RSS {ref['peak_rss_bytes'] / r['peak_rss_bytes']:.2f}x")
+    if args.phases:
+        print("\nwhere each optimizer step's time goes (ms per step, bench/phase_timer):")
+        print(phase_table([r for r in done if r.get("phases")]))
     if args.repeat > 1:
         for name, rs in runs.items():
             print(f"{name}: training seconds of each run "

@@ -161,3 +161,28 @@ def test_stream_drops_stop_tokens_and_a_half_character(chat_model):
         streamer.put(torch.tensor([token]))
     streamer.end()
     assert "".join(streamer) == "好ok"
+
+
+def test_stream_shows_each_token_as_it_arrives(chat_model):
+    """The CLI and the Chat page print a byte-level BPE model's first token when it is generated, not when a space
+    follows it; the pieces still join to the whole reply, and half a character waits for its other bytes."""
+    import torch
+
+    from trainer_core.models.inference import _reply_streamer
+
+    _, tok = chat_model
+    words = tok("Hello world", add_special_tokens=False)["input_ids"]
+    fish = tok("鱻", add_special_tokens=False)["input_ids"]
+    streamer = _reply_streamer(tok, [])
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt
+    shown = []
+    for token in [*words, *fish, *tok("!\nok", add_special_tokens=False)["input_ids"]]:
+        streamer.put(torch.tensor([token]))
+        pieces = []
+        while not streamer.text_queue.empty():
+            pieces.append(streamer.text_queue.get_nowait())
+        shown.append("".join(pieces))
+    streamer.end()
+    assert shown[0] == tok.decode(words[:1]) and shown[0].strip()  # "Hello" before any space
+    assert shown[len(words)] == ""  # the first byte of 鱻 alone is held back
+    assert "".join(shown) + "".join(streamer) == "Hello world鱻!\nok"

@@ -49,6 +49,8 @@ def test_every_peer_gets_our_job(peer_inputs):
     assert s["packing"] is True and s["completion_only_loss"] is True
     assert lf["packing"] is True and lf["train_on_prompt"] is False and lf["finetuning_type"] == "full"
     assert lf["bf16"] is False and lf["stage"] == "sft" and lf["trust_remote_code"] is False
+    # The same model folder, absolute: the peers run in the work directory, where a relative path is a Hub id.
+    assert trl["model"] == lf["model_name_or_path"] == str(PROJECT_ROOT / cfg.model.path) and Path(trl["model"]).is_dir()
     # One DeepSpeed JSON for all, and it is the one our trainer resolves: ZeRO-2 with the optimizer on the CPU.
     assert s["deepspeed"] == lf["deepspeed"]
     ds = json.loads(Path(s["deepspeed"]).read_text(encoding="utf-8"))
@@ -81,3 +83,24 @@ def test_bad_arguments_are_refused_before_anything_runs(args, message, capsys, m
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err and not made
+
+
+@pytest.mark.parametrize("phases", [False, True])
+def test_the_probe_loads_the_phase_timer_into_a_peer_when_asked(tmp_path, phases):
+    """--phases: a peer's process imports only bench/peer_probe's sitecustomize, which then loads the phase timer,
+    so both hook the peer's Trainer (here the product's transformers stands in for a peer venv's)."""
+    import os
+    import subprocess
+
+    (tmp_path / "probe.json").write_text(json.dumps({"eval_steps": 1, "root": str(PROJECT_ROOT)}))
+    (tmp_path / "heldout.json").write_text("[]")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "bench" / "peer_probe"), "BENCH_PEER_PROBE": str(tmp_path),
+           "RANK": "0"}
+    env.pop("BENCH_PHASES", None)
+    if phases:
+        env["BENCH_PHASES"] = str(tmp_path / "phases")
+    code = ("from transformers.trainer import Trainer; "
+            "print(Trainer.__init__.__name__, Trainer.training_step.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["init_with_probe", "wrapper" if phases else "training_step"]

@@ -9,7 +9,10 @@ On rank 0, once transformers.trainer is imported, every Trainer gets a callback 
     batch given to compute_loss, and all input positions as tokens;
   - every eval_steps optimizer steps and at the last one scores the live model with bench.common.heldout_loss (the
     shared evaluator) and takes that time off the clock;
-and writes result.json when training ends.
+and writes result.json when training ends. With BENCH_PHASES also set (peer_bench --phases), it loads
+bench/phase_timer/sitecustomize.py too, by path: a process imports only the first `sitecustomize` on its path, and
+the phase timer's hooks work on any HF Trainer. result.json then carries the probe's evaluation seconds, which the
+phase table takes off the loop as it does our trainer's Trainer.evaluate.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ OUT = os.environ.get("BENCH_PEER_PROBE")
 
 
 def _install(module) -> None:
-    probe = json.loads((Path(OUT) / "probe.json").read_text())
-    sys.path.insert(0, probe["root"])
     from bench.common import heldout_loss  # torch-only, shared with every other recipe
 
     heldout = [SimpleNamespace(**e) for e in json.loads((Path(OUT) / "heldout.json").read_text())]
@@ -54,7 +55,7 @@ def _install(module) -> None:
         def on_train_end(self, args, state, control, **kw):
             (Path(OUT) / "result.json").write_text(json.dumps({
                 "train_time_s": self.curve[-1][2] if self.curve else self.elapsed(),
-                "steps": state.global_step, **counts, "eval_curve": self.curve,
+                "steps": state.global_step, **counts, "eval_curve": self.curve, "probe_eval_s": self.eval_s,
                 "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
     init, compute_loss = trainer_cls.__init__, trainer_cls.compute_loss
@@ -74,6 +75,14 @@ def _install(module) -> None:
 
 
 if OUT and os.environ.get("RANK", "0") == "0":
+    # A peer's launch need not have our checkout on its path: bench.after_import and bench.common live there.
+    sys.path.insert(0, json.loads((Path(OUT) / "probe.json").read_text())["root"])
     from bench.after_import import after_import
 
+    if os.environ.get("BENCH_PHASES"):
+        import runpy
+
+        # A process runs only the first sitecustomize on its path: load the phase timer's too; its hooks join ours
+        # in bench.after_import's one registry.
+        runpy.run_path(str(Path(__file__).resolve().parent.parent / "phase_timer" / "sitecustomize.py"))
     after_import({"transformers.trainer": _install})

@@ -16,7 +16,6 @@ from trainer_core.config.ds_config import ZeroLayout, build_ds_config, zero_layo
 from trainer_core.config.hardware import Hardware, detect, resolve_precision
 from trainer_core.config.run_config import RunConfig
 from trainer_core.errors import Text, UserError, text
-from trainer_core.training.linear_ce import workspace_bytes
 
 GiB = 1024**3
 MiB = 1024**2
@@ -159,7 +158,10 @@ def _activations(shape: ModelShape, cfg: RunConfig, stage: int, half: bool, on_g
         head = kept * shape.vocab * 4 * 3
     else:
         # The blockwise head loss (linear_ce) never holds the logits: its workspace, plus the embedding's dense
-        # gradient, which autograd adds to the head's when the two are tied.
+        # gradient, which autograd adds to the head's when the two are tied. Imported here: linear_ce is training
+        # code (torch), and the dashboard's pages import this module.
+        from trainer_core.training.linear_ce import workspace_bytes
+
         head = workspace_bytes(labelled, shape.vocab, shape.hidden, d, on_gpu) + shape.vocab * shape.hidden * d
     return int(acts), int(head)
 

@@ -226,6 +226,7 @@ def _reply_streamer(tokenizer, stop_ids: list[int], handle: ReplyHandle | None =
     from transformers import TextIteratorStreamer
 
     stops = set(stop_ids)
+    eager = _prefix_stable(tokenizer)
 
     class ReplyStreamer(TextIteratorStreamer):
         def put(self, value):
@@ -235,8 +236,22 @@ def _reply_streamer(tokenizer, stop_ids: list[int], handle: ReplyHandle | None =
                 kept = [t for t in value.reshape(-1).tolist() if t not in stops]
                 if not kept:
                     return
+                if eager:
+                    return self._show_now(kept)
                 value = torch.tensor(kept, dtype=torch.long)
             super().put(value)
+
+        def _show_now(self, tokens: list[int]) -> None:
+            # Every token shows as it arrives (the base class holds a word back until the next space), except a
+            # character still missing its other bytes.
+            self.token_cache.extend(tokens)
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            shown = text.rstrip("\ufffd")
+            if len(shown) > self.print_len:
+                self.on_finalized_text(shown[self.print_len:])
+            self.print_len = len(shown)
+            if text.endswith("\n"):  # as the base class does, so that decoding stays short
+                self.token_cache, self.print_len = [], 0
 
         def on_finalized_text(self, text: str, stream_end: bool = False):
             # Mid-stream the streamer already holds back an unfinished character (it waits for a space or a whole
@@ -244,6 +259,14 @@ def _reply_streamer(tokenizer, stop_ids: list[int], handle: ReplyHandle | None =
             super().on_finalized_text(text.rstrip("\ufffd") if stream_end else text, stream_end)
 
     return ReplyStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+
+
+def _prefix_stable(tokenizer) -> bool:
+    """Whether decoding more tokens never rewrites text already decoded (byte-level BPE without clean-up), so each
+    token can be shown at once. Other decoders (SentencePiece's leading space, clean-up of " ,") may rewrite it."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    return type(decoder).__name__ == "ByteLevel" and not getattr(tokenizer, "clean_up_tokenization_spaces", True)
 
 
 class _Cancelled:
