@@ -17,7 +17,6 @@ import streamlit as st
 from app.i18n import CONFIG_FIELDS, LABELS, lang, option_labels, say, t
 from trainer_core import paths
 from trainer_core.config.run_config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
-from trainer_core.data.dataset import modified_time
 from trainer_core.errors import UserError
 
 QUICKSTART = paths.CONFIGS_DIR / "quickstart.yaml"
@@ -291,34 +290,6 @@ def apply_preset() -> None:
 
 def reset_to_quickstart() -> None:
     load_into_form(default_config())
-
-
-def _resolved(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else paths.PROJECT_ROOT / p
-
-
-def _mtime(path: str) -> float:
-    try:
-        return _resolved(path).stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _preflight(yaml_text: str, stamp: tuple):
-    from trainer_core.config.run_config import config_from_dict as build
-    from trainer_core.runs.registry import preflight
-    import yaml
-
-    return preflight(build(yaml.safe_load(yaml_text)))
-
-
-def preflight(cfg: RunConfig):
-    """`trainer_core.runs.registry.preflight`, cached until the config or the files it reads change."""
-    stamp = (modified_time(_resolved(cfg.data.path)), _mtime(str(Path(cfg.model.path) / "config.json")),
-             _mtime(cfg.deepspeed.config_file) if cfg.deepspeed.config_file else 0.0)
-    return _preflight(cfg.to_yaml(), stamp)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

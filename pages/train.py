@@ -4,6 +4,7 @@ import json
 
 import streamlit as st
 
+from app import train_checks
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
@@ -16,12 +17,13 @@ require_frame()
 st.title(t("train.title"))
 st.caption(t("app.steps"))
 
-# Validate what the widgets hold before drawing them, so each error can sit under its own field.
+# Validate what the widgets hold before drawing them, so each error can sit under its own field. The slow checks
+# (the data through the tokenizer) run in the background: the form draws now, the plan when they are done.
 cfg, error = form.validate()
-pf = None
+pf = checks = None
 if cfg is not None:
     try:
-        pf = form.preflight(cfg)
+        pf, checks = train_checks.preflight(cfg)
     except UserError as e:
         error = say(e)
 
@@ -111,6 +113,8 @@ st.divider()
 st.subheader(t("train.plan"))
 if error:
     st.error(t("train.invalid", error=error), icon=":material/error:")
+elif pf is None:
+    st.fragment(run_every=train_checks.POLL_S)(train_checks.placeholder)(checks)
 else:
     try:
         plan = form.memory_plan(pf.cfg)

@@ -60,8 +60,13 @@ def warm_server(monkeypatch):
 
 
 @pytest.fixture
-def app(runs_root, uploads, starter_model, warm_server):
-    """A fresh dashboard session (Chinese, the default) with an empty runs folder."""
+def app(runs_root, uploads, starter_model, warm_server, monkeypatch):
+    """A fresh dashboard session (Chinese, the default) with an empty runs folder. The Train page's background
+    checks are waited for within the script run, so its plan is there after one run (test_app_second_pass checks
+    the page without that wait)."""
+    from app import train_checks
+
+    monkeypatch.setattr(train_checks, "FIRST_WAIT_S", 120.0)
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     assert not at.exception

@@ -167,6 +167,41 @@ def test_the_preset_box_shows_what_the_form_holds(app):
     assert app.selectbox(key="p.f.preset").value == "zero3_offload"
 
 
+# ---------------------------------------------------------------------------------------------------- speed
+
+
+def test_the_train_form_draws_before_the_slow_checks_finish(app, monkeypatch):
+    """Preflight encodes the whole dataset with the model's tokenizer (seconds for a new file, and on every edit):
+    the page used to be blank below its title until it was done. Now the form draws at once with a placeholder
+    where the plan goes, and the plan appears once the checks are done. The checks are held here by a gate."""
+    import threading
+    import uuid
+
+    from app import data_jobs, train_checks
+    from trainer_core.runs import registry
+
+    gate, real = threading.Event(), registry.preflight
+
+    def held(cfg):
+        assert gate.wait(60), "the page waited for the checks"
+        return real(cfg)
+
+    monkeypatch.setattr(registry, "preflight", held)
+    monkeypatch.setattr(train_checks, "FIRST_WAIT_S", 0.0)
+    app.session_state["p.f.data.persona"] = f"你是华妃 {uuid.uuid4()}"  # a config no earlier test has checked
+    goto(app, "pages/train.py")
+    assert app.text_input(key="p.f.run.name") and app.selectbox(key="p.f.deepspeed.stage").value == 2
+    assert ZH["train.checking"] in texts(app, "info")
+    assert ZH["plan.fits"] not in texts(app, "success")
+    gate.set()
+    for job in list(data_jobs._jobs.values()):
+        assert job.finished.wait(60)
+    app.run()
+    assert not app.exception
+    assert ZH["train.checking"] not in texts(app, "info") and ZH["plan.fits"] in texts(app, "success")
+    assert app.button(key="train.launch").disabled is False
+
+
 # ---------------------------------------------------------------------------------------------------- friction
 
 
