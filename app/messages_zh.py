@@ -12,6 +12,7 @@ MESSAGES_ZH: dict[str, str] = {
     # --- config (trainer_core/config/) ---
 
     # --- runs (trainer_core/runs/) ---
+    "runs.no_such_checkpoint": "运行 {name} 没有步数为 {step} 的完整检查点；现有的完整检查点：{have}",
 
     # --- training (trainer_core/training/) ---
 

@@ -250,6 +250,29 @@ def test_force_stop_asks_first(app, runs_root):
         supervisor.wait()
 
 
+def test_resume_from_a_chosen_checkpoint(app, runs_root, monkeypatch):
+    """The Monitor offers the run's complete checkpoints, newest preselected; picking an older one says what is
+    removed, and Resume starts from it. The supervisor's process start is replaced by a recorder (the real resume
+    from a chosen checkpoint runs in tests/test_browser_e2e.py); the rest is the real supervisor.resume."""
+    from trainer_core.runs import supervisor
+
+    run = make_run(runs_root, "paused", "stopped", steps=8)
+    (run / rd.CHECKPOINTS / "checkpoint-4").mkdir()
+    (run / rd.CHECKPOINTS / "checkpoint-4" / rd.COMPLETE_MARKER).write_text("{}")
+    (run / rd.CHECKPOINTS / "checkpoint-6").mkdir()  # partial: never offered
+    started = []
+    monkeypatch.setattr(supervisor, "start", lambda run, detach, resume_from: started.append(resume_from))
+    goto(app, "pages/monitor.py")
+    box = app.selectbox(key="mon.resume_step.paused")
+    assert box.options == [ZH["mon.resume_newest"].format(step=8), ZH["mon.resume_step"].format(step=4)]
+    assert box.value == 8 and not texts(app, "warning")
+    box.set_value(4).run()
+    assert ZH["mon.resume_drops"].format(step=4, later="8") in texts(app, "warning")
+    app.button(key="mon.resume").click().run()
+    assert not app.exception and started == [run / rd.CHECKPOINTS / "checkpoint-4"]
+    assert sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
+
+
 def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
     from trainer_core.config.run_config import load_config
     from trainer_core.data.step_estimate import estimate_total_steps

@@ -4,7 +4,7 @@
     python -m trainer_core check-data FILE_OR_FOLDER [--model DIR] [--max-length N] [--no-tokens] [--json]
     python -m trainer_core plan CONFIG [--set k=v]... [--json]
     python -m trainer_core train CONFIG [--set k=v]... [--detach]
-    python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--detach]
+    python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--checkpoint STEP] [--detach]
     python -m trainer_core runs [--json] | logs RUN [-n N] [--follow]
     python -m trainer_core chat MODEL_OR_RUN --prompt TEXT [--persona TEXT] [--max-new-tokens N]
     python -m trainer_core export RUN [--checkpoint STEP] [--format qwen1]
@@ -261,7 +261,7 @@ def cmd_resume(args) -> int:
     from trainer_core.runs.supervisor import resume
 
     run = _run(args.run)
-    ckpt = resume(run)
+    ckpt = resume(run, checkpoint=args.checkpoint)
     print(f"resuming {run.name} from {ckpt.name if ckpt else 'the start (no complete checkpoint)'}",
           file=sys.stderr)
     code = 0 if args.detach else _wait_foreground(run)
@@ -467,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("resume", help="continue a stopped or failed run from its newest complete checkpoint")
     s.add_argument("run")
+    s.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
+                   help="resume from this complete checkpoint instead; the run's later checkpoints and metric rows "
+                        "are removed")
     s.add_argument("--detach", action="store_true")
     s.set_defaults(fn=cmd_resume)
 
