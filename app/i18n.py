@@ -100,6 +100,9 @@ ZH: dict[str, str] = {
     # train page
     "train.title": "训练",
     "train.reset": "恢复为快速上手配置",
+    "train.load_config": "载入保存的 config.yaml",
+    "train.load_config_pick": "选择一个运行的 config.yaml（例如从历史运行页下载的），表单会换成其中的设置，运行名称重新生成。",
+    "train.config_loaded": "已载入 {name}，表单已换成其中的设置。",
     "train.tab.model": "模型与数据",
     "train.tab.hyper": "超参数",
     "train.tab.zero": "ZeRO 与精度",
@@ -375,6 +378,11 @@ ZH: dict[str, str] = {
     "runs.exporting": "正在合并 ZeRO 分片……",
     "runs.exported": "已导出到 {path}，可在对话页选择。",
     "runs.saved_config": "保存的配置（config.yaml）",
+    "dl.title": "下载模型",
+    "dl.no_models": "这个运行还没有可下载的模型：训练完成后有 final，导出检查点后也可下载。",
+    "dl.model": "下载 {name}.zip（{size}）",
+    "dl.too_big": "{name} 有 {size}，太大，不经浏览器下载（Streamlit 会把下载内容放在内存里）；模型文件夹在服务器上的 {path}。",
+    "dl.config": "下载 config.yaml",
 }
 
 EN: dict[str, str] = {
@@ -458,6 +466,9 @@ EN: dict[str, str] = {
                          "trained as plain text, never as turn markers, and are most likely a mistake in the data.",
     "train.title": "Train",
     "train.reset": "Reset to the quickstart config",
+    "train.load_config": "Load a saved config.yaml",
+    "train.load_config_pick": "Pick a run's config.yaml (e.g. one downloaded from the Runs page): the form takes its settings, under a new run name.",
+    "train.config_loaded": "Loaded {name}: the form now holds its settings.",
     "train.tab.model": "Model & data",
     "train.tab.hyper": "Hyperparameters",
     "train.tab.zero": "ZeRO & precision",
@@ -699,6 +710,11 @@ EN: dict[str, str] = {
     "runs.exporting": "Merging the ZeRO shards…",
     "runs.exported": "Exported to {path}; pick it on the Chat page.",
     "runs.saved_config": "Saved config (config.yaml)",
+    "dl.title": "Download a model",
+    "dl.no_models": "This run has no model to download yet: final/ once training completes, or an exported checkpoint.",
+    "dl.model": "Download {name}.zip ({size})",
+    "dl.too_big": "{name} is {size}, too large to hand through the browser (Streamlit holds a download in memory); the model folder is {path} on the server.",
+    "dl.config": "Download config.yaml",
 }
 EN.update({f"help.{section}.{name}": field_help(section, name) for section, name in CONFIG_FIELDS})
 

@@ -17,9 +17,15 @@ MESSAGES_ZH: dict[str, str] = {
     # --- training (trainer_core/training/) ---
 
     # --- models (trainer_core/models/) ---
+    "models.archive_incomplete": "{folder} 不是完整的模型文件夹（没有 {marker}），请重新导出。",
 
     # --- cli (trainer_core/cli.py) ---
 
     # --- app (app/, pages/) ---
+    "app.config_too_big": "{name} 有 {size}，远超一个运行配置（几 KB）：请选择某个运行的 config.yaml。",
+    "app.config_not_text": "{name} 不是 UTF-8 文本：请选择 config.yaml 文件。",
+    "app.config_not_yaml": "{name} 不是有效的 YAML：{reason}",
+    "app.config_too_deep": "{name} 嵌套太深；运行配置只有两层。",
+    "app.config_not_mapping": "{name} 应该是一个映射（model:、data:、train: ……），而不是 {kind}。",
 
 }

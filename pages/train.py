@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from app import train_checks
+from app import downloads, train_checks
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
@@ -35,6 +35,7 @@ def f(section: str, name: str, **kw) -> None:
 
 
 st.button(t("train.reset"), key="train.reset", on_click=form.reset_to_quickstart, icon=":material/restart_alt:")
+downloads.config_uploader()
 tabs = st.tabs([t("train.tab.model"), t("train.tab.hyper"), t("train.tab.zero"), t("train.tab.placement")])
 with tabs[0]:
     c1, c2 = st.columns(2)
