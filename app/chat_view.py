@@ -25,7 +25,7 @@ def run_targets(run: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     if rd.has_final(run):
         out["final"] = run / rd.FINAL
-    exports = run / "exports"
+    exports = run / rd.EXPORTS
     if exports.is_dir():
         for p in sorted(exports.glob("checkpoint-*"), key=rd.checkpoint_step, reverse=True):
             if (p / rd.COMPLETE_MARKER).is_file():

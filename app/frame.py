@@ -8,8 +8,9 @@ from pathlib import Path
 import streamlit as st
 
 from app.i18n import LANGUAGES, phase_text, state_label, t
-from app.state import LIVE_STATES, active_run
-from trainer_core.runs.supervisor import read_state
+from app.state import active_run
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.state import read_state
 
 CARD_REFRESH_S = 2.0
 
@@ -62,8 +63,8 @@ def notify_end(name: str, state: str, on_monitor: bool) -> None:
     """A toast when the run this tab follows ends while the tab is on another page (the Monitor says it itself)."""
     seen = st.session_state.setdefault("frame.seen", {})
     before, seen[name] = seen.get(name), state
-    if before in LIVE_STATES and state in ("completed", "failed", "stopped") and not on_monitor:
-        icons = {"completed": ":material/task_alt:", "failed": ":material/error:", "stopped": ":material/pause:"}
+    if before in rd.LIVE and state in rd.TERMINAL and not on_monitor:
+        icons = {rd.COMPLETED: ":material/task_alt:", rd.FAILED: ":material/error:", rd.STOPPED: ":material/pause:"}
         st.toast(t(f"frame.ended.{state}", name=name), icon=icons[state], duration="long")
 
 
@@ -77,9 +78,9 @@ def sidebar(page_url: str = "") -> None:
             st.caption(t("frame.no_run"))
             st.page_link("pages/train.py", label=t("frame.start_one"), icon=":material/rocket_launch:")
             return
-        state = read_state(run)["state"]
+        state = read_state(run).state
         notify_end(run.name, state, on_monitor=page_url == "monitor")
-        live = state in LIVE_STATES
+        live = state in rd.LIVE
         st.fragment(run_every=CARD_REFRESH_S if live else None)(_run_card)(run, live)
 
 
@@ -89,13 +90,11 @@ def _run_card(run: Path, live: bool) -> None:
         st.markdown(f"**{t('frame.active_run')}**")
         st.text(run.name)
         phase = phase_text(s)
-        st.markdown(state_label(s["state"]) + (f" · {phase}" if phase else ""))
-        total = s.get("total_steps") or 0
-        step = s.get("step") or 0
+        st.markdown(state_label(s.state) + (f" · {phase}" if phase else ""))
+        total, step = s.total_steps or 0, s.step
         if total:
             st.progress(min(step / total, 1.0), text=t("frame.step", step=step, total=total))
-        loss = s.get("loss")
-        st.caption(t("frame.loss", loss="-" if loss is None else f"{loss:.4f}"))
+        st.caption(t("frame.loss", loss="-" if s.loss is None else f"{s.loss:.4f}"))
         st.page_link("pages/monitor.py", label=t("frame.open_monitor"), icon=":material/monitoring:")
-    if live and s["state"] not in LIVE_STATES:
+    if live and not s.live:
         st.rerun()  # the run just ended: redraw the whole page once, without the timer

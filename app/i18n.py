@@ -12,6 +12,7 @@ import streamlit as st
 
 from app.messages_zh import MESSAGES_ZH
 from trainer_core.config.run_config import SECTIONS, field_help
+from trainer_core.runs import protocol as rd
 
 LANGUAGES = {"zh": "中文", "en": "English"}
 DEFAULT_LANGUAGE = "zh"
@@ -748,8 +749,8 @@ EN.update({
 
 LABELS = {"zh": ZH, "en": EN}
 
-STATE_COLOURS = {"queued": "gray", "starting": "blue", "running": "blue", "stopping": "orange",
-                 "completed": "green", "failed": "red", "stopped": "orange"}
+STATE_COLOURS = {rd.QUEUED: "gray", rd.STARTING: "blue", rd.RUNNING: "blue", rd.STOPPING: "orange",
+                 rd.COMPLETED: "green", rd.FAILED: "red", rd.STOPPED: "orange"}
 
 
 def lang() -> str:
@@ -789,14 +790,14 @@ def state_name(state: str) -> str:
     return t(f"state.{state}") if f"state.{state}" in ZH else state
 
 
-def phase_text(status: dict) -> str:
+def phase_text(status: rd.Status) -> str:
     """What a live run is doing, e.g. "验证 12/50"; empty when it says nothing more than its state."""
-    phase = status.get("phase")
-    if not phase or status.get("state") not in ("running", "stopping"):
+    phase = status.phase
+    if not phase or status.state not in (rd.RUNNING, rd.STOPPING):
         return ""
     text = t(f"phase.{phase}") if f"phase.{phase}" in ZH else phase
-    if status.get("phase_total"):
-        text += f" {status.get('phase_done') or 0}/{status['phase_total']}"
+    if status.phase_total:
+        text += f" {status.phase_done or 0}/{status.phase_total}"
     return text
 
 

@@ -13,6 +13,19 @@ MESSAGES_ZH: dict[str, str] = {
 
     # --- runs (trainer_core/runs/) ---
     "runs.no_such_checkpoint": "运行 {name} 没有步数为 {step} 的完整检查点；现有的完整检查点：{have}",
+    "runs.state_queued": "排队中",
+    "runs.state_starting": "启动中",
+    "runs.state_running": "训练中",
+    "runs.state_stopping": "正在停止",
+    "runs.state_completed": "已完成",
+    "runs.state_failed": "失败",
+    "runs.state_stopped": "已停止",
+    "runs.state_other": "{state}",
+    "runs.already_live": "运行 {name} 已经是“{state}”状态。",
+    "runs.not_running": "运行 {name} 没有在运行。",
+    "runs.external_force_stop": "运行 {name} 是在工作室之外启动的（launch_node.sh 或 Slurm）：请在它运行的地方强制停止（scancel，或在其启动器上按 Ctrl-C）；普通停止可以在这里保存并结束它。",
+    "runs.resume_live": "运行 {name} 仍处于“{state}”状态，请先停止它。",
+    "runs.resume_completed": "运行 {name} 已经完成；要再训练一次，请克隆它。",
 
     # --- training (trainer_core/training/) ---
 

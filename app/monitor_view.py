@@ -12,10 +12,9 @@ import pandas as pd
 import streamlit as st
 
 from app.i18n import option_labels, phase_text, state_name, t
-from app.state import LIVE_STATES
-from trainer_core.runs import protocol as rd
 from trainer_core.config.memory import fmt_bytes
-from trainer_core.runs.supervisor import ERROR_LINE, OOM, read_state
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.state import read_state
 from trainer_core.runs.tailing import read_new_rows, tail_lines
 
 REFRESH_S = 1.0
@@ -23,8 +22,9 @@ LOG_LINES = 200
 MAX_POINTS = 1500
 
 
-def new_rows(run: Path, filename: str) -> list[dict]:
-    """All rows of a run's JSONL file, reading only what was appended since this tab last looked."""
+def new_rows(run: Path, filename: str, parse=None) -> list[dict]:
+    """All rows of a run's JSONL file, reading only what was appended since this tab last looked; `parse` (e.g.
+    metrics rows through `MetricsRow`) applies to each new row once."""
     cache = st.session_state.setdefault("mon.rows", {})
     path = run / filename
     rows, offset = cache.get(str(path), ([], 0))
@@ -35,9 +35,16 @@ def new_rows(run: Path, filename: str) -> list[dict]:
     if size < offset:  # the file was replaced (run deleted and recreated under the same name)
         rows, offset = [], 0
     added, offset = read_new_rows(path, offset)
+    if parse is not None:
+        added = [parse(r) for r in added]
     rows = rows + added
     cache[str(path)] = (rows, offset)
     return rows
+
+
+def _metrics_row(raw: dict) -> dict:
+    """A metrics.jsonl row as the protocol reads it (unknown keys kept, missing ones absent)."""
+    return rd.MetricsRow.from_json(raw).to_json()
 
 
 def _thin(df: pd.DataFrame) -> pd.DataFrame:
@@ -111,17 +118,12 @@ def resource_frames(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, bool]
     return _thin(pd.DataFrame(dev)), _thin(pd.DataFrame(host)), on_gpu
 
 
-def is_error_line(line: str) -> bool:
-    s = line.strip()
-    return bool(ERROR_LINE.match(s) or s.startswith("Traceback") or OOM.search(s))
-
-
 def log_html(lines: list[str]) -> str:
     """The log tail as escaped text, error lines in red. Log text is never interpreted as HTML."""
     out = []
     for line in lines:
         text = html.escape(line)
-        if is_error_line(line):
+        if rd.is_error_line(line):
             text = f'<span style="color:#b71c1c; background:#fdecea; font-weight:600">{text}</span>'
         out.append(text)
     style = ("font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.78rem; white-space: pre-wrap; "
@@ -141,7 +143,7 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def _stop(run: Path, force: bool) -> None:
-    from trainer_core.runs.supervisor import stop
+    from trainer_core.runs.lifecycle import stop
 
     try:
         stop(run, force=force)
@@ -188,11 +190,11 @@ def _estimate(config_path: str, mtime: float) -> int | None:
         return None  # the trainer will report the data problem itself; the page shows "?" meanwhile
 
 
-def total_steps_text(run: Path, status: dict) -> str:
+def total_steps_text(run: Path, status: rd.Status) -> str:
     """The run's total steps as the trainer reports it, or before it does (start-up) an estimate from the run's
     config and data, marked "≈"."""
-    if status.get("total_steps"):
-        return str(status["total_steps"])
+    if status.total_steps:
+        return str(status.total_steps)
     config = run / rd.CONFIG
     try:
         estimate = _estimate(str(config), config.stat().st_mtime)
@@ -214,24 +216,24 @@ def curve_controls() -> tuple[str, float]:
 def live_panel(run: Path, live: bool) -> None:
     """Progress, charts, memory and log of one run; redrawn every second while the run is alive."""
     s = read_state(run)
-    step, total = s.get("step") or 0, s.get("total_steps") or 0
+    step, total = s.step, s.total_steps or 0
     total_text = total_steps_text(run, s)
-    train, evals = metric_frames(new_rows(run, rd.METRICS))
+    train, evals = metric_frames(new_rows(run, rd.METRICS, _metrics_row))
     last = train.iloc[-1].to_dict() if not train.empty else {}
     with st.container(key="mon-progress"):
         phase = phase_text(s)
         st.progress(min(step / total, 1.0) if total else 0.0,
                     text=t("mon.progress", step=step, total=total_text,
-                           state=state_name(s["state"]) + (f" · {phase}" if phase else "")))
+                           state=state_name(s.state) + (f" · {phase}" if phase else "")))
         c = st.columns(6)
         c[0].metric(t("mon.step"), f"{step} / {total_text}", help=None if total else t("mon.total_estimate"))
-        c[1].metric(t("mon.loss"), _fmt(s.get("loss"), ".4f"))
-        c[2].metric(t("mon.eval_loss"), _fmt(s.get("eval_loss"), ".4f"))
+        c[1].metric(t("mon.loss"), _fmt(s.loss, ".4f"))
+        c[2].metric(t("mon.eval_loss"), _fmt(s.eval_loss, ".4f"))
         c[3].metric(t("mon.tokens_s"), _fmt(last.get("tokens_per_s"), ",.0f"),
                     help=t("mon.label_tokens_s", n=_fmt(last.get("label_tokens_per_s"), ",.0f")))
-        training = s["state"] in LIVE_STATES and s.get("phase", "training") == "training"
-        c[4].metric(t("mon.eta"), fmt_duration(s.get("eta_s")) if training else "-")  # none once training is over
-        c[5].metric(t("mon.elapsed"), fmt_duration(s.get("run_s")), help=t("mon.run_time_help"))
+        training = s.live and s.phase in (None, rd.PHASE_TRAINING)
+        c[4].metric(t("mon.eta"), fmt_duration(s.eta_s) if training else "-")  # none once training is over
+        c[5].metric(t("mon.elapsed"), fmt_duration(s.run_s), help=t("mon.run_time_help"))
 
     x, smoothing = curve_controls()
     if x not in train or (not train.empty and train[x].isna().all()):
@@ -290,5 +292,5 @@ def live_panel(run: Path, live: bool) -> None:
         st.html(log_html(lines))
     else:
         st.caption(t("mon.no_log"))
-    if live and s["state"] not in LIVE_STATES:
+    if live and not s.live:
         st.rerun()  # the run ended: redraw the page once (buttons, error box) and stop the timer

@@ -12,7 +12,7 @@ from app.i18n import state_name
 from trainer_core.runs import protocol as rd
 from trainer_core.config.run_config import RunConfig, load_config
 from trainer_core.errors import UserError
-from trainer_core.runs.supervisor import read_state
+from trainer_core.runs.state import read_state
 from trainer_core.runs.tailing import read_all_rows
 
 
@@ -33,17 +33,16 @@ def history_row(run: Path) -> dict:
         model, data = Path(cfg.model.path).name, Path(cfg.data.path).name
     except UserError:
         model = data = "?"
-    total = s.get("total_steps")
     return {
         "name": run.name,
         "model": model,
         "data": data,
-        "state": state_name(s["state"]),
-        "steps": f"{s.get('step') or 0}/{total or '?'}",
-        "final loss": _loss(s.get("loss")),
-        "eval loss": _loss(s.get("eval_loss")),
-        "duration": fmt_duration(s.get("run_s")),  # the Monitor's "run time": segments added up
-        "checkpoints": ", ".join(map(str, s["checkpoints"])),
+        "state": state_name(s.state),
+        "steps": f"{s.step}/{s.total_steps or '?'}",
+        "final loss": _loss(s.loss),
+        "eval loss": _loss(s.eval_loss),
+        "duration": fmt_duration(s.run_s),  # the Monitor's "run time": segments added up
+        "checkpoints": ", ".join(map(str, s.checkpoints)),
     }
 
 
@@ -58,11 +57,11 @@ def loss_overlay(runs: list[Path], x_title: str, y_title: str, labels: dict[str,
     `labels` names the two kinds in the tab's language."""
     parts = []
     for run in runs:
-        rows = read_all_rows(run / rd.METRICS)
+        rows = [rd.MetricsRow.from_json(r) for r in read_all_rows(run / rd.METRICS)]
         for column in ("loss", "eval_loss"):
-            kept = [r for r in rows if r.get(column) is not None]
+            kept = [{"step": r.step, column: getattr(r, column)} for r in rows if getattr(r, column) is not None]
             if kept:
-                df = pd.DataFrame(kept)[["step", column]].drop_duplicates("step", keep="last")
+                df = pd.DataFrame(kept).drop_duplicates("step", keep="last")
                 parts.append(df.rename(columns={column: "value"}).assign(run=run.name, kind=labels[column]))
     if not parts:
         return None

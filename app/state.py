@@ -7,9 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from trainer_core.runs.registry import list_runs
-from trainer_core.runs.supervisor import read_state
-
-LIVE_STATES = ("starting", "running", "stopping")
+from trainer_core.runs.state import read_state
 
 
 def active_run() -> Path | None:
@@ -22,7 +20,7 @@ def active_run() -> Path | None:
     for run in runs:
         if run.name == picked:
             return run
-    live = [run for run in runs if read_state(run)["state"] in LIVE_STATES]
+    live = [run for run in runs if read_state(run).live]
     return (live or runs or [None])[0]
 
 

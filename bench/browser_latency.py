@@ -68,7 +68,7 @@ def make_live(run: Path) -> None:
                                              "create_time": me.create_time(), "started": time.time()})
     with open(run / rd.METRICS, "w") as f:
         f.write(json.dumps(row(1)) + "\n")
-    rd.update_status(run, state="running", step=1, total_steps=TOTAL, loss=12.0, eta_s=999.0)
+    rd.update_status(run, state=rd.RUNNING, step=1, total_steps=TOTAL, loss=12.0, eta_s=999.0)
 
 
 def row(step: int) -> dict:

@@ -43,9 +43,8 @@ def make_runs(root: Path, n: int, log_gb: float) -> Path:
                                     "grad_norm": 1.0, "tokens_per_s": 900.0, "label_tokens_per_s": 400.0,
                                     "elapsed_s": s * 1.0, "eta_s": 200.0 - s, "peak_mem_bytes": [2**30]}) + "\n")
         (run / rd.LOG).write_text("step ok\n" * 100, encoding="utf-8")
-        rd.write_json_atomic(run / rd.STATUS, {"state": "completed", "name": run.name, "step": 200,
-                                               "total_steps": 200, "loss": 8.0, "created": now - 3600 + i,
-                                               "ended": now - 3000 + i})
+        rd.write_status(run, rd.Status(state=rd.COMPLETED, name=run.name, step=200, total_steps=200, loss=8.0,
+                                       created=now - 3600 + i, ended=now - 3000 + i))
         live = run
     # The newest run gets a 1 GB log: a sparse hole followed by real lines, as a long run's log would end.
     log = live / rd.LOG

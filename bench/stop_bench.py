@@ -26,7 +26,9 @@ sys.path.insert(0, str(ROOT))
 from trainer_core.runs import protocol as rd  # noqa: E402
 from trainer_core.config.run_config import load_config  # noqa: E402
 from trainer_core.runs.registry import create_run  # noqa: E402
-from trainer_core.runs.supervisor import read_state, start, stop  # noqa: E402
+from trainer_core.runs.lifecycle import stop  # noqa: E402
+from trainer_core.runs.state import RunState, read_state  # noqa: E402
+from trainer_core.runs.supervisor import start  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "huanhuan.json"
 
@@ -40,7 +42,7 @@ def launch(data: Path, ranks: int, cap: int, extra: list[str]) -> Path:
     return run
 
 
-def wait(run: Path, pred, timeout: float, what: str) -> dict:
+def wait(run: Path, pred, timeout: float, what: str) -> RunState:
     deadline = time.time() + timeout
     while time.time() < deadline:
         s = read_state(run)
@@ -53,21 +55,20 @@ def wait(run: Path, pred, timeout: float, what: str) -> dict:
 
 def stop_seconds(data: Path, ranks: int, cap: int) -> float:
     run = launch(data, ranks, cap, ["train.epochs=1"])
-    wait(run, lambda s: s.get("step", 0) >= 3, 600, "step 3")
+    wait(run, lambda s: s.step >= 3, 600, "step 3")
     t0 = time.time()
-    s = stop(run)
+    s = stop(run).state
     dt = time.time() - t0
-    assert s["state"] == "stopped" and rd.latest_checkpoint(run), s
+    assert s.state == rd.STOPPED and rd.latest_checkpoint(run), s
     return dt
 
 
 def tail_seconds(data: Path, ranks: int, cap: int) -> float:
     run = launch(data, ranks, cap, ["train.max_steps=6"])
-    s = wait(run, lambda s: s.get("phase") not in (None, "training") or s["state"] in rd.TERMINAL_STATES, 600,
-             "the end of training")
+    s = wait(run, lambda s: s.phase not in (None, rd.PHASE_TRAINING) or s.terminal, 600, "the end of training")
     t0 = time.time()
-    s = wait(run, lambda s: s["state"] in rd.TERMINAL_STATES, 900, "completion")
-    assert s["state"] == "completed", s
+    s = wait(run, lambda s: s.terminal, 900, "completion")
+    assert s.state == rd.COMPLETED, s
     return time.time() - t0
 
 

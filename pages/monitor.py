@@ -5,10 +5,11 @@ import streamlit as st
 from app import monitor_view as mv
 from app.frame import require_frame
 from app.i18n import say, t
-from app.state import LIVE_STATES, active_run, runs_or_stop, set_active_run
+from app.state import active_run, runs_or_stop, set_active_run
 from trainer_core.errors import UserError
-from trainer_core.runs.protocol import TERMINAL_STATES
-from trainer_core.runs.supervisor import read_state, resume
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.lifecycle import resume
+from trainer_core.runs.state import read_state
 
 require_frame()
 st.title(t("mon.title"))
@@ -19,30 +20,30 @@ st.selectbox(t("mon.run"), list(runs), key="mon.run", on_change=lambda: set_acti
 run = runs[st.session_state["mon.run"]]
 s = read_state(run)
 
-if s["state"] == "failed":
-    st.error(t("mon.failed", error=s.get("error") or t("mon.unknown_error")), icon=":material/error:")
-elif s["state"] == "completed":
+if s.state == rd.FAILED:
+    st.error(t("mon.failed", error=s.error or t("mon.unknown_error")), icon=":material/error:")
+elif s.state == rd.COMPLETED:
     st.success(t("mon.completed"), icon=":material/task_alt:")
     if st.button(t("mon.chat_now"), key="mon.chat_now", icon=":material/chat:"):
         st.session_state["chat.open"] = run.name  # the Chat page opens on this run, whatever it showed before
         st.switch_page("pages/chat.py")
-elif s["state"] == "stopped":
-    st.info(t("mon.stopped", checkpoints=", ".join(map(str, s["checkpoints"])) or "-"), icon=":material/pause:")
-elif s.get("supervisor_lost"):
-    st.warning(t("mon.supervisor_lost", n=s["supervisor_lost"]), icon=":material/warning:")
-elif s.get("heartbeat_age_s") is not None:  # launched by launch_node.sh or Slurm: no supervisor here
-    st.caption(t("mon.external", age=f"{s['heartbeat_age_s']:.0f}"))
+elif s.state == rd.STOPPED:
+    st.info(t("mon.stopped", checkpoints=", ".join(map(str, s.checkpoints)) or "-"), icon=":material/pause:")
+elif s.supervisor_lost:
+    st.warning(t("mon.supervisor_lost", n=s.supervisor_lost), icon=":material/warning:")
+elif s.heartbeat_age_s is not None:  # launched by launch_node.sh or Slurm: no supervisor here
+    st.caption(t("mon.external", age=f"{s.heartbeat_age_s:.0f}"))
 
 row = st.container(horizontal=True)  # one row of buttons, each as wide as its label
 if row.button(t("mon.stop"), key="mon.stop", icon=":material/save:", help=t("mon.stop_help"),
-               disabled=s["state"] not in ("starting", "running")):
+               disabled=s.state not in (rd.STARTING, rd.RUNNING)):
     mv.stop_in_background(run, force=False)
     st.toast(t("mon.stop_requested"))
-can_force = s["alive"] and s["state"] not in TERMINAL_STATES
+can_force = s.alive and not s.terminal
 if row.button(t("mon.force_stop"), key="mon.force_stop", icon=":material/dangerous:", help=t("mon.force_help"),
                disabled=not can_force):
     st.session_state["mon.force_confirm"] = run.name  # nothing is saved: ask first, as Delete does
-resumable = s["state"] in ("stopped", "failed")
+resumable = s.state in (rd.STOPPED, rd.FAILED)
 if row.button(t("mon.resume"), key="mon.resume", icon=":material/play_arrow:", help=t("mon.resume_help"),
                disabled=not resumable):
     try:
@@ -52,8 +53,8 @@ if row.button(t("mon.resume"), key="mon.resume", icon=":material/play_arrow:", h
         st.error(say(e), icon=":material/error:")
     else:
         st.rerun()
-if resumable and s["checkpoints"]:
-    mv.resume_choice(row, run, s["checkpoints"])
+if resumable and s.checkpoints:
+    mv.resume_choice(row, run, s.checkpoints)
 
 if st.session_state.get("mon.force_confirm") == run.name:
     if not can_force:  # the run ended meanwhile: nothing left to end
@@ -69,5 +70,5 @@ if st.session_state.get("mon.force_confirm") == run.name:
             st.session_state.pop("mon.force_confirm")
             st.rerun()
 
-live = s["state"] in LIVE_STATES
+live = s.live
 st.fragment(run_every=mv.REFRESH_S if live else None)(mv.live_panel)(run, live)

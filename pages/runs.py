@@ -10,7 +10,7 @@ from app.i18n import say, t
 from app.state import active_run, runs_or_stop, set_active_run
 from trainer_core.errors import UserError
 from trainer_core.runs.registry import delete_run
-from trainer_core.runs.supervisor import read_state
+from trainer_core.runs.state import read_state
 
 require_frame()
 st.title(t("runs.title"))
@@ -73,7 +73,7 @@ if row.button(t("runs.clone"), key="runs.clone", icon=":material/edit:", disable
 if row.button(t("runs.monitor"), key="runs.monitor", icon=":material/monitoring:"):
     set_active_run(run)
     st.switch_page("pages/monitor.py")
-if row.button(t("runs.delete"), key="runs.delete", icon=":material/delete:", disabled=state["alive"],
+if row.button(t("runs.delete"), key="runs.delete", icon=":material/delete:", disabled=state.alive,
                help=t("runs.delete_help")):
     st.session_state["runs.confirm"] = run.name
 if st.session_state.get("runs.confirm") == run.name:
@@ -94,11 +94,11 @@ if st.session_state.get("runs.confirm") == run.name:
         st.rerun()
 
 with st.expander(t("runs.export"), expanded=False):
-    if not state["checkpoints"]:
+    if not state.checkpoints:
         st.caption(t("runs.no_checkpoints"))
     else:
         c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
-        step = c1.selectbox(t("runs.export_step"), list(reversed(state["checkpoints"])), key="runs.export_step")
+        step = c1.selectbox(t("runs.export_step"), list(reversed(state.checkpoints)), key="runs.export_step")
         if c2.button(t("runs.export_go"), key="runs.export_go", icon=":material/download:"):
             from trainer_core.models.export import export_checkpoint
 

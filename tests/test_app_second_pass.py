@@ -253,15 +253,15 @@ def test_force_stop_asks_first(app, runs_root):
 def test_resume_from_a_chosen_checkpoint(app, runs_root, monkeypatch):
     """The Monitor offers the run's complete checkpoints, newest preselected; picking an older one says what is
     removed, and Resume starts from it. The supervisor's process start is replaced by a recorder (the real resume
-    from a chosen checkpoint runs in tests/test_browser_e2e.py); the rest is the real supervisor.resume."""
-    from trainer_core.runs import supervisor
+    from a chosen checkpoint runs in tests/test_browser_e2e.py); the rest is the real lifecycle.resume."""
+    from trainer_core.runs import lifecycle
 
     run = make_run(runs_root, "paused", "stopped", steps=8)
     (run / rd.CHECKPOINTS / "checkpoint-4").mkdir()
     (run / rd.CHECKPOINTS / "checkpoint-4" / rd.COMPLETE_MARKER).write_text("{}")
     (run / rd.CHECKPOINTS / "checkpoint-6").mkdir()  # partial: never offered
     started = []
-    monkeypatch.setattr(supervisor, "start", lambda run, detach, resume_from: started.append(resume_from))
+    monkeypatch.setattr(lifecycle, "start", lambda run, detach, resume_from: started.append(resume_from))
     goto(app, "pages/monitor.py")
     box = app.selectbox(key="mon.resume_step.paused")
     assert box.options == [ZH["mon.resume_newest"].format(step=8), ZH["mon.resume_step"].format(step=4)]

@@ -93,11 +93,12 @@ def server(tmp_path):
         yield srv
     finally:
         from trainer_core.runs.registry import list_runs
-        from trainer_core.runs.supervisor import read_state, stop
+        from trainer_core.runs.lifecycle import stop
+        from trainer_core.runs.state import read_state
 
         srv.stop()
         for run in list_runs(srv.runs):
-            if read_state(run)["alive"]:
+            if read_state(run).alive:
                 stop(run, force=True)
         print(srv.log_path.read_text(errors="replace")[-3000:])
 

@@ -154,7 +154,7 @@ def test_remote_code_model_trains_with_chatml_when_trusted(runs_root, remote_cod
                                                   "train.max_steps": 4, "data.eval_ratio": 0}))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = Path(proc.stdout.strip().splitlines()[-1])
-    assert rd.read_status(run)["state"] == "completed"
+    assert rd.read_status(run).state == rd.COMPLETED
     final = run / rd.FINAL
     assert (final / "model.safetensors").is_file() and list(final.glob("*.py")), "custom code travels with final/"
     reply = cli("chat", str(run), "--trust-remote-code", "--prompt", "你是谁", "--max-new-tokens", "5", check=True)

@@ -180,7 +180,7 @@ def test_two_launches_at_once_start_exactly_one_run(runs_root, starter_model):
     """Two tabs pressing Launch at the same moment: the dashboard's launch path, from two threads."""
     from app import train_form
     from trainer_core.errors import UserError
-    from trainer_core.runs.supervisor import stop
+    from trainer_core.runs.lifecycle import stop
 
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", ["train.max_steps=50"])
     results: list = []

@@ -31,7 +31,6 @@ PENDING = {
     "trainer_core/models/export.py", "trainer_core/models/inference.py", "trainer_core/models/local.py",
     "trainer_core/models/qwen1_import.py", "trainer_core/models/starter.py",
     "trainer_core/runs/device_locks.py", "trainer_core/runs/launch.py", "trainer_core/runs/registry.py",
-    "trainer_core/runs/supervisor.py",
     "trainer_core/training/train.py",
 }
 

@@ -350,7 +350,7 @@ def trained_run(imported: Path, **sets) -> Path:
     proc = cli("train", QUICKSTART, *args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = Path(proc.stdout.strip().splitlines()[-1])
-    assert rd.read_status(run)["state"] == "completed"
+    assert rd.read_status(run).state == rd.COMPLETED
     return run
 
 
@@ -388,7 +388,7 @@ def test_imported_model_trains_on_two_ranks_zero3(runs_root, imported):
     run = trained_run(imported, **{"train.max_steps": 2, "train.save_steps": 2, "deepspeed.stage": 3,
                                    "deepspeed.offload_optimizer": "none", "placement.num_ranks": 2,
                                    "name": "qwen1-z3"})
-    assert rd.read_status(run)["world_size"] == 2
+    assert rd.read_status(run).world_size == 2
     state = AutoModelForCausalLM.from_pretrained(run / rd.FINAL, use_safetensors=True).state_dict()
     # ZeRO-3 gathered the real weights on save, the untied lm_head included.
     assert state["model.embed_tokens.weight"].shape == state["lm_head.weight"].shape == (151936, 32)

@@ -3,15 +3,17 @@
 (launch_node.sh, Slurm) is judged from it. The processes here are this test's own; the real trainer's heartbeat and
 a really killed external job are in tests/test_scale_out.py."""
 
+import json
 import os
 import socket
 import time
 
 import psutil
+import pytest
 
 from conftest import wait_for
 from trainer_core.runs import protocol as rd
-from trainer_core.runs.supervisor import read_state
+from trainer_core.runs.state import read_state
 
 
 def beat_time(run):
@@ -41,7 +43,7 @@ def test_a_full_disk_does_not_stop_the_heartbeat_thread(tmp_path):
     stop.set()
 
 
-def external_run(tmp_path, state="running", beat_age=None, log=""):
+def external_run(tmp_path, state=rd.RUNNING, beat_age=None, log=""):
     run = tmp_path / "run"
     run.mkdir()
     rd.update_status(run, state=state)
@@ -54,31 +56,31 @@ def external_run(tmp_path, state="running", beat_age=None, log=""):
 
 def test_external_run_with_a_recent_heartbeat_is_running(tmp_path):
     st = read_state(external_run(tmp_path, beat_age=rd.HEARTBEAT_EVERY_S))
-    assert st["state"] == "running" and not st.get("interrupted")
-    assert rd.HEARTBEAT_EVERY_S <= st["heartbeat_age_s"] < rd.HEARTBEAT_EVERY_S + 5
+    assert st.state == rd.RUNNING and not st.interrupted
+    assert rd.HEARTBEAT_EVERY_S <= st.heartbeat_age_s < rd.HEARTBEAT_EVERY_S + 5
 
 
 def test_external_run_whose_heartbeat_stopped_is_failed_with_the_reason(tmp_path):
     run = external_run(tmp_path, beat_age=rd.HEARTBEAT_STALE_S + 60)
     st = read_state(run)
-    assert st["state"] == "failed" and st["interrupted"]
-    assert st["error"].startswith("no heartbeat from the trainer for 6 min")
-    assert rd.read_status(run)["state"] == "running"  # judged, not rewritten: a beat that resumes revives it
+    assert st.state == rd.FAILED and st.interrupted
+    assert st.error.startswith("no heartbeat from the trainer for 6 min")
+    assert rd.read_status(run).state == rd.RUNNING  # judged, not rewritten: a beat that resumes revives it
 
 
 def test_the_log_names_the_cause_when_it_has_one(tmp_path):
     log = "[rank0]: Traceback (most recent call last):\n[rank0]: RuntimeError: NCCL communicator was aborted\n"
     st = read_state(external_run(tmp_path, beat_age=rd.HEARTBEAT_STALE_S + 1, log=log))
-    assert st["state"] == "failed" and "NCCL communicator was aborted" in st["error"]
+    assert st.state == rd.FAILED and "NCCL communicator was aborted" in st.error
 
 
 def test_without_a_heartbeat_nothing_is_judged(tmp_path):
     # Runs written before heartbeats existed, or a job whose rank 0 has not started yet.
-    assert read_state(external_run(tmp_path))["state"] == "running"
+    assert read_state(external_run(tmp_path)).state == rd.RUNNING
 
 
 def test_finished_runs_are_not_judged_by_their_heartbeat(tmp_path):
-    assert read_state(external_run(tmp_path, "completed", beat_age=10 * rd.HEARTBEAT_STALE_S))["state"] == "completed"
+    assert read_state(external_run(tmp_path, rd.COMPLETED, beat_age=10 * rd.HEARTBEAT_STALE_S)).state == rd.COMPLETED
 
 
 def test_supervised_runs_are_judged_by_their_supervisor_not_the_heartbeat(tmp_path):
@@ -86,4 +88,65 @@ def test_supervised_runs_are_judged_by_their_supervisor_not_the_heartbeat(tmp_pa
     me = psutil.Process()
     rd.write_json_atomic(run / rd.MANIFEST, {"pid": me.pid, "create_time": me.create_time()})  # "alive"
     st = read_state(run)
-    assert st["state"] == "running" and st["alive"] and "heartbeat_age_s" not in st
+    assert st.state == rd.RUNNING and st.alive and st.heartbeat_age_s is None
+
+
+# ---------------------------------------------------------------- the typed records
+
+def test_status_from_an_old_run_dir_reads_with_defaults_and_keeps_unknown_keys(tmp_path):
+    # The format on disk, as an older (or newer) version wrote it: missing fields, one this version does not know.
+    (tmp_path / rd.STATUS).write_text(json.dumps({"state": "stopped", "step": 7, "some_future_field": [1, 2]}))
+    status = rd.read_status(tmp_path)
+    assert status.state == rd.STOPPED and status.terminal and status.step == 7
+    assert status.total_steps is None and status.segments == [] and status.lints == []
+    rd.update_status(tmp_path, last_checkpoint=7)
+    on_disk = json.loads((tmp_path / rd.STATUS).read_text())
+    assert on_disk["some_future_field"] == [1, 2] and on_disk["last_checkpoint"] == 7 and on_disk["updated"] > 0
+
+
+def test_status_of_a_missing_or_damaged_file_is_queued(tmp_path):
+    assert rd.read_status(tmp_path).state == rd.QUEUED
+    (tmp_path / rd.STATUS).write_text("{half")
+    assert rd.read_status(tmp_path) == rd.Status()
+
+
+def test_a_misspelt_status_field_is_refused_and_nothing_is_written(tmp_path):
+    with pytest.raises(TypeError):
+        rd.update_status(tmp_path, setp=3)
+    assert not (tmp_path / rd.STATUS).exists()
+
+
+def test_states_partition_into_live_terminal_and_queued():
+    assert rd.LIVE.isdisjoint(rd.TERMINAL) and set(rd.STATES) == rd.LIVE | rd.TERMINAL | {rd.QUEUED}
+
+
+def test_metrics_row_round_trip_keeps_both_losses_and_drops_other_absent_values():
+    row = rd.MetricsRow(step=3, loss=1.5, lr=1e-3)
+    assert row.to_json() == {"step": 3, "loss": 1.5, "eval_loss": None, "lr": 1e-3}
+    assert rd.MetricsRow.from_json(row.to_json()) == row
+    old = rd.MetricsRow.from_json({"step": 2, "loss": 2.0, "extra_metric": 9})
+    assert old.eval_loss is None and old.to_json()["extra_metric"] == 9
+
+
+def test_metrics_rows_are_appended_as_whole_lines(tmp_path):
+    with open(tmp_path / rd.METRICS, "a", encoding="utf-8") as f:
+        rd.append_metrics(f, rd.MetricsRow(step=1, loss=3.0))
+        rd.append_metrics(f, rd.MetricsRow(step=1, eval_loss=2.5))
+    lines = (tmp_path / rd.METRICS).read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 1] and json.loads(lines[1])["loss"] is None
+
+
+def test_control_requests_round_trip(tmp_path):
+    assert rd.read_control(tmp_path).action is None
+    rd.request(tmp_path, rd.SAVE_AND_STOP, cause="the launcher died")
+    control = rd.read_control(tmp_path)
+    assert control.action == rd.SAVE_AND_STOP and control.cause == "the launcher died" and control.requested
+
+
+def test_the_log_line_classifier_supervisor_and_monitor_share():
+    assert rd.error_message("[rank1]: RuntimeError: NCCL timeout") == "RuntimeError: NCCL timeout"
+    assert rd.error_message("error: data.path x not found") == "error: data.path x not found"
+    assert rd.error_message("step 3 loss 2.1") is None
+    assert rd.is_error_line("Traceback (most recent call last):")
+    assert rd.is_error_line("  torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert not rd.is_error_line("[INFO] saving checkpoint-4")

@@ -34,7 +34,7 @@ def test_simultaneous_unnamed_runs_get_distinct_complete_directories(runs_root, 
         th.join()
     assert sorted(p.name for p in made) == ["run-same-second", "run-same-second-2", "run-same-second-3"]
     for run in made:
-        assert load_config(run / rd.CONFIG).name == run.name and rd.read_status(run)["state"] == "queued"
+        assert load_config(run / rd.CONFIG).name == run.name and rd.read_status(run).state == rd.QUEUED
     assert visible(runs_root) == sorted(p.name for p in made), "no temporary or reserved leftovers"
 
 
@@ -96,33 +96,33 @@ def test_resume_from_a_checkpoint_that_does_not_exist_is_refused_naming_the_comp
 def test_resume_from_an_older_checkpoint_drops_the_later_history(runs_root, starter_model, monkeypatch):
     """The supervisor's process start is replaced by a recorder here (the real resume is in test_supervisor and the
     browser test); everything before it is the real code."""
-    from trainer_core.runs import supervisor
+    from trainer_core.runs import lifecycle
 
     run = _stopped_run_with_checkpoints(runs_root)
     started = []
-    monkeypatch.setattr(supervisor, "start", lambda run, detach, resume_from: started.append(resume_from))
-    assert supervisor.resume(run, checkpoint=4) == run / rd.CHECKPOINTS / "checkpoint-4"
+    monkeypatch.setattr(lifecycle, "start", lambda run, detach, resume_from: started.append(resume_from))
+    assert lifecycle.resume(run, checkpoint=4) == run / rd.CHECKPOINTS / "checkpoint-4"
     assert started == [run / rd.CHECKPOINTS / "checkpoint-4"]
     assert sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
     assert _metric_steps(run) == [1, 2, 3, 4]
     status = rd.read_status(run)
-    assert status["resumed_from"] == 4 and status["step"] == 4
+    assert status.resumed_from == 4 and status.step == 4
 
 
 def test_a_refused_resume_puts_the_later_checkpoints_back(runs_root, starter_model):
     """Devices busy (a real lock held by another run): the start is refused and nothing of the run is lost."""
     from conftest import CPU_LOCK
-    from trainer_core.runs import device_locks, supervisor
+    from trainer_core.runs import device_locks, lifecycle
 
     run = _stopped_run_with_checkpoints(runs_root)
     before = sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()), (run / rd.METRICS).read_text()
     fds = device_locks.acquire(runs_root / "other", [CPU_LOCK])
     try:
         with pytest.raises(UserError, match="in use by run"):
-            supervisor.resume(run, checkpoint=4)
+            lifecycle.resume(run, checkpoint=4)
     finally:
         for fd in fds:
             __import__("os").close(fd)
     assert (sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()), (run / rd.METRICS).read_text()) == before
     assert [p.name for p in (run / rd.CHECKPOINTS).glob(".superseded-*")] == []
-    assert rd.read_status(run)["step"] == 8 and rd.read_status(run).get("resumed_from") is None
+    assert rd.read_status(run).step == 8 and rd.read_status(run).resumed_from is None

@@ -19,7 +19,7 @@ from trainer_core.runs import protocol as rd
 from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_command_line
 from trainer_core.config.run_config import load_config
 from trainer_core.runs.launch import free_port
-from trainer_core.runs.supervisor import read_state
+from trainer_core.runs.state import read_state
 from trainer_core.runs.tailing import read_all_rows
 
 QUICKSTART = "configs/quickstart.yaml"
@@ -63,7 +63,7 @@ def micro(run: Path) -> int:
 def rows_and_steps(run: Path, log: str) -> tuple[int, list[int], int]:
     n_rows = int(re.search(r"(\d+) training rows", log).group(1))
     steps = [r["step"] for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
-    return n_rows, steps, rd.read_status(run).get("total_steps", -1)
+    return n_rows, steps, rd.read_status(run).total_steps
 
 
 @pytest.mark.slow
@@ -75,11 +75,11 @@ def test_two_nodes_on_loopback_train_with_sharded_data(runs_root):
     joined = cli("join", str(run), "--node-rank", "1", "--no-lock", timeout=600)
     assert joined.returncode == 0, joined.stderr[-3000:]
     deadline = time.time() + 120
-    while read_state(run)["state"] not in rd.TERMINAL_STATES and time.time() < deadline:
+    while read_state(run).state not in rd.TERMINAL and time.time() < deadline:
         time.sleep(0.5)
     st = read_state(run)
-    assert st["state"] == "completed", st.get("error")
-    assert st["nodes_expected"] == 2 and st["world_size"] == 2
+    assert st.state == rd.COMPLETED, st.error
+    assert st.nodes_expected == 2 and st.world_size == 2
     n_rows, steps, total = rows_and_steps(run, (run / rd.LOG).read_text(encoding="utf-8", errors="replace"))
     assert total == math.ceil(n_rows / (micro(run) * 2)) < math.ceil(n_rows / micro(run)), \
         "data must be sharded over both nodes' ranks"
@@ -120,7 +120,7 @@ def test_slurm_script_runs_both_nodes(runs_root, tmp_path):
         kill_job(job)
     assert job.returncode == 0, output[-3000:]
     st = read_state(run)
-    assert st["state"] == "completed" and rd.has_final(run)
+    assert st.state == rd.COMPLETED and rd.has_final(run)
     assert (run / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
     n_rows, steps, total = rows_and_steps(run, output)  # sbatch would put this in slurm-%j.log
     assert total == math.ceil(n_rows / (micro(run) * 2)) and steps == list(range(1, total + 1))
@@ -135,19 +135,19 @@ def test_a_killed_slurm_job_is_reported_failed_once_its_heartbeat_stops(runs_roo
     run = created_run(*two_node_sets(name="slurm-killed", **{"train.max_steps": 100000, "train.save_steps": 0}))
     job = slurm_job(run, tmp_path)
     try:
-        wait_for(lambda: rd.read_status(run).get("step", 0) >= 2, 300,
+        wait_for(lambda: rd.read_status(run).step >= 2, 300,
                  "the external run to train")
-        assert read_state(run)["state"] == "running" and not read_state(run)["alive"]  # no supervisor here
+        assert read_state(run).state == rd.RUNNING and not read_state(run).alive  # no supervisor here
     finally:
         kill_job(job)
     last_beat = rd.read_json(run / rd.HEARTBEAT)["time"]
     stale = rd.HEARTBEAT_EVERY_S + 5
     monkeypatch.setattr(rd, "HEARTBEAT_STALE_S", stale)
-    assert read_state(run)["state"] == "running"  # a beat at most one interval old: not judged yet
-    st = wait_for(lambda: (s := read_state(run))["state"] == "failed" and s, stale + 10, "the run to be judged lost")
+    assert read_state(run).state == rd.RUNNING  # a beat at most one interval old: not judged yet
+    st = wait_for(lambda: (s := read_state(run)).state == rd.FAILED and s, stale + 10, "the run to be judged lost")
     assert rd.read_json(run / rd.HEARTBEAT)["time"] == last_beat  # nothing beats any more
-    assert st["interrupted"] and st["error"]
-    assert rd.read_status(run)["state"] == "running"  # judged from the directory, nothing rewritten
+    assert st.interrupted and st.error
+    assert rd.read_status(run).state == rd.RUNNING  # judged from the directory, nothing rewritten
 
 
 def test_a_single_node_run_also_gets_cluster_scripts(runs_root, starter_model):
@@ -164,19 +164,19 @@ def test_an_external_job_stops_from_the_studio_with_a_checkpoint(runs_root, tmp_
     """Stop works on a Slurm-launched run through control.json, the channel every trainer polls; force-stop, which
     needs the process group, is refused with where to do it instead."""
     from trainer_core.errors import UserError
-    from trainer_core.runs.supervisor import stop
+    from trainer_core.runs.lifecycle import stop
 
     run = created_run(*two_node_sets(name="slurm-stop", **{"train.max_steps": 100000, "train.save_steps": 0}))
     rd.write_json_atomic(run / rd.CONTROL, {"action": "save_and_stop", "requested": 0})  # left by an earlier attempt
     job = slurm_job(run, tmp_path)
     try:
-        wait_for(lambda: rd.read_status(run).get("step", 0) >= 2, 300, "the external run to train")
+        wait_for(lambda: rd.read_status(run).step >= 2, 300, "the external run to train")
         with pytest.raises(UserError, match="started outside the studio"):
             stop(run, force=True)
-        st = stop(run, save_timeout=120)
+        st = stop(run, save_timeout=120).state
         output, _ = job.communicate(timeout=120)
     finally:
         kill_job(job)
     assert job.returncode == 0, output[-3000:]
-    assert st["state"] == "stopped" and read_state(run)["state"] == "stopped"
+    assert st.state == rd.STOPPED and read_state(run).state == rd.STOPPED
     assert rd.complete_checkpoints(run) and not rd.has_final(run)

@@ -16,11 +16,10 @@ import pytest
 from conftest import CPU_LOCK, cli, detach, quick_sets, rank_pids, run_pids, wait_for
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.device_locks import holder as lock_holder
-from trainer_core.runs.supervisor import read_state
+from trainer_core.runs.state import read_state
 
 pytestmark = pytest.mark.slow
 
-LIVE = ("starting", "running", "stopping")
 
 
 def _pid_of(run: Path, target: str) -> int:
@@ -44,8 +43,8 @@ def _pid_of(run: Path, target: str) -> int:
 def test_killing_a_process_above_the_ranks_ends_the_whole_run_after_a_save(runs_root, target, cause):
     run = detach(*quick_sets(**{"placement.num_ranks": 2, "train.max_steps": 400, "train.save_steps": 1000,
                                 "name": f"kill-{target}"}))
-    wait_for(lambda: rd.read_status(run).get("step", 0) >= 2, 300, "two training steps")
-    step_at_kill = rd.read_status(run)["step"]
+    wait_for(lambda: rd.read_status(run).step >= 2, 300, "two training steps")
+    step_at_kill = rd.read_status(run).step
     os.kill(_pid_of(run, target), signal.SIGKILL)
 
     # Until the last process is gone the run reads live and its device stays locked; then failed, and free.
@@ -57,14 +56,14 @@ def test_killing_a_process_above_the_ranks_ends_the_whole_run_after_a_save(runs_
         if not pids:
             break
         if ranks:
-            assert st["state"] in LIVE, (st["state"], st.get("error"))
+            assert st.state in rd.LIVE, (st.state, st.error)
             assert held == str(run), "a rank is alive: its device must stay locked"
             observed_live = True
         assert time.time() < deadline, f"processes of the run left: {pids}"
         time.sleep(0.3)
-    st = wait_for(lambda: (s := read_state(run))["state"] in rd.TERMINAL_STATES and s, 30, "a final state")
+    st = wait_for(lambda: (s := read_state(run)).state in rd.TERMINAL and s, 30, "a final state")
     assert observed_live
-    assert st["state"] == "failed" and cause in st["error"], st.get("error")
+    assert st.state == rd.FAILED and cause in st.error, st.error
     assert lock_holder(CPU_LOCK) is None
     saved = rd.latest_checkpoint(run)
     assert saved is not None and rd.checkpoint_step(saved) >= step_at_kill, "the ranks save before they exit"

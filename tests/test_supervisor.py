@@ -14,7 +14,7 @@ import pytest
 from conftest import CPU_LOCK, cli, detach, quick_sets, run_pids, wait_for
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.device_locks import holder as lock_holder
-from trainer_core.runs.supervisor import read_state
+from trainer_core.runs.state import read_state
 from trainer_core.runs.tailing import read_all_rows
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_detached_two_rank_run_outlives_its_launcher_and_holds_the_cpu_lock(runs
 
     wait_for(lambda: status_json(run)["state"] == "completed", 400, "completion")
     final = rd.read_status(run)
-    assert final["exit_code"] == 0 and final["state"] == "completed"
+    assert final.exit_code == 0 and final.state == rd.COMPLETED
     assert lock_holder(CPU_LOCK) is None
     samples = read_all_rows(run / rd.RESOURCES)
     assert any(len(s["ranks"]) == 2 and all(r["rss_bytes"] > 50 * 2**20 for r in s["ranks"]) for s in samples)
@@ -65,14 +65,14 @@ def test_detached_two_rank_run_outlives_its_launcher_and_holds_the_cpu_lock(runs
 
 def test_stop_saves_then_ends_every_process_and_resume_finishes(runs_root):
     run = detach(*quick_sets(**{"train.max_steps": 30, "train.save_steps": 1000, "name": "stoppable"}))
-    wait_for(lambda: rd.read_status(run).get("step", 0) >= 3, 240, "three steps")
+    wait_for(lambda: rd.read_status(run).step >= 3, 240, "three steps")
     pids = run_pids(run)
     assert len(pids) >= 3  # supervisor, deepspeed launcher(s), rank
 
     out = cli("stop", str(run), timeout=300)
     assert out.returncode == 0, out.stderr
     st = read_state(run)
-    assert st["state"] == "stopped" and not st["alive"]
+    assert st.state == rd.STOPPED and not st.alive
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert lock_holder(CPU_LOCK) is None
     ckpts = rd.complete_checkpoints(run)
@@ -80,17 +80,17 @@ def test_stop_saves_then_ends_every_process_and_resume_finishes(runs_root):
     stopped_at = rd.checkpoint_step(ckpts[0])
     assert 3 <= stopped_at < 30
 
-    first = st["run_s"]
+    first = st.run_s
     time.sleep(3)  # time spent stopped: not part of the run's time
     res = cli("resume", str(run), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert read_state(run)["state"] == "completed" and rd.has_final(run)
+    assert read_state(run).state == rd.COMPLETED and rd.has_final(run)
     # The run's time is both segments added up (the Monitor and Runs pages show it), without the pause between.
     done = read_state(run)
-    (start, end), = done["segments"]
+    (start, end), = done.segments
     assert abs((end - start) - first) < 0.01
-    second = done["ended"] - rd.read_json(run / rd.MANIFEST)["started"]
-    assert abs(done["run_s"] - (first + second)) < 0.01 and done["run_s"] < done["ended"] - done["created"] - 2.5
+    second = done.ended - rd.read_json(run / rd.MANIFEST)["started"]
+    assert abs(done.run_s - (first + second)) < 0.01 and done.run_s < done.ended - done.created - 2.5
     steps = [r["step"] for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
     # Resumed from the saved step: the steps after it are trained once more each, up to max_steps.
     assert steps[-1] == 30 and steps.count(stopped_at + 1) == 1 and max(steps) == 30
@@ -117,15 +117,15 @@ def test_kill_9_during_a_checkpoint_save_is_never_offered(runs_root):
     partial_step = rd.checkpoint_step(partial)
     assert partial_step not in complete, "a checkpoint without its marker was offered"
     st = read_state(run)
-    assert st["state"] == "failed" and st["interrupted"]
-    assert partial_step not in st["checkpoints"]
+    assert st.state == rd.FAILED and st.interrupted
+    assert partial_step not in st.checkpoints
     assert lock_holder(CPU_LOCK) is None, "kill -9 must free the lock"
 
     res = cli("resume", str(run), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     log = (run / rd.LOG).read_text()
     assert f"resuming from {run / rd.CHECKPOINTS / f'checkpoint-{max(complete)}'}" in log
-    assert read_state(run)["state"] == "completed"
+    assert read_state(run).state == rd.COMPLETED
 
 
 def test_a_model_gone_by_launch_time_ends_failed_with_the_root_error(runs_root, starter_model, tmp_path):
@@ -138,8 +138,8 @@ def test_a_model_gone_by_launch_time_ends_failed_with_the_root_error(runs_root, 
     run = create_run(load_config(QUICKSTART, [f"model.path={moved}", "name=model-gone"]))  # preflight passes
     shutil.rmtree(moved)  # the share is unmounted / the folder moved before the run starts
     start(run, detach=True)
-    wait_for(lambda: read_state(run)["state"] == "failed", 240, "failure")
-    st = status_json(run)
+    wait_for(lambda: read_state(run).state == rd.FAILED, 240, "failure")
+    st = status_json(run)  # the CLI's JSON: the format on disk and on stdout
     assert st["state"] == "failed" and st["exit_code"] not in (0, None)
     assert st["error"] == f"model.path {moved} is not a directory: point it at a local model folder " \
         "(run `python -m trainer_core prepare-models` for the starter model)", st["error"]

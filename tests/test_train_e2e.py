@@ -37,12 +37,12 @@ def logged(run: Path, pattern: str) -> re.Match:
 def test_one_rank_zero2_offload_trains_chats_and_exports(runs_root, starter_model):
     run = finished_run(cli("train", QUICKSTART, *quick_sets(), "--set", "name=one-rank"))
     status = rd.read_status(run)
-    assert status["state"] == "completed" and status["exit_code"] == 0
+    assert status.state == rd.COMPLETED and status.exit_code == 0
 
     rows = [r for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
     steps = [r["step"] for r in rows]
-    assert steps == list(range(1, status["total_steps"] + 1)), "one metrics line per step, rank 0 only"
-    assert estimate_total_steps(load_config(run / rd.CONFIG)) == status["total_steps"]  # the Monitor's estimate
+    assert steps == list(range(1, status.total_steps + 1)), "one metrics line per step, rank 0 only"
+    assert estimate_total_steps(load_config(run / rd.CONFIG)) == status.total_steps  # the Monitor's estimate
     losses = [r["loss"] for r in rows]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, f"loss did not fall: {losses}"
     assert all(len(r["peak_mem_bytes"]) == 1 for r in rows)
@@ -81,17 +81,17 @@ def test_two_ranks_zero3_shards_the_data(runs_root):
                          "name": "two-ranks"})
     run = finished_run(cli("train", QUICKSTART, *sets))
     status = rd.read_status(run)
-    assert status["state"] == "completed" and status["world_size"] == 2
+    assert status.state == rd.COMPLETED and status.world_size == 2
 
     n_rows = int(logged(run, r"(\d+) training rows").group(1))
     n_labels = int(logged(run, r"(\d+) label tokens").group(1))
     # Sharded: each optimizer step consumes micro x 2 ranks rows; unsharded it would be micro rows.
     micro = load_config(run / rd.CONFIG).train.micro_batch_size
-    assert status["total_steps"] == math.ceil(n_rows / (micro * 2)) < math.ceil(n_rows / micro)
+    assert status.total_steps == math.ceil(n_rows / (micro * 2)) < math.ceil(n_rows / micro)
     # The Monitor's estimate before training starts is what the trainer then reports.
-    assert estimate_total_steps(load_config(run / rd.CONFIG)) == status["total_steps"]
+    assert estimate_total_steps(load_config(run / rd.CONFIG)) == status.total_steps
     rows = [r for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
-    assert [r["step"] for r in rows] == list(range(1, status["total_steps"] + 1)), "only rank 0 writes metrics"
+    assert [r["step"] for r in rows] == list(range(1, status.total_steps + 1)), "only rank 0 writes metrics"
     assert all(len(r["peak_mem_bytes"]) == 2 for r in rows), "every rank reports its peak memory"
     # Across both ranks the epoch saw every label token about once (the sampler may pad the last batch).
     assert n_labels <= rows[-1]["label_tokens"] <= 1.25 * n_labels

@@ -169,7 +169,8 @@ def cmd_plan(args) -> int:
 def _wait_foreground(run: Path) -> int:
     """Follow a foreground run's log until it ends; Ctrl-C asks for a save-then-stop."""
     from trainer_core.runs import protocol as rd
-    from trainer_core.runs.supervisor import read_state, stop
+    from trainer_core.runs.lifecycle import stop
+    from trainer_core.runs.state import read_state
     from trainer_core.runs.tailing import read_tail_bytes
 
     offset = 0
@@ -192,12 +193,12 @@ def _wait_foreground(run: Path) -> int:
             sys.stderr.flush()
             offset = size
         state = read_state(run)
-        if state["state"] in rd.TERMINAL_STATES:
+        if state.terminal:
             break
         time.sleep(0.5)
-    if state["state"] == "failed":
-        print(f"run failed: {state.get('error')}", file=sys.stderr)
-    return 0 if state["state"] in ("completed", "stopped") else 1
+    if state.state == rd.FAILED:
+        print(f"run failed: {state.error}", file=sys.stderr)
+    return 0 if state.state in (rd.COMPLETED, rd.STOPPED) else 1
 
 
 def cmd_train(args) -> int:
@@ -207,7 +208,7 @@ def cmd_train(args) -> int:
     from trainer_core.runs.supervisor import start
 
     run = create_run(load_config(args.config, args.set))
-    for lint in rd.read_status(run).get("lints", []):
+    for lint in rd.read_status(run).lints:
         print(lint, file=sys.stderr)
     try:
         start(run, detach=True)
@@ -228,37 +229,42 @@ def _run(ref: str) -> Path:
 
 
 def cmd_status(args) -> int:
-    from trainer_core.runs.supervisor import read_state
+    from trainer_core.runs import protocol as rd
+    from trainer_core.runs.state import read_state
 
     st = read_state(_run(args.run))
     if args.json:
-        _print_json(st)
+        _print_json(st.to_json())
     else:
-        eta = st.get("eta_s") if st.get("phase", "training") == "training" else None
-        phase = st.get("phase") if st["state"] in ("running", "stopping") else None
-        if phase and st.get("phase_total"):
-            phase += f" {st.get('phase_done') or 0}/{st['phase_total']}"
-        emit(f"{st['name']}: {st['state']}{f' ({phase})' if phase else ''}  step {st.get('step', 0)}/"
-             f"{st.get('total_steps', '?')}  loss {st.get('loss', '-')}  eta {'-' if eta is None else f'{eta:.0f}s'}")
-        if st.get("warning"):
-            emit(f"warning: {st['warning']}")
-        if st.get("error"):
-            emit(f"error: {st['error']}")
+        eta = st.eta_s if st.phase in (None, rd.PHASE_TRAINING) else None
+        phase = st.phase if st.state in (rd.RUNNING, rd.STOPPING) else None
+        if phase and st.phase_total:
+            phase += f" {st.phase_done or 0}/{st.phase_total}"
+        emit(f"{st.name}: {st.state}{f' ({phase})' if phase else ''}  step {st.step}/{st.total_steps or '?'}  "
+             f"loss {_num(st.loss)}  eta {'-' if eta is None else f'{eta:.0f}s'}")
+        if st.warning:
+            emit(f"warning: {st.warning}")
+        if st.error:
+            emit(f"error: {st.error}")
     return 0
 
 
-def cmd_stop(args) -> int:
-    from trainer_core.runs.supervisor import stop
+def _num(value: float | None) -> str:
+    return "-" if value is None else str(value)
 
-    st = stop(_run(args.run), force=args.force)
-    ended = st.get("ended") or []
-    emit(f"{st['name']}: {st['state']} (checkpoints: {st['checkpoints']}; "
+
+def cmd_stop(args) -> int:
+    from trainer_core.runs.lifecycle import stop
+
+    done = stop(_run(args.run), force=args.force)
+    st, ended = done.state, done.ended
+    emit(f"{st.name}: {st.state} (checkpoints: {st.checkpoints}; "
          f"{'ended ' + ', '.join(ended) if ended else 'no process left to end'})")
     return 0
 
 
 def cmd_resume(args) -> int:
-    from trainer_core.runs.supervisor import resume
+    from trainer_core.runs.lifecycle import resume
 
     run = _run(args.run)
     ckpt = resume(run, checkpoint=args.checkpoint)
@@ -271,21 +277,20 @@ def cmd_resume(args) -> int:
 
 def cmd_runs(args) -> int:
     from trainer_core.runs.registry import list_runs
-    from trainer_core.runs.supervisor import read_state
+    from trainer_core.runs.state import read_state
 
     rows = [read_state(r) for r in list_runs()]
     if args.json:
-        _print_json(rows)
+        _print_json([st.to_json() for st in rows])
         return 0
     for st in rows:
-        emit(f"{st['name']:<32} {st['state']:<10} step {st.get('step', 0)}/{st.get('total_steps', '?')} "
-              f"loss {st.get('loss', '-')}")
+        emit(f"{st.name:<32} {st.state:<10} step {st.step}/{st.total_steps or '?'} loss {_num(st.loss)}")
     return 0
 
 
 def cmd_logs(args) -> int:
     from trainer_core.runs import protocol as rd
-    from trainer_core.runs.supervisor import read_state
+    from trainer_core.runs.state import read_state
     from trainer_core.runs.tailing import read_tail_bytes, tail_lines
 
     _bounded(args.n, "-n", 0, MAX_LOG_LINES)
@@ -301,7 +306,7 @@ def cmd_logs(args) -> int:
                 _STDOUT[0].write(read_tail_bytes(log, size - offset).decode("utf-8", "replace"))
                 _STDOUT[0].flush()
                 offset = size
-            elif read_state(run)["state"] in rd.TERMINAL_STATES:
+            elif read_state(run).terminal:
                 break
             time.sleep(0.5)
     return 0

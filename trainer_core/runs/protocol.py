@@ -1,26 +1,42 @@
 """The run directory: the only channel between the dashboard, the CLI, the supervisor and the trainer.
 
+Everything a process writes into a run directory, or reads from one, is named and typed here; no other module
+spells a file name, a state or a status field by hand.
+
 Layout of runs/<name>/:
-  config.yaml        resolved run config           ds_config.json   DeepSpeed config
+  config.yaml        resolved run config           ds_config.json   DeepSpeed config (what the ranks run)
   command.json       launch argv, env, cwd          manifest.json    supervisor pid, pgid, start time
-  status.json        state machine (atomic writes)  train.log        launcher + ranks output
-  metrics.jsonl      one JSON object per log step (rank 0 only, flushed)
-  resources.jsonl    memory samples                 control.json     requests to the trainer (stop)
+  status.json        `Status` (atomic writes)       train.log        launcher + ranks output
+  metrics.jsonl      one `MetricsRow` per log step (rank 0 only, flushed)
+  resources.jsonl    memory samples                 control.json     `Control`: requests to the trainer (stop)
   heartbeat.json     rank 0's "still alive" time, rewritten every HEARTBEAT_EVERY_S seconds
-  checkpoints/checkpoint-N/COMPLETE                 final/           consolidated model, written last
+  supervisor.log     the supervisor's own stderr    hostfile, launch_node.sh, launch_slurm.sbatch (multi-node)
+  checkpoints/checkpoint-N/COMPLETE                 final/  consolidated model (+ persona.json), written last
+  exports/checkpoint-N/                             a checkpoint consolidated by `export`
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
+import re
 import socket
-import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# Re-exported, so a writer needs this module only: atomic files, and the checkpoints' completion protocol.
+from trainer_core.errors import Text, text
+from trainer_core.runs.atomic import fsync_dir, read_json, write_json_atomic, write_text_atomic  # noqa: F401
+from trainer_core.runs.checkpoints import (  # noqa: F401
+    CHECKPOINT_PREFIX, CHECKPOINTS, COMPLETE_MARKER, FINAL, checkpoint_dir, checkpoint_step, complete_checkpoints,
+    has_final, latest_checkpoint, mark_complete)
+
+# ---------------------------------------------------------------- file names
 
 CONFIG = "config.yaml"
 DS_CONFIG = "ds_config.json"
@@ -28,15 +44,40 @@ COMMAND = "command.json"
 MANIFEST = "manifest.json"
 STATUS = "status.json"
 LOG = "train.log"
+SUPERVISOR_LOG = "supervisor.log"
 METRICS = "metrics.jsonl"
 RESOURCES = "resources.jsonl"
 CONTROL = "control.json"
 HEARTBEAT = "heartbeat.json"
-CHECKPOINTS = "checkpoints"
-FINAL = "final"
-COMPLETE_MARKER = "COMPLETE"
+HOSTFILE = "hostfile"
+EXPORTS = "exports"
+PERSONA = "persona.json"  # in final/ and every export: the persona and base model the weights were trained with
 
-TERMINAL_STATES = ("completed", "failed", "stopped")
+# ---------------------------------------------------------------- states and phases
+
+QUEUED, STARTING, RUNNING, STOPPING = "queued", "starting", "running", "stopping"
+COMPLETED, FAILED, STOPPED = "completed", "failed", "stopped"
+STATES = (QUEUED, STARTING, RUNNING, STOPPING, COMPLETED, FAILED, STOPPED)
+LIVE = frozenset({STARTING, RUNNING, STOPPING})  # a process of the run exists (or should)
+TERMINAL = frozenset({COMPLETED, FAILED, STOPPED})  # final: written once no process of the run remains
+TERMINAL_STATES = tuple(sorted(TERMINAL))  # old name
+
+
+def state_text(state: str) -> Text:
+    """A state as a message parameter, so a sentence about a run names its state in the reader's language."""
+    return {QUEUED: text("runs.state_queued", "queued"), STARTING: text("runs.state_starting", "starting"),
+            RUNNING: text("runs.state_running", "running"), STOPPING: text("runs.state_stopping", "stopping"),
+            COMPLETED: text("runs.state_completed", "completed"), FAILED: text("runs.state_failed", "failed"),
+            STOPPED: text("runs.state_stopped", "stopped")}.get(state) or text("runs.state_other", "{state}",
+                                                                              state=state)
+
+# What a live run is doing now (Status.phase); the dashboard translates each.
+PHASE_TRAINING = "training"
+PHASE_EVALUATING = "evaluating"
+PHASE_SAVING = "saving checkpoint"
+PHASE_FINISHING = "finishing"
+PHASE_CONSOLIDATING = "consolidating final"
+PHASES = (PHASE_TRAINING, PHASE_EVALUATING, PHASE_SAVING, PHASE_FINISHING, PHASE_CONSOLIDATING)
 
 # Runs launched outside our supervisor (launch_node.sh, Slurm) have no process here to check, so rank 0 proves it
 # is alive by rewriting heartbeat.json; a heartbeat older than HEARTBEAT_STALE_S means the job is gone. The margin
@@ -45,16 +86,203 @@ HEARTBEAT_EVERY_S = 30.0
 HEARTBEAT_STALE_S = 300.0
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so a reader sees the old file or the new one, never half of one."""
-    _write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=1))
+def _known(cls, data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a JSON object into the dataclass's fields and the rest (newer or older writers' keys)."""
+    data = data if isinstance(data, dict) else {}
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    return {k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names}
 
 
-def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return default
+@dataclass
+class Status:
+    """status.json: where a run stands. Written by the run's creator (queued), the supervisor (state, outcome) and
+    the trainer's rank 0 (progress); fields not given are absent from old run directories and read as defaults."""
+
+    state: str = QUEUED
+    """One of STATES; a reader checks a live state against the processes (state.read_state)."""
+    name: str | None = None
+    """The run's name (its directory's name)."""
+    created: float | None = None
+    """When the run directory was created (epoch seconds)."""
+    updated: float | None = None
+    """When this file was last written."""
+    nodes_expected: int | None = None
+    """placement.num_nodes at creation."""
+    world_size: int | None = None
+    """Total ranks (nodes × ranks per node)."""
+    lints: list[str] = field(default_factory=list)
+    """The config's warnings at creation, as English sentences."""
+    launcher_pid: int | None = None
+    """DeepSpeed's launcher process, started by the supervisor."""
+    phase: str | None = None
+    """One of PHASES while live, else None."""
+    phase_done: int | None = None
+    """Progress inside the phase (evaluation batches done)."""
+    phase_total: int | None = None
+    """Size of the phase (evaluation batches)."""
+    step: int = 0
+    """Optimizer steps done."""
+    total_steps: int | None = None
+    """Optimizer steps the trainer will run, once it knows."""
+    loss: float | None = None
+    """Latest training loss."""
+    eval_loss: float | None = None
+    """Latest evaluation loss."""
+    eta_s: float | None = None
+    """Seconds of training left (None once training is over)."""
+    started_training: float | None = None
+    """When the first step of this segment began."""
+    last_checkpoint: int | None = None
+    """Step of the newest complete checkpoint."""
+    resumed_from: int | None = None
+    """Checkpoint step the current segment resumed from (None: from scratch)."""
+    segments: list[list[float]] = field(default_factory=list)
+    """Ended (start, end) segments before the current one: a run's time survives Resume."""
+    final: bool = False
+    """The consolidated model in final/ is written."""
+    exit_code: int | None = None
+    """The launcher's exit code, once ended."""
+    ended: float | None = None
+    """When the run reached a terminal state."""
+    forced: bool | None = None
+    """A stop skipped the save (force stop)."""
+    error: str | None = None
+    """Why the run failed, in one line."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Keys this version does not know; kept so a rewrite loses nothing."""
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Status":
+        known, extra = _known(cls, data)
+        return cls(**known, extra=extra)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(Status) if f.name != "extra"}
+        return {**self.extra, **out}
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+@dataclass
+class MetricsRow:
+    """One line of metrics.jsonl, written by rank 0 at every logging step (training) or evaluation."""
+
+    step: int
+    """Optimizer step."""
+    total_steps: int | None = None
+    """Steps the run will take."""
+    epoch: float | None = None
+    """Fractional epoch."""
+    loss: float | None = None
+    """Training loss (None on an evaluation row)."""
+    eval_loss: float | None = None
+    """Evaluation loss (None on a training row)."""
+    lr: float | None = None
+    """Learning rate."""
+    grad_norm: float | None = None
+    """Gradient norm before clipping."""
+    tokens_per_s: float | None = None
+    """Tokens (all ranks) per second since the previous row."""
+    label_tokens_per_s: float | None = None
+    """Trained (answer) tokens per second since the previous row."""
+    tokens: int | None = None
+    """Tokens seen so far, all ranks."""
+    label_tokens: int | None = None
+    """Trained tokens so far, all ranks."""
+    elapsed_s: float | None = None
+    """Seconds since training (this segment) began."""
+    eta_s: float | None = None
+    """Estimated seconds left."""
+    peak_mem_bytes: list[int] | None = None
+    """Peak accelerator (or process) memory per rank."""
+    eval_s: float | None = None
+    """Seconds the evaluation took (lets a reader subtract it from training time)."""
+    time: float | None = None
+    """When the row was written."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Keys this version does not know."""
+
+    @classmethod
+    def from_json(cls, data: Any) -> "MetricsRow":
+        known, extra = _known(cls, data)
+        known.setdefault("step", 0)
+        return cls(**known, extra=extra)
+
+    def to_json(self) -> dict[str, Any]:
+        """Absent values are left out, except the two losses: a reader tells training and evaluation rows apart."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(MetricsRow) if f.name != "extra"}
+        return {**self.extra, **{k: v for k, v in out.items() if v is not None or k in ("loss", "eval_loss")}}
+
+
+def append_metrics(f, row: MetricsRow) -> None:
+    """One flushed line, so a dashboard tailing the file never sees half a row."""
+    f.write(json.dumps(row.to_json()) + "\n")
+    f.flush()
+
+
+# ---------------------------------------------------------------- control.json: requests to a running trainer
+
+SAVE_AND_STOP = "save_and_stop"
+FORCE_STOP = "force_stop"
+
+
+@dataclass
+class Control:
+    """control.json: a request to the trainer, read by rank 0 every step."""
+
+    action: str | None = None
+    """SAVE_AND_STOP or FORCE_STOP; None: no request."""
+    requested: float | None = None
+    """When it was asked."""
+    cause: str | None = None
+    """Set when the supervisor asked because a process of the run died (the run then ends `failed`)."""
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Control":
+        return cls(**_known(cls, data)[0])
+
+
+def read_control(run_dir: Path) -> Control:
+    return Control.from_json(read_json(run_dir / CONTROL))
+
+
+def request(run_dir: Path, action: str, cause: str | None = None) -> None:
+    data = {"action": action, "requested": time.time()} | ({"cause": cause} if cause else {})
+    write_json_atomic(run_dir / CONTROL, data)
+
+
+# ---------------------------------------------------------------- train.log: which lines are errors
+
+ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt)\b.*|error: .*)$")
+OOM = re.compile(r"out of memory|OutOfMemoryError|can't allocate memory|Cannot allocate memory|std::bad_alloc", re.I)
+RANK_EXIT = re.compile(r"sigkill_handler\].*exits with return code = (-?\d+)")
+NO_SPACE = re.compile(r"No space left on device|ENOSPC|Disk quota exceeded", re.I)
+
+
+def error_message(line: str) -> str | None:
+    """The exception text of a log line that reports one (a rank's `[rankN]:` prefix removed), else None."""
+    m = ERROR_LINE.match(line.strip())
+    return m.group(1).strip() if m else None
+
+
+def is_error_line(line: str) -> bool:
+    """A line the monitor shows in red: an exception, a traceback's start, or out of memory."""
+    s = line.strip()
+    return bool(ERROR_LINE.match(s) or s.startswith("Traceback") or OOM.search(s))
+
+
+# ---------------------------------------------------------------- reading and writing
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The supervisor's manifest.json ({} for a run it never started, or one launched outside it)."""
+    data = read_json(run_dir / MANIFEST)
+    return data if isinstance(data, dict) else {}
 
 
 def start_heartbeat(run_dir: Path, every_s: float = HEARTBEAT_EVERY_S) -> threading.Event:
@@ -85,27 +313,22 @@ def heartbeat_age(run_dir: Path, now: float | None = None) -> float | None:
     return max(0.0, (time.time() if now is None else now) - float(beat["time"]))
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
-    return read_json(run_dir / STATUS, {}) or {}
+def read_status(run_dir: Path) -> Status:
+    return Status.from_json(read_json(run_dir / STATUS))
 
 
 STATUS_BLOCK = 4096
 
 
-def update_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    """Merge fields into status.json. Writers: the trainer's rank 0 (progress) and the supervisor (state).
-
-    The file is padded with spaces to whole 4 KiB blocks. When the disk is full a new file cannot be written, but
-    the final state still must be: then the existing blocks are overwritten in place, which needs no new space.
-    """
-    status = read_status(run_dir)
-    status.update(fields, updated=time.time())
-    text = json.dumps(status, ensure_ascii=False, indent=1)
+def write_status(run_dir: Path, status: Status) -> None:
+    """Replace status.json. The file is padded with spaces to whole 4 KiB blocks: when the disk is full a new file
+    cannot be written, but the final state still must be, so then the existing blocks are overwritten in place."""
+    text = json.dumps(status.to_json(), ensure_ascii=False, indent=1)
     size = -(-(len(text.encode()) + 1) // STATUS_BLOCK) * STATUS_BLOCK
     padded = text + " " * (size - len(text.encode()) - 1) + "\n"
     path = run_dir / STATUS
     try:
-        _write_text_atomic(path, padded)
+        write_text_atomic(path, padded)
     except OSError as e:
         if e.errno != errno.ENOSPC or not path.exists() or path.stat().st_size < len(padded.encode()):
             raise
@@ -113,65 +336,11 @@ def update_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
             f.write(padded.encode().ljust(path.stat().st_size, b" "))
             f.flush()
             os.fsync(f.fileno())
+
+
+def update_status(run_dir: Path, **fields: Any) -> Status:
+    """Set some fields of status.json (a misspelt field is a TypeError). Writers: the trainer's rank 0 (progress)
+    and the supervisor (state)."""
+    status = dataclasses.replace(read_status(run_dir), **fields, updated=time.time())
+    write_status(run_dir, status)
     return status
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def mark_complete(checkpoint: Path, info: dict[str, Any]) -> None:
-    """Write the completion marker of a checkpoint: fsync every file, then the marker via rename."""
-    for p in checkpoint.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, checkpoint / COMPLETE_MARKER)
-    fsync_dir(checkpoint)
-
-
-def checkpoint_step(path: Path) -> int:
-    try:
-        return int(path.name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints every rank finished writing, oldest first. Partial ones are never offered."""
-    root = run_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file() and checkpoint_step(p) >= 0]
-    return sorted(found, key=checkpoint_step)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = complete_checkpoints(run_dir)
-    return done[-1] if done else None
-
-
-def has_final(run_dir: Path) -> bool:
-    return (run_dir / FINAL / COMPLETE_MARKER).is_file()

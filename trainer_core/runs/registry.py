@@ -12,7 +12,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from trainer_core import paths
 from trainer_core.runs import protocol as rd
@@ -149,10 +148,9 @@ def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
             "cwd": str(paths.PROJECT_ROOT),
             "note": "planned commands; the supervisor records the exact argv it ran in manifest.json",
         })
-        rd.write_json_atomic(tmp / rd.STATUS, {"state": "queued", "created": time.time(), "name": name,
-                                               "nodes_expected": cfg.placement.num_nodes,
-                                               "world_size": cfg.world_size,
-                                               "lints": [str(x) for x in pf.lints]})
+        rd.write_status(tmp, rd.Status(state=rd.QUEUED, created=time.time(), name=name,
+                                       nodes_expected=cfg.placement.num_nodes, world_size=cfg.world_size,
+                                       lints=[str(x) for x in pf.lints]))
         os.rename(tmp, final)  # replaces the empty reserved directory in one step
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,17 +198,13 @@ def resolve_run_dir(ref: str | Path) -> Path:
     return p.resolve()
 
 
-def summary(run: Path) -> dict[str, Any]:
-    return {"run_dir": str(run), "name": run.name, **rd.read_status(run)}
-
-
 def delete_run(run: Path) -> None:
     """Remove a run directory; refused while any of its processes is alive."""
-    from trainer_core.runs.supervisor import read_state
+    from trainer_core.runs.state import read_state
 
     state = read_state(run)
-    if state["alive"]:
-        raise UserError(f"run {run.name} is {state['state']}; stop it before deleting")
+    if state.alive:
+        raise UserError(f"run {run.name} is {state.state}; stop it before deleting")
     root = paths.runs_root().resolve()
     if run.resolve().parent != root:
         raise UserError(f"{run} is not inside the runs folder {root}")

@@ -1,0 +1,61 @@
+"""Checkpoints that count: a checkpoint is offered for resume, chat or export only once its COMPLETE marker is written,
+after every rank finished its shards (part of the run-directory protocol; `protocol` re-exports all of it)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from trainer_core.runs.atomic import fsync_dir
+
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+FINAL = "final"
+COMPLETE_MARKER = "COMPLETE"
+
+
+def mark_complete(checkpoint: Path, info: dict[str, Any]) -> None:
+    """Write the completion marker of a checkpoint: fsync every file, then the marker via rename."""
+    for p in checkpoint.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(info, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, checkpoint / COMPLETE_MARKER)
+    fsync_dir(checkpoint)
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints every rank finished writing, oldest first. Partial ones are never offered."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*")
+             if (p / COMPLETE_MARKER).is_file() and checkpoint_step(p) >= 0]
+    return sorted(found, key=checkpoint_step)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def has_final(run_dir: Path) -> bool:
+    return (run_dir / FINAL / COMPLETE_MARKER).is_file()

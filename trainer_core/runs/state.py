@@ -1,0 +1,185 @@
+"""A run's state from its directory alone, and the outcome the supervisor records when the launcher ends.
+
+read_state checks status.json against the processes: the supervisor's liveness (manifest.json), or for runs
+launched outside it (launch_node.sh, Slurm) rank 0's heartbeat. A live state whose processes are gone reads
+`failed`, with the best cause train.log offers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from trainer_core.runs import processes as run_processes
+from trainer_core.runs import protocol as rd
+from trainer_core.runs.tailing import read_tail_bytes
+
+
+@dataclass
+class RunState(rd.Status):
+    """status.json as checked against the run's processes and checkpoints. Read, never written."""
+
+    alive: bool = False
+    """A process of the run (its supervisor, or a survivor of its group) is alive on this machine."""
+    run_dir: str = ""
+    """The run directory."""
+    checkpoints: list[int] = field(default_factory=list)
+    """Steps of the complete checkpoints, oldest first."""
+    has_final: bool = False
+    """final/ is complete."""
+    run_s: float | None = None
+    """How long the run has run: its segments added up, the time stopped left out."""
+    interrupted: bool = False
+    """The processes ended without recording a final state (the state reads `failed`)."""
+    supervisor_lost: int | None = None
+    """The supervisor died: how many processes of the run still run."""
+    heartbeat_age_s: float | None = None
+    """For a run launched outside the supervisor: seconds since rank 0's heartbeat."""
+    warning: str | None = None
+    """Something the user should know about a live run (its supervisor was lost)."""
+
+    def to_json(self) -> dict[str, Any]:
+        derived = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunState)
+                   if f.name not in {g.name for g in dataclasses.fields(rd.Status)}}
+        return {**super().to_json(), **derived}
+
+
+# ---------------------------------------------------------------- why a run failed, from its log
+
+def root_error(log_path: Path, tail_bytes: int = 256_000) -> str | None:
+    """The failing rank's final exception line; out-of-memory and full disks are named as such."""
+    text = read_tail_bytes(log_path, tail_bytes).decode("utf-8", "replace")
+    lines = [ln.rstrip() for ln in text.splitlines()]
+    candidates = [c for ln in lines if (c := rd.error_message(ln))]
+    # The launcher's own "exits with return code" noise and our supervisor lines are not root causes.
+    candidates = [c for c in candidates if "subprocess.CalledProcessError" not in c and "sigkill_handler" not in c]
+    joined = "\n".join(lines)
+    if rd.NO_SPACE.search(joined):
+        detail = next((c for c in reversed(candidates) if rd.NO_SPACE.search(c)), None)
+        return "no space left on device" + (f": {detail}" if detail else "")
+    if rd.OOM.search(joined):
+        detail = next((c for c in reversed(candidates) if rd.OOM.search(c)), None)
+        return "out of memory" + (f": {detail}" if detail else "")
+    # DeepSpeed's launcher names the first rank that failed; a negative code means a signal ended it, and the
+    # errors the surviving ranks print afterwards (lost connections) are consequences, not the cause.
+    first = rd.RANK_EXIT.search(joined)
+    if first and int(first.group(1)) < 0:
+        sig = -int(first.group(1))
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        why = " (kill -9 or the kernel's out-of-memory killer)" if sig == signal.SIGKILL else ""
+        return f"a rank process was killed by {name}{why}; the launcher stopped the other ranks"
+    if not candidates:
+        return None
+    # Prefer our own one-line user errors, then the last real exception.
+    mine = [c for c in candidates if c.startswith("error: ")]
+    return (mine[-1][len("error: "):] if mine else candidates[-1])[:500]
+
+
+def disk_full(run: Path) -> str | None:
+    """A full runs folder, named as the cause: when the disk is full the ranks' own error often cannot even be
+    written to train.log."""
+    usage = shutil.disk_usage(run)
+    if usage.free >= max(32 * 2**20, usage.total // 1000):
+        return None
+    return (f"no space left on device: {usage.free // 2**20} MiB free of {usage.total // 2**20} MiB "
+            f"on the runs folder {run.parent}; free space or move TRAINER_RUNS_ROOT, then resume")
+
+
+def finish(run: Path, code: int) -> None:
+    """Record the final state from the launcher's exit code, the stop request and what is on disk."""
+    control = rd.read_control(run)
+    now = time.time()
+    if code == 0 and rd.has_final(run) and control.action is None:
+        rd.update_status(run, state=rd.COMPLETED, exit_code=0, ended=now, error=None)
+    elif control.cause:
+        ckpt = rd.latest_checkpoint(run)
+        saved = f"last complete checkpoint: {rd.checkpoint_step(ckpt)}" if ckpt else "no complete checkpoint"
+        rd.update_status(run, state=rd.FAILED, exit_code=code, ended=now,
+                         error=f"{control.cause}; they were asked to save and stop ({saved}); resume to go on")
+    elif control.action in (rd.SAVE_AND_STOP, rd.FORCE_STOP):
+        rd.update_status(run, state=rd.STOPPED, exit_code=code, ended=now, error=None,
+                         forced=control.action == rd.FORCE_STOP)
+    else:
+        error = root_error(run / rd.LOG)
+        if not error or not error.startswith(("no space", "out of memory")):
+            error = disk_full(run) or error or f"the launcher exited with code {code}"
+        rd.update_status(run, state=rd.FAILED, exit_code=code, ended=now, error=error)
+
+
+# ---------------------------------------------------------------- the state a reader sees
+
+def _alive(info: dict[str, Any]) -> bool:
+    """The recorded process is alive *and* is the same process (its start time matches; pids get reused)."""
+    try:
+        p = psutil.Process(int(info["pid"]))
+        return abs(p.create_time() - float(info["create_time"])) < 0.01 and p.status() != psutil.STATUS_ZOMBIE
+    except (KeyError, TypeError, ValueError, psutil.Error):
+        return False
+
+
+def _lost(run: Path, s: RunState, fallback: str) -> None:
+    """A run whose processes are gone without a final state: failed, with the best cause the log offers."""
+    s.error = s.error or root_error(run / rd.LOG) or fallback
+    s.interrupted = True
+    s.state = rd.FAILED
+
+
+def segment_end(run: Path, status: rd.Status, started: float) -> float:
+    """When the segment that started at `started` ended: its recorded end, or for one that ended without a word
+    (killed, lost) the last write to its log."""
+    if status.ended is not None and status.ended >= started:
+        return status.ended
+    try:
+        return max((run / rd.LOG).stat().st_mtime, started)
+    except OSError:
+        return started
+
+
+def run_seconds(run: Path, status: rd.Status, manifest: dict[str, Any]) -> float | None:
+    """How long the run has run: each segment (a launch or a resume, to its end; start-up, evaluation and saving
+    included) added up. The time a run sat stopped before a resume is not counted."""
+    past = sum(end - start for start, end in status.segments)
+    started = manifest.get("started") or status.created
+    if started is None:
+        return past or None
+    if status.state in rd.TERMINAL:
+        return past + segment_end(run, status, started) - started
+    return past + max(time.time() - started, 0.0)
+
+
+def read_state(run: Path) -> RunState:
+    """State of a run from its directory alone. A run is `failed` only once no process of it remains: while its
+    ranks outlive a lost supervisor it stays live, with the cause in `warning`."""
+    disk = rd.read_status(run)
+    s = RunState(**{f.name: getattr(disk, f.name) for f in dataclasses.fields(rd.Status)})
+    manifest = rd.read_manifest(run)
+    s.alive = bool(manifest) and _alive(manifest)
+    if s.live and manifest and not s.alive:
+        rest = run_processes.members(manifest)
+        if rest:
+            s.alive = True
+            s.supervisor_lost = len(rest)
+            s.warning = (f"supervisor lost; {len(rest)} process(es) of the run still running (the ranks save and "
+                         "stop at their next step) — stop or force-stop")
+        else:
+            # Gone without writing a final state (killed with the whole group, machine reboot, lost supervisor).
+            _lost(run, s, "the run's processes ended without reporting a result (killed?)")
+    elif s.live and not manifest:
+        age = s.heartbeat_age_s = rd.heartbeat_age(run)
+        if age is not None and age > rd.HEARTBEAT_STALE_S:
+            _lost(run, s, f"no heartbeat from the trainer for {age / 60:.0f} min: its job ended without reporting "
+                          "a result (node lost or job killed?)")
+    if s.state == rd.RUNNING and rd.read_control(run).action:
+        s.state = rd.STOPPING
+    s.run_dir, s.name = str(run), run.name
+    s.checkpoints = [rd.checkpoint_step(p) for p in rd.complete_checkpoints(run)]
+    s.has_final = rd.has_final(run)
+    s.run_s = run_seconds(run, s, manifest)
+    return s
