@@ -202,6 +202,22 @@ def test_the_train_form_draws_before_the_slow_checks_finish(app, monkeypatch):
     assert app.button(key="train.launch").disabled is False
 
 
+def test_the_server_starts_with_our_menu_not_streamlits_page_folder_list(monkeypatch):
+    """A server next to a pages/ folder ran its first request in Streamlit's old folder mode, whose raw page list
+    ("streamlit app / chat / data ...") flashed before our menu. app.serve switches that mode off before Streamlit
+    starts (the browser test watches the menu from the first paint)."""
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.web import cli as stcli
+
+    from app import serve
+
+    seen = []
+    monkeypatch.setattr(PagesManager, "uses_pages_directory", None)
+    monkeypatch.setattr(stcli, "main", lambda: seen.append(PagesManager.uses_pages_directory) or 0)
+    assert serve.main(["--server.address", "127.0.0.1"]) == 0
+    assert seen == [False]
+
+
 # ---------------------------------------------------------------------------------------------------- friction
 
 
