@@ -2,13 +2,15 @@
 thread, so the form draws at once and the plan fills in when the checks are done.
 
 Preflight encodes the whole dataset with the model's tokenizer: on a fresh tab or a newly picked data file that took
-seconds, during which the page was blank below its title (issue 18 item 6). The work runs through `data_jobs`, so
-it is shared by every tab asking for the same config and files and kept once finished; a cached result is used at
-once, exactly as a synchronous call would be.
+seconds, during which the page was blank below its title (issue 18 item 6). The page starts the checks before it
+draws the form and waits for them only below it, so the form is on screen while they run; checks that outlast
+`WAIT_S` leave a placeholder that fills in. The work runs through `data_jobs`: shared by every tab asking for the
+same config and files, and kept once finished.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -20,8 +22,9 @@ from trainer_core.config.run_config import RunConfig
 from trainer_core.data.dataset import modified_time
 from trainer_core.errors import UserError
 
-FIRST_WAIT_S = 0.3
-"""How long a script run waits for the checks before it draws a placeholder instead of the plan."""
+WAIT_S = 5.0
+"""How long the page waits, below the drawn form, for checks still running before it shows a placeholder instead
+of the plan (a large dataset takes minutes)."""
 POLL_S = 0.5
 """How often the placeholder looks whether the checks are done."""
 
@@ -45,7 +48,33 @@ def _key(cfg: RunConfig) -> tuple:
     return ("train-preflight", cfg.to_yaml(), stamp)
 
 
-def _submit(key: tuple) -> data_jobs.Job:
+@dataclass
+class Checks:
+    """The preflight of one config, running or done, shared by every tab asking for the same config and files."""
+
+    key: tuple
+    job: data_jobs.Job
+
+    @property
+    def done(self) -> bool:
+        return self.job.done
+
+    def result(self, wait_s: float):
+        """The `Preflight` once done (waiting `wait_s` at most), else None. A `UserError` is raised for the page to
+        show at its field; anything else after the job is dropped, so the next run tries again."""
+        if not self.job.finished.wait(wait_s):
+            return None
+        if self.job.error is not None:
+            if not isinstance(self.job.error, UserError):
+                data_jobs.forget(self.key)
+            raise self.job.error
+        return self.job.result
+
+
+def start(cfg: RunConfig) -> Checks:
+    """Begin the checks of this config in the background (or find them running or done)."""
+    key = _key(cfg)
+
     def work(report):
         import yaml
 
@@ -55,26 +84,20 @@ def _submit(key: tuple) -> data_jobs.Job:
         warmup.wait()  # the tokenizer and DeepSpeed imports, once per dashboard process
         return preflight(config_from_dict(yaml.safe_load(key[1])))
 
-    return data_jobs.submit(key, work)
+    return Checks(key, data_jobs.submit(key, work))
 
 
-def preflight(cfg: RunConfig):
-    """(the `Preflight`, the job) once the checks are done, waiting `FIRST_WAIT_S` at most; (None, the job) while
-    they run. A `UserError` is raised for the page to show at its field; anything else is raised after the job is
-    dropped, so the next run tries again."""
-    key = _key(cfg)
-    job = _submit(key)
-    if not job.finished.wait(FIRST_WAIT_S):
-        return None, job
-    if job.error is not None:
-        if not isinstance(job.error, UserError):
-            data_jobs.forget(key)
-        raise job.error
-    return job.result, job
+def result_or_rerun(checks: Checks):
+    """Wait, below the drawn form, for checks still running when it was drawn: the `Preflight`, or None if they
+    outlast `WAIT_S`. A problem they find reruns the page, which then shows it under its field."""
+    try:
+        return checks.result(WAIT_S)
+    except UserError:
+        st.rerun()
 
 
-def placeholder(job: data_jobs.Job) -> None:
+def placeholder(checks: Checks) -> None:
     """Where the plan goes while the checks run; redraws the whole page once they are done (a fragment)."""
-    if job.done:
+    if checks.done:
         st.rerun(scope="app")
     st.info(t("train.checking"), icon=":material/hourglass_top:")

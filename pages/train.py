@@ -18,12 +18,13 @@ st.title(t("train.title"))
 st.caption(t("app.steps"))
 
 # Validate what the widgets hold before drawing them, so each error can sit under its own field. The slow checks
-# (the data through the tokenizer) run in the background: the form draws now, the plan when they are done.
+# (the data through the tokenizer) start now in the background and are waited for below the form.
 cfg, error = form.validate()
-pf = checks = None
-if cfg is not None:
+pf = None
+checks = train_checks.start(cfg) if cfg is not None else None
+if checks is not None and checks.done:  # known already: a problem goes under its field
     try:
-        pf, checks = train_checks.preflight(cfg)
+        pf = checks.result(0)
     except UserError as e:
         error = say(e)
 
@@ -114,7 +115,7 @@ st.divider()
 st.subheader(t("train.plan"))
 if error:
     st.error(t("train.invalid", error=error), icon=":material/error:")
-elif pf is None:
+elif pf is None and (pf := train_checks.result_or_rerun(checks)) is None:
     st.fragment(run_every=train_checks.POLL_S)(train_checks.placeholder)(checks)
 else:
     try:

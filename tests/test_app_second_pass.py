@@ -171,9 +171,10 @@ def test_the_preset_box_shows_what_the_form_holds(app):
 
 
 def test_the_train_form_draws_before_the_slow_checks_finish(app, monkeypatch):
-    """Preflight encodes the whole dataset with the model's tokenizer (seconds for a new file, and on every edit):
-    the page used to be blank below its title until it was done. Now the form draws at once with a placeholder
-    where the plan goes, and the plan appears once the checks are done. The checks are held here by a gate."""
+    """Preflight encodes the whole dataset with the model's tokenizer (seconds for a new file, minutes for a large
+    one): the page used to be blank below its title until it was done. Now the form draws first; checks that
+    outlast the page's wait leave a placeholder where the plan goes, filled once they are done. The checks are held
+    here by a gate, and the wait is 0."""
     import threading
     import uuid
 
@@ -187,7 +188,7 @@ def test_the_train_form_draws_before_the_slow_checks_finish(app, monkeypatch):
         return real(cfg)
 
     monkeypatch.setattr(registry, "preflight", held)
-    monkeypatch.setattr(train_checks, "FIRST_WAIT_S", 0.0)
+    monkeypatch.setattr(train_checks, "WAIT_S", 0.0)
     app.session_state["p.f.data.persona"] = f"你是华妃 {uuid.uuid4()}"  # a config no earlier test has checked
     goto(app, "pages/train.py")
     assert app.text_input(key="p.f.run.name") and app.selectbox(key="p.f.deepspeed.stage").value == 2
