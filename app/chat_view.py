@@ -10,7 +10,7 @@ import streamlit as st
 
 from app.i18n import say, t
 from trainer_core.runs import protocol as rd
-from trainer_core.data.chat_format import specials_in
+from trainer_core.data.chat_template import specials_in
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
 from trainer_core.models.inference import GenParams, load_chat_model, run_persona, stream_reply

@@ -6,13 +6,19 @@ import html
 from pathlib import Path
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from app import data_jobs
+from app import train_form as form
+from app.i18n import option_labels, say, t
 from trainer_core import paths
-from trainer_core.data.dataset import (DataReport, TokenStats, load_dataset, load_dataset_bytes, modified_time,
-                               safe_upload_name, special_token_warnings, store_upload, token_stats)
+from trainer_core.data.dataset import (DataReport, load_dataset, load_dataset_bytes, modified_time,
+                                       special_token_warnings)
+from trainer_core.data.token_stats import TokenStats, token_stats
+from trainer_core.data.subset import write_subset
+from trainer_core.data.uploads import safe_upload_name, store_upload
 from trainer_core.errors import UserError
 
 PAGE_SIZE = 20
@@ -23,6 +29,30 @@ def store_uploaded(data: bytes, name: str) -> Path:
     safe_upload_name(name)  # a name it cannot take (a NUL byte) is refused before the bytes are read
     load_dataset_bytes(data, name)  # file-level problems (encoding, not JSON, wrong type) stop here
     return store_upload(data, name)
+
+
+def take_upload(upload) -> None:
+    """Store a newly uploaded file and select it (on this page and in the Train form); a file that cannot be used
+    replaces the selection with its error, so nothing of the previous file stays on screen. Runs once per upload."""
+    if upload is None:  # the file was taken out of the uploader: its error goes with it
+        st.session_state.pop("data.upload_error", None)
+        st.session_state.pop("data.upload_id", None)
+        return
+    if upload.file_id == st.session_state.get("data.upload_id"):
+        return
+    st.session_state["data.upload_id"] = upload.file_id
+    try:
+        stored = store_uploaded(upload.getvalue(), upload.name)
+    except UserError as e:
+        st.session_state["data.last_upload"], st.session_state["data.upload_error"] = None, e
+        return
+    st.session_state["data.last_upload"], st.session_state["data.upload_error"] = str(stored), None
+    use_in_form(stored)
+
+
+def use_in_form(path: Path) -> None:
+    """Make ``path`` the Train form's dataset."""
+    st.session_state[form.key("data", "path")] = shown_path(path)
 
 
 def resolve(path: str) -> Path:
@@ -91,20 +121,22 @@ def result_of(job: data_jobs.Job, text: str):
 
 
 def errors_frame(report: DataReport, which: str = "errors") -> pd.DataFrame:
-    rows = [{"row": e.row, "field": e.field, "message": e.message} for e in getattr(report, which)]
+    """Row problems as a table, each message in the tab's language."""
+    rows = [{"row": e.row, "field": e.field, "message": say(e.message)} for e in getattr(report, which)]
     return pd.DataFrame(rows, columns=["row", "field", "message"])
 
 
 def special_frame(report: DataReport, tokenizer) -> pd.DataFrame:
     """Per-row warnings for texts holding the tokenizer's special-token strings (they need the tokenizer, so they are
     not part of the report itself)."""
-    rows = [{"row": w.row, "field": w.field, "message": w.message} for w in special_token_warnings(report, tokenizer)]
+    rows = [{"row": w.row, "field": w.field, "message": say(w.message)}
+            for w in special_token_warnings(report, tokenizer)]
     return pd.DataFrame(rows, columns=["row", "field", "message"])
 
 
 def end_of_turn(tokenizer) -> str:
     """The end-of-turn marker the label mask trains after each answer, as the chat template writes it."""
-    from trainer_core.data.chat_format import turn_format
+    from trainer_core.data.chat_template import turn_format
 
     return turn_format(tokenizer).end_marker
 
@@ -125,17 +157,37 @@ def n_pages(report: DataReport, page_size: int = PAGE_SIZE) -> int:
 
 
 def length_histogram(stats: TokenStats, labels: dict[str, str]) -> alt.LayerChart:
-    """Token lengths as a histogram with a red rule at max_length; bars past the rule are the truncated ones."""
-    df = pd.DataFrame({"tokens": stats.lengths})
-    df["cut"] = df["tokens"] > stats.max_length
-    bars = alt.Chart(df).mark_bar().encode(
-        x=alt.X("tokens:Q", bin=alt.Bin(maxbins=40), title=labels["x"]),
-        y=alt.Y("count():Q", title=labels["y"]),
+    """Token lengths as a histogram with a red rule at max_length; the part of each bar past the rule (records that
+    get truncated) in red. Bins are whole tokens over the whole axis, so a handful of records still shows bars."""
+    bins, top = histogram_bins(stats.lengths, stats.max_length)
+    whole = alt.Axis(format="d", tickMinStep=1)  # no "0.2 records", no repeated "302" labels
+    bars = alt.Chart(bins).mark_bar().encode(
+        x=alt.X("start:Q", title=labels["x"], axis=whole, scale=alt.Scale(domain=[0, top])),
+        x2="end:Q",
+        y=alt.Y("count:Q", title=labels["y"], axis=whole, stack="zero"),
         color=alt.Color("cut:N", scale=alt.Scale(domain=[False, True], range=["#4c78a8", "#e45756"]), legend=None),
+        tooltip=["start:Q", "end:Q", "count:Q"],
     )
     rule = alt.Chart(pd.DataFrame({"max_length": [stats.max_length]})).mark_rule(
         color="#d62728", strokeDash=[6, 3], size=2).encode(x="max_length:Q")
     return (bars + rule).properties(height=260)
+
+
+def histogram_bins(lengths: list[int], max_length: int, n_bins: int = 40) -> tuple[pd.DataFrame, int]:
+    """(rows (start, end, count, cut) of the non-empty bins, the axis end): bins of a whole, round number of tokens
+    from 0 past both the longest record and max_length; each bin counts kept (cut=False) and truncated (cut=True)
+    records apart."""
+    top = max(max(lengths, default=0), max_length) + 1
+    raw = top / n_bins
+    step = next(m * 10**k for k in range(12) for m in (1, 2, 5) if m * 10**k >= raw)
+    edges = np.arange(0, top + step, step)
+    values = np.asarray(lengths, dtype=np.int64)
+    rows = []
+    for cut, part in ((False, values[values <= max_length]), (True, values[values > max_length])):
+        counts, _ = np.histogram(part, bins=edges)
+        rows += [{"start": int(a), "end": int(b), "count": int(c), "cut": cut}
+                 for a, b, c in zip(edges[:-1], edges[1:], counts) if c]
+    return pd.DataFrame(rows, columns=["start", "end", "count", "cut"]), int(edges[-1])
 
 
 MASK_STYLE = """<style>
@@ -160,3 +212,49 @@ def record_mask(tokenizer, conversation: list[dict], persona: str, max_length: i
 
     enc = encode_conversations(tokenizer, [conversation], persona=persona, max_length=max_length)[0]
     return render_mask(tokenizer, enc), enc
+
+
+def subset_panel(path: Path, report: DataReport) -> None:
+    """What the last cut did (when its file is the one shown), and the form for a new one: first N / random N / all,
+    optionally without exact duplicates."""
+    state = st.session_state
+    done = state.get("data.subset_done")
+    if done is not None and done.path.resolve() == path.resolve():
+        st.success(t("data.cut.done", path=shown_path(done.path), kept=done.n_kept, of=done.n_of,
+                     dups=done.n_duplicates), icon=":material/content_cut:")
+    with st.expander(t("data.cut.title"), icon=":material/content_cut:"):
+        st.caption(t("data.cut.note"))
+        state.setdefault("data.cut.mode", "first")
+        mode = st.radio(t("data.cut.mode"), ["all", "first", "random"], key="data.cut.mode", horizontal=True,
+                        format_func=option_labels("data.cut.mode."))
+        if state.get("data.cut.n") is None or state["data.cut.n"] > report.n_usable:
+            state["data.cut.n"] = min(50, report.n_usable)
+        state.setdefault("data.cut.seed", 0)
+        c1, c2 = st.columns(2)
+        c1.number_input(t("data.cut.n"), min_value=1, max_value=report.n_usable, key="data.cut.n",
+                        disabled=mode == "all")
+        c2.number_input(t("data.cut.seed"), min_value=0, key="data.cut.seed", disabled=mode != "random")
+        dedupe = st.checkbox(t("data.cut.dedupe", n=report.n_duplicates), key="data.cut.dedupe")
+        st.button(t("data.cut.go"), key="data.cut.go", icon=":material/save:", disabled=mode == "all" and not dedupe,
+                  on_click=make_subset, args=(path,))
+        if state.get("data.subset_error"):
+            st.error(say(state.pop("data.subset_error")), icon=":material/error:")
+
+
+def make_subset(path: Path) -> None:
+    """Button callback: cut a new dataset file from ``path`` as the widgets ``data.cut.*`` say (first N / random N /
+    all, optionally without exact duplicates), select it by its path on this page and in the Train form, and
+    remember what was done to say so. It runs before the page script, so it may set the source widgets, and it
+    reads the widgets' values now (arguments bound at render time would be those of the run before the click)."""
+    state = st.session_state
+    mode, n = state.get("data.cut.mode"), int(state.get("data.cut.n") or 0)
+    try:
+        cut = write_subset(path, first=n if mode == "first" else None, sample=n if mode == "random" else None,
+                           seed=int(state.get("data.cut.seed") or 0), dedupe=bool(state.get("data.cut.dedupe")))
+    except UserError as e:
+        state["data.subset_error"] = e
+        return
+    state["p.data.source"] = "path"
+    state["p.data.server_path"] = shown_path(cut.path)
+    state["data.subset_done"] = cut
+    use_in_form(cut.path)

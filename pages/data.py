@@ -24,16 +24,10 @@ if source == "sample":
 elif source == "upload":
     # No `type=`: with it Streamlit itself raises on a file name holding a NUL byte before this script runs, on
     # every rerun until a reload. Our own check names the problem instead (extension and name, in store_upload).
-    upload = st.file_uploader(t("data.upload"), key="data.upload", help=t("data.upload_help"))
-    if upload is not None:
-        stored = st.session_state.setdefault("data.stored", {})
-        if upload.file_id not in stored:
-            try:
-                stored[upload.file_id] = str(dv.store_uploaded(upload.getvalue(), upload.name))
-            except UserError as e:
-                st.error(say(e), icon=":material/error:")
-        if upload.file_id in stored:
-            st.session_state["data.last_upload"] = stored[upload.file_id]
+    dv.take_upload(st.file_uploader(t("data.upload"), key="data.upload", help=t("data.upload_help")))
+    if st.session_state.get("data.upload_error"):
+        st.error(say(st.session_state["data.upload_error"]), icon=":material/error:")
+        st.stop()
     if st.session_state.get("data.last_upload"):
         path = Path(st.session_state["data.last_upload"])
         st.caption(t("data.stored_as", path=dv.shown_path(path)))
@@ -58,25 +52,31 @@ if in_form:
     c2.success(t("data.in_form"), icon=":material/check:")
 elif c2.button(t("data.use"), key="data.use", type="primary", disabled=report.n_usable == 0,
                icon=":material/arrow_forward:"):
-    st.session_state[form.key("data", "path")] = dv.shown_path(path)
+    dv.use_in_form(path)
     st.switch_page("pages/train.py")
 
 # ---- validation summary
 m = st.columns(5)
 m[0].metric(t("data.rows"), report.n_rows)
 m[1].metric(t("data.usable"), report.n_usable)
-m[2].metric(t("data.errors"), report.n_errors)
+m[2].metric(t("data.errors"), report.n_bad_rows)
 m[3].metric(t("data.warnings"), report.n_warnings)
 m[4].metric(t("data.format"), report.format)
+problem_columns = {"row": st.column_config.NumberColumn(t("data.col.row"), width="small"),
+                   "field": t("data.col.field"), "message": t("data.col.message")}
 if report.errors:
-    st.error(t("data.errors_note", n=report.n_errors), icon=":material/error:")
+    st.error(t("data.errors_note", n=report.n_bad_rows, problems=report.n_errors), icon=":material/error:")
     st.dataframe(dv.errors_frame(report), hide_index=True, height=min(400, 38 + 35 * len(report.errors)),
-                 key="data.errors_table")
+                 key="data.errors_table", column_config=problem_columns)
 if report.warnings:
     with st.expander(t("data.warnings_list", n=report.n_warnings)):
-        st.dataframe(dv.errors_frame(report, "warnings"), hide_index=True, key="data.warnings_table")
+        st.dataframe(dv.errors_frame(report, "warnings"), hide_index=True, key="data.warnings_table",
+                     column_config=problem_columns)
 if report.n_usable == 0:
     st.stop()
+
+# ---- a smaller or de-duplicated copy, as a new file
+dv.subset_panel(path, report)
 
 # ---- preview
 st.subheader(t("data.preview"))
@@ -115,12 +115,15 @@ m[2].metric(t("data.max"), stats.max)
 m[3].metric(t("data.truncated", max_length=max_length), stats.n_truncated)
 m[4].metric(t("data.answer_lost"), stats.n_answer_lost)
 st.altair_chart(dv.length_histogram(stats, {"x": t("data.hist_x"), "y": t("data.hist_y")}), width="stretch")
-if stats.n_truncated:
+if stats.n_answer_lost:  # training skips these: the banner must count them (they are truncated records too)
+    st.warning(t("data.answer_lost_note", n=stats.n_truncated, lost=stats.n_answer_lost, max_length=max_length),
+               icon=":material/content_cut:")
+elif stats.n_truncated:
     st.warning(t("data.truncated_note", n=stats.n_truncated, max_length=max_length), icon=":material/content_cut:")
 specials = dv.special_frame(report, tok)
 if len(specials):
     st.warning(t("data.special_rows", n=len(specials)), icon=":material/warning:")
-    st.dataframe(specials, hide_index=True, key="data.special_table")
+    st.dataframe(specials, hide_index=True, key="data.special_table", column_config=problem_columns)
 
 # ---- label mask
 st.subheader(t("data.mask"))

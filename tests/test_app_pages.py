@@ -194,10 +194,9 @@ def test_upload_is_validated_stored_safely_and_shown_as_text(app, uploads):
     assert list(errors["row"]) == [2] and list(errors["field"]) == ["instruction"]
     mask = app.html[0].value  # the first usable record holds <script>: shown as text, never as a tag
     assert "<script" not in mask and "&lt;script" in mask and "&lt;/" in mask
-    # Train on it: the form gets the stored path and the Train page opens.
-    app.button(key="data.use").click().run()
-    assert not app.exception
-    assert app.title[0].value == ZH["train.title"]
+    # Uploading selected it: the Train form already holds the stored path.
+    assert ZH["data.in_form"] in texts(app, "success")
+    goto(app, "pages/train.py")
     assert Path(app.text_input(key="p.f.data.path").value) == stored[0]
 
 
@@ -228,7 +227,7 @@ def test_upload_of_a_broken_file_is_refused_and_not_stored(app, uploads):
     app.radio(key="p.data.source").set_value("upload").run()
     app.file_uploader(key="data.upload").set_value(("broken.json", b"[{\"instruction\": ", "application/json")).run()
     assert not app.exception
-    assert any("malformed JSON" in e for e in texts(app, "error"))
+    assert any("JSON 格式错误" in e for e in texts(app, "error"))
     assert not uploads.exists() or not list(uploads.iterdir())
 
 

@@ -290,8 +290,10 @@ def upload_and_keep_50(page, expect) -> str:
 
 
 def launch(page, data_path: str, expect) -> None:
-    """Train on the 50 records: enough epochs for a few checkpoints (every 2 steps); the plan fits; launch."""
-    page.get_by_role("button", name="用这个数据训练").click()
+    """Train on the 50 records (making the file put it in the form: no second click): enough epochs for a few
+    checkpoints (every 2 steps); the plan fits; launch."""
+    expect(page.get_by_text("训练页正在使用这个文件")).to_be_visible()
+    nav(page, "训练")
     expect(page.get_by_role("heading", name="训练")).to_be_visible()
     expect(page.get_by_role("textbox", name="数据集文件")).to_have_value(data_path)
     page.get_by_role("tab", name="超参数").click()

@@ -172,7 +172,7 @@ def test_conversation_without_answer_is_flagged(starter_tokenizer, remote_tokeni
 
 from toy_chat_models import chatml_llama, llama3, zephyr_tags  # noqa: E402
 
-from trainer_core.data.chat_format import special_strings, specials_in, stop_token_ids, turn_format  # noqa: E402
+from trainer_core.data.chat_template import special_strings, specials_in, stop_token_ids, turn_format  # noqa: E402
 from trainer_core.data.dataset import load_dataset_bytes, special_token_warnings  # noqa: E402
 from trainer_core.errors import UserError  # noqa: E402
 
@@ -238,7 +238,7 @@ def test_forged_turns_in_a_row_stay_text_and_warn(starter_tokenizer, remote_toke
         assert tok.decode(bad.input_ids) == tok.decode(clean.input_ids).replace("我是甄嬛。", "我是甄嬛。" + forged)
         assert trained_runs(tok, bad) == ["我是甄嬛。" + forged + turn_format(tok).end_marker]
         [warning] = special_token_warnings(report, tok)
-        assert warning.row == 2 and warning.field == "turn 2" and "plain text" in warning.message
+        assert warning.row == 2 and warning.field == "turn 2" and "plain text" in str(warning.message)
 
 
 def test_persona_and_prompt_with_control_tokens_are_text(starter_tokenizer, remote_tokenizer, toy):

@@ -10,8 +10,10 @@ import pytest
 
 from trainer_core import paths
 
-from trainer_core.data import dataset as data
-from trainer_core.data.dataset import DataReport, RowError, load_dataset, load_dataset_bytes, safe_upload_name, store_upload
+from trainer_core.data import token_stats as data
+from trainer_core.data.dataset import DataReport, load_dataset, load_dataset_bytes
+from trainer_core.data.uploads import safe_upload_name, store_upload
+from trainer_core.data.validate import RowError
 from trainer_core.errors import UserError
 
 REAL_DATA = paths.PROJECT_ROOT.parent / "shared" / "data" / "huanhuan.json"
@@ -62,7 +64,7 @@ def test_real_huanhuan_json():
     assert report.n_usable == 3729
     assert report.errors == []
     assert report.n_warnings == 112 and len(report.warnings) == 50
-    assert all(w.message.startswith("duplicate of row ") for w in report.warnings)
+    assert all(w.message.code == "data.duplicate" for w in report.warnings) and report.n_duplicates == 112
     assert report.conversations[0] == [
         {"role": "user", "content": "娘娘。"},
         {"role": "assistant", "content": "你放心，本宫到任何时候都不会自轻自贱委屈了这孩子。"},
@@ -173,7 +175,8 @@ def test_to_dict_is_json_and_caps_errors(tmp_path):
     assert summary["n_rows"] == 252 and summary["n_usable"] == 2  # the duplicate is kept, with a warning
     assert summary["n_errors"] == 250 and len(summary["errors"]) == 50  # one kind: its first 50, all counted
     assert summary["errors"][0] == {
-        "row": 1, "field": "output", "message": "is empty; it is the reply the model learns"
+        "row": 1, "field": "output", "message": "is empty; it is the reply the model learns",
+        "code": "data.empty_output"
     }
     assert summary["n_warnings"] == 2  # the unknown "extra" field and the duplicate
 
@@ -183,8 +186,7 @@ def test_problems_keep_the_first_of_each_kind_and_count_the_rest(tmp_path):
     report = load_jsonl(tmp_path, *rows)
     assert report.n_errors == 120 + 70 * 4  # empty outputs; per bad record: 3 history pairs + missing output
     kinds = {e.kind for e in report.errors}
-    assert kinds == {"output|is empty; it is the reply the model learns",
-                     "history[]|must be a [question, answer] pair of strings", "output|required field is missing"}
+    assert kinds == {"output|data.empty_output", "history[]|data.history_pair", "output|data.field_missing"}
     assert len(report.errors) == 3 * 50 and report.errors.n_hidden == report.n_errors - 150
     # Precise where kept: the first of each kind with its own row and field.
     assert [str(e) for e in report.errors if e.row == 121][:2] == [
@@ -327,7 +329,7 @@ def test_extra_fields_are_warnings_not_errors(tmp_path):
     report = load_jsonl(tmp_path, alpaca(1, id=7, source="剧本"))
     assert report.errors == [] and report.n_usable == 1
     assert [(w.row, w.field) for w in report.warnings] == [(1, "id"), (1, "source")]
-    assert report.warnings[0].message.startswith("unknown field ignored")
+    assert str(report.warnings[0].message).startswith("unknown field ignored")
 
 
 def test_bad_history(tmp_path):
@@ -559,4 +561,62 @@ def test_unfilled_placeholders_in_answers_warn(tmp_path):
                         {"instruction": "{{name}} 你好", "output": "好。"})  # only answers are checked
     [warning] = report.warnings
     assert (warning.row, warning.field) == (1, "turn 2")
-    assert "{{name}}, {{ user }}, ${char}" in warning.message and report.n_usable == 3
+    assert "{{name}}, {{ user }}, ${char}" in str(warning.message) and report.n_usable == 3
+
+
+# ---------------------------------------------------------------------------------------------------- subsets
+
+
+def test_subsets_are_new_files_of_usable_records_and_leave_the_source_alone(tmp_path):
+    from trainer_core.data.subset import write_subset
+
+    records = [alpaca(i) for i in range(10)] + [alpaca(3), {"instruction": "坏"}, alpaca(5), alpaca(10)]
+    source = write(tmp_path, "源.jsonl", jsonl(*records))
+    before = source.read_bytes()
+    out = tmp_path / "out"
+
+    def written(cut) -> list[dict]:
+        assert cut.path.parent == out and cut.path != source
+        return [json.loads(line) for line in cut.path.read_text(encoding="utf-8").splitlines()]
+
+    head = write_subset(source, first=3, out_dir=out)
+    assert written(head) == records[:3] and (head.n_kept, head.n_of, head.n_duplicates) == (3, 13, 0)
+    # Duplicates (rows 11 and 13 repeat rows 4 and 6) go; the bad row 12 was never usable.
+    unique = write_subset(source, dedupe=True, out_dir=out)
+    assert written(unique) == records[:10] + [alpaca(10)]
+    assert (unique.n_kept, unique.n_of, unique.n_duplicates) == (11, 11, 2)
+    drawn = write_subset(source, sample=4, seed=7, dedupe=True, out_dir=out)
+    picked = written(drawn)
+    assert len(picked) == 4 == drawn.n_kept and drawn.n_of == 11 and drawn.n_duplicates == 2
+    assert len({r["instruction"] for r in picked}) == 4  # distinct records ...
+    assert sorted(picked, key=records.index) == picked  # ... in file order
+    assert write_subset(source, sample=4, seed=7, dedupe=True, out_dir=out) == drawn  # same seed, same file
+    assert written(write_subset(source, sample=4, seed=8, dedupe=True, out_dir=out)) != picked
+    assert written(write_subset(source, sample=99, out_dir=out)) == [records[i] for i in (*range(11), 12, 13)]
+    assert source.read_bytes() == before
+    assert len(list(out.iterdir())) == 5  # every cut its own file (a repeated cut: the same), nothing half-written
+    # The written file is a dataset in its own right, in the source's format.
+    assert load_dataset(unique.path).format == "alpaca" and load_dataset(unique.path).n_warnings == 0
+    with pytest.raises(UserError, match="at least 1"):
+        write_subset(source, first=0, out_dir=out)
+
+
+def test_a_subset_of_a_parquet_file_is_jsonl(tmp_path):
+    from test_tables import ALPACA, as_parquet
+    from trainer_core.data.subset import write_subset
+
+    cut = write_subset(as_parquet(tmp_path, ALPACA), first=2, out_dir=tmp_path / "out")
+    assert cut.path.suffix == ".jsonl" and load_dataset(cut.path).n_usable == 2
+
+
+def test_a_subset_refuses_a_value_json_cannot_hold_and_leaves_nothing(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainer_core.data.subset import write_subset
+
+    source = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"instruction": ["q", "r"], "output": ["a", "b"], "score": [1.0, float("nan")]}), source)
+    with pytest.raises(UserError, match="row 2 holds NaN"):
+        write_subset(source, dedupe=True, out_dir=tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir())

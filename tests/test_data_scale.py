@@ -50,7 +50,8 @@ def test_a_million_records_are_checked_in_bounded_memory(tmp_path):
     assert (report["n_rows"], report["n_usable"], report["n_errors"]) == (1_000_000, 900_000, 100_000)
     # Precise where listed (row, field, fix), capped per kind, every problem counted.
     assert len(report["errors"]) == 50 and report["errors"][0] == {
-        "row": 6, "field": "output", "message": "is empty; it is the reply the model learns"}
+        "row": 6, "field": "output", "message": "is empty; it is the reply the model learns",
+        "code": "data.empty_output"}
     assert report["n_warnings"] == 1000 and report["warnings"][0]["message"] == \
         "duplicate of row 999 (kept; remove it to train on it once)"
     assert r["peak_mib"] < PEAK_LIMIT_MIB, f"peak RSS {r['peak_mib']:.0f} MiB"

@@ -14,7 +14,8 @@ import yaml
 from conftest import ROOT, cli
 from trainer_core.data import safe_json
 from trainer_core.cli import main
-from trainer_core.data.dataset import load_dataset, safe_upload_name
+from trainer_core.data.dataset import load_dataset
+from trainer_core.data.uploads import safe_upload_name
 from trainer_core.errors import UserError
 from trainer_core.config.hardware import detect
 

@@ -26,8 +26,6 @@ MESSAGE_ARG = {"RowError": 2, "Lint": 2}
 PENDING = {
     "trainer_core/cli.py",
     "trainer_core/config/ds_config.py", "trainer_core/config/memory.py", "trainer_core/config/run_config.py",
-    "trainer_core/data/chat_format.py", "trainer_core/data/dataset.py", "trainer_core/data/records.py",
-    "trainer_core/data/tables.py",
     "trainer_core/models/export.py", "trainer_core/models/inference.py", "trainer_core/models/local.py",
     "trainer_core/models/qwen1_import.py", "trainer_core/models/starter.py",
     "trainer_core/runs/device_locks.py", "trainer_core/runs/launch.py", "trainer_core/runs/registry.py",

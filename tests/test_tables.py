@@ -15,7 +15,8 @@ import pytest
 
 from trainer_core import paths
 from trainer_core.cli import main
-from trainer_core.data.dataset import load_dataset, load_dataset_bytes, safe_upload_name
+from trainer_core.data.dataset import load_dataset, load_dataset_bytes
+from trainer_core.data.uploads import safe_upload_name
 from trainer_core.errors import UserError
 
 ALPACA = [
@@ -307,7 +308,7 @@ def test_200k_parquet_rows_are_checked_in_bounded_memory(tmp_path):
         report = json.loads(r["stdout"])
         assert (report["n_rows"], report["n_usable"], report["n_errors"]) == (n, n * 9 // 10, n // 10)
         assert report["errors"][0] == {"row": 6, "field": "output", "message": "is empty; it is the reply the model "
-                                                                                 "learns"}
+                                                                                 "learns", "code": "data.empty_output"}
         peaks[n] = r["peak_mib"]
         print(f"check-data --no-tokens, {n:,} Parquet rows: peak RSS {r['peak_mib']:.0f} MiB")
     assert peaks[200_000] - peaks[2_000] < 150, peaks

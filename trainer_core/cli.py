@@ -53,13 +53,15 @@ def cmd_prepare_models(args) -> int:
 
 def cmd_check_data(args) -> int:
     from trainer_core.config.run_config import DEFAULT_PERSONA, MAX_LENGTH_RANGE
-    from trainer_core.data.dataset import Problems, TokenCounter, load_dataset, special_warnings
+    from trainer_core.data.dataset import load_dataset
+    from trainer_core.data.token_stats import TokenCounter
+    from trainer_core.data.validate import DUPLICATE, Problems, special_warnings
 
     _bounded(args.max_length, "--max-length", *MAX_LENGTH_RANGE, why="the range data.max_length allows")
     persona = args.persona or DEFAULT_PERSONA
     counter, tok, persona_specials, specials = None, None, [], Problems()
     if not args.no_tokens and (args.model or Path(_default_model()).is_dir()):
-        from trainer_core.data.chat_format import specials_in
+        from trainer_core.data.chat_template import specials_in
         from trainer_core.models.local import check_model_dir, load_tokenizer
 
         model = args.model or _default_model()
@@ -78,7 +80,7 @@ def cmd_check_data(args) -> int:
     report.warnings.extend(specials)
     out = report.to_dict()
     if counter is not None and report.n_usable:
-        from trainer_core.data.chat_format import turn_format
+        from trainer_core.data.chat_template import turn_format
 
         out["tokens"] = counter.result().to_dict()
         out["tokens"].pop("lengths", None)
@@ -101,7 +103,7 @@ def cmd_check_data(args) -> int:
             emit(f"  ... {report.n_errors - min(50, len(report.errors))} more errors "
                  f"({len(report.errors.counts)} kinds; --json lists the first {report.errors.per_kind} of each)")
         # Duplicates come last: huanhuan.json alone has hundreds, which would hide everything else.
-        for w in sorted(report.warnings, key=lambda w: w.message.startswith("duplicate of row"))[:10]:
+        for w in sorted(report.warnings, key=lambda w: w.message.code == DUPLICATE)[:10]:
             emit(f"  warning: row {w.row}{' ' + w.field if w.field else ''}: {w.message}")
         if report.n_warnings > 10:
             emit(f"  ... {report.n_warnings - 10} more warnings (--json lists the first {report.warnings.per_kind} "
@@ -313,7 +315,7 @@ def cmd_logs(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from trainer_core.data.chat_format import specials_in
+    from trainer_core.data.chat_template import specials_in
     from trainer_core.models.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona, load_chat_model,
                                         resolve_model_dir, stream_reply)
 

@@ -19,18 +19,11 @@ import weakref
 from bisect import bisect_left
 from dataclasses import dataclass
 
+from trainer_core.data.chat_template import (render, require_fast, special_id, special_pattern, template_failed,
+                                             turn_format)
 from trainer_core.errors import UserError
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
-
-# Probe messages: plain ASCII words no template rewrites and no tokenizer treats specially.
-_PROBE = [
-    {"role": "user", "content": "probeQuestionOne"},
-    {"role": "assistant", "content": "probeAnswerOne"},
-    {"role": "user", "content": "probeQuestionTwo"},
-    {"role": "assistant", "content": "probeAnswerTwo"},
-]
-_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 @dataclass
@@ -47,17 +40,6 @@ class Encoded:
     """No token is trained at all (the cut removed every answer); the caller should report the record."""
     n_label_tokens: int
     """How many positions carry a label."""
-
-
-@dataclass(frozen=True)
-class TurnFormat:
-    """What a tokenizer's chat template writes around an assistant answer, found by rendering a probe."""
-
-    end_marker: str
-    """Text the template writes right after every answer, whitespace trimmed (`<|im_end|>`, `<|eot_id|>`, `</s>`):
-    trained with the answer, and where generation stops."""
-    generation_tags: bool
-    """The template marks assistant output with `{% generation %}`; those spans are what is trained."""
 
 
 def with_persona(conversation: list[dict], persona: str) -> list[dict]:
@@ -85,63 +67,10 @@ def prompt_ids(tokenizer, messages: list[dict], persona: str) -> list[int]:
     messages = with_persona(messages, persona)
     if not tokenizer.chat_template:
         return _chatml(tokenizer, [messages], add_generation_prompt=True)[0][0]
-    _require_fast(tokenizer)
+    require_fast(tokenizer)
     [text] = tokenizer.apply_chat_template([messages], add_generation_prompt=True, tokenize=False)
     [(ids, _)] = _encode_rendered(tokenizer, [text], [messages])
     return ids
-
-
-def turn_format(tokenizer) -> TurnFormat:
-    """The template's end-of-turn marker (and whether it has generation tags), probed once per tokenizer."""
-    template = tokenizer.chat_template or ""
-    cached = _FORMATS.get(tokenizer)
-    if cached is not None and cached[0] == template:
-        return cached[1]
-    fmt = TurnFormat("<|im_end|>", False) if not template else _probe(tokenizer, template)
-    _FORMATS[tokenizer] = (template, fmt)
-    return fmt
-
-
-_FORMATS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """Ids that end a reply: the template's end-of-turn marker when it is one token, and the tokenizer's eos."""
-    ids = set()
-    marker = turn_format(tokenizer).end_marker
-    if tokenizer.chat_template:
-        marker_ids = tokenizer.backend_tokenizer.encode(marker, add_special_tokens=False).ids if tokenizer.is_fast \
-            else tokenizer.encode(marker, add_special_tokens=False)
-    else:
-        marker_ids = [_special_id(tokenizer, "im_end_id", marker)]
-    if len(marker_ids) == 1:
-        ids.add(marker_ids[0])
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return sorted(ids)
-
-
-def special_strings(tokenizer) -> list[str]:
-    """The tokenizer's special-token strings (every added token marked special, not only the named ones)."""
-    cached = _SPECIALS.get(tokenizer)
-    if cached is None:
-        found = set(tokenizer.all_special_tokens)
-        found |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-        found |= set(getattr(tokenizer, "special_tokens", {}) or {})  # Qwen-7B-Chat's tiktoken specials
-        cached = sorted((s for s in found if s), key=len, reverse=True)
-        _SPECIALS[tokenizer] = cached
-    return cached
-
-
-_SPECIALS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def specials_in(tokenizer, text: str) -> list[str]:
-    """Special-token strings that occur in `text`, in order of first appearance (each once)."""
-    pattern = _special_pattern(tokenizer)
-    if pattern is None:
-        return []
-    return list(dict.fromkeys(m.group() for m in pattern.finditer(text)))
 
 
 def render_mask(tokenizer, encoded: Encoded) -> list[tuple[str, bool]]:
@@ -174,56 +103,16 @@ def _cut(ids: list[int], labels: list[int], max_length: int) -> Encoded:
     return Encoded(ids, labels, truncated=truncated, answer_lost=n_labels == 0, n_label_tokens=n_labels)
 
 
-def _require_fast(tokenizer) -> None:
-    if not tokenizer.is_fast:
-        name = type(tokenizer).__name__
-        raise UserError(f"{name} has a chat template but no character offsets; load its fast tokenizer instead.")
-
-
-def _render(tokenizer, conversations: list[list[dict]], **kwargs) -> list[str]:
-    try:
-        return tokenizer.apply_chat_template(conversations, tokenize=False, **kwargs)
-    except Exception as e:  # a Jinja error or a template that raises on this shape of conversation
-        raise UserError(f"the model's chat template cannot render this conversation: {e}") from None
-
-
-def _probe(tokenizer, template: str) -> TurnFormat:
-    """Render a two-exchange probe and read off what follows the first answer before the next question begins.
-
-    That gap holds the end-of-turn marker and the next user header; the conversation rendered up to the first
-    answer holds the marker (and whatever a template adds only at the very end). Their common start is the marker.
-    """
-    full, upto_first = _render(tokenizer, [_PROBE, _PROBE[:2]])
-    answer = _PROBE[1]["content"]
-    # Templates may render the last answer differently (Qwen3 adds an empty <think> block before it), so each
-    # rendering is searched on its own rather than compared as prefixes.
-    start, last = full.find(answer), upto_first.find(answer)
-    question = full.find(_PROBE[2]["content"], max(start, 0))
-    if start < 0 or last < 0 or question < 0:
-        raise UserError("the model's chat template could not be probed (it rewrites or drops the messages of a "
-                        "plain user/assistant conversation); give the model a standard chat template")
-    gap, tail = full[start + len(answer):question], upto_first[last + len(answer):]
-    common = 0
-    while common < min(len(gap), len(tail)) and gap[common] == tail[common]:
-        common += 1
-    marker = gap[:common].strip()
-    if not marker:
-        raise UserError("the model's chat template writes no end-of-turn marker after an assistant message, so a "
-                        "fine-tuned model could never learn to stop; use a chat template that ends each turn "
-                        "(e.g. with <|im_end|> or the eos token)")
-    return TurnFormat(marker, bool(_GENERATION_TAG.search(template)))
-
-
 def _templated(tokenizer, batch: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
-    _require_fast(tokenizer)
+    require_fast(tokenizer)
     fmt = turn_format(tokenizer)
     if fmt.generation_tags:
         texts, spans = _generation_spans(tokenizer, batch)
     else:
-        texts = _render(tokenizer, batch)
+        texts = render(tokenizer, batch)
         # Each answer's generation prompt (the turns before it plus the assistant header), rendered in one call.
         turns = [(k, i) for k, messages in enumerate(batch) for i, m in enumerate(messages) if m["role"] == "assistant"]
-        rendered = _render(tokenizer, [batch[k][:i] for k, i in turns], add_generation_prompt=True) if turns else []
+        rendered = render(tokenizer, [batch[k][:i] for k, i in turns], add_generation_prompt=True) if turns else []
         prompts = [{} for _ in batch]
         for (k, i), prompt in zip(turns, rendered):
             prompts[k][i] = prompt
@@ -248,7 +137,7 @@ def _generation_spans(tokenizer, batch):
         texts, indices = render_jinja_template(conversations=batch, chat_template=tokenizer.get_chat_template(),
                                                return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
     except Exception as e:
-        raise UserError(f"the model's chat template cannot render this conversation: {e}") from None
+        raise template_failed(e) from None
     return texts, [[(a, b) for a, b in spans] for spans in indices]
 
 
@@ -260,7 +149,7 @@ def _encode_rendered(tokenizer, texts: list[str], batch: list[list[dict]]) -> li
     through the Rust tokenizer directly in one batch: the same ids and offsets as tokenizer(...), without
     transformers converting every encoding into Python dicts first.
     """
-    pattern = _special_pattern(tokenizer)
+    pattern = special_pattern(tokenizer)
     forged = [pattern is not None and any(pattern.search(m["content"]) for m in messages) for messages in batch]
     plain = [text for text, f in zip(texts, forged) if not f]
     encodings = iter(tokenizer.backend_tokenizer.encode_batch(plain, add_special_tokens=False))
@@ -288,8 +177,9 @@ def _encode_keeping_text(tokenizer, text: str, messages: list[dict], pattern) ->
         content = message["content"]
         at = text.find(content, cursor) if content else -1
         if at < 0 and pattern.search(content):
-            raise UserError("the chat template changed a message that holds special-token text, so it cannot be "
-                            "kept as text; remove the special tokens from that message")
+            raise UserError("data.template_changed_special", "the chat template changed a message that holds "
+                            "special-token text, so it cannot be kept as text; remove the special tokens from that "
+                            "message")
         if at >= 0:
             inside.append((at, at + len(content)))
             cursor = at + len(content)
@@ -330,11 +220,6 @@ def _text_only_backend(tokenizer):
 _TEXT_ONLY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _special_pattern(tokenizer):
-    strings = special_strings(tokenizer)
-    return re.compile("|".join(map(re.escape, strings))) if strings else None
-
-
 def _answer_spans(
     text: str, messages: list[dict], prompts: dict[int, str], marker: str
 ) -> list[tuple[int, int]]:
@@ -358,25 +243,17 @@ def _answer_spans(
             content = content.strip()
             start = text.find(content, search_from)
         if start < 0:
-            raise UserError("The chat template changed an assistant message, so its tokens cannot be located.")
+            raise UserError("data.template_changed_answer", "The chat template changed an assistant message, so "
+                            "its tokens cannot be located.")
         cursor = start + len(content)
         mark = end_mark.match(text, cursor)
         if mark is None:
-            raise UserError(f"the chat template did not end assistant message {i + 1} with its end-of-turn marker "
-                            f"{marker!r} as it does in a plain conversation; that answer could not "
-                            "teach the model to stop")
+            raise UserError("data.template_answer_unended", "the chat template did not end assistant message {n} "
+                            "with its end-of-turn marker {marker!r} as it does in a plain conversation; that answer "
+                            "could not teach the model to stop", n=i + 1, marker=marker)
         cursor = mark.end()
         spans.append((start, cursor))
     return spans
-
-
-def _special_id(tokenizer, name: str, token: str) -> int:
-    value = getattr(tokenizer, name, None)  # Qwen-7B-Chat's tokenizer exposes im_start_id / im_end_id
-    if value is None:
-        value = tokenizer.convert_tokens_to_ids(token)
-    if value is None or value == tokenizer.unk_token_id:
-        raise UserError(f"{type(tokenizer).__name__} has no chat template and no {token} token; cannot build ChatML.")
-    return value
 
 
 def _as_text_pieces(content: str, pattern) -> list[str]:
@@ -394,9 +271,9 @@ def _as_text_pieces(content: str, pattern) -> list[str]:
 
 def _chatml(tokenizer, batch: list[list[dict]], *, add_generation_prompt: bool) -> list[tuple[list[int], list[int]]]:
     """ChatML from ids: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message, each piece tokenized alone."""
-    im_start = _special_id(tokenizer, "im_start_id", "<|im_start|>")
-    im_end = _special_id(tokenizer, "im_end_id", "<|im_end|>")
-    pattern = _special_pattern(tokenizer)
+    im_start = special_id(tokenizer, "im_start_id", "<|im_start|>")
+    im_end = special_id(tokenizer, "im_end_id", "<|im_end|>")
+    pattern = special_pattern(tokenizer)
     roles = sorted({m["role"] for messages in batch for m in messages} | {"assistant"})
     split = [_as_text_pieces(m["content"], pattern) for messages in batch for m in messages]
     # One batched call for every text piece; role names and the newline are shared.

@@ -45,7 +45,7 @@ class EncodedSet:
     n_rows: int
     """Records in the file, usable or not."""
     n_errors: int
-    """Row-level problems found while reading it."""
+    """Records left out for problems (a record with two problems counts once)."""
     first_error: str
     """The first of them, for a message when no record is usable ("" when none)."""
 
@@ -113,7 +113,7 @@ def encode_file(path, tokenizer, *, persona: str, max_length: int) -> EncodedSet
     builder = _Builder(tokenizer, persona, max_length)
     report = load_dataset(path, keep=False, on_usable=builder.add)
     first = str(report.errors[0]) if report.errors else ""
-    result = builder.result(report.n_rows, report.n_errors, first)
+    result = builder.result(report.n_rows, report.n_bad_rows, first)
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         _save(cache_file, result)

@@ -2,8 +2,8 @@
 
 ``.jsonl`` is read line by line from the open file; a ``.json`` array is decoded element by element from its text.
 Each item is ``(row, record, repeated_keys, problem)``: ``row`` is the 1-based line (.jsonl) or position (.json),
-``problem`` a message when that row is not usable JSON (then ``record`` is None). Problems with the file as a
-whole (encoding, a top level that is not an array) raise UserError.
+``problem`` a coded ``Text`` when that row is not usable JSON (then ``record`` is None). Problems with the file as
+a whole (encoding, a top level that is not an array) raise UserError.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import json
 from typing import IO, Iterator
 
 from trainer_core.data import safe_json
-from trainer_core.errors import UserError
+from trainer_core.errors import Text, UserError, text
 
-Item = tuple[int, object, list[str], str | None]
+Item = tuple[int, object, list[str], Text | None]
 
 
 def iter_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
@@ -24,16 +24,13 @@ def iter_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
     for lineno, raw in enumerate(stream, start=1):
         if lineno == 1:
             if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-                raise UserError(f"{name}: file is UTF-16; save it as UTF-8")
+                raise UserError("data.utf16", "{name}: file is UTF-16; save it as UTF-8", name=name)
             if raw.startswith(b"\xef\xbb\xbf"):
                 raw, offset = raw[3:], 3
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise UserError(
-                f"{name}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {offset + e.start}, line {lineno}); "
-                "save the file as UTF-8"
-            ) from None
+            raise not_utf8(name, raw[e.start], offset + e.start, lineno) from None
         offset += len(raw)
         line = line.removesuffix("\n")
         if not line.strip():
@@ -41,9 +38,10 @@ def iter_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
         try:
             record, repeated = safe_json.loads(line)
         except json.JSONDecodeError as e:
-            yield lineno, None, [], f"invalid JSON at column {e.colno}: {e.msg}"
+            yield lineno, None, [], text("data.invalid_json_line", "invalid JSON at column {column}: {reason}",
+                                         column=e.colno, reason=json_reason(e.msg))
         except safe_json.JsonProblem as e:
-            yield lineno, None, [], str(e)
+            yield lineno, None, [], e.text
         else:
             yield lineno, record, repeated, None
 
@@ -53,8 +51,8 @@ def iter_json_array(text: str, name: str, cursor: list[int] | None = None) -> It
     the character position reached, for progress."""
     depth = safe_json.nesting_depth(text)
     if depth > safe_json.MAX_DEPTH:
-        raise UserError(f"{name}: nested {depth} levels deep, more than the {safe_json.MAX_DEPTH} a dataset may "
-                        "use; records are flat objects")
+        raise UserError("data.nested_too_deep", "{name}: nested {depth} levels deep, more than the {limit} a "
+                        "dataset may use; records are flat objects", name=name, depth=depth, limit=safe_json.MAX_DEPTH)
     start = _skip_ws(text, 0)
     if start >= len(text) or text[start] != "[":
         _refuse_top_level(text, name)
@@ -79,9 +77,9 @@ def iter_json_array(text: str, name: str, cursor: list[int] | None = None) -> It
         try:
             record, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            raise UserError(f"{name}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+            raise malformed(name, e.lineno, e.colno, e.msg) from None
         except safe_json.JsonProblem as e:
-            yield row, None, [], str(e)
+            yield row, None, [], e.text
             pos = _skip_value(text, pos, name)
         else:
             yield row, record, repeated[:], None
@@ -96,11 +94,39 @@ def iter_json_array(text: str, name: str, cursor: list[int] | None = None) -> It
             return
         else:
             line, col = _line_col(text, pos)
-            raise UserError(f"{name}: malformed JSON at line {line}, column {col}: Expecting ',' delimiter")
+            raise malformed(name, line, col, "Expecting ',' delimiter")
 
 
-def _constant(name: str):
-    raise safe_json.JsonProblem(f"{name} is not valid JSON (use null or a number)")
+def malformed(name: str, line: int, column: int, reason: str) -> UserError:
+    """A file that is not JSON from this point on; ``reason`` is the parser's phrase (json.JSONDecodeError.msg)."""
+    return UserError("data.malformed_json", "{name}: malformed JSON at line {line}, column {column}: {reason}",
+                     name=name, line=line, column=column, reason=json_reason(reason))
+
+
+def json_reason(msg: str) -> Text | str:
+    """Python's JSON parser's phrase as a coded text, so the dashboard can say it in Chinese (unknown ones stay)."""
+    return _JSON_REASONS.get(msg, msg)
+
+
+_JSON_REASONS = {
+    "Expecting value": text("data.json_expecting_value", "Expecting value"),
+    "Expecting ',' delimiter": text("data.json_expecting_comma", "Expecting ',' delimiter"),
+    "Expecting ':' delimiter": text("data.json_expecting_colon", "Expecting ':' delimiter"),
+    "Expecting property name enclosed in double quotes": text(
+        "data.json_expecting_name", "Expecting property name enclosed in double quotes"),
+    "Unterminated string starting at": text("data.json_unterminated", "Unterminated string starting at"),
+    "Invalid control character at": text("data.json_control_character", "Invalid control character at"),
+    "Invalid \\escape": text("data.json_bad_escape", "Invalid \\escape"),
+    "Extra data": text("data.json_extra_data", "Extra data"),
+}
+
+
+def not_utf8(name: str, byte: int, offset: int, line: int) -> UserError:
+    return UserError("data.not_utf8", "{name}: not valid UTF-8 (byte 0x{byte:02x} at offset {offset}, line {line}); "
+                     "save the file as UTF-8", name=name, byte=byte, offset=offset, line=line)
+
+
+_constant = safe_json.no_constant
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -115,14 +141,14 @@ def _skip_value(text: str, pos: int, name: str) -> int:
     try:
         return json.JSONDecoder().raw_decode(text, pos)[1]
     except json.JSONDecodeError as e:
-        raise UserError(f"{name}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        raise malformed(name, e.lineno, e.colno, e.msg) from None
 
 
 def _expect_end(text: str, pos: int, name: str) -> None:
     pos = _skip_ws(text, pos)
     if pos < len(text):
         line, col = _line_col(text, pos)
-        raise UserError(f"{name}: malformed JSON at line {line}, column {col}: Extra data")
+        raise malformed(name, line, col, "Extra data")
 
 
 def _line_col(text: str, pos: int) -> tuple[int, int]:
@@ -134,24 +160,24 @@ def _refuse_top_level(text: str, name: str) -> None:
     try:
         value, _ = safe_json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{name}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        raise malformed(name, e.lineno, e.colno, e.msg) from None
     except safe_json.JsonProblem as e:
-        raise UserError(f"{name}: {e}") from None
-    raise UserError(
-        f"{name}: top level is {json_type(value)}; expected an array of records "
-        '[{"instruction": ..., "output": ...}, ...] (or a .jsonl file with one record per line)'
-    )
+        raise UserError("data.file_problem", "{name}: {problem}", name=name, problem=e.text) from None
+    raise UserError("data.top_level_not_array", '{name}: top level is {type}; expected an array of records '
+                    '[{{"instruction": ..., "output": ...}}, ...] (or a .jsonl file with one record per line)',
+                    name=name, type=json_type(value))
 
 
-def json_type(value) -> str:
+def json_type(value) -> Text:
+    """The JSON kind of a value, as words for a message ("an object", "a string", ...)."""
     if isinstance(value, dict):
-        return "an object"
+        return text("data.type_object", "an object")
     if isinstance(value, list):
-        return "an array"
+        return text("data.type_array", "an array")
     if isinstance(value, str):
-        return "a string"
+        return text("data.type_string", "a string")
     if isinstance(value, bool):
-        return "a boolean"
+        return text("data.type_boolean", "a boolean")
     if value is None:
-        return "null"
-    return "a number"
+        return text("data.type_null", "null")
+    return text("data.type_number", "a number")

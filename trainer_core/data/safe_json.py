@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from trainer_core.errors import Text, text
+
 MAX_DEPTH = 64
 """Deepest nesting accepted. A dialogue record needs 4 levels (record, history, pair, string); DeepSpeed JSON 3."""
 
@@ -24,14 +26,19 @@ _OPEN = (ord("["), ord("{"))
 
 
 class JsonProblem(ValueError):
-    """Why a text is not acceptable JSON, as a message without the file name (callers add where)."""
+    """Why a text is not acceptable JSON, as a coded message without the file name (callers add where).
+    ``str()`` is the English; ``.text`` the ``Text`` the dashboard translates."""
+
+    def __init__(self, message: Text):
+        super().__init__(message)
+        self.text = message
 
 
-def nesting_depth(text: str) -> int:
+def nesting_depth(doc: str) -> int:
     """The deepest level of arrays/objects in a JSON text (brackets inside strings do not count)."""
-    if text.count("[") + text.count("{") == 0:
+    if doc.count("[") + doc.count("{") == 0:
         return 0
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", doc))
     if not brackets:
         return 0
     codes = np.frombuffer(brackets.encode("ascii"), dtype=np.uint8)
@@ -39,18 +46,21 @@ def nesting_depth(text: str) -> int:
     return int(np.cumsum(steps).max())
 
 
-def _no_constant(name: str):
-    raise JsonProblem(f"{name} is not valid JSON (use null or a number)")
+def no_constant(name: str):
+    """``parse_constant`` hook: NaN and Infinity are refused by name."""
+    raise JsonProblem(text("data.json_constant", "{constant} is not valid JSON (use null or a number)",
+                           constant=name))
 
 
-def loads(text: str, *, max_depth: int = MAX_DEPTH) -> tuple[Any, list[str]]:
-    """Parse ``text``; return (value, repeated keys in the order met). Raises JsonProblem for depth and NaN, and
+def loads(doc: str, *, max_depth: int = MAX_DEPTH) -> tuple[Any, list[str]]:
+    """Parse ``doc``; return (value, repeated keys in the order met). Raises JsonProblem for depth and NaN, and
     json.JSONDecodeError (with its line and column) for malformed text, which callers word for their input."""
     # Counting brackets is cheap and bounds the depth from above, so most texts skip the exact measurement.
-    if text.count("[") + text.count("{") > max_depth:
-        depth = nesting_depth(text)
+    if doc.count("[") + doc.count("{") > max_depth:
+        depth = nesting_depth(doc)
         if depth > max_depth:
-            raise JsonProblem(f"nested {depth} levels deep, more than the {max_depth} allowed; flatten it")
+            raise JsonProblem(text("data.json_too_deep", "nested {depth} levels deep, more than the {limit} "
+                                   "allowed; flatten it", depth=depth, limit=max_depth))
     repeated: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict:
@@ -62,7 +72,8 @@ def loads(text: str, *, max_depth: int = MAX_DEPTH) -> tuple[Any, list[str]]:
         return out
 
     try:
-        value = json.loads(text, object_pairs_hook=pairs, parse_constant=_no_constant)
+        value = json.loads(doc, object_pairs_hook=pairs, parse_constant=no_constant)
     except RecursionError:  # only reachable with a limit above Python's stack; kept so it can never escape
-        raise JsonProblem(f"nested too deeply for the parser; keep it under {max_depth} levels") from None
+        raise JsonProblem(text("data.json_recursion", "nested too deeply for the parser; keep it under {limit} "
+                               "levels", limit=max_depth)) from None
     return value, repeated

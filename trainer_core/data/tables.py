@@ -17,8 +17,8 @@ from typing import Iterator
 import pyarrow as pa
 
 from trainer_core.data import safe_json
-from trainer_core.errors import UserError
-from trainer_core.data.records import Item
+from trainer_core.errors import Text, UserError, text
+from trainer_core.data.records import Item, json_reason
 
 SLICE = 1024
 """Rows turned into Python objects at a time."""
@@ -39,11 +39,12 @@ def iter_parquet(source, name: str, cursor: list[float]) -> Iterator[Item]:
         pf = pq.ParquetFile(_open(source))
         schema = pf.schema_arrow
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{name}: not a readable Parquet file ({_first_line(e)})") from None
+        raise UserError("data.not_parquet", "{name}: not a readable Parquet file ({detail})", name=name,
+                        detail=_first_line(e)) from None
     _check_schema(schema, name)
     total = max(1, pf.metadata.num_rows)
     batches = pf.iter_batches(batch_size=SLICE)
-    yield from _rows(_guarded(batches, name, "Parquet file"), schema, name, cursor, lambda done: done / total)
+    yield from _rows(_guarded(batches, name, "Parquet"), schema, name, cursor, lambda done: done / total)
 
 
 def iter_csv(source, name: str, cursor: list[float]) -> Iterator[Item]:
@@ -58,7 +59,7 @@ def iter_csv(source, name: str, cursor: list[float]) -> Iterator[Item]:
     else:
         head, size = bytes(source[:3]), max(1, len(source))
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise UserError(f"{name}: file is UTF-16; save it as UTF-8")
+        raise UserError("data.utf16", "{name}: file is UTF-16; save it as UTF-8", name=name)
     parse = pcsv.ParseOptions(newlines_in_values=True)  # answers span lines inside quoted cells
     read = pcsv.ReadOptions(block_size=CSV_BLOCK)
     try:
@@ -69,16 +70,16 @@ def iter_csv(source, name: str, cursor: list[float]) -> Iterator[Item]:
         reader = pcsv.open_csv(_open(source), read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowException, OSError) as e:
         if "straddling object" in str(e):
-            raise UserError(f"{name}: a row is longer than {CSV_BLOCK >> 20} MB; records are limited to 20,000 "
-                            "characters, so split or shorten it") from None
-        raise UserError(f"{name}: not a readable CSV file ({_first_line(e)})") from None
+            raise _row_too_long(name) from None
+        raise UserError("data.not_csv", "{name}: not a readable CSV file ({detail})", name=name,
+                        detail=_first_line(e)) from None
     _check_schema(reader.schema, name)
     json_columns = [c for c in JSON_TEXT_COLUMNS if c in names]
     # The reader reads ahead of the rows handed out, so bytes per record so far estimate how far it has got.
     state = {"bytes": 0}
 
     def batches():
-        for batch in _guarded(reader, name, "CSV file"):
+        for batch in _guarded(reader, name, "CSV"):
             state["bytes"] += batch.nbytes
             yield batch
 
@@ -98,12 +99,12 @@ def iter_saved_dataset(folder: Path, name: str, cursor: list[float]) -> Iterator
             try:
                 reader = pa.ipc.open_stream(source)
             except (pa.ArrowException, OSError) as e:
-                raise UserError(f"{where}: not an Arrow stream file as save_to_disk writes ({_first_line(e)})") \
-                    from None
+                raise UserError("data.not_arrow_stream", "{name}: not an Arrow stream file as save_to_disk writes "
+                                "({detail})", name=where, detail=_first_line(e)) from None
             _check_schema(reader.schema, where)
             progress = lambda done, b=before, s=source: (b + s.tell()) / total  # noqa: E731
             n = 0
-            for n, record, repeated, problem in _rows(_guarded(reader, where, "Arrow stream file"), reader.schema,
+            for n, record, repeated, problem in _rows(_guarded(reader, where, "Arrow stream"), reader.schema,
                                                       where, cursor, progress):
                 yield row + n, record, repeated, problem
         row += n
@@ -118,27 +119,33 @@ def saved_dataset_files(folder: Path) -> list[Path]:
         splits = folder / "dataset_dict.json"
         if splits.is_file():
             subs = sorted(p.name for p in folder.iterdir() if (p / STATE_FILE).is_file())
-            raise UserError(f"{name}: holds a DatasetDict with splits {', '.join(subs) or '(none)'}; give the "
-                            f"folder of one split, e.g. {folder / (subs[0] if subs else 'train')}")
-        raise UserError(f"{name}: is a folder without {STATE_FILE}; give a dataset file (.json, .jsonl, .parquet, "
-                        ".csv) or a folder written by datasets' save_to_disk")
+            raise UserError("data.dataset_dict", "{name}: holds a DatasetDict with splits {splits}; give the "
+                            "folder of one split, e.g. {example}", name=name, splits=", ".join(subs) or "-",
+                            example=folder / (subs[0] if subs else "train"))
+        raise UserError("data.folder_without_state", "{name}: is a folder without {state}; give a dataset file "
+                        "(.json, .jsonl, .parquet, .csv) or a folder written by datasets' save_to_disk", name=name,
+                        state=STATE_FILE)
     try:
         state, _ = safe_json.loads(state_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, safe_json.JsonProblem, UnicodeDecodeError, OSError) as e:
-        raise UserError(f"{state_path}: not readable JSON ({_first_line(e)})") from None
+        raise UserError("data.state_not_json", "{path}: not readable JSON ({detail})", path=state_path,
+                        detail=_first_line(e)) from None
     entries = state.get("_data_files") if isinstance(state, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise UserError(f"{state_path}: has no _data_files list; it is not a save_to_disk state file")
+        raise UserError("data.state_without_files", "{path}: has no _data_files list; it is not a save_to_disk "
+                        "state file", path=state_path)
     files = []
     for entry in entries:
         filename = entry.get("filename") if isinstance(entry, dict) else None
         # Names come from the file: only plain names inside the folder, never a path out of it.
         if not isinstance(filename, str) or not filename or "/" in filename or "\\" in filename \
                 or filename in (".", ".."):
-            raise UserError(f"{state_path}: _data_files entry {entry!r:.80} is not a file name in the folder")
+            raise UserError("data.state_bad_entry", "{path}: _data_files entry {entry} is not a file name in the "
+                            "folder", path=state_path, entry=repr(entry)[:80])
         path = folder / filename
         if not path.is_file():
-            raise UserError(f"{state_path}: lists {filename}, which is not in the folder")
+            raise UserError("data.state_missing_file", "{path}: lists {filename}, which is not in the folder",
+                            path=state_path, filename=filename)
         files.append(path)
     return [state_path] + files
 
@@ -160,9 +167,9 @@ def _guarded(batches, name: str, what: str) -> Iterator[pa.RecordBatch]:
             return
         except (pa.ArrowException, OSError) as e:
             if "straddling object" in str(e):  # pyarrow's words for a CSV row longer than a block
-                raise UserError(f"{name}: a row is longer than {CSV_BLOCK >> 20} MB; records are limited to "
-                                "20,000 characters, so split or shorten it") from None
-            raise UserError(f"{name}: damaged or truncated {what} ({_first_line(e)})") from None
+                raise _row_too_long(name) from None
+            raise UserError("data.damaged_table", "{name}: damaged or truncated {what} file ({detail})", name=name,
+                            what=what, detail=_first_line(e)) from None
         yield batch
 
 
@@ -185,19 +192,25 @@ def _rows(batches, schema: pa.Schema, name: str, cursor: list[float], fraction, 
         cursor[0] = fraction(row)
 
 
-def _parse_json_cell(record: dict, column: str, repeated: list[str]) -> str | None:
-    text = record.get(column)
-    if text is None:
+def _row_too_long(name: str) -> UserError:
+    return UserError("data.csv_row_too_long", "{name}: a row is longer than {mb} MB; records are limited to 20,000 "
+                     "characters, so split or shorten it", name=name, mb=CSV_BLOCK >> 20)
+
+
+def _parse_json_cell(record: dict, column: str, repeated: list[str]) -> Text | None:
+    cell = record.get(column)
+    if cell is None:
         return None
-    if not text.strip():
+    if not cell.strip():
         del record[column]  # an empty cell: the record has no such field
         return None
     try:
-        record[column], keys = safe_json.loads(text)
+        record[column], keys = safe_json.loads(cell)
     except json.JSONDecodeError as e:
-        return f"{column}: invalid JSON at column {e.colno}: {e.msg}"
+        return text("data.cell_invalid_json", "{cell}: invalid JSON at column {column}: {reason}", cell=column,
+                    column=e.colno, reason=json_reason(e.msg))
     except safe_json.JsonProblem as e:
-        return f"{column}: {e}"
+        return text("data.cell_problem", "{cell}: {problem}", cell=column, problem=e.text)
     repeated += keys
     return None
 
@@ -214,17 +227,18 @@ def _check_schema(schema: pa.Schema, name: str) -> None:
     """Refuse, before any row is read, a file no record of which could be used: no column a record format needs,
     or a column whose type has no JSON form (bytes, dates, maps, ...)."""
     if not any(c in schema.names for c in RECORD_COLUMNS):
-        raise UserError(f"{name}: no column {', '.join(RECORD_COLUMNS)} (columns: {', '.join(schema.names)[:200]}); "
-                        "name the columns as the fields of a .jsonl record")
+        raise UserError("data.no_record_column", "{name}: no column {wanted} (columns: {columns}); name the "
+                        "columns as the fields of a .jsonl record", name=name, wanted=", ".join(RECORD_COLUMNS),
+                        columns=", ".join(schema.names)[:200])
     for f in schema:
-        problem = _unsupported(f.type)
-        if problem:
-            raise UserError(f"{name}: column {f.name!r} has type {f.type}{problem}; use strings, lists of "
-                            "[question, answer] string pairs (history) or lists of {role, content} structs")
+        if _unsupported(f.type):
+            raise UserError("data.column_type", "{name}: column {column!r} has type {type}, which has no JSON form; "
+                            "use strings, lists of [question, answer] string pairs (history) or lists of "
+                            "{{role, content}} structs", name=name, column=f.name, type=str(f.type))
 
 
-def _unsupported(t: pa.DataType) -> str:
-    """"" for a type whose values are JSON values (strings, numbers, booleans, null, lists, structs), else why not.
+def _unsupported(t: pa.DataType) -> bool:
+    """False for a type whose values are JSON values (strings, numbers, booleans, null, lists, structs).
     Depth needs no check here: Parquet and Arrow IPC readers refuse schemas nested past 64 levels themselves."""
     if pa.types.is_dictionary(t):
         return _unsupported(t.value_type)
@@ -232,14 +246,10 @@ def _unsupported(t: pa.DataType) -> str:
             or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
         return _unsupported(t.value_type)
     if pa.types.is_struct(t):
-        for i in range(t.num_fields):
-            problem = _unsupported(t.field(i).type)
-            if problem:
-                return problem
-        return ""
+        return any(_unsupported(t.field(i).type) for i in range(t.num_fields))
     plain = (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
              or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t))
-    return "" if plain else ", which has no JSON form"
+    return not plain
 
 
 def _first_line(e: BaseException) -> str:
