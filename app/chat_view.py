@@ -1,19 +1,22 @@
-"""Chat page logic: what can be chatted with, cached model loading, streamed replies, the persona probe set."""
+"""Chat page logic: what can be chatted with, cached model loading, streamed replies that can be stopped, the
+persona probe set, the transcript download."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Iterator
 
 import streamlit as st
 
+from app.chat_transcript import TranscriptInfo, file_stem, transcript_json, transcript_markdown
 from app.i18n import say, t
 from trainer_core.runs import protocol as rd
 from trainer_core.data.chat_template import specials_in
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
-from trainer_core.models.inference import GenParams, load_chat_model, run_persona, stream_reply
+from trainer_core.models.inference import GenParams, ReplyHandle, load_chat_model, run_persona, stream_reply
 from trainer_core.runs.registry import list_runs
 
 # Prompts that show whether the persona took: identity, an in-world cue, hostility, and something off-topic.
@@ -88,12 +91,12 @@ def load(model_dir: str | Path, trust_remote_code: bool):
 
 
 def reply_stream(model_dir: str | Path, trust_remote_code: bool, messages: list[dict], persona: str,
-                 params: GenParams) -> Iterator[str]:
+                 params: GenParams, handle: ReplyHandle | None = None) -> Iterator[str]:
     model, tok = load(model_dir, trust_remote_code)
     # A snapshot: the generator reads the messages only when first iterated, after the reply being written has
     # been added to the history.
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return stream_reply(model, tok, turns, persona=persona, params=params)
+    return stream_reply(model, tok, turns, persona=persona, params=params, handle=handle)
 
 
 def conversation_key(source: str, name: str, target: str, persona: str) -> str:
@@ -124,9 +127,10 @@ def regenerate(sides: list[str]) -> None:
 
 def clear() -> None:
     conv = _current()
+    for hist in conv.values():
+        if isinstance(hist, list):  # every column's history, another checkpoint's included
+            hist.clear()
     if conv:
-        conv["ft"].clear()
-        conv["base"].clear()
         conv["probe"] = None
 
 
@@ -139,18 +143,55 @@ def add_prompt(conv: dict, sides, prompt: str) -> None:
         hist.append({"role": "user", "content": prompt})
 
 
-def stream_into(hist: list[dict], by: list[str], chunks: Iterator[str]) -> str:
+def stream_into(hist: list[dict], by: list[str], chunks: Iterator[str], handle: ReplyHandle | None = None,
+                stop_key: str | None = None) -> str:
     """Stream a reply as plain text (a model's underscores and asterisks are not Markdown) and keep it in the
     history as it grows, marked unfinished until the end: a page left mid-reply keeps what was said rather than
-    asking the model again when it comes back."""
+    asking the model again when it comes back. With a `stop_key`, a stop button under the growing text ends it."""
     msg = {"role": "assistant", "content": "", "by": by, "done": False}
     hist.append(msg)
     box = st.empty()
-    for chunk in chunks:
-        msg["content"] += chunk
-        box.text(msg["content"])
+    stop = st.empty()
+    if stop_key and handle is not None:
+        st.session_state["chat.live"] = {"handle": handle, "msg": msg}
+        stop.button(t("chat.stop"), key=stop_key, on_click=stop_reply, icon=":material/stop_circle:")
+    try:
+        for chunk in chunks:
+            msg["content"] += chunk
+            box.text(msg["content"])
+    except Exception:  # a failed generation: no stop button left behind (a rerun, a BaseException, keeps both)
+        stop.empty()
+        st.session_state.pop("chat.live", None)
+        raise
+    stop.empty()
+    st.session_state.pop("chat.live", None)
     msg["done"] = True
+    if handle is not None:
+        msg.update(stopped=handle.stopped, tokens=handle.tokens, tokens_per_s=handle.tokens_per_s)
     return msg["content"]
+
+
+def stop_reply() -> None:
+    """The stop button's callback. A click reruns the page: Streamlit first interrupts the script that is streaming
+    (at its next element update), then calls this before the new run. Ending the generation here does not wait for
+    the abandoned generator to be collected; the partial reply stays in the history, marked stopped."""
+    live = st.session_state.pop("chat.live", None)
+    if live:
+        mark_stopped(live["handle"], live["msg"])
+
+
+def mark_stopped(handle: ReplyHandle, msg: dict) -> None:
+    handle.stop()
+    if not msg.get("done"):
+        msg.update(done=True, stopped=True, tokens=handle.tokens, tokens_per_s=handle.tokens_per_s)
+
+
+def end_stale_reply() -> None:
+    """A reply whose run was interrupted by anything but the stop button (another widget, a new prompt): end its
+    generation so the next reply does not queue behind it on the one inference thread."""
+    live = st.session_state.pop("chat.live", None)
+    if live:
+        live["handle"].cancel()
 
 
 def show_message(msg: dict) -> None:
@@ -161,7 +202,17 @@ def show_message(msg: dict) -> None:
         elif msg["role"] == "assistant" and msg.get("done", True):
             st.caption(t("chat.empty"))
         if msg["role"] == "assistant":
-            st.caption(side_title(msg["by"]) + ("" if msg.get("done", True) else " · " + t("chat.interrupted")))
+            reply_captions(msg)
+
+
+def reply_captions(msg: dict) -> None:
+    """Under a reply: who wrote it (and whether it was stopped or cut short), then its length and speed."""
+    note = (" · " + t("chat.stopped") if msg.get("stopped")
+            else "" if msg.get("done", True) else " · " + t("chat.interrupted"))
+    st.caption(side_title(msg["by"]) + note)
+    if msg.get("tokens"):
+        rate = msg.get("tokens_per_s")
+        st.caption(t("chat.speed", tokens=msg["tokens"], rate=f"{rate:.1f}" if rate else "-"))
 
 
 def side_title(by: list[str]) -> str:
@@ -200,3 +251,38 @@ def show_probe(conv: dict) -> None:
         for (side, by), col in zip(probe["by"].items(), st.columns(len(probe["by"]))):
             col.caption(side_title(by))
             col.text(row.get(side, ""))
+
+
+def compare_choices(targets: dict[str, Path], target: str) -> list[str]:
+    """What the chosen model can be compared with: the base model, then the run's other final/checkpoints/exports."""
+    return ["base"] + [k for k in targets if k != target]
+
+
+def compare_label(choice: str, base_name: str) -> str:
+    if choice == "base":
+        return t("chat.compare_base", name=base_name)
+    return t("chat.final") if choice == "final" else choice
+
+
+def export_buttons(row, conv: dict, info: TranscriptInfo) -> None:
+    """Download buttons for the conversation shown: JSON (labels, settings, figures) and Markdown."""
+    words = {k: t(f"chat.md_{k}") for k in ("title", "persona", "none", "exported", "user")}
+    words.update(stopped=t("chat.stopped"), interrupted=t("chat.interrupted"), speed=t("chat.speed"))
+    empty = not any(conv.get(side) for side in info.sides)
+    stem = file_stem(info)
+    row.download_button(t("chat.export_json"), transcript_json(conv, info), f"{stem}.json", "application/json",
+                        key="chat.export_json", icon=":material/download:", disabled=empty, on_click="ignore")
+    row.download_button(t("chat.export_md"), transcript_markdown(conv, info, words), f"{stem}.md", "text/markdown",
+                        key="chat.export_md", icon=":material/download:", disabled=empty, on_click="ignore")
+
+
+def transcript_info(source: str, name: str, checkpoint: str, persona: str, params: GenParams,
+                    sides: dict[str, tuple]) -> TranscriptInfo:
+    from dataclasses import asdict
+
+    from app.data_view import shown_path
+
+    return TranscriptInfo(source=source, name=name, checkpoint=checkpoint, persona=persona, params=asdict(params),
+                          exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          sides={side: {"label": side_title(by), "by": by, "model": shown_path(path)}
+                                 for side, (path, _, by) in sides.items()})

@@ -114,6 +114,13 @@ MESSAGES_ZH: dict[str, str] = {
 
     # --- models (trainer_core/models/) ---
     "models.archive_incomplete": "{folder} 不是完整的模型文件夹（没有 {marker}），请重新导出。",
+    "models.max_new_tokens_range": "max_new_tokens 必须在 1 到 8192 之间（收到 {value}）。",
+    "models.temperature_range": "temperature 必须在 0 到 5 之间（收到 {value}）。",
+    "models.top_p_range": "top_p 必须大于 0 且不超过 1（收到 {value}）。",
+    "models.repetition_penalty_range": "repetition_penalty 必须在 0.5 到 3 之间（收到 {value}）。",
+    "models.no_such_checkpoint": "运行 {run} 没有完整的检查点 {step}。",
+    "models.run_has_no_model": "运行 {run} 还没有最终模型，也没有完整的检查点。",
+    "models.checkpoint_needs_run": "--checkpoint {step} 只能用于运行；{path} 是模型目录，不是运行。",
 
     # --- cli (trainer_core/cli.py) ---
 

@@ -1,4 +1,5 @@
-"""Chat: talk to a finished run (its final model or a checkpoint) or any model; compare it with its base model."""
+"""Chat: talk to a finished run (its final model or a checkpoint) or any model; compare it with its base model or
+another checkpoint; stop a reply; download the conversation."""
 
 from pathlib import Path
 
@@ -11,10 +12,11 @@ from app.frame import require_frame
 from app.i18n import option_labels, say, t
 from app.state import active_run
 from trainer_core.errors import UserError
-from trainer_core.models.inference import GenParams
+from trainer_core.models.inference import GenParams, ReplyHandle
 from trainer_core.models.local import list_local_models
 
 require_frame()
+cv.end_stale_reply()
 st.title(t("chat.title"))
 
 runs = {r.name: r for r in cv.chat_runs()}
@@ -23,7 +25,7 @@ if (opened := st.session_state.pop("chat.open", None)) in runs:  # "Chat with it
                              "p.chat.target": "final" if "final" in cv.run_targets(runs[opened]) else None})
 source = st.radio(t("chat.source"), ["run", "model"], key="p.chat.source", horizontal=True, persist_state="session",
                   format_func=option_labels("chat.source."))
-base_dir, base_trust = None, False
+base_dir, base_trust, targets = None, False, {}
 if source == "run":
     if not runs:
         st.info(t("chat.no_runs"))
@@ -86,12 +88,23 @@ with st.expander(t("chat.params")):
                       key="p.chat.repetition", persist_state="session", help=t("chat.repetition_help"))
 params = GenParams(max_new_tokens=int(max_new), temperature=temperature, top_p=top_p, repetition_penalty=rep)
 
-compare = st.toggle(t("chat.compare"), key="p.chat.compare", persist_state="session", disabled=base_dir is None,
+c1, c2 = st.columns(2)
+compare = c1.toggle(t("chat.compare"), key="p.chat.compare", persist_state="session", disabled=base_dir is None,
                     help=t("chat.compare_help")) and base_dir is not None
 sides = {"ft": (model_dir, trust, ft_by)}
 if compare:
-    sides["base"] = (base_dir, base_trust, ["base", shown_path(base_dir)])
+    choices = cv.compare_choices(targets, checkpoint)
+    if st.session_state.get("p.chat.other") not in choices:
+        st.session_state["p.chat.other"] = "base"
+    other = c2.selectbox(t("chat.compare_with"), choices, key="p.chat.other", persist_state="session",
+                         format_func=lambda k, b=shown_path(base_dir): cv.compare_label(k, b))
+    if other == "base":
+        sides["base"] = (base_dir, base_trust, ["base", shown_path(base_dir)])
+    else:  # another checkpoint of the same run: its column says which
+        sides[other] = (targets[other], trust, ["ft", f"{name} · {other}"])
 conv = cv.conversation(cv.conversation_key(source, name, checkpoint, persona))
+for side in sides:
+    conv.setdefault(side, [])
 
 prompt = st.chat_input(t("chat.placeholder"), key="chat.input")
 if prompt:
@@ -113,12 +126,13 @@ for side, (path, trust_code, by) in sides.items():
     if ask and hist and hist[-1]["role"] == "user":
         with cols[side], st.chat_message("assistant"):
             try:
+                handle = ReplyHandle()
                 with st.spinner(t("chat.loading")):
-                    stream = cv.reply_stream(path, trust_code, hist, persona, params)
-                text = cv.stream_into(hist, by, stream)
+                    stream = cv.reply_stream(path, trust_code, hist, persona, params, handle)
+                text = cv.stream_into(hist, by, stream, handle, stop_key=f"chat.stop.{side}")
                 if not text.strip():
                     st.caption(t("chat.empty"))
-                st.caption(cv.side_title(by))
+                cv.reply_captions(hist[-1])
             except (UserError, OSError, ValueError) as e:
                 if hist[-1]["role"] == "assistant":
                     hist.pop()
@@ -133,6 +147,7 @@ buttons.button(t("chat.regenerate"), key="chat.regenerate", on_click=cv.regenera
                disabled=not conv["ft"])
 run_probe = buttons.button(t("chat.probe"), key="chat.probe_btn", icon=":material/psychology:",
                            help=t("chat.probe_help", prompts=" / ".join(cv.PROBES)))
+cv.export_buttons(buttons, conv, cv.transcript_info(source, name, checkpoint, persona, params, sides))
 
 # ---- persona probe: the same four prompts, one turn each, on every side; the results belong to this conversation
 if run_probe:

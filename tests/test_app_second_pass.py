@@ -2,12 +2,14 @@
 """Issue 18, the dashboard's second pass: each defect a new user tripped over, through Streamlit's AppTest.
 
 The fixtures and run-directory helpers are tests/test_app_pages.py's, so runs on disk look exactly as there.
-Chat tests that generate load the real starter model (sampling, 16 tokens); they are marked slow.
+Chat tests generate with the real starter model in-process (sampling, 16 tokens unless a stop ends it sooner); the
+two that walk through many pages and models are marked slow.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pandas as pd
@@ -466,3 +468,154 @@ def test_a_bad_config_file_is_refused_and_the_form_kept(app, content, expected):
     assert any(expected in e for e in errors), errors
     assert app.text_input(key="p.f.train.learning_rate").value == before
     assert not [s for s in texts(app, "success") if "broken.yaml" in s]
+
+
+# ---------------------------------------------------------------------------------------------------- chat, second pass
+
+
+def _click_mid_run(key: str, ready, timeout: float = 120.0) -> threading.Thread:
+    """Click button `key` while the page's script is still running, as a browser does: a rerun request carrying the
+    page's widget states plus the button's trigger, which Streamlit serves by interrupting the running script at its
+    next element update and calling the button's callback before the new run. AppTest has no mid-run click, so this
+    makes the same request the server makes, through the running script's context. `ready(session_state)` says when."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetStates
+    from streamlit.runtime.scriptrunner import RerunData
+    from streamlit.runtime.scriptrunner_utils.script_run_context import SCRIPT_RUN_CONTEXT_ATTR_NAME
+
+    def click():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for thread in threading.enumerate():
+                ctx = getattr(thread, SCRIPT_RUN_CONTEXT_ATTR_NAME, None)
+                if ctx is not None and ctx.script_requests is not None and ready(ctx.session_state):
+                    state = ctx.session_state._state
+                    prompt = state._get_widget_id("chat.input")  # a sent message is not sent again by a click
+                    states = WidgetStates()
+                    states.widgets.extend(w for w in ctx.session_state.get_widget_states() if w.id != prompt)
+                    states.widgets.add(id=state._get_widget_id(key), trigger_value=True)
+                    ctx.script_requests.request_rerun(RerunData(widget_states=states,
+                                                                page_script_hash=ctx.page_script_hash))
+                    return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=click, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_stop_ends_the_reply_being_written_and_keeps_it_marked_stopped(app, runs_root):
+    make_run(runs_root, "a", "completed", final=True)
+    goto(app, "pages/chat.py")
+    app.slider(key="p.chat.max_new").set_value(1024)  # sampling: the untrained model would babble to the end
+    live = {}
+
+    def streaming(session_state) -> bool:
+        if "chat.live" in session_state and session_state["chat.live"]["msg"]["content"]:
+            live.update(session_state["chat.live"])
+            return True
+        return False
+
+    clicker = _click_mid_run("chat.stop.ft", streaming)
+    app.chat_input(key="chat.input").set_value("你是谁？").run()
+    clicker.join(5)
+    assert not app.exception, [e.value for e in app.exception]
+    handle = live["handle"]
+    # The generation itself ended early, not only the display. (Which of the click's callback and the interrupted
+    # run's abandoned generator reaches it first varies; either ends `generate`.)
+    assert handle.finished.wait(60) and handle.tokens < 1024, handle.tokens
+    conv = app.session_state["chat.conversations"][cv.conversation_key("run", "a", "final", "你是华妃")]
+    user, reply = conv["ft"]
+    assert user["content"] == "你是谁？" and reply is live["msg"]
+    assert reply["stopped"] and reply["done"] and reply["content"].strip() and 0 < reply["tokens"] < 1024
+    assert _chat_messages(app) == [("user", "你是谁？"), ("assistant", reply["content"].strip())]
+    assert ZH["chat.side.ft"].format(name="a · final") + " · " + ZH["chat.stopped"] in _captions(app)
+    assert ZH["chat.speed"].format(tokens=reply["tokens"], rate=f"{reply['tokens_per_s']:.1f}") in _captions(app)
+    assert not [b for b in app.button if b.key == "chat.stop.ft"], "no stop button once nothing is being written"
+    assert "chat.live" not in app.session_state
+
+
+def _checkpoint_model(run, step: int) -> None:
+    """Make checkpoint-N of a hand-written run chat-ready: the starter model's files, as final/ has them."""
+    ckpt = run / rd.CHECKPOINTS / f"checkpoint-{step}"
+    for f in paths.STARTER_MODEL_DIR.iterdir():
+        (ckpt / f.name).symlink_to(f)
+
+
+def test_compare_a_checkpoint_with_another_each_reply_labelled_by_what_wrote_it(app, runs_root):
+    run = make_run(runs_root, "a", "completed", final=True)
+    _checkpoint_model(run, 8)
+    goto(app, "pages/chat.py")
+    app.toggle(key="p.chat.compare").set_value(True).run()
+    other = app.selectbox(key="p.chat.other")
+    assert other.value == "base" and other.options == [ZH["chat.compare_base"].format(name=STARTER), "checkpoint-8"]
+    other.set_value("checkpoint-8").run()
+    app.slider(key="p.chat.max_new").set_value(16)
+    app.chat_input(key="chat.input").set_value("你是谁？").run()
+    assert not app.exception, [e.value for e in app.exception]
+    final, ckpt = ZH["chat.side.ft"].format(name="a · final"), ZH["chat.side.ft"].format(name="a · checkpoint-8")
+    headers = [m.value for m in app.main.markdown]
+    assert headers.index(f"**{final}**") < headers.index(f"**{ckpt}**")  # the chosen model left, its rival right
+    assert final in _captions(app) and ckpt in _captions(app)
+    conv = app.session_state["chat.conversations"][cv.conversation_key("run", "a", "final", "你是华妃")]
+    assert [m["role"] for m in conv["checkpoint-8"]] == ["user", "assistant"]
+    assert conv["checkpoint-8"][1]["by"] == ["ft", "a · checkpoint-8"] and conv["checkpoint-8"][1]["tokens"] > 0
+    shown = _chat_messages(app)
+    # The base model instead: its own (empty) column; the checkpoint's replies are not relabelled as the base's.
+    app.selectbox(key="p.chat.other").set_value("base").run()
+    assert _chat_messages(app) == shown[:2] and ZH["chat.side.base"].format(name=STARTER) not in _captions(app)
+    app.selectbox(key="p.chat.other").set_value("checkpoint-8").run()
+    assert _chat_messages(app) == shown
+    # Chatting with the checkpoint, the final model is what it can be compared with (and the base).
+    app.selectbox(key="p.chat.target").set_value("checkpoint-8").run()
+    assert app.selectbox(key="p.chat.other").options == [ZH["chat.compare_base"].format(name=STARTER),
+                                                         ZH["chat.final"]]
+    assert not app.chat_message  # another conversation: the checkpoint's own
+
+
+def test_the_conversation_downloads_as_json_and_markdown(app, runs_root, monkeypatch):
+    """What the browser would download is what Streamlit's media storage is given: captured there."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    make_run(runs_root, "a", "completed", final=True)
+    files = {}
+    store = MemoryMediaFileStorage.load_and_get_id
+
+    def capture(self, data, mimetype, kind, filename=None):
+        files[filename.rsplit(".", 1)[-1]] = (filename, data)
+        return store(self, data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", capture)
+    goto(app, "pages/chat.py")
+    app.toggle(key="p.chat.compare").set_value(True).run()
+    assert [b.label for b in app.get("download_button")] == [ZH["chat.export_json"], ZH["chat.export_md"]]
+    assert all(b.proto.disabled for b in app.get("download_button")), "nothing to download yet"
+    reply = "我是 `my_var` *华妃*\n```\n代码\n```"
+    ft = [{"role": "user", "content": "你是谁？"},
+          {"role": "assistant", "content": reply, "by": ["ft", "a · final"], "done": True, "stopped": True,
+           "tokens": 12, "tokens_per_s": 30.25}]
+    base = [{"role": "user", "content": "你是谁？"},
+            {"role": "assistant", "content": "不知道", "by": ["base", STARTER], "done": True, "tokens": 3,
+             "tokens_per_s": 10.0}]
+    key = cv.conversation_key("run", "a", "final", "你是华妃")
+    app.session_state["chat.conversations"] = {key: {"ft": ft, "base": base, "probe": None}}
+    app.run()
+    assert not any(b.proto.disabled for b in app.get("download_button"))
+    name, data = files["json"]
+    assert name.startswith("chat-a-final-") and name.endswith(".json")
+    doc = json.loads(data)
+    assert (doc["source"], doc["name"], doc["checkpoint"], doc["persona"]) == ("run", "a", "final", "你是华妃")
+    assert doc["params"]["max_new_tokens"] == app.slider(key="p.chat.max_new").value
+    assert [(s["side"], s["label"]) for s in doc["sides"]] == [
+        ("ft", ZH["chat.side.ft"].format(name="a · final")), ("base", ZH["chat.side.base"].format(name=STARTER))]
+    assert doc["sides"][0]["messages"][1] == {"role": "assistant", "content": reply, "by": ["ft", "a · final"],
+                                              "tokens": 12, "tokens_per_s": 30.25, "stopped": True,
+                                              "complete": False}
+    assert doc["sides"][1]["messages"][1]["complete"] is True
+    md = files["md"][1].decode()
+    assert md.startswith(f"# {ZH['chat.md_title']}") and f"- {ZH['chat.md_persona']}: 你是华妃" in md
+    assert f"## {ZH['chat.side.base'].format(name=STARTER)}" in md
+    assert f"````text\n{reply}\n````" in md, "a reply verbatim, in a fence longer than its own"
+    assert f"*{ZH['chat.stopped']} · {ZH['chat.speed'].format(tokens=12, rate='30.2')}*" in md
+    app.radio(key="lang").set_value("en").run()
+    md = files["md"][1].decode()
+    assert md.startswith(f"# {EN['chat.md_title']}") and EN["chat.side.ft"].format(name="a · final") in md

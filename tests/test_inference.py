@@ -45,6 +45,57 @@ def test_an_abandoned_reply_frees_the_inference_thread(chat_model):
     assert len(forwards) < 500, f"the abandoned reply generated {len(forwards)} of its 1500 tokens"
 
 
+def test_stop_ends_the_generation_early_and_keeps_what_was_said(chat_model):
+    """The Chat page's stop button: stop() from another thread ends `generate` itself at the next token (not only
+    the display), the stream ends cleanly, and the text streamed so far is the start of the full reply."""
+    import threading
+
+    from trainer_core.models.inference import ReplyHandle
+
+    model, tok = chat_model
+    forwards = []
+    hook = model.register_forward_hook(lambda *args: forwards.append(1))  # one forward per generated token
+    model.generation_config.min_new_tokens = 400  # no early end-of-text: only the stop can end it sooner
+    params = GenParams(max_new_tokens=400, temperature=0, repetition_penalty=1.0)
+    msgs = [{"role": "user", "content": "皇上驾到"}]
+    try:
+        handle = ReplyHandle()
+        pieces = []
+        for piece in stream_reply(model, tok, msgs, persona="你是甄嬛", params=params, handle=handle):
+            pieces.append(piece)
+            if len(pieces) == 3:  # the click arrives on the page's thread while the model is writing
+                threading.Thread(target=handle.stop).start()
+        generated = len(forwards)
+        # Greedy: the unstopped reply a few tokens longer starts with exactly what was streamed.
+        longer = GenParams(max_new_tokens=handle.tokens + 8, temperature=0, repetition_penalty=1.0)
+        model.generation_config.min_new_tokens = longer.max_new_tokens
+        full = reply(model, tok, msgs, persona="你是甄嬛", params=longer)
+    finally:
+        model.generation_config.min_new_tokens = None
+        hook.remove()
+    assert handle.stopped and handle.finished.is_set()
+    assert generated < 200 and handle.tokens < 200, f"stopped after {handle.tokens} of 400 tokens"
+    assert 3 <= handle.tokens <= generated
+    assert full.startswith("".join(pieces)) and len("".join(pieces)) < len(full)
+
+
+def test_a_reply_counts_its_tokens_and_speed(chat_model):
+    from trainer_core.models.inference import ReplyHandle
+
+    model, tok = chat_model
+    model.generation_config.min_new_tokens = 20
+    handle = ReplyHandle()
+    try:
+        text = "".join(stream_reply(model, tok, [{"role": "user", "content": "你是谁？"}], persona="你是甄嬛",
+                                    params=GenParams(max_new_tokens=20, temperature=0), handle=handle))
+    finally:
+        model.generation_config.min_new_tokens = None
+    assert handle.tokens == 20 and not handle.stopped  # ran to max_new_tokens: every token counted, none stopped
+    assert text and handle.seconds > 0 and handle.tokens_per_s == pytest.approx(20 / handle.seconds)
+    handle.stop()  # a click that comes after the end changes nothing
+    assert not handle.stopped
+
+
 def test_history_is_trimmed_from_the_oldest_turn(starter_tokenizer):
     history = []
     for i in range(6):

@@ -26,7 +26,7 @@ MESSAGE_ARG = {"RowError": 2, "Lint": 2}
 PENDING = {
     "trainer_core/cli.py",
     "trainer_core/config/ds_config.py", "trainer_core/config/memory.py", "trainer_core/config/run_config.py",
-    "trainer_core/models/export.py", "trainer_core/models/inference.py", "trainer_core/models/local.py",
+    "trainer_core/models/export.py", "trainer_core/models/local.py",
     "trainer_core/models/qwen1_import.py", "trainer_core/models/starter.py",
     "trainer_core/runs/device_locks.py", "trainer_core/runs/launch.py", "trainer_core/runs/registry.py",
     "trainer_core/training/train.py",

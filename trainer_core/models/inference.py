@@ -13,6 +13,7 @@ CPU is faster than letting them fight over the cores.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,16 @@ class GenParams:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 8192:
-            raise UserError(f"max_new_tokens must be between 1 and 8192 (got {self.max_new_tokens})")
+            raise UserError("models.max_new_tokens_range", "max_new_tokens must be between 1 and 8192 (got {value})",
+                            value=self.max_new_tokens)
         if not 0 <= self.temperature <= 5:
-            raise UserError(f"temperature must be between 0 and 5 (got {self.temperature})")
+            raise UserError("models.temperature_range", "temperature must be between 0 and 5 (got {value})",
+                            value=self.temperature)
         if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1] (got {self.top_p})")
+            raise UserError("models.top_p_range", "top_p must be in (0, 1] (got {value})", value=self.top_p)
         if not 0.5 <= self.repetition_penalty <= 3:
-            raise UserError(f"repetition_penalty must be between 0.5 and 3 (got {self.repetition_penalty})")
+            raise UserError("models.repetition_penalty_range",
+                            "repetition_penalty must be between 0.5 and 3 (got {value})", value=self.repetition_penalty)
 
 
 def resolve_model_dir(ref: str | Path, checkpoint: int | None = None) -> Path:
@@ -63,15 +67,19 @@ def resolve_model_dir(ref: str | Path, checkpoint: int | None = None) -> Path:
             for c in rd.complete_checkpoints(p):
                 if rd.checkpoint_step(c) == checkpoint:
                     return c
-            raise UserError(f"run {p.name} has no complete checkpoint {checkpoint}")
+            raise UserError("models.no_such_checkpoint", "run {run} has no complete checkpoint {step}", run=p.name,
+                            step=checkpoint)
         if rd.has_final(p):
             return p / rd.FINAL
         latest = rd.latest_checkpoint(p)
         if latest is None:
-            raise UserError(f"run {p.name} has no final model and no complete checkpoint yet")
+            raise UserError("models.run_has_no_model", "run {run} has no final model and no complete checkpoint yet",
+                            run=p.name)
         return latest
     if checkpoint is not None:
-        raise UserError(f"--checkpoint {checkpoint} applies to runs only; {p} is a model folder, not a run")
+        raise UserError("models.checkpoint_needs_run",
+                        "--checkpoint {step} applies to runs only; {path} is a model folder, not a run",
+                        step=checkpoint, path=str(p))
     return p
 
 
@@ -168,9 +176,53 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _reply_streamer(tokenizer, stop_ids: list[int]):
+class ReplyHandle:
+    """One reply being generated: stopped from any thread (the Chat page's stop button), and what it cost.
+
+    `tokens` counts every token the model generated for the reply (a final end-of-turn marker included: it is what
+    `max_new_tokens` counts); `seconds` runs from the call to `generate` to the last token, prompt processing
+    included, so `tokens_per_s` is the speed a reader sees.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self.stopped = False
+        """True when stop() ended the reply before the model did."""
+        self.finished = threading.Event()
+        self.tokens = 0
+        self._started: float | None = None
+        self._last: float | None = None
+
+    def stop(self) -> None:
+        """Ask the generation to end after the token being computed; what was generated so far stays."""
+        if not self.finished.is_set():
+            self.stopped = True
+        self._stop.set()
+
+    def cancel(self) -> None:
+        """End the generation without calling the reply stopped: nobody reads it any more."""
+        self._stop.set()
+
+    @property
+    def seconds(self) -> float:
+        return (self._last - self._started) if self._started is not None and self._last is not None else 0.0
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.tokens and self.seconds > 0 else None
+
+    def _begin(self) -> None:
+        self._started = self._last = time.monotonic()
+
+    def _count(self, n: int) -> None:
+        self.tokens += n
+        self._last = time.monotonic()
+
+
+def _reply_streamer(tokenizer, stop_ids: list[int], handle: ReplyHandle | None = None):
     """A TextIteratorStreamer that leaves out stop tokens (a marker that is not a special token would otherwise show
-    as text) and drops a character cut in half by max_new_tokens instead of ending the reply in U+FFFD."""
+    as text) and drops a character cut in half by max_new_tokens instead of ending the reply in U+FFFD. Counts the
+    reply's tokens into `handle`."""
     from transformers import TextIteratorStreamer
 
     stops = set(stop_ids)
@@ -178,6 +230,8 @@ def _reply_streamer(tokenizer, stop_ids: list[int]):
     class ReplyStreamer(TextIteratorStreamer):
         def put(self, value):
             if not (self.skip_prompt and self.next_tokens_are_prompt):
+                if handle is not None:
+                    handle._count(value.numel())
                 kept = [t for t in value.reshape(-1).tolist() if t not in stops]
                 if not kept:
                     return
@@ -202,15 +256,12 @@ class _Cancelled:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params: GenParams) -> Iterator[str]:
-    """Yield the reply text piece by piece while `generate` runs on the inference thread."""
-    from transformers import StoppingCriteriaList
-
+def _generate_kwargs(model, tokenizer, messages: list[dict], persona: str, params: GenParams) -> tuple[dict, list[int]]:
+    """`generate`'s arguments for one reply (all but the streamer and stopping criteria), and the stop ids."""
     ctx = context_length(model, tokenizer)
     _, ids = trim_history(tokenizer, messages, persona, max(16, ctx - params.max_new_tokens))
     input_ids = torch.tensor([ids], device=model.device)
     eos_ids = _eos_ids(model, tokenizer)
-    streamer = _reply_streamer(tokenizer, eos_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     kwargs = dict(
         input_ids=input_ids,
@@ -220,7 +271,6 @@ def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params
         repetition_penalty=params.repetition_penalty,
         eos_token_id=eos_ids,
         pad_token_id=pad,
-        streamer=streamer,
     )
     marker = turn_format(tokenizer).end_marker
     if tokenizer.chat_template and len(tokenizer.encode(marker, add_special_tokens=False)) > 1:
@@ -230,20 +280,34 @@ def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params
         kwargs.update(temperature=params.temperature, top_p=params.top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    # A reader that goes away (a closed browser tab, an abandoned generator) stops the generation at the next token,
-    # so the one inference thread is free for the next chat.
-    cancelled = threading.Event()
-    kwargs["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancelled)])
+    return kwargs, eos_ids
+
+
+def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params: GenParams,
+                 handle: ReplyHandle | None = None) -> Iterator[str]:
+    """Yield the reply text piece by piece while `generate` runs on the inference thread. `handle.stop()` (from
+    any thread) ends it early; the pieces already yielded are the reply."""
+    from transformers import StoppingCriteriaList
+
+    handle = handle or ReplyHandle()
+    kwargs, eos_ids = _generate_kwargs(model, tokenizer, messages, persona, params)
+    streamer = _reply_streamer(tokenizer, eos_ids, handle)
+    # The stop button, or a reader that goes away (a closed browser tab, an abandoned generator), stops the
+    # generation at the next token, so the one inference thread is free for the next chat.
+    kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancelled(handle._stop)]))
 
     def work():
         try:
             if params.seed is not None:
                 torch.manual_seed(params.seed)
+            handle._begin()
             with torch.inference_mode():
                 model.generate(**kwargs)
         except BaseException:
             streamer.end()  # unblock the reader; the error reaches the caller through the future
             raise
+        finally:
+            handle.finished.set()
 
     done = on_inference_thread(work)
     try:
@@ -251,7 +315,7 @@ def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params
             if piece:
                 yield piece
     finally:
-        cancelled.set()
+        handle.cancel()
     done.result()
 
 
