@@ -137,9 +137,9 @@ else:
                 st.error(t("plan.not_fit"), icon=":material/memory:")
             st.caption(form.breakdown_text(plan))
             for note in plan.notes:
-                st.caption(note)
+                st.caption(say(note))
     for lint in pf.lints:
-        st.warning(str(lint.message), icon=":material/rule:")
+        st.warning(say(lint.message), icon=":material/rule:")
     with st.expander(t("train.command"), expanded=True):
         for line in form.launch_commands(pf.cfg):
             st.code(line, language="bash", wrap_lines=True)

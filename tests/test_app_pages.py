@@ -22,6 +22,7 @@ from app import auth
 from app.i18n import EN, LABELS, ZH
 from trainer_core import paths
 from trainer_core.runs import protocol as rd
+from trainer_core.config.hardware import detect
 from trainer_core.config.run_config import load_config, save_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,7 +318,7 @@ def test_invalid_value_is_refused_at_the_form_with_the_field_named(app, runs_roo
     app.text_input(key="p.f.train.learning_rate").set_value("-1").run()
     assert not app.exception
     errors = texts(app, "error")
-    assert any(e.startswith("train.learning_rate must be") for e in errors)  # under the field itself
+    assert any(e.startswith("train.learning_rate 必须") for e in errors)  # under the field itself, in Chinese
     assert any("train.learning_rate" in e for e in errors if e.startswith("配置有误"))  # and in the plan
     assert app.button(key="train.launch").disabled  # with the reason next to it (tests/test_app_second_pass.py)
     assert app.title[0].value == ZH["train.title"]
@@ -325,12 +326,46 @@ def test_invalid_value_is_refused_at_the_form_with_the_field_named(app, runs_roo
     # A bad name and a missing model are named too.
     app.text_input(key="p.f.train.learning_rate").set_value("2e-5")
     app.text_input(key="p.f.run.name").set_value("my run!").run()
-    assert any(e.startswith("name may only hold") for e in texts(app, "error"))
+    assert any(e.startswith("name 只能包含") for e in texts(app, "error"))
     app.text_input(key="p.f.run.name").set_value("")
     app.selectbox(key="p.f.model.choice").set_value("__other__").run()
     app.text_input(key="p.f.model.path").set_value("/nowhere/model").run()
     assert any(e.startswith("model.path /nowhere/model is not a directory") for e in texts(app, "error"))
     assert list(runs_root.iterdir()) == []
+
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def english_sentences(messages: list[str]) -> list[str]:
+    """The parts of messages (split at sentence and clause punctuation) that read as English: three or more words
+    and not one Chinese character. Field names, paths and values inside a Chinese sentence do not count."""
+    parts = [p for m in messages for p in re.split(r"[。；：！？\n]|; |: ", m)]
+    return [p for p in parts if not CJK.search(p) and len(re.findall(r"[A-Za-z]{2,}", p)) >= 3]
+
+
+def test_chinese_train_page_shows_lints_notes_and_field_errors_in_chinese(app):
+    goto(app, "pages/train.py")
+    # ZeRO-2 on one rank without offload: a DeepSpeed lint (a warning), and on a CPU machine the planner's note.
+    app.selectbox(key="p.f.deepspeed.offload_optimizer").set_value("none").run()
+    warnings = texts(app, "warning")
+    assert any(w.startswith("只有一个进程") for w in warnings), warnings
+    if not detect().has_gpu:
+        assert any(c.startswith("本机没有 GPU") for c in texts(app, "caption"))
+    assert not english_sentences(warnings + texts(app, "error"))
+    # offload_param without stage 3, then a bad value too: each error under its field and in the plan, in Chinese.
+    app.selectbox(key="p.f.deepspeed.offload_param").set_value("cpu").run()
+    errors = texts(app, "error")
+    assert any(e.startswith("deepspeed.offload_param 需要") for e in errors), errors
+    assert not english_sentences(errors + texts(app, "warning"))
+    app.selectbox(key="p.f.deepspeed.offload_param").set_value("none")
+    app.number_input(key="p.f.train.warmup_ratio").set_value(2.0).run()
+    errors = texts(app, "error")
+    assert any(e.startswith("train.warmup_ratio 必须在区间 [0, 1) 内") for e in errors), errors
+    assert not english_sentences(errors + texts(app, "warning"))
+    # The same page in English says it in English.
+    app.radio(key="lang").set_value("en").run()
+    assert any(e.startswith("train.warmup_ratio must be in [0, 1)") for e in texts(app, "error"))
 
 
 def test_monitor_shows_a_failed_run_with_its_root_error_and_an_escaped_log(app, runs_root):

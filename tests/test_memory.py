@@ -221,6 +221,26 @@ def test_cpu_ranks_share_the_host(qwen7b_dir, qwen7b, starter_model):
     p = plan(starter_model, None, CPU_ONLY, "placement.num_ranks=2")
     assert p.on_gpu is False and p.device_total_bytes is None
     assert p.host_bytes == 2 * p.per_rank_device_bytes and p.fits
-    assert any("no GPU" in n for n in p.notes)
+    assert any("no GPU" in str(n) for n in p.notes)
     big = plan(qwen7b_dir, qwen7b, CPU_ONLY, "placement.num_ranks=2")
     assert not big.fits  # a 7B model does not train in 64 GB of RAM
+
+
+def test_a_deepspeed_config_file_decides_the_zero_layout_of_the_plan(qwen7b_dir, qwen7b, tmp_path):
+    """The form says ZeRO-2; the hand-written file that runs says ZeRO-3 with parameter offload: the plan is the
+    file's (issue 16: one source of truth for ZeRO)."""
+    from trainer_core.config.ds_config import build_ds_config
+
+    four = ["placement.num_ranks=4"]
+    zero3 = load_config(None, [f"model.path={qwen7b_dir}", *four, "deepspeed.stage=3", "deepspeed.offload_param=cpu"])
+    file = tmp_path / "z3.json"
+    file.write_text(json.dumps(build_ds_config(zero3, on_gpu=True)), encoding="utf-8")
+    form = load_config(None, [f"model.path={qwen7b_dir}", *four, f"deepspeed.config_file={file}"])
+    assert form.deepspeed.stage == 2
+    from_file, from_form = plan_memory(form, qwen7b, H100x4), plan_memory(zero3, qwen7b, H100x4)
+    assert from_file.breakdown == from_form.breakdown and from_file.host_bytes == from_form.host_bytes
+    assert from_file.breakdown != plan(qwen7b_dir, qwen7b, H100x4, *four).breakdown  # the form's ZeRO-2
+    # The dict a caller already holds is used as it is.
+    assert plan_memory(form, qwen7b, H100x4, ds=build_ds_config(zero3)).breakdown == from_form.breakdown
+    with pytest.raises(UserError, match="zero_optimization in the DeepSpeed config is not valid"):
+        plan_memory(form, qwen7b, H100x4, ds={"zero_optimization": {"stage": 7}})

@@ -25,7 +25,6 @@ MESSAGE_ARG = {"RowError": 2, "Lint": 2}
 # TRANSITION: files that still write plain-English messages; each area removes its files as it converts them.
 PENDING = {
     "trainer_core/cli.py",
-    "trainer_core/config/ds_config.py", "trainer_core/config/memory.py", "trainer_core/config/run_config.py",
     "trainer_core/models/export.py", "trainer_core/models/local.py",
     "trainer_core/models/qwen1_import.py", "trainer_core/models/starter.py",
     "trainer_core/runs/device_locks.py", "trainer_core/runs/launch.py", "trainer_core/runs/registry.py",

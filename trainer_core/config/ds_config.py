@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer_core import paths
-
+from trainer_core.config.run_config import RunConfig
+from trainer_core.config.sections import OFFLOAD_DEVICES, is_system_dir, not_absolute, short, system_dir
 from trainer_core.data import safe_json
-from trainer_core.config.run_config import OFFLOAD_DEVICES, RunConfig, system_dir
-from trainer_core.errors import UserError
+from trainer_core.errors import Text, UserError, text
 
 PRESETS_DIR = paths.CONFIGS_DIR / "deepspeed"
 
@@ -78,18 +78,21 @@ def build_ds_config(cfg: RunConfig, *, on_gpu: bool = False) -> dict[str, Any]:
 
 def load_ds_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise UserError(f"deepspeed.config_file {path} not found")
+        raise UserError("config.ds_file_not_found", "deepspeed.config_file {path} not found", path=path)
     try:
         data, repeated = safe_json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"deepspeed.config_file {path} is not valid JSON: {e}") from None
+        raise UserError("config.ds_bad_json", "deepspeed.config_file {path} is not valid JSON: {detail}",
+                        path=path, detail=e) from None
     except safe_json.JsonProblem as e:
-        raise UserError(f"deepspeed.config_file {path}: {e}") from None
+        raise UserError("config.ds_json_problem", "deepspeed.config_file {path}: {detail}", path=path,
+                        detail=e) from None
     if not isinstance(data, dict):
-        raise UserError(f"deepspeed.config_file {path} must hold a JSON object")
+        raise UserError("config.ds_not_object", "deepspeed.config_file {path} must hold a JSON object", path=path)
     if repeated:
         # DeepSpeed would silently use the last value; which one the author meant is anyone's guess.
-        raise UserError(f"deepspeed.config_file {path}: key {repeated[0]!r} appears more than once; keep one")
+        raise UserError("config.ds_repeated_key", "deepspeed.config_file {path}: key {key} appears more than once; "
+                        "keep one", path=path, key=repr(repeated[0]))
     return data
 
 
@@ -100,7 +103,8 @@ def list_presets() -> dict[str, Path]:
 def load_preset(name: str) -> dict[str, Any]:
     presets = list_presets()
     if name not in presets:
-        raise UserError(f"unknown DeepSpeed preset {name!r}; choose one of {', '.join(presets)}")
+        raise UserError("config.unknown_preset", "unknown DeepSpeed preset {name}; choose one of {choices}",
+                        name=short(name), choices=", ".join(presets))
     return load_ds_json(presets[name])
 
 
@@ -108,20 +112,22 @@ def load_preset(name: str) -> dict[str, Any]:
 MAX_DS_BATCH = 2**31 - 1
 
 
-def nvme_dir_problem(path: Any) -> str | None:
-    """Why ``path`` cannot take DeepSpeed's NVMe swap files, or None: it must be an existing directory of ours
-    that we can write, and not one of the operating system's."""
+def nvme_dir_problem(name: str, path: Any) -> Text | None:
+    """Why ``path`` (the field called ``name``) cannot take DeepSpeed's NVMe swap files, or None: it must be an
+    existing directory of ours that we can write, and not one of the operating system's."""
     if not isinstance(path, str) or not path.strip():
-        return "is missing; give a directory on a fast local disk"
+        return text("config.nvme_missing", "{name} is missing; give a directory on a fast local disk", name=name)
     p = Path(path)
     if not p.is_absolute():
-        return f"must be an absolute path (got {path!r})"
+        return not_absolute(name, path)
     if system_dir(path):
-        return f"{path} is a system directory; give a directory of your own on a fast local disk"
+        return is_system_dir(name, path)
     if not p.is_dir():
-        return f"{path} is not an existing directory; create it first"
+        return text("config.nvme_not_dir", "{name} {path} is not an existing directory; create it first",
+                    name=name, path=path)
     if p.stat().st_uid != os.getuid() or not os.access(p, os.W_OK | os.X_OK):
-        return f"{path} is not a directory this user owns and can write; pick or create one that is"
+        return text("config.nvme_not_ours", "{name} {path} is not a directory this user owns and can write; pick or "
+                    "create one that is", name=name, path=path)
     return None
 
 
@@ -133,7 +139,8 @@ class Lint:
     code: str
     """Stable short id, e.g. offload-param-stage."""
 
-    message: str
+    message: Text
+    """What is wrong and the fix; the dashboard shows it in the tab's language (`app.i18n.say`)."""
 
     def __str__(self) -> str:
         return f"{self.level}: {self.message} [{self.code}]"
@@ -170,69 +177,133 @@ def lint_ds_config(
     device_map: Any = None,
 ) -> list[Lint]:
     """Find DeepSpeed settings that are wrong (error) or wasteful (warning) for this run."""
-    out: list[Lint] = []
     zero = _block(ds, "zero_optimization")
+    out = (_lint_zero(zero, device_map) + _lint_precision(ds, precision, gpu_supports_bf16)
+           + _lint_batch(ds, world_size, micro_batch, grad_accum))
+    stage = zero.get("stage", 0)
+    if stage in (1, 2, 3) and world_size == 1 and not _offloaded(zero, "offload_optimizer") \
+            and not _offloaded(zero, "offload_param"):
+        out.append(Lint("warning", "zero-single-rank", text(
+            "lint.zero_single_rank", "ZeRO stage {stage} on a single rank without offload shards nothing; it only "
+            "adds overhead", stage=stage)))
+    return out
+
+
+def _lint_zero(zero: dict[str, Any], device_map: Any) -> list[Lint]:
+    """The zero_optimization block: stage, offload devices and where offload may go, saving under ZeRO-3."""
+    out: list[Lint] = []
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
-        out.append(Lint("error", "zero-stage", f"zero_optimization.stage must be 0, 1, 2 or 3 (got {stage!r})"))
+        out.append(Lint("error", "zero-stage", text(
+            "lint.zero_stage", "zero_optimization.stage must be 0, 1, 2 or 3 (got {stage})", stage=short(stage))))
     for key in ("offload_optimizer", "offload_param"):
         block = zero.get(key)
         if block is None:
             continue
         device = block.get("device", "none") if isinstance(block, dict) else None
         if device not in OFFLOAD_DEVICES:
-            out.append(Lint("error", "offload-device", f"zero_optimization.{key}.device must be one of "
-                                                       f"{', '.join(OFFLOAD_DEVICES)} (got {device!r})"))
+            out.append(Lint("error", "offload-device", text(
+                "lint.offload_device", "zero_optimization.{key}.device must be one of {choices} (got {device})",
+                key=key, choices=", ".join(OFFLOAD_DEVICES), device=short(device))))
         elif device == "nvme":
-            problem = nvme_dir_problem(block.get("nvme_path"))
+            problem = nvme_dir_problem(f"zero_optimization.{key}.nvme_path", block.get("nvme_path"))
             if problem:
-                out.append(Lint("error", "nvme-path", f"zero_optimization.{key}.nvme_path {problem}"))
+                out.append(Lint("error", "nvme-path", problem))
     if _offloaded(zero, "offload_param") and stage != 3:
-        out.append(Lint("error", "offload-param-stage",
-                        f"offload_param only works with ZeRO stage 3 but stage is {stage}; remove it or use offload_optimizer"))
+        out.append(Lint("error", "offload-param-stage", text(
+            "lint.offload_param_stage", "offload_param only works with ZeRO stage 3 but stage is {stage}; remove it "
+            "or use offload_optimizer", stage=stage)))
     if _offloaded(zero, "offload_optimizer") and stage == 0:
-        out.append(Lint("error", "offload-optimizer-stage", "offload_optimizer needs ZeRO stage 1, 2 or 3"))
+        out.append(Lint("error", "offload-optimizer-stage", text(
+            "lint.offload_optimizer_stage", "offload_optimizer needs ZeRO stage 1, 2 or 3")))
     # DeepSpeed reads this flag under its current name, a short alias and the older fp16 name.
     if stage == 3 and not any(zero.get(k) for k in ("stage3_gather_16bit_weights_on_model_save",
                                                     "gather_16bit_weights_on_model_save",
                                                     "stage3_gather_fp16_weights_on_model_save")):
-        out.append(Lint("warning", "zero3-save-gather",
-                        "ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the saved model will hold no usable "
-                        "weights; set it to true"))
+        out.append(Lint("warning", "zero3-save-gather", text(
+            "lint.zero3_save_gather", "ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the saved model "
+            "will hold no usable weights; set it to true")))
     if stage == 3 and device_map not in (None, "", {}):
-        out.append(Lint("error", "zero3-device-map",
-                        "device_map cannot be combined with ZeRO-3, which places the parameters itself; drop device_map"))
+        out.append(Lint("error", "zero3-device-map", text(
+            "lint.zero3_device_map", "device_map cannot be combined with ZeRO-3, which places the parameters "
+            "itself; drop device_map")))
+    return out
+
+
+def _lint_precision(ds: dict[str, Any], precision: str | None, gpu_supports_bf16: bool | None) -> list[Lint]:
+    out: list[Lint] = []
     fp16_on = _enabled(ds.get("fp16")) or (_block(ds, "fp16").get("enabled") == "auto" and precision == "fp16")
     if gpu_supports_bf16 and fp16_on:
-        out.append(Lint("warning", "fp16-on-bf16-gpu",
-                        "fp16 with loss scaling on a GPU that supports bf16: bf16 is as fast and does not overflow"))
+        out.append(Lint("warning", "fp16-on-bf16-gpu", text(
+            "lint.fp16_on_bf16_gpu", "fp16 with loss scaling on a GPU that supports bf16: bf16 is as fast and does "
+            "not overflow")))
     if _enabled(ds.get("fp16")) and _enabled(ds.get("bf16")):
-        out.append(Lint("error", "fp16-and-bf16", "fp16 and bf16 are both enabled; enable one"))
+        out.append(Lint("error", "fp16-and-bf16", text("lint.fp16_and_bf16", "fp16 and bf16 are both enabled; "
+                                                       "enable one")))
     if precision in ("fp16", "bf16") and _block(ds, precision).get("enabled") is False:
-        out.append(Lint("error", "precision-disabled",
-                        f"train.precision is {precision} but the DeepSpeed config disables {precision}"))
-    # Batch arithmetic: train_batch_size = micro * accumulation * world_size must hold for concrete values.
-    tbs = _concrete(ds.get("train_batch_size"))
-    mb = _concrete(ds.get("train_micro_batch_size_per_gpu")) or micro_batch
-    ga = _concrete(ds.get("gradient_accumulation_steps")) or grad_accum
+        out.append(Lint("error", "precision-disabled", text(
+            "lint.precision_disabled", "train.precision is {precision} but the DeepSpeed config disables "
+            "{precision}", precision=precision)))
+    return out
+
+
+def _lint_batch(ds: dict[str, Any], world_size: int, micro_batch: int | None, grad_accum: int | None) -> list[Lint]:
+    """Batch arithmetic: train_batch_size = micro * accumulation * world_size must hold for concrete values."""
+    out: list[Lint] = []
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
         value = ds.get(key)
         if value is not None and value != "auto" and (_concrete(value) is None or not 1 <= value <= MAX_DS_BATCH):
-            out.append(Lint("error", "batch-value",
-                            f"{key} must be an integer from 1 to {MAX_DS_BATCH:,} or \"auto\" (got {value!r})"))
+            out.append(Lint("error", "batch-value", text(
+                "lint.batch_value", "{key} must be an integer from 1 to {hi} or \"auto\" (got {value})",
+                key=key, hi=f"{MAX_DS_BATCH:,}", value=short(value))))
+    tbs = _concrete(ds.get("train_batch_size"))
+    mb = _concrete(ds.get("train_micro_batch_size_per_gpu")) or micro_batch
+    ga = _concrete(ds.get("gradient_accumulation_steps")) or grad_accum
     tbs, mb, ga = (v if v is None or 1 <= v <= MAX_DS_BATCH else None for v in (tbs, mb, ga))
     if tbs is not None and mb and ga and tbs != mb * ga * world_size:
-        out.append(Lint("error", "batch-arithmetic",
-                        f"train_batch_size {tbs} != micro batch {mb} x accumulation {ga} x {world_size} ranks "
-                        f"= {mb * ga * world_size}; set it to \"auto\""))
+        out.append(Lint("error", "batch-arithmetic", text(
+            "lint.batch_arithmetic", "train_batch_size {total} != micro batch {micro} x accumulation {accum} x "
+            "{ranks} ranks = {product}; set it to \"auto\"", total=tbs, micro=mb, accum=ga, ranks=world_size,
+            product=mb * ga * world_size)))
     if tbs is not None and mb and ga is None and tbs % (mb * world_size):
-        out.append(Lint("error", "batch-arithmetic",
-                        f"train_batch_size {tbs} is not divisible by micro batch {mb} x {world_size} ranks"))
-    if stage in (1, 2, 3) and world_size == 1 and not _offloaded(zero, "offload_optimizer") \
-            and not _offloaded(zero, "offload_param"):
-        out.append(Lint("warning", "zero-single-rank",
-                        f"ZeRO stage {stage} on a single rank without offload shards nothing; it only adds overhead"))
+        out.append(Lint("error", "batch-arithmetic", text(
+            "lint.batch_not_divisible", "train_batch_size {total} is not divisible by micro batch {micro} x {ranks} "
+            "ranks", total=tbs, micro=mb, ranks=world_size)))
     return out
+
+
+def lints_text(lints: list[Lint]) -> Text:
+    """The lints' messages as one sentence, e.g. for an error that refuses a run; shown in the reader's language."""
+    first, *rest = [x.message for x in lints]
+    return first if not rest else text("lint.list", "{first}; {rest}", first=first, rest=lints_text(lints[1:]))
+
+
+@dataclass(frozen=True)
+class ZeroLayout:
+    """What a DeepSpeed config's zero_optimization block does; the planner and the trainer's log line read this from
+    the dict that runs, since a hand-written deepspeed.config_file may differ from the form's fields."""
+
+    stage: int
+    """ZeRO stage 0-3."""
+
+    offload_optimizer: str
+    """Where optimizer states live: none, cpu or nvme."""
+
+    offload_param: str
+    """Where parameters live between uses: none, cpu or nvme."""
+
+
+def zero_layout(ds: dict[str, Any]) -> ZeroLayout:
+    """The ZeRO layout of a DeepSpeed config (ours or hand-written); what the linter calls an error is refused."""
+    zero = _block(ds, "zero_optimization")
+    stage = zero.get("stage", 0)
+    devices = [str(block.get("device", "none")).lower() if isinstance(block, dict) else "none"
+               for block in (zero.get("offload_optimizer"), zero.get("offload_param"))]
+    if stage not in (0, 1, 2, 3) or isinstance(stage, bool) or not set(devices) <= set(OFFLOAD_DEVICES):
+        raise UserError("config.bad_zero_block", "zero_optimization in the DeepSpeed config is not valid (stage "
+                        "{stage}, offload devices {devices}); fix what the DeepSpeed lint reports first",
+                        stage=short(stage), devices=", ".join(devices))
+    return ZeroLayout(stage, *devices)
 
 
 def lint_run(cfg: RunConfig, ds: dict[str, Any], *, gpu_supports_bf16: bool | None = None) -> list[Lint]:

@@ -12,9 +12,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer_core.config.run_config import RunConfig
-from trainer_core.errors import UserError
+from trainer_core.config.ds_config import ZeroLayout, build_ds_config, zero_layout
 from trainer_core.config.hardware import Hardware, detect, resolve_precision
+from trainer_core.config.run_config import RunConfig
+from trainer_core.errors import Text, UserError, text
 from trainer_core.training.linear_ce import workspace_bytes
 
 GiB = 1024**3
@@ -60,11 +61,13 @@ class MemoryPlan:
     device_total_bytes: int | None = None
     host_total_bytes: int = 0
     fits: bool = True
-    notes: list[str] = field(default_factory=list)
+    notes: list[Text] = field(default_factory=list)
+    """What to keep in mind reading the figures; the dashboard shows them in the tab's language."""
     on_gpu: bool = False
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data for JSON (`cli plan --json`): the notes as English sentences."""
+        return {**asdict(self), "notes": [str(n) for n in self.notes]}
 
 
 def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False) -> ModelShape:
@@ -75,7 +78,8 @@ def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False) -> Mo
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise UserError(f"model.path {model_dir}: cannot read its config ({str(e).splitlines()[0]})") from None
+        raise UserError("config.model_config_unreadable", "model.path {path}: cannot read its config ({detail})",
+                        path=model_dir, detail=str(e).splitlines()[0]) from None
     # torch's device context is thread-local. accelerate's init_empty_weights patches nn.Module for the whole
     # process: the dashboard plans in several sessions' threads at once, and two overlapping patches restore each
     # other's copy, leaving every model built afterwards in that process (chat included) without data.
@@ -105,17 +109,16 @@ def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False) -> Mo
     )
 
 
-def _model_states(shape: ModelShape, cfg: RunConfig, ranks_per_node: int, nodes: int, half: bool) -> tuple[int, int]:
+def _model_states(shape: ModelShape, zero: ZeroLayout, ranks_per_node: int, nodes: int, half: bool) -> tuple[int, int]:
     """(device bytes per rank, host bytes per node) for parameters, gradients and optimizer states."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     p = shape.params
     world = ranks_per_node * nodes
-    ds = cfg.deepspeed
-    off_opt = ds.offload_optimizer != "none"
-    off_param = ds.offload_param != "none"
-    if ds.stage == 3:
+    off_opt = zero.offload_optimizer != "none"
+    off_param = zero.offload_param != "none"
+    if zero.stage == 3:
         host, dev, _ = estimate_zero3_model_states_mem_needs(
             p, shape.largest_layer_params, num_gpus_per_node=ranks_per_node, num_nodes=nodes,
             cpu_offload=off_opt, cpu_offload_params=off_param, zero_init=True, additional_buffer_factor=1.5)
@@ -124,20 +127,20 @@ def _model_states(shape: ModelShape, cfg: RunConfig, ranks_per_node: int, nodes:
         # same for all three: every rank loads the model on the host first, and offloaded states live there.
         host, dev = estimate_zero2_model_states_mem_needs(
             p, num_gpus_per_node=ranks_per_node, num_nodes=nodes, cpu_offload=off_opt, additional_buffer_factor=1.5)
-        if ds.stage == 1:
+        if zero.stage == 1:
             dev += 2 * p - int(2 * p / world)  # 16-bit gradients are not partitioned
-        elif ds.stage == 0:
+        elif zero.stage == 0:
             dev = estimate_zero2_model_states_mem_needs(p, cpu_offload=False)[1]  # as one rank: nothing partitioned
     if not half:
         # DeepSpeed's estimators assume 16-bit params and grads; fp32 training holds both in 4 bytes.
-        extra = {0: 4 * p, 1: 4 * p, 2: 2 * p + 2 * p // world, 3: 4 * p // world}[ds.stage]
+        extra = {0: 4 * p, 1: 4 * p, 2: 2 * p + 2 * p // world, 3: 4 * p // world}[zero.stage]
         dev += extra
-    if ds.offload_optimizer == "nvme" or ds.offload_param == "nvme":
+    if zero.offload_optimizer == "nvme" or zero.offload_param == "nvme":
         host = host // 4  # states stream from disk; pinned buffers remain
     return int(dev), int(host)
 
 
-def _activations(shape: ModelShape, cfg: RunConfig, half: bool, on_gpu: bool) -> tuple[int, int]:
+def _activations(shape: ModelShape, cfg: RunConfig, stage: int, half: bool, on_gpu: bool) -> tuple[int, int]:
     """(activation bytes, vocabulary-head bytes) for one micro-batch on one rank."""
     b, s = cfg.train.micro_batch_size, cfg.data.max_length
     d = 2 if half else 4
@@ -147,7 +150,7 @@ def _activations(shape: ModelShape, cfg: RunConfig, half: bool, on_gpu: bool) ->
     else:
         acts = shape.layers * per_layer
     labelled = int(b * s * LABEL_FRACTION)
-    if cfg.deepspeed.stage == 3:
+    if stage == 3:
         # ZeRO-3 partitions the head's weight, so the loss asks the model for logits at the positions where any row
         # of the micro-batch has a label (one set of positions for every row): with b rows that union covers about
         # 1 - (1 - f)^b of the sequence. Three fp32 copies of those logits at the backward peak: the log-softmax
@@ -161,23 +164,27 @@ def _activations(shape: ModelShape, cfg: RunConfig, half: bool, on_gpu: bool) ->
     return int(acts), int(head)
 
 
-def _cpu_model_states(shape: ModelShape, cfg: RunConfig) -> int:
+def _cpu_model_states(shape: ModelShape, zero: ZeroLayout, world_size: int) -> int:
     """Bytes per CPU rank for weights, gradients and optimizer states (measured, see CPU_STATE_BYTES)."""
-    offload = cfg.deepspeed.offload_optimizer != "none" or cfg.deepspeed.offload_param != "none"
-    whole, sharded = CPU_STATE_BYTES[(cfg.deepspeed.stage, offload and cfg.deepspeed.stage > 0)]
-    return int(shape.params * (whole + sharded / cfg.world_size))
+    offload = zero.offload_optimizer != "none" or zero.offload_param != "none"
+    whole, sharded = CPU_STATE_BYTES[(zero.stage, offload and zero.stage > 0)]
+    return int(shape.params * (whole + sharded / world_size))
 
 
-def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | None = None) -> MemoryPlan:
+def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | None = None,
+                ds: dict | None = None) -> MemoryPlan:
+    """Peak memory per rank and per node for `cfg`, with ZeRO stage and offload read from `ds`, the DeepSpeed config
+    that runs (None: the one `build_ds_config` gives, which is deepspeed.config_file when that is set)."""
     hw = hw or detect()
+    zero = zero_layout(ds if ds is not None else build_ds_config(cfg, on_gpu=hw.has_gpu))
     shape = shape or model_shape(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     precision = resolve_precision(cfg.train.precision, hw)
     half = precision in ("bf16", "fp16")
     ranks, nodes = cfg.placement.num_ranks, cfg.placement.num_nodes
-    acts, logits = _activations(shape, cfg, half, hw.has_gpu)
+    acts, logits = _activations(shape, cfg, zero.stage, half, hw.has_gpu)
     notes = []
     if hw.has_gpu:
-        dev_states, host_states = _model_states(shape, cfg, ranks, nodes, half)
+        dev_states, host_states = _model_states(shape, zero, ranks, nodes, half)
         breakdown = {"model_states": dev_states, "activations": acts, "logits": logits}
         per_rank = dev_states + acts + logits
         host = host_states + ranks * int(1.5 * GiB)  # each rank's process on the host
@@ -185,16 +192,17 @@ def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | 
         fits = per_rank <= 0.95 * device_total and host <= hw.host_ram_bytes
     else:
         # CPU ranks: "device" memory is the rank's RSS, and all ranks share the host.
-        states = _cpu_model_states(shape, cfg)
+        states = _cpu_model_states(shape, zero, cfg.world_size)
         breakdown = {"model_states": states, "activations": acts, "logits": logits,
                      "process_baseline": CPU_RANK_BASELINE}
         per_rank = CPU_RANK_BASELINE + states + acts + logits
         host = per_rank * ranks
         device_total = None
         fits = host <= 0.9 * hw.host_ram_bytes
-        notes.append("no GPU here: figures are each CPU rank's resident memory")
+        notes.append(text("config.plan_cpu_ranks", "no GPU here: figures are each CPU rank's resident memory"))
     if precision == "fp32" and hw.has_gpu:
-        notes.append("fp32 on a GPU doubles parameter and gradient memory; use auto precision")
+        notes.append(text("config.plan_fp32_on_gpu",
+                          "fp32 on a GPU doubles parameter and gradient memory; use auto precision"))
     return MemoryPlan(params=shape.params, per_rank_device_bytes=int(per_rank), host_bytes=int(host),
                       breakdown=breakdown, device_total_bytes=device_total, host_total_bytes=hw.host_ram_bytes,
                       fits=fits, notes=notes, on_gpu=hw.has_gpu)
