@@ -243,12 +243,12 @@ def broken_data_in_chinese(page, tmp: Path, expect) -> None:
 
 
 def linted_config_in_chinese(page, tmp: Path, expect) -> None:
-    """A saved config loaded into the Train form (ZeRO-2 with parameter offload, which the linter flags): the lint,
-    planner notes and every other message are Chinese. Then back to the quickstart."""
+    """A saved config loaded into the Train form (ZeRO-2 on one rank without offload, which the linter flags): the
+    lint, planner notes and every other message are Chinese. Then back to the quickstart."""
     from trainer_core.config.run_config import load_config
 
     linted = tmp / "linted.yaml"
-    linted.write_text(load_config(ROOT / "configs" / "quickstart.yaml", ["deepspeed.offload_param=cpu"]).to_yaml(),
+    linted.write_text(load_config(ROOT / "configs" / "quickstart.yaml", ["deepspeed.offload_optimizer=none"]).to_yaml(),
                       encoding="utf-8")
     nav(page, "训练")
     expect(page.get_by_role("heading", name="训练")).to_be_visible()
