@@ -271,7 +271,7 @@ def upload_and_keep_50(page, expect) -> str:
     nav(page, "数据")
     expect(page.get_by_role("heading", name="数据")).to_be_visible()
     upload(page, SAMPLE)
-    expect(page.get_by_text("已保存为")).to_be_visible()
+    expect(page.get_by_text("已保存为")).to_contain_text("data/uploads/sample_zhenhuan-")  # not the broken file's
     stored = page.get_by_text("已保存为").inner_text().split()[-1]
     assert stored.startswith("data/uploads/sample_zhenhuan-") and stored.endswith(".jsonl"), stored
     expect(page.locator('[data-testid="stMetricValue"]').first).to_have_text("140")
@@ -279,6 +279,10 @@ def upload_and_keep_50(page, expect) -> str:
     settle(page)
     shot(page, "1-data-zh")
     page.get_by_text("精简数据：取前 N 条、随机 N 条、去除完全重复", exact=True).click()
+    n = page.get_by_role("spinbutton", name="条数 N")  # typed: the box kept the broken file's 1 usable record
+    n.fill("50")
+    n.press("Enter")
+    settle(page)
     page.get_by_role("button", name="生成新的数据文件").click()
     done = page.get_by_text("已生成并选中")
     expect(done).to_be_visible()
