@@ -410,7 +410,7 @@ def chat_and_stop(page, expect) -> None:
     max_new.focus()
     max_new.press("End")
     settle(page)
-    page.get_by_text("对比模式：同一句话同时问基座模型", exact=True).click()
+    page.get_by_text("对比模式：同一句话同时问另一个模型", exact=True).click()
     settle(page)
     box.fill("你是谁？")
     box.press("Enter")
