@@ -165,6 +165,7 @@ MESSAGES_ZH: dict[str, str] = {
     "lint.zero_single_rank": "只有一个进程（rank）且没有卸载时，ZeRO stage {stage} 没有东西可切分，只会增加开销",
 
     # --- runs (trainer_core/runs/) ---
+    "runs.no_such_checkpoint": "运行 {name} 没有步数为 {step} 的完整检查点；现有的完整检查点：{have}",
     "runs.state_queued": "排队中",
     "runs.state_starting": "启动中",
     "runs.state_running": "训练中",
@@ -269,6 +270,7 @@ MESSAGES_ZH: dict[str, str] = {
     "models.vocab_download_failed": "无法下载 {wheel} 以获取 qwen.tiktoken（{reason}）。没有网络时，请将 QWEN_TIKTOKEN_FILE 设为 qwen.tiktoken 的一份副本。",
     "models.vocab_not_qwen": "{source} 不是 Qwen 的 qwen.tiktoken（sha256 为 {digest}，应为 {expected}）。",
     "models.vocab_override_missing": "QWEN_TIKTOKEN_FILE={path} 不存在；请取消该设置，或将其指向 qwen.tiktoken。",
+    "models.archive_incomplete": "{folder} 不是完整的模型文件夹（没有 {marker}），请重新导出。",
     "models.max_new_tokens_range": "max_new_tokens 必须在 1 到 8192 之间（收到 {value}）。",
     "models.temperature_range": "temperature 必须在 0 到 5 之间（收到 {value}）。",
     "models.top_p_range": "top_p 必须大于 0 且不超过 1（收到 {value}）。",
@@ -287,5 +289,10 @@ MESSAGES_ZH: dict[str, str] = {
     "cli.join_node_rank": "对运行 {name}，--node-rank 必须在 1 到 {last} 之间。",
 
     # --- app (app/, pages/) ---
+    "app.config_too_big": "{name} 有 {size}，远超一个运行配置（几 KB）：请选择某个运行的 config.yaml。",
+    "app.config_not_text": "{name} 不是 UTF-8 文本：请选择 config.yaml 文件。",
+    "app.config_not_yaml": "{name} 不是有效的 YAML：{reason}",
+    "app.config_too_deep": "{name} 嵌套太深；运行配置只有两层。",
+    "app.config_not_mapping": "{name} 应该是一个映射（model:、data:、train: ……），而不是 {kind}。",
 
 }

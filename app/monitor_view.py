@@ -156,6 +156,24 @@ def stop_in_background(run: Path, force: bool) -> None:
     threading.Thread(target=_stop, args=(run, force), daemon=True, name=f"stop-{run.name}").start()
 
 
+def resume_key(run: Path) -> str:
+    return f"mon.resume_step.{run.name}"
+
+
+def resume_choice(row, run: Path, checkpoints: list[int]) -> None:
+    """The checkpoint Resume starts from (newest first, the newest preselected), and what resuming from an older
+    one removes."""
+    newest, key = checkpoints[-1], resume_key(run)
+    if st.session_state.get(key) not in checkpoints:
+        st.session_state[key] = newest
+    labels = {c: t("mon.resume_newest" if c == newest else "mon.resume_step", step=c) for c in checkpoints}
+    step = row.selectbox(t("mon.resume_from"), list(reversed(checkpoints)), key=key,
+                         format_func=labels.get, label_visibility="collapsed", width=200)
+    later = [c for c in checkpoints if c > step]
+    if later:
+        st.warning(t("mon.resume_drops", step=step, later=", ".join(map(str, later))), icon=":material/warning:")
+
+
 def _fmt(value, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and pd.isna(value)) else format(value, spec)
 

@@ -7,14 +7,12 @@ Widget values live in session_state under `p.f.<section>.<field>` and persist ac
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import streamlit as st
 
 from app.i18n import CONFIG_FIELDS, LABELS, lang, option_labels, say, t
 from trainer_core import paths
 from trainer_core.config.run_config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
-from trainer_core.data.dataset import modified_time
 from trainer_core.errors import UserError
 
 QUICKSTART = paths.CONFIGS_DIR / "quickstart.yaml"
@@ -287,30 +285,6 @@ def apply_preset() -> None:
 
 def reset_to_quickstart() -> None:
     load_into_form(default_config())
-
-
-def _mtime(path: str) -> float:
-    try:
-        return paths.resolve(path).stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _plan(yaml_text: str, stamp: tuple):
-    from trainer_core.config.run_config import config_from_dict as build
-    from trainer_core.runs.orchestrate import plan
-    import yaml
-
-    return plan(build(yaml.safe_load(yaml_text)))
-
-
-def preflight(cfg: RunConfig):
-    """`trainer_core.runs.orchestrate.plan` (checks, DeepSpeed dict, commands, memory), cached until the config or
-    the files it reads change."""
-    stamp = (modified_time(paths.resolve(cfg.data.path)), _mtime(str(Path(cfg.model.path) / "config.json")),
-             _mtime(cfg.deepspeed.config_file) if cfg.deepspeed.config_file else 0.0)
-    return _plan(cfg.to_yaml(), stamp)
 
 
 def memory_plan(plan):

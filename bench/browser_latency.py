@@ -1,8 +1,12 @@
 """Monitor latency and page loads in a real browser, with the dashboard under load.
 
-    .venv/bin/python bench/browser_latency.py [--sessions 3] [--lines 5] [--runs 50] [--log-gb 1]
+    .venv/bin/python bench/browser_latency.py [--sessions 3] [--lines 5] [--runs 50] [--log-gb 1] [--fresh-only]
 
-Starts the dashboard as run_app.sh does (`python -m app.serve`) on a free port with a private runs folder holding
+First, on the freshly started server, a new tab opens the Train page (the first request the server sees), then
+`--fresh` more tabs do the same one after another: each is timed until the form and its memory plan are drawn and
+the script is idle, and every change to the sidebar's page menu is recorded from the first paint, so a flash of
+Streamlit's own page list ("streamlit app / chat / data ...") before ours is reported. Then (unless --fresh-only):
+starts the dashboard as run_app.sh does (`python -m app.serve`) on a free port with a private runs folder holding
 `--runs` finished runs and one live run whose train.log is `--log-gb` GB. `--sessions` Chromium sessions open the
 Monitor page on the live run; this script then appends metric lines as the trainer does (metrics.jsonl + status.json)
 and prints how long each line takes to show in every session, without reloading. Then it times opening each page.
@@ -37,6 +41,19 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 TOTAL = 1000
+# Records every distinct state of the sidebar's page menu from the first paint on (window.__navSeen).
+NAV_RECORDER = """
+window.__navSeen = [];
+new MutationObserver(() => {
+  const nav = document.querySelector('[data-testid="stSidebarNav"]');
+  const text = nav ? Array.from(nav.querySelectorAll('a')).map(a => a.innerText.trim()).join(' / ') : '';
+  const seen = window.__navSeen;
+  if (text && seen[seen.length - 1] !== text) seen.push(text);
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+TRAIN_DRAWN = ".st-key-train-memory"  # the memory plan: the last part of the Train page to fill in
+FORM_DRAWN = ".st-key-p-f-run-name"  # the form's first field
+SAMPLE = PROJECT_ROOT / "data" / "sample_zhenhuan.jsonl"  # the form's data file: touched to make the checks run again
 
 
 def make_live(run: Path) -> None:
@@ -66,12 +83,51 @@ def write_step(run: Path, step: int) -> float:
     return time.perf_counter()
 
 
+def fresh_train_tab(browser, url: str) -> tuple[float, float, list[str]]:
+    """A new browser context (no session, no cache) opening /train: seconds until the form is there (its first
+    field drawn), seconds until the whole page with its memory plan is drawn and the script is idle, and every page
+    menu the sidebar showed."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.add_init_script(NAV_RECORDER)
+    page = context.new_page()
+    t0 = time.perf_counter()
+    page.goto(f"{url}/train")
+    page.wait_for_selector(FORM_DRAWN, timeout=120_000)
+    title = time.perf_counter() - t0
+    page.wait_for_selector(TRAIN_DRAWN, timeout=120_000)
+    page.wait_for_timeout(50)
+    page.wait_for_selector(IDLE, state="attached", timeout=120_000)
+    drawn = time.perf_counter() - t0
+    navs = page.evaluate("window.__navSeen")
+    context.close()
+    return title, drawn, navs
+
+
+def report_fresh(browser, url: str, n: int) -> None:
+    form, drawn, navs = fresh_train_tab(browser, url)
+    print(f"first tab of a fresh server on /train: form {form:.2f} s, whole page with the memory plan {drawn:.2f} s; "
+          f"page menus shown: {navs}")
+    for label, touch in (("server warm", False), ("data file just changed, so the checks run again", True)):
+        times = []
+        for _ in range(n):
+            if touch:
+                os.utime(SAMPLE)
+            times.append(fresh_train_tab(browser, url))
+        flashes = [nav for _, _, navs in times for nav in navs if "streamlit app" in nav.lower()]
+        print(f"fresh tab on /train ({label}), {n} tabs one after another: form median "
+              f"{statistics.median(x[0] for x in times):.2f} s, whole page with the memory plan median "
+              f"{statistics.median(x[1] for x in times):.2f} s, max {max(x[1] for x in times):.2f} s; "
+              f"Streamlit's own page list shown in {len(flashes)} of {n}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=3)
     ap.add_argument("--lines", type=int, default=5)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--log-gb", type=float, default=1.0)
+    ap.add_argument("--fresh", type=int, default=5, help="fresh tabs opened on the Train page")
+    ap.add_argument("--fresh-only", action="store_true", help="only the fresh-tab figures")
     args = ap.parse_args()
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -97,6 +153,11 @@ def main() -> int:
                     time.sleep(0.5)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+                print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
+                report_fresh(browser, url, args.fresh)
+                if args.fresh_only:
+                    browser.close()
+                    return 0
                 pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
                          for _ in range(args.sessions)]
                 for page in pages:

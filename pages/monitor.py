@@ -43,15 +43,18 @@ can_force = s.alive and not s.terminal
 if row.button(t("mon.force_stop"), key="mon.force_stop", icon=":material/dangerous:", help=t("mon.force_help"),
                disabled=not can_force):
     st.session_state["mon.force_confirm"] = run.name  # nothing is saved: ask first, as Delete does
+resumable = s.state in (rd.STOPPED, rd.FAILED)
 if row.button(t("mon.resume"), key="mon.resume", icon=":material/play_arrow:", help=t("mon.resume_help"),
-               disabled=s.state not in (rd.STOPPED, rd.FAILED)):
+               disabled=not resumable):
     try:
         with st.spinner(t("mon.resuming")):
-            resume(run)
+            resume(run, checkpoint=st.session_state.get(mv.resume_key(run)))
     except UserError as e:
         st.error(say(e), icon=":material/error:")
     else:
         st.rerun()
+if resumable and s.checkpoints:
+    mv.resume_choice(row, run, s.checkpoints)
 
 if st.session_state.get("mon.force_confirm") == run.name:
     if not can_force:  # the run ended meanwhile: nothing left to end

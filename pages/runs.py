@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from app import downloads
 from app import runs_view as rv
 from app import train_form as form
 from app.frame import require_frame
@@ -109,7 +110,10 @@ with st.expander(t("runs.export"), expanded=False):
                 st.error(say(e), icon=":material/error:")
             else:
                 st.success(t("runs.exported", path=str(dest)), icon=":material/check:")
+st.markdown(f"**{t('dl.title')}**")
+downloads.model_buttons(run)
 
 st.markdown(f"**{t('runs.saved_config')}**")
 if cfg is not None:
+    downloads.config_button(run)
     st.code(cfg.to_yaml(), language="yaml")

@@ -4,6 +4,7 @@ import json
 
 import streamlit as st
 
+from app import downloads, train_checks
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
@@ -17,12 +18,14 @@ require_frame()
 st.title(t("train.title"))
 st.caption(t("app.steps"))
 
-# Validate what the widgets hold before drawing them, so each error can sit under its own field.
+# Validate what the widgets hold before drawing them, so each error can sit under its own field. The slow checks
+# (the data through the tokenizer) start now in the background and are waited for below the form.
 cfg, error = form.validate()
 pf = None
-if cfg is not None:
+checks = train_checks.start(cfg) if cfg is not None else None
+if checks is not None and checks.done:  # known already: a problem goes under its field
     try:
-        pf = form.preflight(cfg)
+        pf = checks.result(0)
     except UserError as e:
         error = say(e)
 
@@ -34,6 +37,7 @@ def f(section: str, name: str, **kw) -> None:
 
 
 st.button(t("train.reset"), key="train.reset", on_click=form.reset_to_quickstart, icon=":material/restart_alt:")
+downloads.config_uploader()
 tabs = st.tabs([t("train.tab.model"), t("train.tab.hyper"), t("train.tab.zero"), t("train.tab.placement")])
 with tabs[0]:
     c1, c2 = st.columns(2)
@@ -112,6 +116,8 @@ st.divider()
 st.subheader(t("train.plan"))
 if error:
     st.error(t("train.invalid", error=error), icon=":material/error:")
+elif pf is None and (pf := train_checks.result_or_rerun(checks)) is None:
+    st.fragment(run_every=train_checks.POLL_S)(train_checks.placeholder)(checks)
 else:
     try:
         plan = form.memory_plan(pf)

@@ -49,8 +49,13 @@ def warm_server(monkeypatch):
 
 
 @pytest.fixture
-def app(runs_root, uploads, starter_model, warm_server):
-    """A fresh dashboard session (Chinese, the default) with an empty runs folder."""
+def app(runs_root, uploads, starter_model, warm_server, monkeypatch):
+    """A fresh dashboard session (Chinese, the default) with an empty runs folder. The Train page waits for its
+    background checks however long they take under load, so its plan is there after one run (test_app_second_pass
+    checks the page when they outlast the wait)."""
+    from app import train_checks
+
+    monkeypatch.setattr(train_checks, "WAIT_S", 120.0)
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     assert not at.exception

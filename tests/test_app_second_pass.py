@@ -169,6 +169,58 @@ def test_the_preset_box_shows_what_the_form_holds(app):
     assert app.selectbox(key="p.f.preset").value == "zero3_offload"
 
 
+# ---------------------------------------------------------------------------------------------------- speed
+
+
+def test_the_train_form_draws_before_the_slow_checks_finish(app, monkeypatch):
+    """Preflight encodes the whole dataset with the model's tokenizer (seconds for a new file, minutes for a large
+    one): the page used to be blank below its title until it was done. Now the form draws first; checks that
+    outlast the page's wait leave a placeholder where the plan goes, filled once they are done. The checks are held
+    here by a gate, and the wait is 0."""
+    import threading
+    import uuid
+
+    from app import data_jobs, train_checks
+    from trainer_core.runs import registry
+
+    gate, real = threading.Event(), registry.preflight
+
+    def held(cfg):
+        assert gate.wait(60), "the page waited for the checks"
+        return real(cfg)
+
+    monkeypatch.setattr(registry, "preflight", held)
+    monkeypatch.setattr(train_checks, "WAIT_S", 0.0)
+    app.session_state["p.f.data.persona"] = f"你是华妃 {uuid.uuid4()}"  # a config no earlier test has checked
+    goto(app, "pages/train.py")
+    assert app.text_input(key="p.f.run.name") and app.selectbox(key="p.f.deepspeed.stage").value == 2
+    assert ZH["train.checking"] in texts(app, "info")
+    assert ZH["plan.fits"] not in texts(app, "success")
+    gate.set()
+    for job in list(data_jobs._jobs.values()):
+        assert job.finished.wait(60)
+    app.run()
+    assert not app.exception
+    assert ZH["train.checking"] not in texts(app, "info") and ZH["plan.fits"] in texts(app, "success")
+    assert app.button(key="train.launch").disabled is False
+
+
+def test_the_server_starts_with_our_menu_not_streamlits_page_folder_list(monkeypatch):
+    """A server next to a pages/ folder ran its first request in Streamlit's old folder mode, whose raw page list
+    ("streamlit app / chat / data ...") flashed before our menu. app.serve switches that mode off before Streamlit
+    starts (the browser test watches the menu from the first paint)."""
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.web import cli as stcli
+
+    from app import serve
+
+    seen = []
+    monkeypatch.setattr(PagesManager, "uses_pages_directory", None)
+    monkeypatch.setattr(stcli, "main", lambda: seen.append(PagesManager.uses_pages_directory) or 0)
+    assert serve.main(["--server.address", "127.0.0.1"]) == 0
+    assert seen == [False]
+
+
 # ---------------------------------------------------------------------------------------------------- friction
 
 
@@ -215,6 +267,29 @@ def test_force_stop_asks_first(app, runs_root):
     finally:
         supervisor.kill()
         supervisor.wait()
+
+
+def test_resume_from_a_chosen_checkpoint(app, runs_root, monkeypatch):
+    """The Monitor offers the run's complete checkpoints, newest preselected; picking an older one says what is
+    removed, and Resume starts from it. The supervisor's process start is replaced by a recorder (the real resume
+    from a chosen checkpoint runs in tests/test_browser_e2e.py); the rest is the real lifecycle.resume."""
+    from trainer_core.runs import lifecycle
+
+    run = make_run(runs_root, "paused", "stopped", steps=8)
+    (run / rd.CHECKPOINTS / "checkpoint-4").mkdir()
+    (run / rd.CHECKPOINTS / "checkpoint-4" / rd.COMPLETE_MARKER).write_text("{}")
+    (run / rd.CHECKPOINTS / "checkpoint-6").mkdir()  # partial: never offered
+    started = []
+    monkeypatch.setattr(lifecycle, "start", lambda run, detach, resume_from: started.append(resume_from))
+    goto(app, "pages/monitor.py")
+    box = app.selectbox(key="mon.resume_step.paused")
+    assert box.options == [ZH["mon.resume_newest"].format(step=8), ZH["mon.resume_step"].format(step=4)]
+    assert box.value == 8 and not texts(app, "warning")
+    box.set_value(4).run()
+    assert ZH["mon.resume_drops"].format(step=4, later="8") in texts(app, "warning")
+    app.button(key="mon.resume").click().run()
+    assert not app.exception and started == [run / rd.CHECKPOINTS / "checkpoint-4"]
+    assert sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
 
 
 def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
@@ -312,6 +387,87 @@ def test_the_reply_being_written_is_not_part_of_its_own_prompt(starter_model):
     hist.append({"role": "assistant", "content": "", "by": ["ft", "x"], "done": False})
     assert chunks.gi_frame.f_locals["messages"] == [user]  # what trainer_core.models.inference.stream_reply will read
     assert isinstance("".join(chunks), str)
+
+
+# ---------------------------------------------------------------------------------------------------- downloads, saved configs
+
+
+def test_runs_page_offers_the_model_as_a_zip_and_the_config_yaml(app, runs_root):
+    run = make_run(runs_root, "done", "completed", final=True)
+    goto(app, "pages/runs.py")
+    labels = [b.proto.label for b in app.get("download_button")]
+    size = sum(f.stat().st_size for f in (run / rd.FINAL).iterdir() if f.name != rd.COMPLETE_MARKER)
+    from trainer_core.config.memory import fmt_bytes
+
+    assert ZH["dl.model"].format(name="done-final", size=fmt_bytes(size)) in labels
+    assert ZH["dl.config"] in labels
+    # Nothing is written until a button is clicked (the zip is made by the click's callable).
+    assert not (run / "final.zip").exists()
+
+
+def test_the_zip_holds_the_whole_model_folder_and_is_written_in_chunks(runs_root, starter_model, tmp_path):
+    """Every file of final/ (links followed) under one top folder, byte for byte; a 64 MiB weights file goes
+    through in chunks: the Python heap never holds more than a few MiB of it."""
+    import os
+    import tracemalloc
+    import zipfile
+
+    from trainer_core.models.archive import archive_model
+
+    run = make_run(runs_root, "done", "completed", final=True)
+    big = tmp_path / "model-00002-of-00002.safetensors"
+    big.write_bytes(os.urandom(1024) * (64 * 1024))
+    (run / rd.FINAL / big.name).symlink_to(big)
+    os.utime(run / rd.FINAL / rd.COMPLETE_MARKER)
+    tracemalloc.start()
+    zpath = archive_model(run / rd.FINAL, "done-final")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 * 2**20, f"archiving held {peak / 2**20:.1f} MiB"
+    assert zpath == run / "final.zip"
+    with zipfile.ZipFile(zpath) as zf:
+        assert zf.testzip() is None
+        names = sorted(zf.namelist())
+        expected = sorted(f"done-final/{f.name}" for f in (run / rd.FINAL).iterdir() if f.name != rd.COMPLETE_MARKER)
+        assert names == expected and "done-final/persona.json" in names and "done-final/model.safetensors" in names
+        assert zf.read("done-final/model.safetensors") == (starter_model / "model.safetensors").read_bytes()
+    assert not [p for p in run.iterdir() if p.name.startswith(".final.zip")]
+    # Reused while the folder is unchanged; written again once it is.
+    mtime = zpath.stat().st_mtime_ns
+    assert archive_model(run / rd.FINAL, "done-final").stat().st_mtime_ns == mtime
+
+
+def test_a_saved_config_loads_into_the_train_form(app, runs_root):
+    from trainer_core.config.run_config import load_config
+
+    cfg = load_config(paths.CONFIGS_DIR / "quickstart.yaml", ["name=old-run", "train.learning_rate=2e-5",
+                                                              "data.max_length=384", "deepspeed.stage=3"])
+    goto(app, "pages/train.py")
+    app.file_uploader(key="train.config_upload").set_value(("old-run.yaml", cfg.to_yaml().encode(),
+                                                            "application/x-yaml")).run()
+    assert not app.exception
+    assert ZH["train.config_loaded"].format(name="old-run.yaml") in texts(app, "success")
+    assert app.text_input(key="p.f.train.learning_rate").value == "2e-05"
+    assert app.number_input(key="p.f.data.max_length").value == 384
+    assert app.selectbox(key="p.f.deepspeed.stage").value == 3
+    assert app.text_input(key="p.f.run.name").value == ""  # a fresh name: "old-run" may exist already
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b"model: [unclosed", "不是有效的 YAML"),
+    (b"- just\n- a list\n", "应该是一个映射"),
+    (b"\xff\xfe not text", "不是 UTF-8 文本"),
+    (b"train:\n  learning_rate: -1\n", "train.learning_rate"),
+])
+def test_a_bad_config_file_is_refused_and_the_form_kept(app, content, expected):
+    goto(app, "pages/train.py")
+    before = app.text_input(key="p.f.train.learning_rate").value
+    app.file_uploader(key="train.config_upload").set_value(("broken.yaml", content, "application/x-yaml")).run()
+    assert not app.exception
+    errors = texts(app, "error")
+    assert any(expected in e for e in errors), errors
+    assert app.text_input(key="p.f.train.learning_rate").value == before
+    assert not [s for s in texts(app, "success") if "broken.yaml" in s]
 
 
 # ---------------------------------------------------------------------------------------------------- chat, second pass

@@ -22,8 +22,6 @@ SOURCES = sorted(p for d in ("trainer_core", "app", "pages") for p in (PROJECT_R
                  if "fixtures" not in p.parts)
 # Calls whose argument at this index is a user-facing message (RowError(row, field, message), Lint(level, code, message)).
 MESSAGE_ARG = {"RowError": 2, "Lint": 2}
-# TRANSITION: files that still write plain-English messages; each area removes its files as it converts them.
-PENDING: set[str] = set()
 
 
 def _name(call: ast.Call) -> str:
@@ -64,15 +62,10 @@ def _fields(template: str) -> set[str]:
     return {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(template) if f is not None}
 
 
-def test_no_plain_sentences_outside_pending_files():
-    offenders = [f"{f}:{line}" for f, line in PLAIN if f not in PENDING]
+def test_no_plain_sentences():
+    offenders = [f"{f}:{line}" for f, line in PLAIN]
     assert not offenders, "write these as UserError(code, template, **params) or text(...):\n" + "\n".join(offenders)
 
-
-def test_pending_files_still_need_it():
-    """PENDING shrinks as files are converted: a converted file must leave the list."""
-    still = {f for f, _ in PLAIN}
-    assert not (PENDING - still), f"converted, remove from PENDING: {sorted(PENDING - still)}"
 
 
 @pytest.mark.parametrize("where,code,template,names", [(f"{f}:{n}", c, t, k) for f, n, c, t, k in CODED])

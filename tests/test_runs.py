@@ -95,3 +95,76 @@ def test_the_supervisor_tells_the_ranks_on_their_command_line(tmp_path):
     cfg = load_config(QUICK)
     assert node_argv(cfg, tmp_path, supervised=True)[-1] == "--supervised"
     assert "--supervised" not in node_argv(cfg, tmp_path)  # by hand, Slurm, `plan`: the ranks record the end
+
+
+# ---------------------------------------------------------------------------------------------------- resume from a chosen checkpoint
+
+
+def _stopped_run_with_checkpoints(runs_root):
+    """A stopped run with complete checkpoints 4 and 8, a partial one at 10 and metric rows up to step 10."""
+    import json
+
+    from test_app_pages import make_run
+
+    run = make_run(runs_root, "branchy", "stopped", steps=8)
+    for step, complete in ((4, True), (10, False)):
+        (run / rd.CHECKPOINTS / f"checkpoint-{step}").mkdir()
+        if complete:
+            (run / rd.CHECKPOINTS / f"checkpoint-{step}" / rd.COMPLETE_MARKER).write_text("{}")
+    with open(run / rd.METRICS, "a") as f:
+        f.write(json.dumps({"step": 10, "total_steps": 10, "loss": 8.0}) + "\n")
+    return run
+
+
+def _metric_steps(run):
+    from trainer_core.runs.tailing import read_all_rows
+
+    return sorted({r["step"] for r in read_all_rows(run / rd.METRICS)})
+
+
+def test_resume_from_a_checkpoint_that_does_not_exist_is_refused_naming_the_complete_ones(runs_root, starter_model):
+    from helpers import cli
+
+    run = _stopped_run_with_checkpoints(runs_root)
+    before = sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()), (run / rd.METRICS).read_text()
+    for step in ("10", "7"):  # partial, absent
+        res = cli("resume", str(run), "--checkpoint", step, timeout=120)
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+            f"error: run branchy has no complete checkpoint {step}; complete checkpoints: 4, 8"], res.stderr
+    assert (sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()), (run / rd.METRICS).read_text()) == before
+    assert not (run / rd.MANIFEST).exists()
+
+
+def test_resume_from_an_older_checkpoint_drops_the_later_history(runs_root, starter_model, monkeypatch):
+    """The supervisor's process start is replaced by a recorder here (the real resume is in test_supervisor and the
+    browser test); everything before it is the real code."""
+    from trainer_core.runs import lifecycle
+
+    run = _stopped_run_with_checkpoints(runs_root)
+    started = []
+    monkeypatch.setattr(lifecycle, "start", lambda run, detach, resume_from: started.append(resume_from))
+    assert lifecycle.resume(run, checkpoint=4) == run / rd.CHECKPOINTS / "checkpoint-4"
+    assert started == [run / rd.CHECKPOINTS / "checkpoint-4"]
+    assert sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
+    assert _metric_steps(run) == [1, 2, 3, 4]
+    status = rd.read_status(run)
+    assert status.resumed_from == 4 and status.step == 4
+
+
+def test_a_refused_resume_puts_the_later_checkpoints_back(runs_root, starter_model):
+    """Devices busy (a real lock held by another run): the start is refused and nothing of the run is lost."""
+    from helpers import CPU_LOCK
+    from trainer_core.runs import device_locks, lifecycle
+
+    run = _stopped_run_with_checkpoints(runs_root)
+    before = sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()), (run / rd.METRICS).read_text()
+    fds = device_locks.acquire(runs_root / "other", [CPU_LOCK])
+    try:
+        with pytest.raises(UserError, match="in use by run"):
+            lifecycle.resume(run, checkpoint=4)
+    finally:
+        for fd in fds:
+            __import__("os").close(fd)
+    assert (sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()), (run / rd.METRICS).read_text()) == before
+    assert [p.name for p in (run / rd.CHECKPOINTS).glob(".superseded-*")] == []
+    assert rd.read_status(run).step == 8 and rd.read_status(run).resumed_from is None

@@ -54,10 +54,6 @@ class UserError(Exception):
     """
 
     def __init__(self, code: str | Text, template: str = "", /, **params: Any):
-        if isinstance(code, str) and not template and not CODE.match(code):
-            # TRANSITION: a plain English message from code not yet given a code (tests/test_messages.py lists
-            # the files still doing this); shown in English in both languages.
-            code, template = "legacy.untranslated", code.replace("{", "{{").replace("}", "}}")
         self.text = code if isinstance(code, Text) else Text(code, template, params)
         super().__init__(str(self.text))
 

@@ -4,7 +4,7 @@
     python -m trainer_core check-data FILE_OR_FOLDER [--model DIR] [--max-length N] [--no-tokens] [--json]
     python -m trainer_core plan CONFIG [--set k=v]... [--json]
     python -m trainer_core train CONFIG [--set k=v]... [--detach]
-    python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--detach]
+    python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--checkpoint STEP] [--detach]
     python -m trainer_core runs [--json] | logs RUN [-n N] [--follow]
     python -m trainer_core chat MODEL_OR_RUN --prompt TEXT [--persona TEXT] [--max-new-tokens N]
     python -m trainer_core export RUN [--checkpoint STEP] [--format qwen1]

@@ -137,7 +137,7 @@ def cmd_resume(args) -> int:
     from trainer_core.runs.lifecycle import resume
 
     run = run_dir(args.run)
-    ckpt = resume(run)
+    ckpt = resume(run, checkpoint=args.checkpoint)
     print(f"resuming {run.name} from {ckpt.name if ckpt else 'the start (no complete checkpoint)'}",
           file=sys.stderr)
     code = 0 if args.detach else _wait_foreground(run)
@@ -237,6 +237,9 @@ def add_parsers(sub) -> None:
 
     s = sub.add_parser("resume", help="continue a stopped or failed run from its newest complete checkpoint")
     s.add_argument("run")
+    s.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
+                   help="resume from this complete checkpoint instead; the run's later checkpoints and metric rows "
+                        "are removed")
     s.add_argument("--detach", action="store_true")
     s.set_defaults(fn=cmd_resume)
 

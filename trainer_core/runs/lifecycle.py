@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -74,9 +77,14 @@ def _stop_external(run: Path, *, force: bool, save_timeout: float) -> RunState:
     return read_state(run)
 
 
-def resume(run: Path, *, detach: bool = True) -> Path | None:
-    """Restart a stopped, failed or interrupted run from its newest complete checkpoint (from scratch if none).
-    Returns the checkpoint it resumes from."""
+def resume(run: Path, *, detach: bool = True, checkpoint: int | None = None) -> Path | None:
+    """Restart a stopped, failed or interrupted run from a complete checkpoint: the one of step `checkpoint`, else
+    the newest (from scratch if there is none). Returns the checkpoint it resumes from.
+
+    Whatever the run wrote after that step belongs to the continuation being abandoned: later checkpoint folders
+    (complete or partial) and metric rows. They are removed first, so the resumed run's own saves never land in an
+    old folder that still carries a COMPLETE marker, rotation never keeps an old one over a new one, and the curves
+    show one history. If the start is refused (devices busy), they are put back."""
     state = read_state(run)
     if state.live:
         raise UserError("runs.resume_live", "run {name} is still {state}; stop it first", name=run.name,
@@ -84,13 +92,69 @@ def resume(run: Path, *, detach: bool = True) -> Path | None:
     if state.state == rd.COMPLETED:
         raise UserError("runs.resume_completed", "run {name} already completed; clone it to train again",
                         name=run.name)
-    ckpt = rd.latest_checkpoint(run)
+    ckpt = _chosen_checkpoint(run, checkpoint)
     # The segment that ended is kept (start, end), so the run's time survives the new manifest; recorded once even
     # when this resume is refused and tried again.
     segments = [list(x) for x in state.segments]
     started = rd.read_manifest(run).get("started")
     if started is not None and all(x[0] != started for x in segments):
         segments.append([started, segment_end(run, state, started)])
-    rd.update_status(run, resumed_from=rd.checkpoint_step(ckpt) if ckpt else None, segments=segments)
-    start(run, detach=detach, resume_from=ckpt)
+    before = rd.read_status(run)
+    step = rd.checkpoint_step(ckpt) if ckpt else 0
+    rd.update_status(run, resumed_from=step if ckpt else None, segments=segments, step=step)
+    aside = _set_aside(run, step)
+    try:
+        start(run, detach=detach, resume_from=ckpt)
+    except BaseException:
+        for src, dst in aside:
+            os.replace(dst, src)
+        rd.update_status(run, resumed_from=before.resumed_from, step=before.step)
+        raise
+    for _, dst in aside:
+        if dst.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+        else:
+            dst.unlink(missing_ok=True)
     return ckpt
+
+
+def _chosen_checkpoint(run: Path, step: int | None) -> Path | None:
+    complete = rd.complete_checkpoints(run)
+    if step is None:
+        return complete[-1] if complete else None
+    for p in complete:
+        if rd.checkpoint_step(p) == step:
+            return p
+    have = ", ".join(str(rd.checkpoint_step(p)) for p in complete) or "none"
+    raise UserError("runs.no_such_checkpoint", "run {name} has no complete checkpoint {step}; complete checkpoints: "
+                    "{have}", name=run.name, step=step, have=have)
+
+
+def _set_aside(run: Path, step: int) -> list[tuple[Path, Path]]:
+    """Move what the run wrote after `step` out of sight: later checkpoint folders (renamed outside the
+    checkpoint-* pattern, so never offered) and metric rows (metrics.jsonl rewritten without them). Returns the
+    (original, set-aside) pairs, to delete after the start or to put back if it is refused."""
+    moved = []
+    for p in sorted((run / rd.CHECKPOINTS).glob(f"{rd.CHECKPOINT_PREFIX}*"), key=rd.checkpoint_step):
+        if rd.checkpoint_step(p) > step:
+            moved.append((p, p.with_name(f".superseded-{p.name}")))
+            os.replace(*moved[-1])
+    metrics = run / rd.METRICS
+    if metrics.is_file():
+        kept, dropped = [], False
+        with open(metrics, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    later = (json.loads(line).get("step") or 0) > step
+                except (ValueError, AttributeError):
+                    later = True  # a torn last line of a killed run
+                dropped |= later
+                if not later:
+                    kept.append(line)
+        if dropped:
+            tmp, aside = metrics.with_name(f".{metrics.name}.tmp"), metrics.with_name(f".superseded-{metrics.name}")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(metrics, aside)
+            os.replace(tmp, metrics)
+            moved.append((metrics, aside))
+    return moved

@@ -1,0 +1,107 @@
+"""Browser downloads of a run's files (its model folders as zip files, its config.yaml) and loading a saved
+config.yaml into the Train form.
+
+Streamlit hands a download to the browser from memory: `st.download_button` turns whatever it is given (bytes, a
+file object, or the return value of a callable run on click) into bytes held by the server while the tab lives.
+So the zip is written to disk by streaming (trainer_core.models.archive), only when the button is clicked (a
+callable), and the browser button is offered up to `BROWSER_MAX_BYTES`; a larger model is shown by its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app.i18n import say, t
+from trainer_core.config.memory import fmt_bytes
+from trainer_core.errors import UserError
+from trainer_core.runs import protocol as rd
+
+BROWSER_MAX_BYTES = 4 * 1024**3
+"""Largest model offered as a browser download (the server holds it in memory while the download is served)."""
+CONFIG_MAX_BYTES = 256 * 1024
+"""Largest file taken as a run config (one is a few KB)."""
+UPLOAD_KEY = "train.config_upload"
+
+
+def model_buttons(run: Path) -> None:
+    """One download button per complete model folder of the run (final/ and each export), as a zip."""
+    from trainer_core.models.archive import archive_model, folder_bytes, model_folders
+
+    folders = model_folders(run)
+    if not folders:
+        st.caption(t("dl.no_models"))
+        return
+    for folder in folders:
+        name = f"{run.name}-{folder.name}"
+        size = folder_bytes(folder)
+        if size > BROWSER_MAX_BYTES:
+            st.caption(t("dl.too_big", name=name, size=fmt_bytes(size), path=str(folder)))
+            continue
+        st.download_button(t("dl.model", name=name, size=fmt_bytes(size)), lambda f=folder, n=name:
+                           archive_model(f, n).read_bytes(), file_name=f"{name}.zip", mime="application/zip",
+                           key=f"dl.model.{folder.name}", icon=":material/download:", on_click="ignore")
+
+
+def config_button(run: Path) -> None:
+    st.download_button(t("dl.config"), (run / rd.CONFIG).read_bytes(), file_name=f"{run.name}.yaml",
+                       mime="application/x-yaml", key="dl.config", icon=":material/download:", on_click="ignore")
+
+
+def parse_config(name: str, data: bytes):
+    """A `RunConfig` from an uploaded YAML file, or a UserError naming the file and what is wrong with it."""
+    import yaml
+
+    from trainer_core.config.run_config import SAFE_LOADER, config_from_dict
+
+    if len(data) > CONFIG_MAX_BYTES:
+        raise UserError("app.config_too_big", "{name} is {size}, far more than a run config (a few KB): pick the "
+                        "config.yaml of a run", name=name, size=fmt_bytes(len(data)))
+    try:
+        raw = yaml.load(data.decode("utf-8"), Loader=SAFE_LOADER)
+    except UnicodeDecodeError:
+        raise UserError("app.config_not_text", "{name} is not UTF-8 text: pick a config.yaml file",
+                        name=name) from None
+    except yaml.YAMLError as e:
+        raise UserError("app.config_not_yaml", "{name} is not valid YAML: {reason}", name=name,
+                        reason=str(e).splitlines()[0]) from None
+    except RecursionError:
+        raise UserError("app.config_too_deep", "{name} is nested too deeply; a run config has two levels",
+                        name=name) from None
+    if not isinstance(raw, dict):
+        raise UserError("app.config_not_mapping", "{name} must hold a mapping (model:, data:, train:, ...), not "
+                        "{kind}", name=name, kind=type(raw).__name__)
+    return config_from_dict(raw)
+
+
+def load_uploaded_config() -> None:
+    """on_change of the Train page's config uploader (before the widgets are drawn, so the form can be filled): a
+    valid file fills the form under a new run name; a bad one is reported and leaves the form as it was."""
+    import dataclasses
+
+    from app.train_form import load_into_form
+
+    st.session_state.pop("train.config_result", None)
+    upload = st.session_state.get(UPLOAD_KEY)
+    if upload is None:
+        return
+    try:
+        cfg = parse_config(upload.name, upload.getvalue())
+    except UserError as e:
+        st.session_state["train.config_result"] = ("error", e)
+        return
+    load_into_form(dataclasses.replace(cfg, name=""))  # a fresh name, as Clone does: the old one is taken
+    st.session_state["train.config_result"] = ("ok", upload.name)
+
+
+def config_uploader() -> None:
+    """The Train page's "load a saved config.yaml" box, with what became of the last file."""
+    with st.expander(t("train.load_config"), icon=":material/upload_file:"):
+        st.file_uploader(t("train.load_config_pick"), type=["yaml", "yml"], key=UPLOAD_KEY,
+                         on_change=load_uploaded_config)
+        kind, value = st.session_state.get("train.config_result", (None, None))
+        if kind == "ok":
+            st.success(t("train.config_loaded", name=value), icon=":material/check:")
+        elif kind == "error":
+            st.error(say(value), icon=":material/error:")
