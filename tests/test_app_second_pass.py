@@ -181,15 +181,15 @@ def test_the_train_form_draws_before_the_slow_checks_finish(app, monkeypatch):
     import uuid
 
     from app import data_jobs, train_checks
-    from trainer_core.runs import registry
+    from trainer_core.runs import orchestrate
 
-    gate, real = threading.Event(), registry.preflight
+    gate, real = threading.Event(), orchestrate.plan
 
     def held(cfg):
         assert gate.wait(60), "the page waited for the checks"
         return real(cfg)
 
-    monkeypatch.setattr(registry, "preflight", held)
+    monkeypatch.setattr(orchestrate, "plan", held)
     monkeypatch.setattr(train_checks, "WAIT_S", 0.0)
     app.session_state["p.f.data.persona"] = f"你是华妃 {uuid.uuid4()}"  # a config no earlier test has checked
     goto(app, "pages/train.py")
