@@ -120,6 +120,47 @@ def report_fresh(browser, url: str, n: int) -> None:
               f"Streamlit's own page list shown in {len(flashes)} of {n}")
 
 
+def report_monitor(browser, url: str, live: Path, args) -> None:
+    """Metric line written -> visible on every open Monitor tab; then page switches."""
+    pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page() for _ in range(args.sessions)]
+    for page in pages:
+        page.goto(f"{url}/monitor")
+    for page in pages:
+        page.wait_for_selector(".st-key-mon-progress", timeout=120_000)
+    print(f"{args.runs} runs in history, live run with a {args.log_gb:g} GB train.log, "
+          f"{args.sessions} browser sessions on its Monitor page")
+    latencies: list[float] = []
+    for i in range(args.lines):
+        step = 10 * (i + 1)
+        t0 = write_step(live, step)
+        pending = set(range(len(pages)))
+        while pending and time.perf_counter() - t0 < 30:
+            for k in list(pending):
+                if f"{step} / {TOTAL}" in pages[k].locator(".st-key-mon-progress").inner_text():
+                    latencies.append(time.perf_counter() - t0)
+                    pending.discard(k)
+            time.sleep(0.02)
+        latencies += [float("inf")] * len(pending)
+        time.sleep(1.3)  # let each line stand before the next, as with a real logging interval
+    finite = [x for x in latencies if x != float("inf")]
+    print(f"metric line -> visible in the Monitor page: median {statistics.median(finite):.2f} s, "
+          f"max {max(latencies):.2f} s over {len(latencies)} (line, session) pairs")
+    report_switches(pages[0])
+
+
+def report_switches(page) -> None:
+    links = page.locator('[data-testid="stSidebarNav"] a')
+    for i, label in enumerate(("Data", "Train", "Monitor", "Chat", "Runs")):
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            links.nth(i).click()
+            page.wait_for_timeout(50)
+            page.wait_for_selector(IDLE, state="attached", timeout=60_000)
+            times.append(time.perf_counter() - t0)
+        print(f"switch to {label:<8} page rendered in {statistics.median(times):.2f} s (median of 3)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=3)
@@ -155,45 +196,8 @@ def main() -> int:
                 browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
                 print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
                 report_fresh(browser, url, args.fresh)
-                if args.fresh_only:
-                    browser.close()
-                    return 0
-                pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-                         for _ in range(args.sessions)]
-                for page in pages:
-                    page.goto(f"{url}/monitor")
-                for page in pages:
-                    page.wait_for_selector(".st-key-mon-progress", timeout=120_000)
-                print(f"{args.runs} runs in history, live run with a {args.log_gb:g} GB train.log, "
-                      f"{args.sessions} browser sessions on its Monitor page")
-                latencies: list[float] = []
-                for i in range(args.lines):
-                    step = 10 * (i + 1)
-                    t0 = write_step(live, step)
-                    pending = set(range(len(pages)))
-                    while pending and time.perf_counter() - t0 < 30:
-                        for k in list(pending):
-                            text = pages[k].locator(".st-key-mon-progress").inner_text()
-                            if f"{step} / {TOTAL}" in text:
-                                latencies.append(time.perf_counter() - t0)
-                                pending.discard(k)
-                        time.sleep(0.02)
-                    latencies += [float("inf")] * len(pending)
-                    time.sleep(1.3)  # let each line stand before the next, as with a real logging interval
-                finite = [x for x in latencies if x != float("inf")]
-                print(f"metric line -> visible in the Monitor page: median {statistics.median(finite):.2f} s, "
-                      f"max {max(latencies):.2f} s over {len(latencies)} (line, session) pairs")
-                page = pages[0]
-                links = page.locator('[data-testid="stSidebarNav"] a')
-                for i, label in enumerate(("Data", "Train", "Monitor", "Chat", "Runs")):
-                    times = []
-                    for _ in range(3):
-                        t0 = time.perf_counter()
-                        links.nth(i).click()
-                        page.wait_for_timeout(50)
-                        page.wait_for_selector(IDLE, state="attached", timeout=60_000)
-                        times.append(time.perf_counter() - t0)
-                    print(f"switch to {label:<8} page rendered in {statistics.median(times):.2f} s (median of 3)")
+                if not args.fresh_only:
+                    report_monitor(browser, url, live, args)
                 browser.close()
         finally:
             os.killpg(server.pid, signal.SIGTERM)

@@ -219,7 +219,7 @@ def table(results: list[dict], target: float | None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--records", type=int, default=200, help="first N records of huanhuan.json (default 200)")
     p.add_argument("--heldout", type=int, default=20, help="of those, held out for evaluation (default 20)")
@@ -234,16 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs, peer configs)")
     args = p.parse_args(argv)
-    only = [r for r in args.only.split(",") if r]
-    unknown = sorted(set(only) - set(RECIPES))
+    args.only = [r for r in args.only.split(",") if r]
+    unknown = sorted(set(args.only) - set(RECIPES))
     if unknown:
         p.error(f"--only: unknown recipe {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     if args.repeat < 1 or args.epochs < 1:
         p.error("--repeat and --epochs must be at least 1")
     if not 0 < args.heldout < args.records:
         p.error(f"--heldout must be between 1 and --records - 1 (got {args.heldout} of {args.records})")
+    return args
 
-    work = Path(tempfile.mkdtemp(prefix="peer-bench-"))
+
+def run_all(args, work: Path) -> dict[str, list[dict]]:
+    """Every chosen recipe, --repeat times, interleaved so a change in the machine's load hits them alike."""
     train, heldout, ours_data = prepare_data(work, args.records, args.heldout)
     cfg = job_config(args.epochs, args.model)
     write_peer_inputs(cfg, work, train, heldout)
@@ -259,20 +262,23 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = {"ours": ours, **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs,
                                                                args.phases)) for peer in ("trl", "llamafactory")}}
-    runs: dict[str, list[dict]] = {name: [] for name in only}
+    runs: dict[str, list[dict]] = {name: [] for name in args.only}
     for _ in range(args.repeat):
-        for name in only:
+        for name in args.only:
             t = time.time()
             runs[name].append(jobs[name]())
             shutil.rmtree(work / "runs" / name, ignore_errors=True)
             r = runs[name][-1]
             what = f"failed: {r['error']}" if "error" in r else f"training {r['train_time_s']:.1f}s"
             print(f"{name} done in {time.time() - t:.0f}s wall ({what})", flush=True)
+    return runs
+
+
+def report(args, runs: dict[str, list[dict]]) -> None:
     results = []
     for rs in runs.values():
         ok = [r for r in rs if "error" not in r]
         results.append(min(ok, key=lambda r: r["train_time_s"]) if ok else rs[-1])
-
     done = [r for r in results if "error" not in r]
     slowest = max(done, key=lambda r: r["train_time_s"]) if done else None
     target = slowest["eval_curve"][-1][1] if slowest else None
@@ -300,8 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {"records": args.records, "heldout": args.heldout, "epochs": args.epochs,
                                "target": target, "results": results, "runs": runs})
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="peer-bench-"))
+    try:
+        report(args, run_all(args, work))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
