@@ -35,22 +35,13 @@ from trainer_core.paths import PROJECT_ROOT  # noqa: E402
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from dashboard_load import make_runs  # noqa: E402  (same fixture data as the server-side load bench)
+from nav_recorder import NAV_RECORDER  # noqa: E402
 from trainer_core.runs.launch import free_port  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 TOTAL = 1000
-# Records every distinct state of the sidebar's page menu from the first paint on (window.__navSeen).
-NAV_RECORDER = """
-window.__navSeen = [];
-new MutationObserver(() => {
-  const nav = document.querySelector('[data-testid="stSidebarNav"]');
-  const text = nav ? Array.from(nav.querySelectorAll('a')).map(a => a.innerText.trim()).join(' / ') : '';
-  const seen = window.__navSeen;
-  if (text && seen[seen.length - 1] !== text) seen.push(text);
-}).observe(document, {subtree: true, childList: true, characterData: true});
-"""
 TRAIN_DRAWN = ".st-key-train-memory"  # the memory plan: the last part of the Train page to fill in
 FORM_DRAWN = ".st-key-p-f-run-name"  # the form's first field
 SAMPLE = PROJECT_ROOT / "data" / "sample_zhenhuan.jsonl"  # the form's data file: touched to make the checks run again

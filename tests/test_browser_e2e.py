@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.nav_recorder import NAV_RECORDER
 from helpers import free_port
 from trainer_core.paths import PROJECT_ROOT
 from trainer_core.runs import protocol as rd
@@ -132,16 +133,6 @@ def step_text(page) -> str:
     return page.locator(".st-key-mon-progress [data-testid='stProgress']").inner_text()
 
 
-# Records every distinct state of the sidebar's page menu from the first paint on.
-NAV_RECORDER = """
-window.__navSeen = [];
-new MutationObserver(() => {
-  const nav = document.querySelector('[data-testid="stSidebarNav"]');
-  const text = nav ? Array.from(nav.querySelectorAll('a')).map(a => a.innerText.trim()).join(' / ') : '';
-  const seen = window.__navSeen;
-  if (text && seen[seen.length - 1] !== text) seen.push(text);
-}).observe(document, {subtree: true, childList: true, characterData: true});
-"""
 CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
 IDENTIFIER = re.compile(r"\S*[._/\\=:\d]\S*")  # field names, paths, numbers, key=value: kept as they are in Chinese
 

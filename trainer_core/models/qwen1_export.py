@@ -7,7 +7,6 @@ a dtype change (fp32 from `export` → the original's bf16) holds one tensor in 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from trainer_core.models.qwen1_config import (DTYPE_NAMES, QWEN1_LAYER_NAMES, QW
                                               load_qwen1_config, top_shapes)
 from trainer_core.models.qwen1_import import is_qwen1_dir
 from trainer_core.models.safetensors_io import INDEX, Piece, Progress, Tensor, read_tensors, write_shards
+from trainer_core.runs.atomic import replace_dir
 
 
 def _cast(parts: list[tuple[Path, int, int]], source_dtype: str, shape: list[int], dtype: str) -> Callable[[], bytes]:
@@ -90,13 +90,7 @@ def _copy_code_and_config(original: Path, tmp: Path) -> None:
 
 def _replace_dir(tmp: Path, dest: Path) -> None:
     tmp.chmod(0o755)  # mkdtemp makes it private
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, dest)
+    replace_dir(tmp, dest)
 
 
 def export_qwen1(qwen2_dir: str | Path, original: str | Path, dest: str | Path,

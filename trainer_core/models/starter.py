@@ -6,7 +6,6 @@ seconds on a CPU with the same ids as real Qwen2 checkpoints.
 """
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
 from trainer_core import paths
 from trainer_core.models.tokenizer import SPECIAL_TOKENS, cached_qwen_tokenizer, ensure_qwen_vocab, log
+from trainer_core.runs.atomic import replace_dir
 
 SEED = 1234
 
@@ -50,16 +50,10 @@ def _starter_generation_config() -> GenerationConfig:
 
 
 def _move_into_place(built: Path, target: Path, force: bool) -> None:
-    if target.exists():
-        if (target / "READY").exists() and not force:
-            shutil.rmtree(built)  # another process finished first; keep its copy
-            return
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, old)
-        os.rename(built, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(built, target)
+    if (target / "READY").exists() and not force:
+        shutil.rmtree(built)  # another process finished first; keep its copy
+        return
+    replace_dir(built, target)
 
 
 def prepare_models(force: bool = False) -> Path:

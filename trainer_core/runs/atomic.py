@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,3 +41,15 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_dir(built: Path, target: Path) -> None:
+    """Put a fully built folder at `target`, replacing any folder there: readers see the old or the new one, never a
+    half of either (the old one is renamed aside first, then removed)."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(built, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(built, target)
