@@ -226,8 +226,9 @@ def subset_panel(path: Path, report: DataReport) -> None:
         state.setdefault("data.cut.mode", "first")
         mode = st.radio(t("data.cut.mode"), ["all", "first", "random"], key="data.cut.mode", horizontal=True,
                         format_func=option_labels("data.cut.mode."))
-        if state.get("data.cut.n") is None or state["data.cut.n"] > report.n_usable:
-            state["data.cut.n"] = min(50, report.n_usable)
+        # The count is per file: a small file's value must not stay when a larger one is opened.
+        if state.get("data.cut.for") != str(path) or not 1 <= (state.get("data.cut.n") or 0) <= report.n_usable:
+            state["data.cut.n"], state["data.cut.for"] = min(50, report.n_usable), str(path)
         state.setdefault("data.cut.seed", 0)
         c1, c2 = st.columns(2)
         c1.number_input(t("data.cut.n"), min_value=1, max_value=report.n_usable, key="data.cut.n",

@@ -122,6 +122,13 @@ def test_subset_and_dedupe_write_a_new_file_and_select_it(app, uploads):
         in texts(app, "success")
 
 
+def test_the_subset_count_starts_afresh_for_each_file(app, uploads):
+    upload(app, "one.jsonl", jsonl(GOOD))
+    assert app.number_input(key="data.cut.n").value == 1  # all a one-record file has
+    upload(app, "sixty.jsonl", jsonl(*({"instruction": f"问{i}", "output": f"答{i}"} for i in range(60))))
+    assert app.number_input(key="data.cut.n").value == 50  # not the previous file's 1
+
+
 def test_a_broken_file_is_explained_in_chinese_only(app):
     records = [GOOD, GOOD, {"instruction": "", "output": "x", "extra": 1}, {"instruction": 3, "output": "y"},
                {"messages": [{"role": "narrator", "content": "x"}]}, {"messages": "no"}, [1],
