@@ -204,8 +204,6 @@ def walk_through(page, server: Server, expect) -> None:
 
 def upload(page, path: Path) -> None:
     page.get_by_text("上传文件", exact=True).click()
-    # Streamlit's own uploader sentence, translated in the page by app/streamlit_zh.py
-    page.locator('[data-testid="stFileUploaderDropzone"]').get_by_text("单个文件不超过").first.wait_for()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(path))
 
 
@@ -213,6 +211,9 @@ def broken_data_in_chinese(page, tmp: Path, expect) -> None:
     """A file no record of which is usable, then one with bad rows: every message shown is Chinese."""
     truncated = tmp / "truncated.json"
     truncated.write_text('[{"instruction": "你是谁？", "output": "臣妾', encoding="utf-8")
+    # Streamlit's own uploader sentence (shown while no file is chosen), translated by app/streamlit_zh.py
+    page.get_by_text("上传文件", exact=True).click()
+    expect(page.locator('[data-testid="stFileUploaderDropzone"]')).to_contain_text("单个文件不超过")
     upload(page, truncated)
     expect(page.locator('[data-testid="stAlert"]').first).to_be_visible()
     settle(page)

@@ -62,6 +62,8 @@ class RunDirCallback(TrainerCallback):
         request, lost = all_reduce_ints([request, 1 if LOST else 0])
         if request or lost:
             self.stopping, self.lost = True, bool(lost)
+            if lost:  # each rank's watchdog fires on its own clock: rank 0, which writes the cause, takes the first
+                LOST.setdefault("cause", next((c for c in gather(LOST.get("cause")) if c), None))
             control.should_save = True
             control.should_training_stop = True
             control.should_evaluate = False  # a full evaluation pass before saving made Stop take minutes

@@ -229,7 +229,7 @@ def finish(run: Path, cfg: RunConfig, trainer, tokenizer, callback, supervised: 
         # The supervisor (or launcher) is gone: nobody else will say why the run ended. The state turns `failed`
         # once no process of the run remains (read_state), with this cause.
         if rank0:
-            rd.update_status(run, phase=None, error=f"{LOST.get('cause', 'a process of the run died')}; the ranks "
+            rd.update_status(run, phase=None, error=f"{LOST.get('cause') or 'a process of the run died'}; the ranks "
                              f"saved checkpoint {trainer.state.global_step} and stopped; resume to go on")
         log_rank0("stopped after saving a checkpoint: a process above the ranks died")
         return 0
