@@ -10,7 +10,6 @@ way, so nodes React has not redrawn go back to Streamlit's English.
 from __future__ import annotations
 
 import json
-import re
 
 import streamlit as st
 
@@ -80,7 +79,3 @@ def install(lang: str) -> None:
     st.session_state["streamlit_zh.used"] = True
     st.iframe(script(lang), height=1)
 
-
-def bundle_mentions(text: str, sentence: str) -> bool:
-    """Whether Streamlit's bundle still contains `sentence` as a JS string literal (for the test)."""
-    return re.search(r"[`'\"]" + re.escape(sentence) + r"[`'\"]", text) is not None
