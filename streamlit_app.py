@@ -1,6 +1,7 @@
 """Role-play fine-tuning studio: the dashboard. Every page reads and writes through `trainer_core`.
 
-    streamlit run streamlit_app.py          (./run_app.sh sets up the venv and the starter model first)
+    python -m app.serve          (what ./run_app.sh runs after setting up the venv and the starter model; it serves
+                                 this script through serve_app.py, which adds the model download route)
 
 Runs live in run directories, not in this process: restart the dashboard at any time and it re-attaches.
 """

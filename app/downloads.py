@@ -1,33 +1,46 @@
 """Browser downloads of a run's files (its model folders as zip files, its config.yaml) and loading a saved
 config.yaml into the Train form.
 
-Streamlit hands a download to the browser from memory: `st.download_button` turns whatever it is given (bytes, a
-file object, or the return value of a callable run on click) into bytes held by the server while the tab lives.
-So the zip is written to disk by streaming (trainer_core.models.archive), only when the button is clicked (a
-callable), and the browser button is offered up to `BROWSER_MAX_BYTES`; a larger model is shown by its path.
+A model folder goes through the server's own download route (app.file_route): the zip is made while it is sent,
+so neither the server's memory nor its disk holds a copy, whatever the size. The link is a plain `<a download>`,
+so the browser saves the file without leaving the page. config.yaml is a few KB and uses Streamlit's button.
 """
 
 from __future__ import annotations
 
+import html
+import time
 from pathlib import Path
 
 import streamlit as st
 
+from app import file_route
 from app.i18n import say, t
 from trainer_core.config.memory import fmt_bytes
 from trainer_core.errors import UserError
 from trainer_core.runs import protocol as rd
 
-BROWSER_MAX_BYTES = 4 * 1024**3
-"""Largest model offered as a browser download (the server holds it in memory while the download is served)."""
 CONFIG_MAX_BYTES = 256 * 1024
 """Largest file taken as a run config (one is a few KB)."""
 UPLOAD_KEY = "train.config_upload"
+LINK_STYLE = ("display:inline-flex;align-items:center;gap:.4rem;padding:.25rem .75rem;margin:.1rem 0;"
+              "border:1px solid rgba(49,51,63,.2);border-radius:.5rem;text-decoration:none;color:inherit")
+
+
+def _link(folder: Path, top: str) -> str:
+    """This tab's download link for a folder, minted once and renewed when it is about to expire (a page run must
+    not mint a token per rerun: each is kept by the server until it expires)."""
+    links = st.session_state.setdefault("dl.links", {})
+    key = (str(folder), top, (folder / rd.COMPLETE_MARKER).stat().st_mtime_ns)
+    url, expires = links.get(key, ("", 0.0))
+    if expires - time.time() < file_route.GRANT_TTL_S / 4:
+        url, expires = links[key] = file_route.grant(folder, top)
+    return url
 
 
 def model_buttons(run: Path) -> None:
-    """One download button per complete model folder of the run (final/ and each export), as a zip."""
-    from trainer_core.models.archive import archive_model, folder_bytes, model_folders
+    """One download link per complete model folder of the run (final/ and each export), as a zip."""
+    from trainer_core.models.archive import folder_bytes, model_folders
 
     folders = model_folders(run)
     if not folders:
@@ -35,13 +48,12 @@ def model_buttons(run: Path) -> None:
         return
     for folder in folders:
         name = f"{run.name}-{folder.name}"
-        size = folder_bytes(folder)
-        if size > BROWSER_MAX_BYTES:
-            st.caption(t("dl.too_big", name=name, size=fmt_bytes(size), path=str(folder)))
+        label = t("dl.model", name=name, size=fmt_bytes(folder_bytes(folder)))
+        if not file_route.mounted():
+            st.caption(t("dl.no_route", name=name, path=str(folder)))
             continue
-        st.download_button(t("dl.model", name=name, size=fmt_bytes(size)), lambda f=folder, n=name:
-                           archive_model(f, n).read_bytes(), file_name=f"{name}.zip", mime="application/zip",
-                           key=f"dl.model.{folder.name}", icon=":material/download:", on_click="ignore")
+        st.html(f'<a href="{html.escape(_link(folder, name))}" download="{html.escape(name)}.zip" '
+                f'style="{LINK_STYLE}">⬇ {html.escape(label)}</a>')
 
 
 def config_button(run: Path) -> None:

@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
     # first request after start in its old multipage mode and flash its raw page list ("streamlit app / chat /
     # data ...") before our menu (app.frame.require_frame then switches the mode off and reruns).
     PagesManager.uses_pages_directory = False
-    sys.argv = ["streamlit", "run", "streamlit_app.py", *argv]
+    sys.argv = ["streamlit", "run", "serve_app.py", *argv]  # the pages plus the download route
     return stcli.main()
 
 

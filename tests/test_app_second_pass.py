@@ -392,49 +392,86 @@ def test_the_reply_being_written_is_not_part_of_its_own_prompt(starter_model):
 # ---------------------------------------------------------------------------------------------------- downloads, saved configs
 
 
-def test_runs_page_offers_the_model_as_a_zip_and_the_config_yaml(app, runs_root):
-    run = make_run(runs_root, "done", "completed", final=True)
-    goto(app, "pages/runs.py")
-    labels = [b.proto.label for b in app.get("download_button")]
-    size = sum(f.stat().st_size for f in (run / rd.FINAL).iterdir() if f.name != rd.COMPLETE_MARKER)
+def _links(at) -> list[str]:
+    return [h.proto.body for h in at.get("html") if "studio-download" in h.proto.body or "download=" in h.proto.body]
+
+
+def test_runs_page_offers_the_model_as_a_streamed_zip_and_the_config_yaml(app, runs_root, monkeypatch):
+    """With the server's download route mounted (as app.serve mounts it), each model folder is an <a download>
+    link to it; the link is minted once per tab, not on every rerun, and nothing is written to disk."""
+    from app import file_route
     from trainer_core.config.memory import fmt_bytes
 
-    assert ZH["dl.model"].format(name="done-final", size=fmt_bytes(size)) in labels
-    assert ZH["dl.config"] in labels
-    # Nothing is written until a button is clicked (the zip is made by the click's callable).
-    assert not (run / "final.zip").exists()
+    monkeypatch.setattr(file_route, "_mounted", True)
+    monkeypatch.setattr(file_route, "_grants", {})
+    run = make_run(runs_root, "done", "completed", final=True)
+    before = sorted(p.name for p in run.iterdir())
+    goto(app, "pages/runs.py")
+    size = sum(f.stat().st_size for f in (run / rd.FINAL).iterdir() if f.name != rd.COMPLETE_MARKER)
+    (link,) = _links(app)
+    assert ZH["dl.model"].format(name="done-final", size=fmt_bytes(size)) in link
+    assert 'download="done-final.zip"' in link and "/studio-download/" in link
+    token = link.split("/studio-download/")[1].split("/")[0]
+    assert file_route.lookup(token).folder == (run / rd.FINAL).resolve()
+    assert ZH["dl.config"] in [b.proto.label for b in app.get("download_button")]
+    app.run()
+    assert _links(app) == [link] and len(file_route._grants) == 1, "a rerun reuses the tab's link"
+    assert sorted(p.name for p in run.iterdir()) == before, "no archive is written next to the run"
 
 
-def test_the_zip_holds_the_whole_model_folder_and_is_written_in_chunks(runs_root, starter_model, tmp_path):
+def test_without_the_route_the_runs_page_names_the_folder(app, runs_root):
+    """Under plain `streamlit run streamlit_app.py` (no download route) the page says where the model is and how
+    to get the download, instead of a link that would fail."""
+    run = make_run(runs_root, "done", "completed", final=True)
+    goto(app, "pages/runs.py")
+    assert not _links(app)
+    assert ZH["dl.no_route"].format(name="done-final", path=str(run / rd.FINAL)) in [c.value for c in app.caption]
+
+
+def test_the_zip_streams_the_whole_model_folder_in_chunks(runs_root, starter_model, tmp_path):
     """Every file of final/ (links followed) under one top folder, byte for byte; a 64 MiB weights file goes
-    through in chunks: the Python heap never holds more than a few MiB of it."""
+    through in 1 MiB blocks: the Python heap never holds more than a few MiB of it, and no file is written."""
+    import io
     import os
     import tracemalloc
     import zipfile
 
-    from trainer_core.models.archive import archive_model
+    from trainer_core.models.archive import CHUNK, zip_chunks
 
     run = make_run(runs_root, "done", "completed", final=True)
     big = tmp_path / "model-00002-of-00002.safetensors"
     big.write_bytes(os.urandom(1024) * (64 * 1024))
     (run / rd.FINAL / big.name).symlink_to(big)
-    os.utime(run / rd.FINAL / rd.COMPLETE_MARKER)
+    before = sorted(p.name for p in run.rglob("*"))
     tracemalloc.start()
-    zpath = archive_model(run / rd.FINAL, "done-final")
+    blocks, total, largest = 0, 0, 0
+    with open(tmp_path / "out.zip", "wb") as out:
+        for block in zip_chunks(run / rd.FINAL, "done-final"):
+            blocks, total, largest = blocks + 1, total + len(block), max(largest, len(block))
+            out.write(block)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 8 * 2**20, f"archiving held {peak / 2**20:.1f} MiB"
-    assert zpath == run / "final.zip"
-    with zipfile.ZipFile(zpath) as zf:
+    assert peak < 8 * 2**20, f"streaming held {peak / 2**20:.1f} MiB"
+    assert blocks >= 64 and largest <= CHUNK + 64 * 1024, (blocks, largest)
+    assert sorted(p.name for p in run.rglob("*")) == before
+    with zipfile.ZipFile(io.BytesIO((tmp_path / "out.zip").read_bytes())) as zf:
         assert zf.testzip() is None
         names = sorted(zf.namelist())
         expected = sorted(f"done-final/{f.name}" for f in (run / rd.FINAL).iterdir() if f.name != rd.COMPLETE_MARKER)
         assert names == expected and "done-final/persona.json" in names and "done-final/model.safetensors" in names
         assert zf.read("done-final/model.safetensors") == (starter_model / "model.safetensors").read_bytes()
-    assert not [p for p in run.iterdir() if p.name.startswith(".final.zip")]
-    # Reused while the folder is unchanged; written again once it is.
-    mtime = zpath.stat().st_mtime_ns
-    assert archive_model(run / rd.FINAL, "done-final").stat().st_mtime_ns == mtime
+        assert zf.read(f"done-final/{big.name}") == big.read_bytes()
+
+
+def test_an_incomplete_folder_is_not_zipped(runs_root):
+    from trainer_core.errors import UserError
+    from trainer_core.models.archive import zip_chunks
+
+    run = make_run(runs_root, "done", "completed", final=True)
+    (run / rd.FINAL / rd.COMPLETE_MARKER).unlink()
+    with pytest.raises(UserError) as e:
+        next(zip_chunks(run / rd.FINAL, "done-final"))
+    assert e.value.code == "models.archive_incomplete"
 
 
 def test_a_saved_config_loads_into_the_train_form(app, runs_root):

@@ -56,7 +56,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 class Server:
-    """The dashboard as run_app.sh starts it (`python -m app.serve`, which runs `streamlit run streamlit_app.py`),
+    """The dashboard as run_app.sh starts it (`python -m app.serve`, which runs `streamlit run serve_app.py`),
     on a free port, with a private runs folder."""
 
     def __init__(self, tmp_path: Path):
@@ -378,9 +378,11 @@ def download_export(page, run: Path, tmp: Path, expect) -> None:
     expect(page.get_by_text("已导出到")).to_be_visible(timeout=120_000)
     settle(page)
     (export,) = [p for p in (run / "exports").iterdir() if p.is_dir() and not p.name.startswith(".")]
-    button = page.get_by_role("button", name=re.compile(rf"下载 {re.escape(run.name)}-{export.name}\.zip"))
+    # A link to the server's download route: the zip is streamed as it is made, nothing held in memory or on disk.
+    link = page.get_by_role("link", name=re.compile(rf"下载 {re.escape(run.name)}-{export.name}\.zip"))
+    assert "/studio-download/" in link.get_attribute("href")
     with page.expect_download(timeout=120_000) as download:
-        button.click()
+        link.click()
     saved = tmp / "export.zip"
     download.value.save_as(saved)
     with zipfile.ZipFile(saved) as zf:
@@ -390,6 +392,7 @@ def download_export(page, run: Path, tmp: Path, expect) -> None:
     on_disk = {p.name for p in export.iterdir() if p.name != rd.COMPLETE_MARKER}
     assert names == on_disk, (names, on_disk)
     assert {"model.safetensors", "config.json", "tokenizer.json", "persona.json"} <= names, names
+    assert not [p for p in (run / "exports").iterdir() if p.suffix == ".zip"], "no archive copy is left on disk"
     settle(page)
     shot(page, "6-runs-zh")
 

@@ -1,18 +1,20 @@
-"""One zip file of a model folder (an export or final/: safetensors, tokenizer, chat template, persona.json), for
+"""A model folder (an export or final/: safetensors, tokenizer, chat template, persona.json) as a zip stream, for
 downloading it from the dashboard.
 
-The archive is written next to the folder (`exports/checkpoint-N.zip`, `final.zip`) file by file in 1 MiB chunks,
-so memory stays flat whatever the size of the weights; members are stored, not compressed (safetensors do not
-shrink and deflating gigabytes would only cost minutes). It appears by rename once complete and is reused until the
-folder is written again.
+The zip is produced while it is sent: `zip_chunks` reads each file in 1 MiB blocks and yields the archive's bytes
+as they are made, so memory stays flat and nothing is written to disk whatever the size of the weights (a zip file
+written next to the folder first would double the model's footprint until deleted). Members are stored, not
+compressed: safetensors do not shrink, and deflating gigabytes would only cost minutes. The output is not
+seekable, so `zipfile` writes each member's CRC and sizes in a data descriptor after its bytes; every reader
+(Python's zipfile, unzip, 7-Zip, the OS file managers) accepts that. ZIP64 headers are always written, so members
+over 4 GiB need nothing special.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import io
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from trainer_core.errors import UserError
@@ -21,47 +23,57 @@ from trainer_core.runs import protocol as rd
 CHUNK = 1024 * 1024
 
 
-def archive_path(folder: Path) -> Path:
-    return folder.with_name(f"{folder.name}.zip")
+def model_files(folder: Path) -> list[Path]:
+    """What the archive holds: every file in the folder (links followed), sorted, completion marker left out."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != rd.COMPLETE_MARKER)
 
 
 def folder_bytes(folder: Path) -> int:
-    """What the archive will hold: the size of every file in the folder (links followed), marker left out."""
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != rd.COMPLETE_MARKER)
+    return sum(p.stat().st_size for p in model_files(folder))
 
 
-def _fresh(zip_path: Path, folder: Path) -> bool:
-    try:
-        return zip_path.stat().st_mtime >= (folder / rd.COMPLETE_MARKER).stat().st_mtime
-    except FileNotFoundError:
-        return False
+class _Pipe(io.RawIOBase):
+    """A write-only, unseekable file that keeps what `zipfile` wrote until `take` hands it on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self._parts)
+        self._parts.clear()
+        return out
 
 
-def archive_model(folder: Path, top: str) -> Path:
-    """`<folder>.zip` holding every file of a complete model folder under `top/`; written now unless an archive
-    newer than the folder's completion marker is there already."""
-    folder = Path(folder)
-    if not (folder / rd.COMPLETE_MARKER).is_file():
+def require_complete(folder: Path) -> None:
+    if not (Path(folder) / rd.COMPLETE_MARKER).is_file():
         raise UserError("models.archive_incomplete", "{folder} is not a complete model folder (no {marker}); export "
                         "it again", folder=str(folder), marker=rd.COMPLETE_MARKER)
-    dest = archive_path(folder)
-    if _fresh(dest, folder):
-        return dest
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for path in sorted(folder.rglob("*")):
-                if not path.is_file() or path.name == rd.COMPLETE_MARKER:
-                    continue
-                info = zipfile.ZipInfo.from_file(path, f"{top}/{path.relative_to(folder).as_posix()}")
-                with open(path, "rb") as src, zf.open(info, "w", force_zip64=True) as out:
-                    shutil.copyfileobj(src, out, CHUNK)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
+
+
+def zip_chunks(folder: Path, top: str, chunk: int = CHUNK) -> Iterator[bytes]:
+    """The zip of a complete model folder, every file under `top/`, as a stream of byte blocks of about `chunk`
+    bytes each (never more than one block plus a header is held)."""
+    folder = Path(folder)
+    require_complete(folder)
+    pipe = _Pipe()
+    with zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for path in model_files(folder):
+            info = zipfile.ZipInfo.from_file(path, f"{top}/{path.relative_to(folder).as_posix()}")
+            with open(path, "rb") as src, zf.open(info, "w", force_zip64=True) as out:
+                while block := src.read(chunk):
+                    out.write(block)
+                    yield pipe.take()
+            if tail := pipe.take():
+                yield tail
+    yield pipe.take()  # the central directory, written when the ZipFile closed
 
 
 def model_folders(run: Path) -> list[Path]:
