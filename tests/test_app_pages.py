@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import auth
 from app.i18n import EN, LABELS, ZH
+from app.messages_zh import MESSAGES_ZH
 from helpers import warm_pages_manager
 from trainer_core import paths
 from trainer_core.runs import protocol as rd
@@ -372,6 +373,29 @@ def test_monitor_shows_a_failed_run_with_its_root_error_and_an_escaped_log(app, 
     assert len(charts) >= 5  # loss, lr, grad norm, throughput, memory, host RAM
 
 
+def test_monitor_says_why_a_run_failed_in_chinese(app, runs_root):
+    """The supervisor's own record of a failure (state.finish, as it runs when the launcher exits) is shown in
+    Chinese; a line from train.log stays as the program wrote it, inside a Chinese sentence."""
+    from trainer_core.runs.state import finish
+
+    line = "RuntimeError: CUDA error: device-side assert triggered"
+    crashed = make_run(runs_root, "crashed", "running", log=["Traceback (most recent call last):", f"[rank0]: {line}"])
+    silent = make_run(runs_root, "silent", "running")
+    finish(crashed, 1)
+    finish(silent, 1)
+    goto(app, "pages/monitor.py")
+    app.selectbox(key="mon.run").set_value("crashed").run()
+    reason = MESSAGES_ZH["runs.failed_exception"].format(message=line)
+    assert app.error[0].value == ZH["mon.failed"].format(error=reason)
+    app.selectbox(key="mon.run").set_value("silent").run()
+    shown = app.error[0].value
+    assert shown == ZH["mon.failed"].format(error=MESSAGES_ZH["runs.failed_exit_code"].format(exit_code=1))
+    assert not english_sentences([shown]), shown
+    # The same run in English reads as the CLI prints it.
+    app.radio(key="lang").set_value("en").run()
+    assert app.error[0].value == EN["mon.failed"].format(error="the launcher exited with code 1")
+
+
 def test_monitor_judges_an_external_run_by_its_heartbeat(app, runs_root):
     """A Slurm-launched run has no supervisor: the page says so while rank 0 beats, and shows it failed after."""
     run = make_run(runs_root, "slurm", "running")
@@ -383,7 +407,7 @@ def test_monitor_judges_an_external_run_by_its_heartbeat(app, runs_root):
     rd.write_json_atomic(run / rd.HEARTBEAT, {"time": time.time() - rd.HEARTBEAT_STALE_S - 60, "host": "node0",
                                              "pid": 1})
     app.run()
-    assert app.error[0].value.startswith(ZH["mon.failed"].format(error="no heartbeat from the trainer for 6 min"))
+    assert app.error[0].value == ZH["mon.failed"].format(error=MESSAGES_ZH["runs.lost_heartbeat"].format(minutes=6))
     assert app.button(key="mon.resume").disabled is False
 
 
