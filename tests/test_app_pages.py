@@ -267,7 +267,10 @@ def test_train_page_shows_plan_command_and_ds_config(app):
     assert ZH["plan.fits"] in texts(app, "success")
     codes = [c.value for c in app.code]
     assert any("deepspeed.launcher.runner" in c and "--module trainer_core.training.train" in c for c in codes)
-    ds = json.loads(next(c for c in codes if c.lstrip().startswith("{")))
+    assert not any(c.lstrip().startswith("{") for c in codes), "ds_config.json is drawn only once its section opens"
+    app.session_state["train.ds_json_open"] = True  # as the expander's click does
+    app.run()
+    ds = json.loads(next(c.value for c in app.code if c.value.lstrip().startswith("{")))
     assert ds["zero_optimization"]["stage"] == 2
     # A preset fills the ZeRO fields; the generated JSON follows.
     app.selectbox(key="p.f.preset").set_value("zero3_offload")
@@ -292,6 +295,9 @@ def test_train_page_shows_the_hostfile_and_cluster_scripts_for_several_nodes(app
     app.text_area(key="p.f.placement.hostfile").set_value("gpu1 slots=1\ngpu2 slots=1")
     app.number_input(key="p.f.placement.num_nodes").set_value(2).run()
     assert not app.exception
+    assert not app.get("download_button"), "the closed cluster section is drawn only once opened"
+    app.session_state["train.cluster_open"] = True  # as the expander's click does
+    app.run()
     codes = [c.value for c in app.code]
     assert "gpu1 slots=1\ngpu2 slots=1" in codes, "the hostfile it will write"
     node_cmds = [c for c in codes if "deepspeed.launcher.runner" in c and "--no_ssh" in c and "$" not in c]
@@ -364,7 +370,7 @@ def test_monitor_shows_a_failed_run_with_its_root_error_and_an_escaped_log(app, 
     assert app.selectbox(key="mon.run").value == "broken"
     assert app.error[0].value == ZH["mon.failed"].format(error="out of memory: CUDA out of memory")
     assert app.button(key="mon.resume").disabled is False and app.button(key="mon.stop").disabled is True
-    log = app.html[-1].value
+    log = next(h.value for h in app.html if "log-tail" in h.value)  # not the translating script's style
     assert "&lt;b&gt;not bold&lt;/b&gt;" in log
     assert re.search(r'color:#b71c1c[^>]*>RuntimeError: CUDA out of memory', log)
     metrics = {m.label: m.value for m in app.metric}
