@@ -219,3 +219,21 @@ def test_a_lost_run_reads_failed_with_a_coded_reason(tmp_path):
     run = external_run(tmp_path, beat_age=rd.HEARTBEAT_STALE_S + 60)
     st = read_state(run)
     assert st.error_text.code == "runs.lost_heartbeat" and st.error == str(st.error_text)
+
+
+def test_the_longest_failure_reason_fits_in_the_blocks_status_json_already_has(tmp_path):
+    """On a full disk the final state can only overwrite status.json in place: the reason, in both its forms, must
+    fit in the file as it was written before (here just under a block boundary, the worst case)."""
+    from trainer_core.errors import text
+
+    def json_bytes(st: rd.Status) -> int:
+        return len(json.dumps(st.to_json(), ensure_ascii=False, indent=1).encode())
+
+    status = rd.Status(state=rd.RUNNING, lints=[""])
+    status.lints = ["x" * (rd.STATUS_BLOCK - 2 - json_bytes(status))]  # one byte short of a whole block
+    rd.write_status(tmp_path, status)
+    size = (tmp_path / rd.STATUS).stat().st_size
+    line = "RuntimeError: " + "显存" * 243  # a 500-character log line, 3 bytes a character
+    failed = rd.Status(state=rd.FAILED, lints=status.lints, error=line,
+                       error_text=text("runs.failed_exception", "{message}", message=line))
+    assert json_bytes(failed) + 1 <= size, (json_bytes(failed), size)  # + its newline

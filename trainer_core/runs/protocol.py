@@ -358,13 +358,17 @@ def read_status(run_dir: Path) -> Status:
 
 
 STATUS_BLOCK = 4096
+# Room kept free in status.json for the final write: the failure reason, written twice (error and error_text), with
+# a 500-character log line that may be UTF-8 (3 bytes a character) and JSON-escaped.
+STATUS_SLACK = 4096
 
 
 def write_status(run_dir: Path, status: Status) -> None:
-    """Replace status.json. The file is padded with spaces to whole 4 KiB blocks: when the disk is full a new file
-    cannot be written, but the final state still must be, so then the existing blocks are overwritten in place."""
+    """Replace status.json. The file is padded with spaces to whole 4 KiB blocks, with STATUS_SLACK to spare: when
+    the disk is full a new file cannot be written, but the final state still must be, so then the existing blocks
+    are overwritten in place, and the reason the run failed must fit in them."""
     text = json.dumps(status.to_json(), ensure_ascii=False, indent=1)
-    size = -(-(len(text.encode()) + 1) // STATUS_BLOCK) * STATUS_BLOCK
+    size = -(-(len(text.encode()) + 1 + STATUS_SLACK) // STATUS_BLOCK) * STATUS_BLOCK
     padded = text + " " * (size - len(text.encode()) - 1) + "\n"
     path = run_dir / STATUS
     try:
