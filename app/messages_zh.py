@@ -210,9 +210,31 @@ MESSAGES_ZH: dict[str, str] = {
     "runs.hostfile_node_count": "placement.hostfile 列出了 {n} 台主机，但 placement.num_nodes 是 {nodes}。",
     "runs.pdsh_unsafe_path": "placement.launcher pdsh 会在每个节点上通过 shell 执行 {value!r}，shell 会解释其中的某些字符；请只用由字母、数字和 ./_- 组成的路径。",
 
+    # why a run failed (status.json's error_text; runs/state.py): lines from train.log stay as the program wrote them
+    "runs.failed_no_space": "磁盘空间已满。",
+    "runs.failed_no_space_detail": "磁盘空间已满：{detail}",
+    "runs.failed_oom": "内存不足。",
+    "runs.failed_oom_detail": "内存不足：{detail}",
+    "runs.failed_rank_sigkill": "一个 rank 进程被 {signal} 终止（kill -9，或内核的内存不足终止机制）；启动器随后停止了其他 rank。",
+    "runs.failed_rank_signal": "一个 rank 进程被 {signal} 终止；启动器随后停止了其他 rank。",
+    "runs.failed_trainer_said": "训练进程报错：{message}",
+    "runs.failed_exception": "训练进程出现异常：{message}",
+    "runs.failed_disk_full": "磁盘空间已满：运行目录 {folder} 所在磁盘只剩 {free} MiB（共 {total} MiB）；请腾出空间或修改 TRAINER_RUNS_ROOT，然后恢复运行。",
+    "runs.failed_exit_code": "启动器以退出码 {exit_code} 结束，日志中没有找到原因。",
+    "runs.failed_asked_to_save": "{cause}；已要求它们保存并停止（{saved}）；恢复运行即可继续。",
+    "runs.saved_checkpoint": "最新的完整检查点：{step}",
+    "runs.saved_none": "没有完整的检查点",
+    "runs.orphans_left": "DeepSpeed 启动器以退出码 {exit_code} 结束，而运行中还有 {n} 个进程在运行",
+    "runs.lost_silently": "运行的进程都已结束，但没有报告结果（被终止了？）。",
+    "runs.lost_heartbeat": "已有 {minutes:.0f} 分钟没有收到训练进程的心跳：它的作业结束了，但没有报告结果（节点失联或作业被终止？）。",
+
     # --- training (trainer_core/training/) ---
     "training.no_answer_tokens": "在 data.max_length={max_length} 下，没有任何训练记录保留下回答的词元；请调大它。",
     "training.no_usable_records": "data.path {path} 中没有可用的记录（{errors} 行有错误）；请先对它运行 `python -m trainer_core check-data`。",
+    "training.lost_launch": "DeepSpeed 的 launch 进程已退出",
+    "training.lost_supervisor": "运行的监督进程已丢失",
+    "training.lost_unknown": "运行中的一个进程已退出",
+    "training.lost_saved": "{cause}；各 rank 已保存检查点 {step} 并停止；恢复运行即可继续。",
 
     # --- models (trainer_core/models/) ---
     "models.dest_exists": "{dest} 已存在；请换一个新的文件夹名，或先删除它。",

@@ -11,7 +11,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.i18n import option_labels, phase_text, state_name, t
+from app.i18n import option_labels, phase_text, say, state_name, t
 from trainer_core.config.memory import fmt_bytes
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.state import read_state
@@ -172,6 +172,14 @@ def resume_choice(row, run: Path, checkpoints: list[int]) -> None:
     later = [c for c in checkpoints if c > step]
     if later:
         st.warning(t("mon.resume_drops", step=step, later=", ".join(map(str, later))), icon=":material/warning:")
+
+
+def failure_reason(s: rd.Status) -> str:
+    """Why the run failed, in the tab's language: the coded reason where status.json has one; a run directory
+    written before `error_text` existed shows its English `error` as it is."""
+    if s.error_text is not None:
+        return say(s.error_text)
+    return s.error or t("mon.unknown_error")
 
 
 def _fmt(value, spec: str) -> str:

@@ -1,7 +1,7 @@
 """Chinese for the few sentences Streamlit's own frontend writes (file uploader, connection-lost dialog).
 
 Streamlit has no API to translate them: they are literals in its JavaScript bundle. In the Chinese UI a tiny
-script, placed on each page run in a 1-pixel `st.iframe`, watches the page (its parent document: that iframe
+script, placed on each page run in a hidden `st.iframe` (no layout space: HIDE), watches the page (its parent document: that iframe
 is same-origin) and rewrites those text nodes in place. It keeps working after the server
 goes away, which is exactly when the connection dialog appears. Switching the tab to English runs it the other
 way, so nodes React has not redrawn go back to Streamlit's English.
@@ -71,11 +71,19 @@ def script(lang: str) -> str:
     return SCRIPT % {"lang": dump(lang), "exact": dump(EXACT), "patterns": dump(PATTERNS), "back": dump(BACK)}
 
 
+# The iframe's element container would still be a flex item of the page's column: 1 px plus the column's 1 rem gap
+# above the page's first widget. Hidden, it takes no place in the layout, and its script runs all the same (a
+# display:none iframe is still loaded). A style-only st.html goes to Streamlit's event container, which takes none
+# either, and it applies as soon as the iframe is drawn, not once the script has run.
+HIDE = '<style>.stElementContainer:has(> iframe[srcdoc*="__studioLang"]) { display: none; }</style>'
+
+
 def install(lang: str) -> None:
     """Place the script on this page run: it translates Streamlit's sentences in Chinese tabs, and restores them
     after a switch to English. A tab that has only ever been English gets nothing."""
     if lang != "zh" and not st.session_state.get("streamlit_zh.used"):
         return
     st.session_state["streamlit_zh.used"] = True
+    st.html(HIDE)
     st.iframe(script(lang), height=1)
 

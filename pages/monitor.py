@@ -21,7 +21,7 @@ run = runs[st.session_state["mon.run"]]
 s = read_state(run)
 
 if s.state == rd.FAILED:
-    st.error(t("mon.failed", error=s.error or t("mon.unknown_error")), icon=":material/error:")
+    st.error(t("mon.failed", error=mv.failure_reason(s)), icon=":material/error:")
 elif s.state == rd.COMPLETED:
     st.success(t("mon.completed"), icon=":material/task_alt:")
     if st.button(t("mon.chat_now"), key="mon.chat_now", icon=":material/chat:"):

@@ -145,19 +145,27 @@ else:
         for line in form.launch_commands(pf):
             st.code(line, language="bash", wrap_lines=True)
         st.caption(t("train.command_note"))
-    with st.expander(t("train.cluster")):
-        files = pf.cluster_files
-        if "hostfile" in files:
-            st.caption(t("train.hostfile"))
-            st.code(files["hostfile"], language="text")
-        for name, label in (("launch_node.sh", "train.download_node"), ("launch_slurm.sbatch", "train.download_slurm")):
-            st.code(files[name], language="bash")
-            st.download_button(t(label), files[name], file_name=name, mime="text/x-shellscript", key=f"dl-{name}")
-        st.caption(t("train.cluster_note"))
-    with st.expander("ds_config.json"):
-        st.code(json.dumps(pf.ds_config, indent=2), language="json")
-    with st.expander("config.yaml"):
-        st.code(pf.cfg.to_yaml(), language="yaml")
+    # The closed sections are drawn only once opened (on_change="rerun" makes `.open` known): on a fresh tab their
+    # scripts, JSON, YAML and download buttons were most of what the page sent, for text few users open.
+    cluster = st.expander(t("train.cluster"), key="train.cluster_open", on_change="rerun")
+    if cluster.open:
+        with cluster:
+            files = pf.cluster_files
+            if "hostfile" in files:
+                st.caption(t("train.hostfile"))
+                st.code(files["hostfile"], language="text")
+            for name, label in (("launch_node.sh", "train.download_node"),
+                                ("launch_slurm.sbatch", "train.download_slurm")):
+                st.code(files[name], language="bash")
+                st.download_button(t(label), files[name], file_name=name, mime="text/x-shellscript",
+                                   key=f"dl-{name}")
+            st.caption(t("train.cluster_note"))
+    ds_json = st.expander("ds_config.json", key="train.ds_json_open", on_change="rerun")
+    if ds_json.open:
+        ds_json.code(json.dumps(pf.ds_config, indent=2), language="json")
+    yaml = st.expander("config.yaml", key="train.yaml_open", on_change="rerun")
+    if yaml.open:
+        yaml.code(pf.cfg.to_yaml(), language="yaml")
 
 launch_row = st.container(horizontal=True, vertical_alignment="center")
 clicked = launch_row.button(t("train.launch"), key="train.launch", type="primary", icon=":material/rocket_launch:",

@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import auth
 from app.i18n import EN, LABELS, ZH
+from app.messages_zh import MESSAGES_ZH
 from helpers import warm_pages_manager
 from trainer_core import paths
 from trainer_core.runs import protocol as rd
@@ -266,7 +267,10 @@ def test_train_page_shows_plan_command_and_ds_config(app):
     assert ZH["plan.fits"] in texts(app, "success")
     codes = [c.value for c in app.code]
     assert any("deepspeed.launcher.runner" in c and "--module trainer_core.training.train" in c for c in codes)
-    ds = json.loads(next(c for c in codes if c.lstrip().startswith("{")))
+    assert not any(c.lstrip().startswith("{") for c in codes), "ds_config.json is drawn only once its section opens"
+    app.session_state["train.ds_json_open"] = True  # as the expander's click does
+    app.run()
+    ds = json.loads(next(c.value for c in app.code if c.value.lstrip().startswith("{")))
     assert ds["zero_optimization"]["stage"] == 2
     # A preset fills the ZeRO fields; the generated JSON follows.
     app.selectbox(key="p.f.preset").set_value("zero3_offload")
@@ -291,6 +295,9 @@ def test_train_page_shows_the_hostfile_and_cluster_scripts_for_several_nodes(app
     app.text_area(key="p.f.placement.hostfile").set_value("gpu1 slots=1\ngpu2 slots=1")
     app.number_input(key="p.f.placement.num_nodes").set_value(2).run()
     assert not app.exception
+    assert not app.get("download_button"), "the closed cluster section is drawn only once opened"
+    app.session_state["train.cluster_open"] = True  # as the expander's click does
+    app.run()
     codes = [c.value for c in app.code]
     assert "gpu1 slots=1\ngpu2 slots=1" in codes, "the hostfile it will write"
     node_cmds = [c for c in codes if "deepspeed.launcher.runner" in c and "--no_ssh" in c and "$" not in c]
@@ -363,13 +370,36 @@ def test_monitor_shows_a_failed_run_with_its_root_error_and_an_escaped_log(app, 
     assert app.selectbox(key="mon.run").value == "broken"
     assert app.error[0].value == ZH["mon.failed"].format(error="out of memory: CUDA out of memory")
     assert app.button(key="mon.resume").disabled is False and app.button(key="mon.stop").disabled is True
-    log = app.html[-1].value
+    log = next(h.value for h in app.html if "log-tail" in h.value)  # not the translating script's style
     assert "&lt;b&gt;not bold&lt;/b&gt;" in log
     assert re.search(r'color:#b71c1c[^>]*>RuntimeError: CUDA out of memory', log)
     metrics = {m.label: m.value for m in app.metric}
     assert metrics[ZH["mon.step"]] == "8 / 10" and metrics[ZH["mon.loss"]] == "9.6000"
     charts = app.get("vega_lite_chart")
     assert len(charts) >= 5  # loss, lr, grad norm, throughput, memory, host RAM
+
+
+def test_monitor_says_why_a_run_failed_in_chinese(app, runs_root):
+    """The supervisor's own record of a failure (state.finish, as it runs when the launcher exits) is shown in
+    Chinese; a line from train.log stays as the program wrote it, inside a Chinese sentence."""
+    from trainer_core.runs.state import finish
+
+    line = "RuntimeError: CUDA error: device-side assert triggered"
+    crashed = make_run(runs_root, "crashed", "running", log=["Traceback (most recent call last):", f"[rank0]: {line}"])
+    silent = make_run(runs_root, "silent", "running")
+    finish(crashed, 1)
+    finish(silent, 1)
+    goto(app, "pages/monitor.py")
+    app.selectbox(key="mon.run").set_value("crashed").run()
+    reason = MESSAGES_ZH["runs.failed_exception"].format(message=line)
+    assert app.error[0].value == ZH["mon.failed"].format(error=reason)
+    app.selectbox(key="mon.run").set_value("silent").run()
+    shown = app.error[0].value
+    assert shown == ZH["mon.failed"].format(error=MESSAGES_ZH["runs.failed_exit_code"].format(exit_code=1))
+    assert not english_sentences([shown]), shown
+    # The same run in English reads as the CLI prints it.
+    app.radio(key="lang").set_value("en").run()
+    assert app.error[0].value == EN["mon.failed"].format(error="the launcher exited with code 1")
 
 
 def test_monitor_judges_an_external_run_by_its_heartbeat(app, runs_root):
@@ -383,7 +413,7 @@ def test_monitor_judges_an_external_run_by_its_heartbeat(app, runs_root):
     rd.write_json_atomic(run / rd.HEARTBEAT, {"time": time.time() - rd.HEARTBEAT_STALE_S - 60, "host": "node0",
                                              "pid": 1})
     app.run()
-    assert app.error[0].value.startswith(ZH["mon.failed"].format(error="no heartbeat from the trainer for 6 min"))
+    assert app.error[0].value == ZH["mon.failed"].format(error=MESSAGES_ZH["runs.lost_heartbeat"].format(minutes=6))
     assert app.button(key="mon.resume").disabled is False
 
 

@@ -33,6 +33,7 @@ def test_kill_9_of_one_rank_fails_the_run_with_the_cause_and_leaves_nothing(runs
     st = wait_for(lambda: (s := read_state(run)).state in rd.TERMINAL and s, 120, "the run to end")
     assert st.state == rd.FAILED
     assert "killed by SIGKILL" in st.error, st.error
+    assert st.error_text.code == "runs.failed_rank_sigkill" and st.error_text.params == {"signal": "SIGKILL"}
     wait_for(lambda: not run_pids(run), 30, "no process of the run left")
     assert lock_holder(CPU_LOCK) is None
     again = cli("stop", str(run), "--force")  # idempotent: nothing left to end, still `failed`
@@ -58,6 +59,9 @@ def test_disk_full_while_saving_fails_naming_it_and_keeps_earlier_checkpoints(sm
     st = wait_for(lambda: (s := read_state(run)).state in rd.TERMINAL and s, 400, "the run to end")
     assert st.state == rd.FAILED
     assert st.error.startswith("no space left on device"), st.error
+    # Written in place on the full disk, the coded reason too (status.json keeps room for it).
+    assert st.error_text.code in ("runs.failed_no_space", "runs.failed_no_space_detail", "runs.failed_disk_full")
+    assert str(st.error_text) == st.error
     complete = rd.complete_checkpoints(run)
     assert complete, "the checkpoint that fitted must survive"
     weights = load_file(str(complete[0] / "model.safetensors"))  # intact: it loads

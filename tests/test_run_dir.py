@@ -150,3 +150,90 @@ def test_the_log_line_classifier_supervisor_and_monitor_share():
     assert rd.is_error_line("Traceback (most recent call last):")
     assert rd.is_error_line("  torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert not rd.is_error_line("[INFO] saving checkpoint-4")
+
+
+# ---------------------------------------------------------------- why a run failed, as a coded message
+
+def test_a_failure_reason_round_trips_as_a_coded_message_with_nested_parts(tmp_path):
+    from app.messages_zh import MESSAGES_ZH
+    from trainer_core.errors import text
+
+    cause = text("training.lost_supervisor", "the run's supervisor process was lost")
+    reason = text("training.lost_saved", "{cause}; the ranks saved checkpoint {step} and stopped; resume to go on",
+                  cause=cause, step=12)
+    rd.write_status(tmp_path, rd.Status(state=rd.RUNNING))
+    rd.update_status(tmp_path, state=rd.FAILED, error=reason)
+    on_disk = json.loads((tmp_path / rd.STATUS).read_text())
+    # Both forms are written: the English for the CLI and older readers, the coded one for the dashboard.
+    assert on_disk["error"] == ("the run's supervisor process was lost; the ranks saved checkpoint 12 and stopped; "
+                                "resume to go on")
+    assert on_disk["error_text"]["code"] == "training.lost_saved"
+    assert on_disk["error_text"]["params"]["cause"]["code"] == "training.lost_supervisor"
+    back = rd.read_status(tmp_path)
+    assert back.error_text == reason and back.error == on_disk["error"]
+    assert back.error_text.render(MESSAGES_ZH.get) == "运行的监督进程已丢失；各 rank 已保存检查点 12 并停止；恢复运行即可继续。"
+    # Clearing the error (a new start) clears both.
+    rd.update_status(tmp_path, state=rd.STARTING, error=None)
+    assert rd.read_status(tmp_path).error is None and rd.read_status(tmp_path).error_text is None
+
+
+def test_an_old_status_without_the_coded_reason_keeps_its_english(tmp_path):
+    (tmp_path / rd.STATUS).write_text(json.dumps({"state": "failed", "error": "out of memory: CUDA out of memory"}))
+    status = rd.read_status(tmp_path)
+    assert status.error == "out of memory: CUDA out of memory" and status.error_text is None
+    # A hand-edited or foreign value is not a message: read as absent, not as an exception.
+    (tmp_path / rd.STATUS).write_text(json.dumps({"state": "failed", "error": "x", "error_text": {"code": "Bad"}}))
+    assert rd.read_status(tmp_path).error_text is None
+
+
+def test_a_stop_request_carries_its_cause_as_a_coded_message(tmp_path):
+    from trainer_core.errors import text
+
+    cause = text("runs.orphans_left", "the DeepSpeed launcher exited with code {exit_code} while {n} process(es) of "
+                 "the run were still running", exit_code=-9, n=2)
+    rd.request(tmp_path, rd.SAVE_AND_STOP, cause=cause)
+    control = rd.read_control(tmp_path)
+    assert control.cause == str(cause) and control.cause_text == cause
+
+
+@pytest.mark.parametrize("log,code,params", [
+    (["step 3", "[rank0]: RuntimeError: CUDA error: device-side assert triggered"], "runs.failed_exception",
+     {"message": "RuntimeError: CUDA error: device-side assert triggered"}),
+    (["step 3"], "runs.failed_exit_code", {"exit_code": 1}),
+    (["[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"], "runs.failed_oom_detail",
+     {"detail": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"}),
+])
+def test_the_supervisor_records_a_failure_with_its_code(tmp_path, log, code, params):
+    from trainer_core.runs.state import finish
+
+    rd.write_status(tmp_path, rd.Status(state=rd.RUNNING))
+    (tmp_path / rd.LOG).write_text("\n".join(log) + "\n")
+    finish(tmp_path, 1)
+    status = rd.read_status(tmp_path)
+    assert status.state == rd.FAILED
+    assert status.error_text.code == code and dict(status.error_text.params) == params
+    assert status.error == str(status.error_text)
+
+
+def test_a_lost_run_reads_failed_with_a_coded_reason(tmp_path):
+    run = external_run(tmp_path, beat_age=rd.HEARTBEAT_STALE_S + 60)
+    st = read_state(run)
+    assert st.error_text.code == "runs.lost_heartbeat" and st.error == str(st.error_text)
+
+
+def test_the_longest_failure_reason_fits_in_the_blocks_status_json_already_has(tmp_path):
+    """On a full disk the final state can only overwrite status.json in place: the reason, in both its forms, must
+    fit in the file as it was written before (here just under a block boundary, the worst case)."""
+    from trainer_core.errors import text
+
+    def json_bytes(st: rd.Status) -> int:
+        return len(json.dumps(st.to_json(), ensure_ascii=False, indent=1).encode())
+
+    status = rd.Status(state=rd.RUNNING, lints=[""])
+    status.lints = ["x" * (rd.STATUS_BLOCK - 2 - json_bytes(status))]  # one byte short of a whole block
+    rd.write_status(tmp_path, status)
+    size = (tmp_path / rd.STATUS).stat().st_size
+    line = "RuntimeError: " + "显存" * 243  # a 500-character log line, 3 bytes a character
+    failed = rd.Status(state=rd.FAILED, lints=status.lints, error=line,
+                       error_text=text("runs.failed_exception", "{message}", message=line))
+    assert json_bytes(failed) + 1 <= size, (json_bytes(failed), size)  # + its newline

@@ -35,12 +35,12 @@ def _pid_of(run: Path, target: str) -> int:
     raise AssertionError(f"no {target} process in the run")
 
 
-@pytest.mark.parametrize("target,cause", [
-    ("supervisor", "supervisor process was lost"),
-    ("runner", "the DeepSpeed launcher exited with code -9"),
-    ("launch", "DeepSpeed launcher exited"),
+@pytest.mark.parametrize("target,cause,code", [
+    ("supervisor", "supervisor process was lost", "training.lost_saved"),  # rank 0's own record: nobody else is left
+    ("runner", "the DeepSpeed launcher exited with code -9", "runs.failed_asked_to_save"),
+    ("launch", "DeepSpeed launcher exited", "runs.failed_asked_to_save"),
 ])
-def test_killing_a_process_above_the_ranks_ends_the_whole_run_after_a_save(runs_root, target, cause):
+def test_killing_a_process_above_the_ranks_ends_the_whole_run_after_a_save(runs_root, target, cause, code):
     run = detach(*quick_sets(**{"placement.num_ranks": 2, "train.max_steps": 400, "train.save_steps": 1000,
                                 "name": f"kill-{target}"}))
     wait_for(lambda: rd.read_status(run).step >= 2, 300, "two training steps")
@@ -64,6 +64,7 @@ def test_killing_a_process_above_the_ranks_ends_the_whole_run_after_a_save(runs_
     st = wait_for(lambda: (s := read_state(run)).state in rd.TERMINAL and s, 30, "a final state")
     assert observed_live
     assert st.state == rd.FAILED and cause in st.error, st.error
+    assert st.error_text is not None and st.error_text.code == code and str(st.error_text) == st.error
     assert lock_holder(CPU_LOCK) is None
     saved = rd.latest_checkpoint(run)
     assert saved is not None and rd.checkpoint_step(saved) >= step_at_kill, "the ranks save before they exit"

@@ -7,13 +7,22 @@ the script is placed in Chinese tabs only.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import streamlit
+from playwright.sync_api import sync_playwright
 from streamlit.testing.v1 import AppTest
 
 from app import streamlit_zh
+from helpers import free_port
+from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, wait_healthy
+from trainer_core.paths import PROJECT_ROOT
 
 BUNDLE = "\n".join(p.read_text(errors="replace")
                    for p in (Path(streamlit.__file__).parent / "static" / "static" / "js").glob("*.js"))
@@ -61,3 +70,55 @@ def test_placed_in_chinese_tabs_and_after_a_switch_to_english_only():
     assert _iframes("en") == [0]
     assert _iframes("zh", "en") == [1, 1]  # English again: the script runs once more to restore Streamlit's words
     assert "单个文件不超过" in streamlit_zh.script("zh") and '"en"' in streamlit_zh.script("en")
+
+
+PROBE_APP = """
+import streamlit as st
+
+from app import streamlit_zh
+
+if st.query_params.get("lang") == "zh":
+    streamlit_zh.install("zh")
+st.file_uploader("data")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH: apt-get install -y chromium")
+def test_the_script_takes_no_room_on_the_page_and_still_translates(tmp_path):
+    """In real Chromium: the page's first widget sits exactly where it sits without the script (the 1-pixel iframe
+    and the column's gap above it used to push it 17 px down), and the uploader still says 上传."""
+    app_file = tmp_path / "probe_app.py"  # not app.py: that name would shadow the project's app package
+    app_file.write_text(PROBE_APP)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    with open(tmp_path / "streamlit.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app_file), "--server.port", str(port),
+                                 "--server.headless", "true"], cwd=PROJECT_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(url, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                plain = _uploader(browser, f"{url}/?lang=en", "Upload")
+                translated = _uploader(browser, f"{url}/?lang=zh", "上传")
+            finally:
+                browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert translated == plain, (translated, plain)
+
+
+def _uploader(browser, url: str, button: str) -> dict:
+    """The uploader's box once its button reads `button` (the script, where placed, has run by then)."""
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    try:
+        page.goto(url)
+        page.locator('[data-testid="stFileUploaderDropzone"] button', has_text=button).wait_for(timeout=90_000)
+        return page.locator('[data-testid="stFileUploader"]').bounding_box()
+    finally:
+        page.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from app.messages_zh import MESSAGES_ZH
 from helpers import CPU_LOCK, cli, detach, quick_sets, run_pids, wait_for
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.device_locks import holder as lock_holder
@@ -146,4 +147,9 @@ def test_a_model_gone_by_launch_time_ends_failed_with_the_root_error(runs_root, 
     assert st["error"] == f"model.path {moved} is not a directory: point it at a local model folder " \
         "(run `python -m trainer_core prepare-models` for the starter model)", st["error"]
     assert "Traceback" not in st["error"]
+    # The same reason with its own code (rank 0 recorded the user error it stopped on), so the dashboard says it in
+    # Chinese: exactly the sentence the model check itself has in app/messages_zh.py.
+    assert st["error_text"]["code"] == "models.path_not_dir", st.get("error_text")
+    assert read_state(run).error_text.render(MESSAGES_ZH.get) == MESSAGES_ZH["models.path_not_dir"].format(
+        path=str(moved))
     assert lock_holder(CPU_LOCK) is None

@@ -86,6 +86,31 @@ HEARTBEAT_EVERY_S = 30.0
 HEARTBEAT_STALE_S = 300.0
 
 
+def text_to_json(message: Text) -> dict[str, Any]:
+    """A `Text` as JSON ({code, template, params}); a parameter that is itself a `Text` nests the same way, and one
+    JSON cannot hold (a path) is written as its string, which is how the sentence shows it anyway."""
+    def value(v: Any) -> Any:
+        if isinstance(v, Text):
+            return text_to_json(v)
+        return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+
+    return {"code": message.code, "template": message.template,
+            "params": {k: value(v) for k, v in message.params.items()}}
+
+
+def text_from_json(data: Any) -> Text | None:
+    """The `Text` written by text_to_json, or None for anything else (a missing field, a hand-edited file): the
+    reader then falls back to the English sentence kept beside it."""
+    if not (isinstance(data, dict) and isinstance(data.get("code"), str) and isinstance(data.get("template"), str)):
+        return None
+    params = data.get("params") if isinstance(data.get("params"), dict) else {}
+    try:
+        return Text(data["code"], data["template"],
+                    {k: (text_from_json(v) or v) if isinstance(v, dict) else v for k, v in params.items()})
+    except ValueError:  # not a code: not ours
+        return None
+
+
 def _known(cls, data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a JSON object into the dataclass's fields and the rest (newer or older writers' keys)."""
     data = data if isinstance(data, dict) else {}
@@ -147,17 +172,23 @@ class Status:
     forced: bool | None = None
     """A stop skipped the save (force stop)."""
     error: str | None = None
-    """Why the run failed, in one line."""
+    """Why the run failed, in one line of English (the CLI's text, and what readers older than `error_text` show)."""
+    error_text: Text | None = None
+    """The same reason as a coded message, so the dashboard can say it in the tab's language; None in run
+    directories written before it existed (their `error` is shown as it is)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know; kept so a rewrite loses nothing."""
 
     @classmethod
     def from_json(cls, data: Any) -> "Status":
         known, extra = _known(cls, data)
+        if "error_text" in known:
+            known["error_text"] = text_from_json(known["error_text"])
         return cls(**known, extra=extra)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(Status) if f.name != "extra"}
+        out["error_text"] = text_to_json(self.error_text) if self.error_text is not None else None
         return {**self.extra, **out}
 
     @property
@@ -241,19 +272,28 @@ class Control:
     requested: float | None = None
     """When it was asked."""
     cause: str | None = None
-    """Set when the supervisor asked because a process of the run died (the run then ends `failed`)."""
+    """Set when the supervisor asked because a process of the run died (the run then ends `failed`), in English."""
+    cause_text: Text | None = None
+    """The same cause as a coded message (None from older writers, or when the cause was given as plain text)."""
 
     @classmethod
     def from_json(cls, data: Any) -> "Control":
-        return cls(**_known(cls, data)[0])
+        known = _known(cls, data)[0]
+        if "cause_text" in known:
+            known["cause_text"] = text_from_json(known["cause_text"])
+        return cls(**known)
 
 
 def read_control(run_dir: Path) -> Control:
     return Control.from_json(read_json(run_dir / CONTROL))
 
 
-def request(run_dir: Path, action: str, cause: str | None = None) -> None:
-    data = {"action": action, "requested": time.time()} | ({"cause": cause} if cause else {})
+def request(run_dir: Path, action: str, cause: str | Text | None = None) -> None:
+    data: dict[str, Any] = {"action": action, "requested": time.time()}
+    if cause:
+        data["cause"] = str(cause)
+        if isinstance(cause, Text):
+            data["cause_text"] = text_to_json(cause)
     write_json_atomic(run_dir / CONTROL, data)
 
 
@@ -318,13 +358,17 @@ def read_status(run_dir: Path) -> Status:
 
 
 STATUS_BLOCK = 4096
+# Room kept free in status.json for the final write: the failure reason, written twice (error and error_text), with
+# a 500-character log line that may be UTF-8 (3 bytes a character) and JSON-escaped.
+STATUS_SLACK = 4096
 
 
 def write_status(run_dir: Path, status: Status) -> None:
-    """Replace status.json. The file is padded with spaces to whole 4 KiB blocks: when the disk is full a new file
-    cannot be written, but the final state still must be, so then the existing blocks are overwritten in place."""
+    """Replace status.json. The file is padded with spaces to whole 4 KiB blocks, with STATUS_SLACK to spare: when
+    the disk is full a new file cannot be written, but the final state still must be, so then the existing blocks
+    are overwritten in place, and the reason the run failed must fit in them."""
     text = json.dumps(status.to_json(), ensure_ascii=False, indent=1)
-    size = -(-(len(text.encode()) + 1) // STATUS_BLOCK) * STATUS_BLOCK
+    size = -(-(len(text.encode()) + 1 + STATUS_SLACK) // STATUS_BLOCK) * STATUS_BLOCK
     padded = text + " " * (size - len(text.encode()) - 1) + "\n"
     path = run_dir / STATUS
     try:
@@ -340,7 +384,12 @@ def write_status(run_dir: Path, status: Status) -> None:
 
 def update_status(run_dir: Path, **fields: Any) -> Status:
     """Set some fields of status.json (a misspelt field is a TypeError). Writers: the trainer's rank 0 (progress)
-    and the supervisor (state)."""
+    and the supervisor (state). `error` is given as a `Text` (or None to clear it): both `error` (its English) and
+    `error_text` are written from it, so the two never disagree."""
+    if "error" in fields:
+        reason = fields["error"]
+        fields["error_text"] = reason if isinstance(reason, Text) else None
+        fields["error"] = None if reason is None else str(reason)
     status = dataclasses.replace(read_status(run_dir), **fields, updated=time.time())
     write_status(run_dir, status)
     return status

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from trainer_core.errors import Text, text
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.tailing import read_tail_bytes
@@ -53,43 +54,61 @@ class RunState(rd.Status):
 
 # ---------------------------------------------------------------- why a run failed, from its log
 
-def root_error(log_path: Path, tail_bytes: int = 256_000) -> str | None:
-    """The failing rank's final exception line; out-of-memory and full disks are named as such."""
-    text = read_tail_bytes(log_path, tail_bytes).decode("utf-8", "replace")
-    lines = [ln.rstrip() for ln in text.splitlines()]
+def root_error(log_path: Path, tail_bytes: int = 256_000) -> Text | None:
+    """The failing rank's final exception line; out-of-memory and full disks are named as such. A line taken from
+    the log is the program's own output and stays as it is, a parameter of the sentence that frames it."""
+    log = read_tail_bytes(log_path, tail_bytes).decode("utf-8", "replace")
+    lines = [ln.rstrip() for ln in log.splitlines()]
     candidates = [c for ln in lines if (c := rd.error_message(ln))]
     # The launcher's own "exits with return code" noise and our supervisor lines are not root causes.
     candidates = [c for c in candidates if "subprocess.CalledProcessError" not in c and "sigkill_handler" not in c]
     joined = "\n".join(lines)
     if rd.NO_SPACE.search(joined):
         detail = next((c for c in reversed(candidates) if rd.NO_SPACE.search(c)), None)
-        return "no space left on device" + (f": {detail}" if detail else "")
+        return (text("runs.failed_no_space_detail", "no space left on device: {detail}", detail=detail) if detail
+                else text("runs.failed_no_space", "no space left on device"))
     if rd.OOM.search(joined):
         detail = next((c for c in reversed(candidates) if rd.OOM.search(c)), None)
-        return "out of memory" + (f": {detail}" if detail else "")
+        return (text("runs.failed_oom_detail", "out of memory: {detail}", detail=detail) if detail
+                else text("runs.failed_oom", "out of memory"))
     # DeepSpeed's launcher names the first rank that failed; a negative code means a signal ended it, and the
     # errors the surviving ranks print afterwards (lost connections) are consequences, not the cause.
     first = rd.RANK_EXIT.search(joined)
     if first and int(first.group(1)) < 0:
         sig = -int(first.group(1))
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
-        why = " (kill -9 or the kernel's out-of-memory killer)" if sig == signal.SIGKILL else ""
-        return f"a rank process was killed by {name}{why}; the launcher stopped the other ranks"
+        if sig == signal.SIGKILL:
+            return text("runs.failed_rank_sigkill", "a rank process was killed by {signal} (kill -9 or the kernel's "
+                        "out-of-memory killer); the launcher stopped the other ranks", signal=name)
+        return text("runs.failed_rank_signal", "a rank process was killed by {signal}; the launcher stopped the "
+                    "other ranks", signal=name)
     if not candidates:
         return None
     # Prefer our own one-line user errors, then the last real exception.
     mine = [c for c in candidates if c.startswith("error: ")]
-    return (mine[-1][len("error: "):] if mine else candidates[-1])[:500]
+    if mine:
+        return text("runs.failed_trainer_said", "{message}", message=mine[-1][len("error: "):][:500])
+    return text("runs.failed_exception", "{message}", message=candidates[-1][:500])
 
 
-def disk_full(run: Path) -> str | None:
+def disk_full(run: Path) -> Text | None:
     """A full runs folder, named as the cause: when the disk is full the ranks' own error often cannot even be
     written to train.log."""
     usage = shutil.disk_usage(run)
     if usage.free >= max(32 * 2**20, usage.total // 1000):
         return None
-    return (f"no space left on device: {usage.free // 2**20} MiB free of {usage.total // 2**20} MiB "
-            f"on the runs folder {run.parent}; free space or move TRAINER_RUNS_ROOT, then resume")
+    return text("runs.failed_disk_full", "no space left on device: {free} MiB free of {total} MiB on the runs folder "
+                "{folder}; free space or move TRAINER_RUNS_ROOT, then resume", free=usage.free // 2**20,
+                total=usage.total // 2**20, folder=str(run.parent))
+
+
+def _own_words(run: Path, from_log: Text | None) -> Text | None:
+    """The coded message rank 0 recorded for the user error it stopped on (training/train.py), when that is the
+    line the log names: the same sentence, but with its own code, so it reads in the tab's language."""
+    recorded = rd.read_status(run).error_text
+    if from_log is None or from_log.code != "runs.failed_trainer_said" or recorded is None:
+        return None
+    return recorded if str(recorded)[:500] == from_log.params["message"] else None
 
 
 def finish(run: Path, code: int) -> None:
@@ -100,17 +119,27 @@ def finish(run: Path, code: int) -> None:
         rd.update_status(run, state=rd.COMPLETED, exit_code=0, ended=now, error=None)
     elif control.cause:
         ckpt = rd.latest_checkpoint(run)
-        saved = f"last complete checkpoint: {rd.checkpoint_step(ckpt)}" if ckpt else "no complete checkpoint"
+        saved = (text("runs.saved_checkpoint", "last complete checkpoint: {step}", step=rd.checkpoint_step(ckpt))
+                 if ckpt else text("runs.saved_none", "no complete checkpoint"))
         rd.update_status(run, state=rd.FAILED, exit_code=code, ended=now,
-                         error=f"{control.cause}; they were asked to save and stop ({saved}); resume to go on")
+                         error=text("runs.failed_asked_to_save", "{cause}; they were asked to save and stop "
+                                    "({saved}); resume to go on", cause=control.cause_text or control.cause,
+                                    saved=saved))
     elif control.action in (rd.SAVE_AND_STOP, rd.FORCE_STOP):
         rd.update_status(run, state=rd.STOPPED, exit_code=code, ended=now, error=None,
                          forced=control.action == rd.FORCE_STOP)
     else:
         error = root_error(run / rd.LOG)
-        if not error or not error.startswith(("no space", "out of memory")):
-            error = disk_full(run) or error or f"the launcher exited with code {code}"
+        if error is None or error.code not in NAMED_CAUSES:
+            error = (disk_full(run) or _own_words(run, error) or error
+                     or text("runs.failed_exit_code", "the launcher exited with code {exit_code}",
+                             exit_code=code))
         rd.update_status(run, state=rd.FAILED, exit_code=code, ended=now, error=error)
+
+
+# Causes the log names outright; a nearly full disk or the trainer's own message does not override them.
+NAMED_CAUSES = frozenset({"runs.failed_no_space", "runs.failed_no_space_detail", "runs.failed_oom",
+                          "runs.failed_oom_detail"})
 
 
 # ---------------------------------------------------------------- the state a reader sees
@@ -124,9 +153,12 @@ def _alive(info: dict[str, Any]) -> bool:
         return False
 
 
-def _lost(run: Path, s: RunState, fallback: str) -> None:
-    """A run whose processes are gone without a final state: failed, with the best cause the log offers."""
-    s.error = s.error or root_error(run / rd.LOG) or fallback
+def _lost(run: Path, s: RunState, fallback: Text) -> None:
+    """A run whose processes are gone without a final state: failed, with the best cause the log offers (or the one
+    rank 0 recorded before it went: status.json's own error, kept with its coded form when it has one)."""
+    if not s.error:
+        s.error_text = root_error(run / rd.LOG) or fallback
+        s.error = str(s.error_text)
     s.interrupted = True
     s.state = rd.FAILED
 
@@ -170,12 +202,13 @@ def read_state(run: Path) -> RunState:
                          "stop at their next step) — stop or force-stop")
         else:
             # Gone without writing a final state (killed with the whole group, machine reboot, lost supervisor).
-            _lost(run, s, "the run's processes ended without reporting a result (killed?)")
+            _lost(run, s, text("runs.lost_silently", "the run's processes ended without reporting a result "
+                               "(killed?)"))
     elif s.live and not manifest:
         age = s.heartbeat_age_s = rd.heartbeat_age(run)
         if age is not None and age > rd.HEARTBEAT_STALE_S:
-            _lost(run, s, f"no heartbeat from the trainer for {age / 60:.0f} min: its job ended without reporting "
-                          "a result (node lost or job killed?)")
+            _lost(run, s, text("runs.lost_heartbeat", "no heartbeat from the trainer for {minutes:.0f} min: its job "
+                               "ended without reporting a result (node lost or job killed?)", minutes=age / 60))
     if s.state == rd.RUNNING and rd.read_control(run).action:
         s.state = rd.STOPPING
     s.run_dir, s.name = str(run), run.name

@@ -28,7 +28,7 @@ import psutil
 from trainer_core import paths
 from trainer_core.config.hardware import detect
 from trainer_core.config.run_config import load_config
-from trainer_core.errors import UserError
+from trainer_core.errors import UserError, text
 from trainer_core.runs import device_locks
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd
@@ -196,8 +196,8 @@ def _collect_orphans(run: Path, me: dict[str, Any], code: int, log) -> None:
     leftover = run_processes.members(me, exclude_self=True)
     if not leftover:
         return
-    cause = (f"the DeepSpeed launcher exited with code {code} while {len(leftover)} process(es) of the run were "
-             "still running")
+    cause = text("runs.orphans_left", "the DeepSpeed launcher exited with code {exit_code} while {n} process(es) of "
+                 "the run were still running", exit_code=code, n=len(leftover))
     _note(log, f"=== supervisor: {cause}: {', '.join(map(run_processes.describe, leftover))}; asking them to "
                "save and stop\n")
     if not rd.read_control(run).action:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import torch
 
+from trainer_core.errors import Text, text
 from trainer_core.runs import device_locks
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd
 
 # Why this rank saves and stops on its own, without a stop request: the process it answers to died.
-LOST: dict[str, str] = {}
+LOST: dict[str, Text] = {}
 
 
 def dist():
@@ -79,14 +80,16 @@ def share_fate(run: Path, supervised: bool) -> list[int]:
     """Tie this rank to the processes above it. DeepSpeed's `launch` dying sends SIGUSR1 (parent-death signal); the
     supervisor dying is seen by a watchdog thread. Either makes every rank save at the next step and exit. The
     device locks are joined, so they stay taken while this rank lives, whatever died first. Returns their fds."""
-    signal.signal(signal.SIGUSR1, lambda *_: LOST.setdefault("cause", "DeepSpeed's launch process died"))
+    signal.signal(signal.SIGUSR1, lambda *_: LOST.setdefault("cause", text("training.lost_launch",
+                                                                           "DeepSpeed's launch process died")))
     run_processes.die_with_parent(signal.SIGUSR1)
     manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
     # A manifest left by an earlier supervised attempt means nothing to a run started by hand or by Slurm.
     if not supervised or not manifest or not run_processes.on_this_host(manifest):
         return []
     fds = device_locks.hold_as_rank(run, manifest.get("lock_keys") or [])  # open until this process exits
-    run_processes.watch_process(manifest, lambda: LOST.setdefault("cause", "the run's supervisor process was lost"))
+    run_processes.watch_process(manifest, lambda: LOST.setdefault("cause", text("training.lost_supervisor",
+                                                                            "the run's supervisor process was lost")))
     return fds
 
 

@@ -23,7 +23,7 @@ import torch
 from trainer_core.config.hardware import resolve_precision
 from trainer_core.config.run_config import RunConfig, load_config
 from trainer_core.data.batching import ArrayRows, Collator, first_fit_decreasing
-from trainer_core.errors import UserError
+from trainer_core.errors import UserError, text
 from trainer_core.runs import protocol as rd
 from trainer_core.training import ranks
 from trainer_core.training.loss import HEAD_LOSSES
@@ -229,8 +229,10 @@ def finish(run: Path, cfg: RunConfig, trainer, tokenizer, callback, supervised: 
         # The supervisor (or launcher) is gone: nobody else will say why the run ended. The state turns `failed`
         # once no process of the run remains (read_state), with this cause.
         if rank0:
-            rd.update_status(run, phase=None, error=f"{LOST.get('cause') or 'a process of the run died'}; the ranks "
-                             f"saved checkpoint {trainer.state.global_step} and stopped; resume to go on")
+            cause = LOST.get("cause") or text("training.lost_unknown", "a process of the run died")
+            rd.update_status(run, phase=None, error=text("training.lost_saved", "{cause}; the ranks saved checkpoint "
+                                                         "{step} and stopped; resume to go on", cause=cause,
+                                                         step=trainer.state.global_step))
         log_rank0("stopped after saving a checkpoint: a process above the ranks died")
         return 0
     if callback.stopping:
@@ -251,6 +253,18 @@ def finish(run: Path, cfg: RunConfig, trainer, tokenizer, callback, supervised: 
     return 0
 
 
+def record_user_error(e: UserError) -> None:
+    """Rank 0 keeps the coded form of the user error it stops on in status.json: the log holds only its English,
+    and whoever records the end (the supervisor, or read_state for a run launched by hand) keeps this one when the
+    log names the same sentence, so the dashboard can say it in Chinese."""
+    try:
+        run = parse_args(None).run_dir.resolve()
+        if global_rank() == 0 and (run / rd.STATUS).exists():
+            rd.update_status(run, error=e.text)
+    except (OSError, SystemExit):
+        pass  # the English line in train.log still says it
+
+
 if __name__ == "__main__":
     try:
         code = main()
@@ -258,4 +272,5 @@ if __name__ == "__main__":
         sys.exit(code)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        record_user_error(e)
         sys.exit(2)
