@@ -29,6 +29,7 @@ OUT = os.environ.get("BENCH_PEER_PROBE")
 
 
 def _install(module) -> None:
+    probe = json.loads((Path(OUT) / "probe.json").read_text())
     from bench.common import heldout_loss  # torch-only, shared with every other recipe
 
     heldout = [SimpleNamespace(**e) for e in json.loads((Path(OUT) / "heldout.json").read_text())]
