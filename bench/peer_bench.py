@@ -5,6 +5,8 @@
     .venv/bin/python bench/peer_bench.py --only ours,trl # a subset
     .venv/bin/python bench/peer_bench.py --phases        # also where each recipe's optimizer step goes
     .venv/bin/python bench/peer_bench.py --model DIR     # another model with the starter's tokenizer (gpu_check.sh)
+    .venv/bin/python bench/peer_bench.py --seed 7        # another training seed, the same for every recipe
+    .venv/bin/python bench/peer_bench.py --dump DIR      # also every recipe's batches, lr and setup, step by step
 
 Every recipe trains the same model (the starter) on the same training records with the same ZeRO-2 + CPU-offload
 DeepSpeed JSON (the one `trainer_core plan` resolves for configs/quickstart.yaml), epochs, micro-batch x
@@ -37,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, encode_heldout, write_json  # noqa: E402
+from bench.common import DEFAULT_DATA, ROOT, data_file, encode_heldout, write_json  # noqa: E402
 from bench.train_bench import (QUICKSTART, SEED, _rescore, env, phase_table, hooks_env, prepare_data,  # noqa: E402
                                 read_phases, run_ours, time_to_loss)
 from trainer_core.config.run_config import load_config  # noqa: E402
@@ -51,10 +53,10 @@ def gpu_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def job_config(epochs: int, model: Path | None = None):
+def job_config(epochs: int, model: Path | None = None, seed: int = SEED):
     """Our run config for the job every recipe runs: the quickstart defaults at `epochs` epochs (on `model`, the
-    starter unless given)."""
-    return load_config(QUICKSTART, [f"train.epochs={epochs}", f"train.seed={SEED}",
+    starter unless given), trained with `seed`."""
+    return load_config(QUICKSTART, [f"train.epochs={epochs}", f"train.seed={seed}",
                                     *([f"model.path={model}"] if model else [])])
 
 
@@ -154,9 +156,10 @@ def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
     return s
 
 
-def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int, phases: bool = False) -> dict:
+def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int, phases: bool = False,
+             dump: Path | None = None) -> dict:
     """One peer under DeepSpeed's launcher in its own venv, with bench/peer_probe on its PYTHONPATH (and the phase
-    timer loaded by it when `phases`)."""
+    timer loaded by it when `phases`, bench/step_dump when `dump`)."""
     from bench.peer_venvs import ensure
     from trainer_core.runs.launch import free_port
 
@@ -178,6 +181,8 @@ def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int, ph
          "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "peer_probe"), env()["PYTHONPATH"]])}
     if phases:
         e["BENCH_PHASES"] = str(work / "phases" / peer)
+    if dump:
+        e["BENCH_STEP_DUMP"] = str(dump)
     log = work / f"{peer}.log"
     with open(log, "wb") as f:
         proc = subprocess.run(argv, cwd=work, env=e, stdout=f, stderr=subprocess.STDOUT)
@@ -231,6 +236,13 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--phases", action="store_true",
                    help="also split each recipe's optimizer step into forward+loss, backward, ZeRO gradient "
                         "handling and optimizer step (bench/phase_timer, loaded into the peers by bench/peer_probe)")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help=f"training seed of every recipe (data order, packing order; default {SEED}); the held-out "
+                        "records do not change with it")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="JSON array of alpaca records (default ../shared/data/huanhuan.json)")
+    p.add_argument("--dump", type=Path, help="write what each recipe trains here, step by step (bench/step_dump: "
+                   "<recipe>-<repeat>/steps.jsonl with every batch, lr and loss, setup.json, logs.jsonl)")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs, peer configs)")
     args = p.parse_args(argv)
@@ -240,6 +252,7 @@ def parse_args(argv: list[str] | None):
         p.error(f"--only: unknown recipe {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     if args.repeat < 1 or args.epochs < 1:
         p.error("--repeat and --epochs must be at least 1")
+    data_file(args.data)
     if not 0 < args.heldout < args.records:
         p.error(f"--heldout must be between 1 and --records - 1 (got {args.heldout} of {args.records})")
     return args
@@ -247,23 +260,31 @@ def parse_args(argv: list[str] | None):
 
 def run_all(args, work: Path) -> dict[str, list[dict]]:
     """Every chosen recipe, --repeat times, interleaved so a change in the machine's load hits them alike."""
-    train, heldout, ours_data = prepare_data(work, args.records, args.heldout)
-    cfg = job_config(args.epochs, args.model)
+    train, heldout, ours_data = prepare_data(args.data, work, args.records, args.heldout, args.seed)
+    cfg = job_config(args.epochs, args.model, args.seed)
     write_peer_inputs(cfg, work, train, heldout)
     n_train = args.records - args.heldout
-    print(f"{args.records} records, {args.heldout} held out, {args.epochs} epoch(s); work dir {work}", flush=True)
+    print(f"{args.records} records, {args.heldout} held out, {args.epochs} epoch(s), seed {args.seed}; work dir "
+          f"{work}", flush=True)
+    rep = [0]
+
+    def dump(name: str) -> Path | None:
+        return args.dump / f"{name}-{rep[0] + 1}" if args.dump else None
 
     def ours():
         sets = ["train.eval_steps=1", f"train.epochs={args.epochs}", f"model.path={cfg.model.path}"]
-        r = run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout, sets,
-                     hooks_env(work, "ours", args.phases))
+        e = hooks_env(work, "ours", args.phases, "step_dump" if args.dump else None)
+        if args.dump:
+            e["BENCH_STEP_DUMP"] = str(dump("ours"))
+        r = run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout, sets, e, args.seed)
         r["records"] = n_train * args.epochs
         return r
 
     jobs = {"ours": ours, **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs,
-                                                               args.phases)) for peer in ("trl", "llamafactory")}}
+                                                               args.phases, dump(peer)))
+                             for peer in ("trl", "llamafactory")}}
     runs: dict[str, list[dict]] = {name: [] for name in args.only}
-    for _ in range(args.repeat):
+    for rep[0] in range(args.repeat):
         for name in args.only:
             t = time.time()
             runs[name].append(jobs[name]())
@@ -305,6 +326,7 @@ def report(args, runs: dict[str, list[dict]]) -> None:
                   + ", ".join("failed" if "error" in r else f"{r['train_time_s']:.1f}" for r in rs))
     if args.json:
         write_json(args.json, {"records": args.records, "heldout": args.heldout, "epochs": args.epochs,
+                               "seed": args.seed,
                                "target": target, "results": results, "runs": runs})
 
 

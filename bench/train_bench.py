@@ -42,9 +42,11 @@ OURS_SAME = PROJECT_ROOT / "bench" / "ours_same.yaml"
 SEED = 42  # train.seed of both our configs: the split below depends on it
 
 
-def prepare_data(data: Path, work: Path, n_records: int, n_heldout: int) -> tuple[Path, Path, Path]:
-    """train.json (baseline), heldout.json, ours.json (train + held-out, ordered so our trainer holds out exactly
-    the held-out records: it shuffles with random.Random(train.seed) and takes the first eval_ratio * n)."""
+def prepare_data(data: Path, work: Path, n_records: int, n_heldout: int,
+                 seed: int = SEED) -> tuple[Path, Path, Path]:
+    """train.json (baseline), heldout.json, ours.json (train + held-out, ordered so our trainer, run with
+    train.seed=seed, holds out exactly the held-out records: it shuffles with random.Random(train.seed) and takes the
+    first eval_ratio * n). The held-out records themselves do not depend on the seed."""
     from trainer_core.models.local import load_tokenizer
 
     records = json.loads(data_file(data).read_text(encoding="utf-8"))[:n_records]
@@ -57,7 +59,7 @@ def prepare_data(data: Path, work: Path, n_records: int, n_heldout: int) -> tupl
     heldout = [r for i, r in enumerate(records) if i in held]
     wanted = heldout + train  # what our trainer's shuffle must produce
     perm = list(range(len(wanted)))
-    random.Random(SEED).shuffle(perm)  # shuffled[j] = original[perm[j]]
+    random.Random(seed).shuffle(perm)  # shuffled[j] = original[perm[j]]
     ours = [None] * len(wanted)
     for j, src in enumerate(perm):
         ours[src] = wanted[j]
@@ -133,10 +135,11 @@ def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int, env_ext
 
 
 def run_ours(work: Path, name: str, config: Path, data: Path, heldout: Path, n_records: int, n_heldout: int,
-             sets: list[str], env_extra: dict | None = None) -> dict:
-    """Train with our CLI; figures from metrics.jsonl (rank 0), held-out loss re-scored here."""
+             sets: list[str], env_extra: dict | None = None, seed: int = SEED) -> dict:
+    """Train with our CLI; figures from metrics.jsonl (rank 0), held-out loss re-scored here. `seed` must be the
+    one prepare_data ordered `data` for."""
     overrides = [f"data.path={data}", f"data.eval_ratio={n_heldout / n_records!r}", "train.epochs=1",
-                 "train.save_steps=0", f"train.seed={SEED}", f"name={name}", *sets]
+                 "train.save_steps=0", f"train.seed={seed}", f"name={name}", *sets]
     argv = [PY, "-m", "trainer_core", "train", str(config)]
     for o in overrides:
         argv += ["--set", o]

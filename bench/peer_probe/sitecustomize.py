@@ -29,6 +29,7 @@ OUT = os.environ.get("BENCH_PEER_PROBE")
 
 
 def _install(module) -> None:
+    probe = json.loads((Path(OUT) / "probe.json").read_text())
     from bench.common import heldout_loss  # torch-only, shared with every other recipe
 
     heldout = [SimpleNamespace(**e) for e in json.loads((Path(OUT) / "heldout.json").read_text())]
@@ -85,4 +86,8 @@ if OUT and os.environ.get("RANK", "0") == "0":
         # A process runs only the first sitecustomize on its path: load the phase timer's too; its hooks join ours
         # in bench.after_import's one registry.
         runpy.run_path(str(Path(__file__).resolve().parent.parent / "phase_timer" / "sitecustomize.py"))
+    if os.environ.get("BENCH_STEP_DUMP"):  # peer_bench --dump: what the peer trains, step by step
+        import runpy
+
+        runpy.run_path(str(Path(__file__).resolve().parent.parent / "step_dump" / "sitecustomize.py"))
     after_import({"transformers.trainer": _install})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import Trainer
 
 from trainer_core.runs import protocol as rd
@@ -44,6 +45,12 @@ class SupervisedTrainer(Trainer):
         end-of-turn marker (GGUF conversions) would then leave a final/ that never stops generating."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss to back-propagate: the batch's summed cross-entropy over the label tokens of the whole optimizer
+        step. In training the Trainer passes `num_items_in_batch`, the label tokens of every micro-batch it will
+        accumulate (summed over ranks), and then leaves the division to us: it neither divides by the
+        accumulation steps nor lets DeepSpeed do it. Dividing by this micro-batch's own count instead made each
+        step's gradient the sum of its micro-batches' means: `gradient_accumulation` times too large (so clipped
+        that much harder) and weighting a short micro-batch's tokens more."""
         labels = inputs.pop("labels")
         loss_sum, n_labels, outputs = self.labelled_loss(model, self._base(model), inputs, labels)
         if model.training:
@@ -52,8 +59,21 @@ class SupervisedTrainer(Trainer):
         else:
             self.eval_sum += float(loss_sum)
             self.eval_count += n_labels
-        loss = loss_sum / max(n_labels, 1)
+        if model.training and num_items_in_batch is not None:
+            loss = loss_sum / torch.as_tensor(num_items_in_batch, device=loss_sum.device).clamp(min=1)
+            if self.args.average_tokens_across_devices:
+                # The count is over every rank, and DeepSpeed/DDP average the ranks' gradients: scale back up so
+                # the step's gradient is the mean over all its label tokens.
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = loss_sum / max(n_labels, 1)
         return (loss, outputs) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device):
+        """Label tokens of one optimizer step's micro-batches, counted as our loss counts them: positions whose
+        next token is a label (`labels[:, 1:]`), where the Trainer would count `labels` unshifted."""
+        shifted = [{**b, "labels": b["labels"][:, 1:]} for b in batch_samples if "labels" in b]
+        return super()._get_num_items_in_batch(shifted, device) if shifted else None
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
