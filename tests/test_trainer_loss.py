@@ -67,3 +67,14 @@ def test_evaluation_and_unaccumulated_calls_keep_the_per_batch_mean(trainer):
         loss = trainer.compute_loss(model, dict(b))
     want, _ = reference_gradients(model, [b])
     assert float(loss) == pytest.approx(want, rel=1e-4)
+
+
+def test_a_model_without_loss_kwargs_keeps_the_per_batch_mean(trainer):
+    """For such a model the Trainer divides each micro-batch's loss by the accumulation steps itself; dividing by
+    the step's token count as well would shrink the gradient by that factor again."""
+    trainer.model_accepts_loss_kwargs = False
+    trainer.model.train()
+    b = micro_batch(4, 15, 6)
+    want, _ = reference_gradients(trainer.model, [b])
+    assert float(trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=torch.tensor(60))) == \
+        pytest.approx(want, rel=1e-4)

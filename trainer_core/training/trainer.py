@@ -59,7 +59,9 @@ class SupervisedTrainer(Trainer):
         else:
             self.eval_sum += float(loss_sum)
             self.eval_count += n_labels
-        if model.training and num_items_in_batch is not None:
+        # The Trainer divides by the accumulation steps itself when the model takes no loss kwargs (some
+        # remote-code models): there the per-micro-batch mean is the one that comes out right.
+        if model.training and num_items_in_batch is not None and self.model_accepts_loss_kwargs:
             loss = loss_sum / torch.as_tensor(num_items_in_batch, device=loss_sum.device).clamp(min=1)
             if self.args.average_tokens_across_devices:
                 # The count is over every rank, and DeepSpeed/DDP average the ranks' gradients: scale back up so
