@@ -15,7 +15,8 @@ config (peer_settings):
   ours          `python -m trainer_core train configs/quickstart.yaml` (as bench/train_bench.py runs it);
   trl           bench/peer_trl_train.py: TRL's SFTTrainer as its docs recommend for chat data (prompt-completion,
                 completion-only loss, packing), fp32 on a CPU;
-  llamafactory  `llamafactory-cli train peer.yaml`: full fine-tuning, template qwen, packing, prompt not trained.
+  llamafactory  `llamafactory-cli train peer.yaml`: full fine-tuning, template qwen, neat packing (no attention
+                across records), prompt not trained.
 The peers run in their own venvs (bench/peer_venvs.py, created on first use under .cache/peer-venvs/, never in
 requirements.txt), all three under DeepSpeed's launcher with one CPU rank. Held-out records (the split of
 train_bench) are scored by bench/common.py for every recipe: ours by its in-training evaluation on the same records
@@ -110,6 +111,8 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
         "template": "qwen",
         "cutoff_len": cfg.data.max_length,
         "packing": cfg.data.packing,
+        # Packing without attention across records (a block-diagonal mask), as ours and TRL's position-id packing.
+        "neat_packing": cfg.data.packing,
         "train_on_prompt": False,
         "overwrite_cache": True,
         "output_dir": str(work / "llamafactory-out"),

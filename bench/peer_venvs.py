@@ -22,13 +22,16 @@ from trainer_core.paths import PROJECT_ROOT  # noqa: E402
 VENVS = PROJECT_ROOT / ".cache" / "peer-venvs"
 TORCH = os.environ.get("PEER_TORCH", "torch==2.13.0")  # the local wheel's version
 DEEPSPEED = "deepspeed==0.19.8"  # ours: the same ZeRO-2 offload engine and CPU Adam for every recipe
+TORCHAUDIO = "torchaudio==2.11.1"  # LLaMA-Factory only imports it (below)
 
 # LLaMA-Factory 0.9.5 declares torchvision, torchaudio, av, gradio and modelscope for its multimodal paths, web UI and
 # hub downloads. It is installed with --no-deps, then every other requirement of its METADATA as declared, because
-# PyPI's torchaudio/torchvision would replace the local CPU torch. That is also why it cannot train here: its
-# data/mm_plugin.py imports torchaudio unconditionally, and torchaudio's last release (2.11.1) requires torch 2.11,
-# not the machine's 2.13.0 wheel. On a machine with network access to a matching torch (a GPU machine), set
-# PEER_TORCH to that torch's pin and add its torchaudio to the pins below.
+# PyPI's torchaudio/torchvision would replace the local CPU torch. Its data/mm_plugin.py imports torchaudio
+# unconditionally (for audio inputs, which a text SFT never has), and PyPI's torchaudio is built against CUDA torch:
+# its compiled ops need libc10_cuda.so, which the CPU torch lacks, and the CPU build's index (download.pytorch.org)
+# is not reachable here. So torchaudio goes in with --no-deps and without its compiled ops (strip_torchaudio_ops):
+# torchaudio then imports as it does when built without extensions, and every text path of LLaMA-Factory is untouched.
+# Where the venv's torch is a CUDA build (PEER_TORCH on a GPU machine), the ops stay.
 LLAMAFACTORY_DEPS = [
     "accelerate<=1.11.0,>=1.3.0", "datasets<=4.0.0,>=2.16.0", "einops", "fire", "numpy", "omegaconf", "packaging",
     "pandas", "peft<=0.18.1,>=0.18.0", "protobuf", "pydantic", "pyyaml", "safetensors", "scipy", "sentencepiece",
@@ -40,8 +43,8 @@ PEERS: dict[str, dict] = {
     "trl": {"pins": ["trl==0.24.0", "transformers==4.57.6", "accelerate==1.11.0", "datasets==4.0.0", DEEPSPEED,
                      "ninja"],
             "no_deps": [], "check": "import trl, deepspeed; print(trl.__version__)"},
-    "llamafactory": {"pins": [*LLAMAFACTORY_DEPS, DEEPSPEED, "ninja"], "no_deps": ["llamafactory==0.9.5"],
-                     "check": "import llamafactory; print(llamafactory.__version__)"},
+    "llamafactory": {"pins": [*LLAMAFACTORY_DEPS, DEEPSPEED, "ninja"], "no_deps": ["llamafactory==0.9.5", TORCHAUDIO],
+                     "check": "import llamafactory.data.mm_plugin, llamafactory; print(llamafactory.__version__)"},
 }
 
 
@@ -65,7 +68,23 @@ def ensure(peer: str, log=sys.stdout) -> Path:
     for argv in steps:
         print("+", " ".join(argv), file=log, flush=True)
         subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT)
+    if any(pin.startswith("torchaudio") for pin in spec["no_deps"]):
+        strip_torchaudio_ops(py, log)
     return py
+
+
+def strip_torchaudio_ops(py: Path, log=sys.stdout) -> None:
+    """Remove torchaudio's compiled ops from the venv of `py` when its torch is a CPU build: built for CUDA torch, they
+    fail to load beside it (and with them `import torchaudio`); without them torchaudio loads its Python API only."""
+    lib, cuda = subprocess.run(
+        [str(py), "-c", "import importlib.util as u, pathlib, torch; "
+         "print(pathlib.Path(u.find_spec('torchaudio').origin).parent / 'lib'); print(torch.version.cuda)"],
+        check=True, capture_output=True, text=True).stdout.splitlines()
+    if cuda != "None":
+        return
+    for so in Path(lib).glob("*.so"):
+        print("- torchaudio op removed:", so.name, file=log, flush=True)
+        so.unlink()
 
 
 def _system_python() -> str:

@@ -48,6 +48,8 @@ def test_every_peer_gets_our_job(peer_inputs):
     # Packing on and the prompt never trained, in each peer's own terms; full fine-tuning; fp32 on a CPU.
     assert s["packing"] is True and s["completion_only_loss"] is True
     assert lf["packing"] is True and lf["train_on_prompt"] is False and lf["finetuning_type"] == "full"
+    # LLaMA-Factory's plain packing lets packed records attend to each other; ours and TRL's do not.
+    assert lf["neat_packing"] is True
     assert lf["bf16"] is False and lf["stage"] == "sft" and lf["trust_remote_code"] is False
     # The same model folder, absolute: the peers run in the work directory, where a relative path is a Hub id.
     assert trl["model"] == lf["model_name_or_path"] == str(PROJECT_ROOT / cfg.model.path) and Path(trl["model"]).is_dir()
