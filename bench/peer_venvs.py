@@ -31,7 +31,7 @@ TORCHAUDIO = "torchaudio==2.11.1"  # LLaMA-Factory only imports it (below)
 # its compiled ops need libc10_cuda.so, which the CPU torch lacks, and the CPU build's index (download.pytorch.org)
 # is not reachable here. So torchaudio goes in with --no-deps and without its compiled ops (strip_torchaudio_ops):
 # torchaudio then imports as it does when built without extensions, and every text path of LLaMA-Factory is untouched.
-# Where the venv's torch is a CUDA build (PEER_TORCH on a GPU machine), the ops stay.
+# Where the ops do load (a matching CUDA torch set by PEER_TORCH on a GPU machine), they stay.
 LLAMAFACTORY_DEPS = [
     "accelerate<=1.11.0,>=1.3.0", "datasets<=4.0.0,>=2.16.0", "einops", "fire", "numpy", "omegaconf", "packaging",
     "pandas", "peft<=0.18.1,>=0.18.0", "protobuf", "pydantic", "pyyaml", "safetensors", "scipy", "sentencepiece",
@@ -74,14 +74,14 @@ def ensure(peer: str, log=sys.stdout) -> Path:
 
 
 def strip_torchaudio_ops(py: Path, log=sys.stdout) -> None:
-    """Remove torchaudio's compiled ops from the venv of `py` when its torch is a CPU build: built for CUDA torch, they
-    fail to load beside it (and with them `import torchaudio`); without them torchaudio loads its Python API only."""
-    lib, cuda = subprocess.run(
-        [str(py), "-c", "import importlib.util as u, pathlib, torch; "
-         "print(pathlib.Path(u.find_spec('torchaudio').origin).parent / 'lib'); print(torch.version.cuda)"],
-        check=True, capture_output=True, text=True).stdout.splitlines()
-    if cuda != "None":
+    """Remove torchaudio's compiled ops from the venv of `py` when they cannot load there (built for CUDA torch, they
+    fail beside a CPU torch or another torch release, and with them `import torchaudio`); without them torchaudio
+    loads its Python API only. Where they load (a matching CUDA torch on a GPU machine), they stay."""
+    if subprocess.run([str(py), "-c", "import torchaudio"], capture_output=True).returncode == 0:
         return
+    lib = subprocess.run([str(py), "-c", "import importlib.util as u, pathlib; "
+                          "print(pathlib.Path(u.find_spec('torchaudio').origin).parent / 'lib')"],
+                         check=True, capture_output=True, text=True).stdout.strip()
     for so in Path(lib).glob("*.so"):
         print("- torchaudio op removed:", so.name, file=log, flush=True)
         so.unlink()

@@ -106,3 +106,24 @@ def test_the_probe_loads_the_phase_timer_into_a_peer_when_asked(tmp_path, phases
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["init_with_probe", "wrapper" if phases else "training_step"]
+
+
+@pytest.mark.parametrize("ops_load", [False, True])
+def test_torchaudio_ops_are_removed_only_when_they_cannot_load(tmp_path, monkeypatch, ops_load):
+    """A stand-in torchaudio whose import fails while its lib/ holds an op that cannot load (as PyPI's CUDA-built ops
+    beside the CPU torch), run by a real interpreter: the ops go and the import then works; ops that load stay."""
+    from bench.peer_venvs import strip_torchaudio_ops
+
+    pkg = tmp_path / "torchaudio"
+    (pkg / "lib").mkdir(parents=True)
+    op = pkg / "lib" / "_torchaudio.so"
+    op.write_bytes(b"not loadable")
+    (pkg / "__init__.py").write_text(
+        "import pathlib\n"
+        f"if {not ops_load} and any((pathlib.Path(__file__).parent / 'lib').glob('*.so')):\n"
+        "    raise OSError('libc10_cuda.so: cannot open shared object file')\n", encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    strip_torchaudio_ops(Path(sys.executable), log=open(tmp_path / "log", "w"))
+    assert op.exists() is ops_load
+    import subprocess
+    assert subprocess.run([sys.executable, "-c", "import torchaudio"]).returncode == 0
