@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         enc = encode_file(args.data, tokenizer, persona=DEFAULT_PERSONA, max_length=args.max_length)
         keep = [i for i in range(len(enc)) if enc.n_labels[i]]
-        rows = first_fit_decreasing([enc.lengths[i] for i in keep], args.max_length)
+        rows = first_fit_decreasing(enc.lengths[keep].tolist(), args.max_length)
         dt = time.perf_counter() - t
         print(f"data prep {label:6s}: {len(enc)} records -> {len(rows)} packed rows of <= {args.max_length} tokens, "
               f"{int(enc.n_labels.sum())} label tokens in {dt:.2f} s", flush=True)

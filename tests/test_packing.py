@@ -103,3 +103,15 @@ def test_tree_packing_gives_the_same_bins_as_the_scan():
         lengths = [rnd.randint(1, capacity) for _ in range(3000)] + [capacity, 1, 1]
         assert first_fit_decreasing(lengths, capacity) == _scan_ffd(lengths, capacity)
     assert first_fit_decreasing([], 8) == []
+
+
+def test_record_lengths_are_computed_once_and_match_each_record(tmp_path, monkeypatch, starter_tokenizer):
+    """The trainer's packing reads every record's length; a length array rebuilt on each read made packing a
+    million records quadratic (bench/scale_bench.py: 460 CPU s, 240 of them in np.diff)."""
+    from trainer_core import paths
+    from trainer_core.data.encoded_set import encode_file
+
+    monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / "cache")
+    enc = encode_file(SAMPLE_DATA, starter_tokenizer, persona=DEFAULT_PERSONA, max_length=128)
+    assert enc.lengths is enc.lengths
+    assert enc.lengths.tolist() == [len(enc.example(i).input_ids) for i in range(len(enc))] and len(enc) > 10

@@ -15,6 +15,7 @@ import os
 import tempfile
 from array import array
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,10 @@ class EncodedSet:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
+        """Tokens per record. Computed once: read per record in a loop, a fresh np.diff of every offset each time
+        made the trainer's packing of a million records quadratic (240 of its 460 CPU seconds)."""
         return np.diff(self.offsets)
 
     def example(self, i: int) -> Encoded:

@@ -183,7 +183,7 @@ def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | N
         raise UserError("training.no_answer_tokens", "no training record keeps any answer token at "
                         "data.max_length={max_length}; raise it", max_length=cfg.data.max_length)
     if cfg.data.packing:
-        bins = first_fit_decreasing([enc.lengths[i] for i in train_idx], cfg.data.max_length)
+        bins = first_fit_decreasing(enc.lengths[train_idx].tolist(), cfg.data.max_length)
         random.Random(cfg.train.seed).shuffle(bins)
         members = [[train_idx[j] for j in b] for b in bins]
     else:
