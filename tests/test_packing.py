@@ -107,7 +107,7 @@ def test_tree_packing_gives_the_same_bins_as_the_scan():
 
 def test_record_lengths_are_computed_once_and_match_each_record(tmp_path, monkeypatch, starter_tokenizer):
     """The trainer's packing reads every record's length; a length array rebuilt on each read made packing a
-    million records quadratic (bench/scale_bench.py: 460 CPU s, 240 of them in np.diff)."""
+    million records quadratic (bench/scale_bench.py: 460 CPU s before, 146 s with the lengths computed once)."""
     from trainer_core import paths
     from trainer_core.data.encoded_set import encode_file
 

@@ -123,7 +123,8 @@ def test_torchaudio_ops_are_removed_only_when_they_cannot_load(tmp_path, monkeyp
         f"if {not ops_load} and any((pathlib.Path(__file__).parent / 'lib').glob('*.so')):\n"
         "    raise OSError('libc10_cuda.so: cannot open shared object file')\n", encoding="utf-8")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    strip_torchaudio_ops(Path(sys.executable), log=open(tmp_path / "log", "w"))
+    with open(tmp_path / "log", "w") as log:
+        strip_torchaudio_ops(Path(sys.executable), log=log)
     assert op.exists() is ops_load
     import subprocess
     assert subprocess.run([sys.executable, "-c", "import torchaudio"]).returncode == 0
