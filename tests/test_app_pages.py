@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -238,6 +239,17 @@ def test_long_validation_shows_progress_and_does_not_hold_the_page(app, tmp_path
     from app import data_view as dv
 
     monkeypatch.setattr(dv, "FIRST_WAIT_S", 0.0)  # as if the file were large: no grace period before the bar
+    # Validation is held until the first script run has ended, so the bar it shows does not depend on how fast
+    # this machine validates 20k records (on a fast one it was done before the page looked, and the bar shown
+    # was already the token statistics').
+    release = threading.Event()
+    real_load = dv.load_dataset
+
+    def held_load(*args, **kwargs):
+        assert release.wait(300)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(dv, "load_dataset", held_load)
     data = tmp_path / "big.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"问{i}", "output": f"答{i % 7}"}, ensure_ascii=False) + "\n"
                             for i in range(20_000)), encoding="utf-8")
@@ -247,6 +259,7 @@ def test_long_validation_shows_progress_and_does_not_hold_the_page(app, tmp_path
     # The script run ended while the work goes on: a progress bar, no figures yet.
     assert [p.proto.text for p in app.get("progress")][0].startswith(ZH["data.validating"])
     assert not app.metric
+    release.set()
 
     def settle():
         for job in list(data_jobs._jobs.values()):
