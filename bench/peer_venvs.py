@@ -68,7 +68,7 @@ def ensure(peer: str, log=sys.stdout) -> Path:
     for argv in steps:
         print("+", " ".join(argv), file=log, flush=True)
         subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT)
-    if any(pin.startswith("torchaudio") for pin in spec["no_deps"]):
+    if TORCHAUDIO in spec["no_deps"]:
         strip_torchaudio_ops(py, log)
     return py
 

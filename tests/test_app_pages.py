@@ -234,7 +234,7 @@ def test_an_upload_name_with_a_nul_byte_is_refused_and_the_page_keeps_working(ap
     assert {m.label: m.value for m in app.metric}[ZH["data.usable"]] == "1"
 
 
-def test_long_validation_shows_progress_and_does_not_hold_the_page(app, tmp_path, monkeypatch):
+def test_long_validation_shows_progress_and_does_not_hold_the_page(app, tmp_path, monkeypatch, request):
     from app import data_jobs
     from app import data_view as dv
 
@@ -243,6 +243,7 @@ def test_long_validation_shows_progress_and_does_not_hold_the_page(app, tmp_path
     # this machine validates 20k records (on a fast one it was done before the page looked, and the bar shown
     # was already the token statistics').
     release = threading.Event()
+    request.addfinalizer(release.set)  # a failed assertion must not leave the held job waiting
     real_load = dv.load_dataset
 
     def held_load(*args, **kwargs):
