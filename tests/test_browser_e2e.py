@@ -260,12 +260,17 @@ def upload_and_keep_50(page, expect) -> str:
     nav(page, "数据")
     expect(page.get_by_role("heading", name="数据")).to_be_visible()
     upload(page, SAMPLE)
-    expect(page.get_by_text("已保存为")).to_contain_text("data/uploads/sample_zhenhuan-")  # not the broken file's
-    stored = page.get_by_text("已保存为").inner_text().split()[-1]
+    # Until the rerun ends, the broken file's elements can still stand beside the new ones (Streamlit drops stale
+    # elements only when the script finishes), so match the new file's line alone, then let the run end before
+    # looking at anything the two files both have.
+    saved = page.get_by_text(re.compile(r"已保存为 data/uploads/sample_zhenhuan-"))
+    expect(saved).to_be_visible()
+    settle(page)
+    stored = saved.inner_text().split()[-1]
     assert stored.startswith("data/uploads/sample_zhenhuan-") and stored.endswith(".jsonl"), stored
     expect(page.locator('[data-testid="stMetricValue"]').first).to_have_text("140")
+    expect(page.locator(".mask-view")).to_have_count(1)
     expect(page.locator(".mask-view")).to_be_visible()
-    settle(page)
     shot(page, "1-data-zh")
     page.get_by_text("精简数据：取前 N 条、随机 N 条、去除完全重复", exact=True).click()
     n = page.get_by_role("spinbutton", name="条数 N")  # typed: the box kept the broken file's 1 usable record
