@@ -6,6 +6,7 @@
     .venv/bin/python bench/peer_bench.py --phases        # also where each recipe's optimizer step goes
     .venv/bin/python bench/peer_bench.py --model DIR     # another model with the starter's tokenizer (gpu_check.sh)
     .venv/bin/python bench/peer_bench.py --seed 7        # another training seed, the same for every recipe
+    .venv/bin/python bench/peer_bench.py --seeds 42,1,2  # the whole job once per seed, then the spread over seeds
     .venv/bin/python bench/peer_bench.py --dump DIR      # also every recipe's batches, lr and setup, step by step
 
 Every recipe trains the same model (the starter) on the same training records with the same ZeRO-2 + CPU-offload
@@ -242,6 +243,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--seed", type=int, default=SEED,
                    help=f"training seed of every recipe (data order, packing order; default {SEED}); the held-out "
                         "records do not change with it")
+    p.add_argument("--seeds", help="comma-separated training seeds: the whole job once per seed in one invocation, "
+                   "then a summary over the seeds (mean and spread of each recipe's held-out loss, how often and how "
+                   "fast each reaches the slowest recipe's final loss); replaces --seed")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="JSON array of alpaca records (default ../shared/data/huanhuan.json)")
     p.add_argument("--dump", type=Path, help="write what each recipe trains here, step by step (bench/step_dump: "
@@ -253,6 +257,12 @@ def parse_args(argv: list[str] | None):
     unknown = sorted(set(args.only) - set(RECIPES))
     if unknown:
         p.error(f"--only: unknown recipe {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    try:
+        args.seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds: each seed once (got {','.join(map(str, args.seeds))})")
     if args.repeat < 1 or args.epochs < 1:
         p.error("--repeat and --epochs must be at least 1")
     data_file(args.data)
@@ -298,7 +308,8 @@ def run_all(args, work: Path) -> dict[str, list[dict]]:
     return runs
 
 
-def report(args, runs: dict[str, list[dict]]) -> None:
+def report(args, runs: dict[str, list[dict]]) -> dict:
+    """Print one seed's table (and phases, repeats); return its figures."""
     results = []
     for rs in runs.values():
         ok = [r for r in rs if "error" not in r]
@@ -327,20 +338,68 @@ def report(args, runs: dict[str, list[dict]]) -> None:
         for name, rs in runs.items():
             print(f"{name}: training seconds of each run "
                   + ", ".join("failed" if "error" in r else f"{r['train_time_s']:.1f}" for r in rs))
-    if args.json:
-        write_json(args.json, {"records": args.records, "heldout": args.heldout, "epochs": args.epochs,
-                               "seed": args.seed,
-                               "target": target, "results": results, "runs": runs})
+    return {"records": args.records, "heldout": args.heldout, "epochs": args.epochs, "seed": args.seed,
+            "target": target, "target_recipe": slowest["recipe"] if slowest else None, "results": results,
+            "runs": runs}
+
+
+def sweep_summary(reports: list[dict]) -> str:
+    """Over several seeds: each recipe's held-out loss per seed, mean and spread, and the time to each seed's
+    target (the slowest recipe's final loss); records/s against ours per seed. Only seeds where every recipe ran."""
+    import statistics
+
+    reports = [r for r in reports if r["target"] is not None and all("error" not in x for x in r["results"])]
+    if not reports:
+        return "no seed where every recipe ran"
+    names = [x["recipe"] for x in reports[0]["results"]]
+    lines = ["| seed | target (recipe) | " + " | ".join(f"{n} loss / s to target" for n in names) + " | "
+             + " | ".join(f"records/s ours / {n}" for n in names if n != "ours") + " |",
+             "|" + "---|" * (2 + len(names) + len(names) - ("ours" in names))]
+    losses = {n: [] for n in names}
+    reached = {n: [] for n in names}
+    ratios = {n: [] for n in names if n != "ours"}
+    for rep in reports:
+        by = {x["recipe"]: x for x in rep["results"]}
+        cells = [str(rep["seed"]), f"{rep['target']:.3f} ({rep['target_recipe']})"]
+        for n in names:
+            x = by[n]
+            t = time_to_loss(x["eval_curve"], rep["target"])
+            losses[n].append(x["heldout_loss"])
+            reached[n].append(t)
+            cells.append(f"{x['heldout_loss']:.3f} / {'never' if t is None else f'{t:.1f}'}")
+        if "ours" in by:
+            ours_rate = by["ours"]["records"] / by["ours"]["train_time_s"]
+            for n in ratios:
+                ratios[n].append(ours_rate / (by[n]["records"] / by[n]["train_time_s"]))
+                cells.append(f"{ratios[n][-1]:.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    out = ["\nover seeds:", *lines, ""]
+    for n in names:
+        times = [t for t in reached[n] if t is not None]
+        sd = statistics.stdev(losses[n]) if len(losses[n]) > 1 else 0.0
+        out.append(f"{n}: held-out loss mean {statistics.mean(losses[n]):.4f}, sd {sd:.4f}, range "
+                   f"{min(losses[n]):.3f}-{max(losses[n]):.3f}; reached its seed's target in {len(times)} of "
+                   f"{len(reports)} seeds" + (f" (median {statistics.median(times):.1f} s)" if times else ""))
+    for n, rs in ratios.items():
+        out.append(f"records/s ours / {n}: median {statistics.median(rs):.2f}x, range {min(rs):.2f}-{max(rs):.2f}x")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="peer-bench-"))
-    try:
-        report(args, run_all(args, work))
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    reports = []
+    for seed in args.seeds:
+        args.seed = seed
+        work = Path(tempfile.mkdtemp(prefix=f"peer-bench-{seed}-"))
+        try:
+            reports.append(report(args, run_all(args, work)))
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        if args.json:  # after every seed, so a long sweep that is stopped keeps what it measured
+            write_json(args.json, reports[0] if len(reports) == 1 and len(args.seeds) == 1 else {"seeds": reports})
+    if len(args.seeds) > 1:
+        print(sweep_summary(reports))
     return 0
 
 

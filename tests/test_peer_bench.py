@@ -14,7 +14,7 @@ from trainer_core.paths import PROJECT_ROOT
 
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from bench.peer_bench import job_config, main, write_peer_inputs  # noqa: E402
+from bench.peer_bench import job_config, main, sweep_summary, write_peer_inputs  # noqa: E402
 from trainer_core.config.ds_config import build_ds_config  # noqa: E402
 
 RECORDS = [{"instruction": f"问题{i}", "input": "", "output": f"回答{i}。"} for i in range(6)]
@@ -78,6 +78,8 @@ def test_peers_see_the_same_records_and_persona(peer_inputs):
     (["--only", "ours,axolotl"], "--only: unknown recipe axolotl"),
     (["--repeat", "0"], "--repeat and --epochs must be at least 1"),
     (["--records", "10", "--heldout", "10"], "--heldout must be between 1 and --records - 1"),
+    (["--seeds", "42,x"], "--seeds: expected comma-separated integers, got '42,x'"),
+    (["--seeds", "1,2,1"], "--seeds: each seed once (got 1,2,1)"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(args, message, capsys, monkeypatch):
     made = []
@@ -128,3 +130,28 @@ def test_torchaudio_ops_are_removed_only_when_they_cannot_load(tmp_path, monkeyp
     assert op.exists() is ops_load
     import subprocess
     assert subprocess.run([sys.executable, "-c", "import torchaudio"]).returncode == 0
+
+
+def _result(recipe, loss_curve, seconds, final):
+    """One recipe's figures as run_all returns them: held-out loss after each step at the given seconds."""
+    return {"recipe": recipe, "records": 100, "train_time_s": seconds[-1], "heldout_loss": final,
+            "eval_curve": [[i + 1, loss, t] for i, (loss, t) in enumerate(zip(loss_curve, seconds))]}
+
+
+def test_the_seed_sweep_counts_each_seed_against_its_own_target():
+    # seed 1: ours reaches TRL's final 9.30 at its second evaluation (4 s); seed 2: ours ends above TRL's 9.20.
+    reports = [
+        {"seed": 1, "target": 9.30, "target_recipe": "trl",
+         "results": [_result("ours", [9.5, 9.29, 9.25], [2, 4, 6], 9.25), _result("trl", [9.6, 9.4, 9.30], [10, 20, 30], 9.30)]},
+        {"seed": 2, "target": 9.20, "target_recipe": "trl",
+         "results": [_result("ours", [9.5, 9.35, 9.31], [2, 4, 5], 9.31), _result("trl", [9.6, 9.4, 9.20], [10, 20, 25], 9.20)]},
+        {"seed": 3, "target": None, "target_recipe": None,  # a seed where a recipe failed is left out
+         "results": [_result("ours", [9.0], [1], 9.0), {"recipe": "trl", "error": "boom"}]},
+    ]
+    text = sweep_summary(reports)
+    assert "| 1 | 9.300 (trl) | 9.250 / 4.0 | 9.300 / 30.0 | 5.00x |" in text
+    assert "| 2 | 9.200 (trl) | 9.310 / never | 9.200 / 25.0 | 5.00x |" in text
+    assert "| 3 |" not in text
+    assert "ours: held-out loss mean 9.2800, sd 0.0424, range 9.250-9.310; reached its seed's target in 1 of 2 seeds (median 4.0 s)" in text
+    assert "trl: held-out loss mean 9.2500, sd 0.0707" in text and "in 2 of 2 seeds (median 27.5 s)" in text
+    assert "records/s ours / trl: median 5.00x, range 5.00-5.00x" in text
