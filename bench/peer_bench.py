@@ -46,7 +46,9 @@ from bench.train_bench import (QUICKSTART, SEED, _rescore, env, phase_table, hoo
                                 read_phases, run_ours, time_to_loss)
 from trainer_core.config.run_config import load_config  # noqa: E402
 
-RECIPES = ("ours", "trl", "llamafactory")
+RECIPES = ("ours", "trl", "llamafactory", "ours-newline")
+# ours-newline: ours, also training the `\n` after each answer's <|im_end|> as both peers do (bench/newline_label); an
+# ablation of one of the two differences between ours and TRL that the loss comparison leaves, not a default.
 
 
 def gpu_bf16() -> bool:
@@ -284,18 +286,19 @@ def run_all(args, work: Path) -> dict[str, list[dict]]:
     def dump(name: str) -> Path | None:
         return args.dump / f"{name}-{rep[0] + 1}" if args.dump else None
 
-    def ours():
+    def ours(name: str = "ours", hooks: str | None = None):
         sets = ["train.eval_steps=1", f"train.epochs={args.epochs}", f"model.path={cfg.model.path}"]
-        e = hooks_env(work, "ours", args.phases, "step_dump" if args.dump else None)
-        if args.dump:
-            e["BENCH_STEP_DUMP"] = str(dump("ours"))
-        r = run_ours(work, "ours", QUICKSTART, ours_data, heldout, args.records, args.heldout, sets, e, args.seed)
+        hooks = hooks or ("step_dump" if args.dump else None)
+        e = hooks_env(work, name, args.phases, hooks)
+        if hooks == "step_dump":
+            e["BENCH_STEP_DUMP"] = str(dump(name))
+        r = run_ours(work, name, QUICKSTART, ours_data, heldout, args.records, args.heldout, sets, e, args.seed)
         r["records"] = n_train * args.epochs
         return r
 
-    jobs = {"ours": ours, **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs,
-                                                               args.phases, dump(peer)))
-                             for peer in ("trl", "llamafactory")}}
+    jobs = {"ours": ours, "ours-newline": lambda: ours("ours-newline", "newline_label"),
+            **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs, args.phases, dump(peer)))
+               for peer in ("trl", "llamafactory")}}
     runs: dict[str, list[dict]] = {name: [] for name in args.only}
     for rep[0] in range(args.repeat):
         for name in args.only:

@@ -155,3 +155,40 @@ def test_the_seed_sweep_counts_each_seed_against_its_own_target():
     assert "ours: held-out loss mean 9.2800, sd 0.0424, range 9.250-9.310; reached its seed's target in 1 of 2 seeds (median 4.0 s)" in text
     assert "trl: held-out loss mean 9.2500, sd 0.0707" in text and "in 2 of 2 seeds (median 27.5 s)" in text
     assert "records/s ours / trl: median 5.00x, range 5.00-5.00x" in text
+
+
+def test_the_newline_ablation_trains_the_token_after_each_answer_and_keys_its_own_cache():
+    """bench/newline_label (recipe ours-newline): the `\\n` after a trained <|im_end|> gets its label, nothing else
+    changes, and the encoded-set cache key differs from an ordinary run's."""
+    import os
+    import subprocess
+
+    code = """if True:
+        import json
+        from trainer_core.data import encoded_set
+        from trainer_core.models.local import load_tokenizer
+        tok = load_tokenizer("models/qwen2-starter")
+        conv = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "臣妾在。"}]
+        e, = encoded_set.encode_conversations(tok, [conv], persona="甄嬛", max_length=64)
+        print(json.dumps({"ids": e.input_ids, "labels": e.labels, "n": e.n_label_tokens,
+                          "version": str(encoded_set.CACHE_VERSION)}))
+    """
+
+    def encode(hooked: bool) -> dict:
+        path = [str(PROJECT_ROOT / "bench" / "newline_label")] if hooked else []
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(PROJECT_ROOT)])}
+        env.pop("BENCH_PHASES", None)
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.splitlines()[-1])
+
+    plain, hooked = encode(False), encode(True)
+    from trainer_core.models.local import load_tokenizer
+    tok = load_tokenizer(PROJECT_ROOT / "models" / "qwen2-starter")
+    im_end, newline = tok.convert_tokens_to_ids("<|im_end|>"), tok.encode("\n")[0]
+    assert plain["ids"] == hooked["ids"] and plain["ids"][-1] == newline
+    assert hooked["n"] == plain["n"] + 1 and hooked["version"] != plain["version"]
+    changed = [i for i, (a, b) in enumerate(zip(plain["labels"], hooked["labels"])) if a != b]
+    assert changed == [len(plain["ids"]) - 1] and plain["labels"][-2] == im_end
+    assert plain["labels"][-1] == -100 and hooked["labels"][-1] == newline
