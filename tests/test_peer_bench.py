@@ -80,6 +80,7 @@ def test_peers_see_the_same_records_and_persona(peer_inputs):
     (["--records", "10", "--heldout", "10"], "--heldout must be between 1 and --records - 1"),
     (["--seeds", "42,x"], "--seeds: expected comma-separated integers, got '42,x'"),
     (["--seeds", "1,2,1"], "--seeds: each seed once (got 1,2,1)"),
+    (["--only", "ours,ours-newline", "--dump", "d"], "--dump cannot record ours-newline"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(args, message, capsys, monkeypatch):
     made = []
@@ -142,9 +143,11 @@ def test_the_seed_sweep_counts_each_seed_against_its_own_target():
     # seed 1: ours reaches TRL's final 9.30 at its second evaluation (4 s); seed 2: ours ends above TRL's 9.20.
     reports = [
         {"seed": 1, "target": 9.30, "target_recipe": "trl",
-         "results": [_result("ours", [9.5, 9.29, 9.25], [2, 4, 6], 9.25), _result("trl", [9.6, 9.4, 9.30], [10, 20, 30], 9.30)]},
+         "results": [_result("ours", [9.5, 9.29, 9.25], [2, 4, 6], 9.25),
+                     _result("trl", [9.6, 9.4, 9.30], [10, 20, 30], 9.30)]},
         {"seed": 2, "target": 9.20, "target_recipe": "trl",
-         "results": [_result("ours", [9.5, 9.35, 9.31], [2, 4, 5], 9.31), _result("trl", [9.6, 9.4, 9.20], [10, 20, 25], 9.20)]},
+         "results": [_result("ours", [9.5, 9.35, 9.31], [2, 4, 5], 9.31),
+                     _result("trl", [9.6, 9.4, 9.20], [10, 20, 25], 9.20)]},
         {"seed": 3, "target": None, "target_recipe": None,  # a seed where a recipe failed is left out
          "results": [_result("ours", [9.0], [1], 9.0), {"recipe": "trl", "error": "boom"}]},
     ]
@@ -152,9 +155,20 @@ def test_the_seed_sweep_counts_each_seed_against_its_own_target():
     assert "| 1 | 9.300 (trl) | 9.250 / 4.0 | 9.300 / 30.0 | 5.00x |" in text
     assert "| 2 | 9.200 (trl) | 9.310 / never | 9.200 / 25.0 | 5.00x |" in text
     assert "| 3 |" not in text
-    assert "ours: held-out loss mean 9.2800, sd 0.0424, range 9.250-9.310; reached its seed's target in 1 of 2 seeds (median 4.0 s)" in text
+    assert ("ours: held-out loss mean 9.2800, sd 0.0424, range 9.250-9.310; reached its seed's target in 1 of 2 "
+            "seeds (median 4.0 s)") in text
     assert "trl: held-out loss mean 9.2500, sd 0.0707" in text and "in 2 of 2 seeds (median 27.5 s)" in text
     assert "records/s ours / trl: median 5.00x, range 5.00-5.00x" in text
+
+
+def test_a_sweep_without_ours_has_no_ratio_columns():
+    reports = [{"seed": 1, "target": 9.30, "target_recipe": "trl",
+                "results": [_result("trl", [9.4, 9.30], [10, 20], 9.30),
+                            _result("llamafactory", [9.5, 9.2], [5, 9], 9.2)]}]
+    table = [line for line in sweep_summary(reports).splitlines() if line.startswith("|")]
+    assert table[0] == "| seed | target (recipe) | trl loss / s to target | llamafactory loss / s to target |"
+    assert table[2] == "| 1 | 9.300 (trl) | 9.300 / 20.0 | 9.200 / 9.0 |"
+    assert {line.count("|") for line in table} == {5}
 
 
 def test_the_newline_ablation_trains_the_token_after_each_answer_and_keys_its_own_cache():
