@@ -299,6 +299,12 @@ MESSAGES_ZH: dict[str, str] = {
     "models.repetition_penalty_range": "repetition_penalty 必须在 0.5 到 3 之间（收到 {value}）。",
     "models.no_such_checkpoint": "运行 {run} 没有完整的检查点 {step}。",
     "models.run_has_no_model": "运行 {run} 还没有最终模型，也没有完整的检查点。",
+    "eval.out_of_range": "{field} 必须是 {lo:,} 到 {hi:,} 之间的整数（收到 {value}）。",
+    "eval.probes_unreadable": "无法读取探针文件 {path}：{reason}",
+    "eval.probes_shape": "探针文件 {path} 需要一个 \"identity\" 问题列表。",
+    "eval.probes_lists": "探针文件 {path}：names 和 ai_patterns 必须是文本列表。",
+    "eval.no_held_out": "该运行没有留出任何记录（data.eval_ratio 为 0）；评估需要留出的回答。",
+    "eval.bad_checkpoint": "--checkpoint 需要一个步数或 \"all\"（收到 {value}）。",
     "models.checkpoint_needs_run": "--checkpoint {step} 只能用于运行；{path} 是模型目录，不是运行。",
 
     # --- cli (trainer_core/cli/) ---

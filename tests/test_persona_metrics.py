@@ -101,3 +101,11 @@ def test_lexicon_use_counts_whole_units_only():
     assert ps.uses_lexicon("本宫累了", ["本宫"]) and not ps.uses_lexicon("宫本", ["本宫"])
     assert ps.uses_lexicon("Oh, my dear Watson!", ["dear watson"])
     assert not ps.uses_lexicon("dearwatson", ["dear watson"])
+    assert not ps.uses_lexicon("回皇上，臣妾告退", ["上臣"])  # n-grams never span punctuation
+
+
+def test_lexicon_ngrams_stay_inside_phrases():
+    assert m.phrases("回皇上，臣妾甄嬛。Yes, my lord") == [["回", "皇", "上"], ["臣", "妾", "甄", "嬛"], ["yes"],
+                                                          ["my", "lord"]]
+    lexicon = ps.mine_lexicon(["回皇上，臣妾知道", "回皇上，臣妾告退"], ["你好"])
+    assert "回皇上" in lexicon and "臣妾" in lexicon and not any("上臣" in w for w in lexicon)

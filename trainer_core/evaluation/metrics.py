@@ -24,6 +24,12 @@ def units(text: str) -> list[str]:
     return [u.lower() for u in _UNIT.findall(text)]
 
 
+def phrases(text: str) -> list[list[str]]:
+    """The text's units, split where punctuation stands: n-grams taken per phrase never join the end of one clause
+    to the start of the next ("回皇上，臣妾" has no 上臣)."""
+    return [u for piece in re.split(r"[^\w\s]|_", text) if (u := units(piece))]
+
+
 def ngrams(seq: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
 

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from typing import Iterable, Sequence
 
-from trainer_core.evaluation.metrics import ngrams, units
+from trainer_core.evaluation.metrics import ngrams, phrases, units
 
 # What introduces a name in a persona text. After a dash or colon the name usually stands alone ("扮演皇帝身边的女人
 # --甄嬛"); after 你是/名叫 it starts the clause ("你是甄嬛，…").
@@ -65,7 +65,7 @@ def breaks_character(reply: str, patterns: Sequence[str]) -> bool:
 
 def mine_lexicon(training_answers: Iterable[str], base_replies: Iterable[str], *, top: int = 40,
                  min_count: int = 2, sizes: Sequence[int] = (2, 3, 4)) -> list[str]:
-    """The persona's vocabulary: unit n-grams that many training answers use and the base model's replies do not.
+    """The persona's vocabulary: unit n-grams (within a phrase) that many training answers use and the base model's replies do not.
 
     Each n-gram is scored by the log ratio of the share of documents containing it, add-one smoothed:
     log((df_train + 1) / (N_train + 1)) - log((df_base + 1) / (N_base + 1)). Those in at least `min_count` training
@@ -94,11 +94,11 @@ def mine_lexicon(training_answers: Iterable[str], base_replies: Iterable[str], *
 
 def uses_lexicon(reply: str, lexicon: Sequence[str]) -> bool:
     """`lexicon_rate` for one reply: it contains at least one lexicon entry as a run of whole units."""
-    have = units(reply)
-    for entry in lexicon:
-        want = units(entry)
-        if want and any(tuple(have[i:i + len(want)]) == tuple(want) for i in range(len(have) - len(want) + 1)):
-            return True
+    wanted = [tuple(units(entry)) for entry in lexicon]
+    for phrase in phrases(reply):
+        for want in wanted:
+            if want and any(tuple(phrase[i:i + len(want)]) == want for i in range(len(phrase) - len(want) + 1)):
+                return True
     return False
 
 
@@ -107,8 +107,7 @@ def _document_frequency(texts: Iterable[str], sizes: Sequence[int]) -> tuple[Cou
     n = 0
     for t in texts:
         n += 1
-        u = units(t)
-        df.update({g for size in sizes for g in ngrams(u, size)})
+        df.update({g for phrase in phrases(t) for size in sizes for g in ngrams(phrase, size)})
     return df, n
 
 

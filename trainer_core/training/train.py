@@ -160,18 +160,15 @@ def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | N
     Records stay in flat int32 arrays (encoded_set) and rows are lists of record indices, so a million records
     fit in a few hundred MB; the split and the packing are the same as when records were Python lists."""
     from trainer_core.data.encoded_set import encode_file
+    from trainer_core.data.split import held_out_split
 
     enc = encode_file(cfg.data.path, tokenizer, persona=cfg.data.persona, max_length=cfg.data.max_length)
     if len(enc) == 0:
         raise UserError("training.no_usable_records", "data.path {path} has no usable records ({errors} row "
                         "errors); run `python -m trainer_core check-data` on it", path=cfg.data.path,
                         errors=enc.n_errors)
-    order = list(range(len(enc)))
-    random.Random(cfg.train.seed).shuffle(order)
-    n_eval = min(int(round(len(order) * cfg.data.eval_ratio)), cfg.data.max_eval_records)
-    if cfg.data.eval_ratio > 0:
-        n_eval = max(1, n_eval)
-    eval_idx, train_idx = order[:n_eval], order[n_eval:]
+    eval_idx, train_idx = held_out_split(len(enc), seed=cfg.train.seed, eval_ratio=cfg.data.eval_ratio,
+                                         max_eval=cfg.data.max_eval_records)
     lost = enc.n_labels == 0
     truncated = int(enc.truncated[train_idx].sum()) if train_idx else 0
     if truncated:
