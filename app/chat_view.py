@@ -221,24 +221,59 @@ def side_title(by: list[str]) -> str:
 
 
 def run_probe(conv: dict, sides: dict[str, tuple], persona: str, params: GenParams) -> None:
-    """Ask every side each probe prompt (one turn, no history), streaming the answers in columns; keep the results
-    with this conversation so they stay on the page and never show under another model."""
-    rows = []
+    """Ask every side each probe prompt (one turn, no history), streaming the answers in columns under a progress
+    bar, each with a stop button: a stop ends the probe there and keeps what was answered. The results stay with
+    this conversation, so they stay on the page and never show under another model."""
+    probe = conv["probe"] = {"by": {side: v[2] for side, v in sides.items()}, "rows": [], "done": False,
+                             "persona": persona}
     st.subheader(t("chat.probe_results"))
-    for prompt in PROBES:
+    bar = st.progress(0.0)
+    total = len(PROBES) * len(sides)
+    for i, prompt in enumerate(PROBES):
         row = {"prompt": prompt}
+        probe["rows"].append(row)  # kept as it fills: a stop (a rerun) leaves the answers so far
         st.markdown(f"**{prompt}**")
-        for (side, (path, trust, by)), col in zip(sides.items(), st.columns(len(sides))):
+        for j, ((side, (path, trust, by)), col) in enumerate(zip(sides.items(), st.columns(len(sides)))):
+            bar.progress((i * len(sides) + j) / total, text=t("chat.probe_progress", done=i * len(sides) + j,
+                                                               total=total))
             with col:
                 st.caption(side_title(by))
+                answer: list[dict] = []
                 try:
-                    chunks = reply_stream(path, trust, [{"role": "user", "content": prompt}], persona, params)
-                    row[side] = stream_into([], by, chunks)
+                    handle = ReplyHandle()
+                    chunks = reply_stream(path, trust, [{"role": "user", "content": prompt}], persona, params, handle)
+                    row[side] = answer  # the message grows in place while it streams
+                    stream_into(answer, by, chunks, handle, stop_key=f"chat.probe_stop.{i}.{side}")
                 except (UserError, OSError, ValueError) as e:
-                    row[side] = ""
+                    row[side] = []
                     st.error(say(e), icon=":material/error:")
-        rows.append(row)
-    conv["probe"] = {"by": {side: v[2] for side, v in sides.items()}, "rows": rows}
+    bar.empty()
+    probe["done"] = True
+    show_probe_scores(probe)
+
+
+def probe_text(cell) -> str:
+    """A probe answer as text (kept as the streamed message, so a stopped one shows what it had)."""
+    return cell[-1]["content"] if isinstance(cell, list) and cell else cell if isinstance(cell, str) else ""
+
+
+def probe_scores(probe: dict) -> dict[str, dict[str, float]]:
+    """Per side, the persona evaluation's judge-free signals on the probe answers: names the persona, breaks
+    character, and the share that ended by themselves."""
+    from trainer_core.evaluation import metrics
+    from trainer_core.evaluation import persona_signals as ps
+
+    persona = probe.get("persona", "")
+    names = ps.persona_names(persona)
+    patterns = ps.AI_CLAIMS[ps.language(persona or "")]
+    out = {}
+    for side in probe["by"]:
+        cells = [row.get(side) for row in probe["rows"] if row.get(side)]
+        texts = [probe_text(c) for c in cells]
+        out[side] = {"identity_in_persona": metrics.share(ps.names_persona(x, names) for x in texts),
+                     "breaks_character": metrics.share(ps.breaks_character(x, patterns) for x in texts),
+                     "answers": len(texts)}
+    return out
 
 
 def show_probe(conv: dict) -> None:
@@ -246,11 +281,25 @@ def show_probe(conv: dict) -> None:
     if not probe:
         return
     st.subheader(t("chat.probe_results"))
+    if not probe.get("done", True):
+        st.caption(t("chat.probe_stopped", done=sum(1 for r in probe["rows"] for s in probe["by"] if r.get(s)),
+                     total=len(PROBES) * len(probe["by"])))
     for row in probe["rows"]:
         st.markdown(f"**{row['prompt']}**")
         for (side, by), col in zip(probe["by"].items(), st.columns(len(probe["by"]))):
             col.caption(side_title(by))
-            col.text(row.get(side, ""))
+            col.text(probe_text(row.get(side, "")))
+    show_probe_scores(probe)
+
+
+def show_probe_scores(probe: dict) -> None:
+    scores = probe_scores(probe)
+    st.dataframe([{"side": side_title(probe["by"][side]), **{k: (f"{v:.2f}" if isinstance(v, float) else v)
+                                                             for k, v in sc.items()}}
+                  for side, sc in scores.items()], hide_index=True, key="chat.probe_scores",
+                 column_config={"side": st.column_config.Column(t("chat.probe_side")),
+                                "answers": st.column_config.Column(t("chat.probe_answers"))})
+    st.caption(t("chat.probe_scores_help"))
 
 
 def compare_choices(targets: dict[str, Path], target: str) -> list[str]:

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app import downloads
+from app import eval_view as pe_view
 from app import runs_view as rv
 from app import train_form as form
 from app.frame import require_frame
@@ -110,6 +111,8 @@ with st.expander(t("runs.export"), expanded=False):
                 st.error(say(e), icon=":material/error:")
             else:
                 st.success(t("runs.exported", path=str(dest)), icon=":material/check:")
+with st.expander(t("eval.title"), expanded=bool(pe_view.job_for(run))):
+    pe_view.panel(run, state)
 st.markdown(f"**{t('dl.title')}**")
 downloads.model_buttons(run)
 

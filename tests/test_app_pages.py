@@ -532,6 +532,10 @@ def test_chat_streams_replies_compares_with_the_base_and_probes_the_persona(app,
     assert [r["prompt"] for r in probe["rows"]] == ["你是谁？", "皇上驾到！", "你这个又蠢又丑的女人，滚开！",
                                                    "帮我写一个 Python 快速排序函数。"]
     assert all(set(r) == {"prompt", "ft", "base"} for r in probe["rows"])
+    assert probe["done"] and all(r["ft"][-1]["done"] for r in probe["rows"])
+    # The probe's answers scored with the persona evaluation's signals, one row per side.
+    [scores] = [d.value for d in app.dataframe if "breaks_character" in d.value.columns]
+    assert len(scores) == 2 and list(scores["answers"]) == [4, 4]
 
 
 def test_beyond_loopback_nothing_is_served_without_the_password(runs_root, uploads, starter_model, warm_server,

@@ -8,6 +8,7 @@ import pytest
 
 from tests.helpers import cli
 from trainer_core.evaluation import persona_eval as pe
+from trainer_core.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,7 @@ def test_base_and_final_evaluated_and_the_cli_shows_the_stored_figures(trained_r
 
 def test_same_model_and_settings_give_the_same_figures(trained_run):
     _, run = trained_run
-    settings = pe.EvalSettings(max_records=3, max_new_tokens=12, batch_size=2)
+    settings = pe.EvalSettings(max_records=2, max_new_tokens=8, batch_size=2)
     a = pe.evaluate_run(run, settings=settings)["final"]
     b = pe.evaluate_run(run, settings=settings)["final"]
     assert a["metrics"] == b["metrics"] and a["replies"] == b["replies"]
@@ -96,3 +97,47 @@ def test_bad_arguments_are_one_line(trained_run):
         proc = cli("evaluate", str(run), *args)
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+
+
+def test_the_runs_page_estimates_runs_stops_and_shows_the_stored_figures(trained_run, monkeypatch):
+    """The Evaluate view of the Runs page, in a real Streamlit script run (AppTest): cost estimate before the start,
+    a stop that ends the evaluation and writes nothing, then a full evaluation whose table shows the stored figures."""
+    import time
+
+    from streamlit.testing.v1 import AppTest
+
+    from app import eval_view
+    from app.i18n import ZH
+    from helpers import warm_pages_manager
+
+    _, run = trained_run
+    warm_pages_manager(monkeypatch)
+    at = AppTest.from_file(str(PROJECT_ROOT / "streamlit_app.py"), default_timeout=120).run()
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    # Checkpoint 20 only, 2 records, 4 tokens each: 1 model x (2 records + 10 probes) replies.
+    at.selectbox(key="eval.models").set_value("20").run()
+    at.number_input(key="eval.max_records").set_value(2).run()
+    at.number_input(key="eval.max_new_tokens").set_value(4).run()
+    at.checkbox(key="eval.base").set_value(False).run()
+    assert any("12" in c.value and "48" in c.value for c in at.caption), [c.value for c in at.caption]
+    target = run / "eval" / "checkpoint-20.json"
+    target.unlink(missing_ok=True)
+    at.button(key="eval.start").click().run()
+    job = eval_view.job_for(run)
+    assert job is not None
+    at.button(key="eval.stop").click().run()
+    assert job.finished.wait(60) and job.stopped and not target.exists()
+    at.run()
+    assert ZH["eval.stopped"] in [i.value for i in at.info]
+    at.button(key="eval.start").click().run()
+    assert eval_view.job_for(run).finished.wait(300)
+    deadline = time.time() + 10
+    while time.time() < deadline and not target.exists():
+        time.sleep(0.2)
+    at.run()
+    table = next(d.value for d in at.dataframe if "rouge_l" in d.value.columns)
+    shown = table.set_index("model").loc["checkpoint-20"]
+    stored = pe.read_results(run)["checkpoint-20"]["metrics"]
+    assert shown["rouge_l"].split()[0] == f"{stored['rouge_l']:.3f}"
+    assert shown["answer_nll"].split()[0] == f"{stored['answer_nll']:.3f}"

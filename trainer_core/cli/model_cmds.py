@@ -67,7 +67,7 @@ def cmd_export(args) -> int:
         from trainer_core.runs import protocol as rd
 
         original = imported_from(load_config(run / rd.CONFIG).model.path)
-    out = export_checkpoint(run, args.checkpoint)
+    out = export_checkpoint(run, args.checkpoint, persona_in_template=not args.no_persona_template)
     if args.format == "qwen1":
         out = export_qwen1(out, original, out.with_name(f"{out.name}-qwen1"))
     emit(out)
@@ -113,6 +113,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--format", choices=("hf", "qwen1"), default="hf",
                    help="qwen1: also write the weights back in Qwen-1 names next to the original folder's code, "
                         "for runs of a model brought in with import-model")
+    s.add_argument("--no-persona-template", action="store_true",
+                   help="keep the model's own chat template (by default the trained persona becomes its default "
+                        "system prompt, for users who pass none)")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("import-model", help="convert a Qwen-1 (Qwen-7B-Chat) folder into a native Qwen2 folder")

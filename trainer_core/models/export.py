@@ -34,7 +34,7 @@ def pick_checkpoint(run: Path, step: int | None) -> Path:
                     "{steps}", run=run.name, step=step, steps=", ".join(str(rd.checkpoint_step(c)) for c in done))
 
 
-def export_checkpoint(run: Path, step: int | None = None) -> Path:
+def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template: bool = True) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     ckpt = pick_checkpoint(run, step)
@@ -48,7 +48,7 @@ def export_checkpoint(run: Path, step: int | None = None) -> Path:
             wanted = f.suffix in COPY_SUFFIXES and f.name not in SKIP and not f.name.endswith(".index.json")
             if f.is_file() and wanted and not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
-        write_persona(load_config(run / rd.CONFIG), tmp)
+        write_persona(load_config(run / rd.CONFIG), tmp, in_template=persona_in_template)
         rd.mark_complete(tmp, {"source": str(ckpt)})
         if dest.exists():
             shutil.rmtree(dest)
@@ -59,10 +59,16 @@ def export_checkpoint(run: Path, step: int | None = None) -> Path:
     return dest
 
 
-def write_persona(cfg, dest: Path) -> None:
-    """persona.json beside the weights (final/ and every export), so chat uses the persona they were trained with."""
+def write_persona(cfg, dest: Path, *, in_template: bool = True) -> None:
+    """persona.json beside the weights (final/ and every export), so chat uses the persona they were trained with;
+    with `in_template`, the saved chat template also makes it the default system turn (persona_template.py), so
+    plain transformers and vLLM users get the persona without passing it."""
+    from trainer_core.models.persona_template import write_default_persona
+
+    templated = in_template and write_default_persona(dest, cfg.data.persona)
     rd.write_json_atomic(dest / rd.PERSONA, {"persona": cfg.data.persona, "base_model": cfg.model.path,
-                                             "trust_remote_code": cfg.model.trust_remote_code})
+                                             "trust_remote_code": cfg.model.trust_remote_code,
+                                             "in_template": templated})
 
 
 def dedupe_shared(state: dict) -> dict:
