@@ -402,13 +402,18 @@ def checks(steps: Steps, args, report: dict) -> None:
 
 
 def peers(steps: Steps, model_dir: Path | None) -> dict:
+    """bench/peer_bench.py, ours against TRL's SFTTrainer on the same job (the 0.5B model, the shipped sample's records,
+    the quickstart settings without CPU offload), TRL from the wheelhouse through PEER_PYTHON."""
     if model_dir is None or not (model_dir / "config.json").is_file():
         return {"error": "skipped: no 0.5B model"}
+    records = steps.work / "sample.json"  # peer_bench reads a JSON array
+    records.write_text(json.dumps([json.loads(x) for x in DATA.read_text(encoding="utf-8").splitlines() if x.strip()],
+                                  ensure_ascii=False), encoding="utf-8")
     dest = steps.work / "peers.json"
     res = steps.call([sys.executable, "bench/peer_bench.py", "--only", "ours,trl", "--model", str(model_dir),
-                      "--data", str(DATA), "--records", "60", "--heldout", "10", "--offline",
+                      "--data", str(records), "--records", "60", "--heldout", "10",
                       "--set", "deepspeed.offload_optimizer=none", "--json", str(dest)], 400, name="peers",
-                     min_s=120, env={"PEER_PYTHON": sys.executable})
+                     min_s=150, env={"PEER_PYTHON": sys.executable})
     out = {"seconds": res.get("seconds"), "stdout_tail": (res.get("stdout") or "")[-3000:]}
     if dest.is_file():
         out["figures"] = json.loads(dest.read_text())
