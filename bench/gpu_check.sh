@@ -96,7 +96,8 @@ if ! install >"$OUT/install.log" 2>&1; then
 fi
 tail -1 "$OUT/install.log"
 echo "gpu_check: installed in $(($(date +%s) - START))s"
-timeout -k 20 $((DEADLINE - $(date +%s))) "$VPY" bench/gpu_check.py run --work "$WORK" --out "$OUT" \
+left=$((DEADLINE - $(date +%s)))
+timeout -k 20 $((left > 60 ? left : 60)) "$VPY" bench/gpu_check.py run --work "$WORK" --out "$OUT" \
     --deadline "$DEADLINE" --steps "${GPU_CHECK_STEPS:-2}" $DRY
 rc=$?
 echo "gpu_check: done in $(($(date +%s) - START))s (exit $rc); figures in $OUT"
