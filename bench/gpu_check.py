@@ -356,9 +356,9 @@ def run_check(args) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         checks(steps, args, report)
-    except SystemExit as e:
-        report["interrupted"] = str(e)
-        print(f"interrupted: {e}", file=log, flush=True)
+    except BaseException as e:  # a signal (SystemExit above), Ctrl-C or a bug: the figures so far are still written
+        report["interrupted"] = f"{type(e).__name__}: {e}"
+        print(f"interrupted: {report['interrupted']}", file=log, flush=True)
     finally:
         steps.cleanup()
         report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -389,19 +389,34 @@ def checks(steps: Steps, args, report: dict) -> None:
         {name: train_sets(model_dir, name, stage, args.steps, big) for name, model_dir, stage, big in jobs}))
     report["runs"] = [{"name": key, "error": f"skipped: {model_dir.name} was not built"}
                       for key, model_dir in models.items() if not (model_dir / "config.json").is_file()]
+    plans = report["plans"].get("by_run", {})
     for name, model_dir, stage, big in jobs:
-        report["runs"].append(check_run(steps, model_dir, name, stage, args.steps, big, ctx, peak,
-                                        report["plans"].get("by_run", {})))
-    chat_run = steps.work / "runs" / "starter-z2"
-    if (chat_run / "final").is_dir():
-        res = steps.call([sys.executable, "-m", "trainer_core", "chat", str(chat_run), "--prompt", "你好",
-                          "--max-new-tokens", "16", "--seed", "0"], 120, name="chat")
-        report["chat"] = {"ok": res["ok"], "seconds": res.get("seconds"), "reply": (res.get("stdout") or "")[:300],
-                          "notes": (res.get("stderr_tail") or "")[-1500:], **({"error": res["error"]}
-                                                                               if "error" in res else {})}
-    else:
-        report["chat"] = {"error": "skipped: the starter's ZeRO-2 run left no final model"}
-    report["peers"] = peers(steps, models.get("0.5b")) if gpu else {"skipped": "dry run"}
+        report["runs"].append(guarded(name, lambda: check_run(steps, model_dir, name, stage, args.steps, big, ctx,
+                                                                peak, plans)))
+        if name == "starter-z2":  # chat as soon as there is a model to chat with: the 0.5B runs may use the time up
+            report["chat"] = guarded("chat", lambda: chat(steps))
+    report.setdefault("chat", {"error": "skipped: no starter run"})
+    report["peers"] = guarded("peers", lambda: peers(steps, models.get("0.5b"))) if gpu else {"skipped": "dry run"}
+
+
+def guarded(name: str, fn) -> dict:
+    """fn()'s result, or its error: a bug in one check must not cost the figures of the others."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - recorded in the report, the next check runs
+        import traceback
+
+        return {"name": name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+
+
+def chat(steps: Steps) -> dict:
+    run = steps.work / "runs" / "starter-z2"
+    if not (run / "final").is_dir():
+        return {"error": "skipped: the starter's ZeRO-2 run left no final model"}
+    res = steps.call([sys.executable, "-m", "trainer_core", "chat", str(run), "--prompt", "你好", "--max-new-tokens",
+                      "16", "--seed", "0"], 120, name="chat")
+    return {"ok": res["ok"], "seconds": res.get("seconds"), "reply": (res.get("stdout") or "")[:300],
+            "notes": (res.get("stderr_tail") or "")[-1500:], **({"error": res["error"]} if "error" in res else {})}
 
 
 def peers(steps: Steps, model_dir: Path | None) -> dict:

@@ -113,9 +113,8 @@ def build_deepspeed(pin: str, dest: Path, log) -> None:
     """DeepSpeed's sdist as a py3-none-any wheel, built with this venv's torch and no ops (they JIT-build where
     they run); DS_ACCELERATOR=cuda so the wheel declares nvidia-ml-py and records the accelerator it is for."""
     env = {**os.environ, "DS_BUILD_OPS": "0", "DS_ACCELERATOR": "cuda"}
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir", "--no-binary",
-          "deepspeed",
-          "-w", str(dest), pin], log, env)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir",
+          "--no-binary", "deepspeed", "-w", str(dest), pin], log, env)
 
 
 def qwen_vocab() -> Path:
