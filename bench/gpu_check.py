@@ -396,7 +396,9 @@ def checks(steps: Steps, args, report: dict) -> None:
         if name == "starter-z2":  # chat as soon as there is a model to chat with: the 0.5B runs may use the time up
             report["chat"] = guarded("chat", lambda: chat(steps))
     report.setdefault("chat", {"error": "skipped: no starter run"})
-    report["peers"] = guarded("peers", lambda: peers(steps, models.get("0.5b"))) if gpu else {"skipped": "dry run"}
+    # The dry run proves the offline TRL path on the starter with a handful of records; the GPU run is the real job.
+    report["peers"] = guarded("peers", lambda: peers(steps, models.get("0.5b")) if gpu
+                              else peers(steps, models["starter"], records=12, heldout=2))
 
 
 def guarded(name: str, fn) -> dict:
@@ -419,17 +421,17 @@ def chat(steps: Steps) -> dict:
             "notes": (res.get("stderr_tail") or "")[-1500:], **({"error": res["error"]} if "error" in res else {})}
 
 
-def peers(steps: Steps, model_dir: Path | None) -> dict:
+def peers(steps: Steps, model_dir: Path | None, records: int = 60, heldout: int = 10) -> dict:
     """bench/peer_bench.py, ours against TRL's SFTTrainer on the same job (the 0.5B model, the shipped sample's records,
     the quickstart settings without CPU offload), TRL from the wheelhouse through PEER_PYTHON."""
     if model_dir is None or not (model_dir / "config.json").is_file():
         return {"error": "skipped: no 0.5B model"}
-    records = steps.work / "sample.json"  # peer_bench reads a JSON array
-    records.write_text(json.dumps([json.loads(x) for x in DATA.read_text(encoding="utf-8").splitlines() if x.strip()],
-                                  ensure_ascii=False), encoding="utf-8")
+    data = steps.work / "sample.json"  # peer_bench reads a JSON array
+    data.write_text(json.dumps([json.loads(x) for x in DATA.read_text(encoding="utf-8").splitlines() if x.strip()],
+                               ensure_ascii=False), encoding="utf-8")
     dest = steps.work / "peers.json"
     res = steps.call([sys.executable, "bench/peer_bench.py", "--only", "ours,trl", "--model", str(model_dir),
-                      "--data", str(records), "--records", "60", "--heldout", "10",
+                      "--data", str(data), "--records", str(records), "--heldout", str(heldout),
                       "--set", "deepspeed.offload_optimizer=none", "--json", str(dest)], 400, name="peers",
                      min_s=150, env={"PEER_PYTHON": sys.executable})
     out = {"seconds": res.get("seconds"), "stdout_tail": (res.get("stdout") or "")[-3000:]}

@@ -182,9 +182,11 @@ def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int, ph
     argv = [str(py), "-u", "-m", "deepspeed.launcher.runner", "--no_local_rank", "--num_gpus", "1",
             "--master_port", str(port), *script]
     # Each venv JIT-builds DeepSpeed's CPU ops from its own copy of the sources: a folder of its own keeps the
-    # builds apart from ours (a shared one would be rebuilt at every switch of recipe).
+    # builds apart from ours (a shared one would be rebuilt at every switch of recipe). A PEER_PYTHON that is our own
+    # interpreter (the GPU check's venv) has our DeepSpeed, so it shares our folder.
+    own = os.environ.get("PEER_PYTHON") == sys.executable and os.environ.get("TORCH_EXTENSIONS_DIR")
     e = {**env(), "BENCH_PEER_PROBE": str(work / "probe"), "DISABLE_VERSION_CHECK": "1",
-         "TORCH_EXTENSIONS_DIR": str(py.parent.parent / "torch_extensions"),
+         "TORCH_EXTENSIONS_DIR": own or str(py.parent.parent / "torch_extensions"),
          "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "peer_probe"), env()["PYTHONPATH"]])}
     if phases:
         e["BENCH_PHASES"] = str(work / "phases" / peer)
