@@ -1,17 +1,28 @@
-"""GPU check (run through bench/gpu_check.sh on one H100, <= 8 minutes): the tutorial's recipe vs ours on a ~0.5B
-Qwen2 with random bf16 weights, a fixed number of steps each.
+"""GPU check: our real CLI on one GPU of the GPU check machine, in one command of at most ~9 minutes.
 
-    bash bench/gpu_check.sh            # or: .venv/bin/python bench/gpu_check.py [--steps 60] [--records 2000]
-    bash bench/gpu_check.sh --peers    # ours vs TRL vs LLaMA-Factory (bench/peer_bench.py) on the same model
+Run through bench/gpu_check.sh (docs/gpu_check.md says how), which installs the wheelhouse into a venv and then runs
 
-Prints, for each recipe: trained (label) tokens/s, all tokens/s, MFU (6 x params x tokens / time / the card's dense
-bf16 peak), peak torch.cuda.max_memory_allocated per rank next to the planner's prediction, and NVML samples (memory
-used, utilisation). Recipes:
-  baseline    bench/baseline_train.py with the tutorial's ZeRO-2 CPU-offload JSON plus a bf16 block, --bf16, micro 1;
-  ours-same   our trainer with the same ZeRO-2 CPU offload, micro 1, no packing, max_length 128;
-  ours        our trainer as we would run this model on one GPU: ZeRO-0 (nothing to shard), packing to 512 tokens,
-              micro-batch 8.
-Nothing is written outside a temporary directory. Exits 2 with a message when no CUDA GPU is visible.
+    python bench/gpu_check.py run --work DIR --out DIR --deadline EPOCH_S [--dry-run] [--steps 2]
+
+Steps, each in its own process group with its own time limit; a step that fails or hangs is recorded with its error
+and the next one runs:
+  env        versions, the GPU's name and memory;
+  peak       the measured dense bf16 matmul rate (8192^3, CUDA events, median of 10): MFU's denominator;
+  numerics   the blockwise head loss (trainer_core.training.linear_ce) in bf16 and fp16 against fp64, beside the
+             plain 16-bit product, at mean target probabilities up to 0.999;
+  starter    the starter model rebuilt offline from qwen.tiktoken by our prepare-models code;
+  model-0.5b a random model of Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14/2 heads, 4864, tied 151,936);
+  train      `python -m trainer_core train configs/quickstart.yaml --set ...`, ZeRO-2 and ZeRO-3, bf16 (precision
+             auto), each model, a few optimizer steps: tokens/s, MFU, max_memory_allocated vs the planner
+             (trainer_core.config.memory, as `trainer_core plan` prints it), the supervisor's NVML samples (resources.jsonl);
+  chat       `python -m trainer_core chat` on the starter's ZeRO-2 run;
+  peers      TRL's SFTTrainer on the same job (bench/peer_bench.py --only ours,trl) while time is left.
+--dry-run skips what needs a GPU (peak, model-0.5b, the 0.5B runs, peers) and runs the rest on the CPU.
+
+MFU = (6 x non-embedding parameters x labelled tokens + attention FLOPs) / time / measured bf16 peak, over the
+optimizer steps after the first (the first holds compilation and allocator warm-up); see `model_flops`.
+Writes $OUT/gpu_check.json, gpu_check.md, gpu_check.log and logs.tar.gz. This module imports no torch: the driver
+must hold no GPU memory while the runs train; the steps that need torch run as `python bench/gpu_check.py step NAME`.
 """
 
 from __future__ import annotations
@@ -19,200 +30,707 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import signal
+import struct
 import subprocess
 import sys
-import tempfile
-import threading
+import tarfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
-from trainer_core.paths import PROJECT_ROOT  # noqa: E402
-
-STARTER = PROJECT_ROOT / "models" / "qwen2-starter"
-HUANHUAN = PROJECT_ROOT.parent / "shared" / "data" / "huanhuan.json"  # the shared folder beside the checkout
-# Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),
-             ("L40S", 362e12), ("A10", 125e12)]
-
-
-def load_records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    rows = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]} for r in rows]
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+DATA = ROOT / "data" / "sample_zhenhuan.jsonl"
+MARK_ENV = "GPU_CHECK_WORK"  # every process the check starts inherits it: how leftovers are proven ours
+RESERVE_S = 30.0  # kept back from the deadline for stopping runs, reaping and writing the report
+# Qwen2.5-0.5B's shape; the rest (vocabulary, special ids, rope) comes from the starter's config.
+SHAPE_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+             "num_key_value_heads": 2, "tie_word_embeddings": True, "max_position_embeddings": 32768}
+EMBEDDING_NAMES = ("embed_tokens.weight", "lm_head.weight")
 
 
-def build_model(dest: Path) -> tuple[Path, int]:
-    """Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads / 2 KV heads, 152k vocabulary, tied), random, bf16."""
+# ---------------------------------------------------------------- MFU
+
+def model_flops(*, non_embedding_params: int, label_tokens: int, layers: int, attn_width: int,
+                mean_label_context: float) -> dict:
+    """Training FLOPs (forward + backward) credited to `label_tokens` trained positions.
+
+    Parameters: 6 x non-embedding parameters per labelled token (2 forward, 4 backward per weight). The embedding and
+    the tied head are left out, as are padding, prompt positions and the head at unlabelled positions: only work
+    that trains a label counts, so the figure is a floor on what the card did.
+    Attention: per labelled token and layer, QK^T and AV over its causal context c (the positions it attends to
+    within its record): 2 products x 2 x c x attn_width forward, x3 with backward = 12 x c x attn_width, where
+    attn_width = query heads x head dim. `mean_label_context` is c averaged over the labelled positions."""
+    params = 6 * non_embedding_params * label_tokens
+    attention = 12 * layers * attn_width * mean_label_context * label_tokens
+    return {"params": params, "attention": attention, "total": params + attention}
+
+
+def mfu(flops: float, seconds: float, peak_flops_per_s: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the measured peak; None without a peak or a time."""
+    if not peak_flops_per_s or seconds <= 0:
+        return None
+    return flops / seconds / peak_flops_per_s
+
+
+def safetensors_counts(model_dir: Path) -> tuple[int, int]:
+    """(all parameters, non-embedding parameters) from the safetensors headers alone (no torch, no weights read);
+    a tied head is stored once, as the embedding."""
+    total = non_embedding = 0
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for d in meta["shape"]:
+                count *= d
+            total += count
+            if not name.endswith(EMBEDDING_NAMES):
+                non_embedding += count
+    return total, non_embedding
+
+
+def model_shape(model_dir: Path) -> dict:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    total, non_embedding = safetensors_counts(model_dir)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    return {"params": total, "non_embedding_params": non_embedding, "layers": cfg["num_hidden_layers"],
+            "attn_width": cfg["num_attention_heads"] * head_dim, "hidden": cfg["hidden_size"],
+            "vocab": cfg["vocab_size"]}
+
+
+# ---------------------------------------------------------------- processes: every one we start, ended
+
+def reap(work: str, grace_s: float = 5.0) -> list[str]:
+    """End every process proven to be this check's: its environment carries MARK_ENV=work or its command line names
+    the work folder (a fresh temporary folder: no other process names it). This process and its ancestors (the
+    shell script that asked) are spared. Returns `pid cmd` of each process ended."""
+    import psutil
+
+    me = psutil.Process()
+    spared = {me.pid, *(p.pid for p in me.parents())}
+    ours = []
+    for p in psutil.process_iter(["pid"]):
+        if p.pid in spared:
+            continue
+        try:
+            cmd = p.cmdline()
+            mine = any(work in a for a in cmd)
+            if not mine:
+                mine = p.environ().get(MARK_ENV) == work
+        except psutil.Error:
+            continue
+        if mine:
+            ours.append(p)
+    ended = []
+    for p in ours:
+        try:
+            ended.append(f"{p.pid} {' '.join(p.cmdline()[:4])}")
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(ours, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return ended
+
+
+def stop_runs(runs_root: Path, log) -> None:
+    """Our own `trainer_core stop RUN --force` for every run under the check's runs root (all of them ours): it
+    ends each run's supervisor session, which a process-group kill of the step cannot reach."""
+    for run in sorted(p for p in runs_root.glob("*") if p.is_dir()):
+        try:
+            r = subprocess.run([sys.executable, "-m", "trainer_core", "stop", str(run), "--force"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode == 0 and "no process left" not in r.stdout + r.stderr:
+                print(f"  stopped {run.name}: {(r.stdout + r.stderr).strip()[-200:]}", file=log, flush=True)
+        except subprocess.TimeoutExpired:
+            print(f"  stop {run.name}: timed out", file=log, flush=True)
+
+
+class Steps:
+    """Runs each step as a subprocess in its own session, within its own limit and the check's deadline."""
+
+    def __init__(self, work: Path, deadline: float, log, scale: float = 1.0):
+        self.work, self.deadline, self.log = work, deadline, log
+        self.scale = scale  # the dry run's CPU steps take longer than the GPU's
+        self.current: subprocess.Popen | None = None
+
+    def left(self) -> float:
+        return self.deadline - RESERVE_S - time.time()
+
+    def call(self, argv: list[str], limit_s: float, *, name: str, min_s: float = 10.0,
+             env: dict | None = None) -> dict:
+        """{"ok", "rc", "seconds", "stdout", "stderr_tail", "error"?} of one command; never raises."""
+        limit = min(limit_s, self.left())
+        if limit < min_s:
+            return {"ok": False, "skipped": True, "error": f"skipped: {max(self.left(), 0):.0f}s left before the "
+                    f"deadline, the step needs at least {min_s:.0f}s"}
+        print(f"[{time.strftime('%H:%M:%S')}] {name} (limit {limit:.0f}s): {' '.join(argv[:6])} ...", file=self.log,
+              flush=True)
+        t0 = time.time()
+        self.current = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = self.current.communicate(timeout=limit)
+            rc = self.current.returncode
+            error = None if rc == 0 else f"exit {rc}: {last_error(err or out)}"
+        except subprocess.TimeoutExpired:
+            self.end_current()
+            try:
+                out, err = self.current.communicate(timeout=15)
+            except subprocess.TimeoutExpired:  # a process outside the group still holds the pipes
+                out, err = "", ""
+            rc, error = None, f"timed out after {limit:.0f}s"
+        finally:
+            self.current = None
+        seconds = time.time() - t0
+        if error:
+            print(f"  failed in {seconds:.0f}s: {error}", file=self.log, flush=True)
+            self.cleanup()  # what the step left: its runs' supervisors, their ranks
+        else:
+            print(f"  ok in {seconds:.0f}s", file=self.log, flush=True)
+        return {"ok": error is None, "rc": rc, "seconds": round(seconds, 1), "stdout": out,
+                "stderr_tail": (err or "")[-4000:], **({"error": error} if error else {})}
+
+    def end_current(self) -> None:
+        p = self.current
+        if p is None or p.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                p.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def cleanup(self) -> None:
+        self.end_current()
+        stop_runs(self.work / "runs", self.log)
+        for line in reap(str(self.work)):
+            print(f"  ended leftover {line}", file=self.log, flush=True)
+
+
+def last_error(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error:" in line]
+    return (errors or lines or ["no output"])[-1][:400]
+
+
+# ---------------------------------------------------------------- the runs
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    return rows
+
+
+def nvml_summary(rows: list[dict]) -> dict:
+    """What the supervisor's sampler recorded on the GPUs (resources.jsonl rows with a `gpus` list)."""
+    with_gpus = [r for r in rows if r.get("gpus")]
+    out: dict = {"rows": len(rows), "rows_with_gpus": len(with_gpus)}
+    if not with_gpus:
+        out["note"] = "no GPU samples (no NVIDIA driver, or NVML failed)" if rows else "no samples"
+        return out
+    used: dict[str, int] = {}
+    busy: dict[str, list[int]] = {}
+    for r in with_gpus:
+        for g in r["gpus"]:
+            key = str(g.get("index"))
+            used[key] = max(used.get(key, 0), int(g.get("used_bytes") or 0))
+            if g.get("util_pct"):
+                busy.setdefault(key, []).append(int(g["util_pct"]))
+    out["max_used_bytes"] = used
+    out["mean_busy_util_pct"] = {k: round(sum(v) / len(v)) for k, v in busy.items()}
+    out["gpu_fields"] = sorted({k for r in with_gpus for g in r["gpus"] for k in g})
+    out["row_fields"] = sorted({k for r in with_gpus for k in r})
+    return out
+
+
+def run_figures(run: Path, shape: dict, ctx: float | None, peak: float | None) -> dict:
+    """Throughput, MFU and memory of a finished run, from its run directory."""
+    status = json.loads((run / "status.json").read_text()) if (run / "status.json").is_file() else {}
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("loss") is not None]
+    out: dict = {"state": status.get("state"), "error": status.get("error"), "steps": rows[-1]["step"] if rows else 0,
+                 "nvml": nvml_summary(read_jsonl(run / "resources.jsonl"))}
+    if not rows:
+        return out
+    first, last = rows[0], rows[-1]
+    if len(rows) > 1:  # the steps after the first: compilation and allocator warm-up stay out
+        seconds = last["elapsed_s"] - first["elapsed_s"]
+        tokens, labels = last["tokens"] - first["tokens"], last["label_tokens"] - first["label_tokens"]
+        measured = f"steps {first['step'] + 1}-{last['step']}"
+    else:
+        seconds, tokens, labels = last["elapsed_s"], last["tokens"], last["label_tokens"]
+        measured = f"step {last['step']} (the only one: warm-up included)"
+    out.update(measured=measured, seconds=round(seconds, 3), tokens=tokens, label_tokens=labels,
+               loss_last=last["loss"], peak_mem_bytes=last.get("peak_mem_bytes"))
+    if seconds > 0:
+        out["tokens_per_s"] = round(tokens / seconds, 1)
+        out["label_tokens_per_s"] = round(labels / seconds, 1)
+    if ctx is not None:
+        flops = model_flops(non_embedding_params=shape["non_embedding_params"], label_tokens=labels,
+                            layers=shape["layers"], attn_width=shape["attn_width"], mean_label_context=ctx)
+        out["flops"] = flops
+        out["mfu"] = mfu(flops["total"], seconds, peak)
+    return out
+
+
+def train_sets(model_dir: Path, name: str, stage: int, steps: int, big: bool) -> list[str]:
+    sets = [f"name={name}", f"model.path={model_dir}", f"data.path={DATA}", "data.eval_ratio=0",
+            f"train.max_steps={steps}", "train.epochs=1000", "train.save_steps=0", "train.logging_steps=1",
+            f"deepspeed.stage={stage}",
+            # DeepSpeed's CPU Adam would JIT-compile for 1-2 minutes first: the check keeps the optimizer on the GPU.
+            "deepspeed.offload_optimizer=none"]
+    if big:
+        sets += ["data.max_length=1024", "train.micro_batch_size=8", "train.learning_rate=1e-4"]
+    return sets
+
+
+def check_run(steps: Steps, model_dir: Path, name: str, stage: int, n_steps: int, big: bool, ctx_by_len: dict,
+              peak: float | None, plans: dict) -> dict:
+    sets = train_sets(model_dir, name, stage, n_steps, big)
+    flags = [a for s in sets for a in ("--set", s)]
+    planned = plans.get(name) or {}
+    res = steps.call([sys.executable, "-m", "trainer_core", "train", str(QUICKSTART), *flags],
+                     (240 if big else 150) * steps.scale, name=f"train {name}", min_s=30)
+    out = {"name": name, "stage": stage, "model": model_dir.name, "sets": sets, "seconds_wall": res.get("seconds"),
+           "planned_per_rank_bytes": planned.get("per_rank_device_bytes"), "plan": planned}
+    run = steps.work / "runs" / name
+    if run.is_dir():
+        shape = model_shape(model_dir)
+        max_length = 1024 if big else 256
+        out.update(run_figures(run, shape, ctx_by_len.get(str(max_length)), peak))
+        peaks = [b for b in (out.get("peak_mem_bytes") or []) if b]
+        if peaks and out["planned_per_rank_bytes"]:
+            out["peak_over_plan"] = round(max(peaks) / out["planned_per_rank_bytes"], 3)
+    if not res["ok"]:
+        out["error"] = res["error"] if not out.get("error") else f"{res['error']}; run: {out['error']}"
+        log = run / "train.log"
+        out["log_tail"] = log.read_text(errors="replace")[-3000:] if log.is_file() else res["stderr_tail"]
+    return out
+
+
+def step_json(steps: Steps, name: str, limit: float, *args: str, min_s: float = 10.0) -> dict:
+    """A `step NAME` subcommand of this script; its JSON result (or the failure)."""
+    dest = steps.work / f"{name}.json"
+    res = steps.call([sys.executable, str(Path(__file__).resolve()), "step", name, "--work", str(steps.work),
+                      "--json", str(dest), *args], limit * steps.scale, name=name, min_s=min_s)
+    out = {"seconds": res.get("seconds")}
+    if res["ok"] and dest.is_file():
+        out.update(json.loads(dest.read_text()))
+    else:
+        out["error"] = res.get("error", "no result written")
+        out["stderr_tail"] = res.get("stderr_tail", "")[-2000:]
+    return out
+
+
+def run_check(args) -> int:
+    work, out_dir = Path(args.work).resolve(), Path(args.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = Tee(out_dir / "gpu_check.log")
+    steps = Steps(work, args.deadline, log, scale=3.0 if args.dry_run else 1.0)
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    report: dict = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "steps_per_run": args.steps}
+
+    def on_term(signum, frame):
+        raise SystemExit(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        checks(steps, args, report)
+    except BaseException as e:  # a signal (SystemExit above), Ctrl-C or a bug: the figures so far are still written
+        report["interrupted"] = f"{type(e).__name__}: {e}"
+        print(f"interrupted: {report['interrupted']}", file=log, flush=True)
+    finally:
+        steps.cleanup()
+        report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str))
+        md = summary_markdown(report)
+        (out_dir / "gpu_check.md").write_text(md, encoding="utf-8")
+        print(md, file=log, flush=True)
+        pack_logs(work, out_dir / "logs.tar.gz")
+    return 0
+
+
+def checks(steps: Steps, args, report: dict) -> None:
+    gpu = not args.dry_run
+    report["env"] = step_json(steps, "env", 90)
+    report["peak"] = step_json(steps, "peak", 90) if gpu else {"skipped": "dry run"}
+    peak = report["peak"].get("flops_per_s")
+    report["numerics"] = step_json(steps, "numerics", 120)
+    report["starter"] = step_json(steps, "starter", 180, min_s=30)
+    models = {"starter": steps.work / "models" / "qwen2-starter"}
+    if gpu:
+        report["model_05b"] = step_json(steps, "model-0.5b", 150, min_s=30)
+        models["0.5b"] = steps.work / "models" / "qwen2.5-0.5b-shape"
+    report["context"] = step_json(steps, "context", 90, "--model", str(models["starter"]))
+    ctx = {k: v["mean_label_context"] for k, v in report["context"].get("by_max_length", {}).items()}
+    jobs = [(f"{key}-z{stage}", model_dir, stage, key != "starter") for key, model_dir in models.items()
+            if (model_dir / "config.json").is_file() for stage in (2, 3)]
+    report["plans"] = step_json(steps, "plans", 90, "--runs", json.dumps(
+        {name: train_sets(model_dir, name, stage, args.steps, big) for name, model_dir, stage, big in jobs}))
+    report["runs"] = [{"name": key, "error": f"skipped: {model_dir.name} was not built"}
+                      for key, model_dir in models.items() if not (model_dir / "config.json").is_file()]
+    plans = report["plans"].get("by_run", {})
+    for name, model_dir, stage, big in jobs:
+        report["runs"].append(guarded(name, lambda: check_run(steps, model_dir, name, stage, args.steps, big, ctx,
+                                                                peak, plans)))
+        if name == "starter-z2":  # chat as soon as there is a model to chat with: the 0.5B runs may use the time up
+            report["chat"] = guarded("chat", lambda: chat(steps))
+    report.setdefault("chat", {"error": "skipped: no starter run"})
+    # The dry run proves the offline TRL path on the starter with a handful of records; the GPU run is the real job.
+    report["peers"] = guarded("peers", lambda: peers(steps, models.get("0.5b")) if gpu
+                              else peers(steps, models["starter"], records=12, heldout=2))
+
+
+def guarded(name: str, fn) -> dict:
+    """fn()'s result, or its error: a bug in one check must not cost the figures of the others."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - recorded in the report, the next check runs
+        import traceback
+
+        return {"name": name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+
+
+def chat(steps: Steps) -> dict:
+    run = steps.work / "runs" / "starter-z2"
+    if not (run / "final").is_dir():
+        return {"error": "skipped: the starter's ZeRO-2 run left no final model"}
+    res = steps.call([sys.executable, "-m", "trainer_core", "chat", str(run), "--prompt", "你好", "--max-new-tokens",
+                      "16", "--seed", "0"], 120, name="chat")
+    return {"ok": res["ok"], "seconds": res.get("seconds"), "reply": (res.get("stdout") or "")[:300],
+            "notes": (res.get("stderr_tail") or "")[-1500:], **({"error": res["error"]} if "error" in res else {})}
+
+
+def peers(steps: Steps, model_dir: Path | None, records: int = 60, heldout: int = 10) -> dict:
+    """bench/peer_bench.py, ours against TRL's SFTTrainer on the same job (the 0.5B model, the shipped sample's records,
+    the quickstart settings without CPU offload), TRL from the wheelhouse through PEER_PYTHON."""
+    if model_dir is None or not (model_dir / "config.json").is_file():
+        return {"error": "skipped: no 0.5B model"}
+    data = steps.work / "sample.json"  # peer_bench reads a JSON array
+    data.write_text(json.dumps([json.loads(x) for x in DATA.read_text(encoding="utf-8").splitlines() if x.strip()],
+                               ensure_ascii=False), encoding="utf-8")
+    dest = steps.work / "peers.json"
+    res = steps.call([sys.executable, "bench/peer_bench.py", "--only", "ours,trl", "--model", str(model_dir),
+                      "--data", str(data), "--records", str(records), "--heldout", str(heldout),
+                      "--set", "deepspeed.offload_optimizer=none", "--json", str(dest)], 400, name="peers",
+                     min_s=150, env={"PEER_PYTHON": sys.executable})
+    out = {"seconds": res.get("seconds"), "stdout_tail": (res.get("stdout") or "")[-3000:]}
+    if dest.is_file():
+        out["figures"] = json.loads(dest.read_text())
+    if not res["ok"]:
+        out["error"] = res["error"]
+        out["stderr_tail"] = res.get("stderr_tail", "")[-2000:]
+    return out
+
+
+# ---------------------------------------------------------------- the report
+
+def _gib(b) -> str:
+    return "-" if not b else f"{b / 2**30:.2f}"
+
+
+def summary_markdown(r: dict) -> str:
+    env = r.get("env", {})
+    peak = r.get("peak", {})
+    lines = [f"# GPU check{' (dry run: GPU steps skipped)' if r.get('dry_run') else ''}", "",
+             f"{r.get('started')} - {r.get('finished')}; {env.get('device', '?')}; torch {env.get('torch', '?')}, "
+             f"transformers {env.get('transformers', '?')}, deepspeed {env.get('deepspeed', '?')}, "
+             f"trl {env.get('trl', '?')}; python {env.get('python', '?')}", ""]
+    if r.get("interrupted"):
+        lines += [f"**Interrupted**: {r['interrupted']}", ""]
+    if peak.get("flops_per_s"):
+        lines.append(f"Measured bf16 matmul peak: {peak['flops_per_s'] / 1e12:.0f} TFLOP/s ({peak.get('what')}).")
+    else:
+        lines.append(f"Measured bf16 matmul peak: {peak.get('error') or peak.get('skipped') or '-'}")
+    lines += ["", "## Training runs (our CLI, precision auto)", "",
+              "| run | state | measured | label tok/s | tok/s | MFU | max_memory_allocated GiB | planner GiB | "
+              "peak/plan | NVML max used GiB | error |", "|" + "---|" * 11]
+    for x in r.get("runs", []):
+        nv = (x.get("nvml") or {}).get("max_used_bytes") or {}
+        mfu_ = x.get("mfu")
+        peaks = [b for b in (x.get("peak_mem_bytes") or []) if b]
+        lines.append("| " + " | ".join(str(c) for c in [
+            x.get("name"), x.get("state", "-"), x.get("measured", "-"), x.get("label_tokens_per_s", "-"),
+            x.get("tokens_per_s", "-"), "-" if mfu_ is None else f"{mfu_:.1%}", _gib(max(peaks) if peaks else None),
+            _gib(x.get("planned_per_rank_bytes")), x.get("peak_over_plan", "-"),
+            ", ".join(f"{k}: {_gib(v)}" for k, v in nv.items()) or "-",
+            (x.get("error") or "").replace("|", "/")[:200]]) + " |")
+    lines += ["", "MFU = (6 x non-embedding parameters x labelled tokens + 12 x layers x attention width x mean "
+              "causal context of a labelled token x labelled tokens) / seconds / measured peak, over the steps after "
+              "the first.", ""]
+    num = r.get("numerics", {})
+    lines += ["## Head loss numerics (relative error against fp64)", ""]
+    if num.get("rows"):
+        lines += ["| dtype | mean p(target) | path | loss | grad_hidden | grad_W |", "|---|---|---|---|---|---|"]
+        for row in num["rows"]:
+            lines.append(f"| {row['dtype']} | {row['p_target']:.4f} | {row['path']} | {row['loss']:.2e} | "
+                         f"{row['grad_hidden']:.2e} | {row['grad_weight']:.2e} |")
+        lines.append(f"\ndevice {num.get('device')}; n={num.get('n')}, V={num.get('vocab')}, H={num.get('hidden')}")
+    else:
+        lines.append(f"failed: {num.get('error')}")
+    chat = r.get("chat", {})
+    took = f" in {chat['seconds']}s" if chat.get("seconds") else ""
+    lines += ["", "## Chat", "", f"{'ok' if chat.get('ok') else 'failed: ' + str(chat.get('error'))}{took}; reply: "
+              f"{chat.get('reply', '').strip()[:120]!r}"]
+    peers_ = r.get("peers", {})
+    lines += ["", "## Peers (TRL)", "", peers_.get("skipped") or peers_.get("error") or "ran: see gpu_check.json"]
+    steps = {k: v for k, v in r.items() if isinstance(v, dict) and "seconds" in v}
+    lines += ["", "## Steps", "", *(f"- {k}: {v.get('seconds')}s{' - ' + v['error'] if v.get('error') else ''}"
+                                     for k, v in steps.items()), ""]
+    return "\n".join(lines)
+
+
+def pack_logs(work: Path, dest: Path) -> None:
+    """Every run's logs, metrics and samples, and the steps' results (not the models)."""
+    with tarfile.open(dest, "w:gz") as tar:
+        for p in sorted(work.glob("runs/*/*")):
+            if p.is_file() and p.stat().st_size < 8 * 2**20:
+                tar.add(p, arcname=str(p.relative_to(work)))
+        for p in sorted(work.glob("*.json")) + sorted(work.glob("peer-work/*.log")):
+            tar.add(p, arcname=str(p.relative_to(work)))
+
+
+class Tee:
+    """The driver's log: to stdout (the run tool's output tail) and to a file under $OUT."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, s: str) -> None:
+        sys.stdout.write(s)
+        self.f.write(s)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+        self.f.flush()
+
+
+# ---------------------------------------------------------------- steps that need torch (own processes)
+
+def step_env(work: Path) -> dict:
+    import platform
+
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cuda_available": torch.cuda.is_available()}
+    for mod in ("transformers", "deepspeed", "accelerate", "tokenizers", "trl", "pydantic"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            out[mod] = f"missing ({type(e).__name__}: {e})"[:200]
+    import trainer_core  # noqa: F401 - the product imports on this interpreter
+
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        out.update(device=p.name, capability=f"{p.major}.{p.minor}", total_memory_bytes=int(p.total_memory),
+                   device_count=torch.cuda.device_count())
+    else:
+        out["device"] = "no CUDA device (CPU)"
+    return out
+
+
+def step_peak(work: Path) -> dict:
+    """Dense bf16 matmul rate on random data (METHOD.md: never zeros), median of 10 timed products after 3
+    warm-ups, each timed with CUDA events."""
+    import torch
+
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    median = (times[4] + times[5]) / 2
+    return {"flops_per_s": 2 * n**3 / median, "what": f"{n}x{n}x{n} bf16 torch.matmul, median of 10, CUDA events",
+            "times_ms": [round(t * 1e3, 3) for t in times]}
+
+
+def step_numerics(work: Path) -> dict:
+    """The blockwise head loss in 16-bit against fp64, beside the plain 16-bit product, at sharpened targets
+    (n=512, V=8192, H=256, the issue's setting)."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainer_core.training.linear_ce import block_sizes, linear_cross_entropy
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n, vocab, hidden = 512, 8192, 256
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(n, hidden, generator=g, dtype=torch.float64)
+    w = torch.randn(vocab, hidden, generator=g, dtype=torch.float64) * 0.05  # logits of std ~0.8, as a trained head
+    target = torch.randint(0, vocab, (n,), generator=g)
+    # h = base + b * w[t] / |w[t]|^2 raises the target's logit by b and leaves the others about where they were.
+    push = w[target] / w[target].pow(2).sum(1, keepdim=True)
+    logits0, dlogits = base @ w.T, push @ w.T
+
+    def mean_p(b: float) -> float:
+        return float(torch.softmax(logits0 + b * dlogits, dim=1).gather(1, target[:, None]).mean())
+
+    def rel(a, ref) -> float:
+        return float((a.double() - ref).norm() / ref.norm().clamp_min(1e-300))
+
+    rows = []
+    for want in (0.5, 0.9, 0.997, 0.999):
+        lo, hi = 0.0, 64.0
+        for _ in range(40):  # bisection on the push
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if mean_p(mid) < want else (lo, mid)
+        h = (base + hi * push).to(device)
+        wd, td = w.to(device), target.to(device)
+        ref_h, ref_w = h.clone().requires_grad_(), wd.clone().requires_grad_()
+        ref = F.cross_entropy(ref_h @ ref_w.T, td, reduction="sum")
+        ref.backward()
+        dtypes = [torch.bfloat16] + ([torch.float16] if device == "cuda" else [])
+        for dtype in dtypes:
+            for path in ("blockwise", "plain"):
+                hx = h.to(dtype).requires_grad_()
+                wx = wd.to(dtype).requires_grad_()
+                if path == "blockwise":
+                    loss = linear_cross_entropy(hx, wx, td, block_sizes(n, vocab, device == "cuda"))
+                else:
+                    loss = F.cross_entropy((hx @ wx.T).float(), td, reduction="sum")
+                loss.backward()
+                rows.append({"dtype": str(dtype).removeprefix("torch."), "p_target": mean_p(hi), "path": path,
+                             "loss": abs(float(loss.detach()) - float(ref.detach())) / abs(float(ref.detach())),
+                             "grad_hidden": rel(hx.grad, ref_h.grad), "grad_weight": rel(wx.grad, ref_w.grad)})
+    return {"device": device, "n": n, "vocab": vocab, "hidden": hidden, "rows": rows}
+
+
+def step_starter(work: Path) -> dict:
+    """The starter, offline: TRAINER_MODELS_DIR and QWEN_TIKTOKEN_FILE (set by gpu_check.sh) point our own
+    prepare-models code at the check's folder and the carried vocabulary."""
+    from trainer_core.models.starter import prepare_models
+
+    t0 = time.time()
+    path = prepare_models()
+    return {"path": str(path), "build_s": round(time.time() - t0, 1), **model_shape(path)}
+
+
+def step_model_05b(work: Path) -> dict:
+    """A random model of Qwen2.5-0.5B's shape in bf16, initialised on the GPU (seconds, not a minute on the host),
+    with the starter's tokenizer and generation config."""
+    import shutil
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(STARTER)
-    config.update({"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-                   "num_attention_heads": 14, "num_key_value_heads": 2, "max_window_layers": 24,
-                   "layer_types": ["full_attention"] * 24, "max_position_embeddings": 32768})
+    starter = work / "models" / "qwen2-starter"
+    dest = work / "models" / "qwen2.5-0.5b-shape"
+    config = AutoConfig.from_pretrained(starter)
+    config.update({**SHAPE_05B, "max_window_layers": SHAPE_05B["num_hidden_layers"],
+                   "layer_types": ["full_attention"] * SHAPE_05B["num_hidden_layers"]})
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    params = sum(p.numel() for p in model.parameters())
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(dest, safe_serialization=True)
-    for f in STARTER.iterdir():
+    for f in starter.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "generation_config.json":
             shutil.copy(f, dest / f.name)
-    return dest, params
+    return {"path": str(dest), **model_shape(dest)}
 
 
-class NvmlSampler:
-    """Memory used and utilisation of GPU 0 every 0.5 s, in a thread (the baseline has no supervisor to do it)."""
+def step_context(work: Path, model: Path) -> dict:
+    """Mean causal context of a labelled position (the keys its query attends to: every earlier position of its
+    record) in the training file as our trainer encodes it, per max_length the runs use; packing keeps records
+    apart, so a record's positions are what each attends to."""
+    from transformers import AutoTokenizer
 
-    def __init__(self):
-        import pynvml
-
-        pynvml.nvmlInit()
-        self.nvml, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
-        self.samples: list[tuple[float, int, int]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self.stop.is_set():
-            mem = self.nvml.nvmlDeviceGetMemoryInfo(self.handle)
-            util = self.nvml.nvmlDeviceGetUtilizationRates(self.handle)
-            self.samples.append((time.time(), int(mem.used), int(util.gpu)))
-            self.stop.wait(0.5)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-
-
-def nvml_summary(samples: list[tuple[float, int, int]]) -> str:
-    if not samples:
-        return "no NVML samples"
-    busy = [u for _, _, u in samples if u > 0]
-    return (f"{len(samples)} NVML samples: max used {max(m for _, m, _ in samples) / 2**30:.1f} GiB, "
-            f"mean util {sum(busy) / max(len(busy), 1):.0f}% over busy samples")
-
-
-def run_baseline(work: Path, model: Path, train: Path, heldout: Path, steps: int) -> dict:
-    from trainer_core.runs.launch import free_port
-
-    ds = json.loads((PROJECT_ROOT / "bench" / "baseline_ds_config.json").read_text())
-    ds["bf16"] = {"enabled": "auto"}  # the precision this card supports; the tutorial's JSON only has fp16
-    (work / "baseline_ds.json").write_text(json.dumps(ds))
-    result = work / "baseline.json"
-    argv = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--no_local_rank", "--num_gpus", "1",
-            "--master_port", str(free_port()), str(PROJECT_ROOT / "bench" / "baseline_train.py"),
-            "--deepspeed", str(work / "baseline_ds.json"), "--output_dir", str(work / "baseline-out"),
-            "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-4",
-            "--warmup_steps", "1", "--max_steps", str(steps), "--bf16", "true", "--logging_steps", "10",
-            "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
-            "--model_path", str(model), "--data_path", str(train), "--heldout_path", str(heldout),
-            "--result_path", str(result)]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    with NvmlSampler() as nvml, open(work / "baseline.log", "wb") as log:
-        proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        sys.exit(f"baseline failed; see {work / 'baseline.log'}:\n{(work / 'baseline.log').read_text()[-3000:]}")
-    r = json.loads(result.read_text())
-    r.update(nvml=nvml_summary(nvml.samples), peak_per_rank=[r["peak_cuda_bytes"]])
-    return r
-
-
-def run_ours(work: Path, name: str, sets: list[str]) -> dict:
-    from trainer_core.runs import protocol as rd
-    from trainer_core.runs.tailing import read_all_rows
-
-    argv = [sys.executable, "-m", "trainer_core", "train", str(PROJECT_ROOT / "configs" / "quickstart.yaml")]
-    for s in [*sets, f"name={name}"]:
-        argv += ["--set", s]
-    env = {**os.environ, "TRAINER_RUNS_ROOT": str(work / "runs")}
-    proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
-    run = work / "runs" / name
-    if proc.returncode != 0:
-        log = run / rd.LOG
-        sys.exit(f"{name} failed:\n{(log.read_text() if log.exists() else proc.stderr)[-3000:]}")
-    rows = [r for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
-    gpus = [(row["time"], g["used_bytes"], g["util_pct"]) for row in read_all_rows(run / rd.RESOURCES)
-            for g in row.get("gpus", []) if g["index"] == 0]
-    last = rows[-1]
-    return {"train_time_s": last["elapsed_s"], "steps": last["step"], "label_tokens": last["label_tokens"],
-            "tokens": last["tokens"], "peak_per_rank": last["peak_mem_bytes"], "nvml": nvml_summary(gpus),
-            "train_loss_last": last["loss"]}
-
-
-def planned(sets: list[str]) -> int:
+    from trainer_core.config.sections import DataArgs
     from trainer_core.config.run_config import load_config
-    from trainer_core.config.memory import plan_memory
+    from trainer_core.data.chat_format import encode_conversations
+    from trainer_core.data.dataset import load_dataset
 
-    return plan_memory(load_config(PROJECT_ROOT / "configs" / "quickstart.yaml", sets)).per_rank_device_bytes
+    persona = load_config(QUICKSTART).data.persona or DataArgs().persona
+    tok = AutoTokenizer.from_pretrained(model)
+    conversations = load_dataset(DATA).conversations
+    out = {}
+    for max_length in (256, 1024):
+        total = count = 0
+        for e in encode_conversations(tok, conversations, persona=persona, max_length=max_length):
+            for i, label in enumerate(e.labels):
+                if label != -100:
+                    total, count = total + i, count + 1  # the label at i is predicted at i - 1 from i keys
+        out[str(max_length)] = {"mean_label_context": total / max(count, 1), "label_tokens": count,
+                                "records": len(conversations)}
+    return {"by_max_length": out}
+
+
+def step_plans(work: Path, runs: str) -> dict:
+    """The planner's per-rank estimate (trainer_core.config.memory, what `trainer_core plan` prints) for each run's
+    config, in one process."""
+    from trainer_core.config.memory import plan_memory
+    from trainer_core.config.run_config import load_config
+
+    out = {}
+    for name, sets in json.loads(runs).items():
+        plan = plan_memory(load_config(QUICKSTART, sets))
+        out[name] = {"per_rank_device_bytes": plan.per_rank_device_bytes, "breakdown": plan.breakdown,
+                     "on_gpu": plan.on_gpu, "notes": [str(x) for x in plan.notes]}
+    return {"by_run": out}
+
+
+STEP_FNS = {"env": step_env, "plans": step_plans, "peak": step_peak, "numerics": step_numerics, "starter": step_starter,
+            "model-0.5b": step_model_05b, "context": step_context}
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=60, help="optimizer steps per recipe (default 60)")
-    p.add_argument("--records", type=int, default=2000)
-    sample = PROJECT_ROOT / "data" / "sample_zhenhuan.jsonl"
-    p.add_argument("--data", type=Path, default=HUANHUAN if HUANHUAN.is_file() else sample,
-                   help="alpaca records, .json or .jsonl (default huanhuan.json, else the shipped sample)")
-    p.add_argument("--build-model", type=Path, metavar="DIR",
-                   help="only write the random 0.5B-class bf16 Qwen2 (with the starter's tokenizer) to DIR and exit; "
-                        "gpu_check.sh --peers trains it with bench/peer_bench.py")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="all the checks (what gpu_check.sh runs)")
+    r.add_argument("--work", required=True, help="a fresh folder for runs and models (its path marks our processes)")
+    r.add_argument("--out", required=True, help="where the figures go ($OUT on the GPU machine)")
+    r.add_argument("--deadline", type=float, required=True, help="epoch seconds by which everything has ended")
+    r.add_argument("--dry-run", action="store_true", help="skip what needs a GPU")
+    r.add_argument("--steps", type=int, default=2, help="optimizer steps per training run (default 2)")
+    s = sub.add_parser("step", help="one step that needs torch, in its own process")
+    s.add_argument("name", choices=sorted(STEP_FNS))
+    s.add_argument("--work", required=True)
+    s.add_argument("--json", required=True)
+    s.add_argument("--model", type=Path)
+    s.add_argument("--runs", help="plans: {run name: [--set values]} as JSON")
+    k = sub.add_parser("reap", help="end every process left that carries the work folder's mark")
+    k.add_argument("--work", required=True)
     args = p.parse_args(argv)
-    if args.build_model:
-        _, n_params = build_model(args.build_model)
-        print(f"{args.build_model}: {n_params / 1e6:.0f}M parameters", flush=True)
+    sys.path.insert(0, str(ROOT))
+    if args.cmd == "run":
+        return run_check(args)
+    if args.cmd == "reap":
+        for line in reap(str(Path(args.work).resolve())):
+            print(f"gpu_check: ended leftover {line}", file=sys.stderr)
         return 0
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA GPU visible to torch; this check needs one (an H100).", file=sys.stderr)
-        return 2
-    name = torch.cuda.get_device_name(0)
-    peak = next((v for k, v in PEAK_BF16 if k in name), None)
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    t0 = time.time()
-    model, n_params = build_model(work / "qwen2-0.5b")
-    records = load_records(args.data)[:args.records]
-    (work / "train.json").write_text(json.dumps(records[40:], ensure_ascii=False))
-    (work / "heldout.json").write_text(json.dumps(records[:40], ensure_ascii=False))
-    print(f"{name}: model {n_params / 1e6:.0f}M parameters built in {time.time() - t0:.0f}s; work dir {work}", flush=True)
-
-    common = [f"model.path={model}", f"data.path={work / 'train.json'}", "data.eval_ratio=0",
-              f"train.max_steps={args.steps}", "train.save_steps=0", "train.logging_steps=5"]
-    same = [*common, "data.packing=false", "data.max_length=128", "train.micro_batch_size=1",
-            "train.learning_rate=1e-4", "deepspeed.stage=2", "deepspeed.offload_optimizer=cpu"]
-    ours = [*common, "data.max_length=512", "train.micro_batch_size=8", "train.learning_rate=1e-4",
-            "deepspeed.stage=0", "deepspeed.offload_optimizer=none"]
-    results = {}
-    for label, fn, plan_sets in (
-            ("baseline", lambda: run_baseline(work, model, work / "train.json", work / "heldout.json", args.steps), same),
-            ("ours-same", lambda: run_ours(work, "ours-same", same), same),
-            ("ours", lambda: run_ours(work, "ours", ours), ours)):
-        t = time.time()
-        results[label] = {**fn(), "planned": planned(plan_sets)}
-        print(f"{label} done in {time.time() - t:.0f}s wall", flush=True)
-
-    print(f"\n{name}, {n_params / 1e6:.0f}M-parameter Qwen2 (random, bf16), {args.steps} steps each; training time only")
-    print("| recipe | label tok/s | tok/s | MFU | peak alloc per rank GiB | planner GiB | NVML |")
-    print("|---|---|---|---|---|---|---|")
-    for label, r in results.items():
-        t = r["train_time_s"]
-        tps = r["tokens"] / t
-        mfu = f"{6 * n_params * tps / peak:.1%}" if peak else "n/a (unknown card)"
-        peaks = ", ".join(f"{b / 2**30:.2f}" for b in r["peak_per_rank"] if b)
-        print(f"| {label} | {r['label_tokens'] / t:.0f} | {tps:.0f} | {mfu} | {peaks} | {r['planned'] / 2**30:.2f} | "
-              f"{r['nvml']} |")
-    base = results["baseline"]
-    for label in ("ours-same", "ours"):
-        r = results[label]
-        print(f"{label} / baseline: label tokens/s "
-              f"{(r['label_tokens'] / r['train_time_s']) / (base['label_tokens'] / base['train_time_s']):.2f}x")
-    print(f"total {time.time() - t0:.0f}s")
+    work = Path(args.work).resolve()
+    extra = {"context": (args.model,), "plans": (args.runs,)}.get(args.name, ())
+    result = STEP_FNS[args.name](work, *extra)
+    Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     return 0
 
 

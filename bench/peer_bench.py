@@ -8,6 +8,7 @@
     .venv/bin/python bench/peer_bench.py --seed 7        # another training seed, the same for every recipe
     .venv/bin/python bench/peer_bench.py --seeds 42,1,2  # the whole job once per seed, then the spread over seeds
     .venv/bin/python bench/peer_bench.py --dump DIR      # also every recipe's batches, lr and setup, step by step
+    .venv/bin/python bench/peer_bench.py --set deepspeed.offload_optimizer=none  # a run-config override of the job
 
 Every recipe trains the same model (the starter) on the same training records with the same ZeRO-2 + CPU-offload
 DeepSpeed JSON (the one `trainer_core plan` resolves for configs/quickstart.yaml), epochs, micro-batch x
@@ -57,11 +58,11 @@ def gpu_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def job_config(epochs: int, model: Path | None = None, seed: int = SEED):
+def job_config(epochs: int, model: Path | None = None, seed: int = SEED, sets: list[str] | None = None):
     """Our run config for the job every recipe runs: the quickstart defaults at `epochs` epochs (on `model`, the
-    starter unless given), trained with `seed`."""
+    starter unless given), trained with `seed`, with the `sets` (--set KEY=VALUE) overrides."""
     return load_config(QUICKSTART, [f"train.epochs={epochs}", f"train.seed={seed}",
-                                    *([f"model.path={model}"] if model else [])])
+                                    *([f"model.path={model}"] if model else []), *(sets or [])])
 
 
 def model_dir(cfg) -> Path:
@@ -181,9 +182,11 @@ def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int, ph
     argv = [str(py), "-u", "-m", "deepspeed.launcher.runner", "--no_local_rank", "--num_gpus", "1",
             "--master_port", str(port), *script]
     # Each venv JIT-builds DeepSpeed's CPU ops from its own copy of the sources: a folder of its own keeps the
-    # builds apart from ours (a shared one would be rebuilt at every switch of recipe).
+    # builds apart from ours (a shared one would be rebuilt at every switch of recipe). A PEER_PYTHON that is our own
+    # interpreter (the GPU check's venv) has our DeepSpeed, so it shares our folder.
+    own = os.environ.get("PEER_PYTHON") == sys.executable and os.environ.get("TORCH_EXTENSIONS_DIR")
     e = {**env(), "BENCH_PEER_PROBE": str(work / "probe"), "DISABLE_VERSION_CHECK": "1",
-         "TORCH_EXTENSIONS_DIR": str(py.parent.parent / "torch_extensions"),
+         "TORCH_EXTENSIONS_DIR": own or str(py.parent.parent / "torch_extensions"),
          "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "peer_probe"), env()["PYTHONPATH"]])}
     if phases:
         e["BENCH_PHASES"] = str(work / "phases" / peer)
@@ -252,6 +255,9 @@ def parse_args(argv: list[str] | None):
                    help="JSON array of alpaca records (default ../shared/data/huanhuan.json)")
     p.add_argument("--dump", type=Path, help="write what each recipe trains here, step by step (bench/step_dump: "
                    "<recipe>-<repeat>/steps.jsonl with every batch, lr and loss, setup.json, logs.jsonl)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run-config override of every recipe's job, e.g. deepspeed.offload_optimizer=none (the GPU "
+                        "check: DeepSpeed's CPU Adam would first compile for minutes in each venv)")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs, peer configs)")
     args = p.parse_args(argv)
@@ -279,7 +285,7 @@ def parse_args(argv: list[str] | None):
 def run_all(args, work: Path) -> dict[str, list[dict]]:
     """Every chosen recipe, --repeat times, interleaved so a change in the machine's load hits them alike."""
     train, heldout, ours_data = prepare_data(args.data, work, args.records, args.heldout, args.seed)
-    cfg = job_config(args.epochs, args.model, args.seed)
+    cfg = job_config(args.epochs, args.model, args.seed, args.set)
     write_peer_inputs(cfg, work, train, heldout)
     n_train = args.records - args.heldout
     print(f"{args.records} records, {args.heldout} held out, {args.epochs} epoch(s), seed {args.seed}; work dir "
@@ -290,7 +296,7 @@ def run_all(args, work: Path) -> dict[str, list[dict]]:
         return args.dump / f"{name}-{rep[0] + 1}" if args.dump else None
 
     def ours(name: str = "ours", hooks: str | None = None):
-        sets = ["train.eval_steps=1", f"train.epochs={args.epochs}", f"model.path={cfg.model.path}"]
+        sets = ["train.eval_steps=1", f"train.epochs={args.epochs}", f"model.path={cfg.model.path}", *args.set]
         hooks = hooks or ("step_dump" if args.dump else None)  # parse_args refuses --dump with another hook
         e = hooks_env(work, name, args.phases, hooks)
         if hooks == "step_dump":

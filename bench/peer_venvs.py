@@ -7,6 +7,8 @@ build; then the peer at an exact version, with the same transformers and DeepSpe
 it, so the engines underneath are the same.
 
     .venv/bin/python bench/peer_venvs.py trl llamafactory     # create or complete them (a few minutes each)
+
+PEER_PYTHON=/path/to/python uses that interpreter instead, with the peer already installed in it (no network needed).
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ def python(peer: str) -> Path:
 def ensure(peer: str, log=sys.stdout) -> Path:
     """Create the peer's venv if its check import fails; returns its python. Raises CalledProcessError on failure."""
     spec = PEERS[peer]
+    given = os.environ.get("PEER_PYTHON")
+    if given:
+        # An interpreter that has the peer installed already: the GPU check's venv (bench/gpu_check.sh), installed
+        # from its wheelhouse where no package index can be reached.
+        subprocess.run([given, "-c", spec["check"]], check=True, stdout=log, stderr=subprocess.STDOUT)
+        return Path(given)
     py = python(peer)
     if py.is_file() and subprocess.run([str(py), "-c", spec["check"]], capture_output=True).returncode == 0:
         return py

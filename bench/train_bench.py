@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_DATA, EVAL_MAX_LENGTH, data_file, encode_heldout, write_json  # noqa: E402
 from trainer_core.runs import protocol as rd  # noqa: E402
-from trainer_core.paths import PROJECT_ROOT  # noqa: E402
+from trainer_core.paths import PROJECT_ROOT, STARTER_MODEL_DIR  # noqa: E402
 from trainer_core.runs.tailing import read_all_rows  # noqa: E402
 
 PY = sys.executable
@@ -50,7 +50,7 @@ def prepare_data(data: Path, work: Path, n_records: int, n_heldout: int,
     from trainer_core.models.local import load_tokenizer
 
     records = json.loads(data_file(data).read_text(encoding="utf-8"))[:n_records]
-    tok = load_tokenizer(PROJECT_ROOT / "models" / "qwen2-starter")
+    tok = load_tokenizer(STARTER_MODEL_DIR)  # TRAINER_MODELS_DIR moves it (the GPU check builds it elsewhere)
     # Held-out records must fit in EVAL_MAX_LENGTH, so every recipe scores the whole answer of each.
     fits = [len(e.input_ids) < EVAL_MAX_LENGTH for e in encode_heldout(tok, records)]
     candidates = [i for i, ok in enumerate(fits) if ok]

@@ -206,3 +206,36 @@ def test_the_newline_ablation_trains_the_token_after_each_answer_and_keys_its_ow
     changed = [i for i, (a, b) in enumerate(zip(plain["labels"], hooked["labels"])) if a != b]
     assert changed == [len(plain["ids"]) - 1] and plain["labels"][-2] == im_end
     assert plain["labels"][-1] == -100 and hooked["labels"][-1] == newline
+
+
+def test_a_set_override_reaches_every_peer(tmp_path):
+    """--set changes the job for all recipes: without CPU offload the peers' DeepSpeed JSON has no optimizer block (the
+    GPU check's job: DeepSpeed's CPU Adam would compile for minutes in each venv first)."""
+    train, heldout = tmp_path / "train.json", tmp_path / "heldout.json"
+    train.write_text(json.dumps(RECORDS[:4], ensure_ascii=False), encoding="utf-8")
+    heldout.write_text(json.dumps(RECORDS[4:], ensure_ascii=False), encoding="utf-8")
+    cfg = job_config(1, sets=["deepspeed.offload_optimizer=none"])
+    write_peer_inputs(cfg, tmp_path, train, heldout)
+    ds = json.loads((tmp_path / "ds_config.json").read_text())
+    assert cfg.deepspeed.offload_optimizer == "none"
+    assert "optimizer" not in ds and "offload_optimizer" not in ds["zero_optimization"]
+    assert job_config(1).deepspeed.offload_optimizer == "cpu"  # the default job keeps the quickstart's offload
+
+
+def test_peer_python_is_used_as_given(tmp_path, monkeypatch):
+    """PEER_PYTHON (the GPU check's venv, which has TRL from the wheelhouse) is checked and returned; no venv is built,
+    so nothing is fetched. An interpreter without the peer is refused, not replaced."""
+    import subprocess
+
+    from bench import peer_venvs
+
+    monkeypatch.setattr(peer_venvs, "VENVS", tmp_path / "venvs")
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PEER_PYTHON", str(fake))
+    assert peer_venvs.ensure("trl") == fake
+    fake.write_text("#!/bin/sh\nexit 1\n")  # the check import fails: no TRL there
+    with pytest.raises(subprocess.CalledProcessError):
+        peer_venvs.ensure("trl")
+    assert not (tmp_path / "venvs").exists()
