@@ -13,7 +13,7 @@ from trainer_core import paths
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
 from trainer_core.runs.launch import (all_node_commands, hostfile_text, launch_env, node_argv, parse_hostfile,
-                                 runner_prefix, shell_line)
+                                 runner_prefix, shell_line, threads_per_rank)
 
 HOSTS = "node1 slots=2; node2 slots=2"
 
@@ -204,5 +204,13 @@ def test_launch_env(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     env = launch_env(cfg("placement.num_ranks=2"), has_gpu=False)
     assert env["PYTHONPATH"].split(os.pathsep) == [str(paths.PROJECT_ROOT), "/elsewhere"]
-    assert int(env["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2)
-    assert "OMP_NUM_THREADS" not in launch_env(cfg(), has_gpu=True)
+    assert int(env["OMP_NUM_THREADS"]) == max(1, len(os.sched_getaffinity(0)) // 2)
+    # GPU ranks too: with the optimizer offloaded, each one's CPU Adam would otherwise take every core.
+    gpu = launch_env(cfg("placement.num_ranks=2", "deepspeed.offload_optimizer=cpu"), has_gpu=True)
+    assert gpu["OMP_NUM_THREADS"] == env["OMP_NUM_THREADS"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert launch_env(cfg("placement.num_ranks=2"), has_gpu=True)["OMP_NUM_THREADS"] == "3"  # the user's own wins
+
+
+def test_threads_per_rank():
+    assert [threads_per_rank(16, r) for r in (1, 2, 4, 3, 32)] == [16, 8, 4, 5, 1]

@@ -115,3 +115,21 @@ def test_record_lengths_are_computed_once_and_match_each_record(tmp_path, monkey
     enc = encode_file(SAMPLE_DATA, starter_tokenizer, persona=DEFAULT_PERSONA, max_length=128)
     assert enc.lengths is enc.lengths
     assert enc.lengths.tolist() == [len(enc.example(i).input_ids) for i in range(len(enc))] and len(enc) > 10
+
+
+def test_a_flattened_batch_keeps_examples_apart(model, examples):
+    """The flattened batch that flash_attention_2 gets (one row, positions restarting at each example) keeps each
+    example's logits. Here SDPA runs it with the mask transformers derives from the position ids, the same
+    boundaries flash_attention_2's variable-length kernel takes from them on a GPU (not available here)."""
+    rows = pack_rows(examples, max_length=256, seed=0)[:2]
+    batch = Collator(pad_token_id=151643, packed=True, flatten=True)([
+        {"input_ids": r.input_ids, "labels": r.labels, "position_ids": r.position_ids} for r in rows])
+    assert batch["input_ids"].shape[0] == 1
+    with torch.no_grad():
+        flat = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+    by_ids = {tuple(e.input_ids): e for e in examples}
+    pos = batch["position_ids"][0].tolist()
+    starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+    for s, t in zip(starts, starts[1:]):
+        assert torch.allclose(flat[s:t], alone(model, by_ids[tuple(batch["input_ids"][0, s:t].tolist())]), atol=1e-4)
+    assert len(starts) > 3

@@ -118,8 +118,15 @@ class Collator:
 
     pad_token_id: int
     packed: bool
+    flatten: bool = False
+    """Packed batches only: concatenate the rows into a single one, without padding. flash_attention_2 finds
+    example boundaries from position ids only in a batch of one row (it then runs its variable-length kernel);
+    with several rows it would let each row's examples attend to each other."""
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if self.packed and self.flatten:
+            return {k: torch.tensor([[v for f in features for v in f[k]]], dtype=torch.long)
+                    for k in ("input_ids", "labels", "position_ids")}
         width = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(features), width), IGNORE, dtype=torch.long)

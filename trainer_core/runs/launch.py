@@ -151,10 +151,17 @@ def launch_env(cfg: RunConfig, has_gpu: bool) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
     env.setdefault("TORCH_EXTENSIONS_DIR", str(paths.CACHE_DIR / "torch_extensions"))  # see warm_deepspeed_ops
-    if not has_gpu and "OMP_NUM_THREADS" not in env:
-        # CPU ranks share the cores; oversubscribing threads makes every rank slower.
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cfg.placement.num_ranks))
+    if "OMP_NUM_THREADS" not in env:
+        # A node's ranks share its cores: CPU ranks for everything, GPU ranks for DeepSpeed's CPU Adam when the
+        # optimizer is offloaded. Left unset, every rank starts a thread per core and all of them slow down.
+        env["OMP_NUM_THREADS"] = str(threads_per_rank(len(os.sched_getaffinity(0)), cfg.placement.num_ranks))
     return env
+
+
+def threads_per_rank(cores: int, ranks_per_node: int) -> int:
+    """OpenMP threads for each of a node's ranks: its usable cores (the affinity mask, which Slurm and containers
+    narrow) divided among them."""
+    return max(1, cores // max(1, ranks_per_node))
 
 
 def shell_line(argv: list[str]) -> str:

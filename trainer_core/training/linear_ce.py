@@ -5,10 +5,11 @@ For the labelled positions only, `linear_cross_entropy(hidden, weight, target)` 
 152k vocabulary the full logits of a batch are hundreds of MB that the plain path writes, reads back for the
 softmax, writes again as their gradient and reads twice more for the two backward matmuls; on a CPU that memory
 traffic, not the arithmetic, is the cost. Here the vocabulary is cut into blocks small enough to stay in cache:
-a first sweep takes each block's log-sum-exp, a second recomputes the block's logits, turns them into softmax
-probabilities in place and folds them straight into both gradients, which are returned by backward (the same idea
-as Liger-Kernel's fused linear cross-entropy, in plain PyTorch). Gradients are computed during forward, so the call
-must be the last op on its inputs' path, as a loss is.
+forward takes each block's log-sum-exp and the target logits; backward recomputes each block's logits, turns them
+into the logits' gradient (softmax - onehot, in fp32) and folds that straight into both gradients (the idea of
+Liger-Kernel's fused linear cross-entropy, in plain PyTorch). In 16-bit its loss and gradients are as close to the
+exact ones as the plain path's (materialised 16-bit logits, then F.cross_entropy), and fp16's loss scale reaches
+the 16-bit products as it does there.
 """
 
 from __future__ import annotations
@@ -40,51 +41,74 @@ def workspace_bytes(n_tokens: int, vocab: int, hidden: int, weight_bytes: int, o
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
+    """Matmuls in `dtype`; softmax statistics, the loss and (p - onehot) in fp32. Forward sweeps the blocks once for
+    the log-sum-exp and the target logit; backward sweeps them again for the gradients."""
+
     @staticmethod
     def forward(ctx, hidden, weight, target, block_vocab, block_tokens, dtype):
         n, vocab = hidden.shape[0], weight.shape[0]
-        # Matmuls in `dtype`; softmax statistics and accumulators in fp32; the target logit and the "- 1 at the
-        # target" part of the gradient from the inputs as given.
         h_all, w = hidden.to(dtype), weight.to(dtype)
         starts = range(0, vocab, block_vocab)
-        block_lse = torch.empty(n, len(starts), dtype=torch.float32, device=hidden.device)
+        # Per block, its largest logit and the sum of exp(logit - that) over the non-target logits. The loss of a
+        # confident token (log(1 + the others' share), often under 0.01) is then taken with log1p, not as the small
+        # difference of two large fp32 numbers; F.cross_entropy's own is no more exact than this.
+        block_max = torch.empty(n, len(starts), dtype=torch.float32, device=hidden.device)
+        block_sum = torch.empty_like(block_max)
+        # The target logit from the same rounded logits as the others.
+        target_logit = torch.empty(n, dtype=torch.float32, device=hidden.device)
         for t0 in range(0, n, block_tokens):
-            h = h_all[t0:t0 + block_tokens]
+            h, tt = h_all[t0:t0 + block_tokens], target[t0:t0 + block_tokens]
             for j, v0 in enumerate(starts):
-                block_lse[t0:t0 + block_tokens, j] = torch.logsumexp(
-                    torch.mm(h, w[v0:v0 + block_vocab].T).float(), dim=1)
-        lse = torch.logsumexp(block_lse, dim=1)
-        target_rows = weight[target].float()
-        loss = (lse - (hidden.float() * target_rows).sum(-1)).sum()
-
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_hidden = torch.zeros(n, hidden.shape[1], dtype=torch.float32, device=hidden.device)
-            grad_weight = torch.empty_like(weight)
-            for v0 in starts:
-                wb = w[v0:v0 + block_vocab]
-                acc = None
-                for t0 in range(0, n, block_tokens):
-                    h = h_all[t0:t0 + block_tokens]
-                    # softmax = exp(logit - lse); the "- 1 at the target" part is added once, below.
-                    p = torch.mm(h, wb.T).float().sub_(lse[t0:t0 + block_tokens, None]).exp_().to(dtype)
-                    grad_hidden[t0:t0 + block_tokens].add_(torch.mm(p, wb).float())
-                    part = torch.mm(p.T, h).float()
-                    acc = part if acc is None else acc.add_(part)
-                if acc is None:  # no labelled token at all
-                    grad_weight[v0:v0 + block_vocab] = 0
-                    continue
-                here = (target >= v0) & (target < v0 + block_vocab)
-                acc.index_add_(0, target[here] - v0, hidden[here].float(), alpha=-1)
-                grad_weight[v0:v0 + block_vocab] = acc.to(weight.dtype)
-            grad_hidden.sub_(target_rows)
-            ctx.save_for_backward(grad_hidden.to(hidden.dtype), grad_weight)
-        return loss
+                logits = torch.mm(h, w[v0:v0 + block_vocab].T).float()
+                top = logits.amax(dim=1)
+                block_max[t0:t0 + block_tokens, j] = top
+                rows = ((tt >= v0) & (tt < v0 + logits.shape[1])).nonzero().squeeze(1)
+                target_logit[t0 + rows] = logits[rows, tt[rows] - v0]
+                logits[rows, tt[rows] - v0] = float("-inf")
+                block_sum[t0:t0 + block_tokens, j] = logits.sub_(top[:, None]).exp_().sum(dim=1)
+        top = block_max.amax(dim=1)
+        others = (block_sum * (block_max - top[:, None]).exp()).sum(dim=1)  # sum of exp(other logit - top)
+        gap = top - target_logit  # >= 0
+        rest = torch.log(others + torch.exp(-gap))  # lse = top + rest
+        # loss = lse - target logit = log1p(others * e^gap); past gap 30 (a target far from the top) its form
+        # gap + rest is as exact and cannot overflow.
+        loss = torch.where(gap < 30, torch.log1p(others * gap.clamp(max=30).exp()), gap + rest)
+        ctx.save_for_backward(hidden, weight, target, top, rest)
+        ctx.blocks, ctx.dtype = (block_vocab, block_tokens), dtype
+        return loss.sum()
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), \
-            None, None, None, None
+        """d loss / d logits = (softmax - onehot) * grad_loss, formed in fp32 for each block before its 16-bit
+        products. Subtracting the one-hot part only after the products (as sum(p h) - h_target) cancels
+        catastrophically when the target's probability is near 1: bf16's rounding of sum(p h) is then as large as
+        the gradient itself. grad_loss carries fp16's loss scale, so the 16-bit operands are scaled as the plain
+        path's are and small probabilities do not flush to zero."""
+        hidden, weight, target, top, rest = ctx.saved_tensors
+        (block_vocab, block_tokens), dtype = ctx.blocks, ctx.dtype
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n, vocab = hidden.shape[0], weight.shape[0]
+        h_all, w = hidden.to(dtype), weight.to(dtype)
+        g = grad_loss.float()
+        grad_hidden = torch.zeros(n, hidden.shape[1], dtype=torch.float32, device=hidden.device) if want_h else None
+        grad_weight = torch.empty_like(weight) if want_w else None
+        for v0 in range(0, vocab, block_vocab):
+            wb = w[v0:v0 + block_vocab]
+            acc = torch.zeros(wb.shape, dtype=torch.float32, device=hidden.device) if want_w else None
+            for t0 in range(0, n, block_tokens):
+                h, tt = h_all[t0:t0 + block_tokens], target[t0:t0 + block_tokens]
+                span = slice(t0, t0 + block_tokens)
+                d = torch.mm(h, wb.T).float().sub_(top[span, None]).sub_(rest[span, None]).exp_()
+                rows = ((tt >= v0) & (tt < v0 + wb.shape[0])).nonzero().squeeze(1)
+                d[rows, tt[rows] - v0] -= 1
+                d = d.mul_(g).to(dtype)
+                if want_h:
+                    grad_hidden[t0:t0 + block_tokens].add_(torch.mm(d, wb).float())
+                if want_w:
+                    acc.add_(torch.mm(d.T, h).float())
+            if want_w:
+                grad_weight[v0:v0 + block_vocab] = acc.to(weight.dtype)
+        return (grad_hidden.to(hidden.dtype) if want_h else None), grad_weight, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,

@@ -45,7 +45,11 @@ def init_distributed() -> None:
     """
     import deepspeed
     from accelerate.state import PartialState
+    from deepspeed.accelerator import get_accelerator
 
+    # This rank's GPU before any collective: NCCL's barrier and all_gather_object use the current CUDA device, and
+    # every rank left on GPU 0 would meet there. A no-op on DeepSpeed's CPU accelerator.
+    get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", 0)))
     deepspeed.init_distributed()
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # read by accelerate, set for it: not a switch of ours
     state = PartialState()
@@ -93,23 +97,38 @@ def share_fate(run: Path, supervised: bool) -> list[int]:
     return fds
 
 
+def collective_device() -> torch.device:
+    """Where a tensor handed to a collective must live: the accelerator's current device (cuda:<local rank> on a GPU,
+    cpu on DeepSpeed's CPU accelerator). On CUDA, DeepSpeed's process group is plain NCCL, which serves only CUDA
+    tensors: a CPU tensor fails with "No backend type associated with device type cpu". A gloo backend beside NCCL
+    ("cpu:gloo,cuda:nccl") would also work, but it opens a second set of connections between all ranks, which
+    multi-node clusters must then route (GLOO_SOCKET_IFNAME), for the sake of a few integers per step."""
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
+def _all_reduce(values: list, dtype: torch.dtype) -> list:
+    d = dist()
+    if d is None:
+        return list(values)
+    t = torch.tensor(values, dtype=dtype, device=collective_device())
+    d.all_reduce(t)
+    return t.tolist()
+
+
 def all_reduce_ints(values: list[int]) -> list[int]:
     """The sum over ranks of each value (the values themselves in a single process)."""
-    t = torch.tensor(values, dtype=torch.long)
-    if dist() is not None:
-        dist().all_reduce(t)
-    return t.tolist()
+    return _all_reduce(values, torch.long)
 
 
 def all_reduce_floats(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist() is not None:
-        dist().all_reduce(t)
-    return t.tolist()
+    return [float(v) for v in _all_reduce(values, torch.float64)]
 
 
 def gather(value) -> list:
-    """Every rank's value, in rank order."""
+    """Every rank's value, in rank order. all_gather_object picks the group's device itself (the current CUDA
+    device under NCCL, set in init_distributed)."""
     d = dist()
     if d is None:
         return [value]

@@ -130,12 +130,17 @@ def build_trainer(run: Path, cfg: RunConfig, head_loss: str):
     train_rows, eval_rows = build_rows(cfg, tokenizer, log_rank0)
     counts = TokenCounts()
     callback = RunDirCallback(run, cfg, counts)
+    attention = None
+    if cfg.data.packing and torch.cuda.is_available():
+        attention = packed_attention(True, precision, torch.cuda.get_device_capability(), flash_attn_installed(),
+                                     supports_flash_attention(cfg))
+    log_rank0(f"attention: {attention or 'the model default (sdpa)'}; weights load in {load_dtype(precision)}")
     trainer = SupervisedTrainer(
-        model=load_model(cfg, precision),
+        model=load_model(cfg, precision, attention),
         args=targs,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
-        data_collator=Collator(pad_token_id=pad_id, packed=cfg.data.packing),
+        data_collator=Collator(pad_token_id=pad_id, packed=cfg.data.packing, flatten=attention == FLASH),
         processing_class=tokenizer,  # checkpoints carry the tokenizer, so any of them can be chatted with
         callbacks=[callback],
         run=run, loss=LabelledLoss(head_loss, log=log_rank0), counts=counts,
@@ -143,12 +148,54 @@ def build_trainer(run: Path, cfg: RunConfig, head_loss: str):
     return trainer, tokenizer, callback
 
 
-def load_model(cfg: RunConfig, precision: str):
+FLASH = "flash_attention_2"
+
+
+def load_dtype(precision: str) -> torch.dtype:
+    """The dtype the weights load in: the training dtype. Under bf16/fp16 DeepSpeed casts the parameters to it
+    anyway and builds its fp32 master copies from those 16-bit values (as ZeRO-3's zero.Init does from the config),
+    so an fp32 load changed no number and only held the model at twice its size in every rank's host RAM (a 7B:
+    ~30 GB per rank)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def packed_attention(packed: bool, precision: str, capability: tuple[int, int] | None, flash_installed: bool,
+                     model_supports_flash: bool) -> str | None:
+    """FLASH for packed rows where it runs, else None (the model's default, SDPA). Packed rows have no attention
+    mask, so transformers hands SDPA a block-diagonal mask built from the position ids, and SDPA cannot use its
+    flash kernel with a mask; flash_attention_2 takes the boundaries from the position ids in its variable-length
+    kernel instead. It needs the flash_attn package, a CUDA GPU of compute capability 8.0 or newer, 16-bit
+    activations and a model class that implements it. `capability` is None without a CUDA GPU."""
+    if packed and precision in ("bf16", "fp16") and capability is not None and capability >= (8, 0) \
+            and flash_installed and model_supports_flash:
+        return FLASH
+    return None
+
+
+def flash_attn_installed() -> bool:
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
+
+
+def supports_flash_attention(cfg: RunConfig) -> bool:
+    """Whether the model's transformers class implements flash_attention_2 (remote code: not vouched for)."""
+    if cfg.model.trust_remote_code:
+        return False
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(cfg.model.path)
+    if type(config) not in AutoModelForCausalLM._model_mapping:
+        return False
+    return bool(getattr(AutoModelForCausalLM._model_mapping[type(config)], "_supports_flash_attn", False))
+
+
+def load_model(cfg: RunConfig, precision: str, attention: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    # Weights load in full precision under mixed precision: DeepSpeed keeps fp32 masters and casts itself.
+    extra = {"attn_implementation": attention} if attention else {}
     model = AutoModelForCausalLM.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code,
-                                                 dtype=torch.float32, use_safetensors=True)
+                                                 dtype=load_dtype(precision), use_safetensors=True, **extra)
     if cfg.train.gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False):
         model.config.use_cache = False
     return model
