@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 
 from trainer_core import paths
-from trainer_core.config.hardware import detect
+from trainer_core.config.hardware import detect, include_ids, lock_ids
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError, text
 from trainer_core.runs import device_locks
@@ -45,7 +45,9 @@ ORPHAN_SAVE_TIMEOUT_S = 300.0
 def device_keys(run: Path) -> list[str]:
     """Lock names for the devices this node's ranks use (see device_locks)."""
     cfg = load_config(run / rd.CONFIG)
-    return device_locks.device_keys(cfg.placement.num_ranks, cfg.placement.gpus, detect().has_gpu)
+    hw = detect()
+    # By the machine's ids, so that runs with different CUDA_VISIBLE_DEVICES (or Slurm jobs) see each other.
+    return device_locks.device_keys(cfg.placement.num_ranks, lock_ids(hw, cfg.placement), hw.has_gpu)
 
 
 # ---------------------------------------------------------------- starting
@@ -153,7 +155,8 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     cfg = load_config(run / rd.CONFIG)
     hw = detect()
     argv = node_argv(cfg, run, resume_from=resume_from, has_gpu=hw.has_gpu, master_port=_pick_port(cfg),
-                     supervised=True)  # the final state is ours to write, after the devices are free
+                     supervised=True,  # the final state is ours to write, after the devices are free
+                     include=include_ids(hw, cfg.placement))
     # The ranks read host, pid and lock_keys to watch this process and to hold the device locks with it.
     rd.write_json_atomic(run / rd.MANIFEST, {**me, "host": socket.gethostname(), "argv": argv,
                                              "started": time.time(), "lock_fds": lock_fds, "lock_keys": lock_keys,
