@@ -58,9 +58,7 @@ class Gpu:
 
     @property
     def bf16(self) -> bool:
-        """Native bf16 (Ampere, compute capability 8.0, and later). torch.cuda.is_bf16_supported() is also true on
-        V100/T4, where bf16 is emulated and slow; training and chat both decide with this."""
-        return self.capability >= (8, 0)
+        return native_bf16(self.capability)
 
     @property
     def lock_id(self) -> int | None:
@@ -82,6 +80,12 @@ class Hardware:
     @property
     def has_gpu(self) -> bool:
         return bool(self.gpus)
+
+
+def native_bf16(capability: tuple[int, int]) -> bool:
+    """The one bf16 decision, for training and chat: native bf16 (Ampere, compute capability 8.0, and later).
+    torch.cuda.is_bf16_supported() is also true on V100/T4, where bf16 is emulated and slow."""
+    return tuple(capability) >= (8, 0)
 
 
 def cuda_devices() -> list[tuple[str, int, tuple[int, int]]]:
