@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from trainer_core import paths
+from trainer_core.config.hardware import ORDER_ENV
 from trainer_core.config.run_config import RunConfig
 from trainer_core.errors import UserError
 
@@ -154,6 +155,7 @@ def launch_env(cfg: RunConfig, has_gpu: bool) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PROJECT_ROOT), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault(ORDER_ENV, "PCI_BUS_ID")  # the ranks number GPUs as NVML and nvidia-smi do (config.hardware)
     env["TOKENIZERS_PARALLELISM"] = "false"
     env.setdefault("TORCH_EXTENSIONS_DIR", str(paths.CACHE_DIR / "torch_extensions"))  # see warm_deepspeed_ops
     if not has_gpu and "OMP_NUM_THREADS" not in env:

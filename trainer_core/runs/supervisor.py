@@ -12,7 +12,6 @@ their launcher (train.share_fate), so no part of a run outlives the others for l
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -33,6 +32,7 @@ from trainer_core.runs import device_locks
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.launch import launch_env, node_argv
+from trainer_core.runs.resources import sample_resources
 from trainer_core.runs.state import finish, read_state
 
 STOP_GRACE_S = 15.0
@@ -96,60 +96,6 @@ def _proc_info(pid: int) -> dict[str, Any]:
     return {"pid": pid, "pgid": os.getpgid(pid), "create_time": p.create_time()}
 
 
-def sample_resources(run: Path, root_pid: int, stop: threading.Event, every_s: float) -> None:
-    """Append memory samples of every process of the run (and GPUs through NVML when present)."""
-    nvml = None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        nvml = pynvml
-    except Exception:  # no NVIDIA driver: CPU-only sampling
-        nvml = None
-    with open(run / rd.RESOURCES, "a", encoding="utf-8") as out:
-        while not stop.is_set():
-            row: dict[str, Any] = {"time": time.time()}
-            try:
-                procs = psutil.Process(root_pid).children(recursive=True)
-            except psutil.Error:
-                procs = []
-            ranks = []
-            for p in procs:
-                try:
-                    cmd = p.cmdline()
-                    if "trainer_core.training.train" not in " ".join(cmd) or "deepspeed.launcher" in " ".join(cmd):
-                        continue
-                    env_rank = None
-                    try:
-                        env_rank = p.environ().get("RANK")
-                    except psutil.Error:
-                        pass
-                    ranks.append({"pid": p.pid, "rank": int(env_rank) if env_rank else None,
-                                  "rss_bytes": p.memory_info().rss})
-                except psutil.Error:
-                    continue
-            vm = psutil.virtual_memory()
-            row["ranks"] = sorted(ranks, key=lambda r: (r["rank"] is None, r["rank"]))
-            row["host_used_bytes"] = vm.total - vm.available
-            row["host_total_bytes"] = vm.total
-            if nvml is not None:
-                gpus = []
-                for i in range(nvml.nvmlDeviceGetCount()):
-                    h = nvml.nvmlDeviceGetHandleByIndex(i)
-                    mem = nvml.nvmlDeviceGetMemoryInfo(h)
-                    util = nvml.nvmlDeviceGetUtilizationRates(h)
-                    gpus.append({"index": i, "used_bytes": int(mem.used), "total_bytes": int(mem.total),
-                                 "util_pct": int(util.gpu)})
-                row["gpus"] = gpus
-            if ranks or nvml is not None:
-                try:
-                    out.write(json.dumps(row) + "\n")
-                    out.flush()
-                except OSError:
-                    pass  # disk full: sampling is lost, the run's outcome is still recorded
-            stop.wait(every_s)
-
-
 def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_keys: list[str]) -> int:
     me = _proc_info(os.getpid())
     cfg = load_config(run / rd.CONFIG)
@@ -178,7 +124,11 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     stop = threading.Event()
-    sampler = threading.Thread(target=sample_resources, args=(run, child.pid, stop, 2.0), daemon=True)
+    # The run's GPUs by machine id, as NVML numbers them ([] for CPU ranks).
+    gpu_ids = include_ids(hw, cfg.placement) or lock_ids(hw, cfg.placement) or []
+    sampler = threading.Thread(target=sample_resources, args=(run, child.pid, stop, 2.0),
+                               kwargs={"gpu_ids": gpu_ids, "warn": lambda line: _note(log, f"=== {line}\n")},
+                               daemon=True)
     sampler.start()
     code = child.wait()
     _collect_orphans(run, me, code, log)
