@@ -2,15 +2,18 @@
 """Device-mapping tests: which GPUs a run names, to DeepSpeed's launcher, to the device locks, to the planner and to
 the precision decision, under CUDA_VISIBLE_DEVICES, Slurm, UUIDs and MIG.
 
-No GPU exists on the test machine: every GPU here is simulated through `hardware.cuda_devices` (what CUDA would
-show this process under the CUDA_VISIBLE_DEVICES the test sets) and `hardware.nvidia_driver`. Everything past that
-seam is the real code: detection, preflight, the launcher argv, the run directory and its device locks.
+No GPU exists on the test machine: every GPU here is simulated at torch's CUDA queries (`torch.cuda.is_available`,
+`device_count`, `get_device_properties`: what CUDA would show this process under the CUDA_VISIBLE_DEVICES the test
+sets), and the NVIDIA driver through `hardware.nvidia_driver`. Everything past that is the real code: detection,
+preflight, the launcher argv, the run directory and its device locks.
 """
 
 import json
 import os
+import types
 
 import pytest
+import torch
 
 from trainer_core.config import hardware
 from trainer_core.config.hardware import Gpu, Hardware
@@ -28,12 +31,19 @@ L4 = ("NVIDIA L4", 24 * GiB, (8, 9))
 def gpus(monkeypatch, runs_root):
     """Simulate the GPUs CUDA shows this process (a list of (name, bytes, capability)) on a machine with a driver.
     CUDA_VISIBLE_DEVICES and Slurm's variables start unset."""
-    for key in (hardware.VISIBLE_ENV, *hardware.SLURM_GPU_ENVS):
+    for key in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
         monkeypatch.delenv(key, raising=False)
     shown: list = []
-    monkeypatch.setattr(hardware, "cuda_devices", lambda: list(shown))
-    monkeypatch.setattr(hardware, "nvidia_driver", lambda: True)
-    monkeypatch.setattr(hardware, "nvml_uuids", lambda: [])
+
+    def props(i):
+        name, total, (major, minor) = shown[i]
+        return types.SimpleNamespace(name=name, total_memory=total, major=major, minor=minor)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(shown))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(shown))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
+    monkeypatch.setattr(hardware, "nvidia_driver", lambda: True, raising=False)
+    monkeypatch.setattr(hardware, "nvml_uuids", lambda: [], raising=False)
     return shown
 
 
@@ -51,9 +61,8 @@ def test_visible_devices_name_the_machine_gpus_to_deepspeed_and_the_locks(gpus, 
     runner drops the variable when given --include and reads the ids as the machine's)."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     gpus += [A100, A100]
-    hw = hardware.detect()
-    assert [(g.index, g.physical) for g in hw.gpus] == [(0, 2), (1, 3)]
     assert include_of(orchestrate.plan(quick("placement.num_ranks=2"), memory=False)) == "localhost:2,3"
+    assert [(g.index, g.physical) for g in hardware.detect().gpus] == [(0, 2), (1, 3)]
     # placement.gpus counts within the visible GPUs, as cuda:<i> does.
     assert include_of(orchestrate.plan(quick("placement.num_ranks=1", "placement.gpus=1"), memory=False)) == \
         "localhost:3"
