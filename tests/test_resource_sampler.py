@@ -105,6 +105,11 @@ def test_only_the_runs_gpus_with_each_ranks_share_and_errors_in_the_log_once(tmp
         mine = next(x for x in r["ranks"] if x["pid"] == rank.pid)
         assert mine["gpu_bytes"] == 3 * 2**30 and mine["gpus"] == [1]
         assert r["gpus"][0]["run_used_bytes"] == 3 * 2**30
+    # The Monitor's chart takes the rows as they are: the sample whose memory query failed has no point.
+    from app.monitor_view import resource_frames
+
+    dev, _, on_gpu = resource_frames(rows)
+    assert on_gpu and 0 < len(dev) < len(rows) + 1
 
 
 def test_a_cpu_run_asks_nvml_nothing(tmp_path, monkeypatch, rank):
