@@ -16,7 +16,8 @@ from trainer_core.runs import protocol as rd
 from trainer_core.data.chat_template import specials_in
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
-from trainer_core.models.inference import GenParams, ReplyHandle, load_chat_model, run_persona, stream_reply
+from trainer_core.models.inference import (GenParams, ReplyHandle, chat_model, release_chat_models, run_persona,
+                                           stream_reply)
 from trainer_core.runs.registry import list_runs
 
 # Prompts that show whether the persona took: identity, an in-world cue, hostility, and something off-topic.
@@ -77,22 +78,35 @@ def special_tokens_in(model_dir: Path, trust_remote_code: bool, text: str) -> li
         return []
 
 
-@st.cache_resource(max_entries=2, show_spinner=False)
-def _load(model_dir: str, trust_remote_code: bool, stamp: float):
-    return load_chat_model(model_dir, trust_remote_code=trust_remote_code)
+def chat_device():
+    """Where this page's models go: a GPU no live run holds (raises UserError naming the runs when all are)."""
+    from app.train_form import hardware
+    from trainer_core.runs.chat_device import choose
+
+    return choose(hardware())
 
 
-def load(model_dir: str | Path, trust_remote_code: bool):
-    """(model, tokenizer), loaded once per folder; a re-written folder (new mtime) loads again. Never mutated."""
-    p = Path(model_dir)
+def _stamp(p: Path) -> float:
     marker = p / rd.COMPLETE_MARKER if (p / rd.COMPLETE_MARKER).exists() else p / "config.json"
-    stamp = marker.stat().st_mtime if marker.exists() else 0.0
-    return _load(str(p), trust_remote_code, stamp)
+    return marker.stat().st_mtime if marker.exists() else 0.0
+
+
+def load(model_dir: str | Path, trust_remote_code: bool, device: str = "cpu"):
+    """(model, tokenizer), loaded once per folder and device; a re-written folder (new mtime) loads again. Never
+    mutated."""
+    p = Path(model_dir)
+    return chat_model(str(p), trust_remote_code=trust_remote_code, device=device, stamp=_stamp(p))
+
+
+def keep_only(sides: dict[str, tuple], device: str) -> None:
+    """Release every chat model the page no longer shows (compare mode off, another model or device picked), so its
+    GPU memory goes back before anything else loads."""
+    release_chat_models({(str(Path(path)), trust, device) for path, trust, _ in sides.values()})
 
 
 def reply_stream(model_dir: str | Path, trust_remote_code: bool, messages: list[dict], persona: str,
-                 params: GenParams, handle: ReplyHandle | None = None) -> Iterator[str]:
-    model, tok = load(model_dir, trust_remote_code)
+                 params: GenParams, handle: ReplyHandle | None = None, device: str = "cpu") -> Iterator[str]:
+    model, tok = load(model_dir, trust_remote_code, device)
     # A snapshot: the generator reads the messages only when first iterated, after the reply being written has
     # been added to the history.
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -220,7 +234,7 @@ def side_title(by: list[str]) -> str:
     return t(f"chat.side.{by[0]}", name=by[1])
 
 
-def run_probe(conv: dict, sides: dict[str, tuple], persona: str, params: GenParams) -> None:
+def run_probe(conv: dict, sides: dict[str, tuple], persona: str, params: GenParams, device: str = "cpu") -> None:
     """Ask every side each probe prompt (one turn, no history), streaming the answers in columns under a progress
     bar, each with a stop button: a stop ends the probe there and keeps what was answered. The results stay with
     this conversation, so they stay on the page and never show under another model."""
@@ -241,7 +255,8 @@ def run_probe(conv: dict, sides: dict[str, tuple], persona: str, params: GenPara
                 answer: list[dict] = []
                 try:
                     handle = ReplyHandle()
-                    chunks = reply_stream(path, trust, [{"role": "user", "content": prompt}], persona, params, handle)
+                    chunks = reply_stream(path, trust, [{"role": "user", "content": prompt}], persona, params, handle,
+                                          device=device)
                     row[side] = answer  # the message grows in place while it streams
                     stream_into(answer, by, chunks, handle, stop_key=f"chat.probe_stop.{i}.{side}")
                 except (UserError, OSError, ValueError) as e:

@@ -109,7 +109,9 @@ def resource_frames(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, bool]
     for r in rows:
         t_s = r["time"] - t0
         if on_gpu:
-            dev += [{"t": t_s, "series": f"GPU {g['index']}", "value": g["used_bytes"] / 2**30} for g in r["gpus"]]
+            # A GPU whose memory query failed in that sample has no figure (the sampler reports the error once).
+            dev += [{"t": t_s, "series": f"GPU {g['index']}", "value": g["used_bytes"] / 2**30}
+                    for g in r.get("gpus", []) if "used_bytes" in g]
         else:
             dev += [{"t": t_s, "series": f"rank {x['rank'] if x['rank'] is not None else x['pid']}",
                      "value": x["rss_bytes"] / 2**30} for x in r.get("ranks", [])]

@@ -221,7 +221,11 @@ def _gpu_picker(label: str, help_: str, k: str) -> None:
 
     def fmt(i: int) -> str:
         g = gpus.get(i)
-        return f"GPU {i}" if g is None else f"GPU {i} · {g.name} · {g.total_bytes / 1024**3:.0f} GiB"
+        if g is None:
+            return f"GPU {i}"
+        # Counted within CUDA_VISIBLE_DEVICES; where that renumbers, also the id nvidia-smi and the locks use.
+        machine = f" ({t('train.gpu_machine', id=g.lock_id)})" if g.lock_id not in (i, None) else ""
+        return f"GPU {i}{machine} · {g.name} · {g.total_bytes / 1024**3:.0f} GiB"
 
     st.multiselect(label, options, key=k, help=help_, format_func=fmt, persist_state="session",
                    placeholder=t("train.gpus_all") if gpus else t("train.no_gpu"), disabled=not options)

@@ -102,6 +102,14 @@ if compare:
         sides["base"] = (base_dir, base_trust, ["base", shown_path(base_dir)])
     else:  # another checkpoint of the same run: its column says which
         sides[other] = (targets[other], trust, ["ft", f"{name} · {other}"])
+try:
+    device = cv.chat_device()
+except UserError as e:
+    cv.keep_only({}, "")  # nothing to show: what this page held goes back to the runs
+    st.error(say(e), icon=":material/error:")
+    st.stop()
+cv.keep_only(sides, device.device)
+st.caption(t("chat.device", device=say(device.describe())))
 conv = cv.conversation(cv.conversation_key(source, name, checkpoint, persona))
 for side in sides:
     conv.setdefault(side, [])
@@ -128,7 +136,7 @@ for side, (path, trust_code, by) in sides.items():
             try:
                 handle = ReplyHandle()
                 with st.spinner(t("chat.loading")):
-                    stream = cv.reply_stream(path, trust_code, hist, persona, params, handle)
+                    stream = cv.reply_stream(path, trust_code, hist, persona, params, handle, device.device)
                 text = cv.stream_into(hist, by, stream, handle, stop_key=f"chat.stop.{side}")
                 if not text.strip():
                     st.caption(t("chat.empty"))
@@ -151,6 +159,6 @@ cv.export_buttons(buttons, conv, cv.transcript_info(source, name, checkpoint, pe
 
 # ---- persona probe: the same four prompts, one turn each, on every side; the results belong to this conversation
 if run_probe:
-    cv.run_probe(conv, sides, persona, params)
+    cv.run_probe(conv, sides, persona, params, device.device)
 else:
     cv.show_probe(conv)

@@ -14,8 +14,11 @@ from trainer_core.config.hardware import Gpu, Hardware
 from trainer_core.config.memory import GiB, model_shape, plan_memory
 
 H, LAYERS, HEADS, INTER, VOCAB = 4096, 32, 32, 11008, 151936
-H100x4 = Hardware(gpus=[Gpu(0, "H100", 80 * GiB, True)] * 4, host_ram_bytes=1024 * GiB, cpu_cores=64)
-RTX24x4 = Hardware(gpus=[Gpu(0, "RTX 4090", 24 * GiB, True)] * 4, host_ram_bytes=512 * GiB, cpu_cores=32)
+# Described hardware: no GPU exists on the test machine.
+H100x4 = Hardware(gpus=[Gpu(i, "H100", 80 * GiB, (9, 0), physical=i) for i in range(4)], host_ram_bytes=1024 * GiB,
+                  cpu_cores=64)
+RTX24x4 = Hardware(gpus=[Gpu(i, "RTX 4090", 24 * GiB, (8, 9), physical=i) for i in range(4)],
+                   host_ram_bytes=512 * GiB, cpu_cores=32)
 CPU_ONLY = Hardware(gpus=[], host_ram_bytes=64 * GiB, cpu_cores=16)
 
 
@@ -107,7 +110,7 @@ def test_zero2_model_states_are_deepspeeds_estimate(qwen7b_dir, qwen7b, offload)
     _, gpu = estimate_zero2_model_states_mem_needs(qwen7b.params, num_gpus_per_node=4, num_nodes=1,
                                                    cpu_offload=offload == "cpu")
     assert p.breakdown["model_states"] == gpu
-    assert p.per_rank_device_bytes == gpu + p.breakdown["activations"] + p.breakdown["logits"]
+    assert p.per_rank_device_bytes == sum(p.breakdown.values())
 
 
 def test_zero3_model_states_are_deepspeeds_estimate(qwen7b_dir, qwen7b):

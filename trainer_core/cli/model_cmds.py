@@ -17,6 +17,7 @@ def cmd_chat(args) -> int:
     from trainer_core.data.chat_template import specials_in
     from trainer_core.models.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona,
                                                load_chat_model, resolve_model_dir, stream_reply)
+    from trainer_core.runs.chat_device import choose
 
     if not args.prompt.strip():
         raise UserError("cli.empty_prompt", "--prompt is empty; give the line the model should answer")
@@ -25,7 +26,9 @@ def cmd_chat(args) -> int:
     bounded(args.seed, "--seed", 0, 2**32 - 1)
     bounded(args.checkpoint, "--checkpoint", 0, 10**9)
     model_dir = resolve_model_dir(_model_or_run(args.model), args.checkpoint)
-    model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code)
+    device = choose()  # a GPU no training run holds, or a refusal naming the runs
+    _note(f"device: {device.describe()}")
+    model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code, device=device.device)
     persona, source = chat_persona(model_dir, args.persona)
     params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     # Which system prompt is in use goes to stderr, so stdout stays the reply alone.

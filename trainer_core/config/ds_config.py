@@ -175,10 +175,13 @@ def lint_ds_config(
     precision: str | None = None,
     gpu_supports_bf16: bool | None = None,
     device_map: Any = None,
+    resolved_precision: str | None = None,
 ) -> list[Lint]:
-    """Find DeepSpeed settings that are wrong (error) or wasteful (warning) for this run."""
+    """Find DeepSpeed settings that are wrong (error) or wasteful (warning) for this run. `resolved_precision`:
+    what train.precision (`auto` included) resolves to on the run's devices (hardware.resolve_precision)."""
     zero = _block(ds, "zero_optimization")
     out = (_lint_zero(zero, device_map) + _lint_precision(ds, precision, gpu_supports_bf16)
+           + _lint_precision_agrees(ds, precision, resolved_precision)
            + _lint_batch(ds, world_size, micro_batch, grad_accum))
     stage = zero.get("stage", 0)
     if stage in (1, 2, 3) and world_size == 1 and not _offloaded(zero, "offload_optimizer") \
@@ -247,6 +250,25 @@ def _lint_precision(ds: dict[str, Any], precision: str | None, gpu_supports_bf16
     return out
 
 
+def _lint_precision_agrees(ds: dict[str, Any], precision: str | None, resolved: str | None) -> list[Lint]:
+    """A hand-written fp16/bf16 `enabled` that contradicts the run's precision: the HF Trainer compares the two when
+    the ranks start and raises (transformers' HfTrainerDeepSpeedConfig.fill_match), so refuse it before launch."""
+    if resolved is None or (_enabled(ds.get("fp16")) and _enabled(ds.get("bf16"))):
+        return []  # both enabled: fp16-and-bf16 says so
+    out: list[Lint] = []
+    for key in ("fp16", "bf16"):
+        enabled = _block(ds, key).get("enabled")
+        if enabled is False and key == precision:
+            continue  # precision-disabled says so
+        if isinstance(enabled, bool) and enabled != (resolved == key):
+            out.append(Lint("error", "precision-contradicts", text(
+                "lint.precision_contradicts", "the DeepSpeed config sets {key}.enabled to {value} but train.precision "
+                "{precision} is {resolved} on this run's devices; set {key}.enabled to \"auto\" or "
+                "train.precision to match", key=key, value=str(enabled).lower(), precision=precision,
+                resolved=resolved)))
+    return out
+
+
 def _lint_batch(ds: dict[str, Any], world_size: int, micro_batch: int | None, grad_accum: int | None) -> list[Lint]:
     """Batch arithmetic: train_batch_size = micro * accumulation * world_size must hold for concrete values."""
     out: list[Lint] = []
@@ -306,7 +328,8 @@ def zero_layout(ds: dict[str, Any]) -> ZeroLayout:
     return ZeroLayout(stage, *devices)
 
 
-def lint_run(cfg: RunConfig, ds: dict[str, Any], *, gpu_supports_bf16: bool | None = None) -> list[Lint]:
+def lint_run(cfg: RunConfig, ds: dict[str, Any], *, gpu_supports_bf16: bool | None = None,
+             resolved_precision: str | None = None) -> list[Lint]:
     return lint_ds_config(
         ds,
         world_size=cfg.world_size,
@@ -314,6 +337,7 @@ def lint_run(cfg: RunConfig, ds: dict[str, Any], *, gpu_supports_bf16: bool | No
         grad_accum=cfg.train.gradient_accumulation,
         precision=cfg.train.precision,
         gpu_supports_bf16=gpu_supports_bf16,
+        resolved_precision=resolved_precision,
     )
 
 

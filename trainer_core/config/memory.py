@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trainer_core.config.ds_config import ZeroLayout, build_ds_config, zero_layout
-from trainer_core.config.hardware import Hardware, detect, resolve_precision
+from trainer_core.config.hardware import Hardware, detect, resolve_precision, run_gpus
 from trainer_core.config.run_config import RunConfig
 from trainer_core.errors import Text, UserError, text
 
@@ -34,6 +34,16 @@ CPU_STATE_BYTES = {
     # Every rank loads the whole model before ZeRO-3 partitions it, and a peak keeps that.
     (3, False): (12, 12), (3, True): (9, 22),
 }
+# GPU ranks: what each rank holds besides model states and activations.
+# The CUDA context (kernels, cuBLAS/cuDNN workspaces) a rank holds before its first tensor. transformers' "Model
+# training anatomy" guide measured 1.3 GB with every kernel loaded at start; with CUDA's lazy module loading
+# (CUDA_MODULE_LOADING=LAZY, PyTorch's default since CUDA 11.7) it is a few hundred MiB: 0.5 GiB per rank.
+CUDA_CONTEXT_BYTES = 512 * MiB
+# NCCL's buffers in a run of several ranks: NCCL_BUFFSIZE (4 MiB by default, NCCL's environment-variable docs) per
+# channel, peer and direction, over a handful of channels; a rough figure.
+NCCL_BYTES = 256 * MiB
+# DeepSpeed's bucket size in elements where a config leaves it out (deepspeed/runtime/zero/config.py).
+DS_BUCKET_DEFAULT = 500_000_000
 # Share of the sequence that carries labels in role-play data (answers are short); used for the head's estimate.
 LABEL_FRACTION = 0.5
 
@@ -117,7 +127,9 @@ def _model_states(shape: ModelShape, zero: ZeroLayout, ranks_per_node: int, node
     world = ranks_per_node * nodes
     off_opt = zero.offload_optimizer != "none"
     off_param = zero.offload_param != "none"
-    if zero.stage == 3:
+    if zero.stage == 3 and off_param and not off_opt:
+        dev, host = _offload_param_only(shape, ranks_per_node, nodes)
+    elif zero.stage == 3:
         host, dev, _ = estimate_zero3_model_states_mem_needs(
             p, shape.largest_layer_params, num_gpus_per_node=ranks_per_node, num_nodes=nodes,
             cpu_offload=off_opt, cpu_offload_params=off_param, zero_init=True, additional_buffer_factor=1.5)
@@ -137,6 +149,49 @@ def _model_states(shape: ModelShape, zero: ZeroLayout, ranks_per_node: int, node
     if zero.offload_optimizer == "nvme" or zero.offload_param == "nvme":
         host = host // 4  # states stream from disk; pinned buffers remain
     return int(dev), int(host)
+
+
+def _offload_param_only(shape: ModelShape, ranks_per_node: int, nodes: int) -> tuple[int, int]:
+    """ZeRO-3 with offload_param but no offload_optimizer, which DeepSpeed's estimator does not model (it reads
+    cpu_offload_params only under cpu_offload). The 16-bit parameter partitions live on the host; the optimizer's
+    fp32 weights, Adam moments and fp32 gradients stay on the device, partitioned (16 bytes per parameter over the
+    ranks), with the largest layer gathered whole as in the estimator."""
+    p, world = shape.params, ranks_per_node * nodes
+    dev = 4 * shape.largest_layer_params + int(16 * p / world)
+    host = int((2 * p / nodes + 4 * shape.largest_layer_params * ranks_per_node) * 1.5)  # the estimator's 1.5 buffer
+    return dev, host
+
+
+def _elements(zero: dict, key: str, auto: int, params: int) -> int:
+    """A bucket size from the zero_optimization block in elements: DeepSpeed's default when absent, what the HF
+    Trainer fills for "auto"; never more than the model has."""
+    value = zero.get(key, DS_BUCKET_DEFAULT)
+    if value == "auto":
+        value = auto
+    try:
+        return min(int(float(value)), params)
+    except (TypeError, ValueError):
+        return min(DS_BUCKET_DEFAULT, params)  # the linter reports a bad value; plan with the default
+
+
+def zero_buffers(ds: dict, stage: int, shape: ModelShape, half: bool) -> int:
+    """Bytes per rank of ZeRO's gradient buckets and ZeRO-3's prefetched parameters (DeepSpeed 0.19 sources).
+    "auto" sizes are what transformers' DeepSpeed integration fills: reduce_bucket_size hidden², the ZeRO-3
+    prefetch bucket 0.9 hidden²."""
+    zero = ds.get("zero_optimization") if isinstance(ds.get("zero_optimization"), dict) else {}
+    if stage == 0:
+        return 0
+    size = 2 if half else 4
+    hidden2 = shape.hidden * shape.hidden
+    reduce = _elements(zero, "reduce_bucket_size", hidden2, shape.params)
+    if stage in (1, 2):
+        # stage_1_and_2.setup_buckets: one reduce bucket, and a second with overlap_comm (DeepSpeed's default is off
+        # below stage 3). The all-gather of updated weights (allgather_bucket_size) gathers into the weights' own
+        # flat buffer (runtime/utils.all_gather_dp_groups), so it allocates no bucket of its own.
+        overlap = zero.get("overlap_comm", False) is True
+        return (2 if overlap else 1) * reduce * size
+    prefetch = _elements(zero, "stage3_prefetch_bucket_size", int(0.9 * hidden2), shape.params)
+    return reduce * size + prefetch * size  # stage3.py: one reduce bucket; parameters fetched ahead, in 16-bit
 
 
 def _activations(shape: ModelShape, cfg: RunConfig, stage: int, half: bool, on_gpu: bool) -> tuple[int, int]:
@@ -178,19 +233,23 @@ def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | 
     """Peak memory per rank and per node for `cfg`, with ZeRO stage and offload read from `ds`, the DeepSpeed config
     that runs (None: the one `build_ds_config` gives, which is deepspeed.config_file when that is set)."""
     hw = hw or detect()
-    zero = zero_layout(ds if ds is not None else build_ds_config(cfg, on_gpu=hw.has_gpu))
+    ds = ds if ds is not None else build_ds_config(cfg, on_gpu=hw.has_gpu)
+    zero = zero_layout(ds)
     shape = shape or model_shape(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    precision = resolve_precision(cfg.train.precision, hw)
+    gpus = run_gpus(hw, cfg.placement) or hw.gpus  # the run's GPUs (all of them when it asks for missing ones)
+    precision = resolve_precision(cfg.train.precision, gpus)
     half = precision in ("bf16", "fp16")
     ranks, nodes = cfg.placement.num_ranks, cfg.placement.num_nodes
     acts, logits = _activations(shape, cfg, zero.stage, half, hw.has_gpu)
     notes = []
     if hw.has_gpu:
         dev_states, host_states = _model_states(shape, zero, ranks, nodes, half)
-        breakdown = {"model_states": dev_states, "activations": acts, "logits": logits}
-        per_rank = dev_states + acts + logits
+        breakdown = {"model_states": dev_states, "activations": acts, "logits": logits,
+                     "zero_buffers": zero_buffers(ds, zero.stage, shape, half), "cuda_context": CUDA_CONTEXT_BYTES,
+                     "nccl": NCCL_BYTES if cfg.world_size > 1 else 0}
+        per_rank = sum(breakdown.values())
         host = host_states + ranks * int(1.5 * GiB)  # each rank's process on the host
-        device_total = min(g.total_bytes for g in hw.gpus)
+        device_total = min(g.total_bytes for g in gpus)
         fits = per_rank <= 0.95 * device_total and host <= hw.host_ram_bytes
     else:
         # CPU ranks: "device" memory is the rank's RSS, and all ranks share the host.

@@ -251,7 +251,9 @@ class PlacementArgs:
     """Processes per node (one per GPU; on a CPU-only machine, CPU ranks)."""
 
     gpus: list[int] = field(default_factory=list)
-    """GPU ids to use on each node (empty: the first num_ranks GPUs)."""
+    """GPU ids to use on each node (empty: the first num_ranks GPUs). On one node they count within
+    CUDA_VISIBLE_DEVICES (or Slurm's allocation) when it is set, as `cuda:<i>` does; several nodes: each node's own
+    ids."""
 
     launcher: str = "local"
     """local (one machine); pdsh or ssh (DeepSpeed starts every node from this one over ssh, through pdsh); no_ssh

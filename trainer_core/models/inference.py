@@ -12,8 +12,10 @@ CPU is faster than letting them fight over the cores.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,24 +125,80 @@ def on_inference_thread(fn, *args, **kwargs) -> Future:
     return _worker.submit(fn, *args, **kwargs)
 
 
-def load_chat_model(model_dir: str | Path, *, trust_remote_code: bool = False):
-    """(model, tokenizer) on the best available device, safetensors only, in eval mode."""
-    return on_inference_thread(_load_chat_model, Path(model_dir), trust_remote_code).result()
+def load_chat_model(model_dir: str | Path, *, trust_remote_code: bool = False, device: str = "cpu"):
+    """(model, tokenizer) on `device` ("cpu" or "cuda:<i>", which runs.chat_device chooses), safetensors only, in
+    eval mode."""
+    return on_inference_thread(_load_chat_model, Path(model_dir), trust_remote_code, device).result()
 
 
-def _load_chat_model(model_dir: Path, trust_remote_code: bool):
+def _load_chat_model(model_dir: Path, trust_remote_code: bool, device: str):
     from transformers import AutoModelForCausalLM
 
+    from trainer_core.config.hardware import native_bf16
     from trainer_core.models.local import load_tokenizer
 
     check_model_dir(model_dir, trust_remote_code=trust_remote_code)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    on_gpu = device.startswith("cuda")
+    dtype = torch.bfloat16 if on_gpu and native_bf16(torch.cuda.get_device_capability(device)) else torch.float32
     tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=dtype,
                                                  use_safetensors=True)
     model.to(device).eval()
     return model, tok
+
+
+# The chat models this process holds, by (folder, trust_remote_code, device, folder stamp), least recently used
+# first. Held here rather than in Streamlit's cache so that a page can say which ones it still shows and the rest
+# give their GPU memory back at once (a training run may need it), before another loads.
+_models: "OrderedDict[tuple, tuple]" = OrderedDict()
+_models_lock = threading.Lock()
+MAX_CHAT_MODELS = 2
+"""Models held at most (compare mode shows two)."""
+
+
+def chat_model(model_dir: str | Path, *, trust_remote_code: bool = False, device: str = "cpu", stamp: float = 0.0):
+    """(model, tokenizer), loaded once per (folder, device, stamp): a re-written folder (new stamp) loads again.
+    Never mutate what it returns. Loading one more than MAX_CHAT_MODELS first releases the least recently used."""
+    key = (str(model_dir), trust_remote_code, device, stamp)
+    with _models_lock:
+        if key in _models:
+            _models.move_to_end(key)
+            return _models[key]
+        extra = max(0, len(_models) + 1 - MAX_CHAT_MODELS)
+        dropped = [_models.pop(k) for k in list(_models)[:extra]]
+    if dropped:
+        del dropped
+        _free_memory()
+    pair = load_chat_model(model_dir, trust_remote_code=trust_remote_code, device=device)
+    with _models_lock:
+        _models[key] = pair
+    return pair
+
+
+def release_chat_models(keep: set[tuple[str, bool, str]] | None = None) -> int:
+    """Release every held model except those in `keep` ((folder, trust_remote_code, device) triples): compare mode
+    turned off, or another model picked. Returns how many went."""
+    with _models_lock:
+        gone = [k for k in _models if keep is None or k[:3] not in keep]
+        dropped = [_models.pop(k) for k in gone]
+    if dropped:
+        del dropped
+        _free_memory()
+    return len(gone)
+
+
+def held_chat_models() -> list[tuple]:
+    """The keys of the models held now, least recently used first."""
+    with _models_lock:
+        return list(_models)
+
+
+def _free_memory() -> None:
+    """Collect what the released models held and return the freed GPU memory to the driver (PyTorch's caching
+    allocator keeps it otherwise, and nvidia-smi and other processes still see it as used)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def context_length(model, tokenizer) -> int:

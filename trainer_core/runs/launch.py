@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from trainer_core import paths
+from trainer_core.config.hardware import ORDER_ENV
 from trainer_core.config.run_config import RunConfig
 from trainer_core.errors import UserError
 
@@ -94,16 +95,20 @@ def trainer_args(run_dir: Path, resume_from: Path | None, supervised: bool = Fal
 
 
 def node_argv(cfg: RunConfig, run_dir: Path, *, node_rank: int | None = None, master_port: int | None = None,
-              resume_from: Path | None = None, has_gpu: bool = False, supervised: bool = False) -> list[str]:
+              resume_from: Path | None = None, has_gpu: bool = False, supervised: bool = False,
+              include: list[int] | None = None) -> list[str]:
     """The launcher argv for one node (for local and pdsh/ssh runs, the only node that launches). `supervised`: the
-    run's supervisor starts it and records the final state (the ranks then leave that to it)."""
+    run's supervisor starts it and records the final state (the ranks then leave that to it). `include`: a local
+    GPU run's GPUs by the machine's ids (preflight.include_ids): DeepSpeed's runner drops CUDA_VISIBLE_DEVICES when
+    given `--include` and reads the ids as the machine's, so `placement.gpus` (counted within the visible GPUs)
+    cannot go there as it is."""
     rank_args = trainer_args(run_dir, resume_from, supervised)
     p = cfg.placement
     port = master_port or p.master_port
     argv = runner_prefix() + ["--no_local_rank", "--master_port", str(port)]
     if p.launcher == "local":
         if has_gpu:
-            gpus = p.gpus or list(range(p.num_ranks))
+            gpus = include if include is not None else (p.gpus or list(range(p.num_ranks)))
             argv += ["--include", "localhost:" + ",".join(map(str, gpus))]
         else:
             argv += ["--num_gpus", str(p.num_ranks)]
@@ -138,17 +143,19 @@ def _check_remote_shell_safe(values: list[str]) -> None:
                             "./_- only", value=value)
 
 
-def all_node_commands(cfg: RunConfig, run_dir: Path, has_gpu: bool = False) -> list[list[str]]:
+def all_node_commands(cfg: RunConfig, run_dir: Path, has_gpu: bool = False,
+                      include: list[int] | None = None) -> list[list[str]]:
     """One argv per node that must be started by hand (no_ssh), or the single launch argv otherwise."""
     if cfg.placement.launcher == "no_ssh":
         return [node_argv(cfg, run_dir, node_rank=r, has_gpu=has_gpu) for r in range(cfg.placement.num_nodes)]
-    return [node_argv(cfg, run_dir, has_gpu=has_gpu)]
+    return [node_argv(cfg, run_dir, has_gpu=has_gpu, include=include)]
 
 
 def launch_env(cfg: RunConfig, has_gpu: bool) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PROJECT_ROOT), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault(ORDER_ENV, "PCI_BUS_ID")  # the ranks number GPUs as NVML and nvidia-smi do (config.hardware)
     env["TOKENIZERS_PARALLELISM"] = "false"
     env.setdefault("TORCH_EXTENSIONS_DIR", str(paths.CACHE_DIR / "torch_extensions"))  # see warm_deepspeed_ops
     if "OMP_NUM_THREADS" not in env:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainer_core import paths
 from trainer_core.config.ds_config import Lint, write_json
-from trainer_core.config.hardware import Hardware, detect
+from trainer_core.config.hardware import Hardware, detect, include_ids
 from trainer_core.config.run_config import RunConfig, save_config
 from trainer_core.errors import Text, UserError
 from trainer_core.runs import preflight
@@ -72,7 +72,7 @@ def plan(cfg: RunConfig, *, memory: bool = True) -> Plan:
     run_dir = paths.runs_root() / new_run_name(cfg)
     named = dataclasses.replace(cfg, name=run_dir.name)
     out = Plan(cfg=cfg, ds_config=ds, lints=lints, n_records=n_records, hardware=hw, run_dir=run_dir,
-               argv=all_node_commands(cfg, run_dir, has_gpu=hw.has_gpu),
+               argv=all_node_commands(cfg, run_dir, has_gpu=hw.has_gpu, include=include_ids(hw, cfg.placement)),
                cluster_files=cluster_files(named, run_dir))
     if memory:
         from trainer_core.config.memory import plan_memory
@@ -119,7 +119,8 @@ def _write_run(p: Plan, root: Path) -> Path:
             if file_name != rd.HOSTFILE:
                 (tmp / file_name).chmod(0o755)
         rd.write_json_atomic(tmp / rd.COMMAND, {
-            "argv": all_node_commands(cfg, final, has_gpu=p.hardware.has_gpu),
+            "argv": all_node_commands(cfg, final, has_gpu=p.hardware.has_gpu,
+                                      include=include_ids(p.hardware, cfg.placement)),
             "cwd": str(paths.PROJECT_ROOT),
             "note": "planned commands; the supervisor records the exact argv it ran in manifest.json",
         })

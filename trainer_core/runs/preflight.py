@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 from trainer_core import paths
 from trainer_core.config.ds_config import Lint, build_ds_config, lint_run
-from trainer_core.config.hardware import Hardware
+from trainer_core.config.hardware import VISIBLE_ENV, Hardware, bf16_everywhere, resolve_precision, run_gpus
 from trainer_core.config.run_config import RunConfig
 from trainer_core.errors import UserError, text
 from trainer_core.models.local import check_model_dir
@@ -48,11 +49,21 @@ def with_zero_of(cfg: RunConfig, ds: dict[str, Any]) -> RunConfig:
 
 
 def check_placement(cfg: RunConfig, hw: Hardware) -> None:
-    """The ranks asked for exist on this machine (local runs), and a multi-node hostfile is well formed."""
+    """The ranks asked for exist on this machine (local runs), and a multi-node hostfile is well formed. GPU ids
+    count within CUDA_VISIBLE_DEVICES (hardware's module docstring)."""
     p = cfg.placement
+    if hw.gpu_problem is not None and p.launcher == "local":
+        # GPUs are there but cannot be used as asked (a CPU-only torch, unmappable CUDA_VISIBLE_DEVICES): say so
+        # rather than start CPU ranks, or the wrong GPUs, on a GPU machine.
+        raise UserError("runs.gpu_unusable", "{problem}", problem=hw.gpu_problem)
     if hw.has_gpu and p.launcher == "local":
         missing = [g for g in (p.gpus or list(range(p.num_ranks))) if g >= len(hw.gpus)]
         if missing:
+            visible = os.environ.get(VISIBLE_ENV)
+            if visible is not None:
+                raise UserError("runs.gpus_missing_visible", "placement.gpus asks for GPU {missing} but {env}={value} "
+                                "shows {n} GPUs; placement.gpus counts from 0 within them", missing=missing,
+                                env=VISIBLE_ENV, value=visible, n=len(hw.gpus))
             raise UserError("runs.gpus_missing", "placement.gpus asks for GPU {missing} but this machine has {n} GPUs",
                             missing=missing, n=len(hw.gpus))
     elif p.launcher == "local" and p.num_ranks > hw.cpu_cores:
@@ -75,7 +86,9 @@ def check_files(cfg: RunConfig) -> int:
 
 def lints(cfg: RunConfig, ds: dict[str, Any], hw: Hardware) -> list[Lint]:
     """Every lint of the run; errors refuse it, naming each problem."""
-    found = lint_run(cfg, ds, gpu_supports_bf16=hw.has_gpu and all(g.bf16 for g in hw.gpus))
+    gpus = run_gpus(hw, cfg.placement)
+    found = lint_run(cfg, ds, gpu_supports_bf16=bf16_everywhere(gpus),
+                     resolved_precision=resolve_precision(cfg.train.precision, gpus))
     found += lint_learning_rate(cfg)
     found += lint_imported_length(cfg.model.path, cfg.data.max_length)
     errors = [text("runs.lint_error", "error: {message} [{lint}]", message=x.message, lint=x.code)

@@ -12,7 +12,6 @@ their launcher (train.share_fate), so no part of a run outlives the others for l
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -26,13 +25,14 @@ from typing import Any
 import psutil
 
 from trainer_core import paths
-from trainer_core.config.hardware import detect
+from trainer_core.config.hardware import detect, include_ids, lock_ids
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError, text
 from trainer_core.runs import device_locks
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.launch import launch_env, node_argv
+from trainer_core.runs.resources import sample_resources
 from trainer_core.runs.state import finish, read_state
 
 STOP_GRACE_S = 15.0
@@ -45,7 +45,9 @@ ORPHAN_SAVE_TIMEOUT_S = 300.0
 def device_keys(run: Path) -> list[str]:
     """Lock names for the devices this node's ranks use (see device_locks)."""
     cfg = load_config(run / rd.CONFIG)
-    return device_locks.device_keys(cfg.placement.num_ranks, cfg.placement.gpus, detect().has_gpu)
+    hw = detect()
+    # By the machine's ids, so that runs with different CUDA_VISIBLE_DEVICES (or Slurm jobs) see each other.
+    return device_locks.device_keys(cfg.placement.num_ranks, lock_ids(hw, cfg.placement), hw.has_gpu)
 
 
 # ---------------------------------------------------------------- starting
@@ -94,66 +96,13 @@ def _proc_info(pid: int) -> dict[str, Any]:
     return {"pid": pid, "pgid": os.getpgid(pid), "create_time": p.create_time()}
 
 
-def sample_resources(run: Path, root_pid: int, stop: threading.Event, every_s: float) -> None:
-    """Append memory samples of every process of the run (and GPUs through NVML when present)."""
-    nvml = None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        nvml = pynvml
-    except Exception:  # no NVIDIA driver: CPU-only sampling
-        nvml = None
-    with open(run / rd.RESOURCES, "a", encoding="utf-8") as out:
-        while not stop.is_set():
-            row: dict[str, Any] = {"time": time.time()}
-            try:
-                procs = psutil.Process(root_pid).children(recursive=True)
-            except psutil.Error:
-                procs = []
-            ranks = []
-            for p in procs:
-                try:
-                    cmd = p.cmdline()
-                    if "trainer_core.training.train" not in " ".join(cmd) or "deepspeed.launcher" in " ".join(cmd):
-                        continue
-                    env_rank = None
-                    try:
-                        env_rank = p.environ().get("RANK")
-                    except psutil.Error:
-                        pass
-                    ranks.append({"pid": p.pid, "rank": int(env_rank) if env_rank else None,
-                                  "rss_bytes": p.memory_info().rss})
-                except psutil.Error:
-                    continue
-            vm = psutil.virtual_memory()
-            row["ranks"] = sorted(ranks, key=lambda r: (r["rank"] is None, r["rank"]))
-            row["host_used_bytes"] = vm.total - vm.available
-            row["host_total_bytes"] = vm.total
-            if nvml is not None:
-                gpus = []
-                for i in range(nvml.nvmlDeviceGetCount()):
-                    h = nvml.nvmlDeviceGetHandleByIndex(i)
-                    mem = nvml.nvmlDeviceGetMemoryInfo(h)
-                    util = nvml.nvmlDeviceGetUtilizationRates(h)
-                    gpus.append({"index": i, "used_bytes": int(mem.used), "total_bytes": int(mem.total),
-                                 "util_pct": int(util.gpu)})
-                row["gpus"] = gpus
-            if ranks or nvml is not None:
-                try:
-                    out.write(json.dumps(row) + "\n")
-                    out.flush()
-                except OSError:
-                    pass  # disk full: sampling is lost, the run's outcome is still recorded
-            stop.wait(every_s)
-
-
 def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_keys: list[str]) -> int:
     me = _proc_info(os.getpid())
     cfg = load_config(run / rd.CONFIG)
     hw = detect()
     argv = node_argv(cfg, run, resume_from=resume_from, has_gpu=hw.has_gpu, master_port=_pick_port(cfg),
-                     supervised=True)  # the final state is ours to write, after the devices are free
+                     supervised=True,  # the final state is ours to write, after the devices are free
+                     include=include_ids(hw, cfg.placement))
     # The ranks read host, pid and lock_keys to watch this process and to hold the device locks with it.
     rd.write_json_atomic(run / rd.MANIFEST, {**me, "host": socket.gethostname(), "argv": argv,
                                              "started": time.time(), "lock_fds": lock_fds, "lock_keys": lock_keys,
@@ -175,7 +124,11 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     stop = threading.Event()
-    sampler = threading.Thread(target=sample_resources, args=(run, child.pid, stop, 2.0), daemon=True)
+    # The run's GPUs by machine id, as NVML numbers them ([] for CPU ranks).
+    gpu_ids = include_ids(hw, cfg.placement) or lock_ids(hw, cfg.placement) or []
+    sampler = threading.Thread(target=sample_resources, args=(run, child.pid, stop, 2.0),
+                               kwargs={"gpu_ids": gpu_ids, "warn": lambda line: _note(log, f"=== {line}\n")},
+                               daemon=True)
     sampler.start()
     code = child.wait()
     _collect_orphans(run, me, code, log)
