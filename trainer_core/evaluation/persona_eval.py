@@ -203,14 +203,21 @@ def evaluate_model(model_dir: Path, *, persona: str, data: HeldOut, probes: Prob
     """Generate every held-out and probe reply, score the answers, and return the result (without lexicon_rate,
     which `score_lexicon` adds once the run's lexicon is known)."""
     from trainer_core.models.inference import load_chat_model, on_inference_thread
+    from trainer_core.runs import chat_device
 
     cancel = cancel or threading.Event()
-    model, tok = load_chat_model(model_dir, trust_remote_code=trust_remote_code)
+    device = chat_device.choose().device  # a GPU no live run holds, as for chat (or a refusal naming the runs)
+    model, tok = load_chat_model(model_dir, trust_remote_code=trust_remote_code, device=device)
     try:
         return on_inference_thread(_evaluate_loaded, model, tok, persona, data, probes, settings, cancel,
-                                   progress).result() | {"model": str(model_dir)}
+                                   progress).result() | {"model": str(model_dir), "device": device}
     finally:
         del model
+        if device.startswith("cuda"):
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
 
 
 def _evaluate_loaded(model, tok, persona: str, data: HeldOut, probes: Probes, settings: EvalSettings,
