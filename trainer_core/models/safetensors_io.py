@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -106,9 +107,15 @@ def read_header(path: Path) -> dict[str, Tensor]:
     return out
 
 
+TRAINER_PICKLES = re.compile(r"training_args\.bin|rng_state(_\d+)?\.pth|scheduler\.pt|optimizer\.pt")
+"""What the Trainer writes into every checkpoint beside the model: its state, not weights."""
+
+
 def has_pickle_weights(folder: Path) -> bool:
-    """Whether the folder holds .bin/.pt/.pth weights, which we never load: unpickling can run code."""
-    return any(any(folder.glob(f"*{suffix}")) for suffix in (".bin", ".pt", ".pth"))
+    """Whether the folder holds .bin/.pt/.pth weights, which we never load: unpickling can run code. A
+    checkpoint's own Trainer files are not weights (a checkpoint without its safetensors has no weights)."""
+    return any(not TRAINER_PICKLES.fullmatch(f.name) for suffix in (".bin", ".pt", ".pth")
+               for f in folder.glob(f"*{suffix}"))
 
 
 def index_shards(folder: Path) -> list[Path] | None:
