@@ -54,6 +54,9 @@ class DataReport:
     """Usable records when they were counted but not kept (``keep=False``); None when ``conversations`` holds them."""
     n_duplicates: int = 0
     """Usable records whose conversation repeats an earlier one exactly (each is also a warning)."""
+    n_tool_call_rows: int = 0
+    """Records left out because they hold tool-call turns, a format this trainer does not train. Counted as the
+    file is read: ``errors`` keeps only the first few problems of each kind."""
 
     @property
     def n_usable(self) -> int:
@@ -72,11 +75,6 @@ class DataReport:
     @property
     def n_warnings(self) -> int:
         return getattr(self.warnings, "total", len(self.warnings))
-
-    @property
-    def n_tool_call_rows(self) -> int:
-        """Records left out because they hold tool-call turns, a format this trainer does not train."""
-        return len({e.row for e in self.errors if e.message.code == TOOL_CALL})
 
     def to_dict(self, max_errors: int = MAX_REPORTED_ERRORS) -> dict:
         """JSON-able summary; errors and warnings are cut to ``max_errors`` each, with the full counts alongside."""
@@ -304,7 +302,10 @@ def _scan(source, name: str, ext: str, report: DataReport, *, max_chars: int, pr
         for key in dict.fromkeys(repeated):
             report.warnings.append(RowError(row, key, text("data.repeated_key", "key appears more than once; only "
                                                            "its last value is used")))
-        fmt, conversation = validate_record(record, row, report.errors, report.warnings, max_chars)
+        found: list[RowError] = []
+        fmt, conversation = validate_record(record, row, found, report.warnings, max_chars)
+        report.errors.extend(found)
+        report.n_tool_call_rows += any(e.message.code == TOOL_CALL for e in found)
         formats.add(fmt)
         if conversation is None:
             continue
