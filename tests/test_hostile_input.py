@@ -253,11 +253,14 @@ def test_real_process_deep_data_file_exits_2_without_a_traceback(tmp_path):
 # ---------------------------------------------------------------------------------------------------- issue 27
 # Inputs that once hung, or ended in a traceback (exit 1) where one line and exit 2 are promised.
 
-def one_line(proc) -> str:
-    """A real process refused its input: exit 2, one line on stderr starting 'error: ', no traceback."""
+def one_line(proc, *, after_progress: bool = False) -> str:
+    """A real process refused its input: exit 2, one line on stderr starting 'error: ', no traceback. With
+    `after_progress`, the line ends what the command printed while it worked (an export's DeepSpeed log)."""
     err = proc.stderr.strip()
-    assert proc.returncode == 2 and "Traceback" not in err and "\n" not in err, (proc.returncode, err[-3000:])
-    assert err.startswith("error: "), err
+    assert proc.returncode == 2 and "Traceback" not in err, (proc.returncode, err[-3000:])
+    if after_progress:
+        err = err.splitlines()[-1]
+    assert "\n" not in err and err.startswith("error: "), err
     return err
 
 
@@ -297,7 +300,8 @@ def test_a_dataset_folder_holding_a_fifo_is_refused(tmp_path, capsys):
     folder.mkdir()
     os.mkfifo(folder / "data-00000-of-00001.arrow")
     (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
-    assert "data-00000-of-00001.arrow" in refused(capsys, "check-data", str(folder))
+    err = refused(capsys, "check-data", str(folder))  # once: "lists it, which is not in the folder"
+    assert "data-00000-of-00001.arrow: is not a regular file" in err, err
 
 
 LONG_INT = "9" * 5000  # Python refuses to convert more than 4,300 digits
@@ -449,9 +453,13 @@ def rewrite_header(path: Path, change) -> None:
 
 
 def overlap(header: dict) -> None:
-    a, b = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])[:2]
-    header[b]["data_offsets"] = header[a]["data_offsets"]  # two tensors on the same bytes
-    header[b]["shape"], header[b]["dtype"] = header[a]["shape"], header[a]["dtype"]
+    """Two tensors of the same shape and dtype on the same bytes: every other check passes."""
+    by_kind: dict = {}
+    for name, info in header.items():
+        if name != "__metadata__":
+            by_kind.setdefault((info["dtype"], tuple(info["shape"])), []).append(name)
+    a, b = next(names for names in by_kind.values() if len(names) > 1)[:2]
+    header[b]["data_offsets"] = header[a]["data_offsets"]
 
 
 def index_to(src: Path, target: str) -> None:
@@ -468,7 +476,7 @@ def index_to(src: Path, target: str) -> None:
     ("dest_loop", "already exists; choose a new folder name"),
     ("dest_inside", "is inside the source folder"),
     ("overlap", "share bytes"),
-    ("index_dotdot", "names '../../etc/passwd', which is not a file in the model folder"),
+    ("index_dotdot", "names '../../"),  # as many ../ as reach /etc/passwd from the folder
     ("index_absolute", "names '/etc/passwd', which is not a file in the model folder"),
     ("shard_link_out", "outside the folder"),
 ])
@@ -490,7 +498,7 @@ def test_import_model_stays_inside_its_source(tmp_path, case, needle):
     elif case == "overlap":
         rewrite_header(src / "model.safetensors", overlap)
     elif case == "index_dotdot":
-        index_to(src, "../../etc/passwd")
+        index_to(src, os.path.relpath("/etc/passwd", src))
     elif case == "index_absolute":
         index_to(src, "/etc/passwd")
     elif case == "shard_link_out":
@@ -498,7 +506,7 @@ def test_import_model_stays_inside_its_source(tmp_path, case, needle):
         (src / "model.safetensors").rename(outside)
         (src / "model.safetensors").symlink_to(outside)
     err = one_line(cli("import-model", str(src), str(dest), timeout=120))
-    assert needle in err, err
+    assert needle in err and (not case.startswith("index") or "which is not a file in the model folder" in err), err
     assert not (dest.exists() and not dest.is_symlink()), "nothing is written"
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".out.")], "no temporary folder left"
 
@@ -530,7 +538,7 @@ def test_export_and_chat_on_damaged_checkpoints_of_a_real_run(runs_root, starter
         try:
             shutil.rmtree(run / rd.EXPORTS)
             (run / rd.EXPORTS).symlink_to(small)  # the exports folder on a 1 MiB disk
-            err = one_line(cli("export", run.name))
+            err = one_line(cli("export", run.name), after_progress=True)  # the consolidation ran
             assert "no space left on device while writing" in err and "SafetensorError" not in err, err
             assert not list(small.iterdir()), "the partial export is removed"
         finally:

@@ -144,7 +144,7 @@ def saved_dataset_files(folder: Path) -> list[Path]:
             raise UserError("data.state_bad_entry", "{path}: _data_files entry {entry} is not a file name in the "
                             "folder", path=state_path, entry=repr(entry)[:80])
         path = folder / filename
-        if not path.is_file():
+        if not path.exists():  # there but not a regular file (a FIFO): dataset.check_data_path words it
             raise UserError("data.state_missing_file", "{path}: lists {filename}, which is not in the folder",
                             path=state_path, filename=filename)
         files.append(path)

@@ -87,11 +87,11 @@ def pick_checkpoint(run: Path, step: int | None) -> Path:
 
 
 def export_checkpoint(run: Path, step: int | None = None) -> Path:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     ckpt = pick_checkpoint(run, step)
     check_zero_shards(ckpt)
     cfg = load_config(run / rd.CONFIG)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # after the checks: seconds
+
     dest = run / rd.EXPORTS / ckpt.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
