@@ -351,6 +351,7 @@ MESSAGES_ZH: dict[str, str] = {
     "models.overlapping_tensors": "{file}：张量 {first} 和 {second} 共用了字节；safetensors 文件里每个张量都有自己的范围。请重新下载。",
     "models.index_outside": "{index} 列出了 {name}，它不是模型文件夹里的文件；请重新下载模型。",
     "runs.data_path": "data.path {problem}",
+    "runs.data_not_found": "找不到 data.path {path}：请上传数据集或选择示例数据。",
     "runs.damaged": "它的文件无法读取（{detail}）",
     "runs.damaged_run": "运行 {name}：{problem}",
 

@@ -19,7 +19,7 @@ def active_run() -> Path | None:
     for run in runs:
         if run.name == picked:
             return run
-    live = [run for run in runs if (st := read_listed(run)[0]) is not None and st.live]
+    live = [run for run in runs if (state := read_listed(run)[0]) is not None and state.live]
     return (live or runs or [None])[0]
 
 

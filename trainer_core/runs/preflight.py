@@ -71,6 +71,9 @@ def check_files(cfg: RunConfig) -> int:
     try:
         check_data_path(cfg.data.path)  # the same check as check-data's, before anything reads the file
     except UserError as e:
+        if e.code == "data.file_not_found":  # the Train form's words: where a dataset comes from
+            raise UserError("runs.data_not_found", "data.path {path} not found: upload a dataset or pick the "
+                            "sample", path=cfg.data.path) from None
         raise UserError("runs.data_path", "data.path {problem}", problem=e.text) from None
     return check_answers_fit(cfg)
 
