@@ -14,8 +14,8 @@ from app import data_jobs
 from app import train_form as form
 from app.i18n import option_labels, say, t
 from trainer_core import paths
-from trainer_core.data.dataset import (DataReport, load_dataset, load_dataset_bytes, modified_time,
-                                       special_token_warnings)
+from trainer_core.data.dataset import (DataReport, check_data_path, load_dataset, load_dataset_bytes,
+                                       modified_time, special_token_warnings)
 from trainer_core.data.token_stats import TokenStats, token_stats
 from trainer_core.data.subset import write_subset
 from trainer_core.data.uploads import safe_upload_name, store_upload
@@ -75,8 +75,7 @@ PROGRESS_REFRESH_S = 0.5
 
 def report_job(path: Path) -> data_jobs.Job:
     """Validation of a dataset file, in the background (shared until the file changes). UserError if missing."""
-    if not path.exists():
-        raise UserError("data.file_not_found", "{path}: file not found; check the path", path=path)
+    check_data_path(path)  # the one check of a dataset path; a FIFO or /dev/zero would hang the job
     key = ("report", str(path), modified_time(path))
     return data_jobs.submit(key, lambda progress: load_dataset(path, progress=progress))
 

@@ -51,6 +51,7 @@ ZH: dict[str, str] = {
     "state.completed": "已完成",
     "state.failed": "失败",
     "state.stopped": "已停止",
+    "state.damaged": "已损坏",
     # data page
     "data.title": "数据",
     "data.source": "数据来源",
@@ -473,6 +474,7 @@ EN: dict[str, str] = {
     "state.completed": "completed",
     "state.failed": "failed",
     "state.stopped": "stopped",
+    "state.damaged": "damaged",
     "data.title": "Data",
     "data.source": "Dataset",
     "data.source.sample": "Sample (Zhen Huan)",

@@ -8,11 +8,11 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 
-from app.i18n import state_name
+from app.i18n import say, state_name
 from trainer_core.runs import protocol as rd
 from trainer_core.config.run_config import RunConfig, load_config
 from trainer_core.errors import UserError
-from trainer_core.runs.state import read_state
+from trainer_core.runs.registry import DAMAGED, read_listed
 from trainer_core.runs.tailing import read_all_rows
 
 
@@ -27,7 +27,10 @@ def _loss(value) -> str:
 def history_row(run: Path) -> dict:
     from app.monitor_view import fmt_duration
 
-    s = read_state(run)
+    s, problem = read_listed(run)
+    if s is None:  # a damaged folder is a row that says so; the other runs are listed as ever
+        return {"name": run.name, "model": "?", "data": "?", "state": f"{state_name(DAMAGED)}: {say(problem)}",
+                "steps": "-", "final loss": "-", "eval loss": "-", "duration": "-", "checkpoints": ""}
     try:
         cfg = saved_config(run)
         model, data = Path(cfg.model.path).name, Path(cfg.data.path).name

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from trainer_core.runs.registry import list_runs
-from trainer_core.runs.state import read_state
+from trainer_core.runs.registry import list_runs, read_listed
 
 
 def active_run() -> Path | None:
@@ -20,7 +19,7 @@ def active_run() -> Path | None:
     for run in runs:
         if run.name == picked:
             return run
-    live = [run for run in runs if read_state(run).live]
+    live = [run for run in runs if (state := read_listed(run)[0]) is not None and state.live]
     return (live or runs or [None])[0]
 
 

@@ -12,7 +12,8 @@ from app.frame import require_frame
 from app.i18n import option_labels, say, t
 from app.state import active_run
 from trainer_core.errors import UserError
-from trainer_core.models.inference import GenParams, ReplyHandle
+from trainer_core.models.inference import (MAX_NEW_TOKENS_RANGE, REPETITION_PENALTY_RANGE, TEMPERATURE_RANGE,
+                                           TOP_P_RANGE, GenParams, ReplyHandle)
 from trainer_core.models.local import list_local_models
 
 require_frame()
@@ -78,14 +79,17 @@ if found := cv.special_tokens_in(model_dir, trust, persona):
 defaults = GenParams()
 with st.expander(t("chat.params")):
     c = st.columns(4)
-    temperature = c[0].slider(t("chat.temperature"), 0.0, 2.0, defaults.temperature, 0.05, key="p.chat.temperature",
-                              persist_state="session", help=t("chat.temperature_help"))
-    top_p = c[1].slider("top-p", 0.05, 1.0, defaults.top_p, 0.05, key="p.chat.top_p", persist_state="session",
-                        help=t("chat.top_p_help"))
-    max_new = c[2].slider(t("chat.max_new_tokens"), 16, 1024, defaults.max_new_tokens, 16, key="p.chat.max_new",
-                          persist_state="session")
-    rep = c[3].slider(t("chat.repetition_penalty"), 1.0, 2.0, defaults.repetition_penalty, 0.01,
-                      key="p.chat.repetition", persist_state="session", help=t("chat.repetition_help"))
+    # The engine's limits (inference.*_RANGE) bound each slider; the lowest steps are the sliders' own.
+    temperature = c[0].slider(t("chat.temperature"), TEMPERATURE_RANGE[0], TEMPERATURE_RANGE[1],
+                              defaults.temperature, 0.05, key="p.chat.temperature", persist_state="session",
+                              help=t("chat.temperature_help"))
+    top_p = c[1].slider("top-p", 0.05, TOP_P_RANGE[1], defaults.top_p, 0.05, key="p.chat.top_p",
+                        persist_state="session", help=t("chat.top_p_help"))
+    max_new = c[2].slider(t("chat.max_new_tokens"), 16, MAX_NEW_TOKENS_RANGE[1], defaults.max_new_tokens, 16,
+                          key="p.chat.max_new", persist_state="session")
+    rep = c[3].slider(t("chat.repetition_penalty"), REPETITION_PENALTY_RANGE[0], REPETITION_PENALTY_RANGE[1],
+                      defaults.repetition_penalty, 0.01, key="p.chat.repetition", persist_state="session",
+                      help=t("chat.repetition_help"))
 params = GenParams(max_new_tokens=int(max_new), temperature=temperature, top_p=top_p, repetition_penalty=rep)
 
 c1, c2 = st.columns(2)

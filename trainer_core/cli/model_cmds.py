@@ -14,17 +14,20 @@ def _note(line: str) -> None:
 
 
 def cmd_chat(args) -> int:
+    from trainer_core.config.sections import MAX_SEED, MAX_STEPS
     from trainer_core.data.chat_template import specials_in
-    from trainer_core.models.inference import (PERSONA_GIVEN, PERSONA_TRAINED, GenParams, chat_persona,
-                                               load_chat_model, resolve_model_dir, stream_reply)
+    from trainer_core.models.inference import (MAX_NEW_TOKENS_RANGE, PERSONA_GIVEN, PERSONA_TRAINED,
+                                               TEMPERATURE_RANGE, GenParams, chat_persona, load_chat_model,
+                                               resolve_model_dir, stream_reply)
     from trainer_core.runs.chat_device import choose
 
     if not args.prompt.strip():
         raise UserError("cli.empty_prompt", "--prompt is empty; give the line the model should answer")
-    bounded(args.max_new_tokens, "--max-new-tokens", 1, 8192)
-    bounded(args.temperature, "--temperature", 0.0, 10.0)
-    bounded(args.seed, "--seed", 0, 2**32 - 1)
-    bounded(args.checkpoint, "--checkpoint", 0, 10**9)
+    # The engine's own limits (GenParams), checked here too so that the refusal names the flag.
+    bounded(args.max_new_tokens, "--max-new-tokens", *MAX_NEW_TOKENS_RANGE)
+    bounded(args.temperature, "--temperature", *TEMPERATURE_RANGE)
+    bounded(args.seed, "--seed", 0, MAX_SEED)
+    bounded(args.checkpoint, "--checkpoint", 0, MAX_STEPS)
     model_dir = resolve_model_dir(_model_or_run(args.model), args.checkpoint)
     device = choose()  # a GPU no training run holds, or a refusal naming the runs
     _note(f"device: {device.describe()}")
@@ -59,9 +62,10 @@ def _model_or_run(ref: str) -> Path:
 
 
 def cmd_export(args) -> int:
+    from trainer_core.config.sections import MAX_STEPS
     from trainer_core.models.export import export_checkpoint
 
-    bounded(args.checkpoint, "--checkpoint", 0, 10**9)
+    bounded(args.checkpoint, "--checkpoint", 0, MAX_STEPS)
     run = run_dir(args.run)
     if args.format == "qwen1":  # checked before the consolidation, which can take minutes
         from trainer_core.config.run_config import load_config

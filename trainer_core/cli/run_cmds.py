@@ -104,9 +104,12 @@ def _value(value) -> str:
 
 def cmd_status(args) -> int:
     from trainer_core.runs import protocol as rd
-    from trainer_core.runs.state import read_state
+    from trainer_core.runs.registry import read_listed
 
-    st = read_state(run_dir(args.run))
+    run = run_dir(args.run)
+    st, problem = read_listed(run)
+    if st is None:
+        raise UserError("runs.damaged_run", "run {name}: {problem}", name=run.name, problem=problem)
     if args.json:
         print_json(st.to_json())
         return 0
@@ -146,15 +149,18 @@ def cmd_resume(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from trainer_core.runs.registry import list_runs
-    from trainer_core.runs.state import read_state
+    from trainer_core.runs.registry import DAMAGED, list_runs, read_listed
 
-    rows = [read_state(r) for r in list_runs()]
+    rows = [(run, *read_listed(run)) for run in list_runs()]
     if args.json:
-        print_json([st.to_json() for st in rows])
+        print_json([st.to_json() if st else {"name": run.name, "run_dir": str(run), "state": DAMAGED,
+                                             "error": str(problem)} for run, st, problem in rows])
         return 0
-    for st in rows:
-        emit(f"{st.name:<32} {st.state:<10} step {st.step}/{st.total_steps or '?'} loss {_value(st.loss)}")
+    for run, st, problem in rows:
+        if st is None:
+            emit(f"{run.name:<32} {DAMAGED:<10} {problem}")
+        else:
+            emit(f"{st.name:<32} {st.state:<10} step {st.step}/{st.total_steps or '?'} loss {_value(st.loss)}")
     return 0
 
 

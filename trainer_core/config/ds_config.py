@@ -17,6 +17,7 @@ from trainer_core.config.run_config import RunConfig
 from trainer_core.config.sections import OFFLOAD_DEVICES, is_system_dir, not_absolute, short, system_dir
 from trainer_core.data import safe_json
 from trainer_core.errors import Text, UserError, text
+from trainer_core.user_files import read_text
 
 PRESETS_DIR = paths.CONFIGS_DIR / "deepspeed"
 
@@ -77,10 +78,10 @@ def build_ds_config(cfg: RunConfig, *, on_gpu: bool = False) -> dict[str, Any]:
 
 
 def load_ds_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():  # a device, FIFO or folder exists: read_text refuses it by name
         raise UserError("config.ds_file_not_found", "deepspeed.config_file {path} not found", path=path)
     try:
-        data, repeated = safe_json.loads(path.read_text(encoding="utf-8"))
+        data, repeated = safe_json.loads(read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError("config.ds_bad_json", "deepspeed.config_file {path} is not valid JSON: {detail}",
                         path=path, detail=e) from None

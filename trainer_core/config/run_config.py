@@ -13,6 +13,7 @@ import difflib
 import inspect
 import math
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,8 @@ import yaml
 from trainer_core.config.sections import (DEFAULT_PERSONA, LAUNCHERS, MAX_LENGTH_RANGE, OFFLOAD_DEVICES, PRECISIONS,
                                           SCHEDULERS, DataArgs, DeepSpeedArgs, ModelArgs, PlacementArgs, TrainArgs,
                                           short, system_dir)
-from trainer_core.errors import UserError
+from trainer_core.errors import Text, UserError, text
+from trainer_core.user_files import read_text
 
 # Names importers take from here; the sections module holds them.
 __all__ = ["DEFAULT_PERSONA", "LAUNCHERS", "MAX_LENGTH_RANGE", "OFFLOAD_DEVICES", "PRECISIONS", "SCHEDULERS",
@@ -189,7 +191,20 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except RecursionError:  # the pure-Python loader (PyYAML without libyaml) recurses per nesting level
         raise UserError("config.set_too_nested", "--set {key} value is nested too deeply; give a plain value",
                         key=key.strip()) from None
+    except ValueError as e:  # an integer past Python's conversion limit, a date that does not exist
+        raise _yaml_value_error(text("config.where_set", "--set {key}", key=key.strip()), value_text, e) from None
     return keys, value
+
+
+def _yaml_value_error(where: Text, source: str, e: ValueError) -> UserError:
+    """A value YAML recognised but Python cannot build: an integer of more than 4,300 digits (Python's guard
+    against slow conversion), or a date such as 2024-13-45."""
+    limit = sys.get_int_max_str_digits()
+    if limit and re.search(r"\d{%d}" % (limit + 1), source):
+        return UserError("config.long_integer", "{where}: holds a number of more than {limit:,} digits, which no "
+                         "field takes", where=where, limit=limit)
+    return UserError("config.bad_value", "{where}: holds a value that cannot be read ({detail})", where=where,
+                     detail=str(e).splitlines()[0][:200])
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -226,14 +241,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 
 def _read_yaml(p: Path) -> dict[str, Any]:
-    if not p.is_file():
+    if not p.exists():  # a device, FIFO or folder exists: read_text refuses it by name
         raise UserError("config.file_not_found", "config file {path} not found: pass an existing .yaml file, e.g. "
                         "configs/quickstart.yaml", path=p)
     try:
-        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=SAFE_LOADER) or {}
+        source = read_text(p)
+        raw = yaml.load(source, Loader=SAFE_LOADER) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError("config.bad_yaml", "config file {path} is not valid YAML: {detail}",
                         path=p, detail=str(e).splitlines()[0]) from None
+    except ValueError as e:
+        raise _yaml_value_error(text("config.where_file", "config file {path}", path=p), source, e) from None
     except RecursionError:
         raise UserError("config.yaml_too_nested", "config file {path} is nested too deeply; a run config has two "
                         "levels", path=p) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,6 +21,7 @@ from trainer_core.data.records import iter_json_array, iter_jsonl, not_utf8
 from trainer_core.data.tables import iter_csv, iter_parquet, iter_saved_dataset, saved_dataset_files
 from trainer_core.data.validate import TOOL_CALL, Problems, RowError, special_warnings, validate_record
 from trainer_core.errors import UserError, text
+from trainer_core.user_files import not_readable, stat_user_path
 
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_CHARS = 20_000
@@ -52,6 +54,9 @@ class DataReport:
     """Usable records when they were counted but not kept (``keep=False``); None when ``conversations`` holds them."""
     n_duplicates: int = 0
     """Usable records whose conversation repeats an earlier one exactly (each is also a warning)."""
+    n_tool_call_rows: int = 0
+    """Records left out because they hold tool-call turns, a format this trainer does not train. Counted as the
+    file is read: ``errors`` keeps only the first few problems of each kind."""
 
     @property
     def n_usable(self) -> int:
@@ -70,11 +75,6 @@ class DataReport:
     @property
     def n_warnings(self) -> int:
         return getattr(self.warnings, "total", len(self.warnings))
-
-    @property
-    def n_tool_call_rows(self) -> int:
-        """Records left out because they hold tool-call turns, a format this trainer does not train."""
-        return len({e.row for e in self.errors if e.message.code == TOOL_CALL})
 
     def to_dict(self, max_errors: int = MAX_REPORTED_ERRORS) -> dict:
         """JSON-able summary; errors and warnings are cut to ``max_errors`` each, with the full counts alongside."""
@@ -151,24 +151,79 @@ def scan_dataset(path, report: DataReport | None = None, *, max_bytes: int = DEF
                  ) -> Iterator[Usable]:
     """Every usable record of a dataset file or save_to_disk folder, in file order, as it is read; problems and
     counts go to ``report`` as the scan proceeds (complete once the iterator is exhausted)."""
-    path = Path(path)
+    path = check_data_path(path, max_bytes=max_bytes)
     report = report if report is not None else DataReport(path=str(path), format="unknown", n_rows=0)
     if path.is_dir():
-        _check_size(str(path), sum(f.stat().st_size for f in saved_dataset_files(path)[1:]), max_bytes)
         yield from _scan(path, str(path), SAVED, report, max_chars=max_chars, progress=progress)
         return
     ext = _check_extension(path.name)
-    if not path.exists():
-        raise UserError("data.file_not_found", "{path}: file not found; check the path", path=path)
-    if not path.is_file():
-        raise UserError("data.not_a_file", "{path}: is not a file; give the path of a {kinds}", path=path,
-                        kinds=KINDS)
-    _check_size(str(path), path.stat().st_size, max_bytes)
     if ext in COLUMNAR:
         yield from _scan(path, str(path), ext, report, max_chars=max_chars, progress=progress)
         return
-    with open(path, "rb") as f:
-        yield from _scan(f, str(path), ext, report, max_chars=max_chars, progress=progress)
+    with open(path, "rb", buffering=0) as f:
+        yield from _scan(bounded_reader(f, str(path), max_bytes), str(path), ext, report, max_chars=max_chars,
+                         progress=progress)
+
+
+def check_data_path(path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+    """The one check of a dataset path, made before a byte of it is read (check-data, plan, train, the Data page
+    and the Train page's preflight all come here): a regular file with a dataset extension and a size within
+    ``max_bytes``, or a save_to_disk folder whose files are regular. Devices, FIFOs, sockets and /proc or /sys
+    files are refused by name, also behind a symlink (user_files.not_readable)."""
+    path = Path(path)
+    try:
+        info = stat_user_path(path)
+    except FileNotFoundError:
+        raise UserError("data.file_not_found", "{path}: file not found; check the path", path=path) from None
+    problem = not_readable(path, info)
+    if problem:
+        raise UserError("data.not_regular", "{path}: {problem}, not a dataset; give the path of a {kinds}",
+                        path=path, problem=problem, kinds=KINDS)
+    if stat.S_ISDIR(info.st_mode):
+        files = saved_dataset_files(path)
+        for f in files:
+            if not_readable(f) or not f.is_file():
+                raise UserError("data.folder_file_not_regular", "{path}: is not a regular file (a device, pipe or "
+                                "kernel file, or a symlink to one); a dataset folder holds plain files", path=f)
+        _check_size(str(path), sum(f.stat().st_size for f in files[1:]), max_bytes)
+        return path
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError("data.not_a_file", "{path}: is not a file; give the path of a {kinds}", path=path,
+                        kinds=KINDS)
+    _check_extension(path.name)
+    _check_size(str(path), info.st_size, max_bytes)
+    return path
+
+
+def bounded_reader(f, name: str, limit: int) -> io.BufferedReader:
+    """``f`` read no further than ``limit`` bytes: a file that grows while it is read fails as too large instead
+    of being read for ever (its size was checked before it was opened)."""
+    return io.BufferedReader(_Bounded(f, name, limit), buffer_size=1 << 20)
+
+
+class _Bounded(io.RawIOBase):
+    def __init__(self, f, name: str, limit: int):
+        super().__init__()
+        self._f, self._name, self._limit = f, name, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, buffer) -> int:
+        n = self._f.readinto(buffer)
+        if self._f.tell() > self._limit:
+            raise UserError("data.file_grew", "{name}: file grew past the {limit} limit while it was read; wait "
+                            "until it is written, or split it", name=self._name, limit=_human_bytes(self._limit))
+        return n
 
 
 def source_files(path) -> list[Path]:
@@ -247,7 +302,10 @@ def _scan(source, name: str, ext: str, report: DataReport, *, max_chars: int, pr
         for key in dict.fromkeys(repeated):
             report.warnings.append(RowError(row, key, text("data.repeated_key", "key appears more than once; only "
                                                            "its last value is used")))
-        fmt, conversation = validate_record(record, row, report.errors, report.warnings, max_chars)
+        found: list[RowError] = []
+        fmt, conversation = validate_record(record, row, found, report.warnings, max_chars)
+        report.errors.extend(found)
+        report.n_tool_call_rows += any(e.message.code == TOOL_CALL for e in found)
         formats.add(fmt)
         if conversation is None:
             continue

@@ -104,9 +104,9 @@ class _Builder:
 
 def encode_file(path, tokenizer, *, persona: str, max_length: int) -> EncodedSet:
     """Validate and encode a dataset file (UserError for file-level problems), from the cache when it is there."""
-    from trainer_core.data.dataset import load_dataset
+    from trainer_core.data.dataset import check_data_path, load_dataset
 
-    path = Path(path)
+    path = check_data_path(path)  # before the cache key reads the file: /dev/zero would be hashed for ever
     cache_file = paths.CACHE_DIR / "encoded" / f"{_key(path, tokenizer, persona, max_length)}.npz"
     if cache_file.is_file():
         try:
@@ -126,7 +126,7 @@ def encode_file(path, tokenizer, *, persona: str, max_length: int) -> EncodedSet
 
 
 def _key(path: Path, tokenizer, persona: str, max_length: int) -> str:
-    from trainer_core.data.dataset import source_files
+    from trainer_core.data.dataset import DEFAULT_MAX_BYTES, source_files
 
     h = hashlib.sha256()
     meta = [type(tokenizer).__name__, len(tokenizer), getattr(tokenizer, "chat_template", None) or "",
@@ -134,8 +134,11 @@ def _key(path: Path, tokenizer, persona: str, max_length: int) -> str:
     h.update(json.dumps(meta, ensure_ascii=False).encode())
     for file in source_files(path):  # one file, or a save_to_disk folder's state.json and data files in order
         with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+            # No further than the size limit: the file was checked, but may grow (load_dataset then refuses it).
+            left = DEFAULT_MAX_BYTES + 1
+            while left > 0 and (block := f.read(min(1 << 20, left))):
                 h.update(block)
+                left -= len(block)
     return h.hexdigest()[:32]
 
 

@@ -19,6 +19,8 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
+from trainer_core.errors import UserError
+
 # Classes whose __init__ leaves tokenizer.json as it is. Llama/GPT-2/Gemma wrappers are left out on purpose: they
 # can rebuild the pre-tokenizer or post-processor (legacy, add_prefix_space, from_slow) at load time.
 _PLAIN_CLASSES = {"PreTrainedTokenizerFast", "Qwen2Tokenizer", "Qwen2TokenizerFast"}
@@ -49,7 +51,12 @@ def load_light_tokenizer(path: str | Path) -> "LightTokenizer | None":
         return None
     from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_file(str(p / "tokenizer.json"))
+    try:
+        backend = Tokenizer.from_file(str(p / "tokenizer.json"))
+    except Exception as e:
+        if type(e) is not Exception:  # the tokenizers library's parse errors are bare Exceptions; others are bugs
+            raise
+        raise broken_tokenizer(p, e) from None
     named = {k: _content(config.get(k)) for k in _NAMED}
     named.update({k: _content(v) for k, v in specials_map.items() if k in _NAMED})  # the map wins, as there
     extra = [_content(t) for t in config.get("additional_special_tokens") or []]
@@ -59,6 +66,12 @@ def load_light_tokenizer(path: str | Path) -> "LightTokenizer | None":
     if any(backend.token_to_id(t) is None for t in tok.all_special_tokens):
         return None
     return tok
+
+
+def broken_tokenizer(path: str | Path, e: Exception) -> UserError:
+    """A tokenizer.json the tokenizers library cannot read (truncated, `{}`), as one line naming the folder."""
+    return UserError("models.tokenizer_broken", "model {path}: tokenizer.json cannot be read ({detail}); "
+                     "re-download or re-export the model", path=str(path), detail=str(e).splitlines()[0][:200])
 
 
 def _content(value) -> str | None:

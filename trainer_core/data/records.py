@@ -66,7 +66,7 @@ def iter_json_array(text: str, name: str, cursor: list[int] | None = None) -> It
             out[key] = value
         return out
 
-    decoder = json.JSONDecoder(object_pairs_hook=pairs, parse_constant=_constant)
+    decoder = json.JSONDecoder(object_pairs_hook=pairs, parse_constant=_constant, parse_int=safe_json.parse_int)
     pos = _skip_ws(text, start + 1)
     if text.startswith("]", pos):
         _expect_end(text, pos + 1, name)
@@ -137,9 +137,10 @@ def _skip_ws(text: str, pos: int) -> int:
 
 
 def _skip_value(text: str, pos: int, name: str) -> int:
-    """Past a record that holds NaN/Infinity: decode it again without the check, to find where it ends."""
+    """Past a record that holds NaN/Infinity or a too long integer: decode it again without the checks (the
+    integers left as text), to find where it ends."""
     try:
-        return json.JSONDecoder().raw_decode(text, pos)[1]
+        return json.JSONDecoder(parse_int=str).raw_decode(text, pos)[1]
     except json.JSONDecodeError as e:
         raise malformed(name, e.lineno, e.colno, e.msg) from None
 

@@ -1,4 +1,5 @@
-"""JSON from users, parsed without surprises: a nesting limit, no NaN/Infinity, duplicate keys reported.
+"""JSON from users, parsed without surprises: a nesting limit, no NaN/Infinity, no integers Python will not
+convert, duplicate keys reported.
 
 Python's parser recurses once per nesting level, so a file of 100,000 "[" ends in RecursionError deep inside it;
 we measure the depth first, with C-speed string operations, and refuse it by name. NaN and Infinity are not JSON
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,17 @@ def no_constant(name: str):
                            constant=name))
 
 
+def parse_int(digits: str) -> int:
+    """``parse_int`` hook: Python refuses to convert an integer of more than 4,300 digits (a guard against
+    quadratic conversion time, sys.get_int_max_str_digits) with a ValueError; it is refused here by name."""
+    try:
+        return int(digits)
+    except ValueError:
+        raise JsonProblem(text("data.json_long_integer", "a number of {digits:,} digits, more than the {limit:,} "
+                               "allowed; write it as a string", digits=len(digits.lstrip("-")),
+                               limit=sys.get_int_max_str_digits())) from None
+
+
 def loads(doc: str, *, max_depth: int = MAX_DEPTH) -> tuple[Any, list[str]]:
     """Parse ``doc``; return (value, repeated keys in the order met). Raises JsonProblem for depth and NaN, and
     json.JSONDecodeError (with its line and column) for malformed text, which callers word for their input."""
@@ -72,7 +85,7 @@ def loads(doc: str, *, max_depth: int = MAX_DEPTH) -> tuple[Any, list[str]]:
         return out
 
     try:
-        value = json.loads(doc, object_pairs_hook=pairs, parse_constant=no_constant)
+        value = json.loads(doc, object_pairs_hook=pairs, parse_constant=no_constant, parse_int=parse_int)
     except RecursionError:  # only reachable with a limit above Python's stack; kept so it can never escape
         raise JsonProblem(text("data.json_recursion", "nested too deeply for the parser; keep it under {limit} "
                                "levels", limit=max_depth)) from None

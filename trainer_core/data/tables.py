@@ -19,6 +19,7 @@ import pyarrow as pa
 from trainer_core.data import safe_json
 from trainer_core.errors import Text, UserError, text
 from trainer_core.data.records import Item, json_reason
+from trainer_core.user_files import read_text
 
 SLICE = 1024
 """Rows turned into Python objects at a time."""
@@ -126,7 +127,7 @@ def saved_dataset_files(folder: Path) -> list[Path]:
                         "(.json, .jsonl, .parquet, .csv) or a folder written by datasets' save_to_disk", name=name,
                         state=STATE_FILE)
     try:
-        state, _ = safe_json.loads(state_path.read_text(encoding="utf-8"))
+        state, _ = safe_json.loads(read_text(state_path))
     except (json.JSONDecodeError, safe_json.JsonProblem, UnicodeDecodeError, OSError) as e:
         raise UserError("data.state_not_json", "{path}: not readable JSON ({detail})", path=state_path,
                         detail=_first_line(e)) from None
@@ -143,7 +144,7 @@ def saved_dataset_files(folder: Path) -> list[Path]:
             raise UserError("data.state_bad_entry", "{path}: _data_files entry {entry} is not a file name in the "
                             "folder", path=state_path, entry=repr(entry)[:80])
         path = folder / filename
-        if not path.is_file():
+        if not path.exists():  # there but not a regular file (a FIFO): dataset.check_data_path words it
             raise UserError("data.state_missing_file", "{path}: lists {filename}, which is not in the folder",
                             path=state_path, filename=filename)
         files.append(path)

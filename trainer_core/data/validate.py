@@ -230,6 +230,13 @@ def _check_conversation(conversation: list[dict], row: int, errors: list, max_ch
                 "data.control_character",
                 "{role} text has control character U+{codepoint:04X} at position {position}; remove it",
                 role=turn["role"], codepoint=ord(bad.group()), position=bad.start())))
+        lone = SURROGATE.search(turn["content"])
+        if lone:
+            errors.append(RowError(row, f"turn {i + 1}", text(
+                "data.lone_surrogate",
+                "{role} text has a lone surrogate \\u{codepoint:04x} at position {position} (half of a UTF-16 "
+                "pair, not a character); fix the escape", role=turn["role"], codepoint=ord(lone.group()),
+                position=lone.start())))
     total = sum(len(t["content"]) for t in conversation)
     if total > max_chars:
         errors.append(RowError(row, "", text("data.too_long",
@@ -239,6 +246,9 @@ def _check_conversation(conversation: list[dict], row: int, errors: list, max_ch
 
 # Unicode control characters (category Cc) except tab, newline and carriage return.
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+# Half of a UTF-16 surrogate pair: JSON's "\ud800" escape decodes to it alone, and no tokenizer can encode it.
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Unfilled template slots: {{name}} / {{ user }} (Jinja, SillyTavern), ${name}, {name} alone is too common in code.
 _PLACEHOLDER = re.compile(r"\{\{\s*[\w.\-]{1,40}\s*\}\}|\$\{\w{1,40}\}")

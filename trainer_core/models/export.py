@@ -7,6 +7,8 @@ wrote into this run directory, never at user-supplied files.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,10 +17,60 @@ from trainer_core.runs import protocol as rd
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError
 
-COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".py", ".jinja")
-# .py files are copied for remote-code models; DeepSpeed's own helper script in every checkpoint is not the model's.
-SKIP = {"trainer_state.json", "rng_state.pth", "scheduler.pt", "training_args.bin", "zero_to_fp32.py",
-        rd.COMPLETE_MARKER}
+COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
+"""Config, generation config, tokenizer and chat-template files: what a model folder holds besides weights."""
+SKIP = {"trainer_state.json", rd.COMPLETE_MARKER}
+"""The Trainer's own JSON in a checkpoint, not the model's."""
+
+
+def model_files(ckpt: Path, base_model: Path) -> list[Path]:
+    """The files of a checkpoint folder that belong in a model folder besides the weights. Python files only when
+    the base model ships a file of that name (a remote-code model's own code): DeepSpeed drops its helper
+    scripts (zero_to_fp32.py, zero_to_torch.py) into every checkpoint, and they are not part of the model."""
+    out = []
+    for f in sorted(ckpt.iterdir()):
+        if not f.is_file() or f.name in SKIP or f.name.endswith(".index.json"):
+            continue
+        if f.suffix in COPY_SUFFIXES or (f.suffix == ".py" and (base_model / f.name).is_file()):
+            out.append(f)
+    return out
+
+
+def check_zero_shards(ckpt: Path) -> None:
+    """Every ZeRO shard of the checkpoint opens as the zip archive torch.save writes: one that a full disk or a
+    killed copy truncated loses its zip directory at the end, and would fail deep inside DeepSpeed's loader."""
+    import zipfile
+
+    for f in sorted(ckpt.glob("global_step*/*.pt")):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise UserError("models.export_shard_damaged", "{ckpt}: {file} is damaged ({detail}); export another "
+                            "checkpoint with --checkpoint", ckpt=ckpt.name, file=f"{f.parent.name}/{f.name}",
+                            detail=str(e)[:200]) from None
+
+
+def no_space(e: BaseException) -> bool:
+    """Whether an exception means the disk is full: an OSError, or safetensors' Rust writer's own error, whose
+    text carries the OS error (StorageFull, os error 28)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    markers = ("StorageFull", "code: 28", "os error 28")
+    return type(e).__name__ == "SafetensorError" and any(m in str(e) for m in markers)
+
+
+@contextlib.contextmanager
+def disk_full_named(dest: Path):
+    """A full disk while a model folder is written (final/, an export) as one line naming the folder and the free
+    space, instead of safetensors' raw `SafetensorError: ... IoError(Os { code: 28 ... })`."""
+    try:
+        yield
+    except Exception as e:
+        if not no_space(e):
+            raise
+        free = shutil.disk_usage(dest.parent).free
+        raise UserError("models.disk_full", "no space left on device while writing {dest}: {free} MiB free on its "
+                        "disk; free space there and try again", dest=str(dest), free=free // 2**20) from None
 
 
 def pick_checkpoint(run: Path, step: int | None) -> Path:
@@ -35,20 +87,22 @@ def pick_checkpoint(run: Path, step: int | None) -> Path:
 
 
 def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template: bool = True) -> Path:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     ckpt = pick_checkpoint(run, step)
+    check_zero_shards(ckpt)
+    cfg = load_config(run / rd.CONFIG)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # after the checks: seconds
+
     dest = run / rd.EXPORTS / ckpt.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
     try:
         state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
-        save_safetensors(dedupe_shared(state), tmp)
-        for f in ckpt.iterdir():
-            wanted = f.suffix in COPY_SUFFIXES and f.name not in SKIP and not f.name.endswith(".index.json")
-            if f.is_file() and wanted and not (tmp / f.name).exists():
-                shutil.copy2(f, tmp / f.name)
-        write_persona(load_config(run / rd.CONFIG), tmp, in_template=persona_in_template)
+        with disk_full_named(dest):
+            save_safetensors(dedupe_shared(state), tmp)
+            for f in model_files(ckpt, Path(cfg.model.path)):
+                if not (tmp / f.name).exists():
+                    shutil.copy2(f, tmp / f.name)
+            write_persona(cfg, tmp, in_template=persona_in_template)
         rd.mark_complete(tmp, {"source": str(ckpt)})
         if dest.exists():
             shutil.rmtree(dest)

@@ -24,10 +24,20 @@ from typing import Iterator
 import torch
 
 from trainer_core.runs import protocol as rd
+from trainer_core.config.sections import MAX_SEED
 from trainer_core.data.chat_format import prompt_ids
 from trainer_core.data.chat_template import stop_token_ids, turn_format
 from trainer_core.errors import UserError
 from trainer_core.models.local import check_model_dir
+
+
+# The limits of each generation setting, owned here: GenParams enforces them, and the CLI's flags and the Chat page's
+# sliders take their bounds from these, so no front-end accepts a value the engine then refuses.
+MAX_NEW_TOKENS_RANGE = (1, 8192)
+TEMPERATURE_RANGE = (0.0, 5.0)
+TOP_P_RANGE = (0.0, 1.0)
+"""top_p lies in (0, 1]: 0 itself is excluded."""
+REPETITION_PENALTY_RANGE = (0.5, 3.0)
 
 
 @dataclass
@@ -48,17 +58,25 @@ class GenParams:
     """Fix sampling for reproducible replies."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_new_tokens <= 8192:
-            raise UserError("models.max_new_tokens_range", "max_new_tokens must be between 1 and 8192 (got {value})",
-                            value=self.max_new_tokens)
-        if not 0 <= self.temperature <= 5:
-            raise UserError("models.temperature_range", "temperature must be between 0 and 5 (got {value})",
-                            value=self.temperature)
-        if not 0 < self.top_p <= 1:
-            raise UserError("models.top_p_range", "top_p must be in (0, 1] (got {value})", value=self.top_p)
-        if not 0.5 <= self.repetition_penalty <= 3:
-            raise UserError("models.repetition_penalty_range",
-                            "repetition_penalty must be between 0.5 and 3 (got {value})", value=self.repetition_penalty)
+        lo, hi = MAX_NEW_TOKENS_RANGE
+        if not lo <= self.max_new_tokens <= hi:
+            raise UserError("models.max_new_tokens_range", "max_new_tokens must be between {lo} and {hi} (got "
+                            "{value})", lo=lo, hi=hi, value=self.max_new_tokens)
+        lo, hi = TEMPERATURE_RANGE
+        if not lo <= self.temperature <= hi:
+            raise UserError("models.temperature_range", "temperature must be between {lo:g} and {hi:g} (got {value})",
+                            lo=lo, hi=hi, value=self.temperature)
+        lo, hi = TOP_P_RANGE
+        if not lo < self.top_p <= hi:
+            raise UserError("models.top_p_range", "top_p must be in ({lo:g}, {hi:g}] (got {value})", lo=lo, hi=hi,
+                            value=self.top_p)
+        lo, hi = REPETITION_PENALTY_RANGE
+        if not lo <= self.repetition_penalty <= hi:
+            raise UserError("models.repetition_penalty_range", "repetition_penalty must be between {lo:g} and "
+                            "{hi:g} (got {value})", lo=lo, hi=hi, value=self.repetition_penalty)
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise UserError("models.seed_range", "seed must be between 0 and {hi} (got {value})", hi=MAX_SEED,
+                            value=self.seed)
 
 
 def resolve_model_dir(ref: str | Path, checkpoint: int | None = None) -> Path:

@@ -75,4 +75,12 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
     that warns about a Mistral regex for any local model saved by those versions (ours included)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, fix_mistral_regex=False)
+    from trainer_core.data.light_tokenizer import broken_tokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, fix_mistral_regex=False)
+    except Exception as e:
+        if type(e) is not Exception:  # the tokenizers library's parse errors are bare Exceptions; others are bugs
+            raise
+        raise broken_tokenizer(path, e) from None
+

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer_core.errors import Text, UserError, text
+from trainer_core.user_files import read_text
 
 EXTRA_TOKENS = 205  # Qwen-1's <|extra_0|> ... <|extra_204|>, ids 151646 ... 151850, after the three named ones
 FIRST_EXTRA_ID = 151646
@@ -133,7 +134,7 @@ def read_qwen1_config(config: dict) -> Qwen1Shape:
 def load_qwen1_config(folder: Path) -> Qwen1Shape:
     """read_qwen1_config of a folder's config.json, with a clear error when the file is unreadable."""
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = json.loads(read_text(folder / "config.json"))
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise UserError("models.qwen1_config_broken", "{folder}: config.json is broken ({reason})",
                         folder=str(folder), reason=str(e)) from None

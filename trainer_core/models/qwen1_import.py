@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ from trainer_core.errors import Text, UserError, text
 from trainer_core.models.qwen1_config import (DTYPE_NAMES, EXTRA_TOKENS, FIRST_EXTRA_ID, QWEN1_LAYER_NAMES,
                                               QWEN1_NAMES, Qwen1Shape, layer_shapes, load_qwen1_config,
                                               qwen2_config, top_shapes)
-from trainer_core.models.safetensors_io import Piece, Progress, Tensor, read_header, source_shards, write_shards
+from trainer_core.models.safetensors_io import (Piece, Progress, Tensor, inside, read_header, source_shards,
+                                               write_shards)
+from trainer_core.user_files import not_readable, read_text, stat_user_path
 
 MARKER = "qwen1_import.json"  # written into every imported folder: where it came from, what was not carried
 QWEN1_CLASS = "QWenLMHeadModel"
@@ -32,8 +35,8 @@ QWEN2_LAYER_NAMES = {qwen1: qwen2 for qwen2, qwen1 in QWEN1_LAYER_NAMES.items()}
 def is_qwen1_dir(path: str | Path) -> bool:
     """Whether a folder holds a Qwen-1 checkpoint: model_type `qwen`, or an auto_map naming QWenLMHeadModel."""
     try:
-        config = json.loads((Path(path).expanduser() / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        config = json.loads(read_text(Path(path).expanduser() / "config.json"))
+    except (OSError, ValueError, UserError):
         return False
     if not isinstance(config, dict):
         return False
@@ -132,11 +135,11 @@ def generation_config(source: Path):
 
     kept = {}
     try:
-        original = json.loads((source / "generation_config.json").read_text(encoding="utf-8"))
+        original = json.loads(read_text(source / "generation_config.json"))
         for key in ("do_sample", "top_p", "top_k", "temperature", "repetition_penalty", "max_new_tokens"):
             if isinstance(original.get(key), (int, float)):
                 kept[key] = original[key]
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError, UserError):
         pass
     return GenerationConfig(eos_token_id=[SPECIAL_TOKENS["<|im_end|>"], SPECIAL_TOKENS["<|endoftext|>"]],
                             pad_token_id=SPECIAL_TOKENS["<|endoftext|>"], **kept)
@@ -158,18 +161,38 @@ class ImportResult:
     """The source's training length: data.max_length should stay at or below it."""
 
 
-def _destination(dest: Path) -> Path:
+def _destination(dest: Path, src: Path) -> Path:
     dest = dest.expanduser()
-    if dest.exists():
+    if os.path.lexists(dest):  # a dangling or looping symlink too: the rename would replace the link
         raise UserError("models.dest_exists", "{dest} already exists; choose a new folder name or remove it first",
                         dest=str(dest))
     if not dest.parent.is_dir():
         raise UserError("models.dest_parent_missing", "{parent} does not exist; create it or choose another "
                         "destination", parent=str(dest.parent))
+    real, source = Path(os.path.realpath(dest.parent)) / dest.name, Path(os.path.realpath(src))
+    if source in real.parents:
+        raise UserError("models.dest_inside_source", "{dest} is inside the source folder {src}; write the imported "
+                        "model somewhere else, e.g. models/<name>", dest=str(dest), src=str(src))
     return dest
 
 
 def _check_source(src: Path) -> Qwen1Shape:
+    try:
+        st = stat_user_path(src)
+    except FileNotFoundError:
+        raise UserError("models.qwen1_src_missing", "{src} does not exist: point at the downloaded Qwen-7B-Chat "
+                        "folder", src=str(src)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError("models.qwen1_src_not_folder", "{src} is not a folder: point at the downloaded "
+                        "Qwen-7B-Chat folder", src=str(src))
+    for name in ("config.json", "qwen.tiktoken"):
+        file = src / name
+        if os.path.lexists(file):
+            inside(src, file)  # a symlink loop or a link out of the folder stops here
+            problem = not_readable(file, stat_user_path(file))
+            if problem:
+                raise UserError("models.qwen1_file_not_regular", "{file}: {problem}, not a file of the model",
+                                file=str(file), problem=problem)
     if not (src / "config.json").is_file():
         raise UserError("models.qwen1_no_config", "{src} has no config.json: point at the downloaded Qwen-7B-Chat "
                         "folder", src=str(src))
@@ -219,8 +242,10 @@ def import_qwen1(source: str | Path, dest: str | Path, progress: Progress | None
 
     src = Path(source).expanduser()
     shape = _check_source(src)
-    dest = _destination(Path(dest))
+    dest = _destination(Path(dest), src)
     shards, dtype = _plan_shards(src, shape)
+    # Before the weights are copied (minutes for a 7B model): a broken qwen.tiktoken is found at once.
+    tokenizer = qwen1_tokenizer(src / "qwen.tiktoken", shape.seq_length, EXTRA_TOKENS, FIRST_EXTRA_ID)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         total = write_shards(tmp, shards, progress)
@@ -228,7 +253,6 @@ def import_qwen1(source: str | Path, dest: str | Path, progress: Progress | None
             progress(total, total, "config, tokenizer and chat template")
         qwen2_config(shape, DTYPE_NAMES[dtype]).save_pretrained(tmp)
         generation_config(src).save_pretrained(tmp)
-        tokenizer = qwen1_tokenizer(src / "qwen.tiktoken", shape.seq_length, EXTRA_TOKENS, FIRST_EXTRA_ID)
         tokenizer.save_pretrained(tmp, save_jinja_files=False)
         marker = {"source": str(src.resolve()), "source_format": "qwen1", "seq_length": shape.seq_length,
                   "dtype": DTYPE_NAMES[dtype], "not_carried": [str(n) for n in shape.notes]}

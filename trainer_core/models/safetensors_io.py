@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from trainer_core.errors import UserError
+from trainer_core.user_files import not_readable, read_text, stat_user_path
 
 ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 COPY_CHUNK = 16 * 1024 * 1024
@@ -63,8 +65,15 @@ class Piece:
 
 
 def read_header(path: Path) -> dict[str, Tensor]:
-    """The tensors of a safetensors file (header only), checked against the file's length."""
-    size = path.stat().st_size
+    """The tensors of a safetensors file (header only), checked against the file's length: every tensor's bytes
+    lie inside the file's data and no two tensors share a byte (a copy would otherwise read outside the tensor,
+    or write the same bytes as two weights)."""
+    st = stat_user_path(path)
+    problem = not_readable(path, st)
+    if problem:  # opening a FIFO would block, reading a device never end
+        raise UserError("models.weights_not_regular", "{file}: {problem}, not a weights file", file=path.name,
+                        problem=problem)
+    size = st.st_size
     try:
         with open(path, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
@@ -76,6 +85,8 @@ def read_header(path: Path) -> dict[str, Tensor]:
             if name == "__metadata__":
                 continue
             begin, end = info["data_offsets"]
+            if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
+                raise ValueError
             tensor = Tensor(path, info["dtype"], list(info["shape"]), 8 + n + begin, end - begin)
             if tensor.dtype in ELEMENT_BYTES and tensor.nbytes != ELEMENT_BYTES[tensor.dtype] * math.prod(tensor.shape):
                 raise ValueError
@@ -87,12 +98,24 @@ def read_header(path: Path) -> dict[str, Tensor]:
     if need > size:
         raise UserError("models.truncated_weights", "{file} is truncated ({size} of {need} bytes); re-download it",
                         file=path.name, size=size, need=need)
+    ranges = sorted((t.start, t.start + t.nbytes, name) for name, t in out.items() if t.nbytes)
+    for (_, end, first), (begin, _, second) in zip(ranges, ranges[1:]):
+        if begin < end:
+            raise UserError("models.overlapping_tensors", "{file}: tensors {first} and {second} share bytes; a "
+                            "safetensors file gives each tensor its own range. Re-download it", file=path.name,
+                            first=first, second=second)
     return out
 
 
+TRAINER_PICKLES = re.compile(r"training_args\.bin|rng_state(_\d+)?\.pth|scheduler\.pt|optimizer\.pt")
+"""What the Trainer writes into every checkpoint beside the model: its state, not weights."""
+
+
 def has_pickle_weights(folder: Path) -> bool:
-    """Whether the folder holds .bin/.pt/.pth weights, which we never load: unpickling can run code."""
-    return any(any(folder.glob(f"*{suffix}")) for suffix in (".bin", ".pt", ".pth"))
+    """Whether the folder holds .bin/.pt/.pth weights, which we never load: unpickling can run code. A
+    checkpoint's own Trainer files are not weights (a checkpoint without its safetensors has no weights)."""
+    return any(not TRAINER_PICKLES.fullmatch(f.name) for suffix in (".bin", ".pt", ".pth")
+               for f in folder.glob(f"*{suffix}"))
 
 
 def index_shards(folder: Path) -> list[Path] | None:
@@ -101,10 +124,16 @@ def index_shards(folder: Path) -> list[Path] | None:
     if not index.is_file():
         return None
     try:
-        names = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+        names = json.loads(read_text(index))["weight_map"].values()
+        names = dict.fromkeys(sorted(names))  # a name that is not a string fails the sort: TypeError
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         raise UserError("models.index_broken", "{index} is broken; re-download the model", index=INDEX) from None
-    files = [folder / n for n in dict.fromkeys(sorted(names))]
+    for name in names:
+        # The index names shard files beside it, never a path elsewhere ("../../etc/passwd", "/etc/passwd").
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+            raise UserError("models.index_outside", "{index} names {name}, which is not a file in the model "
+                            "folder; re-download the model", index=INDEX, name=repr(name)[:200])
+    files = [folder / n for n in names]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise UserError("models.index_missing_files", "{index} lists {count} missing file(s), first {first}; the "
@@ -113,14 +142,15 @@ def index_shards(folder: Path) -> list[Path] | None:
 
 
 def source_shards(folder: Path) -> list[Path]:
-    """The safetensors files of a model folder, sorted by name; .bin-only folders are refused."""
+    """The safetensors files of a model folder, sorted by name, each inside the folder (a symlink pointing out of
+    it is refused: a conversion reads only what the folder holds); .bin-only folders are refused."""
     try:
         files = index_shards(folder)
     except UserError as e:
         raise UserError("models.folder_problem", "{folder}: {problem}", folder=str(folder), problem=e.text) from None
-    if files:
-        return files
-    files = sorted(folder.glob("*.safetensors"))
+    files = files or sorted(folder.glob("*.safetensors"))
+    for f in files:
+        inside(folder, f)
     if files:
         return files
     if has_pickle_weights(folder):
@@ -129,6 +159,16 @@ def source_shards(folder: Path) -> list[Path]:
                         "files (Qwen-7B-Chat publishes them), or convert the .bin files to safetensors first",
                         folder=str(folder))
     raise UserError("models.no_weights", "{folder} has no weights (*.safetensors)", folder=str(folder))
+
+
+def inside(folder: Path, path: Path) -> Path:
+    """`path` resolved, refused unless it lies inside `folder` (resolved too): symlinks and `..` cannot lead out."""
+    real, root = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    if real != root and root not in real.parents:
+        raise UserError("models.outside_source", "{path} leads to {target}, outside the folder {folder}; copy the "
+                        "file into the folder instead of linking it", path=str(path), target=str(real),
+                        folder=str(folder))
+    return real
 
 
 def read_tensors(folder: Path) -> dict[str, Tensor]:

@@ -125,7 +125,12 @@ def build_qwen_tokenizer(vocab_path: Path):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab, merges = _vocab_and_merges(load_tiktoken_bpe(str(vocab_path)))
+    try:
+        ranks = load_tiktoken_bpe(str(vocab_path))
+    except ValueError as e:  # a line that is not "<base64> <rank>" (binascii.Error is a ValueError too)
+        raise UserError("models.vocab_broken", "{vocab} is not a readable qwen.tiktoken ({detail}); re-download it",
+                        vocab=str(vocab_path), detail=str(e).splitlines()[0][:200]) from None
+    vocab, merges = _vocab_and_merges(ranks)
     # ignore_merges: a pre-token that is itself in the vocabulary is kept whole, as tiktoken does.
     core = Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
     core.normalizer = normalizers.NFC()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 from trainer_core import paths
@@ -77,10 +76,16 @@ def check_placement(cfg: RunConfig, hw: Hardware) -> None:
 
 def check_files(cfg: RunConfig) -> int:
     """The model and the data are there and the data trains; returns the number of usable records."""
+    from trainer_core.data.dataset import check_data_path
+
     check_model_dir(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    if not Path(cfg.data.path).exists():
-        raise UserError("runs.data_not_found", "data.path {path} not found: upload a dataset or pick the sample",
-                        path=cfg.data.path)
+    try:
+        check_data_path(cfg.data.path)  # the same check as check-data's, before anything reads the file
+    except UserError as e:
+        if e.code == "data.file_not_found":  # the Train form's words: where a dataset comes from
+            raise UserError("runs.data_not_found", "data.path {path} not found: upload a dataset or pick the "
+                            "sample", path=cfg.data.path) from None
+        raise UserError("runs.data_path", "data.path {problem}", problem=e.text) from None
     return check_answers_fit(cfg)
 
 

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import os
 import re
 import socket
 import threading
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +121,36 @@ def _known(cls, data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return {k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names}
 
 
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has a field's declared type (int is no bool, and an int is a float)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if typing.get_origin(hint) is dict:
+        return isinstance(value, dict)
+    if hint is Any:
+        return True
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _typed(cls, known: dict[str, Any]) -> dict[str, Any]:
+    """The fields whose values have their declared types; a damaged one (hand-edited, written by a buggy tool)
+    reads as its default, so one bad value cannot make the run unreadable (`runs` lists every run)."""
+    if isinstance(known.get("segments"), list):  # keep the good (start, end) pairs of a damaged list
+        known["segments"] = [x for x in known["segments"] if _fits(x, list[float]) and len(x) == 2]
+    hints = _hints(cls)
+    return {k: v for k, v in known.items() if _fits(v, hints[k])}
+
+
 @dataclass
 class Status:
     """status.json: where a run stands. Written by the run's creator (queued), the supervisor (state, outcome) and
@@ -184,7 +217,7 @@ class Status:
         known, extra = _known(cls, data)
         if "error_text" in known:
             known["error_text"] = text_from_json(known["error_text"])
-        return cls(**known, extra=extra)
+        return cls(**_typed(Status, known), extra=extra)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(Status) if f.name != "extra"}

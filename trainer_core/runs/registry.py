@@ -5,11 +5,15 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer_core import paths
 from trainer_core.config.run_config import RunConfig
-from trainer_core.errors import UserError
+from trainer_core.errors import Text, UserError, text
 from trainer_core.runs import protocol as rd
+
+if TYPE_CHECKING:
+    from trainer_core.runs.state import RunState
 
 
 def new_run_name(cfg: RunConfig) -> str:
@@ -44,6 +48,22 @@ def list_runs(runs_root: Path | None = None) -> list[Path]:
         return []
     runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / rd.CONFIG).is_file()]
     return sorted(runs, key=lambda p: (p / rd.CONFIG).stat().st_mtime, reverse=True)
+
+
+DAMAGED = "damaged"
+"""The state `runs` and the Runs page show for a folder whose files cannot be read as a run."""
+
+
+def read_listed(run: Path) -> "tuple[RunState | None, Text | None]":
+    """(the run's state, None), or (None, why its folder cannot be read): one damaged folder (a status.json that
+    is a folder, a file the reader cannot take) is listed as such, and every other run still is."""
+    from trainer_core.runs.state import read_state
+
+    try:
+        return read_state(run), None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        return None, text("runs.damaged", "its files cannot be read ({detail})",
+                          detail=f"{type(e).__name__}: {e}"[:200])
 
 
 def resolve_run_dir(ref: str | Path) -> Path:

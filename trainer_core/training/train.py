@@ -240,23 +240,25 @@ def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | N
 
 def save_final(trainer, tokenizer, cfg: RunConfig, run: Path) -> None:
     """Consolidated safetensors + tokenizer + persona in final/, published by a rename once complete."""
-    from trainer_core.models.export import write_persona
+    from trainer_core.models.export import disk_full_named, write_persona
 
     tmp = run / ".final.tmp"
     if global_rank() == 0 and tmp.exists():
         shutil.rmtree(tmp)
     barrier()
-    trainer.save_model(str(tmp))  # all ranks: ZeRO-3 gathers the 16-bit weights here
+    with disk_full_named(run / rd.FINAL):
+        trainer.save_model(str(tmp))  # all ranks: ZeRO-3 gathers the 16-bit weights here
     barrier()
     if global_rank() != 0:
         return
-    # final/ is what users share and load: weights as safetensors only, no pickled Trainer arguments.
-    (tmp / "training_args.bin").unlink(missing_ok=True)
-    tokenizer.save_pretrained(str(tmp))
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(str(tmp))
-    write_persona(cfg, tmp)
+    with disk_full_named(run / rd.FINAL):
+        # final/ is what users share and load: weights as safetensors only, no pickled Trainer arguments.
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(str(tmp))
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(str(tmp))
+        write_persona(cfg, tmp)
     rd.mark_complete(tmp, {"time": time.time()})
     final = run / rd.FINAL
     if final.exists():
