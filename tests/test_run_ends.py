@@ -142,7 +142,7 @@ class LockWatch:
         self.thread.join()
 
 
-def end_of(run: Path, timeout: float = 300):
+def end_of(run: Path, timeout: float = 600):
     """Wait until no process of the run is left, then its state (which by then must be terminal)."""
     wait_for(lambda: not processes_of(run), timeout, "every process of the run to end", interval=0.3)
     return wait_for(lambda: (s := read_state(run)).terminal and s, 15, "a final state")
