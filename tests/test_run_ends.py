@@ -99,7 +99,7 @@ def test_leftovers_of_a_killed_save_are_removed_at_stop_and_never_counted(runs_r
     complete = rd.checkpoint_dir(run, 4)
     complete.mkdir(parents=True)
     rd.mark_complete(complete, {"step": 4})
-    for leftover in (rd.checkpoint_dir(run, 2), rd.checkpoint_dir(run, 6), run / rd.FINAL_TMP):
+    for leftover in (rd.checkpoint_dir(run, 2), rd.checkpoint_dir(run, 6), run / ".final.tmp"):
         (leftover / "sub").mkdir(parents=True)
         (leftover / "sub" / "shard.bin").write_bytes(b"x" * 1000)
     st = json.loads(cli("status", str(run), "--json", check=True).stdout)
@@ -107,7 +107,7 @@ def test_leftovers_of_a_killed_save_are_removed_at_stop_and_never_counted(runs_r
     out = cli("stop", str(run), timeout=60)
     assert out.returncode == 0 and "checkpoints: [4]" in out.stdout, out.stdout
     assert sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
-    assert not (run / rd.FINAL_TMP).exists()
+    assert not (run / ".final.tmp").exists()
     assert read_state(run).state == rd.FAILED
 
 
@@ -239,12 +239,12 @@ def test_leftovers_of_a_killed_save_are_removed_at_start(runs_root, starter_mode
     from trainer_core.runs.supervisor import start
 
     run = create_run(load_config(QUICKSTART, ["name=leftovers", "train.max_steps=400"]))
-    for leftover in (rd.checkpoint_dir(run, 3), run / rd.FINAL_TMP):
+    for leftover in (rd.checkpoint_dir(run, 3), run / ".final.tmp"):
         leftover.mkdir(parents=True)
         (leftover / "shard.bin").write_bytes(b"x")
     start(run, detach=True)
     try:
-        assert not rd.checkpoint_dir(run, 3).exists() and not (run / rd.FINAL_TMP).exists()
+        assert not rd.checkpoint_dir(run, 3).exists() and not (run / ".final.tmp").exists()
     finally:
         stop(run, force=True)
     assert not processes_of(run)
