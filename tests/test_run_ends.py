@@ -202,7 +202,7 @@ def test_kill_9_of_the_supervisor_while_consolidating_final_ends_completed(runs_
 def test_sigterm_to_the_supervisor_saves_stops_and_says_so(runs_root):
     run = detach(*quick_sets(**{"train.max_steps": 400, "train.save_steps": 1000, "data.eval_ratio": 0,
                                 "name": "terminated"}))
-    wait_for(lambda: rd.read_status(run).step >= 2, 300, "two training steps")
+    wait_for(lambda: rd.read_status(run).step >= 2, 600, "two training steps")
     os.kill(int(rd.read_manifest(run)["pid"]), signal.SIGTERM)
     st = end_of(run)
     assert st.state == rd.FAILED
@@ -220,7 +220,7 @@ def test_a_signal_to_a_foreground_train_stops_the_run_like_ctrl_c(runs_root, sig
                             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = runs_root / "foreground"
     try:
-        wait_for(lambda: rd.read_status(run).step >= 2, 300, "two training steps")
+        wait_for(lambda: rd.read_status(run).step >= 2, 600, "two training steps")
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=300)
     finally:
