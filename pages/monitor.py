@@ -24,6 +24,8 @@ if s.state == rd.FAILED:
     st.error(t("mon.failed", error=mv.failure_reason(s)), icon=":material/error:")
 elif s.state == rd.COMPLETED:
     st.success(t("mon.completed"), icon=":material/task_alt:")
+    if s.note_text is not None or s.note:  # how it ended, when something died after final/ was complete
+        st.caption(say(s.note_text) if s.note_text is not None else s.note)
     if st.button(t("mon.chat_now"), key="mon.chat_now", icon=":material/chat:"):
         st.session_state["chat.open"] = run.name  # the Chat page opens on this run, whatever it showed before
         st.switch_page("pages/chat.py")

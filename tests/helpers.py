@@ -46,7 +46,7 @@ def run_pids(run: Path) -> list[int]:
     from trainer_core.runs import protocol as rd
     from trainer_core.runs.processes import members
 
-    return [p.pid for p in members(rd.read_json(run / rd.MANIFEST) or {})]
+    return [p.pid for p in members(run, rd.read_json(run / rd.MANIFEST) or {})]
 
 
 def rank_pids(run: Path) -> list[int]:

@@ -37,8 +37,8 @@ def _pid_of(run: Path, target: str) -> int:
 
 @pytest.mark.parametrize("target,cause,code", [
     ("supervisor", "supervisor process was lost", "training.lost_saved"),  # rank 0's own record: nobody else is left
-    ("runner", "the DeepSpeed launcher exited with code -9", "runs.failed_asked_to_save"),
-    ("launch", "DeepSpeed launcher exited", "runs.failed_asked_to_save"),
+    ("runner", "DeepSpeed's runner process was killed by SIGKILL while", "runs.failed_asked_to_save"),
+    ("launch", "DeepSpeed's launch process was killed by SIGKILL while", "runs.failed_asked_to_save"),
 ])
 def test_killing_a_process_above_the_ranks_ends_the_whole_run_after_a_save(runs_root, target, cause, code):
     run = detach(*quick_sets(**{"placement.num_ranks": 2, "train.max_steps": 400, "train.save_steps": 1000,

@@ -54,34 +54,75 @@ def _print_memory(p) -> None:
         emit(f"  note: {n}")
 
 
-def _wait_foreground(run: Path) -> int:
-    """Follow a foreground run's log until it ends; Ctrl-C asks for a save-then-stop."""
+class _Interrupts:
+    """Ctrl-C, SIGTERM and SIGHUP to a foreground `train` or `resume`: the first asks the run to save and stop, the
+    next forces the stop. The CLI never exits leaving its run training unseen (a terminal closed, `timeout`). A
+    signal that comes while the run is still being started stops it as soon as it exists."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
+        self.run: Path | None = None
+        self.count = 0
+        self.stopping = False
+        for sig in self.SIGNALS:
+            signal.signal(sig, self)
+
+    def __call__(self, signum, frame) -> None:
+        self.count += 1
+        if self.stopping:  # a second signal while the save-and-stop is under way: force it
+            self._stop(force=True)
+
+    def poll(self, run: Path) -> None:
+        """Called by the loop that follows the run: stop it if a signal came (also while it was being started)."""
+        self.run = run
+        if self.count and not self.stopping:
+            self.stopping = True
+            self._stop(force=self.count > 1)
+
+    def _stop(self, force: bool) -> None:
+        from trainer_core.runs.lifecycle import stop
+
+        _say("\nstopping without saving..." if force else
+             "\nstopping (saving a checkpoint first; Ctrl-C again to force)...")
+        stop(self.run, force=force)
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass  # the terminal is gone (SIGHUP): the run is stopped all the same
+
+
+def _wait_foreground(run: Path, interrupts: _Interrupts) -> int:
+    """Follow a foreground run's log until it ends and its last process is gone; a signal stops it (_Interrupts)."""
+    from trainer_core.runs import processes as run_processes
     from trainer_core.runs import protocol as rd
-    from trainer_core.runs.lifecycle import stop
     from trainer_core.runs.state import read_state
     from trainer_core.runs.tailing import read_tail_bytes
 
     offset = 0
     log = run / rd.LOG
-
-    def on_int(signum, frame):
-        print("\nstopping (saving a checkpoint first; Ctrl-C again to force)...", file=sys.stderr)
-        signal.signal(signal.SIGINT, lambda s, f: stop(run, force=True))
-        stop(run, force=False)
-
-    signal.signal(signal.SIGINT, on_int)
     while True:
+        interrupts.poll(run)
         size = log.stat().st_size if log.exists() else 0
         if size > offset:
-            sys.stderr.write(read_tail_bytes(log, size - offset).decode("utf-8", "replace"))
-            sys.stderr.flush()
+            try:
+                sys.stderr.write(read_tail_bytes(log, size - offset).decode("utf-8", "replace"))
+                sys.stderr.flush()
+            except OSError:
+                pass
             offset = size
         state = read_state(run)
         if state.terminal:
             break
         time.sleep(0.5)
+    # The supervisor writes the end a moment before it exits: return only once nothing of the run is left, so the
+    # devices are free for whatever comes next.
+    run_processes.wait_gone(run, rd.read_manifest(run), 30)
     if state.state == rd.FAILED:
-        print(f"run failed: {state.error}", file=sys.stderr)
+        _say(f"run failed: {state.error}")
     return 0 if state.state in (rd.COMPLETED, rd.STOPPED) else 1
 
 
@@ -90,10 +131,11 @@ def cmd_train(args) -> int:
     from trainer_core.runs import protocol as rd
     from trainer_core.runs.orchestrate import launch
 
+    interrupts = None if args.detach else _Interrupts()
     run = launch(load_config(args.config, args.set))
     for lint in rd.read_status(run).lints:
         print(lint, file=sys.stderr)
-    code = 0 if args.detach else _wait_foreground(run)
+    code = 0 if interrupts is None else _wait_foreground(run, interrupts)
     emit(run)
     return code
 
@@ -113,14 +155,19 @@ def cmd_status(args) -> int:
     if args.json:
         print_json(st.to_json())
         return 0
-    eta = st.eta_s if st.phase in (None, rd.PHASE_TRAINING) else None
-    phase = st.phase if st.state in (rd.RUNNING, rd.STOPPING) else None
-    if phase and st.phase_total:
-        phase += f" {st.phase_done or 0}/{st.phase_total}"
-    emit(f"{st.name}: {st.state}{f' ({phase})' if phase else ''}  step {st.step}/{st.total_steps or '?'}  "
-         f"loss {_value(st.loss)}  eta {'-' if eta is None else f'{eta:.0f}s'}")
+    if st.terminal:  # over: no phase, no time left, the loss is the last one it logged
+        emit(f"{st.name}: {st.state}  step {st.step}/{st.total_steps or '?'}  last loss {_value(st.loss)}")
+    else:
+        eta = st.eta_s if st.phase in (None, rd.PHASE_TRAINING) else None
+        phase = st.phase if st.state in (rd.RUNNING, rd.STOPPING) else None
+        if phase and st.phase_total:
+            phase += f" {st.phase_done or 0}/{st.phase_total}"
+        emit(f"{st.name}: {st.state}{f' ({phase})' if phase else ''}  step {st.step}/{st.total_steps or '?'}  "
+             f"loss {_value(st.loss)}  eta {'-' if eta is None else f'{eta:.0f}s'}")
     if st.warning:
         emit(f"warning: {st.warning}")
+    if st.note:
+        emit(f"note: {st.note}")
     if st.error:
         emit(f"error: {st.error}")
     return 0
@@ -131,6 +178,9 @@ def cmd_stop(args) -> int:
 
     done = stop(run_dir(args.run), force=args.force)
     st, ended = done.state, done.ended
+    if done.already_ended:
+        emit(f"{st.name}: already ended, {st.state} (checkpoints: {st.checkpoints}; no process left to end)")
+        return 0
     emit(f"{st.name}: {st.state} (checkpoints: {st.checkpoints}; "
          f"{'ended ' + ', '.join(ended) if ended else 'no process left to end'})")
     return 0
@@ -140,10 +190,11 @@ def cmd_resume(args) -> int:
     from trainer_core.runs.lifecycle import resume
 
     run = run_dir(args.run)
+    interrupts = None if args.detach else _Interrupts()
     ckpt = resume(run, checkpoint=args.checkpoint)
     print(f"resuming {run.name} from {ckpt.name if ckpt else 'the start (no complete checkpoint)'}",
           file=sys.stderr)
-    code = 0 if args.detach else _wait_foreground(run)
+    code = 0 if interrupts is None else _wait_foreground(run, interrupts)
     emit(run)
     return code
 

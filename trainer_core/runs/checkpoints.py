@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from trainer_core.runs.atomic import fsync_dir
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
 FINAL = "final"
+FINAL_TMP = ".final.tmp"  # final/ while rank 0 writes it; renamed to final/ once complete
 COMPLETE_MARKER = "COMPLETE"
 
 
@@ -59,3 +61,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def has_final(run_dir: Path) -> bool:
     return (run_dir / FINAL / COMPLETE_MARKER).is_file()
+
+
+def remove_partial(run_dir: Path) -> list[str]:
+    """Delete what a killed save left: checkpoint folders without their COMPLETE marker, and final/'s temporary
+    folder. Call only while no process of the run lives (start, resume, stop). Returns the names removed."""
+    root = run_dir / CHECKPOINTS
+    partial = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and not (p / COMPLETE_MARKER).is_file()]
+    removed = []
+    for p in [*sorted(partial, key=checkpoint_step), run_dir / FINAL_TMP]:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed

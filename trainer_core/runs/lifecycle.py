@@ -12,7 +12,7 @@ from pathlib import Path
 from trainer_core.errors import UserError
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd
-from trainer_core.runs.state import RunState, read_state, segment_end
+from trainer_core.runs.state import RunState, one_writer, read_state, record_end, segment_end
 from trainer_core.runs.supervisor import STOP_GRACE_S, start
 
 
@@ -24,6 +24,8 @@ class Stopped:
     """The run as read once the stop returned."""
     ended: list[str]
     """Processes signalled because they did not exit by themselves."""
+    already_ended: bool = False
+    """The run had already ended: nothing was asked, signalled or changed."""
 
 
 def _not_running(run: Path) -> UserError:
@@ -33,26 +35,29 @@ def _not_running(run: Path) -> UserError:
 def stop(run: Path, *, force: bool = False, save_timeout: float = 600.0) -> Stopped:
     """Stop a run. Normal stop asks the ranks to save a checkpoint and exit, then ends whatever is left of the run's
     processes (SIGTERM, then SIGKILL after a grace period). Force stop skips the save. Either works whatever part of
-    the run died first, reports in `ended` the processes it had to end, and is a no-op on a run with none left."""
+    the run died first and reports in `ended` the processes it had to end. A run that has ended is left exactly as
+    it is: no signal (its recorded ids may belong to strangers by now), no new state."""
+    state = read_state(run)  # records the end of a run none of whose processes remain
+    if state.terminal:
+        if not run_processes.members(run, rd.read_manifest(run)):
+            rd.remove_partial(run)
+        return Stopped(state, [], already_ended=True)
     manifest = rd.read_manifest(run)
     if not manifest:
         return Stopped(_stop_external(run, force=force, save_timeout=save_timeout), [])
-    if not run_processes.members(manifest):
-        state = read_state(run)
-        if state.terminal:
-            return Stopped(state, [])
-        raise _not_running(run)
+    if not run_processes.members(run, manifest):
+        raise _not_running(run)  # queued: never started
     rd.request(run, rd.FORCE_STOP if force else rd.SAVE_AND_STOP)
-    rd.update_status(run, state=rd.STOPPING)
+    with one_writer(run):  # not over a final state the supervisor has just written
+        if rd.read_status(run).live:
+            rd.update_status(run, state=rd.STOPPING)
     if not force:
         # The ranks poll the control file every step, save and exit; the supervisor then records `stopped`.
-        run_processes.wait_gone(manifest, save_timeout)
-    ended = run_processes.end(manifest, grace_s=STOP_GRACE_S)
-    if not rd.read_status(run).terminal:
-        # The supervisor was gone (or killed here) before it could write: record the stop ourselves.
-        ckpt = rd.latest_checkpoint(run)
-        rd.update_status(run, state=rd.STOPPED, ended=time.time(), forced=force,
-                         last_checkpoint=rd.checkpoint_step(ckpt) if ckpt else None)
+        run_processes.wait_gone(run, manifest, save_timeout)
+    ended = run_processes.end(run, manifest, grace_s=STOP_GRACE_S)
+    # The supervisor was gone (or killed here) before it could write: record the end ourselves.
+    record_end(run, None, ended=time.time())
+    rd.remove_partial(run)
     return Stopped(read_state(run), ended)
 
 

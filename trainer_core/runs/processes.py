@@ -2,8 +2,11 @@
 
 The supervisor starts in its own session; DeepSpeed's runner, its `launch` process and the ranks inherit that
 process group. So the group id recorded in manifest.json names every process of the run, even after the supervisor
-itself is gone (a group id cannot be handed to a new group while any member lives). Members are also checked
-against the run's start time, so a pid reused much later is never counted or signalled.
+itself is gone. A process counts as the run's (and may be signalled) only when all of this is proven: it is in that
+group, it started no earlier than the supervisor (manifest.json's create_time), and it carries the run directory in
+its environment (RUN_DIR_ENV, set for every process of the run at launch) or on its command line (`--run-dir`). So
+after the run is over, a stranger that reuses the group id (pids and group ids are recycled) is never counted or
+signalled.
 """
 
 from __future__ import annotations
@@ -14,18 +17,38 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 
 PR_SET_PDEATHSIG = 1
+# Set to the run directory in the environment of the supervisor, and so of every process it starts.
+RUN_DIR_ENV = "TRAINER_RUN_DIR"
 
 
-def members(manifest: dict[str, Any], *, exclude_self: bool = False) -> list[psutil.Process]:
-    """Living processes of the run's group (zombies excluded), oldest first."""
+def belongs(p: psutil.Process, run: Path) -> bool:
+    """The process names `run` as its run: in its environment (readable for our own processes only), or as the
+    `--run-dir` argument of its command line (the supervisor, DeepSpeed's runner and launch, and the ranks)."""
+    names = {str(run), os.path.realpath(run)}
+    try:
+        if p.environ().get(RUN_DIR_ENV) in names:
+            return True
+    except psutil.Error:
+        pass
+    try:
+        cmd = p.cmdline()
+    except psutil.Error:
+        return False
+    return any(a == "--run-dir" and b in names for a, b in zip(cmd, cmd[1:]))
+
+
+def members(run: Path, manifest: dict[str, Any], *, exclude_self: bool = False) -> list[psutil.Process]:
+    """Living processes of the run (zombies excluded), oldest first: in the recorded group, started since the
+    recorded supervisor, and naming the run (see the module docstring)."""
     try:
         pgid = int(manifest["pgid"])
-        since = float(manifest["create_time"]) - 1.0
+        since = float(manifest["create_time"]) - 0.01  # psutil's create_time is rounded to clock ticks
     except (KeyError, TypeError, ValueError):
         return []
     me = os.getpid()
@@ -36,7 +59,7 @@ def members(manifest: dict[str, Any], *, exclude_self: bool = False) -> list[psu
                 continue
             if os.getpgid(p.pid) != pgid or p.info["create_time"] < since:
                 continue
-            if p.info["status"] == psutil.STATUS_ZOMBIE:
+            if p.info["status"] == psutil.STATUS_ZOMBIE or not belongs(p, run):
                 continue
             out.append(p)
         except (ProcessLookupError, PermissionError, psutil.Error):
@@ -50,11 +73,16 @@ def describe(p: psutil.Process) -> str:
         cmd = p.cmdline()
     except psutil.Error:
         return str(p.pid)
-    module = next((cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a == "-m"), None)
+    i = cmd.index("-m") + 1 if "-m" in cmd[:-1] else None
+    if i is not None and cmd[i] == "trainer_core.runs.keep_locks" and i + 1 < len(cmd):
+        i += 1  # DeepSpeed's runner or launch, started through keep_locks
+    module = cmd[i] if i is not None else None
     return f"{p.pid} {module or ' '.join(cmd[:2])}"
 
 
 def signal_all(procs: list[psutil.Process], sig: int) -> None:
+    """Signal processes found by `members`. psutil checks each one's start time again right before the signal, so
+    a process that exited meanwhile and whose pid was reused is not hit."""
     for p in procs:
         try:
             p.send_signal(sig)
@@ -62,9 +90,9 @@ def signal_all(procs: list[psutil.Process], sig: int) -> None:
             pass
 
 
-def end(manifest: dict[str, Any], *, grace_s: float, exclude_self: bool = False) -> list[str]:
+def end(run: Path, manifest: dict[str, Any], *, grace_s: float, exclude_self: bool = False) -> list[str]:
     """End every process of the run: SIGTERM, then SIGKILL after `grace_s`. Returns what it found to end."""
-    procs = members(manifest, exclude_self=exclude_self)
+    procs = members(run, manifest, exclude_self=exclude_self)
     ended = [describe(p) for p in procs]
     signal_all(procs, signal.SIGTERM)
     _, alive = psutil.wait_procs(procs, timeout=grace_s)
@@ -73,13 +101,13 @@ def end(manifest: dict[str, Any], *, grace_s: float, exclude_self: bool = False)
     return ended
 
 
-def wait_gone(manifest: dict[str, Any], timeout: float, *, exclude_self: bool = False) -> bool:
+def wait_gone(run: Path, manifest: dict[str, Any], timeout: float, *, exclude_self: bool = False) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if not members(manifest, exclude_self=exclude_self):
+        if not members(run, manifest, exclude_self=exclude_self):
             return True
         time.sleep(0.2)
-    return not members(manifest, exclude_self=exclude_self)
+    return not members(run, manifest, exclude_self=exclude_self)
 
 
 # ---------------------------------------------------------------- inside a rank

@@ -10,6 +10,7 @@ Layout of runs/<name>/:
   metrics.jsonl      one `MetricsRow` per log step (rank 0 only, flushed)
   resources.jsonl    memory samples                 control.json     `Control`: requests to the trainer (stop)
   heartbeat.json     rank 0's "still alive" time, rewritten every HEARTBEAT_EVERY_S seconds
+  launch_exit.json   the signal that killed DeepSpeed's `launch`, when one did (keep_locks)
   supervisor.log     the supervisor's own stderr    hostfile, launch_node.sh, launch_slurm.sbatch (multi-node)
   checkpoints/checkpoint-N/COMPLETE                 final/  consolidated model (+ persona.json), written last
   exports/checkpoint-N/                             a checkpoint consolidated by `export`
@@ -36,8 +37,8 @@ from typing import Any
 from trainer_core.errors import Text, text
 from trainer_core.runs.atomic import fsync_dir, read_json, write_json_atomic, write_text_atomic  # noqa: F401
 from trainer_core.runs.checkpoints import (  # noqa: F401
-    CHECKPOINT_PREFIX, CHECKPOINTS, COMPLETE_MARKER, FINAL, checkpoint_dir, checkpoint_step, complete_checkpoints,
-    has_final, latest_checkpoint, mark_complete)
+    CHECKPOINT_PREFIX, CHECKPOINTS, COMPLETE_MARKER, FINAL, FINAL_TMP, checkpoint_dir, checkpoint_step,
+    complete_checkpoints, has_final, latest_checkpoint, mark_complete, remove_partial)
 
 # ---------------------------------------------------------------- file names
 
@@ -52,6 +53,7 @@ METRICS = "metrics.jsonl"
 RESOURCES = "resources.jsonl"
 CONTROL = "control.json"
 HEARTBEAT = "heartbeat.json"
+LAUNCH_EXIT = "launch_exit.json"  # {pid, signal}: DeepSpeed's `launch` was killed (its runner exits 0 regardless)
 HOSTFILE = "hostfile"
 EXPORTS = "exports"
 PERSONA = "persona.json"  # in final/ and every export: the persona and base model the weights were trained with
@@ -209,19 +211,26 @@ class Status:
     error_text: Text | None = None
     """The same reason as a coded message, so the dashboard can say it in the tab's language; None in run
     directories written before it existed (their `error` is shown as it is)."""
+    note: str | None = None
+    """Something to know about how a run ended that is not a failure (its supervisor died after final/ was
+    complete), in English."""
+    note_text: Text | None = None
+    """The same note as a coded message."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know; kept so a rewrite loses nothing."""
 
     @classmethod
     def from_json(cls, data: Any) -> "Status":
         known, extra = _known(cls, data)
-        if "error_text" in known:
-            known["error_text"] = text_from_json(known["error_text"])
+        for key in ("error_text", "note_text"):
+            if key in known:
+                known[key] = text_from_json(known[key])
         return cls(**_typed(Status, known), extra=extra)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(Status) if f.name != "extra"}
-        out["error_text"] = text_to_json(self.error_text) if self.error_text is not None else None
+        for key in ("error_text", "note_text"):
+            out[key] = text_to_json(getattr(self, key)) if getattr(self, key) is not None else None
         return {**self.extra, **out}
 
     @property
@@ -417,12 +426,13 @@ def write_status(run_dir: Path, status: Status) -> None:
 
 def update_status(run_dir: Path, **fields: Any) -> Status:
     """Set some fields of status.json (a misspelt field is a TypeError). Writers: the trainer's rank 0 (progress)
-    and the supervisor (state). `error` is given as a `Text` (or None to clear it): both `error` (its English) and
-    `error_text` are written from it, so the two never disagree."""
-    if "error" in fields:
-        reason = fields["error"]
-        fields["error_text"] = reason if isinstance(reason, Text) else None
-        fields["error"] = None if reason is None else str(reason)
+    and the supervisor (state). `error` and `note` are given as a `Text` (or None to clear it): both `error` (its
+    English) and `error_text` are written from it, so the two never disagree."""
+    for key in ("error", "note"):
+        if key in fields:
+            reason = fields[key]
+            fields[f"{key}_text"] = reason if isinstance(reason, Text) else None
+            fields[key] = None if reason is None else str(reason)
     status = dataclasses.replace(read_status(run_dir), **fields, updated=time.time())
     write_status(run_dir, status)
     return status

@@ -8,9 +8,12 @@ launched outside it (launch_node.sh, Slurm) rank 0's heartbeat. A live state who
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 import shutil
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,30 +114,118 @@ def _own_words(run: Path, from_log: Text | None) -> Text | None:
     return recorded if str(recorded)[:500] == from_log.params["message"] else None
 
 
-def finish(run: Path, code: int) -> None:
-    """Record the final state from the launcher's exit code, the stop request and what is on disk."""
+def signal_name(sig: int) -> str:
+    return signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+
+
+def launcher_end(run: Path, code: int, signalled: int | None = None) -> Text:
+    """How the supervisor's child (DeepSpeed's runner) ended, naming the process and the signal: the supervisor's
+    own termination, DeepSpeed's `launch` killed under the runner (which exits 0 then; keep_locks records it), the
+    runner killed, or the runner's exit code."""
+    if signalled:
+        return text("runs.supervisor_signalled", "the run's supervisor was terminated by {signal}",
+                    signal=signal_name(signalled))
+    killed = rd.read_json(run / rd.LAUNCH_EXIT)
+    if isinstance(killed, dict) and isinstance(killed.get("signal"), int):
+        return text("runs.launch_killed", "DeepSpeed's launch process was killed by {signal}",
+                    signal=signal_name(killed["signal"]))
+    if code < 0:
+        return text("runs.runner_killed", "DeepSpeed's runner process was killed by {signal}",
+                    signal=signal_name(-code))
+    return text("runs.runner_exited", "DeepSpeed's runner exited with code {exit_code}", exit_code=code)
+
+
+def final_of_this_segment(run: Path, manifest: dict[str, Any]) -> bool:
+    """final/ is complete and was written by the segment the manifest started (not left by an earlier one)."""
+    if not rd.has_final(run):
+        return False
+    started = manifest.get("started")
+    written = (rd.read_json(run / rd.FINAL / rd.COMPLETE_MARKER) or {}).get("time")
+    return not isinstance(started, (int, float)) or (isinstance(written, (int, float)) and written >= started)
+
+
+def end_fields(run: Path, code: int | None, signalled: int | None = None) -> dict[str, Any]:
+    """The final state from the launcher's exit code (None: unknown, the supervisor was lost), the stop request and
+    what is on disk. A complete final/ means `completed`, whatever died afterwards (said in `note`)."""
     control = rd.read_control(run)
-    now = time.time()
-    if code == 0 and rd.has_final(run) and control.action is None:
-        rd.update_status(run, state=rd.COMPLETED, exit_code=0, ended=now, error=None)
-    elif control.cause:
+    manifest = rd.read_manifest(run)
+    status = rd.read_status(run)
+    started = manifest.get("started")
+    ended = time.time() if code is not None or started is None else segment_end(run, status, started)
+    out: dict[str, Any] = {"exit_code": code, "ended": ended, "phase": None, "phase_done": None,
+                           "phase_total": None, "eta_s": None}
+    after = launcher_end(run, code, signalled) if code is not None else None
+    if final_of_this_segment(run, manifest):
+        note = None
+        if code is None:
+            note = text("runs.completed_unrecorded", "the final model was complete, but the run's supervisor ended "
+                        "before recording it (killed?)")
+        elif code != 0 or signalled or control.cause:
+            note = text("runs.completed_then", "the final model was complete; afterwards: {what}",
+                        what=control.cause_text or control.cause or after)
+        return {**out, "state": rd.COMPLETED, "final": True, "error": None, "note": note}
+    if control.cause:
         ckpt = rd.latest_checkpoint(run)
         saved = (text("runs.saved_checkpoint", "last complete checkpoint: {step}", step=rd.checkpoint_step(ckpt))
                  if ckpt else text("runs.saved_none", "no complete checkpoint"))
-        rd.update_status(run, state=rd.FAILED, exit_code=code, ended=now,
-                         error=text("runs.failed_asked_to_save", "{cause}; they were asked to save and stop "
-                                    "({saved}); resume to go on", cause=control.cause_text or control.cause,
-                                    saved=saved))
-    elif control.action in (rd.SAVE_AND_STOP, rd.FORCE_STOP):
-        rd.update_status(run, state=rd.STOPPED, exit_code=code, ended=now, error=None,
-                         forced=control.action == rd.FORCE_STOP)
-    else:
-        error = root_error(run / rd.LOG)
-        if error is None or error.code not in NAMED_CAUSES:
-            error = (disk_full(run) or _own_words(run, error) or error
-                     or text("runs.failed_exit_code", "the launcher exited with code {exit_code}",
-                             exit_code=code))
-        rd.update_status(run, state=rd.FAILED, exit_code=code, ended=now, error=error)
+        return {**out, "state": rd.FAILED,
+                "error": text("runs.failed_asked_to_save", "{cause}; they were asked to save and stop ({saved}); "
+                              "resume to go on", cause=control.cause_text or control.cause, saved=saved)}
+    if control.action in (rd.SAVE_AND_STOP, rd.FORCE_STOP):
+        ckpt = rd.latest_checkpoint(run)
+        return {**out, "state": rd.STOPPED, "error": None, "forced": control.action == rd.FORCE_STOP,
+                "last_checkpoint": rd.checkpoint_step(ckpt) if ckpt else None}
+    error = root_error(run / rd.LOG)
+    if code is None:
+        # Nobody recorded the end: rank 0's own record of why it stopped (it saw its supervisor go), else the log.
+        error = status.error_text or (text("runs.failed_recorded", "{message}", message=status.error)
+                                      if status.error else None) or error
+        return {**out, "state": rd.FAILED, "error": error or text(
+            "runs.lost_silently", "the run's processes ended without reporting a result (killed?)")}
+    if error is None or error.code not in NAMED_CAUSES:
+        named = after if (signalled or code < 0 or after.code == "runs.launch_killed") else None
+        error = (named or disk_full(run) or _own_words(run, error) or error
+                 or text("runs.failed_exit_code", "the launcher exited with code {exit_code}", exit_code=code))
+    return {**out, "state": rd.FAILED, "error": error}
+
+
+_WRITING: set[str] = set()  # runs this process holds one_writer for (a signal handler may re-enter it)
+
+
+@contextmanager
+def one_writer(run: Path):
+    """Serialise the writers of a run's final state (the supervisor, `stop`, and any reader that finds no process
+    left): an flock on the run directory itself, re-entrant within a process."""
+    key = str(run)
+    if key in _WRITING:
+        yield
+        return
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _WRITING.add(key)
+        yield
+    finally:
+        _WRITING.discard(key)
+        os.close(fd)
+
+
+def record_end(run: Path, code: int | None, signalled: int | None = None, **extra: Any) -> bool:
+    """Write the run's final state to status.json, once: whoever comes first (the state is still live) writes it;
+    later callers find it terminal and leave it. Returns whether this call wrote it."""
+    with one_writer(run):
+        if not rd.read_status(run).live:
+            return False
+        fields = end_fields(run, code, signalled)
+        rd.update_status(run, **{**fields, **extra})
+        return True
+
+
+def finish(run: Path, code: int, signalled: int | None = None) -> None:
+    """The supervisor's record of the end, once its launcher exited with `code` (`signalled`: the signal that
+    terminated the supervisor itself)."""
+    with one_writer(run):
+        rd.update_status(run, **end_fields(run, code, signalled))
 
 
 # Causes the log names outright; a nearly full disk or the trainer's own message does not override them.
@@ -154,8 +245,9 @@ def _alive(info: dict[str, Any]) -> bool:
 
 
 def _lost(run: Path, s: RunState, fallback: Text) -> None:
-    """A run whose processes are gone without a final state: failed, with the best cause the log offers (or the one
-    rank 0 recorded before it went: status.json's own error, kept with its coded form when it has one)."""
+    """A run whose processes are gone without a final state, as judged (not written): failed, with the best cause
+    the log offers (or the one rank 0 recorded before it went: status.json's own error, kept with its coded form
+    when it has one)."""
     if not s.error:
         s.error_text = root_error(run / rd.LOG) or fallback
         s.error = str(s.error_text)
@@ -194,16 +286,22 @@ def read_state(run: Path) -> RunState:
     manifest = rd.read_manifest(run)
     s.alive = bool(manifest) and _alive(manifest)
     if s.live and manifest and not s.alive:
-        rest = run_processes.members(manifest)
+        rest = run_processes.members(run, manifest)
         if rest:
             s.alive = True
             s.supervisor_lost = len(rest)
             s.warning = (f"supervisor lost; {len(rest)} process(es) of the run still running (the ranks save and "
                          "stop at their next step) — stop or force-stop")
         else:
-            # Gone without writing a final state (killed with the whole group, machine reboot, lost supervisor).
-            _lost(run, s, text("runs.lost_silently", "the run's processes ended without reporting a result "
-                               "(killed?)"))
+            # Gone without writing a final state (killed with the whole group, machine reboot, lost supervisor):
+            # no process is left to write it, so this reader does, once (another reader may have just done it).
+            try:
+                record_end(run, None)
+                disk = rd.read_status(run)
+                s = RunState(**{f.name: getattr(disk, f.name) for f in dataclasses.fields(rd.Status)})
+            except OSError:  # a run directory this reader may not write: judge it without writing
+                _lost(run, s, text("runs.lost_silently", "the run's processes ended without reporting a result "
+                                   "(killed?)"))
     elif s.live and not manifest:
         age = s.heartbeat_age_s = rd.heartbeat_age(run)
         if age is not None and age > rd.HEARTBEAT_STALE_S:
@@ -211,6 +309,11 @@ def read_state(run: Path) -> RunState:
                                "ended without reporting a result (node lost or job killed?)", minutes=age / 60))
     if s.state == rd.RUNNING and rd.read_control(run).action:
         s.state = rd.STOPPING
+    if s.terminal:
+        # What a run was doing and how long it had left are over with it (older writers left them behind).
+        s.phase = s.phase_done = s.phase_total = s.eta_s = None
+        # Its end was written by a reader that found its processes gone: nobody saw it end.
+        s.interrupted = s.interrupted or (s.state == rd.FAILED and s.exit_code is None and bool(manifest))
     s.run_dir, s.name = str(run), run.name
     s.checkpoints = [rd.checkpoint_step(p) for p in rd.complete_checkpoints(run)]
     s.has_final = rd.has_final(run)

@@ -28,12 +28,12 @@ from trainer_core import paths
 from trainer_core.config.hardware import detect, include_ids, lock_ids
 from trainer_core.config.run_config import load_config
 from trainer_core.errors import UserError, text
-from trainer_core.runs import device_locks
+from trainer_core.runs import device_locks, keep_locks
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.launch import launch_env, node_argv
 from trainer_core.runs.resources import sample_resources
-from trainer_core.runs.state import finish, read_state
+from trainer_core.runs.state import finish, launcher_end, read_state, signal_name
 
 STOP_GRACE_S = 15.0
 # How long the supervisor waits for orphaned ranks to save and stop after DeepSpeed's launcher died under them.
@@ -61,16 +61,19 @@ def start(run: Path, *, detach: bool = True, resume_from: Path | None = None) ->
         raise UserError("runs.already_live", "run {name} is already {state}", name=run.name,
                         state=rd.state_text(state))
     keys = device_keys(run)
-    fds = device_locks.acquire(run, keys)
+    fds = _acquire(run, keys)
     try:
-        rd.update_status(run, state=rd.STARTING, exit_code=None, error=None, final=False)
+        rd.remove_partial(run)  # nothing of this run runs: whatever a killed save left is garbage
+        rd.update_status(run, state=rd.STARTING, exit_code=None, error=None, note=None, final=False)
         (run / rd.CONTROL).unlink(missing_ok=True)
+        (run / rd.LAUNCH_EXIT).unlink(missing_ok=True)
         argv = [sys.executable, "-m", "trainer_core.runs.supervisor", "--run-dir", str(run),
                 "--lock-fds", ",".join(map(str, fds)), "--lock-keys", ",".join(keys)]
         if resume_from is not None:
             argv += ["--resume-from", str(resume_from)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.PROJECT_ROOT), env.get("PYTHONPATH", "")]))
+        env[run_processes.RUN_DIR_ENV] = str(run)  # inherited by every process of the run: its proof of identity
         proc = subprocess.Popen(
             argv, cwd=paths.PROJECT_ROOT, env=env, pass_fds=fds, start_new_session=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(run / rd.SUPERVISOR_LOG, "ab"),
@@ -89,6 +92,28 @@ def start(run: Path, *, detach: bool = True, resume_from: Path | None = None) ->
     return proc
 
 
+# How long a start waits for the last process of the devices' previous run to exit, once that run has recorded its
+# end (its supervisor holds the lock until it exits, a moment after writing the final state).
+RELEASE_WAIT_S = 10.0
+
+
+def _acquire(run: Path, keys: list[str]) -> list[int]:
+    deadline = time.time() + RELEASE_WAIT_S
+    while True:
+        try:
+            return device_locks.acquire(run, keys)
+        except UserError as e:
+            if e.code != "runs.device_busy" or time.time() > deadline or not _holders_ended(keys):
+                raise
+        time.sleep(0.1)
+
+
+def _holders_ended(keys: list[str]) -> bool:
+    """Every held lock among `keys` belongs to a run that has recorded its end (its last processes are exiting)."""
+    held = [h for h in map(device_locks.holder, keys) if h]
+    return bool(held) and all(rd.read_status(Path(h)).terminal for h in held)
+
+
 # ---------------------------------------------------------------- the supervisor process itself
 
 def _proc_info(pid: int) -> dict[str, Any]:
@@ -100,9 +125,11 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     me = _proc_info(os.getpid())
     cfg = load_config(run / rd.CONFIG)
     hw = detect()
-    argv = node_argv(cfg, run, resume_from=resume_from, has_gpu=hw.has_gpu, master_port=_pick_port(cfg),
-                     supervised=True,  # the final state is ours to write, after the devices are free
-                     include=include_ids(hw, cfg.placement))
+    # The final state is ours to write; the runner is started through keep_locks, so it, `launch` and every rank
+    # hold the device locks from birth.
+    argv = keep_locks.wrap(node_argv(cfg, run, resume_from=resume_from, has_gpu=hw.has_gpu,
+                                     master_port=_pick_port(cfg), supervised=True,
+                                     include=include_ids(hw, cfg.placement)))
     # The ranks read host, pid and lock_keys to watch this process and to hold the device locks with it.
     rd.write_json_atomic(run / rd.MANIFEST, {**me, "host": socket.gethostname(), "argv": argv,
                                              "started": time.time(), "lock_fds": lock_fds, "lock_keys": lock_keys,
@@ -111,18 +138,29 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     log = open(run / rd.LOG, "ab", buffering=0)
     _note(log, f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} supervisor {me['pid']} starting: {argv}\n")
     env = launch_env(cfg, hw.has_gpu)
-    child = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=env,
+    env[run_processes.RUN_DIR_ENV] = str(run)
+    env[keep_locks.LOCK_FDS_ENV] = ",".join(map(str, lock_fds))
+    child = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=env, pass_fds=lock_fds,
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     rd.update_status(run, state=rd.STARTING, launcher_pid=child.pid)
+    signalled: list[int] = []
 
-    def forward(signum, frame):
-        try:
-            child.send_signal(signum)
-        except ProcessLookupError:
-            pass
+    def on_signal(signum, frame):
+        """Terminated from outside (SIGTERM, SIGINT, SIGHUP): the ranks save and stop, and the end names why. A
+        stop already asked for (stop, force-stop) goes its own way: the signal is passed on to the runner."""
+        if signalled or rd.read_control(run).action:
+            try:
+                child.send_signal(signum)
+            except ProcessLookupError:
+                pass
+            return
+        signalled.append(signum)
+        rd.request(run, rd.SAVE_AND_STOP, cause=launcher_end(run, 0, signum))
+        _note(log, f"=== supervisor: {signal_name(signum)}; asking the ranks to save and stop\n")
+        threading.Thread(target=_end_late, args=(run, me, log), daemon=True).start()
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     stop = threading.Event()
     # The run's GPUs by machine id, as NVML numbers them ([] for CPU ranks).
     gpu_ids = include_ids(hw, cfg.placement) or lock_ids(hw, cfg.placement) or []
@@ -131,32 +169,38 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
                                daemon=True)
     sampler.start()
     code = child.wait()
-    _collect_orphans(run, me, code, log)
+    _collect_orphans(run, me, code, log, signalled[0] if signalled else None)
     stop.set()
     sampler.join(timeout=5)
-    # Free the devices before announcing the end, so whoever sees the final state can start the next run.
-    for fd in lock_fds:
-        os.close(fd)
-    finish(run, code)
+    # The device locks stay held until this process exits, right after the final state is written: a start that
+    # sees the state waits that moment for them (_acquire).
+    finish(run, code, signalled[0] if signalled else None)
     _note(log, f"=== supervisor: launcher exited with {code}\n")
     return 0
 
 
-def _collect_orphans(run: Path, me: dict[str, Any], code: int, log) -> None:
+def _end_late(run: Path, me: dict[str, Any], log) -> None:
+    """After the supervisor was signalled: end whatever of the run has not saved and stopped in time."""
+    if not run_processes.wait_gone(run, me, ORPHAN_SAVE_TIMEOUT_S, exclude_self=True):
+        ended = run_processes.end(run, me, grace_s=STOP_GRACE_S, exclude_self=True)
+        _note(log, f"=== supervisor: ended {', '.join(ended)}\n")
+
+
+def _collect_orphans(run: Path, me: dict[str, Any], code: int, log, signalled: int | None) -> None:
     """The launcher ended but some of its processes did not (its runner or `launch` was killed under the ranks):
     ask the ranks to save and stop, wait for them, and end what is left, so the final state is written only once
-    no process of the run remains and the devices are free."""
-    leftover = run_processes.members(me, exclude_self=True)
+    no process of the run remains."""
+    leftover = run_processes.members(run, me, exclude_self=True)
     if not leftover:
         return
-    cause = text("runs.orphans_left", "the DeepSpeed launcher exited with code {exit_code} while {n} process(es) of "
-                 "the run were still running", exit_code=code, n=len(leftover))
+    cause = text("runs.orphans_left", "{what} while {n} process(es) of the run were still running",
+                 what=launcher_end(run, code, signalled), n=len(leftover))
     _note(log, f"=== supervisor: {cause}: {', '.join(map(run_processes.describe, leftover))}; asking them to "
                "save and stop\n")
     if not rd.read_control(run).action:
         rd.request(run, rd.SAVE_AND_STOP, cause=cause)
-    if not run_processes.wait_gone(me, ORPHAN_SAVE_TIMEOUT_S, exclude_self=True):
-        ended = run_processes.end(me, grace_s=STOP_GRACE_S, exclude_self=True)
+    if not run_processes.wait_gone(run, me, ORPHAN_SAVE_TIMEOUT_S, exclude_self=True):
+        ended = run_processes.end(run, me, grace_s=STOP_GRACE_S, exclude_self=True)
         _note(log, f"=== supervisor: ended {', '.join(ended)}\n")
 
 

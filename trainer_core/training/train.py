@@ -242,7 +242,7 @@ def save_final(trainer, tokenizer, cfg: RunConfig, run: Path) -> None:
     """Consolidated safetensors + tokenizer + persona in final/, published by a rename once complete."""
     from trainer_core.models.export import disk_full_named, write_persona
 
-    tmp = run / ".final.tmp"
+    tmp = run / rd.FINAL_TMP
     if global_rank() == 0 and tmp.exists():
         shutil.rmtree(tmp)
     barrier()
