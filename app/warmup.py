@@ -17,7 +17,7 @@ import threading
 # starter). tests/test_warmup.py fails when trainer_core or app import a name that is missing here.
 TRANSFORMERS_NAMES = (
     "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "GenerationConfig", "PreTrainedTokenizerFast",
-    "Qwen2Config", "Qwen2ForCausalLM", "StoppingCriteriaList", "TextIteratorStreamer",
+    "Qwen2Config", "Qwen2ForCausalLM", "StoppingCriteria", "StoppingCriteriaList", "TextIteratorStreamer",
 )
 # Modules imported lazily by the memory planner and hardware detection (the Train page).
 MODULES = (
