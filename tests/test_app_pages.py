@@ -577,9 +577,13 @@ def test_monitor_warns_when_the_ranks_outlive_their_supervisor(app, runs_root):
     import subprocess
     import sys
 
-    ranks = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    from trainer_core.runs.processes import RUN_DIR_ENV
+
+    run = make_run(runs_root, "orphaned", "running")
+    # It names the run as every process of a run does (nothing unproven is counted or signalled as the run's).
+    ranks = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                             env={**os.environ, RUN_DIR_ENV: str(run)})
     try:
-        run = make_run(runs_root, "orphaned", "running")
         # The manifest names a supervisor that is gone (pid 1's start time does not match) and the ranks' group.
         rd.write_json_atomic(run / rd.MANIFEST, {"pid": 1, "create_time": 0.0, "pgid": ranks.pid})
         goto(app, "pages/monitor.py")

@@ -9,6 +9,7 @@ two that walk through many pages and models are marked slow.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -246,9 +247,13 @@ def test_force_stop_asks_first(app, runs_root):
 
     from helpers import wait_for
 
-    supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    from trainer_core.runs.processes import RUN_DIR_ENV
+
+    run = make_run(runs_root, "live", "running")
+    # It names the run as every process of a run does (nothing unproven is counted or signalled as the run's).
+    supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                                  env={**os.environ, RUN_DIR_ENV: str(run)})
     try:
-        run = make_run(runs_root, "live", "running")
         proc = psutil.Process(supervisor.pid)
         rd.write_json_atomic(run / rd.MANIFEST, {"pid": proc.pid, "pgid": proc.pid, "create_time": proc.create_time(),
                                                  "started": time.time() - 60})

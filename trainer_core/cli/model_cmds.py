@@ -30,8 +30,8 @@ def cmd_chat(args) -> int:
     bounded(args.checkpoint, "--checkpoint", 0, MAX_STEPS)
     model_dir = resolve_model_dir(_model_or_run(args.model), args.checkpoint)
     device = choose()  # a GPU no training run holds, or a refusal naming the runs
-    _note(f"device: {device.describe()}")
     model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code, device=device.device)
+    _note(f"device: {device.describe()}")  # once loaded: a refusal of the model stays the only line
     persona, source = chat_persona(model_dir, args.persona)
     params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     # Which system prompt is in use goes to stderr, so stdout stays the reply alone.

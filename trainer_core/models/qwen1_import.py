@@ -238,14 +238,16 @@ def import_qwen1(source: str | Path, dest: str | Path, progress: Progress | None
 
     Written into a hidden temporary folder beside dest and renamed into place when complete.
     """
-    from trainer_core.models.tokenizer import qwen1_tokenizer
+    from trainer_core.models.tokenizer import load_ranks, qwen1_tokenizer
 
     src = Path(source).expanduser()
     shape = _check_source(src)
     dest = _destination(Path(dest), src)
     shards, dtype = _plan_shards(src, shape)
-    # Before the weights are copied (minutes for a 7B model): a broken qwen.tiktoken is found at once.
-    tokenizer = qwen1_tokenizer(src / "qwen.tiktoken", shape.seq_length, EXTRA_TOKENS, FIRST_EXTRA_ID)
+    # Before the weights are copied (minutes for a 7B model): a broken qwen.tiktoken is found at once. Only its
+    # ranks are read here; the tokenizer (hundreds of MB while built) comes after the weights, so the two peaks
+    # never add up.
+    load_ranks(src / "qwen.tiktoken")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         total = write_shards(tmp, shards, progress)
@@ -253,6 +255,7 @@ def import_qwen1(source: str | Path, dest: str | Path, progress: Progress | None
             progress(total, total, "config, tokenizer and chat template")
         qwen2_config(shape, DTYPE_NAMES[dtype]).save_pretrained(tmp)
         generation_config(src).save_pretrained(tmp)
+        tokenizer = qwen1_tokenizer(src / "qwen.tiktoken", shape.seq_length, EXTRA_TOKENS, FIRST_EXTRA_ID)
         tokenizer.save_pretrained(tmp, save_jinja_files=False)
         marker = {"source": str(src.resolve()), "source_format": "qwen1", "seq_length": shape.seq_length,
                   "dtype": DTYPE_NAMES[dtype], "not_carried": [str(n) for n in shape.notes]}

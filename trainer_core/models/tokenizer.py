@@ -119,18 +119,23 @@ def _vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tup
     return {text(t): r for t, r in ranks.items()}, [(text(m[3]), text(m[4])) for m in merges]
 
 
-def build_qwen_tokenizer(vocab_path: Path):
-    """Qwen2's fast tokenizer rebuilt from qwen.tiktoken: same ids as tiktoken on NFC text, ChatML template."""
+def load_ranks(vocab_path: Path) -> dict[bytes, int]:
+    """The BPE ranks of a qwen.tiktoken file, or a one-line refusal of a broken one."""
     from tiktoken.load import load_tiktoken_bpe
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     try:
-        ranks = load_tiktoken_bpe(str(vocab_path))
+        return load_tiktoken_bpe(str(vocab_path))
     except ValueError as e:  # a line that is not "<base64> <rank>" (binascii.Error is a ValueError too)
         raise UserError("models.vocab_broken", "{vocab} is not a readable qwen.tiktoken ({detail}); re-download it",
                         vocab=str(vocab_path), detail=str(e).splitlines()[0][:200]) from None
-    vocab, merges = _vocab_and_merges(ranks)
+
+
+def build_qwen_tokenizer(vocab_path: Path):
+    """Qwen2's fast tokenizer rebuilt from qwen.tiktoken: same ids as tiktoken on NFC text, ChatML template."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab, merges = _vocab_and_merges(load_ranks(vocab_path))
     # ignore_merges: a pre-token that is itself in the vocabulary is kept whole, as tiktoken does.
     core = Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
     core.normalizer = normalizers.NFC()
