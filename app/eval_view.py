@@ -98,9 +98,8 @@ def _persona(run: Path) -> str:
     return load_config(Path(run) / rd.CONFIG).data.persona
 
 
-def results_frame(run: Path) -> pd.DataFrame:
+def results_frame(results: dict[str, dict]) -> pd.DataFrame:
     """One row per evaluated model (base first), every metric as "value (change against base)"."""
-    results = pe.read_results(run)
     deltas = pe.compare_to_base(results)
     rows = []
     for label, r in results.items():
@@ -115,10 +114,9 @@ def results_frame(run: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "records", "probes", *METRICS])
 
 
-def chart(run: Path, x_title: str, y_title: str) -> alt.Chart | None:
+def chart(results: dict[str, dict], x_title: str, y_title: str) -> alt.Chart | None:
     """The 0–1 metrics of every evaluated model in evaluation order (base, checkpoints by step, final)."""
-    results = pe.read_results(run)
-    if len(results) < 1:
+    if not results:
         return None
     order = list(results)
     data = pd.DataFrame([{"model": label, "metric": name, "value": r["metrics"][name]}
@@ -151,7 +149,8 @@ def panel(run: Path, state) -> None:
                          t("eval.models.step", step=c))
     records = c2.number_input(t("eval.max_records"), 1, 10_000, 200, key="eval.max_records", disabled=running)
     tokens = c3.number_input(t("eval.max_new_tokens"), 1, 4096, 128, key="eval.max_new_tokens", disabled=running)
-    base = c4.checkbox(t("eval.base"), value=pe.BASE not in pe.read_results(run), key="eval.base",
+    results = pe.read_results(run)  # once per page run: the files hold every reply
+    base = c4.checkbox(t("eval.base"), value=pe.BASE not in results, key="eval.base",
                        disabled=running, help=t("eval.base_help"))
     checkpoint = None if which == "latest" else which
     try:
@@ -173,14 +172,14 @@ def panel(run: Path, state) -> None:
     if running and row.button(t("eval.stop"), key="eval.stop", icon=":material/stop:"):
         job.cancel.set()  # honoured within one token; the model being evaluated writes nothing
     st.fragment(run_every=REFRESH_S if running else None)(_progress)(run, running)
-    frame = results_frame(run)
+    frame = results_frame(results)
     if frame.empty:
         st.caption(t("eval.none"))
         return
     st.dataframe(frame, hide_index=True, key="eval.table",
                  column_config={c: st.column_config.Column(t(f"eval.col.{c}") if c in ("model", "records", "probes")
                                                            else c) for c in frame.columns})
-    drawn = chart(run, t("eval.x_model"), t("eval.y_value"))
+    drawn = chart(results, t("eval.x_model"), t("eval.y_value"))
     if drawn is not None:
         st.altair_chart(drawn, width="stretch")
 
