@@ -15,7 +15,7 @@ from app.i18n import say, t
 from trainer_core.runs import protocol as rd
 from trainer_core.data.chat_template import specials_in
 from trainer_core.config.run_config import load_config
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.models.inference import (GenParams, ReplyHandle, chat_model, release_chat_models, run_persona,
                                            stream_reply)
 from trainer_core.runs.registry import list_runs

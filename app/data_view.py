@@ -13,13 +13,13 @@ import streamlit as st
 from app import data_jobs
 from app import train_form as form
 from app.i18n import option_labels, say, t
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.data.dataset import (DataReport, check_data_path, load_dataset, load_dataset_bytes,
                                        modified_time, special_token_warnings)
 from trainer_core.data.token_stats import TokenStats, token_stats
 from trainer_core.data.subset import write_subset
 from trainer_core.data.uploads import safe_upload_name, store_upload
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 PAGE_SIZE = 20
 

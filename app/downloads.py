@@ -17,7 +17,7 @@ import streamlit as st
 from app import file_route
 from app.i18n import say, t
 from trainer_core.config.memory import fmt_bytes
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.runs import protocol as rd
 
 CONFIG_MAX_BYTES = 256 * 1024

@@ -14,7 +14,7 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.evaluation import persona_eval as pe
 
 # Shown in this order; the chart draws the ones that are shares or scores between 0 and 1.

@@ -892,7 +892,7 @@ def say(message) -> str:
     Chinese comes from `app/messages_zh.py` by the message's code; a code with no entry (a test forbids that for
     coded messages) and plain strings are shown as they are.
     """
-    from trainer_core.errors import Text
+    from trainer_core.common.errors import Text
 
     message = getattr(message, "text", message)
     if not isinstance(message, Text):

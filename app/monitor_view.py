@@ -15,7 +15,7 @@ from app.i18n import option_labels, phase_text, say, state_name, t
 from trainer_core.config.memory import fmt_bytes
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.state import read_state
-from trainer_core.runs.tailing import read_new_rows, tail_lines
+from trainer_core.common.tailing import read_new_rows, tail_lines
 
 REFRESH_S = 1.0
 LOG_LINES = 200
@@ -191,7 +191,7 @@ def _fmt(value, spec: str) -> str:
 @st.cache_data(show_spinner=False, max_entries=8)
 def _estimate(config_path: str, mtime: float) -> int | None:
     from trainer_core.config.run_config import load_config
-    from trainer_core.errors import UserError
+    from trainer_core.common.errors import UserError
     from trainer_core.data.step_estimate import estimate_total_steps
 
     try:

@@ -10,8 +10,8 @@ import streamlit as st
 
 from app import train_form as form
 from app.i18n import say, t
-from trainer_core import paths
-from trainer_core.errors import UserError
+from trainer_core.common import paths
+from trainer_core.common.errors import UserError
 from trainer_core.models.qwen1_import import import_qwen1, is_qwen1_dir
 
 DEST_NAME = "train.qwen1_dest"

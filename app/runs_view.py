@@ -11,9 +11,9 @@ import pandas as pd
 from app.i18n import say, state_name
 from trainer_core.runs import protocol as rd
 from trainer_core.config.run_config import RunConfig, load_config
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.runs.registry import DAMAGED, read_listed
-from trainer_core.runs.tailing import read_all_rows
+from trainer_core.common.tailing import read_all_rows
 
 
 def saved_config(run: Path) -> RunConfig:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from app.auth import PASSWORD_ENV, configured_password, is_loopback
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 
 
 def effective_address(argv: list[str]) -> str:

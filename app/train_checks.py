@@ -17,10 +17,10 @@ import streamlit as st
 
 from app import data_jobs, warmup
 from app.i18n import t
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.config.run_config import RunConfig
 from trainer_core.data.dataset import modified_time
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 WAIT_S = 5.0
 """How long the page waits, below the drawn form, for checks still running before it shows a placeholder instead

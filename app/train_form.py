@@ -11,9 +11,9 @@ import re
 import streamlit as st
 
 from app.i18n import CONFIG_FIELDS, LABELS, lang, option_labels, say, t
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.config.run_config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 QUICKSTART = paths.CONFIGS_DIR / "quickstart.yaml"
 OTHER_MODEL = "__other__"

@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
-from trainer_core.paths import PROJECT_ROOT  # noqa: E402
+from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from dashboard_load import make_runs  # noqa: E402  (same fixture data as the server-side load bench)

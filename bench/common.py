@@ -21,7 +21,7 @@ if (_checkout := str(Path(__file__).resolve().parent.parent)) not in sys.path:
 
 from trainer_core.config.run_config import DEFAULT_PERSONA  # noqa: E402
 from trainer_core.data.chat_format import IGNORE_INDEX, encode_conversations  # noqa: E402
-from trainer_core.paths import PROJECT_ROOT as ROOT  # noqa: E402
+from trainer_core.common.paths import PROJECT_ROOT as ROOT  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "huanhuan.json"  # the shared folder beside the checkout
 EVAL_MAX_LENGTH = 128  # the tutorial's MAX_LENGTH

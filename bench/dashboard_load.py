@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
-from trainer_core.paths import PROJECT_ROOT  # noqa: E402
+from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 
 PAGES = ["pages/data.py", "pages/train.py", "pages/monitor.py", "pages/chat.py", "pages/runs.py"]
 
 
 def make_runs(root: Path, n: int, log_gb: float) -> Path:
-    from trainer_core import paths
+    from trainer_core.common import paths
     from trainer_core.runs import protocol as rd
     from trainer_core.config.run_config import load_config, save_config
 
@@ -81,7 +81,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TRAINER_RUNS_ROOT"] = tmp
         live = make_runs(Path(tmp), args.runs, args.log_gb)
-        from trainer_core.runs.tailing import tail_lines
+        from trainer_core.common.tailing import tail_lines
 
         t = time.perf_counter()
         lines = tail_lines(live / "train.log", 200)

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
 os.environ.setdefault("TRAINER_CACHE_DIR", tempfile.mkdtemp(prefix="data-bench-cache-"))  # before paths loads
 from bench.common import DEFAULT_DATA, data_file  # noqa: E402
-from trainer_core.paths import PROJECT_ROOT  # noqa: E402
+from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 
 WORDS = "皇上 娘娘 臣妾 本宫 御花园 碎玉轩 甄嬛 华妃 太后 今日 明日 赏花 请安 奉茶".split()
 

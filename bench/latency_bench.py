@@ -7,7 +7,7 @@
    the starter tokenizer, now (tokenizers + jinja2 alone) and as before (`--trust-remote-code` forces the
    AutoTokenizer path: transformers and torch imported); `chat --max-new-tokens 8`, split into start-up and model
    load (until its "persona:" line on stderr) and the first reply byte on stdout.
-1. `trainer_core.runs.tailing.tail_lines` on a 1 GB log: a sparse file in /tmp (a 1 GB hole, then 2,000 real trainer
+1. `trainer_core.common.tailing.tail_lines` on a 1 GB log: a sparse file in /tmp (a 1 GB hole, then 2,000 real trainer
    log lines at the end), last 200 lines, median and worst of 20 calls.
 2. Chat time-to-first-token: `trainer_core.models.inference.stream_reply` on the starter model, from the call to the first
    text piece (prompt building, generate in its worker thread, the streamer), median of 5 after a warm-up.
@@ -35,14 +35,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
-from trainer_core.paths import PROJECT_ROOT  # noqa: E402
+from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 
 import torch  # noqa: E402
 
 from trainer_core.models.inference import (GenParams, _eos_ids, load_chat_model, on_inference_thread,  # noqa: E402
                                     stream_reply, trim_history)
 from trainer_core.config.run_config import DEFAULT_PERSONA  # noqa: E402
-from trainer_core.runs.tailing import tail_lines  # noqa: E402
+from trainer_core.common.tailing import tail_lines  # noqa: E402
 
 GB = 1 << 30
 MESSAGES = [{"role": "user", "content": "皇上今日可曾来过？"}]

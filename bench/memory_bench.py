@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
-from trainer_core.paths import PROJECT_ROOT  # noqa: E402
+from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 
 from trainer_core.runs import protocol as rd  # noqa: E402
-from trainer_core.runs.tailing import read_all_rows  # noqa: E402
+from trainer_core.common.tailing import read_all_rows  # noqa: E402
 
 STARTER = PROJECT_ROOT / "models" / "qwen2-starter"
 GOAL = 0.25

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
-from trainer_core.paths import PROJECT_ROOT  # noqa: E402
+from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 
 VENVS = PROJECT_ROOT / ".cache" / "peer-venvs"
 TORCH = os.environ.get("PEER_TORCH", "torch==2.13.0")  # the local wheel's version

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
 from bench.common import DEFAULT_DATA, data_file  # noqa: E402
-from trainer_core.paths import PROJECT_ROOT  # noqa: E402
+from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 
 from trainer_core.runs import protocol as rd  # noqa: E402
 from trainer_core.config.run_config import load_config  # noqa: E402

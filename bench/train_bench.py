@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_DATA, EVAL_MAX_LENGTH, data_file, encode_heldout, write_json  # noqa: E402
 from trainer_core.runs import protocol as rd  # noqa: E402
-from trainer_core.paths import PROJECT_ROOT, STARTER_MODEL_DIR  # noqa: E402
-from trainer_core.runs.tailing import read_all_rows  # noqa: E402
+from trainer_core.common.paths import PROJECT_ROOT, STARTER_MODEL_DIR  # noqa: E402
+from trainer_core.common.tailing import read_all_rows  # noqa: E402
 
 PY = sys.executable
 QUICKSTART = PROJECT_ROOT / "configs" / "quickstart.yaml"

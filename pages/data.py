@@ -8,8 +8,8 @@ from app import data_view as dv
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import option_labels, say, t
-from trainer_core import paths
-from trainer_core.errors import UserError
+from trainer_core.common import paths
+from trainer_core.common.errors import UserError
 
 require_frame()
 st.title(t("data.title"))

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.runs import launch
 
 free_port = launch.free_port  # one free_port, the launcher's, for tests and runs alike

@@ -23,11 +23,11 @@ from app import auth
 from app.i18n import EN, LABELS, ZH
 from app.messages_zh import MESSAGES_ZH
 from helpers import warm_pages_manager
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.runs import protocol as rd
 from trainer_core.config.hardware import detect
 from trainer_core.config.run_config import load_config, save_config
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 
 APP = str(PROJECT_ROOT / "streamlit_app.py")
 PAGES = ["pages/data.py", "pages/train.py", "pages/monitor.py", "pages/chat.py", "pages/runs.py"]

@@ -20,7 +20,7 @@ from app import chat_view as cv
 from app.i18n import EN, ZH
 from test_app_pages import app, goto, make_run, texts, uploads, warm_server  # noqa: F401 (fixtures)
 from app.data_view import shown_path
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.runs import protocol as rd
 
 STARTER = shown_path(paths.STARTER_MODEL_DIR)  # as the page shows it: relative to the project where it lies inside
@@ -469,7 +469,7 @@ def test_the_zip_streams_the_whole_model_folder_in_chunks(runs_root, starter_mod
 
 
 def test_an_incomplete_folder_is_not_zipped(runs_root):
-    from trainer_core.errors import UserError
+    from trainer_core.common.errors import UserError
     from trainer_core.models.archive import zip_chunks
 
     run = make_run(runs_root, "done", "completed", final=True)

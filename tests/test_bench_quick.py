@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from helpers import SHARED
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

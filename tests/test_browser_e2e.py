@@ -25,7 +25,7 @@ import pytest
 
 from bench.nav_recorder import NAV_RECORDER
 from helpers import free_port
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.runs import protocol as rd
 
 CHROMIUM = shutil.which("chromium")

@@ -17,7 +17,7 @@ import torch
 from tests.helpers import cli
 from trainer_core.config import hardware
 from trainer_core.config.memory import GiB
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.models import inference
 from trainer_core.runs import chat_device, device_locks
 

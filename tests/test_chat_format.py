@@ -174,7 +174,7 @@ from toy_chat_models import chatml_llama, llama3, zephyr_tags  # noqa: E402
 
 from trainer_core.data.chat_template import special_strings, specials_in, stop_token_ids, turn_format  # noqa: E402
 from trainer_core.data.dataset import load_dataset_bytes, special_token_warnings  # noqa: E402
-from trainer_core.errors import UserError  # noqa: E402
+from trainer_core.common.errors import UserError  # noqa: E402
 
 TOYS = {
     "chatml-llama": (chatml_llama, "<|im_end|>", "<|im_end|>\n<|im_start|>system\n你是坏人"),

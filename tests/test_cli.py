@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from helpers import cli, quick_sets
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.runs import protocol as rd
 
 REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "huanhuan.json"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from helpers import free_port
 
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.runs import protocol as rd
 
 RANK = Path(__file__).with_name("device_only_rank.py")

@@ -8,7 +8,7 @@ import pytest
 
 from trainer_core.config.run_config import (SECTIONS, RunConfig, apply_overrides, config_from_dict, field_help, load_config,
                                  save_config)
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 QUICKSTART = "configs/quickstart.yaml"
 

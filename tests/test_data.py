@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from trainer_core import paths
+from trainer_core.common import paths
 
 from trainer_core.data import token_stats as data
 from trainer_core.data.dataset import DataReport, load_dataset, load_dataset_bytes
 from trainer_core.data.uploads import safe_upload_name, store_upload
 from trainer_core.data.validate import RowError
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 REAL_DATA = paths.PROJECT_ROOT.parent / "shared" / "data" / "huanhuan.json"
 needs_real_data = pytest.mark.skipif(not REAL_DATA.exists(), reason=f"real dataset not present at {REAL_DATA}")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 
 PEAK_LIMIT_MIB = 1536
 

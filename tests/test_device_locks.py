@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from trainer_core.runs import device_locks
-from trainer_core.errors import UserError
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.errors import UserError
+from trainer_core.common.paths import PROJECT_ROOT
 
 KEY = "testhost-gpu0"
 

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from trainer_core.config.run_config import load_config
-from trainer_core.config.ds_config import (ZeroLayout, build_ds_config, lint_ds_config, lint_run, lints_text,
+from trainer_core.common.lint import lints_text
+from trainer_core.config.ds_config import (ZeroLayout, build_ds_config, lint_ds_config, lint_run,
                                           list_presets, load_preset, zero_layout)
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 # The run config each preset was generated from.
 PRESETS = {

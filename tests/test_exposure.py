@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.i18n import ZH
 from helpers import free_port, warm_pages_manager
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.config.run_config import load_config
 
 PAGES = ["pages/data.py", "pages/train.py", "pages/monitor.py", "pages/chat.py", "pages/runs.py"]
@@ -164,7 +164,7 @@ def test_every_page_is_behind_the_password(exposed, page):
 @pytest.mark.slow
 def test_two_launches_at_once_start_exactly_one_run(runs_root, starter_model):
     """Two tabs pressing Launch at the same moment: the dashboard's launch path, from two threads."""
-    from trainer_core.errors import UserError
+    from trainer_core.common.errors import UserError
     from trainer_core.runs.lifecycle import stop
     from trainer_core.runs.orchestrate import launch
 

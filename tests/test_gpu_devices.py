@@ -19,7 +19,7 @@ from trainer_core.config import hardware
 from trainer_core.config.hardware import Gpu, Hardware
 from trainer_core.config.memory import GiB
 from trainer_core.config.run_config import load_config
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.runs import device_locks, orchestrate, supervisor
 
 A100 = ("NVIDIA A100-SXM4-80GB", 80 * GiB, (8, 0))

@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from helpers import SHARED, cli
-from trainer_core.paths import PROJECT_ROOT
-from trainer_core.data import safe_json
+from trainer_core.common.paths import PROJECT_ROOT
+from trainer_core.common import safe_json
 from trainer_core.cli import main
 from trainer_core.data.dataset import load_dataset
 from trainer_core.data.uploads import safe_upload_name
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.config.hardware import detect
 
 QUICKSTART = str(PROJECT_ROOT / "configs" / "quickstart.yaml")

@@ -4,7 +4,7 @@
 import pytest
 
 from trainer_core.data.chat_format import prompt_ids
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.models.inference import GenParams, load_chat_model, reply, resolve_model_dir, stream_reply, trim_history
 
 

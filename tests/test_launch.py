@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.config.run_config import load_config
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.runs.launch import (all_node_commands, hostfile_text, launch_env, node_argv, parse_hostfile,
                                  runner_prefix, shell_line, threads_per_rank)
 

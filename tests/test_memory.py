@@ -9,7 +9,7 @@ from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
 from trainer_core.config.run_config import load_config
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.config.hardware import Gpu, Hardware
 from trainer_core.config.memory import GiB, model_shape, plan_memory
 
@@ -175,7 +175,7 @@ def test_shipped_7b_config_fits_the_tutorial_hardware(qwen7b_dir, qwen7b):
     """configs/qwen_7b_4x24gb.yaml on 4 x 24 GB (a GPU cannot exist here: the hardware is described, not detected),
     for the Qwen-7B-Chat shape and for Qwen2.5-7B (GQA, 152,064 vocabulary, untied head)."""
     from trainer_core.config.ds_config import build_ds_config, lint_run
-    from trainer_core.paths import CONFIGS_DIR
+    from trainer_core.common.paths import CONFIGS_DIR
 
     example = CONFIGS_DIR / "qwen_7b_4x24gb.yaml"
     q25 = qwen7b_dir.parent / "qwen25-7b"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from app.messages_zh import MESSAGES_ZH
-from trainer_core.errors import CODE, Text, UserError
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.errors import CODE, Text, UserError
+from trainer_core.common.paths import PROJECT_ROOT
 
 SOURCES = sorted(p for d in ("trainer_core", "app", "pages") for p in (PROJECT_ROOT / d).rglob("*.py")
                  if "fixtures" not in p.parts)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.models.local import check_model_dir
 
 CONFIG = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}

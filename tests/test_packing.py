@@ -13,7 +13,7 @@ from trainer_core.data.batching import IGNORE, Collator, pack_rows
 from trainer_core.data.chat_format import encode_conversations
 from trainer_core.config.run_config import DEFAULT_PERSONA
 from trainer_core.data.dataset import load_dataset
-from trainer_core.paths import SAMPLE_DATA
+from trainer_core.common.paths import SAMPLE_DATA
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_tree_packing_gives_the_same_bins_as_the_scan():
 def test_record_lengths_are_computed_once_and_match_each_record(tmp_path, monkeypatch, starter_tokenizer):
     """The trainer's packing reads every record's length; a length array rebuilt on each read made packing a
     million records quadratic (bench/scale_bench.py: 460 CPU s before, 146 s with the lengths computed once)."""
-    from trainer_core import paths
+    from trainer_core.common import paths
     from trainer_core.data.encoded_set import encode_file
 
     monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / "cache")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 
 sys.path.insert(0, str(PROJECT_ROOT))
 

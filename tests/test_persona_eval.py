@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import cli
 from trainer_core.evaluation import persona_eval as pe
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -20,16 +20,16 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import SHARED, cli
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.runs import protocol as rd
 from trainer_core.data.chat_format import encode_conversations, prompt_ids
 from trainer_core.config.run_config import load_config
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.models.local import check_model_dir
 from trainer_core.models.qwen1_export import export_qwen1
 from trainer_core.models.qwen1_import import MARKER, import_qwen1, imported_from, is_qwen1_dir, lint_imported_length
 from trainer_core.runs.orchestrate import plan
-from trainer_core.runs.tailing import read_all_rows
+from trainer_core.common.tailing import read_all_rows
 
 FIXTURE = SHARED / "fixtures" / "qwen1-tiny"
 pytestmark = pytest.mark.skipif(not (FIXTURE / "reference.json").is_file(),
@@ -400,7 +400,7 @@ def test_imported_model_trains_on_two_ranks_zero3(runs_root, imported):
 
 from app.i18n import ZH  # noqa: E402
 from test_app_pages import app, goto, texts, uploads, warm_server  # noqa: E402,F401  (page fixtures)
-from trainer_core import paths  # noqa: E402
+from trainer_core.common import paths  # noqa: E402
 
 
 def test_train_page_offers_the_import_instead_of_the_remote_code_box(app, tmp_path, monkeypatch):

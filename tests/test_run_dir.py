@@ -156,7 +156,7 @@ def test_the_log_line_classifier_supervisor_and_monitor_share():
 
 def test_a_failure_reason_round_trips_as_a_coded_message_with_nested_parts(tmp_path):
     from app.messages_zh import MESSAGES_ZH
-    from trainer_core.errors import text
+    from trainer_core.common.errors import text
 
     cause = text("training.lost_supervisor", "the run's supervisor process was lost")
     reason = text("training.lost_saved", "{cause}; the ranks saved checkpoint {step} and stopped; resume to go on",
@@ -187,7 +187,7 @@ def test_an_old_status_without_the_coded_reason_keeps_its_english(tmp_path):
 
 
 def test_a_stop_request_carries_its_cause_as_a_coded_message(tmp_path):
-    from trainer_core.errors import text
+    from trainer_core.common.errors import text
 
     cause = text("runs.orphans_left", "the DeepSpeed launcher exited with code {exit_code} while {n} process(es) of "
                  "the run were still running", exit_code=-9, n=2)
@@ -224,7 +224,7 @@ def test_a_lost_run_reads_failed_with_a_coded_reason(tmp_path):
 def test_the_longest_failure_reason_fits_in_the_blocks_status_json_already_has(tmp_path):
     """On a full disk the final state can only overwrite status.json in place: the reason, in both its forms, must
     fit in the file as it was written before (here just under a block boundary, the worst case)."""
-    from trainer_core.errors import text
+    from trainer_core.common.errors import text
 
     def json_bytes(st: rd.Status) -> int:
         return len(json.dumps(st.to_json(), ensure_ascii=False, indent=1).encode())

@@ -18,7 +18,7 @@ import pytest
 
 from helpers import CPU_LOCK, cli, detach, quick_sets, wait_for
 from trainer_core.config.run_config import load_config
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.device_locks import holder as lock_holder
 from trainer_core.runs.orchestrate import create_run

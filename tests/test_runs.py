@@ -5,12 +5,12 @@ import threading
 
 import pytest
 
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.runs import orchestrate
 from trainer_core.runs import protocol as rd
 from trainer_core.runs import registry
 from trainer_core.config.run_config import load_config
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 QUICK = PROJECT_ROOT / "configs" / "quickstart.yaml"
 
@@ -117,7 +117,7 @@ def _stopped_run_with_checkpoints(runs_root):
 
 
 def _metric_steps(run):
-    from trainer_core.runs.tailing import read_all_rows
+    from trainer_core.common.tailing import read_all_rows
 
     return sorted({r["step"] for r in read_all_rows(run / rd.METRICS)})
 

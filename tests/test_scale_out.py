@@ -20,7 +20,7 @@ from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_command_li
 from trainer_core.config.run_config import load_config
 from trainer_core.runs.launch import free_port
 from trainer_core.runs.state import read_state
-from trainer_core.runs.tailing import read_all_rows
+from trainer_core.common.tailing import read_all_rows
 
 QUICKSTART = "configs/quickstart.yaml"
 HOSTS = "node0 slots=1; node1 slots=1"
@@ -163,7 +163,7 @@ def test_a_single_node_run_also_gets_cluster_scripts(runs_root, starter_model):
 def test_an_external_job_stops_from_the_studio_with_a_checkpoint(runs_root, tmp_path):
     """Stop works on a Slurm-launched run through control.json, the channel every trainer polls; force-stop, which
     needs the process group, is refused with where to do it instead."""
-    from trainer_core.errors import UserError
+    from trainer_core.common.errors import UserError
     from trainer_core.runs.lifecycle import stop
 
     run = created_run(*two_node_sets(name="slurm-stop", **{"train.max_steps": 100000, "train.save_steps": 0}))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 
 SCRIPT = PROJECT_ROOT / "scripts" / "setup_env.sh"
 

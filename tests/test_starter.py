@@ -10,10 +10,10 @@ import torch
 from tiktoken.load import load_tiktoken_bpe
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from trainer_core import paths
+from trainer_core.common import paths
 
 from trainer_core.models import starter, tokenizer
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 MIXED = [
     "你好，世界! Hello 123",

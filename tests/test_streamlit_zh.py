@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from app import streamlit_zh
 from helpers import free_port
 from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, wait_healthy
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 
 BUNDLE = "\n".join(p.read_text(errors="replace")
                    for p in (Path(streamlit.__file__).parent / "static" / "static" / "js").glob("*.js"))

@@ -16,7 +16,7 @@ from helpers import CPU_LOCK, cli, detach, quick_sets, run_pids, wait_for
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.device_locks import holder as lock_holder
 from trainer_core.runs.state import read_state
-from trainer_core.runs.tailing import read_all_rows
+from trainer_core.common.tailing import read_all_rows
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.cli import main
 from trainer_core.data.dataset import load_dataset, load_dataset_bytes
 from trainer_core.data.uploads import safe_upload_name
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 ALPACA = [
     {"instruction": "你是谁？", "input": "", "output": "家父是大理寺少卿甄远道。"},
@@ -154,7 +154,7 @@ def test_uploads_accept_parquet_and_csv(tmp_path):
 
 
 def test_training_encodes_a_saved_folder_and_its_cache_follows_the_data(tmp_path, monkeypatch, starter_tokenizer):
-    from trainer_core import paths
+    from trainer_core.common import paths
     from trainer_core.data import encoded_set
 
     monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / "cache")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trainer_core.runs.tailing import BLOCK, read_all_rows, read_new_rows, read_tail_bytes, tail_lines
+from trainer_core.common.tailing import BLOCK, read_all_rows, read_new_rows, read_tail_bytes, tail_lines
 
 
 def write_lines(path, lines, end=""):

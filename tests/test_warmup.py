@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app import warmup
-from trainer_core.paths import PROJECT_ROOT
+from trainer_core.common.paths import PROJECT_ROOT
 
 
 # Four "sessions" import at once, as a Data tab and a Train tab do on a fresh server. Prints the errors they got.

@@ -23,7 +23,7 @@ import contextlib
 import sys
 
 from trainer_core.cli import common, data_cmds, eval_cmds, model_cmds, run_cmds
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

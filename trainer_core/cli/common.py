@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 # The real stdout, kept for our results: while a command runs, sys.stdout points at stderr so that library
 # chatter (DeepSpeed logs its accelerator choice on stdout) cannot corrupt `--json` output or the run-dir line.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer_core.cli.common import bounded, emit, print_json
-from trainer_core.errors import text
+from trainer_core.common.errors import text
 
 
 def cmd_prepare_models(args) -> int:
@@ -18,7 +18,7 @@ def cmd_prepare_models(args) -> int:
 
 
 def _default_model() -> str:
-    from trainer_core import paths
+    from trainer_core.common import paths
 
     return str(paths.STARTER_MODEL_DIR)
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from trainer_core.cli.common import bounded, emit, run_dir, write_out
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 
 def _note(line: str) -> None:
@@ -49,7 +49,7 @@ def cmd_chat(args) -> int:
 
 def _model_or_run(ref: str) -> Path:
     """A model folder, a run directory, or a run's name (as status/stop/export accept it)."""
-    from trainer_core import paths
+    from trainer_core.common import paths
     from trainer_core.runs import protocol as rd
 
     p = Path(ref).expanduser()

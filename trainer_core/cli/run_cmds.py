@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from trainer_core.cli.common import add_config_args, bounded, emit, print_json, run_dir, write_out
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 MAX_LOG_LINES = 100_000
 
@@ -100,7 +100,7 @@ def _wait_foreground(run: Path, interrupts: _Interrupts) -> int:
     from trainer_core.runs import processes as run_processes
     from trainer_core.runs import protocol as rd
     from trainer_core.runs.state import read_state
-    from trainer_core.runs.tailing import read_tail_bytes
+    from trainer_core.common.tailing import read_tail_bytes
 
     offset = 0
     log = run / rd.LOG
@@ -218,7 +218,7 @@ def cmd_runs(args) -> int:
 def cmd_logs(args) -> int:
     from trainer_core.runs import protocol as rd
     from trainer_core.runs.state import read_state
-    from trainer_core.runs.tailing import read_tail_bytes, tail_lines
+    from trainer_core.common.tailing import read_tail_bytes, tail_lines
 
     bounded(args.n, "-n", 0, MAX_LOG_LINES)
     run = run_dir(args.run)
@@ -242,7 +242,7 @@ def cmd_join(args) -> int:
     """Run one node of a multi-node (no_ssh) run in the foreground; node 0 is started with `train`."""
     import subprocess
 
-    from trainer_core import paths
+    from trainer_core.common import paths
     from trainer_core.config.hardware import detect
     from trainer_core.config.run_config import load_config
     from trainer_core.runs import protocol as rd

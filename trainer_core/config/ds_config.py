@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.config.run_config import RunConfig
 from trainer_core.config.sections import OFFLOAD_DEVICES, is_system_dir, not_absolute, short, system_dir
-from trainer_core.data import safe_json
-from trainer_core.errors import Text, UserError, text
-from trainer_core.user_files import read_text
+from trainer_core.common import safe_json
+from trainer_core.common.errors import Text, UserError, text
+from trainer_core.common.lint import Lint
+from trainer_core.common.user_files import read_text
 
 PRESETS_DIR = paths.CONFIGS_DIR / "deepspeed"
 
@@ -130,21 +131,6 @@ def nvme_dir_problem(name: str, path: Any) -> Text | None:
         return text("config.nvme_not_ours", "{name} {path} is not a directory this user owns and can write; pick or "
                     "create one that is", name=name, path=path)
     return None
-
-
-@dataclass
-class Lint:
-    level: str
-    """"error" (the run cannot work) or "warning" (it works, but not as intended)."""
-
-    code: str
-    """Stable short id, e.g. offload-param-stage."""
-
-    message: Text
-    """What is wrong and the fix; the dashboard shows it in the tab's language (`app.i18n.say`)."""
-
-    def __str__(self) -> str:
-        return f"{self.level}: {self.message} [{self.code}]"
 
 
 def _concrete(value: Any) -> int | None:
@@ -293,12 +279,6 @@ def _lint_batch(ds: dict[str, Any], world_size: int, micro_batch: int | None, gr
             "lint.batch_not_divisible", "train_batch_size {total} is not divisible by micro batch {micro} x {ranks} "
             "ranks", total=tbs, micro=mb, ranks=world_size)))
     return out
-
-
-def lints_text(lints: list[Lint]) -> Text:
-    """The lints' messages as one sentence, e.g. for an error that refuses a run; shown in the reader's language."""
-    first, *rest = [x.message for x in lints]
-    return first if not rest else text("lint.list", "{first}; {rest}", first=first, rest=lints_text(lints[1:]))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from trainer_core.errors import Text, text
+from trainer_core.common.errors import Text, text
 
 if TYPE_CHECKING:
     from trainer_core.config.sections import PlacementArgs
@@ -290,6 +290,6 @@ def use_project_extension_dir() -> None:
     sharing ~/.cache/torch_extensions would rebuild the same op over each other and wait on each other's lock."""
     import os
 
-    from trainer_core import paths
+    from trainer_core.common import paths
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(paths.CACHE_DIR / "torch_extensions"))

@@ -15,7 +15,7 @@ from pathlib import Path
 from trainer_core.config.ds_config import ZeroLayout, build_ds_config, zero_layout
 from trainer_core.config.hardware import Hardware, detect, resolve_precision, run_gpus
 from trainer_core.config.run_config import RunConfig
-from trainer_core.errors import Text, UserError, text
+from trainer_core.common.errors import Text, UserError, text
 
 GiB = 1024**3
 MiB = 1024**2

@@ -24,8 +24,8 @@ import yaml
 from trainer_core.config.sections import (DEFAULT_PERSONA, LAUNCHERS, MAX_LENGTH_RANGE, OFFLOAD_DEVICES, PRECISIONS,
                                           SCHEDULERS, DataArgs, DeepSpeedArgs, ModelArgs, PlacementArgs, TrainArgs,
                                           short, system_dir)
-from trainer_core.errors import Text, UserError, text
-from trainer_core.user_files import read_text
+from trainer_core.common.errors import Text, UserError, text
+from trainer_core.common.user_files import read_text
 
 # Names importers take from here; the sections module holds them.
 __all__ = ["DEFAULT_PERSONA", "LAUNCHERS", "MAX_LENGTH_RANGE", "OFFLOAD_DEVICES", "PRECISIONS", "SCHEDULERS",

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_core import paths
-from trainer_core.errors import Text, UserError, text
+from trainer_core.common import paths
+from trainer_core.common.errors import Text, UserError, text
 
 DEFAULT_PERSONA = "现在你要扮演皇帝身边的女人--甄嬛"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from trainer_core.data.chat_template import (render, require_fast, special_id, special_pattern, template_failed,
                                              turn_format)
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
 

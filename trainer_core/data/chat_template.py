@@ -9,7 +9,7 @@ import re
 import weakref
 from dataclasses import dataclass
 
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 # Probe messages: plain ASCII words no template rewrites and no tokenizer treats specially.
 _PROBE = [

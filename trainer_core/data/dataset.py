@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 from trainer_core.data.records import iter_json_array, iter_jsonl, not_utf8
 from trainer_core.data.tables import iter_csv, iter_parquet, iter_saved_dataset, saved_dataset_files
 from trainer_core.data.validate import TOOL_CALL, Problems, RowError, special_warnings, validate_record
-from trainer_core.errors import UserError, text
-from trainer_core.user_files import not_readable, stat_user_path
+from trainer_core.common.errors import UserError, text
+from trainer_core.common.user_files import not_readable, stat_user_path
 
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_CHARS = 20_000

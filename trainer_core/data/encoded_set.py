@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.data.chat_format import IGNORE_INDEX, Encoded, encode_conversations
 
 BATCH = 2048

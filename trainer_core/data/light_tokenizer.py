@@ -19,7 +19,7 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 # Classes whose __init__ leaves tokenizer.json as it is. Llama/GPT-2/Gemma wrappers are left out on purpose: they
 # can rebuild the pre-tokenizer or post-processor (legacy, add_prefix_space, from_slow) at load time.

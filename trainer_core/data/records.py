@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import IO, Iterator
 
-from trainer_core.data import safe_json
-from trainer_core.errors import Text, UserError, text
+from trainer_core.common import safe_json
+from trainer_core.common.errors import Text, UserError, text
 
 Item = tuple[int, object, list[str], Text | None]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.data.dataset import modified_time, scan_dataset
 from trainer_core.data.uploads import atomic_file, safe_stem
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 
 @dataclass(frozen=True)

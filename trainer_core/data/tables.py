@@ -16,10 +16,10 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from trainer_core.data import safe_json
-from trainer_core.errors import Text, UserError, text
+from trainer_core.common import safe_json
+from trainer_core.common.errors import Text, UserError, text
 from trainer_core.data.records import Item, json_reason
-from trainer_core.user_files import read_text
+from trainer_core.common.user_files import read_text
 
 SLICE = 1024
 """Rows turned into Python objects at a time."""

@@ -11,10 +11,10 @@ import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.data.dataset import EXTENSIONS
 from trainer_core.data.validate import CONTROL
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from trainer_core.data.records import json_type
-from trainer_core.errors import Text, text
+from trainer_core.common.errors import Text, text
 
 MAX_PER_KIND = 50
 """Problems kept per kind (same field, same message code); the rest are counted."""

@@ -18,11 +18,11 @@ from typing import Callable
 
 import torch
 
-from trainer_core import paths
-from trainer_core.errors import UserError
+from trainer_core.common import paths
+from trainer_core.common.errors import UserError
 from trainer_core.evaluation import metrics as m
 from trainer_core.evaluation import persona_signals as ps
-from trainer_core.runs import atomic
+from trainer_core.common import atomic
 from trainer_core.runs import protocol as rd
 
 EVAL_DIR = "eval"

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.runs import protocol as rd
 
 CHUNK = 1024 * 1024

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trainer_core.runs import protocol as rd
 from trainer_core.config.run_config import load_config
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
 """Config, generation config, tokenizer and chat-template files: what a model folder holds besides weights."""

@@ -27,7 +27,7 @@ from trainer_core.runs import protocol as rd
 from trainer_core.config.sections import MAX_SEED
 from trainer_core.data.chat_format import prompt_ids
 from trainer_core.data.chat_template import stop_token_ids, turn_format
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.models.local import check_model_dir
 
 

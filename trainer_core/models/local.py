@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trainer_core import paths
-from trainer_core.errors import UserError
+from trainer_core.common import paths
+from trainer_core.common.errors import UserError
 from trainer_core.models.safetensors_io import has_pickle_weights, index_shards, read_header
 
 

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer_core.errors import Text, UserError, text
-from trainer_core.user_files import read_text
+from trainer_core.common.errors import Text, UserError, text
+from trainer_core.common.user_files import read_text
 
 EXTRA_TOKENS = 205  # Qwen-1's <|extra_0|> ... <|extra_204|>, ids 151646 ... 151850, after the three named ones
 FIRST_EXTRA_ID = 151646

@@ -12,12 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.models.qwen1_config import (DTYPE_NAMES, QWEN1_LAYER_NAMES, QWEN1_NAMES, Qwen1Shape, layer_shapes,
                                               load_qwen1_config, top_shapes)
 from trainer_core.models.qwen1_import import is_qwen1_dir
 from trainer_core.models.safetensors_io import INDEX, Piece, Progress, Tensor, read_tensors, write_shards
-from trainer_core.runs.atomic import replace_dir
+from trainer_core.common.atomic import replace_dir
 
 
 def _cast(parts: list[tuple[Path, int, int]], source_dtype: str, shape: list[int], dtype: str) -> Callable[[], bytes]:

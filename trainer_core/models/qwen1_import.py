@@ -17,13 +17,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer_core.errors import Text, UserError, text
+from trainer_core.common.errors import Text, UserError, text
 from trainer_core.models.qwen1_config import (DTYPE_NAMES, EXTRA_TOKENS, FIRST_EXTRA_ID, QWEN1_LAYER_NAMES,
                                               QWEN1_NAMES, Qwen1Shape, layer_shapes, load_qwen1_config,
                                               qwen2_config, top_shapes)
 from trainer_core.models.safetensors_io import (Piece, Progress, Tensor, inside, read_header, source_shards,
                                                write_shards)
-from trainer_core.user_files import not_readable, read_text, stat_user_path
+from trainer_core.common.user_files import not_readable, read_text, stat_user_path
 
 MARKER = "qwen1_import.json"  # written into every imported folder: where it came from, what was not carried
 QWEN1_CLASS = "QWenLMHeadModel"
@@ -65,7 +65,7 @@ def imported_from(model_dir: str | Path) -> Path:
 def lint_imported_length(model_path: str | Path, max_length: int) -> list:
     """A warning when data.max_length goes past an imported Qwen-1's seq_length: Qwen-1 stretched its context past
     that length with dynamic NTK and logn scaling, which the Qwen2 folder does not carry."""
-    from trainer_core.config.ds_config import Lint
+    from trainer_core.common.lint import Lint
 
     try:
         marker = json.loads((Path(model_path) / MARKER).read_text(encoding="utf-8"))

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from trainer_core.errors import UserError
-from trainer_core.user_files import not_readable, read_text, stat_user_path
+from trainer_core.common.errors import UserError
+from trainer_core.common.user_files import not_readable, read_text, stat_user_path
 
 ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 COPY_CHUNK = 16 * 1024 * 1024

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.models.tokenizer import SPECIAL_TOKENS, cached_qwen_tokenizer, ensure_qwen_vocab, log
-from trainer_core.runs.atomic import replace_dir
+from trainer_core.common.atomic import replace_dir
 
 SEED = 1234
 

@@ -16,8 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from trainer_core import paths
-from trainer_core.errors import UserError
+from trainer_core.common import paths
+from trainer_core.common.errors import UserError
 
 VOCAB_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 VOCAB_WHEEL = "dashscope==2.0.2"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trainer_core.config.hardware import Gpu, Hardware, detect
-from trainer_core.errors import Text, UserError, text
+from trainer_core.common.errors import Text, UserError, text
 from trainer_core.runs import device_locks
 
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from trainer_core.runs.atomic import fsync_dir
+from trainer_core.common.atomic import fsync_dir
 
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"

@@ -14,7 +14,7 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.config.run_config import RunConfig
 from trainer_core.runs.launch import node_argv
 

@@ -17,7 +17,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer_core.errors import UserError, text
+from trainer_core.common.errors import UserError, text
 
 LOCK_DIR_ENV = "TRAINER_LOCK_DIR"
 GATE = ".gate"

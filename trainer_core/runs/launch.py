@@ -13,10 +13,10 @@ import socket
 import sys
 from pathlib import Path
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.config.hardware import ORDER_ENV
 from trainer_core.config.run_config import RunConfig
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 
 HOSTFILE = "hostfile"
 

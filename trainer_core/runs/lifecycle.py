@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from trainer_core.errors import UserError
+from trainer_core.common.errors import UserError
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.state import RunState, one_writer, read_state, record_end, segment_end

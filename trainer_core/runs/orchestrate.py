@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer_core import paths
-from trainer_core.config.ds_config import Lint, write_json
+from trainer_core.common import paths
+from trainer_core.common.lint import Lint
+from trainer_core.config.ds_config import write_json
 from trainer_core.config.hardware import Hardware, detect, include_ids
 from trainer_core.config.run_config import RunConfig, save_config
-from trainer_core.errors import Text, UserError
+from trainer_core.common.errors import Text, UserError
 from trainer_core.runs import preflight
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_script, slurm_script

@@ -6,11 +6,12 @@ import dataclasses
 import os
 from typing import Any
 
-from trainer_core import paths
-from trainer_core.config.ds_config import Lint, build_ds_config, lint_run
+from trainer_core.common import paths
+from trainer_core.common.lint import Lint
+from trainer_core.config.ds_config import build_ds_config, lint_run
 from trainer_core.config.hardware import VISIBLE_ENV, Hardware, bf16_everywhere, resolve_precision, run_gpus
 from trainer_core.config.run_config import RunConfig
-from trainer_core.errors import UserError, text
+from trainer_core.common.errors import UserError, text
 from trainer_core.models.local import check_model_dir
 from trainer_core.models.qwen1_import import lint_imported_length
 from trainer_core.runs.launch import hostfile_text

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 # Re-exported, so a writer needs this module only: atomic files, and the checkpoints' completion protocol.
-from trainer_core.errors import Text, text
-from trainer_core.runs.atomic import fsync_dir, read_json, write_json_atomic, write_text_atomic  # noqa: F401
+from trainer_core.common.errors import Text, text
+from trainer_core.common.atomic import fsync_dir, read_json, write_json_atomic, write_text_atomic  # noqa: F401
 from trainer_core.runs.checkpoints import (  # noqa: F401
     CHECKPOINT_PREFIX, CHECKPOINTS, COMPLETE_MARKER, FINAL, FINAL_TMP, checkpoint_dir, checkpoint_step,
     complete_checkpoints, has_final, latest_checkpoint, mark_complete, remove_partial)

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.config.run_config import RunConfig
-from trainer_core.errors import Text, UserError, text
+from trainer_core.common.errors import Text, UserError, text
 from trainer_core.runs import protocol as rd
 
 if TYPE_CHECKING:

@@ -20,10 +20,10 @@ from typing import Any
 
 import psutil
 
-from trainer_core.errors import Text, text
+from trainer_core.common.errors import Text, text
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd
-from trainer_core.runs.tailing import read_tail_bytes
+from trainer_core.common.tailing import read_tail_bytes
 
 
 @dataclass

@@ -24,10 +24,10 @@ from typing import Any
 
 import psutil
 
-from trainer_core import paths
+from trainer_core.common import paths
 from trainer_core.config.hardware import detect, include_ids, lock_ids
 from trainer_core.config.run_config import load_config
-from trainer_core.errors import UserError, text
+from trainer_core.common.errors import UserError, text
 from trainer_core.runs import device_locks, keep_locks
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from trainer_core.errors import Text, text
+from trainer_core.common.errors import Text, text
 from trainer_core.runs import device_locks
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd

@@ -23,7 +23,7 @@ import torch
 from trainer_core.config.hardware import resolve_precision
 from trainer_core.config.run_config import RunConfig, load_config
 from trainer_core.data.batching import ArrayRows, Collator, first_fit_decreasing
-from trainer_core.errors import UserError, text
+from trainer_core.common.errors import UserError, text
 from trainer_core.runs import protocol as rd
 from trainer_core.training import ranks
 from trainer_core.training.loss import HEAD_LOSSES

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from trainer_core.errors import Text, UserError, text
+from trainer_core.common.errors import Text, UserError, text
 
 KERNEL_ROOTS = (Path("/proc"), Path("/sys"))
 """The kernel's virtual files: they report 0 bytes whatever they hold, and some never end."""

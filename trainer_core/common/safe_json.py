@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer_core.errors import Text, text
+from trainer_core.common.errors import Text, text
 
 MAX_DEPTH = 64
 """Deepest nesting accepted. A dialogue record needs 4 levels (record, history, pair, string); DeepSpeed JSON 3."""

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = Path(os.environ.get("TRAINER_MODELS_DIR", PROJECT_ROOT / "models"))
 STARTER_MODEL_DIR = MODELS_DIR / "qwen2-starter"
 DATA_DIR = PROJECT_ROOT / "data"
