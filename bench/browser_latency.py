@@ -35,7 +35,7 @@ from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from dashboard_load import make_runs  # noqa: E402  (same fixture data as the server-side load bench)
-from nav_recorder import NAV_RECORDER  # noqa: E402
+from tests.nav_recorder import NAV_RECORDER  # noqa: E402  (the browser test records the menu the same way)
 from trainer_core.runs.launch import free_port  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/compare_dumps.py DIR/ours-1 DIR/trl-1
 
-Each steps.jsonl line is one micro-batch as the loss saw it (bench/step_dump). Rows are split into records where
+Each steps.jsonl line is one micro-batch as the loss saw it (bench/hooks/step_dump). Rows are split into records where
 their position ids restart at 0; a record is identified by its token ids up to its first trained label, so the same
 training record is matched across recipes however each packed it. Printed: per step the lr, the number of trained
 positions and `num_items_in_batch`, the loss; per recipe the records and trained tokens; for the records both saw,

@@ -22,7 +22,7 @@ config (peer_settings):
 The peers run in their own venvs (bench/peer_venvs.py, created on first use under .cache/peer-venvs/, never in
 requirements.txt), all three under DeepSpeed's launcher with one CPU rank. Held-out records (the split of
 train_bench) are scored by bench/common.py for every recipe: ours by its in-training evaluation on the same records
-(as train_bench), the peers by bench/peer_probe at every step, and every final model once more after training.
+(as train_bench), the peers by bench/hooks/peer_probe at every step, and every final model once more after training.
 Label tokens: the positions whose next-token label is not -100 in the batches each trainer fed its loss (ours:
 answer tokens and their <|im_end|>). Times are training time only, from on_train_begin, evaluations subtracted.
 Nothing here asserts a time; a peer that fails is reported with its error and the others still run.
@@ -48,7 +48,7 @@ from bench.train_bench import (QUICKSTART, SEED, _rescore, env, phase_table, hoo
 from trainer_core.config.run_config import load_config  # noqa: E402
 
 RECIPES = ("ours", "trl", "llamafactory", "ours-newline")
-# ours-newline: ours, also training the `\n` after each answer's <|im_end|> as both peers do (bench/newline_label); an
+# ours-newline: ours, also training the `\n` after each answer's <|im_end|> as both peers do (bench/hooks/newline_label); an
 # ablation of one of the two differences between ours and TRL that the loss comparison leaves, not a default.
 
 
@@ -165,8 +165,8 @@ def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
 
 def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int, phases: bool = False,
              dump: Path | None = None) -> dict:
-    """One peer under DeepSpeed's launcher in its own venv, with bench/peer_probe on its PYTHONPATH (and the phase
-    timer loaded by it when `phases`, bench/step_dump when `dump`)."""
+    """One peer under DeepSpeed's launcher in its own venv, with bench/hooks/peer_probe on its PYTHONPATH (and the phase
+    timer loaded by it when `phases`, bench/hooks/step_dump when `dump`)."""
     from bench.peer_venvs import ensure
     from trainer_core.runs.launch import free_port
 
@@ -187,7 +187,7 @@ def run_peer(peer: str, work: Path, heldout: Path, n_train: int, epochs: int, ph
     own = os.environ.get("PEER_PYTHON") == sys.executable and os.environ.get("TORCH_EXTENSIONS_DIR")
     e = {**env(), "BENCH_PEER_PROBE": str(work / "probe"), "DISABLE_VERSION_CHECK": "1",
          "TORCH_EXTENSIONS_DIR": own or str(py.parent.parent / "torch_extensions"),
-         "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "peer_probe"), env()["PYTHONPATH"]])}
+         "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "hooks" / "peer_probe"), env()["PYTHONPATH"]])}
     if phases:
         e["BENCH_PHASES"] = str(work / "phases" / peer)
     if dump:
@@ -244,7 +244,7 @@ def parse_args(argv: list[str] | None):
                    "use the starter's tokenizer, which splits the records and encodes the held-out set")
     p.add_argument("--phases", action="store_true",
                    help="also split each recipe's optimizer step into forward+loss, backward, ZeRO gradient "
-                        "handling and optimizer step (bench/phase_timer, loaded into the peers by bench/peer_probe)")
+                        "handling and optimizer step (bench/hooks/phase_timer, loaded into the peers by bench/hooks/peer_probe)")
     p.add_argument("--seed", type=int, default=SEED,
                    help=f"training seed of every recipe (data order, packing order; default {SEED}); the held-out "
                         "records do not change with it")
@@ -253,7 +253,7 @@ def parse_args(argv: list[str] | None):
                    "fast each reaches the slowest recipe's final loss); replaces --seed")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="JSON array of alpaca records (default ../shared/data/huanhuan.json)")
-    p.add_argument("--dump", type=Path, help="write what each recipe trains here, step by step (bench/step_dump: "
+    p.add_argument("--dump", type=Path, help="write what each recipe trains here, step by step (bench/hooks/step_dump: "
                    "<recipe>-<repeat>/steps.jsonl with every batch, lr and loss, setup.json, logs.jsonl)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a run-config override of every recipe's job, e.g. deepspeed.offload_optimizer=none (the GPU "
@@ -344,7 +344,7 @@ def report(args, runs: dict[str, list[dict]]) -> dict:
               f"label tokens/s {(ref['label_tokens'] / ref['train_time_s']) / (r['label_tokens'] / r['train_time_s']):.2f}x, "
               f"peak RSS {ref['peak_rss_bytes'] / r['peak_rss_bytes']:.2f}x")
     if args.phases:
-        print("\nwhere each optimizer step's time goes (ms per step, bench/phase_timer):")
+        print("\nwhere each optimizer step's time goes (ms per step, bench/hooks/phase_timer):")
         print(phase_table([r for r in done if r.get("phases")]))
     if args.repeat > 1:
         for name, rs in runs.items():

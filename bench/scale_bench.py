@@ -8,7 +8,7 @@ preparation time and peak RSS against record count.
 Training series: our trainer (`python -m trainer_core train configs/quickstart.yaml`: ZeRO-2 + CPU offload, fp32 on
 a CPU, packing, micro-batch 4) on huanhuan.json, --steps optimizer steps plus one warm-up step whose time is left
 out, no evaluation, no checkpoint. Step time is the median gap between consecutive metrics rows (rank 0); peak RSS
-is the largest `peak_mem_bytes` any rank reported (VmHWM), and with 2 ranks also their sum. bench/phase_timer
+is the largest `peak_mem_bytes` any rank reported (VmHWM), and with 2 ranks also their sum. bench/hooks/phase_timer
 splits each step into forward+loss, backward compute, ZeRO gradient handling and the optimizer step, so the table
 says which term dominates. Series (each varies one thing from the quickstart defaults, max_length 256, 1 rank):
   model   the starter (hidden 64, 2 layers: almost all 152k x 64 embedding), and random Qwen2 models with the
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     if results:
         print("\n" + train_table(results))
-        print("\nms per optimizer step in each phase (bench/phase_timer):\n" + phase_table(results))
+        print("\nms per optimizer step in each phase (bench/hooks/phase_timer):\n" + phase_table(results))
     if lines:
         print("\n" + "\n".join(lines))
     if args.json:

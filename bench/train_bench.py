@@ -78,12 +78,12 @@ def env() -> dict[str, str]:
 
 
 def hooks_env(work: Path, name: str, phases: bool, hooks: str | None = None) -> dict[str, str]:
-    """The ranks' PYTHONPATH with bench/<hooks> (a recipe's sitecustomize, e.g. logits_head) and, for --phases,
-    bench/phase_timer, whose sitecustomize times each step's phases."""
+    """The ranks' PYTHONPATH with bench/hooks/<hooks> (a recipe's sitecustomize, e.g. logits_head) and, for --phases,
+    bench/hooks/phase_timer, whose sitecustomize times each step's phases."""
     folders = [f for f in (hooks, "phase_timer" if phases else None) if f]
     if not folders:
         return {}
-    out = {"PYTHONPATH": os.pathsep.join([*(str(PROJECT_ROOT / "bench" / f) for f in folders), env()["PYTHONPATH"]])}
+    out = {"PYTHONPATH": os.pathsep.join([*(str(PROJECT_ROOT / "bench" / "hooks" / f) for f in folders), env()["PYTHONPATH"]])}
     if phases:
         out["BENCH_PHASES"] = str(work / "phases" / name)
     return out
@@ -278,7 +278,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="held-out loss to reach when the baseline is not run")
     p.add_argument("--phases", action="store_true",
                    help="also time each step's phases (forward+loss, backward, ZeRO gradient handling, optimizer "
-                        "step, the loop between steps) through bench/phase_timer; adds a perf_counter pair per call")
+                        "step, the loop between steps) through bench/hooks/phase_timer; adds a perf_counter pair per call")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs)")
     args = p.parse_args(argv)

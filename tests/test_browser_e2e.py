@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.nav_recorder import NAV_RECORDER
 from helpers import free_port
+from nav_recorder import NAV_RECORDER
 from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.runs import protocol as rd
 

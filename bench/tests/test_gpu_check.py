@@ -1,4 +1,4 @@
-# .venv/bin/python -m pytest tests/test_gpu_check.py -q -p no:cacheprovider
+# .venv/bin/python -m pytest bench/tests/test_gpu_check.py -q -p no:cacheprovider
 """The GPU check's parts that need no GPU: its MFU formula (hand-computed), the figures it reads from a run
 directory, the wheelhouse's carry-size guard, and the reaper that ends only processes carrying the check's mark."""
 

@@ -10,7 +10,7 @@ On rank 0, once transformers.trainer is imported, every Trainer gets a callback 
   - every eval_steps optimizer steps and at the last one scores the live model with bench.common.heldout_loss (the
     shared evaluator) and takes that time off the clock;
 and writes result.json when training ends. With BENCH_PHASES also set (peer_bench --phases), it loads
-bench/phase_timer/sitecustomize.py too, by path: a process imports only the first `sitecustomize` on its path, and
+bench/hooks/phase_timer/sitecustomize.py too, by path: a process imports only the first `sitecustomize` on its path, and
 the phase timer's hooks work on any HF Trainer. result.json then carries the probe's evaluation seconds, which the
 phase table takes off the loop as it does our trainer's Trainer.evaluate.
 """
@@ -76,15 +76,15 @@ def _install(module) -> None:
 
 
 if OUT and os.environ.get("RANK", "0") == "0":
-    # A peer's launch need not have our checkout on its path: bench.after_import and bench.common live there.
+    # A peer's launch need not have our checkout on its path: bench.hooks.after_import and bench.common live there.
     sys.path.insert(0, json.loads((Path(OUT) / "probe.json").read_text())["root"])
-    from bench.after_import import after_import
+    from bench.hooks.after_import import after_import
 
     if os.environ.get("BENCH_PHASES"):
         import runpy
 
         # A process runs only the first sitecustomize on its path: load the phase timer's too; its hooks join ours
-        # in bench.after_import's one registry.
+        # in bench.hooks.after_import's one registry.
         runpy.run_path(str(Path(__file__).resolve().parent.parent / "phase_timer" / "sitecustomize.py"))
     if os.environ.get("BENCH_STEP_DUMP"):  # peer_bench --dump: what the peer trains, step by step
         import runpy

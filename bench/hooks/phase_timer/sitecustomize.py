@@ -96,6 +96,6 @@ HOOKS = {"transformers.trainer": _patch_trainer, "deepspeed.runtime.engine": _pa
 
 
 if OUT and os.environ.get("RANK", "0") == "0":
-    from bench.after_import import after_import
+    from bench.hooks.after_import import after_import
 
     after_import(HOOKS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from bench.after_import import after_import
+from bench.hooks.after_import import after_import
 
 
 def _logits_head(module) -> None:
@@ -23,4 +23,4 @@ def _logits_head(module) -> None:
 
 after_import({"trainer_core.training.loss": _logits_head})
 if os.environ.get("BENCH_PHASES"):
-    import bench.phase_timer.sitecustomize  # noqa: F401  (installs its own hooks on import)
+    import bench.hooks.phase_timer.sitecustomize  # noqa: F401  (installs its own hooks on import)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from bench.after_import import after_import
+from bench.hooks.after_import import after_import
 
 
 def _label_newline(module) -> None:
@@ -34,4 +34,4 @@ def _label_newline(module) -> None:
 
 after_import({"trainer_core.data.encoded_set": _label_newline})
 if os.environ.get("BENCH_PHASES"):
-    import bench.phase_timer.sitecustomize  # noqa: F401  (installs its own hooks on import)
+    import bench.hooks.phase_timer.sitecustomize  # noqa: F401  (installs its own hooks on import)

@@ -1,8 +1,8 @@
 """Bench-only: run a function on a module right after it is first imported, without the importing code knowing.
 
-The benchmark's sitecustomize files (bench/phase_timer, bench/peer_probe, bench/logits_head) use this to wrap or
+The benchmark's sitecustomize files (bench/hooks/<name>/sitecustomize.py) use this to wrap or
 adjust a class of transformers, DeepSpeed or our trainer in every rank. The repository root is on the ranks'
-PYTHONPATH (runs/launch.py puts it there), so `bench.after_import` is importable from a sitecustomize; it imports
+PYTHONPATH (runs/launch.py puts it there), so `bench.hooks.after_import` is importable from a sitecustomize; it imports
 nothing but the standard library, so it is safe in a peer's own virtual environment too.
 """
 

@@ -9,7 +9,7 @@ other). At the first step, setup.json records how the run resolved its optimizer
 param group's hyper-parameters, the DeepSpeed JSON as filled in, clipping, gradient accumulation, precision,
 dropout, gradient checkpointing, the model's `use_cache`, and `model_accepts_loss_kwargs` (whether the Trainer
 leaves the accumulation scaling to compute_loss). Every `Trainer.log` dict goes to logs.jsonl (grad_norm, loss, lr).
-Our trainer loads it through train_bench.hooks_env, the peers through bench/peer_probe.
+Our trainer loads it through train_bench.hooks_env, the peers through bench/hooks/peer_probe.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def _count_packed(module) -> None:
 
 
 if OUT and os.environ.get("RANK", "0") == "0":
-    from bench.after_import import after_import
+    from bench.hooks.after_import import after_import
 
     after_import({"transformers.trainer": _install, "transformers.masking_utils": _count_packed})
     if os.environ.get("BENCH_PHASES") and not os.environ.get("BENCH_PEER_PROBE"):
-        import bench.phase_timer.sitecustomize  # noqa: F401  (one sitecustomize per process: start it from here)
+        import bench.hooks.phase_timer.sitecustomize  # noqa: F401  (one sitecustomize per process: start it from here)

@@ -1,4 +1,4 @@
-# .venv/bin/python -m pytest tests/test_bench_quick.py -q    (slow: three real deepspeed launches, about 2 minutes)
+# .venv/bin/python -m pytest bench/tests/test_bench_quick.py -q    (slow: three real deepspeed launches, about 2 minutes)
 """The training benchmark runs end to end in --quick mode and prints a table that parses. Times are not checked:
 the machine is shared, and the figures are the benchmark's to report, not a test's to assert."""
 
@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from helpers import SHARED
 from trainer_core.common.paths import PROJECT_ROOT
+
+SHARED = PROJECT_ROOT.parent / "shared"  # test inputs shared between checkouts, beside the checkout
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def test_quick_bench_prints_a_table_that_parses():
     assert len(ratios) == 2
     assert all(re.search(r"label tokens/s [0-9.]+x", line) for line in ratios)
 
-    # --phases: bench/phase_timer hooked every recipe's rank 0 (the baseline's script and our trainer alike), and
+    # --phases: bench/hooks/phase_timer hooked every recipe's rank 0 (the baseline's script and our trainer alike), and
     # forward, backward and optimizer fit inside the timed training steps (a phase counted twice, or one hooked
     # outside the step, leaves "rest of the step" negative).
     start = next(i for i, line in enumerate(lines) if line.startswith("| recipe | steps | ms/step |"))

@@ -1,4 +1,4 @@
-# .venv/bin/python -m pytest tests/test_peer_bench.py -q    (fast: writes the peers' configs, installs and runs nothing)
+# .venv/bin/python -m pytest bench/tests/test_peer_bench.py -q    (fast: writes the peers' configs, installs and runs nothing)
 """bench/peer_bench.py gives TRL and LLaMA-Factory the job our trainer runs: the same DeepSpeed JSON, learning
 rate, schedule, batch, max length, epochs and seed, read back from the files the peers themselves read."""
 
@@ -92,14 +92,14 @@ def test_bad_arguments_are_refused_before_anything_runs(args, message, capsys, m
 
 @pytest.mark.parametrize("phases", [False, True])
 def test_the_probe_loads_the_phase_timer_into_a_peer_when_asked(tmp_path, phases):
-    """--phases: a peer's process imports only bench/peer_probe's sitecustomize, which then loads the phase timer,
+    """--phases: a peer's process imports only bench/hooks/peer_probe's sitecustomize, which then loads the phase timer,
     so both hook the peer's Trainer (here the product's transformers stands in for a peer venv's)."""
     import os
     import subprocess
 
     (tmp_path / "probe.json").write_text(json.dumps({"eval_steps": 1, "root": str(PROJECT_ROOT)}))
     (tmp_path / "heldout.json").write_text("[]")
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "bench" / "peer_probe"), "BENCH_PEER_PROBE": str(tmp_path),
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "bench" / "hooks" / "peer_probe"), "BENCH_PEER_PROBE": str(tmp_path),
            "RANK": "0"}
     env.pop("BENCH_PHASES", None)
     if phases:
@@ -172,7 +172,7 @@ def test_a_sweep_without_ours_has_no_ratio_columns():
 
 
 def test_the_newline_ablation_trains_the_token_after_each_answer_and_keys_its_own_cache():
-    """bench/newline_label (recipe ours-newline): the `\\n` after a trained <|im_end|> gets its label, nothing else
+    """bench/hooks/newline_label (recipe ours-newline): the `\\n` after a trained <|im_end|> gets its label, nothing else
     changes, and the encoded-set cache key differs from an ordinary run's."""
     import os
     import subprocess
@@ -189,7 +189,7 @@ def test_the_newline_ablation_trains_the_token_after_each_answer_and_keys_its_ow
     """
 
     def encode(hooked: bool) -> dict:
-        path = [str(PROJECT_ROOT / "bench" / "newline_label")] if hooked else []
+        path = [str(PROJECT_ROOT / "bench" / "hooks" / "newline_label")] if hooked else []
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(PROJECT_ROOT)])}
         env.pop("BENCH_PHASES", None)
         done = subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True,
