@@ -4,7 +4,7 @@
 
 Prints the server-side time each page takes to render (Streamlit's AppTest runs the real page scripts) and the
 cost of the monitor's log tail on the 1 GB file. Several browser sessions on one live run are measured by
-bench/browser_load.py against a real server.
+bench/browser_latency.py against a real server.
 Figures only; nothing is asserted.
 """
 

@@ -250,7 +250,7 @@ def ratios(results: list[dict], target: float) -> list[str]:
 
 
 # --ablation: our defaults with one optimisation taken away each, to say what each contributes. Each is (name,
-# --set overrides, bench/<folder> whose sitecustomize the ranks import, or None).
+# --set overrides, bench/hooks/<folder> whose sitecustomize the ranks import, or None).
 ABLATIONS = [
     ("ours-logits-head", [], "logits_head"),  # logits at labelled positions, plain cross-entropy (head_loss=logits)
     ("ours-no-packing", ["data.packing=false"], None),
