@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 from trainer_core.common import paths
@@ -39,6 +40,37 @@ def with_zero_of(cfg: RunConfig, ds: dict[str, Any]) -> RunConfig:
     return dataclasses.replace(cfg, deepspeed=dataclasses.replace(
         cfg.deepspeed, stage=zero.stage, offload_optimizer=zero.offload_optimizer, offload_param=zero.offload_param,
         nvme_path=zero.nvme_path or cfg.deepspeed.nvme_path))
+
+
+def _file_stamp(path: Path) -> tuple:
+    """(path, size, modification time in ns, inode) as the file is now; (path, None) when it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return str(path), None
+    return str(path), st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def input_stamp(cfg: RunConfig) -> tuple:
+    """The files the checks read, as they are now: the data's files, the model folder's files, a DeepSpeed file and a
+    hostfile given by path. `cfg` has resolved paths. A plan keeps the stamp taken before its checks read anything;
+    a launch that finds another one knows the plan may no longer hold (orchestrate.still_holds)."""
+    from trainer_core.data.dataset import source_files
+
+    try:
+        data = tuple(_file_stamp(f) for f in source_files(cfg.data.path))
+    except (OSError, UserError):
+        data = (_file_stamp(Path(cfg.data.path)),)  # the checks say what is wrong with it
+    model = Path(cfg.model.path)
+    try:
+        model_files = tuple(_file_stamp(f) for f in sorted(model.iterdir()))
+    except OSError:
+        model_files = (_file_stamp(model),)
+    ds_file = (_file_stamp(Path(cfg.deepspeed.config_file)),) if cfg.deepspeed.config_file else ()
+    spec = cfg.placement.hostfile.strip()
+    hostfile = (_file_stamp(paths.resolve(spec)),) if cfg.placement.launcher != "local" and spec and \
+        "slots=" not in spec else ()
+    return data, model_files, ds_file, hostfile
 
 
 def check_placement(cfg: RunConfig, hw: Hardware) -> None:
