@@ -5,7 +5,8 @@ Preflight encodes the whole dataset with the model's tokenizer: on a fresh tab o
 seconds, during which the page was blank below its title (issue 18 item 6). The page starts the checks before it
 draws the form and waits for them only below it, so the form is on screen while they run; checks that outlast
 `WAIT_S` leave a placeholder that fills in. The work runs through `data_jobs`: shared by every tab asking for the
-same config and files, and kept once finished.
+same config and files, and kept once finished. The finished `Plan` is the one Launch runs (orchestrate.launch's
+`checked`), planned again only when it no longer holds.
 """
 
 from __future__ import annotations

@@ -234,9 +234,12 @@ def _gpu_picker(label: str, help_: str, k: str) -> None:
 CUSTOM_PRESET = "custom"
 
 
-def _preset_zero(zero: dict) -> tuple[int, str, str]:
-    return (int(zero.get("stage", 0)), (zero.get("offload_optimizer") or {}).get("device", "none"),
-            (zero.get("offload_param") or {}).get("device", "none"))
+def _preset_zero(name: str) -> tuple[int, str, str]:
+    """A shipped preset's ZeRO stage and offload devices, as the form's fields hold them."""
+    from trainer_core.config.ds_config import load_preset, zero_layout
+
+    zero = zero_layout(load_preset(name))
+    return zero.stage, zero.offload_optimizer, zero.offload_param
 
 
 def preset_options() -> list[str]:
@@ -254,7 +257,7 @@ def preset_labels():
 def matching_preset() -> str:
     """The shipped preset whose ZeRO stage and offloads the form holds, else "custom" (also when a hand-written
     DeepSpeed file is in use)."""
-    from trainer_core.config.ds_config import list_presets, load_preset
+    from trainer_core.config.ds_config import list_presets
 
     if value("deepspeed", "config_file"):
         return CUSTOM_PRESET
@@ -264,7 +267,7 @@ def matching_preset() -> str:
     except (TypeError, ValueError):
         return CUSTOM_PRESET
     for name in list_presets():
-        if _preset_zero(load_preset(name).get("zero_optimization", {})) == form_zero:
+        if _preset_zero(name) == form_zero:
             return name
     return CUSTOM_PRESET
 
@@ -276,14 +279,12 @@ def sync_preset() -> None:
 
 def apply_preset() -> None:
     """Callback of the preset box and button: copy a shipped DeepSpeed preset's ZeRO choices into the form."""
-    from trainer_core.config.ds_config import load_preset
-
     if st.session_state.get(PRESET, CUSTOM_PRESET) == CUSTOM_PRESET:
         return  # "custom" is what the form already holds
-    zero = load_preset(st.session_state[PRESET]).get("zero_optimization", {})
-    st.session_state[key("deepspeed", "stage")] = int(zero.get("stage", 0))
-    st.session_state[key("deepspeed", "offload_optimizer")] = (zero.get("offload_optimizer") or {}).get("device", "none")
-    st.session_state[key("deepspeed", "offload_param")] = (zero.get("offload_param") or {}).get("device", "none")
+    stage, offload_optimizer, offload_param = _preset_zero(st.session_state[PRESET])
+    st.session_state[key("deepspeed", "stage")] = stage
+    st.session_state[key("deepspeed", "offload_optimizer")] = offload_optimizer
+    st.session_state[key("deepspeed", "offload_param")] = offload_param
     st.session_state[key("deepspeed", "config_file")] = ""
 
 

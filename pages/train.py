@@ -175,7 +175,7 @@ if error:
 if clicked and not error:
     try:
         with st.spinner(t("train.launching")):
-            run = launch(cfg)
+            run = launch(cfg, checked=pf)  # the plan shown above, planned again only if it no longer holds
     except UserError as e:
         st.error(t("train.refused", error=say(e)), icon=":material/block:")
     else:

@@ -303,6 +303,37 @@ def test_train_page_shows_plan_command_and_ds_config(app):
     assert any(ZH["train.trust_warning"] == w for w in texts(app, "warning"))
 
 
+def test_launch_runs_the_plan_the_page_checked_without_planning_again(app, runs_root, monkeypatch):
+    """One plan per launch: the page's checks plan the config, and Launch writes that plan. The run's devices are
+    held by another run (a real device lock), so the start is refused once the run was written, and nothing is left
+    behind; the refusal comes after the planning this test counts."""
+    import uuid
+
+    from helpers import CPU_LOCK
+    from trainer_core.runs import device_locks, orchestrate
+
+    calls, real = [], orchestrate.plan
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(orchestrate, "plan", counting)
+    app.session_state["p.f.run.name"] = f"once-{uuid.uuid4().hex[:8]}"  # a config no earlier test has checked
+    goto(app, "pages/train.py")
+    assert ZH["plan.fits"] in texts(app, "success") and len(calls) == 1
+    fds = device_locks.acquire(runs_root / "other", [CPU_LOCK])
+    try:
+        app.button(key="train.launch").click().run()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert not app.exception
+    assert any(e.startswith(ZH["train.refused"].split("{")[0]) and "other" in e for e in texts(app, "error"))
+    assert len(calls) == 1, "Launch planned the config again"
+    assert list(runs_root.iterdir()) == []
+
+
 def test_train_page_shows_the_hostfile_and_cluster_scripts_for_several_nodes(app):
     goto(app, "pages/train.py")
     app.selectbox(key="p.f.placement.launcher").set_value("no_ssh").run()

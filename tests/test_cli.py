@@ -2,6 +2,7 @@
 """The CLI as users call it: real processes, exit codes, one-line errors, nothing left behind on bad input."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -69,6 +70,30 @@ def test_plan_describes_the_deepspeed_file_that_runs(runs_root, starter_model):
     stage3 = json.loads(cli("plan", QUICKSTART, "--set", "deepspeed.stage=3", "--set",
                             "deepspeed.offload_optimizer=none", "--json", check=True).stdout)
     assert out["config"]["deepspeed"]["stage"] == 3 and out["memory"] == stage3["memory"]
+
+
+def test_train_plans_once_per_launch(runs_root, starter_model, monkeypatch, capsys):
+    """`train` plans the config once (in this process, to count the calls). The devices are held by another run (a
+    real device lock), so the start is refused after planning: exit 2, one line, nothing left behind."""
+    from helpers import CPU_LOCK
+    from trainer_core.cli import main
+    from trainer_core.runs import device_locks, orchestrate
+
+    calls, real = [], orchestrate.plan
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(orchestrate, "plan", counting)
+    fds = device_locks.acquire(runs_root / "other", [CPU_LOCK])
+    try:
+        code = main(["train", QUICKSTART, "--detach"])
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert code == 2 and "in use by run" in capsys.readouterr().err
+    assert len(calls) == 1 and not list(runs_root.iterdir())
 
 
 def test_a_starter_learning_rate_on_a_7b_model_is_flagged(tmp_path, runs_root, starter_model):

@@ -83,7 +83,7 @@ def test_unknown_preset_is_a_user_error():
 def test_tutorial_config_offloads_params_on_stage_2():
     lints = lint_ds_config(SEED_DS_CONFIG, world_size=4)
     assert codes(lints, "error") == ["offload-param-stage"]
-    assert "stage is 2" in str(lints[0].message)
+    assert "zero_optimization.offload_param needs zero_optimization.stage 3 (got stage 2)" in str(lints[0].message)
 
 
 def test_offload_device_none_is_not_an_offload():
@@ -217,9 +217,15 @@ def test_config_file_replaces_the_builder(tmp_path):
 
 
 def test_zero_layout_reads_the_dict_that_runs():
-    assert zero_layout(load_preset("zero3_offload")) == ZeroLayout(3, "cpu", "cpu")
-    assert zero_layout(load_preset("zero2")) == ZeroLayout(2, "none", "none")
-    assert zero_layout({}) == ZeroLayout(0, "none", "none")  # DeepSpeed's default
+    assert zero_layout(load_preset("zero3_offload")) == ZeroLayout(3, "cpu", "cpu", reduce_bucket_size=None,
+                                                                   prefetch_bucket_size=None, overlap_comm=True)
+    assert zero_layout(load_preset("zero2")) == ZeroLayout(2, "none", "none", reduce_bucket_size=None,
+                                                           overlap_comm=True)
+    assert zero_layout({}) == ZeroLayout(0, "none", "none")  # DeepSpeed's defaults
+    assert zero_layout(SEED_DS_CONFIG).reduce_bucket_size == 500_000_000  # 5e8, a float in the JSON
+    nvme = zero_layout({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"},
+                                              "offload_param": {"device": "nvme", "nvme_path": "/scratch"}}})
+    assert (nvme.offload_param, nvme.nvme_path) == ("nvme", "/scratch")
     assert zero_layout({"zero_optimization": {"stage": 3, "offload_param": {"device": "NVMe"}}}).offload_param == "nvme"
     for bad in ({"stage": 4}, {"stage": True}, {"stage": 2, "offload_optimizer": {"device": "disk"}}):
         with pytest.raises(UserError, match="not valid"):
@@ -233,6 +239,27 @@ def test_lints_read_as_one_sentence_in_either_language():
                             "zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}}, world_size=1)
     assert codes(lints) == ["offload-optimizer-stage", "fp16-and-bf16"]
     one = lints_text(lints)
-    assert str(one) == "offload_optimizer needs ZeRO stage 1, 2 or 3; fp16 and bf16 are both enabled; enable one"
-    assert one.render(MESSAGES_ZH.get) == "offload_optimizer 需要 ZeRO stage 1、2 或 3；fp16 和 bf16 同时开启了；请只开启其中一个"
+    assert str(one) == ("zero_optimization.offload_optimizer needs zero_optimization.stage >= 1 (stage 0 has no ZeRO "
+                        "optimizer to offload); fp16 and bf16 are both enabled; enable one")
+    assert one.render(MESSAGES_ZH.get) == ("zero_optimization.offload_optimizer 需要 zero_optimization.stage 至少为 1"
+                                           "（stage 0 没有可卸载的 ZeRO 优化器）；fp16 和 bf16 同时开启了；请只开启其中一个")
     assert lints_text(lints[:1]) == lints[0].message
+
+
+@pytest.mark.parametrize("stage,offload_optimizer,offload_param,problem", [
+    (2, "none", "cpu", "config.offload_param_stage"),
+    (0, "cpu", "none", "config.offload_optimizer_stage"),
+])
+def test_the_stage_offload_rule_is_one_rule_for_the_form_and_a_deepspeed_file(stage, offload_optimizer, offload_param,
+                                                                             problem):
+    """The form's fields and a hand-written file's zero_optimization block are refused by the same rule, with the
+    same coded message naming each one's own fields."""
+    from trainer_core.config.sections import DeepSpeedArgs
+
+    with pytest.raises(UserError) as form:
+        DeepSpeedArgs(stage=stage, offload_optimizer=offload_optimizer, offload_param=offload_param)
+    block = {"stage": stage, "offload_optimizer": {"device": offload_optimizer},
+             "offload_param": {"device": offload_param}}
+    (lint,) = [x for x in lint_ds_config({"zero_optimization": block}, world_size=2) if x.level == "error"]
+    assert form.value.code == lint.message.code == problem
+    assert str(form.value).startswith("deepspeed.offload_") and str(lint.message).startswith("zero_optimization.")

@@ -54,5 +54,5 @@ def test_every_page_is_checked():
 def test_the_check_sees_training_code():
     """The same check flags a page that imports the trainer (so a passing page test means something)."""
     loaded = new_modules({"page": ["import streamlit", "from trainer_core.config.memory import plan_memory"],
-                          "bad": ["from trainer_core.training.linear_ce import workspace_bytes"]})
+                          "bad": ["from trainer_core.training.linear_ce import linear_cross_entropy"]})
     assert not training_modules(loaded["page"]) and training_modules(loaded["bad"])

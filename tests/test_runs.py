@@ -1,7 +1,11 @@
 # .venv/bin/python -m pytest tests/test_runs.py -q
 """Run directories appear whole or not at all, under names that never collide."""
 
+import dataclasses
+import os
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +91,66 @@ def test_the_created_run_saves_the_zero_settings_of_its_deepspeed_file(runs_root
     saved = load_config(run / rd.CONFIG)  # what the trainer reads, and logs as its ZeRO stage
     assert saved.deepspeed.stage == 3 and saved.deepspeed.offload_optimizer == "none"
     assert saved.deepspeed.config_file == str((PROJECT_ROOT / "configs" / "deepspeed" / "zero3.json").resolve())
+
+
+def counted_plans(monkeypatch) -> list:
+    """Every call of orchestrate.plan from now on (the real one runs): the plans a launch made."""
+    calls, real = [], orchestrate.plan
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(orchestrate, "plan", counting)
+    return calls
+
+
+def own_inputs(tmp_path, starter_model, *sets):
+    """A config whose data file and model folder (links to the starter model's files) this test may change."""
+    data, model = tmp_path / "data.jsonl", tmp_path / "model"
+    shutil.copy(PROJECT_ROOT / "data" / "sample_zhenhuan.jsonl", data)
+    model.mkdir()
+    for f in Path(starter_model).iterdir():
+        (model / f.name).symlink_to(f)
+    return load_config(QUICK, [f"data.path={data}", f"model.path={model}", *sets]), data, model
+
+
+def test_a_checked_plan_is_the_plan_that_is_written_until_an_input_changes(runs_root, starter_model, tmp_path,
+                                                                          monkeypatch):
+    cfg, data, _ = own_inputs(tmp_path, starter_model)
+    checked = orchestrate.plan(cfg)  # the Train page's checks
+    calls = counted_plans(monkeypatch)
+    run = orchestrate.create_run(cfg, checked=checked)
+    assert calls == [] and load_config(run / rd.CONFIG) == dataclasses.replace(checked.cfg, name=run.name)
+    # The data file changed between the check and the launch: planned again, and its problem refuses the launch.
+    data.write_text('{"instruction": "皇上驾到", "output": ""}\n', encoding="utf-8")
+    with pytest.raises(UserError, match="data.path"):
+        orchestrate.create_run(cfg, checked=checked)
+    assert len(calls) == 1 and visible(runs_root) == [run.name]
+
+
+@pytest.mark.parametrize("change", ["config", "data", "model", "deepspeed_file", "hardware"])
+def test_a_checked_plan_no_longer_holds_once_what_it_read_changed(runs_root, starter_model, tmp_path, monkeypatch,
+                                                                  change):
+    ds_file = tmp_path / "zero2.json"
+    shutil.copy(PROJECT_ROOT / "configs" / "deepspeed" / "zero2.json", ds_file)
+    cfg, data, model = own_inputs(tmp_path, starter_model, f"deepspeed.config_file={ds_file}")
+    checked = orchestrate.plan(cfg, memory=False)
+    assert orchestrate.still_holds(checked, cfg)
+    if change == "config":
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=1e-4))
+    elif change == "data":
+        with open(data, "a", encoding="utf-8") as f:
+            f.write('{"instruction": "你是谁", "output": "臣妾甄嬛"}\n')
+    elif change == "model":
+        (model / "tokenizer_config.json").unlink()
+    elif change == "deepspeed_file":
+        os.utime(ds_file, ns=(0, 0))  # rewritten with the same size
+    else:  # a GPU appeared (simulated: none exists here); CUDA's inventory is what hardware.detect reads
+        from trainer_core.config import hardware
+
+        monkeypatch.setattr(hardware, "cuda_devices", lambda: [("Simulated GPU", 24 * 2**30, (8, 6))])
+    assert not orchestrate.still_holds(checked, cfg)
 
 
 def test_the_supervisor_tells_the_ranks_on_their_command_line(tmp_path):

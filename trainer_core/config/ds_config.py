@@ -14,7 +14,8 @@ from typing import Any
 
 from trainer_core.common import paths
 from trainer_core.config.run_config import RunConfig
-from trainer_core.config.sections import OFFLOAD_DEVICES, is_system_dir, not_absolute, short, system_dir
+from trainer_core.config.sections import (OFFLOAD_DEVICES, is_system_dir, not_absolute, offload_stage_problems, short,
+                                          system_dir)
 from trainer_core.common import safe_json
 from trainer_core.common.errors import Text, UserError, text
 from trainer_core.common.lint import Lint
@@ -147,10 +148,15 @@ def _block(ds: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _offloaded(zero: dict[str, Any], key: str) -> bool:
-    """DeepSpeed accepts {"device": "none"} as "no offload", and templates ship it that way."""
+def _device(zero: dict[str, Any], key: str) -> str:
+    """Where an offload block sends its states, lower-cased; "none" without a block. DeepSpeed accepts
+    {"device": "none"} as "no offload", and templates ship it that way."""
     block = zero.get(key)
-    return isinstance(block, dict) and str(block.get("device", "none")).lower() != "none"
+    return str(block.get("device", "none")).lower() if isinstance(block, dict) else "none"
+
+
+def _offloaded(zero: dict[str, Any], key: str) -> bool:
+    return _device(zero, key) != "none"
 
 
 def lint_ds_config(
@@ -179,6 +185,11 @@ def lint_ds_config(
     return out
 
 
+# The lint id of each problem of the stage/offload rule (sections.offload_stage_problems, shared with the form).
+STAGE_LINTS = {"config.offload_param_stage": "offload-param-stage",
+               "config.offload_optimizer_stage": "offload-optimizer-stage"}
+
+
 def _lint_zero(zero: dict[str, Any], device_map: Any) -> list[Lint]:
     """The zero_optimization block: stage, offload devices and where offload may go, saving under ZeRO-3."""
     out: list[Lint] = []
@@ -199,13 +210,9 @@ def _lint_zero(zero: dict[str, Any], device_map: Any) -> list[Lint]:
             problem = nvme_dir_problem(f"zero_optimization.{key}.nvme_path", block.get("nvme_path"))
             if problem:
                 out.append(Lint("error", "nvme-path", problem))
-    if _offloaded(zero, "offload_param") and stage != 3:
-        out.append(Lint("error", "offload-param-stage", text(
-            "lint.offload_param_stage", "offload_param only works with ZeRO stage 3 but stage is {stage}; remove it "
-            "or use offload_optimizer", stage=stage)))
-    if _offloaded(zero, "offload_optimizer") and stage == 0:
-        out.append(Lint("error", "offload-optimizer-stage", text(
-            "lint.offload_optimizer_stage", "offload_optimizer needs ZeRO stage 1, 2 or 3")))
+    problems = offload_stage_problems(stage, _device(zero, "offload_optimizer"), _device(zero, "offload_param"),
+                                      "zero_optimization")
+    out += [Lint("error", STAGE_LINTS[p.code], p) for p in problems]
     # DeepSpeed reads this flag under its current name, a short alias and the older fp16 name.
     if stage == 3 and not any(zero.get(k) for k in ("stage3_gather_16bit_weights_on_model_save",
                                                     "gather_16bit_weights_on_model_save",
@@ -281,10 +288,16 @@ def _lint_batch(ds: dict[str, Any], world_size: int, micro_batch: int | None, gr
     return out
 
 
+# DeepSpeed's bucket size in elements where a config leaves it out (deepspeed/runtime/zero/config.py).
+DS_BUCKET_DEFAULT = 500_000_000
+
+
 @dataclass(frozen=True)
 class ZeroLayout:
-    """What a DeepSpeed config's zero_optimization block does; the planner and the trainer's log line read this from
-    the dict that runs, since a hand-written deepspeed.config_file may differ from the form's fields."""
+    """What a DeepSpeed config's zero_optimization block does. This module is the only reader of that block: the
+    memory planner, preflight (which writes it into the run's config.yaml, read by the trainer's log line) and the
+    Train form's presets ask `zero_layout`, given the dict that runs, since a hand-written deepspeed.config_file may
+    differ from the form's fields."""
 
     stage: int
     """ZeRO stage 0-3."""
@@ -295,18 +308,47 @@ class ZeroLayout:
     offload_param: str
     """Where parameters live between uses: none, cpu or nvme."""
 
+    nvme_path: str = ""
+    """The swap directory of the first block offloaded to nvme ("" when none is)."""
+
+    reduce_bucket_size: int | None = DS_BUCKET_DEFAULT
+    """Gradient reduce bucket in elements; None for "auto" (the HF Trainer fills it in at launch)."""
+
+    prefetch_bucket_size: int | None = DS_BUCKET_DEFAULT
+    """ZeRO-3's parameter prefetch bucket (stage3_prefetch_bucket_size) in elements; None for "auto"."""
+
+    overlap_comm: bool = False
+    """A second reduce bucket overlaps communication with the backward pass (DeepSpeed's default is off below
+    stage 3)."""
+
+
+def _bucket(zero: dict[str, Any], key: str) -> int | None:
+    """A bucket size in elements: DeepSpeed's default when absent, None for "auto". A value DeepSpeed would not take
+    reads as the default: the linter does not check bucket sizes, and a plan with the default is still a plan."""
+    value = zero.get(key, DS_BUCKET_DEFAULT)
+    if value == "auto":
+        return None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return DS_BUCKET_DEFAULT
+
 
 def zero_layout(ds: dict[str, Any]) -> ZeroLayout:
     """The ZeRO layout of a DeepSpeed config (ours or hand-written); what the linter calls an error is refused."""
     zero = _block(ds, "zero_optimization")
     stage = zero.get("stage", 0)
-    devices = [str(block.get("device", "none")).lower() if isinstance(block, dict) else "none"
-               for block in (zero.get("offload_optimizer"), zero.get("offload_param"))]
+    devices = [_device(zero, key) for key in ("offload_optimizer", "offload_param")]
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool) or not set(devices) <= set(OFFLOAD_DEVICES):
         raise UserError("config.bad_zero_block", "zero_optimization in the DeepSpeed config is not valid (stage "
                         "{stage}, offload devices {devices}); fix what the DeepSpeed lint reports first",
                         stage=short(stage), devices=", ".join(devices))
-    return ZeroLayout(stage, *devices)
+    nvme = [_block(zero, key).get("nvme_path") for key, device in zip(("offload_optimizer", "offload_param"), devices)
+            if device == "nvme"]
+    return ZeroLayout(int(stage), *devices, nvme_path=str(nvme[0]) if nvme and nvme[0] else "",
+                      reduce_bucket_size=_bucket(zero, "reduce_bucket_size"),
+                      prefetch_bucket_size=_bucket(zero, "stage3_prefetch_bucket_size"),
+                      overlap_comm=zero.get("overlap_comm", False) is True)
 
 
 def lint_run(cfg: RunConfig, ds: dict[str, Any], *, gpu_supports_bf16: bool | None = None,

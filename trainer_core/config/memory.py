@@ -14,6 +14,7 @@ from pathlib import Path
 
 from trainer_core.config.ds_config import ZeroLayout, build_ds_config, zero_layout
 from trainer_core.config.hardware import Hardware, detect, resolve_precision, run_gpus
+from trainer_core.config.head_loss import workspace_bytes
 from trainer_core.config.run_config import RunConfig
 from trainer_core.common.errors import Text, UserError, text
 
@@ -42,8 +43,6 @@ CUDA_CONTEXT_BYTES = 512 * MiB
 # NCCL's buffers in a run of several ranks: NCCL_BUFFSIZE (4 MiB by default, NCCL's environment-variable docs) per
 # channel, peer and direction, over a handful of channels; a rough figure.
 NCCL_BYTES = 256 * MiB
-# DeepSpeed's bucket size in elements where a config leaves it out (deepspeed/runtime/zero/config.py).
-DS_BUCKET_DEFAULT = 500_000_000
 # Share of the sequence that carries labels in role-play data (answers are short); used for the head's estimate.
 LABEL_FRACTION = 0.5
 
@@ -162,35 +161,27 @@ def _offload_param_only(shape: ModelShape, ranks_per_node: int, nodes: int) -> t
     return dev, host
 
 
-def _elements(zero: dict, key: str, auto: int, params: int) -> int:
-    """A bucket size from the zero_optimization block in elements: DeepSpeed's default when absent, what the HF
-    Trainer fills for "auto"; never more than the model has."""
-    value = zero.get(key, DS_BUCKET_DEFAULT)
-    if value == "auto":
-        value = auto
-    try:
-        return min(int(float(value)), params)
-    except (TypeError, ValueError):
-        return min(DS_BUCKET_DEFAULT, params)  # the linter reports a bad value; plan with the default
+def _elements(size: int | None, auto: int, params: int) -> int:
+    """A bucket size of the ZeRO layout in elements: what the HF Trainer fills for "auto" (None); never more than
+    the model has."""
+    return min(auto if size is None else size, params)
 
 
-def zero_buffers(ds: dict, stage: int, shape: ModelShape, half: bool) -> int:
+def zero_buffers(zero: ZeroLayout, shape: ModelShape, half: bool) -> int:
     """Bytes per rank of ZeRO's gradient buckets and ZeRO-3's prefetched parameters (DeepSpeed 0.19 sources).
     "auto" sizes are what transformers' DeepSpeed integration fills: reduce_bucket_size hidden², the ZeRO-3
     prefetch bucket 0.9 hidden²."""
-    zero = ds.get("zero_optimization") if isinstance(ds.get("zero_optimization"), dict) else {}
-    if stage == 0:
+    if zero.stage == 0:
         return 0
     size = 2 if half else 4
     hidden2 = shape.hidden * shape.hidden
-    reduce = _elements(zero, "reduce_bucket_size", hidden2, shape.params)
-    if stage in (1, 2):
+    reduce = _elements(zero.reduce_bucket_size, hidden2, shape.params)
+    if zero.stage in (1, 2):
         # stage_1_and_2.setup_buckets: one reduce bucket, and a second with overlap_comm (DeepSpeed's default is off
         # below stage 3). The all-gather of updated weights (allgather_bucket_size) gathers into the weights' own
         # flat buffer (runtime/utils.all_gather_dp_groups), so it allocates no bucket of its own.
-        overlap = zero.get("overlap_comm", False) is True
-        return (2 if overlap else 1) * reduce * size
-    prefetch = _elements(zero, "stage3_prefetch_bucket_size", int(0.9 * hidden2), shape.params)
+        return (2 if zero.overlap_comm else 1) * reduce * size
+    prefetch = _elements(zero.prefetch_bucket_size, int(0.9 * hidden2), shape.params)
     return reduce * size + prefetch * size  # stage3.py: one reduce bucket; parameters fetched ahead, in 16-bit
 
 
@@ -213,10 +204,7 @@ def _activations(shape: ModelShape, cfg: RunConfig, stage: int, half: bool, on_g
         head = kept * shape.vocab * 4 * 3
     else:
         # The blockwise head loss (linear_ce) never holds the logits: its workspace, plus the embedding's dense
-        # gradient, which autograd adds to the head's when the two are tied. Imported here: linear_ce is training
-        # code (torch), and the dashboard's pages import this module.
-        from trainer_core.training.linear_ce import workspace_bytes
-
+        # gradient, which autograd adds to the head's when the two are tied.
         head = workspace_bytes(labelled, shape.vocab, shape.hidden, d, on_gpu) + shape.vocab * shape.hidden * d
     return int(acts), int(head)
 
@@ -245,7 +233,7 @@ def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | 
     if hw.has_gpu:
         dev_states, host_states = _model_states(shape, zero, ranks, nodes, half)
         breakdown = {"model_states": dev_states, "activations": acts, "logits": logits,
-                     "zero_buffers": zero_buffers(ds, zero.stage, shape, half), "cuda_context": CUDA_CONTEXT_BYTES,
+                     "zero_buffers": zero_buffers(zero, shape, half), "cuda_context": CUDA_CONTEXT_BYTES,
                      "nccl": NCCL_BYTES if cfg.world_size > 1 else 0}
         per_rank = sum(breakdown.values())
         host = host_states + ranks * int(1.5 * GiB)  # each rank's process on the host

@@ -204,6 +204,22 @@ def is_system_dir(name: str, path: str) -> Text:
                 "local disk", name=name, path=path)
 
 
+def offload_stage_problems(stage: Any, offload_optimizer: str, offload_param: str, section: str) -> list[Text]:
+    """The one rule between the ZeRO stage and offloading, for the form's `deepspeed` section and a DeepSpeed
+    file's `zero_optimization` block alike (`section` names the fields): parameters can be offloaded under ZeRO-3
+    only, the optimizer under any ZeRO stage but 0. Devices are as given ("none" is no offload)."""
+    out = []
+    if offload_param != "none" and stage != 3:
+        out.append(text("config.offload_param_stage",
+                        "{name} needs {stage_field} 3 (got stage {stage}); use offload_optimizer for stages 1-2",
+                        name=f"{section}.offload_param", stage_field=f"{section}.stage", stage=short(stage)))
+    if offload_optimizer != "none" and stage == 0:
+        out.append(text("config.offload_optimizer_stage",
+                        "{name} needs {stage_field} >= 1 (stage 0 has no ZeRO optimizer to offload)",
+                        name=f"{section}.offload_optimizer", stage_field=f"{section}.stage"))
+    return out
+
+
 @dataclass
 class DeepSpeedArgs:
     stage: int = 2
@@ -226,14 +242,8 @@ class DeepSpeedArgs:
                                                 name="deepspeed.stage", value=self.stage))
         _one_of("deepspeed.offload_optimizer", self.offload_optimizer, OFFLOAD_DEVICES)
         _one_of("deepspeed.offload_param", self.offload_param, OFFLOAD_DEVICES)
-        _check(self.offload_param == "none" or self.stage == 3, text(
-            "config.offload_param_stage",
-            "{name} needs deepspeed.stage 3 (got stage {stage}); use offload_optimizer for stages 1-2",
-            name="deepspeed.offload_param", stage=self.stage))
-        _check(self.offload_optimizer == "none" or self.stage >= 1, text(
-            "config.offload_optimizer_stage",
-            "{name} needs deepspeed.stage >= 1 (stage 0 has no ZeRO optimizer to offload)",
-            name="deepspeed.offload_optimizer"))
+        for problem in offload_stage_problems(self.stage, self.offload_optimizer, self.offload_param, "deepspeed"):
+            raise UserError(problem)
         uses_nvme = "nvme" in (self.offload_optimizer, self.offload_param)
         _check(not uses_nvme or bool(self.nvme_path), text(
             "config.nvme_path_required", "{name} is required when offloading to nvme", name="deepspeed.nvme_path"))

@@ -6,11 +6,15 @@
     launch(cfg)  -> run directory with its supervisor started; a run that cannot start leaves no directory
 
 The CLI (`plan`, `train`), the Train page and the Runs page's relaunch go through here, so they cannot disagree.
+A launch plans once: `launch(cfg, checked=plan)` runs the plan a front-end has already checked and shown (the Train
+page's), and plans again only when that plan no longer holds (`still_holds`: another config, changed files, other
+hardware). The device locks are taken when the run starts, whichever plan it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
@@ -55,16 +59,26 @@ class Plan:
     """The launcher argv of each node that is started by hand (no_ssh), else the single launch argv."""
     cluster_files: dict[str, str]
     """File name -> text: the per-node and Slurm scripts, and the hostfile of a multi-node launcher."""
+    config_hash: str = ""
+    """Hash of the config it was asked for (before paths were resolved): a launch of another config plans anew."""
+    inputs: tuple = ()
+    """The files its checks read, as they were before the checks (preflight.input_stamp)."""
     memory: "MemoryPlan | None" = None
     """Per-rank and host memory for this machine (None when not asked for, or not plannable)."""
     memory_problem: Text | None = None
     """Why the memory could not be planned (the model's config could not be read)."""
 
 
+def hash_config(cfg: RunConfig) -> str:
+    return hashlib.sha256(cfg.to_yaml().encode("utf-8")).hexdigest()
+
+
 def plan(cfg: RunConfig, *, memory: bool = True) -> Plan:
     """Every check a run must pass, and what it would run. Raises UserError naming the first problem."""
     hw = detect()
+    asked = hash_config(cfg)
     cfg = preflight.resolve_paths(cfg)
+    inputs = preflight.input_stamp(cfg)  # before the checks read the files: an edit during them shows at launch
     n_records = preflight.check_files(cfg)
     preflight.check_placement(cfg, hw)
     ds = preflight.deepspeed_dict(cfg, hw)
@@ -74,7 +88,7 @@ def plan(cfg: RunConfig, *, memory: bool = True) -> Plan:
     named = dataclasses.replace(cfg, name=run_dir.name)
     out = Plan(cfg=cfg, ds_config=ds, lints=lints, n_records=n_records, hardware=hw, run_dir=run_dir,
                argv=all_node_commands(cfg, run_dir, has_gpu=hw.has_gpu, include=include_ids(hw, cfg.placement)),
-               cluster_files=cluster_files(named, run_dir))
+               cluster_files=cluster_files(named, run_dir), config_hash=asked, inputs=inputs)
     if memory:
         from trainer_core.config.memory import plan_memory
 
@@ -93,9 +107,18 @@ def cluster_files(cfg: RunConfig, run_dir: Path) -> dict[str, str]:
     return files
 
 
-def create_run(cfg: RunConfig, runs_root: Path | None = None) -> Path:
-    """Check everything, then write a complete run directory and return it (state `queued`)."""
-    return _write_run(plan(cfg, memory=False), runs_root or paths.runs_root())
+def still_holds(p: Plan, cfg: RunConfig) -> bool:
+    """Whether plan `p` is still what launching `cfg` would do: planned for this config, on this hardware, and the
+    files its checks read unchanged since (the data, the model folder, a DeepSpeed file, a hostfile)."""
+    return (p.config_hash == hash_config(cfg) and p.inputs == preflight.input_stamp(p.cfg)
+            and p.hardware == detect())
+
+
+def create_run(cfg: RunConfig, runs_root: Path | None = None, *, checked: Plan | None = None) -> Path:
+    """Check everything, then write a complete run directory and return it (state `queued`). `checked`: a plan of
+    `cfg` made earlier, written as it is while it still holds (else `cfg` is planned again)."""
+    p = checked if checked is not None and still_holds(checked, cfg) else plan(cfg, memory=False)
+    return _write_run(p, runs_root or paths.runs_root())
 
 
 def _write_run(p: Plan, root: Path) -> Path:
@@ -137,12 +160,13 @@ def _write_run(p: Plan, root: Path) -> Path:
     return final
 
 
-def launch(cfg: RunConfig) -> Path:
-    """Create the run and start its supervisor (detached). When it cannot start (its devices are busy), the run
-    directory is removed again: a refused launch leaves nothing behind."""
+def launch(cfg: RunConfig, *, checked: Plan | None = None) -> Path:
+    """Create the run and start its supervisor (detached). `checked`: the plan of `cfg` a front-end has checked and
+    shown; it is the one that runs unless it no longer holds (create_run). When the run cannot start (its devices
+    are busy), the run directory is removed again: a refused launch leaves nothing behind."""
     from trainer_core.runs.supervisor import start
 
-    run = create_run(cfg)
+    run = create_run(cfg, checked=checked)
     try:
         start(run, detach=True)
     except UserError:

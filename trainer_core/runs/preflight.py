@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 from trainer_core.common import paths
 from trainer_core.common.lint import Lint
-from trainer_core.config.ds_config import build_ds_config, lint_run
+from trainer_core.config.ds_config import build_ds_config, lint_run, zero_layout
 from trainer_core.config.hardware import VISIBLE_ENV, Hardware, bf16_everywhere, resolve_precision, run_gpus
 from trainer_core.config.run_config import RunConfig
 from trainer_core.common.errors import UserError, text
@@ -29,23 +30,47 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
     )
 
 
-def _device(zero: dict[str, Any], key: str) -> str:
-    block = zero.get(key)
-    return str(block.get("device") or "none") if isinstance(block, dict) else "none"
-
-
 def with_zero_of(cfg: RunConfig, ds: dict[str, Any]) -> RunConfig:
     """The config with its ZeRO stage and offloads as the DeepSpeed dict that runs has them, so the memory plan,
     the saved config.yaml and the trainer's log line describe a hand-written `deepspeed.config_file`, not the
     form's fields. Call after the dict's lints passed (they refuse values the config could not hold)."""
     if not cfg.deepspeed.config_file:
         return cfg
-    zero = ds.get("zero_optimization") or {}
-    nvme = [b.get("nvme_path") for k in ("offload_optimizer", "offload_param")
-            if isinstance(b := zero.get(k), dict) and b.get("device") == "nvme"]
+    zero = zero_layout(ds)
     return dataclasses.replace(cfg, deepspeed=dataclasses.replace(
-        cfg.deepspeed, stage=int(zero.get("stage", 0)), offload_optimizer=_device(zero, "offload_optimizer"),
-        offload_param=_device(zero, "offload_param"), nvme_path=str(nvme[0]) if nvme else cfg.deepspeed.nvme_path))
+        cfg.deepspeed, stage=zero.stage, offload_optimizer=zero.offload_optimizer, offload_param=zero.offload_param,
+        nvme_path=zero.nvme_path or cfg.deepspeed.nvme_path))
+
+
+def _file_stamp(path: Path) -> tuple:
+    """(path, size, modification time in ns, inode) as the file is now; (path, None) when it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return str(path), None
+    return str(path), st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def input_stamp(cfg: RunConfig) -> tuple:
+    """The files the checks read, as they are now: the data's files, the model folder's files, a DeepSpeed file and a
+    hostfile given by path. `cfg` has resolved paths. A plan keeps the stamp taken before its checks read anything;
+    a launch that finds another one knows the plan may no longer hold (orchestrate.still_holds)."""
+    from trainer_core.data.dataset import source_files
+
+    try:
+        data = tuple(_file_stamp(f) for f in source_files(cfg.data.path))
+    except (OSError, UserError):
+        data = (_file_stamp(Path(cfg.data.path)),)  # the checks say what is wrong with it
+    model = Path(cfg.model.path)
+    try:
+        model_files = tuple(_file_stamp(f) for f in sorted(model.iterdir()))
+    except OSError:
+        model_files = (_file_stamp(model),)
+    ds_file = (_file_stamp(Path(cfg.deepspeed.config_file)),) if cfg.deepspeed.config_file else ()
+    spec = cfg.placement.hostfile.strip()
+    hostfile = (_file_stamp(paths.resolve(spec)),) if cfg.placement.launcher != "local" and spec and \
+        "slots=" not in spec else ()
+    return data, model_files, ds_file, hostfile
 
 
 def check_placement(cfg: RunConfig, hw: Hardware) -> None:
