@@ -299,7 +299,7 @@ def test_resume_from_a_chosen_checkpoint(app, runs_root, monkeypatch):
 
 def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
     from trainer_core.config.run_config import load_config
-    from trainer_core.data.step_estimate import estimate_total_steps
+    from trainer_core.training.step_estimate import estimate_total_steps
 
     run = make_run(runs_root, "starting", "starting", steps=0, alive=True)
     rd.update_status(run, step=0, total_steps=None)
