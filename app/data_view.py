@@ -62,12 +62,11 @@ def resolve(path: str) -> Path:
 
 def shown_path(path: Path | str) -> str:
     """Paths inside the project are shown relative to it, as a user would type them."""
-    try:
-        return str(Path(path).resolve().relative_to(paths.PROJECT_ROOT))
-    except ValueError:
-        return str(path)
+    return paths.shown(path)
 
 
+SAMPLE_DATA = paths.SAMPLE_DATA
+"""The dataset the Data page offers first."""
 FIRST_WAIT_S = 1.5
 """How long a page waits for data work before it shows a progress bar instead (huanhuan.json takes well under)."""
 PROGRESS_REFRESH_S = 0.5

@@ -1,7 +1,7 @@
 """The dashboard's download route: a run's model folder streamed to the browser as a zip, never held in memory.
 
 Streamlit's own download button keeps whatever it hands out in the server's memory while the tab lives, which
-rules out multi-GB weights. So the server (`serve_app.py`, an `st.App`) mounts one extra HTTP route next to
+rules out multi-GB weights. So the server (`streamlit_app.py`, an `st.App`) mounts one extra HTTP route next to
 Streamlit's, `<base>/studio-download/<token>/<name>.zip`, whose response is `trainer_core.models.archive.zip_chunks`
 sent as it is produced (chunked transfer, 1 MiB blocks).
 
@@ -63,7 +63,7 @@ def routes() -> list:
 
 
 def mounted() -> bool:
-    """True in a server started by app.serve; False under plain `streamlit run streamlit_app.py` or AppTest."""
+    """True in a server started by `streamlit run streamlit_app.py` (app.serve runs that); False under AppTest."""
     return _mounted
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.i18n import LANGUAGES, phase_text, state_label, t
+from app.pages_mode import leave_pages_directory_mode
 from app.state import active_run
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.state import read_state
@@ -15,26 +16,11 @@ from trainer_core.runs.state import read_state
 CARD_REFRESH_S = 2.0
 
 
-def leave_pages_directory_mode() -> bool:
-    """Switch this Streamlit process out of its old multipage mode; True if it was in it.
-
-    A Streamlit server that sees a `pages/` folder runs the first requests for a page URL as bare scripts (its old
-    multipage mode) until some request has run the entry script's `st.navigation`; from then on the whole process
-    runs the entry script first. Tests and benchmarks call this to start as a server that has served its first page.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        return True
-    return False
-
-
 def require_frame() -> None:
     """Make sure this page runs inside streamlit_app.py's navigation and sidebar; call it first on every page.
 
     A tab that reconnects to /monitor after a dashboard restart would otherwise get the page as a bare script,
-    without its sidebar (leave_pages_directory_mode). Leave that mode and run again: the entry script now runs
+    without its sidebar (app.pages_mode says why). Leave that mode and run again: the entry script now runs
     first and picks this same page.
     """
     if leave_pages_directory_mode():

@@ -441,7 +441,7 @@ ZH: dict[str, str] = {
     "dl.title": "下载模型",
     "dl.no_models": "这个运行还没有可下载的模型：训练完成后有 final，导出检查点后也可下载。",
     "dl.model": "下载 {name}.zip（{size}）",
-    "dl.no_route": "{name}：这个服务器没有下载通道（它是用 streamlit run streamlit_app.py 启动的）；用 ./run_app.sh 启动仪表盘即可在浏览器中下载。模型文件夹在服务器上的 {path}。",
+    "dl.no_route": "{name}：这个服务器没有下载通道；用 ./run_app.sh 启动仪表盘即可在浏览器中下载。模型文件夹在服务器上的 {path}。",
     "dl.config": "下载 config.yaml",
 }
 
@@ -836,7 +836,7 @@ EN: dict[str, str] = {
     "dl.title": "Download a model",
     "dl.no_models": "This run has no model to download yet: final/ once training completes, or an exported checkpoint.",
     "dl.model": "Download {name}.zip ({size})",
-    "dl.no_route": "{name}: this server has no download route (it was started with streamlit run streamlit_app.py); start the dashboard with ./run_app.sh to download it in the browser. The model folder is {path} on the server.",
+    "dl.no_route": "{name}: this server has no download route; start the dashboard with ./run_app.sh to download it in the browser. The model folder is {path} on the server.",
     "dl.config": "Download config.yaml",
 }
 EN.update({f"help.{section}.{name}": field_help(section, name) for section, name in CONFIG_FIELDS})

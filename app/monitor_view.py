@@ -192,7 +192,7 @@ def _fmt(value, spec: str) -> str:
 def _estimate(config_path: str, mtime: float) -> int | None:
     from trainer_core.config.run_config import load_config
     from trainer_core.common.errors import UserError
-    from trainer_core.data.step_estimate import estimate_total_steps
+    from trainer_core.training.step_estimate import estimate_total_steps
 
     try:
         return estimate_total_steps(load_config(Path(config_path)))

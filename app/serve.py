@@ -59,14 +59,12 @@ def main(argv: list[str]) -> int:
     from app import warmup
 
     warmup.start()  # the libraries load while Streamlit starts, so the first page rarely waits
-    from streamlit.runtime.pages_manager import PagesManager
     from streamlit.web import cli as stcli
 
-    # pages/ holds st.navigation's page scripts, not a folder-based menu. Left to itself, Streamlit would run the
-    # first request after start in its old multipage mode and flash its raw page list ("streamlit app / chat /
-    # data ...") before our menu (app.frame.require_frame then switches the mode off and reruns).
-    PagesManager.uses_pages_directory = False
-    sys.argv = ["streamlit", "run", "serve_app.py", *argv]  # the pages plus the download route
+    from app import pages_mode
+
+    pages_mode.turn_off_before_start()  # pages/ holds st.navigation's scripts, not a folder menu (pages_mode: why)
+    sys.argv = ["streamlit", "run", "streamlit_app.py", *argv]  # the pages plus the download route
     return stcli.main()
 
 

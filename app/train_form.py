@@ -195,13 +195,11 @@ def field(section: str, name: str, error: str | None = None, **kw) -> None:
 
 
 def _model_picker(label: str, help_: str) -> None:
-    from app.data_view import shown_path
-
     options = model_options()
     if st.session_state.get(MODEL_CHOICE) not in options:
         st.session_state[MODEL_CHOICE] = OTHER_MODEL
     st.selectbox(label, options, key=MODEL_CHOICE, help=help_, persist_state="session",
-                 format_func=lambda p, other=t("train.model_other"): other if p == OTHER_MODEL else shown_path(p))
+                 format_func=lambda p, other=t("train.model_other"): other if p == OTHER_MODEL else paths.shown(p))
     if st.session_state[MODEL_CHOICE] == OTHER_MODEL:
         st.text_input(t("train.model_typed"), key=key("model", "path"), persist_state="session",
                       placeholder="/data/models/Qwen2.5-7B-Instruct")

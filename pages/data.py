@@ -8,8 +8,7 @@ from app import data_view as dv
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import option_labels, say, t
-from trainer_core.common import paths
-from trainer_core.common.errors import UserError
+from app.run_actions import UserError
 
 require_frame()
 st.title(t("data.title"))
@@ -19,7 +18,7 @@ source = st.radio(t("data.source"), ["sample", "upload", "path"], key="p.data.so
                   format_func=option_labels("data.source."), persist_state="session")
 path: Path | None = None
 if source == "sample":
-    path = paths.SAMPLE_DATA
+    path = dv.SAMPLE_DATA
     st.caption(t("data.sample_note"))
 elif source == "upload":
     # No `type=`: with it Streamlit itself raises on a file name holding a NUL byte before this script runs, on

@@ -5,11 +5,8 @@ import streamlit as st
 from app import monitor_view as mv
 from app.frame import require_frame
 from app.i18n import say, t
+from app.run_actions import UserError, rd, read_state, resume
 from app.state import active_run, runs_or_stop, set_active_run
-from trainer_core.common.errors import UserError
-from trainer_core.runs import protocol as rd
-from trainer_core.runs.lifecycle import resume
-from trainer_core.runs.state import read_state
 
 require_frame()
 st.title(t("mon.title"))

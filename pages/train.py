@@ -9,10 +9,8 @@ from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
 from app.qwen1_import_view import offer_qwen1_import
+from app.run_actions import UserError, fmt_bytes, launch
 from app.state import set_active_run
-from trainer_core.common.errors import UserError
-from trainer_core.config.memory import fmt_bytes
-from trainer_core.runs.orchestrate import launch
 
 require_frame()
 st.title(t("train.title"))

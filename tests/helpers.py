@@ -24,13 +24,13 @@ def warm_pages_manager(monkeypatch) -> None:
     """Make every Streamlit run in this test behave like a request to a server that has served its first page.
 
     A Streamlit server next to a `pages/` folder treats requests as old-style multipage runs until the entry script
-    has called `st.navigation` once (app.frame.leave_pages_directory_mode says more). AppTest starts each run as a
+    has called `st.navigation` once (app.pages_mode says more). AppTest starts each run as a
     brand-new server, so without this every page run would go through `require_frame()`'s extra rerun, which drops
     button clicks.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
-    from app.frame import leave_pages_directory_mode
+    from app.pages_mode import leave_pages_directory_mode
 
     init = PagesManager.__init__
 

@@ -299,7 +299,7 @@ def test_resume_from_a_chosen_checkpoint(app, runs_root, monkeypatch):
 
 def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
     from trainer_core.config.run_config import load_config
-    from trainer_core.data.step_estimate import estimate_total_steps
+    from trainer_core.training.step_estimate import estimate_total_steps
 
     run = make_run(runs_root, "starting", "starting", steps=0, alive=True)
     rd.update_status(run, step=0, total_steps=None)
@@ -425,8 +425,8 @@ def test_runs_page_offers_the_model_as_a_streamed_zip_and_the_config_yaml(app, r
 
 
 def test_without_the_route_the_runs_page_names_the_folder(app, runs_root):
-    """Under plain `streamlit run streamlit_app.py` (no download route) the page says where the model is and how
-    to get the download, instead of a link that would fail."""
+    """Where the download route is not mounted (AppTest, or the page script served without its `st.App`) the page
+    says where the model is and how to get the download, instead of a link that would fail."""
     run = make_run(runs_root, "done", "completed", final=True)
     goto(app, "pages/runs.py")
     assert not _links(app)

@@ -56,7 +56,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 class Server:
-    """The dashboard as run_app.sh starts it (`python -m app.serve`, which runs `streamlit run serve_app.py`),
+    """The dashboard as run_app.sh starts it (`python -m app.serve`, which runs `streamlit run streamlit_app.py`),
     on a free port, with a private runs folder."""
 
     def __init__(self, tmp_path: Path):

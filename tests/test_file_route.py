@@ -2,7 +2,7 @@
 
     .venv/bin/python -m pytest tests/test_file_route.py
 
-A real uvicorn server in a thread serves app.file_route's route (the same `Route` serve_app.py gives `st.App`);
+A real uvicorn server in a thread serves app.file_route's route (the same `Route` streamlit_app.py gives `st.App`);
 the client is urllib. The browser path through the Runs page is tests/test_browser_e2e.py's.
 """
 

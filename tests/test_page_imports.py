@@ -16,9 +16,11 @@ FORBIDDEN = ("trainer_core.training", "deepspeed")
 
 
 def top_level_imports(script: Path) -> list[str]:
-    """The import statements at a script's top level, as source lines (imports inside functions run on demand)."""
+    """The import statements at a script's top level, as source lines (imports inside functions run on demand;
+    those under a top-level `if` count: streamlit_app.py's page run imports there)."""
     tree = ast.parse(script.read_text(encoding="utf-8"))
-    return [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    nodes = [n for top in tree.body for n in ([*top.body, *top.orelse] if isinstance(top, ast.If) else [top])]
+    return [ast.unparse(node) for node in nodes if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def new_modules(steps: dict[str, list[str]]) -> dict[str, list[str]]:

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from helpers import cli, quick_sets
 from trainer_core.runs import protocol as rd
 from trainer_core.config.run_config import DEFAULT_PERSONA, load_config
-from trainer_core.data.step_estimate import estimate_total_steps
+from trainer_core.training.step_estimate import estimate_total_steps
 from trainer_core.common.tailing import read_all_rows
 
 pytestmark = pytest.mark.slow

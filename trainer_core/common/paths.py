@@ -23,3 +23,12 @@ def resolve(path: str | Path) -> Path:
     project folder (never from the current directory, which differs between the dashboard, the CLI and the ranks)."""
     p = Path(str(path).strip()).expanduser()
     return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
+
+
+def shown(path: str | Path) -> str:
+    """A path as a user would type it (the inverse of `resolve`): relative to the project folder where it lies
+    inside it, as it is otherwise."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)

@@ -1,6 +1,8 @@
 """How many optimizer steps a run will take, known before its ranks start: the trainer's own row building
 (validation, split, truncation, packing) and the HF Trainer's step arithmetic, so the Monitor can show "0 / ≈N"
-while DeepSpeed starts up instead of "0 / ?"."""
+while DeepSpeed starts up instead of "0 / ?".
+
+It sits with training, not data, because it runs training's own `build_rows`: one row builder, one count."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def estimate_total_steps(cfg: RunConfig) -> int:
     if cfg.train.max_steps > 0:
         return cfg.train.max_steps
     from trainer_core.models.local import load_tokenizer
-    from trainer_core.training.train import build_rows
+    from trainer_core.training.train import build_rows  # torch and the trainer load only when asked
 
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     train_rows, _ = build_rows(cfg, tokenizer, log=lambda _line: None)
