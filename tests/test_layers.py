@@ -46,7 +46,6 @@ KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     # Issue 28 is landing in parts; these belong to other parts of it (ZeRO plan, run outputs) and are listed so the
     # rest is enforced now. This set must be empty once issue 28 lands. The test also fails when an entry no longer
     # occurs, so remove each one with the change that fixes it.
-    ("trainer_core.config.memory", "trainer_core.training.linear_ce"),
     ("trainer_core.models.inference", "trainer_core.runs.protocol"),
     ("trainer_core.models.export", "trainer_core.runs.protocol"),
     ("trainer_core.models.archive", "trainer_core.runs.protocol"),
