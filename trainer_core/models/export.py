@@ -139,6 +139,28 @@ def dedupe_shared(state: dict) -> dict:
     return out
 
 
+def share_tied(model, state: dict) -> dict:
+    """`state` with each tied weight (one parameter under several names: embedding = lm_head) as one tensor again,
+    so that save_pretrained stores it once and records the tie, as it does for a plain tied model. Under ZeRO 0-2 the
+    Trainer saves a state dict that accelerate cloned tensor by tensor, and the clones no longer share storage:
+    save_pretrained then wrote lm_head.weight beside model.embed_tokens.weight, a second copy of the largest tensor
+    (a tied Qwen2.5's final/ twice the size it is under ZeRO-3, whose gathered state dict keeps the tie). Only
+    copies with equal values are joined."""
+    import torch
+
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    for group in names.values():
+        present = [n for n in group if n in state]
+        for other in present[1:]:
+            first, copy = state[present[0]], state[other]
+            if copy is not first and copy.shape == first.shape and copy.dtype == first.dtype \
+                    and torch.equal(copy, first):
+                state[other] = first
+    return state
+
+
 def save_safetensors(state: dict, dest: Path, max_shard_bytes: int = 5 * 1024**3) -> None:
     import json
 
