@@ -217,8 +217,10 @@ def mark_stopped(handle: ReplyHandle, msg: dict) -> None:
     handle.finished.wait(STOP_WAIT_S)
     with _REPLY_LOCK:
         if not msg.get("done"):
-            msg.update(content=handle.text if len(handle.text) >= len(msg["content"]) else msg["content"], done=True,
-                       stopped=handle.stopped, tokens=handle.tokens, tokens_per_s=handle.tokens_per_s)
+            # The handle's text runs ahead of the page's; a handle no streamer fed has none, and what was shown stays.
+            content = handle.text if len(handle.text) >= len(msg["content"]) else msg["content"]
+            msg.update(content=content, done=True, stopped=handle.stopped, tokens=handle.tokens,
+                       tokens_per_s=handle.tokens_per_s)
 
 
 def end_stale_reply() -> None:

@@ -155,8 +155,8 @@ def share_tied(model, state: dict) -> dict:
         present = [n for n in group if n in state]
         for other in present[1:]:
             first, copy = state[present[0]], state[other]
-            if copy is not first and copy.shape == first.shape and copy.dtype == first.dtype \
-                    and torch.equal(copy, first):
+            same = copy.shape == first.shape and copy.dtype == first.dtype and torch.equal(copy, first)
+            if copy is not first and same:
                 state[other] = first
     return state
 
