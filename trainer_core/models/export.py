@@ -90,15 +90,22 @@ def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template
     ckpt = pick_checkpoint(run, step)
     check_zero_shards(ckpt)
     cfg = load_config(run / rd.CONFIG)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # after the checks: seconds
+    # ZeRO stage 0 saves no optimizer shards for zero_to_fp32 to read (it failed with a TypeError on them): there the
+    # Trainer's own save beside the DeepSpeed state is the model, its tied weights stored once.
+    weights = [] if any(ckpt.glob("global_step*/*optim_states.pt")) else sorted(ckpt.glob("model*.safetensors*"))
+    if not weights:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # after the checks: seconds
 
     dest = run / rd.EXPORTS / ckpt.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
     try:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
+        state = None if weights else get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
         with disk_full_named(dest):
-            save_safetensors(dedupe_shared(state), tmp)
+            if state is not None:
+                save_safetensors(dedupe_shared(state), tmp)
+            for f in weights:
+                shutil.copy2(f, tmp / f.name)
             for f in model_files(ckpt, Path(cfg.model.path)):
                 if not (tmp / f.name).exists():
                     shutil.copy2(f, tmp / f.name)
