@@ -70,3 +70,29 @@ def test_resume_from_an_earlier_checkpoint_shows_only_the_resumed_history(app, r
     loss = f"{12 - 4 * 0.3:.4f}"  # status.json's loss until the resumed run writes its own
     assert {m.label: m.value for m in app.metric}["损失"] == loss
     assert any(loss in c.value for c in app.sidebar.caption)
+
+
+@pytest.mark.slow
+def test_a_real_resume_from_an_earlier_checkpoint_starts_from_its_figures(runs_root):
+    """The real path: a deepspeed run stopped past checkpoint 8, resumed from checkpoint 4 through the CLI."""
+    from helpers import cli, detach, quick_sets, wait_for
+
+    run = detach(*quick_sets(**{"train.max_steps": 400, "train.save_steps": 4, "train.save_total_limit": 5,
+                                "data.eval_ratio": 0, "name": "real-branchy"}))
+    wait_for(lambda: rd.read_status(run).step >= 9, 300, "step 9")
+    assert cli("stop", str(run), timeout=300).returncode == 0
+    stopped_at = rd.read_status(run).last_checkpoint
+    assert stopped_at >= 9 and 4 in [rd.checkpoint_step(c) for c in rd.complete_checkpoints(run)]
+
+    res = cli("resume", str(run), "--checkpoint", "4", "--detach", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    status = rd.read_status(run)  # before the resumed run has logged anything of its own
+    loss_at_4 = next(r["loss"] for r in read_all_rows(run / rd.METRICS) if r["step"] == 4 and r.get("loss"))
+    assert (status.step, status.last_checkpoint, status.loss) == (4, 4, loss_at_4)
+    assert {r["step"] for r in read_all_rows(run / rd.METRICS_ABANDONED)} == set(range(5, stopped_at + 1))
+
+    wait_for(lambda: rd.read_status(run).step >= 6, 300, "the resumed run's step 6")
+    assert cli("stop", str(run), timeout=300).returncode == 0
+    steps = [r["step"] for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
+    assert steps == list(range(1, steps[-1] + 1)), "one history: the abandoned steps are not among the resumed ones"
+    assert rd.read_status(run).last_checkpoint == steps[-1] == rd.checkpoint_step(rd.latest_checkpoint(run))
