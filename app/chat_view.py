@@ -4,6 +4,7 @@ persona probe set, the transcript download."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -157,11 +158,20 @@ def add_prompt(conv: dict, sides, prompt: str) -> None:
         hist.append({"role": "user", "content": prompt})
 
 
+_REPLY_LOCK = threading.Lock()
+"""Between a streaming page run adding to a reply and the stop button's run marking it final. With Streamlit's
+fast reruns the click starts the new run (and its callback) on a new thread at once, while the old run may still be
+waiting for its next piece: without the lock that piece was added after the reply was marked stopped."""
+STOP_WAIT_S = 10.0
+"""How long a stop waits for the generation to end (it ends after the token being computed)."""
+
+
 def stream_into(hist: list[dict], by: list[str], chunks: Iterator[str], handle: ReplyHandle | None = None,
                 stop_key: str | None = None) -> str:
     """Stream a reply as plain text (a model's underscores and asterisks are not Markdown) and keep it in the
     history as it grows, marked unfinished until the end: a page left mid-reply keeps what was said rather than
-    asking the model again when it comes back. With a `stop_key`, a stop button under the growing text ends it."""
+    asking the model again when it comes back. With a `stop_key`, a stop button under the growing text ends it;
+    a reply marked done (stopped) is final, and nothing more is added to it here."""
     msg = {"role": "assistant", "content": "", "by": by, "done": False}
     hist.append(msg)
     box = st.empty()
@@ -171,7 +181,10 @@ def stream_into(hist: list[dict], by: list[str], chunks: Iterator[str], handle: 
         stop.button(t("chat.stop"), key=stop_key, on_click=stop_reply, icon=":material/stop_circle:")
     try:
         for chunk in chunks:
-            msg["content"] += chunk
+            with _REPLY_LOCK:
+                if msg.get("done"):  # stopped by a newer run of the page, which now owns the history
+                    return msg["content"]
+                msg["content"] += chunk
             box.text(msg["content"])
     except Exception:  # a failed generation: no stop button left behind (a rerun, a BaseException, keeps both)
         stop.empty()
@@ -179,9 +192,11 @@ def stream_into(hist: list[dict], by: list[str], chunks: Iterator[str], handle: 
         raise
     stop.empty()
     st.session_state.pop("chat.live", None)
-    msg["done"] = True
-    if handle is not None:
-        msg.update(stopped=handle.stopped, tokens=handle.tokens, tokens_per_s=handle.tokens_per_s)
+    with _REPLY_LOCK:
+        if not msg.get("done"):
+            msg["done"] = True
+            if handle is not None:
+                msg.update(stopped=handle.stopped, tokens=handle.tokens, tokens_per_s=handle.tokens_per_s)
     return msg["content"]
 
 
@@ -195,9 +210,17 @@ def stop_reply() -> None:
 
 
 def mark_stopped(handle: ReplyHandle, msg: dict) -> None:
+    """End the generation, wait for it to end, and record the reply as final: every token generated, its text
+    and its count together (the page run that streamed it may not have taken the last pieces yet, and adds nothing
+    once the reply is marked)."""
     handle.stop()
-    if not msg.get("done"):
-        msg.update(done=True, stopped=True, tokens=handle.tokens, tokens_per_s=handle.tokens_per_s)
+    handle.finished.wait(STOP_WAIT_S)
+    with _REPLY_LOCK:
+        if not msg.get("done"):
+            # The handle's text runs ahead of the page's; a handle no streamer fed has none, and what was shown stays.
+            content = handle.text if len(handle.text) >= len(msg["content"]) else msg["content"]
+            msg.update(content=content, done=True, stopped=handle.stopped, tokens=handle.tokens,
+                       tokens_per_s=handle.tokens_per_s)
 
 
 def end_stale_reply() -> None:

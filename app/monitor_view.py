@@ -27,18 +27,21 @@ def new_rows(run: Path, filename: str, parse=None) -> list[dict]:
     metrics rows through `MetricsRow`) applies to each new row once."""
     cache = st.session_state.setdefault("mon.rows", {})
     path = run / filename
-    rows, offset = cache.get(str(path), ([], 0))
+    rows, offset, seen = cache.get(str(path), ([], 0, None))
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        size, file_id = info.st_size, (info.st_dev, info.st_ino)
     except FileNotFoundError:
-        size = 0
-    if size < offset:  # the file was replaced (run deleted and recreated under the same name)
+        size, file_id = 0, None
+    # The file was replaced: a resume from an earlier checkpoint rewrote it without the abandoned rows (by then the
+    # resumed run may have written it past the old length), or the run was deleted and made again under its name.
+    if size < offset or file_id != seen:
         rows, offset = [], 0
     added, offset = read_new_rows(path, offset)
     if parse is not None:
         added = [parse(r) for r in added]
     rows = rows + added
-    cache[str(path)] = (rows, offset)
+    cache[str(path)] = (rows, offset, file_id)
     return rows
 
 

@@ -90,15 +90,22 @@ def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template
     ckpt = pick_checkpoint(run, step)
     check_zero_shards(ckpt)
     cfg = load_config(run / rd.CONFIG)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # after the checks: seconds
+    # ZeRO stage 0 saves no optimizer shards for zero_to_fp32 to read (it failed with a TypeError on them): there the
+    # Trainer's own save beside the DeepSpeed state is the model, its tied weights stored once.
+    weights = [] if any(ckpt.glob("global_step*/*optim_states.pt")) else sorted(ckpt.glob("model*.safetensors*"))
+    if not weights:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # after the checks: seconds
 
     dest = run / rd.EXPORTS / ckpt.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
     try:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
+        state = None if weights else get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
         with disk_full_named(dest):
-            save_safetensors(dedupe_shared(state), tmp)
+            if state is not None:
+                save_safetensors(dedupe_shared(state), tmp)
+            for f in weights:
+                shutil.copy2(f, tmp / f.name)
             for f in model_files(ckpt, Path(cfg.model.path)):
                 if not (tmp / f.name).exists():
                     shutil.copy2(f, tmp / f.name)
@@ -137,6 +144,28 @@ def dedupe_shared(state: dict) -> dict:
         seen[key] = name
         out[name] = tensor.contiguous()
     return out
+
+
+def share_tied(model, state: dict) -> dict:
+    """`state` with each tied weight (one parameter under several names: embedding = lm_head) as one tensor again,
+    so that save_pretrained stores it once and records the tie, as it does for a plain tied model. Under ZeRO 0-2 the
+    Trainer saves a state dict that accelerate cloned tensor by tensor, and the clones no longer share storage:
+    save_pretrained then wrote lm_head.weight beside model.embed_tokens.weight, a second copy of the largest tensor
+    (a tied Qwen2.5's final/ twice the size it is under ZeRO-3, whose gathered state dict keeps the tie). Only
+    copies with equal values are joined."""
+    import torch
+
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    for group in names.values():
+        present = [n for n in group if n in state]
+        for other in present[1:]:
+            first, copy = state[present[0]], state[other]
+            same = copy.shape == first.shape and copy.dtype == first.dtype and torch.equal(copy, first)
+            if copy is not first and same:
+                state[other] = first
+    return state
 
 
 def save_safetensors(state: dict, dest: Path, max_shard_bytes: int = 5 * 1024**3) -> None:

@@ -257,7 +257,8 @@ class ReplyHandle:
 
     `tokens` counts every token the model generated for the reply (a final end-of-turn marker included: it is what
     `max_new_tokens` counts); `seconds` runs from the call to `generate` to the last token, prompt processing
-    included, so `tokens_per_s` is the speed a reader sees.
+    included, so `tokens_per_s` is the speed a reader sees. `text` is the reply as the streamer hands it out, kept
+    here as well so that once `finished` is set it is the whole reply, however much of it a reader took.
     """
 
     def __init__(self) -> None:
@@ -266,6 +267,7 @@ class ReplyHandle:
         """True when stop() ended the reply before the model did."""
         self.finished = threading.Event()
         self.tokens = 0
+        self.text = ""
         self._started: float | None = None
         self._last: float | None = None
 
@@ -332,7 +334,10 @@ def _reply_streamer(tokenizer, stop_ids: list[int], handle: ReplyHandle | None =
         def on_finalized_text(self, text: str, stream_end: bool = False):
             # Mid-stream the streamer already holds back an unfinished character (it waits for a space or a whole
             # CJK character); only the final flush can end on one.
-            super().on_finalized_text(text.rstrip("\ufffd") if stream_end else text, stream_end)
+            text = text.rstrip("\ufffd") if stream_end else text
+            if handle is not None:
+                handle.text += text  # before the reader can see it: the handle's text is never behind the reader
+            super().on_finalized_text(text, stream_end)
 
     return ReplyStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
 

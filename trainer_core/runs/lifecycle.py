@@ -106,21 +106,57 @@ def resume(run: Path, *, detach: bool = True, checkpoint: int | None = None) -> 
         segments.append([started, segment_end(run, state, started)])
     before = rd.read_status(run)
     step = rd.checkpoint_step(ckpt) if ckpt else 0
-    rd.update_status(run, resumed_from=step if ckpt else None, segments=segments, step=step)
+    # The figures every reader shows (the sidebar, `status`) as they stood at that step: the abandoned
+    # continuation's loss and newest checkpoint would otherwise stay on show until the resumed run logs again.
+    figures = {**_figures_at(run, step), "last_checkpoint": step if ckpt else None, "eta_s": None}
+    rd.update_status(run, resumed_from=step if ckpt else None, segments=segments, step=step, **figures)
     aside = _set_aside(run, step)
     try:
         start(run, detach=detach, resume_from=ckpt)
     except BaseException:
         for src, dst in aside:
             os.replace(dst, src)
-        rd.update_status(run, resumed_from=before.resumed_from, step=before.step)
+        rd.update_status(run, resumed_from=before.resumed_from, step=before.step,
+                         **{k: getattr(before, k) for k in figures})
         raise
-    for _, dst in aside:
+    for src, dst in aside:
         if dst.is_dir():
             shutil.rmtree(dst, ignore_errors=True)
+        elif src.name == rd.METRICS:
+            _keep_abandoned(dst, run / rd.METRICS_ABANDONED, step)
         else:
             dst.unlink(missing_ok=True)
     return ckpt
+
+
+def _figures_at(run: Path, step: int) -> dict:
+    """The newest training and evaluation loss of metrics.jsonl up to `step` (None where it has none)."""
+    from trainer_core.common.tailing import read_all_rows
+
+    out: dict = {"loss": None, "eval_loss": None}
+    for row in read_all_rows(run / rd.METRICS):
+        if isinstance(row.get("step"), int) and row["step"] <= step:
+            out.update({k: row[k] for k in out if row.get(k) is not None})
+    return out
+
+
+def _keep_abandoned(aside: Path, keep: Path, step: int) -> None:
+    """Append the abandoned continuation's metric rows (those after `step`) to `keep`, which no chart reads, so
+    they can still be looked at; then drop the set-aside copy of the old file."""
+    rows = [line for line in aside.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+            if _after(line, step)]
+    if rows:
+        with open(keep, "a", encoding="utf-8") as f:
+            f.write("".join(r if r.endswith("\n") else r + "\n" for r in rows))
+    aside.unlink(missing_ok=True)
+
+
+def _after(line: str, step: int) -> bool:
+    """Whether a metrics.jsonl line belongs after `step` (a torn last line of a killed run counts as after)."""
+    try:
+        return (json.loads(line).get("step") or 0) > step
+    except (ValueError, AttributeError):
+        return True
 
 
 def _chosen_checkpoint(run: Path, step: int | None) -> Path | None:
@@ -149,10 +185,7 @@ def _set_aside(run: Path, step: int) -> list[tuple[Path, Path]]:
         kept, dropped = [], False
         with open(metrics, encoding="utf-8") as f:
             for line in f:
-                try:
-                    later = (json.loads(line).get("step") or 0) > step
-                except (ValueError, AttributeError):
-                    later = True  # a torn last line of a killed run
+                later = _after(line, step)
                 dropped |= later
                 if not later:
                     kept.append(line)

@@ -50,6 +50,7 @@ STATUS = "status.json"
 LOG = "train.log"
 SUPERVISOR_LOG = "supervisor.log"
 METRICS = "metrics.jsonl"
+METRICS_ABANDONED = "metrics-abandoned.jsonl"  # rows of continuations a resume from an earlier step abandoned
 RESOURCES = "resources.jsonl"
 CONTROL = "control.json"
 HEARTBEAT = "heartbeat.json"

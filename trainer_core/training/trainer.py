@@ -97,6 +97,14 @@ class SupervisedTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         set_phase(self.run_dir, self._phase_after())
 
+    def _save(self, output_dir=None, state_dict=None):
+        """Tied weights stored once in every saved model folder (checkpoints and final/), at every ZeRO stage."""
+        if state_dict is not None:
+            from trainer_core.models.export import share_tied
+
+            state_dict = share_tied(self._base(self.model), state_dict)
+        super()._save(output_dir, state_dict=state_dict)
+
     def _phase_after(self) -> str:
         return rd.PHASE_TRAINING if not self.control.should_training_stop else rd.PHASE_FINISHING
 
