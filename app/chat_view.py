@@ -17,31 +17,20 @@ from trainer_core.runs import protocol as rd
 from trainer_core.data.chat_template import specials_in
 from trainer_core.config.run_config import load_config
 from trainer_core.common.errors import UserError
-from trainer_core.models.inference import (GenParams, ReplyHandle, chat_model, release_chat_models, run_persona,
+from trainer_core.models.inference import (MAX_NEW_TOKENS_RANGE, REPETITION_PENALTY_RANGE, TEMPERATURE_RANGE,
+                                           TOP_P_RANGE, GenParams, ReplyHandle, chat_model, release_chat_models,
                                            stream_reply)
+from trainer_core.models.local import list_local_models  # noqa: F401 (the page's model list)
+from trainer_core.runs import outputs
+from trainer_core.runs.outputs import FINAL_LABEL, chat_models  # noqa: F401 (what the page picks from)
 from trainer_core.runs.registry import list_runs
 
 # Prompts that show whether the persona took: identity, an in-world cue, hostility, and something off-topic.
 PROBES = ["你是谁？", "皇上驾到！", "你这个又蠢又丑的女人，滚开！", "帮我写一个 Python 快速排序函数。"]
 
 
-def run_targets(run: Path) -> dict[str, Path]:
-    """Chat-ready models of a run: final/, each complete checkpoint, each export, newest first."""
-    out: dict[str, Path] = {}
-    if rd.has_final(run):
-        out["final"] = run / rd.FINAL
-    exports = run / rd.EXPORTS
-    if exports.is_dir():
-        for p in sorted(exports.glob("checkpoint-*"), key=rd.checkpoint_step, reverse=True):
-            if (p / rd.COMPLETE_MARKER).is_file():
-                out[f"export-{rd.checkpoint_step(p)}"] = p
-    for p in reversed(rd.complete_checkpoints(run)):
-        out[p.name] = p
-    return out
-
-
 def chat_runs() -> list[Path]:
-    return [r for r in list_runs() if run_targets(r)]
+    return [r for r in list_runs() if chat_models(r)]
 
 
 def run_base(run: Path) -> tuple[str, bool]:
@@ -51,10 +40,10 @@ def run_base(run: Path) -> tuple[str, bool]:
 
 
 def persona_for(model_dir: Path) -> str:
-    """The persona a chat starts with: the one the run trained with; none for a plain model folder, so its own
-    template supplies its default system prompt."""
+    """The persona a chat starts with (runs.outputs decides which): the one the run trained with; none for a plain
+    model folder, so its own template supplies its default system prompt."""
     try:
-        return run_persona(model_dir) or ""
+        return outputs.trained_persona(model_dir).text
     except Exception:  # a damaged run config must not break the chat page; no persona is a fine start
         return ""
 
@@ -85,6 +74,56 @@ def chat_device():
     from trainer_core.runs.chat_device import choose
 
     return choose(hardware())
+
+
+def device_or_stop():
+    """`chat_device()`, or (every GPU held by a run) what this page held given back, the reason shown, and the page
+    stopped."""
+    try:
+        return chat_device()
+    except UserError as e:
+        keep_only({}, "")  # nothing to show: what this page held goes back to the runs
+        st.error(say(e), icon=":material/error:")
+        st.stop()
+
+
+def params_form() -> GenParams:
+    """The generation settings' sliders, in an expander; the engine's limits (inference.*_RANGE) bound each, the
+    lowest steps are the sliders' own."""
+    defaults = GenParams()
+    with st.expander(t("chat.params")):
+        c = st.columns(4)
+        temperature = c[0].slider(t("chat.temperature"), TEMPERATURE_RANGE[0], TEMPERATURE_RANGE[1],
+                                  defaults.temperature, 0.05, key="p.chat.temperature", persist_state="session",
+                                  help=t("chat.temperature_help"))
+        top_p = c[1].slider("top-p", 0.05, TOP_P_RANGE[1], defaults.top_p, 0.05, key="p.chat.top_p",
+                            persist_state="session", help=t("chat.top_p_help"))
+        max_new = c[2].slider(t("chat.max_new_tokens"), 16, MAX_NEW_TOKENS_RANGE[1], defaults.max_new_tokens, 16,
+                              key="p.chat.max_new", persist_state="session")
+        rep = c[3].slider(t("chat.repetition_penalty"), REPETITION_PENALTY_RANGE[0], REPETITION_PENALTY_RANGE[1],
+                          defaults.repetition_penalty, 0.01, key="p.chat.repetition", persist_state="session",
+                          help=t("chat.repetition_help"))
+    return GenParams(max_new_tokens=int(max_new), temperature=temperature, top_p=top_p, repetition_penalty=rep)
+
+
+def answer(hist: list[dict], side: str, path: str | Path, trust_remote_code: bool, by: list[str], persona: str,
+           params: GenParams, device: str) -> None:
+    """Stream one side's reply to the user's last turn under a stop button. A refused reply (the model cannot load,
+    the prompt is too long) is shown and its turn taken back, so the history never holds an unanswered prompt."""
+    with st.chat_message("assistant"):
+        try:
+            handle = ReplyHandle()
+            with st.spinner(t("chat.loading")):
+                stream = reply_stream(path, trust_remote_code, hist, persona, params, handle, device)
+            text = stream_into(hist, by, stream, handle, stop_key=f"chat.stop.{side}")
+            if not text.strip():
+                st.caption(t("chat.empty"))
+            reply_captions(hist[-1])
+        except (UserError, OSError, ValueError) as e:
+            if hist[-1]["role"] == "assistant":
+                hist.pop()
+            hist.pop()
+            st.error(say(e), icon=":material/error:")
 
 
 def _stamp(p: Path) -> float:
@@ -348,7 +387,12 @@ def compare_choices(targets: dict[str, Path], target: str) -> list[str]:
 def compare_label(choice: str, base_name: str) -> str:
     if choice == "base":
         return t("chat.compare_base", name=base_name)
-    return t("chat.final") if choice == "final" else choice
+    return target_label(choice)
+
+
+def target_label(choice: str) -> str:
+    """A run's model as the page names it: final/ in the reader's language, the others by their label."""
+    return t("chat.final") if choice == FINAL_LABEL else choice
 
 
 def export_buttons(row, conv: dict, info: TranscriptInfo) -> None:

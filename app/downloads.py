@@ -1,5 +1,5 @@
-"""Browser downloads of a run's files (its model folders as zip files, its config.yaml) and loading a saved
-config.yaml into the Train form.
+"""Browser downloads of a run's files (its model folders as zip files, its config.yaml), exporting a checkpoint to
+download, and loading a saved config.yaml into the Train form.
 
 A model folder goes through the server's own download route (app.file_route): the zip is made while it is sent,
 so neither the server's memory nor its disk holds a copy, whatever the size. The link is a plain `<a download>`,
@@ -18,6 +18,7 @@ from app import file_route
 from app.i18n import say, t
 from trainer_core.config.memory import fmt_bytes
 from trainer_core.common.errors import UserError
+from trainer_core.runs import outputs
 from trainer_core.runs import protocol as rd
 
 CONFIG_MAX_BYTES = 256 * 1024
@@ -40,9 +41,9 @@ def _link(folder: Path, top: str) -> str:
 
 def model_buttons(run: Path) -> None:
     """One download link per complete model folder of the run (final/ and each export), as a zip."""
-    from trainer_core.models.archive import folder_bytes, model_folders
+    from trainer_core.models.archive import folder_bytes
 
-    folders = model_folders(run)
+    folders = outputs.downloadable(run)
     if not folders:
         st.caption(t("dl.no_models"))
         return
@@ -54,6 +55,24 @@ def model_buttons(run: Path) -> None:
             continue
         st.html(f'<a href="{html.escape(_link(folder, name))}" download="{html.escape(name)}.zip" '
                 f'style="{LINK_STYLE}">⬇ {html.escape(label)}</a>')
+
+
+def export_panel(run: Path) -> None:
+    """Consolidate a chosen complete checkpoint (newest first) into a model folder that downloads and chats."""
+    steps = [rd.checkpoint_step(p) for p in reversed(outputs.checkpoints(run))]
+    if not steps:
+        st.caption(t("runs.no_checkpoints"))
+        return
+    c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+    step = c1.selectbox(t("runs.export_step"), steps, key="runs.export_step")
+    if c2.button(t("runs.export_go"), key="runs.export_go", icon=":material/download:"):
+        try:
+            with st.spinner(t("runs.exporting")):
+                dest = outputs.export_checkpoint(run, int(step))
+        except UserError as e:
+            st.error(say(e), icon=":material/error:")
+        else:
+            st.success(t("runs.exported", path=str(dest)), icon=":material/check:")
 
 
 def config_button(run: Path) -> None:

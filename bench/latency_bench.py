@@ -39,8 +39,8 @@ from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 
 import torch  # noqa: E402
 
-from trainer_core.models.inference import (GenParams, _eos_ids, load_chat_model, on_inference_thread,  # noqa: E402
-                                    stream_reply, trim_history)
+from trainer_core.models.inference import (GenParams, load_chat_model, on_inference_thread,  # noqa: E402
+                                    reply_stop_ids, stream_reply, trim_history)
 from trainer_core.config.run_config import DEFAULT_PERSONA  # noqa: E402
 from trainer_core.common.tailing import tail_lines  # noqa: E402
 
@@ -148,7 +148,7 @@ def streaming_figures(model, tok, n_tokens: int, repeats: int = 3) -> dict:
     input_ids = torch.tensor([ids])
     plain_kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n_tokens,
                         min_new_tokens=n_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                        pad_token_id=_eos_ids(model, tok)[0])
+                        pad_token_id=reply_stop_ids(model, tok)[0])
 
     def generate() -> None:
         with torch.inference_mode():

@@ -11,10 +11,6 @@ from app.data_view import resolve, shown_path
 from app.frame import require_frame
 from app.i18n import option_labels, say, t
 from app.state import active_run
-from trainer_core.common.errors import UserError
-from trainer_core.models.inference import (MAX_NEW_TOKENS_RANGE, REPETITION_PENALTY_RANGE, TEMPERATURE_RANGE,
-                                           TOP_P_RANGE, GenParams, ReplyHandle)
-from trainer_core.models.local import list_local_models
 
 require_frame()
 cv.end_stale_reply()
@@ -23,7 +19,8 @@ st.title(t("chat.title"))
 runs = {r.name: r for r in cv.chat_runs()}
 if (opened := st.session_state.pop("chat.open", None)) in runs:  # "Chat with it" on the Monitor: that run's final
     st.session_state.update({"p.chat.source": "run", "p.chat.run": opened,
-                             "p.chat.target": "final" if "final" in cv.run_targets(runs[opened]) else None})
+                             "p.chat.target": cv.FINAL_LABEL if cv.FINAL_LABEL in cv.chat_models(runs[opened])
+                             else None})
 source = st.radio(t("chat.source"), ["run", "model"], key="p.chat.source", horizontal=True, persist_state="session",
                   format_func=option_labels("chat.source."))
 base_dir, base_trust, targets = None, False, {}
@@ -36,18 +33,18 @@ if source == "run":
         st.session_state["p.chat.run"] = active.name if active is not None and active.name in runs else next(iter(runs))
     c1, c2 = st.columns(2)
     run = runs[c1.selectbox(t("chat.run"), list(runs), key="p.chat.run", persist_state="session")]
-    targets = cv.run_targets(run)
+    targets = cv.chat_models(run)
     if st.session_state.get("p.chat.target") not in targets:
         st.session_state["p.chat.target"] = next(iter(targets))
     target = c2.selectbox(t("chat.target"), list(targets), key="p.chat.target", persist_state="session",
-                          format_func=lambda k, final=t("chat.final"): final if k == "final" else k)
+                          format_func=cv.target_label)
     model_dir = targets[target]
     ft_by, name, checkpoint = ["ft", f"{run.name} · {target}"], run.name, target
     base_path, base_trust = cv.run_base(run)
     base_dir = resolve(base_path)
     trust = base_trust
 else:
-    options = [str(p) for p in list_local_models()] + [form.OTHER_MODEL]
+    options = [str(p) for p in cv.list_local_models()] + [form.OTHER_MODEL]
     if st.session_state.get("p.chat.model") not in options:
         st.session_state["p.chat.model"] = options[0]
     c1, c2 = st.columns(2)
@@ -76,21 +73,7 @@ st.caption(t(cv.persona_note(model_dir, persona)))
 if found := cv.special_tokens_in(model_dir, trust, persona):
     st.warning(t("chat.special_persona", tokens=", ".join(found)), icon=":material/warning:")
 
-defaults = GenParams()
-with st.expander(t("chat.params")):
-    c = st.columns(4)
-    # The engine's limits (inference.*_RANGE) bound each slider; the lowest steps are the sliders' own.
-    temperature = c[0].slider(t("chat.temperature"), TEMPERATURE_RANGE[0], TEMPERATURE_RANGE[1],
-                              defaults.temperature, 0.05, key="p.chat.temperature", persist_state="session",
-                              help=t("chat.temperature_help"))
-    top_p = c[1].slider("top-p", 0.05, TOP_P_RANGE[1], defaults.top_p, 0.05, key="p.chat.top_p",
-                        persist_state="session", help=t("chat.top_p_help"))
-    max_new = c[2].slider(t("chat.max_new_tokens"), 16, MAX_NEW_TOKENS_RANGE[1], defaults.max_new_tokens, 16,
-                          key="p.chat.max_new", persist_state="session")
-    rep = c[3].slider(t("chat.repetition_penalty"), REPETITION_PENALTY_RANGE[0], REPETITION_PENALTY_RANGE[1],
-                      defaults.repetition_penalty, 0.01, key="p.chat.repetition", persist_state="session",
-                      help=t("chat.repetition_help"))
-params = GenParams(max_new_tokens=int(max_new), temperature=temperature, top_p=top_p, repetition_penalty=rep)
+params = cv.params_form()
 
 c1, c2 = st.columns(2)
 compare = c1.toggle(t("chat.compare"), key="p.chat.compare", persist_state="session", disabled=base_dir is None,
@@ -106,12 +89,7 @@ if compare:
         sides["base"] = (base_dir, base_trust, ["base", shown_path(base_dir)])
     else:  # another checkpoint of the same run: its column says which
         sides[other] = (targets[other], trust, ["ft", f"{name} · {other}"])
-try:
-    device = cv.chat_device()
-except UserError as e:
-    cv.keep_only({}, "")  # nothing to show: what this page held goes back to the runs
-    st.error(say(e), icon=":material/error:")
-    st.stop()
+device = cv.device_or_stop()
 cv.keep_only(sides, device.device)
 st.caption(t("chat.device", device=say(device.describe())))
 conv = cv.conversation(cv.conversation_key(source, name, checkpoint, persona))
@@ -136,20 +114,8 @@ for side, (_, _, by) in sides.items():
 for side, (path, trust_code, by) in sides.items():
     hist = conv[side]
     if ask and hist and hist[-1]["role"] == "user":
-        with cols[side], st.chat_message("assistant"):
-            try:
-                handle = ReplyHandle()
-                with st.spinner(t("chat.loading")):
-                    stream = cv.reply_stream(path, trust_code, hist, persona, params, handle, device.device)
-                text = cv.stream_into(hist, by, stream, handle, stop_key=f"chat.stop.{side}")
-                if not text.strip():
-                    st.caption(t("chat.empty"))
-                cv.reply_captions(hist[-1])
-            except (UserError, OSError, ValueError) as e:
-                if hist[-1]["role"] == "assistant":
-                    hist.pop()
-                hist.pop()
-                st.error(say(e), icon=":material/error:")
+        with cols[side]:
+            cv.answer(hist, side, path, trust_code, by, persona, params, device.device)
 
 # Drawn after the replies so that "regenerate" knows whether there is anything to regenerate.
 buttons = st.container(horizontal=True)  # one row of buttons, each as wide as its label

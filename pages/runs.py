@@ -93,21 +93,7 @@ if st.session_state.get("runs.confirm") == run.name:
         st.rerun()
 
 with st.expander(t("runs.export"), expanded=False):
-    if not state.checkpoints:
-        st.caption(t("runs.no_checkpoints"))
-    else:
-        c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
-        step = c1.selectbox(t("runs.export_step"), list(reversed(state.checkpoints)), key="runs.export_step")
-        if c2.button(t("runs.export_go"), key="runs.export_go", icon=":material/download:"):
-            from trainer_core.models.export import export_checkpoint
-
-            try:
-                with st.spinner(t("runs.exporting")):
-                    dest = export_checkpoint(run, int(step))
-            except UserError as e:
-                st.error(say(e), icon=":material/error:")
-            else:
-                st.success(t("runs.exported", path=str(dest)), icon=":material/check:")
+    downloads.export_panel(run)
 with st.expander(t("eval.title"), expanded=bool(pe_view.job_for(run))):
     pe_view.panel(run, state)
 st.markdown(f"**{t('dl.title')}**")

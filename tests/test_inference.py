@@ -5,7 +5,8 @@ import pytest
 
 from trainer_core.data.chat_format import prompt_ids
 from trainer_core.common.errors import UserError
-from trainer_core.models.inference import GenParams, load_chat_model, reply, resolve_model_dir, stream_reply, trim_history
+from trainer_core.models.inference import GenParams, load_chat_model, reply, stream_reply, trim_history
+from trainer_core.runs.outputs import chat_persona, model_dir
 
 
 @pytest.fixture(scope="module")
@@ -119,19 +120,19 @@ def test_generation_parameters_are_validated():
 def test_a_run_without_a_model_yet_is_explained(tmp_path):
     (tmp_path / "config.yaml").write_text("name: x\n")
     with pytest.raises(UserError, match="no final model and no complete checkpoint"):
-        resolve_model_dir(tmp_path)
+        model_dir(tmp_path)
 
 
 def test_plain_model_folder_uses_its_own_default_system_prompt(starter_model, tmp_path):
+    from trainer_core.runs import outputs
     from trainer_core.runs import protocol as rd
-    from trainer_core.models.inference import PERSONA_GIVEN, PERSONA_MODEL_DEFAULT, PERSONA_TRAINED, chat_persona
 
-    assert chat_persona(starter_model, None) == ("", PERSONA_MODEL_DEFAULT)
-    assert chat_persona(starter_model, "你是甄嬛") == ("你是甄嬛", PERSONA_GIVEN)
+    assert chat_persona(starter_model, None) == outputs.Persona("", outputs.PERSONA_NONE)
+    assert chat_persona(starter_model, "你是甄嬛") == outputs.Persona("你是甄嬛", outputs.PERSONA_GIVEN)
     trained = tmp_path / "final"
     trained.mkdir()
     rd.write_json_atomic(trained / "persona.json", {"persona": "你是华妃"})
-    assert chat_persona(trained, None) == ("你是华妃", PERSONA_TRAINED)
+    assert chat_persona(trained, None) == outputs.Persona("你是华妃", outputs.PERSONA_FILE)
 
     # No persona: the template's own default system turn is what the model sees.
     from transformers import AutoTokenizer
@@ -140,7 +141,7 @@ def test_plain_model_folder_uses_its_own_default_system_prompt(starter_model, tm
     tok.chat_template = ("{%- if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
                          "<|im_end|>\n{%- endif %}{%- for m in messages %}<|im_start|>{{ m['role'] }}\n"
                          "{{ m['content'] }}<|im_end|>\n{%- endfor %}<|im_start|>assistant\n")
-    persona, _ = chat_persona(starter_model, None)
+    persona = chat_persona(starter_model, None).text
     text = tok.decode(prompt_ids(tok, [{"role": "user", "content": "hi"}], persona))
     assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
 

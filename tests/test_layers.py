@@ -42,20 +42,6 @@ LAYERS = {
     "pages": 7, **{name: 7 for name in ENTRY},
 }
 
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    # Issue 28 is landing in parts; these belong to other parts of it (ZeRO plan, run outputs) and are listed so the
-    # rest is enforced now. This set must be empty once issue 28 lands. The test also fails when an entry no longer
-    # occurs, so remove each one with the change that fixes it.
-    ("trainer_core.models.inference", "trainer_core.runs.protocol"),
-    ("trainer_core.models.export", "trainer_core.runs.protocol"),
-    ("trainer_core.models.archive", "trainer_core.runs.protocol"),
-    ("pages.chat", "trainer_core.common.errors"),
-    ("pages.chat", "trainer_core.models.inference"),
-    ("pages.chat", "trainer_core.models.local"),
-    ("pages.runs", "trainer_core.models.export"),
-}
-
-
 @dataclass(frozen=True)
 class Import:
     importer: str
@@ -151,10 +137,9 @@ def violations(imports: list[Import]) -> dict[str, list[Import]]:
     }
 
 
-def report(found: dict[str, list[Import]], known: set[tuple[str, str]]) -> list[str]:
-    """One line per import that breaks a rule and is not a known violation."""
-    return [f"{imp} {rule}" for rule, imps in found.items() for imp in imps
-            if (imp.importer, imp.imported) not in known]
+def report(found: dict[str, list[Import]]) -> list[str]:
+    """One line per import that breaks a rule."""
+    return [f"{imp} {rule}" for rule, imps in found.items() for imp in imps]
 
 
 def test_every_module_has_a_layer():
@@ -164,15 +149,8 @@ def test_every_module_has_a_layer():
 
 def test_imports_go_down_and_never_around_a_loop():
     found = violations(all_imports())
-    bad = report(found, KNOWN_VIOLATIONS)
+    bad = report(found)
     assert not bad, "layer violations:\n" + "\n".join(bad)
-
-
-def test_known_violations_still_occur():
-    """KNOWN_VIOLATIONS cannot go stale: an entry whose import is gone must leave the list."""
-    found = {(i.importer, i.imported) for imps in violations(all_imports()).values() for i in imps}
-    gone = sorted(KNOWN_VIOLATIONS - found)
-    assert not gone, f"no longer violations, remove them from KNOWN_VIOLATIONS: {gone}"
 
 
 # ------------------------------------------------------------------------------------- the check itself can fail
@@ -209,7 +187,7 @@ def test_the_check_sees_upward_imports_loops_and_pages(tmp_path):
         "app/y.py": "def g():\n    from app import x\n",
         "pages/p.py": "from app import x\nfrom trainer_core.data import rows\n",
     })
-    lines = report(found, set())
+    lines = report(found)
     assert "trainer_core.data.rows imports trainer_core.training.train (line 2) imports a higher layer" in lines
     loops = {str(i) for i in found["closes an import loop between packages"]}
     assert loops == {"trainer_core.config.c imports trainer_core.data.rows (line 1)",

@@ -16,9 +16,9 @@ def _note(line: str) -> None:
 def cmd_chat(args) -> int:
     from trainer_core.config.sections import MAX_SEED, MAX_STEPS
     from trainer_core.data.chat_template import specials_in
-    from trainer_core.models.inference import (MAX_NEW_TOKENS_RANGE, PERSONA_GIVEN, PERSONA_TRAINED,
-                                               TEMPERATURE_RANGE, GenParams, chat_persona, load_chat_model,
-                                               resolve_model_dir, stream_reply)
+    from trainer_core.models.inference import (MAX_NEW_TOKENS_RANGE, TEMPERATURE_RANGE, GenParams, load_chat_model,
+                                               stream_reply)
+    from trainer_core.runs import outputs
     from trainer_core.runs.chat_device import choose
 
     if not args.prompt.strip():
@@ -28,19 +28,20 @@ def cmd_chat(args) -> int:
     bounded(args.temperature, "--temperature", *TEMPERATURE_RANGE)
     bounded(args.seed, "--seed", 0, MAX_SEED)
     bounded(args.checkpoint, "--checkpoint", 0, MAX_STEPS)
-    model_dir = resolve_model_dir(_model_or_run(args.model), args.checkpoint)
+    model_dir = outputs.model_dir(_model_or_run(args.model), args.checkpoint)
     device = choose()  # a GPU no training run holds, or a refusal naming the runs
     model, tok = load_chat_model(model_dir, trust_remote_code=args.trust_remote_code, device=device.device)
     _note(f"device: {device.describe()}")  # once loaded: a refusal of the model stays the only line
-    persona, source = chat_persona(model_dir, args.persona)
+    persona = outputs.chat_persona(model_dir, args.persona)
     params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     # Which system prompt is in use goes to stderr, so stdout stays the reply alone.
-    said = {PERSONA_GIVEN: "persona: --persona", PERSONA_TRAINED: "persona: the one the run was trained with"}
-    _note(said.get(source, "persona: none; the model's own default system prompt (--persona sets one)"))
-    for content, what in ((persona, "persona"), (args.prompt, "prompt")):
+    _note("persona: --persona" if persona.source == outputs.PERSONA_GIVEN
+          else "persona: the one the run was trained with" if persona.trained
+          else "persona: none; the model's own default system prompt (--persona sets one)")
+    for content, what in ((persona.text, "persona"), (args.prompt, "prompt")):
         if found := specials_in(tok, content):
             _note(f"warning: the {what} holds special token {', '.join(found)}; it is read as plain text")
-    for piece in stream_reply(model, tok, [{"role": "user", "content": args.prompt}], persona=persona,
+    for piece in stream_reply(model, tok, [{"role": "user", "content": args.prompt}], persona=persona.text,
                               params=params):
         write_out(piece)
     emit()
@@ -63,7 +64,7 @@ def _model_or_run(ref: str) -> Path:
 
 def cmd_export(args) -> int:
     from trainer_core.config.sections import MAX_STEPS
-    from trainer_core.models.export import export_checkpoint
+    from trainer_core.runs.outputs import export_checkpoint
 
     bounded(args.checkpoint, "--checkpoint", 0, MAX_STEPS)
     run = run_dir(args.run)

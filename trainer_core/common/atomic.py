@@ -53,3 +53,22 @@ def replace_dir(built: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(built, target)
+
+
+COMPLETE_MARKER = "COMPLETE"
+"""A folder readers may use (a checkpoint, final/, an export) holds this file, written last by `mark_complete`."""
+
+
+def mark_complete(folder: Path, info: dict[str, Any]) -> None:
+    """Write a folder's completion marker: fsync every file, then the marker via rename."""
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    tmp = folder / f".{COMPLETE_MARKER}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(info, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / COMPLETE_MARKER)
+    fsync_dir(folder)

@@ -23,6 +23,7 @@ from trainer_core.common.errors import UserError
 from trainer_core.evaluation import metrics as m
 from trainer_core.evaluation import persona_signals as ps
 from trainer_core.common import atomic
+from trainer_core.runs import outputs
 from trainer_core.runs import protocol as rd
 
 EVAL_DIR = "eval"
@@ -171,22 +172,18 @@ def models_of(run: Path, checkpoint: str | None) -> list[tuple[str, Path]]:
     "all" every complete checkpoint and the final model, or one step."""
     run = Path(run)
     if checkpoint == "all":
-        found = [(c.name, c) for c in rd.complete_checkpoints(run)]
-        if rd.has_final(run):
-            found.append((rd.FINAL, run / rd.FINAL))
+        found = [(p.name, p) for p in outputs.trained_models(run)]
         if not found:
             raise UserError("models.run_has_no_model", "run {run} has no final model and no complete checkpoint yet",
                             run=run.name)
         return found
-    from trainer_core.models.inference import resolve_model_dir
-
     step = None
     if checkpoint is not None:
         if not str(checkpoint).isdigit():
             raise UserError("eval.bad_checkpoint", "--checkpoint takes a step number or \"all\" (got {value})",
                             value=checkpoint)
         step = int(checkpoint)
-    folder = resolve_model_dir(run, step)
+    folder = outputs.model_dir(run, step)
     return [(folder.name, folder)]
 
 
@@ -266,13 +263,13 @@ def generate_replies(model, tok, prompts: list[list[dict]], *, persona: str, set
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     from trainer_core.data.chat_format import prompt_ids
-    from trainer_core.models.inference import _eos_ids
+    from trainer_core.models.inference import reply_stop_ids
 
     class Stop(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             return cancel.is_set()
 
-    stop_ids = _eos_ids(model, tok)
+    stop_ids = reply_stop_ids(model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0]
     device = next(model.parameters()).device
     replies: list[str] = []

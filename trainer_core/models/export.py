@@ -1,8 +1,8 @@
 """Consolidate a ZeRO checkpoint into one safetensors model with DeepSpeed's own zero_to_fp32 tooling.
 
-The result (runs/<name>/exports/checkpoint-N/) loads with plain `AutoModelForCausalLM.from_pretrained`.
-zero_to_fp32 reads the optimizer shards with torch.load; it is only ever pointed at checkpoints our own trainer
-wrote into this run directory, never at user-supplied files.
+The result (a run's exports/checkpoint-N/: runs/outputs.py picks the checkpoint and names the folder) loads with plain
+`AutoModelForCausalLM.from_pretrained`. zero_to_fp32 reads the optimizer shards with torch.load; it is only ever
+pointed at checkpoints our own trainer wrote into a run directory, never at user-supplied files.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from trainer_core.runs import protocol as rd
-from trainer_core.config.run_config import load_config
+from trainer_core.common.atomic import COMPLETE_MARKER, mark_complete, write_json_atomic
 from trainer_core.common.errors import UserError
+from trainer_core.models.persona_template import PERSONA_FILE
 
 COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
 """Config, generation config, tokenizer and chat-template files: what a model folder holds besides weights."""
-SKIP = {"trainer_state.json", rd.COMPLETE_MARKER}
+SKIP = {"trainer_state.json", COMPLETE_MARKER}
 """The Trainer's own JSON in a checkpoint, not the model's."""
 
 
@@ -73,30 +73,16 @@ def disk_full_named(dest: Path):
                         "disk; free space there and try again", dest=str(dest), free=free // 2**20) from None
 
 
-def pick_checkpoint(run: Path, step: int | None) -> Path:
-    done = rd.complete_checkpoints(run)
-    if not done:
-        raise UserError("models.export_no_checkpoint", "run {run} has no complete checkpoint to export", run=run.name)
-    if step is None:
-        return done[-1]
-    for c in done:
-        if rd.checkpoint_step(c) == step:
-            return c
-    raise UserError("models.export_no_such_checkpoint", "run {run} has no complete checkpoint {step}; complete ones: "
-                    "{steps}", run=run.name, step=step, steps=", ".join(str(rd.checkpoint_step(c)) for c in done))
-
-
-def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template: bool = True) -> Path:
-    ckpt = pick_checkpoint(run, step)
+def consolidate(ckpt: Path, dest: Path, cfg, *, persona_in_template: bool = True) -> Path:
+    """The ZeRO checkpoint folder `ckpt` of a run with config `cfg` as one model folder at `dest` (written beside it,
+    marked complete, then renamed into place, replacing an older one). Returns `dest`."""
     check_zero_shards(ckpt)
-    cfg = load_config(run / rd.CONFIG)
     # ZeRO stage 0 saves no optimizer shards for zero_to_fp32 to read (it failed with a TypeError on them): there the
     # Trainer's own save beside the DeepSpeed state is the model, its tied weights stored once.
     weights = [] if any(ckpt.glob("global_step*/*optim_states.pt")) else sorted(ckpt.glob("model*.safetensors*"))
     if not weights:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # after the checks: seconds
 
-    dest = run / rd.EXPORTS / ckpt.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
     try:
@@ -110,7 +96,7 @@ def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template
                 if not (tmp / f.name).exists():
                     shutil.copy2(f, tmp / f.name)
             write_persona(cfg, tmp, in_template=persona_in_template)
-        rd.mark_complete(tmp, {"source": str(ckpt)})
+        mark_complete(tmp, {"source": str(ckpt)})
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -127,9 +113,9 @@ def write_persona(cfg, dest: Path, *, in_template: bool = True) -> None:
     from trainer_core.models.persona_template import write_default_persona
 
     templated = in_template and write_default_persona(dest, cfg.data.persona)
-    rd.write_json_atomic(dest / rd.PERSONA, {"persona": cfg.data.persona, "base_model": cfg.model.path,
-                                             "trust_remote_code": cfg.model.trust_remote_code,
-                                             "in_template": templated})
+    write_json_atomic(dest / PERSONA_FILE, {"persona": cfg.data.persona, "base_model": cfg.model.path,
+                                            "trust_remote_code": cfg.model.trust_remote_code,
+                                            "in_template": templated})
 
 
 def dedupe_shared(state: dict) -> dict:

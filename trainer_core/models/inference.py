@@ -1,4 +1,4 @@
-"""Chat with a model directory, a run's final model or one of its complete checkpoints.
+"""Chat with a model folder, in a persona the caller gives (runs/outputs.py says which folder and which persona).
 
 The reply streams as it is generated (`TextIteratorStreamer` fed by `generate` on the inference thread); history is
 trimmed from the oldest turn so prompt + answer fit the model's context.
@@ -23,7 +23,6 @@ from typing import Iterator
 
 import torch
 
-from trainer_core.runs import protocol as rd
 from trainer_core.config.sections import MAX_SEED
 from trainer_core.data.chat_format import prompt_ids
 from trainer_core.data.chat_template import stop_token_ids, turn_format
@@ -77,59 +76,6 @@ class GenParams:
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise UserError("models.seed_range", "seed must be between 0 and {hi} (got {value})", hi=MAX_SEED,
                             value=self.seed)
-
-
-def resolve_model_dir(ref: str | Path, checkpoint: int | None = None) -> Path:
-    """A model folder as given, or for a run directory its final/ (or a chosen / the newest complete checkpoint)."""
-    p = Path(ref).expanduser()
-    if (p / rd.CONFIG).is_file():  # a run directory
-        if checkpoint is not None:
-            for c in rd.complete_checkpoints(p):
-                if rd.checkpoint_step(c) == checkpoint:
-                    return c
-            raise UserError("models.no_such_checkpoint", "run {run} has no complete checkpoint {step}", run=p.name,
-                            step=checkpoint)
-        if rd.has_final(p):
-            return p / rd.FINAL
-        latest = rd.latest_checkpoint(p)
-        if latest is None:
-            raise UserError("models.run_has_no_model", "run {run} has no final model and no complete checkpoint yet",
-                            run=p.name)
-        return latest
-    if checkpoint is not None:
-        raise UserError("models.checkpoint_needs_run",
-                        "--checkpoint {step} applies to runs only; {path} is a model folder, not a run",
-                        step=checkpoint, path=str(p))
-    return p
-
-
-def run_persona(model_dir: Path) -> str | None:
-    """The persona a fine-tuned model was trained with (final/persona.json or the run's config)."""
-    info = rd.read_json(model_dir / rd.PERSONA)
-    if isinstance(info, dict) and info.get("persona"):
-        return info["persona"]
-    run = model_dir.parent.parent if model_dir.parent.name == rd.CHECKPOINTS else None
-    if run is not None and (run / rd.CONFIG).is_file():
-        from trainer_core.config.run_config import load_config
-
-        return load_config(run / rd.CONFIG).data.persona
-    return None
-
-
-# Where the persona of a chat came from, as `chat_persona` reports it.
-PERSONA_GIVEN, PERSONA_TRAINED, PERSONA_MODEL_DEFAULT = "given", "trained", "model_default"
-
-
-def chat_persona(model_dir: Path, given: str | None) -> tuple[str, str]:
-    """(persona, where it came from) for a chat: the one given; else the one the run trained with; else none, so
-    the model's own chat template supplies its default system prompt (a model as shipped is chatted with as
-    shipped, not with our role-play persona)."""
-    if given is not None:
-        return given, PERSONA_GIVEN
-    trained = run_persona(Path(model_dir))
-    if trained:
-        return trained, PERSONA_TRAINED
-    return "", PERSONA_MODEL_DEFAULT
 
 
 _worker: ThreadPoolExecutor | None = None
@@ -241,7 +187,7 @@ def trim_history(tokenizer, messages: list[dict], persona: str, budget: int) -> 
             msgs.pop(drop)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def reply_stop_ids(model, tokenizer) -> list[int]:
     """Ids that end a reply: the model's own generation_config eos ids plus the template's end-of-turn marker."""
     ids = set(stop_token_ids(tokenizer))
     gc = getattr(model, "generation_config", None)
@@ -365,7 +311,7 @@ def _generate_kwargs(model, tokenizer, messages: list[dict], persona: str, param
     ctx = context_length(model, tokenizer)
     _, ids = trim_history(tokenizer, messages, persona, max(16, ctx - params.max_new_tokens))
     input_ids = torch.tensor([ids], device=model.device)
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = reply_stop_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     kwargs = dict(
         input_ids=input_ids,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 MARK = "{#- persona default (role-play studio) -#}"
 JINJA_FILE = "chat_template.jinja"
+PERSONA_FILE = "persona.json"
+"""Beside the weights of final/ and every export: the persona and base model they were trained with."""
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 

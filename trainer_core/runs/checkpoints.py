@@ -3,34 +3,16 @@ after every rank finished its shards (part of the run-directory protocol; `proto
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
-from typing import Any
 
-from trainer_core.common.atomic import fsync_dir
+# The marker and its writer sit on the ground floor: the models layer writes and checks complete folders too.
+from trainer_core.common.atomic import COMPLETE_MARKER, mark_complete  # noqa: F401
 
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
 FINAL = "final"
 FINAL_TMP = ".final.tmp"  # final/ while rank 0 writes it; renamed to final/ once complete
-COMPLETE_MARKER = "COMPLETE"
-
-
-def mark_complete(checkpoint: Path, info: dict[str, Any]) -> None:
-    """Write the completion marker of a checkpoint: fsync every file, then the marker via rename."""
-    for p in checkpoint.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, checkpoint / COMPLETE_MARKER)
-    fsync_dir(checkpoint)
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from trainer_core.common.errors import UserError
+from trainer_core.runs import outputs
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol as rd
 from trainer_core.runs.state import RunState, one_writer, read_state, record_end, segment_end
@@ -97,7 +98,7 @@ def resume(run: Path, *, detach: bool = True, checkpoint: int | None = None) -> 
     if state.state == rd.COMPLETED:
         raise UserError("runs.resume_completed", "run {name} already completed; clone it to train again",
                         name=run.name)
-    ckpt = _chosen_checkpoint(run, checkpoint)
+    ckpt = outputs.resume_checkpoint(run, checkpoint)
     # The segment that ended is kept (start, end), so the run's time survives the new manifest; recorded once even
     # when this resume is refused and tried again.
     segments = [list(x) for x in state.segments]
@@ -157,18 +158,6 @@ def _after(line: str, step: int) -> bool:
         return (json.loads(line).get("step") or 0) > step
     except (ValueError, AttributeError):
         return True
-
-
-def _chosen_checkpoint(run: Path, step: int | None) -> Path | None:
-    complete = rd.complete_checkpoints(run)
-    if step is None:
-        return complete[-1] if complete else None
-    for p in complete:
-        if rd.checkpoint_step(p) == step:
-            return p
-    have = ", ".join(str(rd.checkpoint_step(p)) for p in complete) or "none"
-    raise UserError("runs.no_such_checkpoint", "run {name} has no complete checkpoint {step}; complete checkpoints: "
-                    "{have}", name=run.name, step=step, have=have)
 
 
 def _set_aside(run: Path, step: int) -> list[tuple[Path, Path]]:

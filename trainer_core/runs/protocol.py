@@ -39,6 +39,7 @@ from trainer_core.common.atomic import fsync_dir, read_json, write_json_atomic, 
 from trainer_core.runs.checkpoints import (  # noqa: F401
     CHECKPOINT_PREFIX, CHECKPOINTS, COMPLETE_MARKER, FINAL, FINAL_TMP, checkpoint_dir, checkpoint_step,
     complete_checkpoints, has_final, latest_checkpoint, mark_complete, remove_partial)
+from trainer_core.models.persona_template import PERSONA_FILE
 
 # ---------------------------------------------------------------- file names
 
@@ -57,7 +58,7 @@ HEARTBEAT = "heartbeat.json"
 LAUNCH_EXIT = "launch_exit.json"  # {pid, signal}: DeepSpeed's `launch` was killed (its runner exits 0 regardless)
 HOSTFILE = "hostfile"
 EXPORTS = "exports"
-PERSONA = "persona.json"  # in final/ and every export: the persona and base model the weights were trained with
+PERSONA = PERSONA_FILE  # in final/ and every export: the persona and base model the weights were trained with
 
 # ---------------------------------------------------------------- states and phases
 
