@@ -13,7 +13,7 @@ import streamlit as st
 
 from app.chat_transcript import TranscriptInfo, file_stem, transcript_json, transcript_markdown
 from app.i18n import say, t
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.data.chat_template import specials_in
 from trainer_core.config.run_config import load_config
 from trainer_core.common.errors import UserError
@@ -35,7 +35,7 @@ def chat_runs() -> list[Path]:
 
 def run_base(run: Path) -> tuple[str, bool]:
     """The model a run started from and whether it needs remote code: the "base" side of compare mode."""
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     return cfg.model.path, cfg.model.trust_remote_code
 
 
@@ -127,7 +127,7 @@ def answer(hist: list[dict], side: str, path: str | Path, trust_remote_code: boo
 
 
 def _stamp(p: Path) -> float:
-    marker = p / rd.COMPLETE_MARKER if (p / rd.COMPLETE_MARKER).exists() else p / "config.json"
+    marker = p / protocol.COMPLETE_MARKER if (p / protocol.COMPLETE_MARKER).exists() else p / "config.json"
     return marker.stat().st_mtime if marker.exists() else 0.0
 
 

@@ -9,7 +9,7 @@ from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
 from app.run_actions import UserError, delete_run, launch, read_state
-from app.state import active_run, runs_or_stop, set_active_run
+from app.tab_state import active_run, runs_or_stop, set_active_run
 
 require_frame()
 st.title(t("runs.title"))

@@ -10,7 +10,7 @@ from app.frame import require_frame
 from app.i18n import say, t
 from app.qwen1_import_view import offer_qwen1_import
 from app.run_actions import UserError, fmt_bytes, launch
-from app.state import set_active_run
+from app.tab_state import set_active_run
 
 require_frame()
 st.title(t("train.title"))

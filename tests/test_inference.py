@@ -125,13 +125,13 @@ def test_a_run_without_a_model_yet_is_explained(tmp_path):
 
 def test_plain_model_folder_uses_its_own_default_system_prompt(starter_model, tmp_path):
     from trainer_core.runs import outputs
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
 
     assert chat_persona(starter_model, None) == outputs.Persona("", outputs.PERSONA_NONE)
     assert chat_persona(starter_model, "你是甄嬛") == outputs.Persona("你是甄嬛", outputs.PERSONA_GIVEN)
     trained = tmp_path / "final"
     trained.mkdir()
-    rd.write_json_atomic(trained / "persona.json", {"persona": "你是华妃"})
+    protocol.write_json_atomic(trained / "persona.json", {"persona": "你是华妃"})
     assert chat_persona(trained, None) == outputs.Persona("你是华妃", outputs.PERSONA_FILE)
 
     # No persona: the template's own default system turn is what the model sees.

@@ -11,21 +11,21 @@ import pytest
 from test_app_pages import app, goto, make_run, uploads, warm_server  # noqa: F401 (fixtures)
 from trainer_core.common.tailing import read_all_rows
 from trainer_core.runs import lifecycle
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 
 def _branchy(runs_root):
     """Stopped at step 10 after a continuation past checkpoint 8: complete checkpoints 4 and 8, rows to step 10, and
     status.json's figures from step 10."""
     run = make_run(runs_root, "branchy", "stopped", steps=8)
-    (run / rd.CHECKPOINTS / "checkpoint-4").mkdir()
-    (run / rd.CHECKPOINTS / "checkpoint-4" / rd.COMPLETE_MARKER).write_text("{}")
-    with open(run / rd.METRICS, "a") as f:
+    (run / protocol.CHECKPOINTS / "checkpoint-4").mkdir()
+    (run / protocol.CHECKPOINTS / "checkpoint-4" / protocol.COMPLETE_MARKER).write_text("{}")
+    with open(run / protocol.METRICS, "a") as f:
         for step in (9, 10):
             f.write(json.dumps({"step": step, "total_steps": 10, "loss": 8.0, "eval_loss": None,
                                 "peak_mem_bytes": [2**30]}) + "\n")
         f.write(json.dumps({"step": 10, "total_steps": 10, "loss": None, "eval_loss": 7.5}) + "\n")
-    rd.update_status(run, step=10, loss=8.0, eval_loss=7.5, last_checkpoint=8)
+    protocol.update_status(run, step=10, loss=8.0, eval_loss=7.5, last_checkpoint=8)
     return run
 
 
@@ -40,30 +40,30 @@ def test_resume_from_an_earlier_checkpoint_shows_only_the_resumed_history(app, r
     monkeypatch.setattr(lifecycle, "start", refuse)  # a refused start changes nothing
     with pytest.raises(RuntimeError):
         lifecycle.resume(run, checkpoint=4)
-    status = rd.read_status(run)
+    status = protocol.read_status(run)
     assert (status.step, status.loss, status.eval_loss, status.last_checkpoint) == (10, 8.0, 7.5, 8)
-    assert not (run / rd.METRICS_ABANDONED).exists()
-    assert [r["step"] for r in read_all_rows(run / rd.METRICS)][-3:] == [9, 10, 10]
+    assert not (run / protocol.METRICS_ABANDONED).exists()
+    assert [r["step"] for r in read_all_rows(run / protocol.METRICS)][-3:] == [9, 10, 10]
 
     monkeypatch.setattr(lifecycle, "start", lambda run, detach, resume_from: None)
     lifecycle.resume(run, checkpoint=4)
-    status = rd.read_status(run)
+    status = protocol.read_status(run)
     assert (status.step, status.resumed_from, status.last_checkpoint) == (4, 4, 4)
     assert status.loss == pytest.approx(12 - 4 * 0.3) and status.eval_loss is None  # no evaluation up to step 4
-    assert sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
-    abandoned = read_all_rows(run / rd.METRICS_ABANDONED)
+    assert sorted(p.name for p in (run / protocol.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
+    abandoned = read_all_rows(run / protocol.METRICS_ABANDONED)
     assert [r["step"] for r in abandoned] == [5, 6, 7, 8, 8, 9, 10, 10]
 
     # The resumed run logs steps 5-16 before the tab looks again: the file is longer than the one the tab read.
     old_size = sum(len(json.dumps(r)) + 1 for r in abandoned)
-    with open(run / rd.METRICS, "a") as f:
+    with open(run / protocol.METRICS, "a") as f:
         for step in range(5, 17):
             f.write(json.dumps({"step": step, "total_steps": 16, "loss": 5.0, "eval_loss": None,
                                 "peak_mem_bytes": [2**30], "padding": "x" * 40}) + "\n")
-    assert (run / rd.METRICS).stat().st_size > old_size
+    assert (run / protocol.METRICS).stat().st_size > old_size
     goto(app, "pages/monitor.py")
     assert not app.exception
-    rows = app.session_state["mon.rows"][str(run / rd.METRICS)][0]
+    rows = app.session_state["mon.rows"][str(run / protocol.METRICS)][0]
     assert [r["step"] for r in rows if r.get("loss") is not None] == list(range(1, 17))
     assert all(r["loss"] == 5.0 for r in rows if r["step"] > 4), "a row of the abandoned continuation is drawn"
     assert not any(r.get("eval_loss") == 7.5 for r in rows)
@@ -79,20 +79,20 @@ def test_a_real_resume_from_an_earlier_checkpoint_starts_from_its_figures(runs_r
 
     run = detach(*quick_sets(**{"train.max_steps": 400, "train.save_steps": 4, "train.save_total_limit": 5,
                                 "data.eval_ratio": 0, "name": "real-branchy"}))
-    wait_for(lambda: rd.read_status(run).step >= 9, 300, "step 9")
+    wait_for(lambda: protocol.read_status(run).step >= 9, 300, "step 9")
     assert cli("stop", str(run), timeout=300).returncode == 0
-    stopped_at = rd.read_status(run).last_checkpoint
-    assert stopped_at >= 9 and 4 in [rd.checkpoint_step(c) for c in rd.complete_checkpoints(run)]
+    stopped_at = protocol.read_status(run).last_checkpoint
+    assert stopped_at >= 9 and 4 in [protocol.checkpoint_step(c) for c in protocol.complete_checkpoints(run)]
 
     res = cli("resume", str(run), "--checkpoint", "4", "--detach", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    status = rd.read_status(run)  # before the resumed run has logged anything of its own
-    loss_at_4 = next(r["loss"] for r in read_all_rows(run / rd.METRICS) if r["step"] == 4 and r.get("loss"))
+    status = protocol.read_status(run)  # before the resumed run has logged anything of its own
+    loss_at_4 = next(r["loss"] for r in read_all_rows(run / protocol.METRICS) if r["step"] == 4 and r.get("loss"))
     assert (status.step, status.last_checkpoint, status.loss) == (4, 4, loss_at_4)
-    assert {r["step"] for r in read_all_rows(run / rd.METRICS_ABANDONED)} == set(range(5, stopped_at + 1))
+    assert {r["step"] for r in read_all_rows(run / protocol.METRICS_ABANDONED)} == set(range(5, stopped_at + 1))
 
-    wait_for(lambda: rd.read_status(run).step >= 6, 300, "the resumed run's step 6")
+    wait_for(lambda: protocol.read_status(run).step >= 6, 300, "the resumed run's step 6")
     assert cli("stop", str(run), timeout=300).returncode == 0
-    steps = [r["step"] for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
+    steps = [r["step"] for r in read_all_rows(run / protocol.METRICS) if r.get("loss") is not None]
     assert steps == list(range(1, steps[-1] + 1)), "one history: the abandoned steps are not among the resumed ones"
-    assert rd.read_status(run).last_checkpoint == steps[-1] == rd.checkpoint_step(rd.latest_checkpoint(run))
+    assert protocol.read_status(run).last_checkpoint == steps[-1] == protocol.checkpoint_step(protocol.latest_checkpoint(run))

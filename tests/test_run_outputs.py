@@ -19,14 +19,14 @@ from trainer_core.common.errors import UserError
 from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.config.run_config import load_config, save_config
 from trainer_core.runs import outputs
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 
 def _run(root: Path, name: str = "r", *, persona: str = "你是华妃") -> Path:
     run = root / name
-    (run / rd.CHECKPOINTS).mkdir(parents=True)
+    (run / protocol.CHECKPOINTS).mkdir(parents=True)
     cfg = load_config(paths.CONFIGS_DIR / "quickstart.yaml", [f"name={name}", f"data.persona={persona}"])
-    save_config(cfg, run / rd.CONFIG)
+    save_config(cfg, run / protocol.CONFIG)
     return run
 
 
@@ -34,18 +34,18 @@ def _folder(path: Path, *, complete: bool = True, persona: str | None = None) ->
     path.mkdir(parents=True)
     (path / "config.json").write_text("{}")
     if persona is not None:
-        (path / rd.PERSONA).write_text(json.dumps({"persona": persona}), encoding="utf-8")
+        (path / protocol.PERSONA).write_text(json.dumps({"persona": persona}), encoding="utf-8")
     if complete:
-        (path / rd.COMPLETE_MARKER).write_text("{}")
+        (path / protocol.COMPLETE_MARKER).write_text("{}")
     return path
 
 
 def _ckpt(run: Path, step: int, complete: bool = True) -> Path:
-    return _folder(rd.checkpoint_dir(run, step), complete=complete)
+    return _folder(protocol.checkpoint_dir(run, step), complete=complete)
 
 
 def _export(run: Path, step: int, complete: bool = True, persona: str | None = "导出的人设") -> Path:
-    return _folder(run / rd.EXPORTS / f"checkpoint-{step}", complete=complete, persona=persona)
+    return _folder(run / protocol.EXPORTS / f"checkpoint-{step}", complete=complete, persona=persona)
 
 
 @pytest.fixture
@@ -59,8 +59,8 @@ def full_run(tmp_path):
     _export(run, 12)
     _export(run, 4)
     _export(run, 8, complete=False)
-    _folder(run / rd.FINAL, persona="你是华妃")
-    _folder(run / rd.FINAL_TMP, complete=False)
+    _folder(run / protocol.FINAL, persona="你是华妃")
+    _folder(run / protocol.FINAL_TMP, complete=False)
     return run
 
 
@@ -69,27 +69,27 @@ def full_run(tmp_path):
 
 def test_the_folders_a_run_has_partial_ones_never_offered(full_run):
     run = full_run
-    assert outputs.final_model(run) == run / rd.FINAL
+    assert outputs.final_model(run) == run / protocol.FINAL
     assert [p.name for p in outputs.checkpoints(run)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
     assert [p.name for p in outputs.exports(run)] == ["checkpoint-12", "checkpoint-4"]
     assert outputs.chat_models(run) == {
-        "final": run / rd.FINAL, "export-12": run / rd.EXPORTS / "checkpoint-12",
-        "export-4": run / rd.EXPORTS / "checkpoint-4", "checkpoint-12": rd.checkpoint_dir(run, 12),
-        "checkpoint-8": rd.checkpoint_dir(run, 8), "checkpoint-4": rd.checkpoint_dir(run, 4)}
-    assert outputs.downloadable(run) == [run / rd.FINAL, run / rd.EXPORTS / "checkpoint-12",
-                                         run / rd.EXPORTS / "checkpoint-4"]
+        "final": run / protocol.FINAL, "export-12": run / protocol.EXPORTS / "checkpoint-12",
+        "export-4": run / protocol.EXPORTS / "checkpoint-4", "checkpoint-12": protocol.checkpoint_dir(run, 12),
+        "checkpoint-8": protocol.checkpoint_dir(run, 8), "checkpoint-4": protocol.checkpoint_dir(run, 4)}
+    assert outputs.downloadable(run) == [run / protocol.FINAL, run / protocol.EXPORTS / "checkpoint-12",
+                                         run / protocol.EXPORTS / "checkpoint-4"]
     assert [p.name for p in outputs.trained_models(run)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12",
                                                              "final"]
 
 
 def test_a_final_folder_without_its_marker_is_not_a_model(tmp_path):
     run = _run(tmp_path)
-    _folder(run / rd.FINAL, complete=False, persona="x")
+    _folder(run / protocol.FINAL, complete=False, persona="x")
     _ckpt(run, 3)
     assert outputs.final_model(run) is None
     assert list(outputs.chat_models(run)) == ["checkpoint-3"]
     assert outputs.downloadable(run) == []
-    assert outputs.model_dir(run) == rd.checkpoint_dir(run, 3), "no final: the newest complete checkpoint"
+    assert outputs.model_dir(run) == protocol.checkpoint_dir(run, 3), "no final: the newest complete checkpoint"
 
 
 def test_a_run_that_produced_nothing_yet(tmp_path):
@@ -108,13 +108,13 @@ def test_a_run_that_produced_nothing_yet(tmp_path):
 
 def test_a_checkpoint_by_step(full_run):
     run = full_run
-    assert outputs.checkpoint(run, 8) == rd.checkpoint_dir(run, 8)
-    assert outputs.model_dir(run, 8) == rd.checkpoint_dir(run, 8)
-    assert outputs.model_dir(run) == run / rd.FINAL, "a run without a step: its final model"
-    assert outputs.resume_checkpoint(run, None) == rd.checkpoint_dir(run, 12)
-    assert outputs.resume_checkpoint(run, 4) == rd.checkpoint_dir(run, 4)
-    assert outputs.export_source(run, None) == rd.checkpoint_dir(run, 12)
-    assert outputs.export_target(run, rd.checkpoint_dir(run, 8)) == run / rd.EXPORTS / "checkpoint-8"
+    assert outputs.checkpoint(run, 8) == protocol.checkpoint_dir(run, 8)
+    assert outputs.model_dir(run, 8) == protocol.checkpoint_dir(run, 8)
+    assert outputs.model_dir(run) == run / protocol.FINAL, "a run without a step: its final model"
+    assert outputs.resume_checkpoint(run, None) == protocol.checkpoint_dir(run, 12)
+    assert outputs.resume_checkpoint(run, 4) == protocol.checkpoint_dir(run, 4)
+    assert outputs.export_source(run, None) == protocol.checkpoint_dir(run, 12)
+    assert outputs.export_target(run, protocol.checkpoint_dir(run, 8)) == run / protocol.EXPORTS / "checkpoint-8"
 
 
 @pytest.mark.parametrize("step", [16, 7])  # partial, absent
@@ -144,17 +144,17 @@ def test_a_step_for_a_plain_model_folder_is_refused(starter_model):
 
 def test_the_persona_a_model_speaks_with_and_its_source(full_run, starter_model):
     run = full_run
-    final = outputs.trained_persona(run / rd.FINAL)
+    final = outputs.trained_persona(run / protocol.FINAL)
     assert final == outputs.Persona("你是华妃", outputs.PERSONA_FILE) and final.trained
-    assert outputs.trained_persona(run / rd.EXPORTS / "checkpoint-12") == outputs.Persona("导出的人设",
+    assert outputs.trained_persona(run / protocol.EXPORTS / "checkpoint-12") == outputs.Persona("导出的人设",
                                                                                           outputs.PERSONA_FILE)
-    ckpt = outputs.trained_persona(rd.checkpoint_dir(run, 8))  # checkpoints carry no persona.json
+    ckpt = outputs.trained_persona(protocol.checkpoint_dir(run, 8))  # checkpoints carry no persona.json
     assert ckpt == outputs.Persona("你是华妃", outputs.PERSONA_RUN_CONFIG) and ckpt.trained
     plain = outputs.trained_persona(starter_model)
     assert plain == outputs.Persona("", outputs.PERSONA_NONE) and not plain.trained
-    given = outputs.chat_persona(rd.checkpoint_dir(run, 8), "你是甄嬛")
+    given = outputs.chat_persona(protocol.checkpoint_dir(run, 8), "你是甄嬛")
     assert given == outputs.Persona("你是甄嬛", outputs.PERSONA_GIVEN) and not given.trained
-    assert outputs.chat_persona(run / rd.FINAL) == final
+    assert outputs.chat_persona(run / protocol.FINAL) == final
 
 
 def test_an_export_without_persona_json_has_none(tmp_path):
@@ -167,7 +167,7 @@ def test_an_export_without_persona_json_has_none(tmp_path):
 def test_the_chat_page_starts_with_the_same_persona_as_the_cli(full_run, starter_model):
     from app import chat_view
 
-    for folder in (full_run / rd.FINAL, rd.checkpoint_dir(full_run, 4), full_run / rd.EXPORTS / "checkpoint-4",
+    for folder in (full_run / protocol.FINAL, protocol.checkpoint_dir(full_run, 4), full_run / protocol.EXPORTS / "checkpoint-4",
                    starter_model):
         assert chat_view.persona_for(folder) == outputs.chat_persona(folder).text
 
@@ -202,5 +202,5 @@ def test_persona_evaluation_picks_models_through_the_owner(full_run):
     from trainer_core.evaluation.persona_eval import models_of
 
     assert models_of(full_run, "all") == [(p.name, p) for p in outputs.trained_models(full_run)]
-    assert models_of(full_run, None) == [("final", full_run / rd.FINAL)]
-    assert models_of(full_run, "8") == [("checkpoint-8", rd.checkpoint_dir(full_run, 8))]
+    assert models_of(full_run, None) == [("final", full_run / protocol.FINAL)]
+    assert models_of(full_run, "8") == [("checkpoint-8", protocol.checkpoint_dir(full_run, 8))]

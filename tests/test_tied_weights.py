@@ -11,7 +11,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from helpers import cli, quick_sets
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +41,10 @@ def test_tied_weights_stored_once(runs_root, starter_model, stage, ranks):
     proc = cli("train", "configs/quickstart.yaml", *sets)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = Path(proc.stdout.strip().splitlines()[-1])
-    assert rd.read_status(run).state == rd.COMPLETED
+    assert protocol.read_status(run).state == protocol.COMPLETED
 
-    final = run / rd.FINAL
-    ckpt = rd.latest_checkpoint(run)
+    final = run / protocol.FINAL
+    ckpt = protocol.latest_checkpoint(run)
     export = Path(cli("export", str(run), check=True).stdout.strip().splitlines()[-1])
     for folder in (final, ckpt, export):
         names = weight_names(folder)

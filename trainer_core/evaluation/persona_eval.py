@@ -24,7 +24,7 @@ from trainer_core.evaluation import metrics as m
 from trainer_core.evaluation import persona_signals as ps
 from trainer_core.common import atomic
 from trainer_core.runs import outputs
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 EVAL_DIR = "eval"
 PROBES_FILE = "probes.json"  # in eval/: the probe set the run's evaluations used (editable, then re-run)
@@ -379,7 +379,7 @@ def evaluate_run(run: Path, *, checkpoint: str | None = None, base: bool = False
 
     run = Path(run)
     settings = settings or EvalSettings()
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     targets = models_of(run, checkpoint)
     if base:
         targets.insert(0, (BASE, Path(cfg.model.path)))

@@ -11,34 +11,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer_core.common.errors import UserError
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
-FINAL_LABEL = rd.FINAL
+FINAL_LABEL = protocol.FINAL
 """How final/ is named among a run's models (the chat target, the evaluation label)."""
 EXPORT_LABEL = "export-"
 """Prefix of an export's label among a run's models: export-<step>, beside the checkpoint-<step> it came from."""
 
 
 def is_run(path: Path) -> bool:
-    return (Path(path) / rd.CONFIG).is_file()
+    return (Path(path) / protocol.CONFIG).is_file()
 
 
 def final_model(run: Path) -> Path | None:
     """final/ when it is complete."""
-    return run / rd.FINAL if rd.has_final(run) else None
+    return run / protocol.FINAL if protocol.has_final(run) else None
 
 
 def checkpoints(run: Path) -> list[Path]:
     """Complete checkpoints, oldest first; partial ones (no COMPLETE marker) are never offered."""
-    return rd.complete_checkpoints(run)
+    return protocol.complete_checkpoints(run)
 
 
 def exports(run: Path) -> list[Path]:
     """Complete exports (exports/checkpoint-N/), newest step first."""
-    root = run / rd.EXPORTS
-    found = [p for p in root.glob(f"{rd.CHECKPOINT_PREFIX}*")
-             if p.is_dir() and (p / rd.COMPLETE_MARKER).is_file() and rd.checkpoint_step(p) >= 0]
-    return sorted(found, key=rd.checkpoint_step, reverse=True)
+    root = run / protocol.EXPORTS
+    found = [p for p in root.glob(f"{protocol.CHECKPOINT_PREFIX}*")
+             if p.is_dir() and (p / protocol.COMPLETE_MARKER).is_file() and protocol.checkpoint_step(p) >= 0]
+    return sorted(found, key=protocol.checkpoint_step, reverse=True)
 
 
 def chat_models(run: Path) -> dict[str, Path]:
@@ -47,7 +47,7 @@ def chat_models(run: Path) -> dict[str, Path]:
     if (final := final_model(run)) is not None:
         out[FINAL_LABEL] = final
     for p in exports(run):
-        out[f"{EXPORT_LABEL}{rd.checkpoint_step(p)}"] = p
+        out[f"{EXPORT_LABEL}{protocol.checkpoint_step(p)}"] = p
     for p in reversed(checkpoints(run)):
         out[p.name] = p
     return out
@@ -69,15 +69,15 @@ def checkpoint(run: Path, step: int) -> Path:
     """The complete checkpoint of `step`, or one line naming the complete ones."""
     done = checkpoints(run)
     for p in done:
-        if rd.checkpoint_step(p) == step:
+        if protocol.checkpoint_step(p) == step:
             return p
-    have = ", ".join(str(rd.checkpoint_step(p)) for p in done) or "none"
+    have = ", ".join(str(protocol.checkpoint_step(p)) for p in done) or "none"
     raise UserError("runs.no_such_checkpoint", "run {name} has no complete checkpoint {step}; complete checkpoints: "
                     "{have}", name=run.name, step=step, have=have)
 
 
 def newest_checkpoint(run: Path) -> Path | None:
-    return rd.latest_checkpoint(run)
+    return protocol.latest_checkpoint(run)
 
 
 def resume_checkpoint(run: Path, step: int | None) -> Path | None:
@@ -94,7 +94,7 @@ def export_source(run: Path, step: int | None) -> Path:
 
 def export_target(run: Path, ckpt: Path) -> Path:
     """Where the export of a checkpoint goes: exports/checkpoint-N/ (replaced by a new export of the same step)."""
-    return run / rd.EXPORTS / ckpt.name
+    return run / protocol.EXPORTS / ckpt.name
 
 
 def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template: bool = True) -> Path:
@@ -104,7 +104,7 @@ def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template
     from trainer_core.models.export import consolidate
 
     ckpt = export_source(run, step)
-    return consolidate(ckpt, export_target(run, ckpt), load_config(run / rd.CONFIG),
+    return consolidate(ckpt, export_target(run, ckpt), load_config(run / protocol.CONFIG),
                        persona_in_template=persona_in_template)
 
 
@@ -160,14 +160,14 @@ def trained_persona(folder: Path) -> Persona:
     """The persona a model folder was trained with: its persona.json, else (a checkpoint) its run's config, else
     none."""
     folder = Path(folder)
-    info = rd.read_json(folder / rd.PERSONA)
+    info = protocol.read_json(folder / protocol.PERSONA)
     if isinstance(info, dict) and info.get("persona"):
         return Persona(info["persona"], PERSONA_FILE)
-    run = folder.parent.parent if folder.parent.name == rd.CHECKPOINTS else None
+    run = folder.parent.parent if folder.parent.name == protocol.CHECKPOINTS else None
     if run is not None and is_run(run):
         from trainer_core.config.run_config import load_config
 
-        text = load_config(run / rd.CONFIG).data.persona
+        text = load_config(run / protocol.CONFIG).data.persona
         if text:
             return Persona(text, PERSONA_RUN_CONFIG)
     return Persona("", PERSONA_NONE)
