@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 from transformers import AutoTokenizer
 
 # Device locks are machine-wide: a run a developer (or a benchmark) has going on this machine would make every test
@@ -13,6 +14,10 @@ from transformers import AutoTokenizer
 os.environ.setdefault("TRAINER_LOCK_DIR", tempfile.mkdtemp(prefix="test-device-locks-"))
 
 from trainer_core.models.starter import build_remote_code_fixture, prepare_models
+from trainer_core.common import paths
+
+from helpers import warm_pages_manager
+from pages_helpers import APP
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +62,34 @@ def no_leaked_shm_buffers():
     yield
     leaked = sorted(p.name for p in set(shm.glob(SHM_BUFFERS)) - before)
     assert not leaked, f"runs left shared-memory buffers behind: {leaked}"
+
+
+# ------------------------------------------------------------------ dashboard pages (AppTest)
+
+@pytest.fixture
+def uploads(tmp_path, monkeypatch):
+    folder = tmp_path / "uploads"
+    monkeypatch.setattr(paths, "UPLOADS_DIR", folder)
+    return folder
+
+
+@pytest.fixture
+def warm_server(monkeypatch):
+    """Every AppTest run behaves like a request to a server that has served its first page (helpers.py says why);
+    test_a_page_asked_for_first_still_gets_the_frame covers the brand-new case."""
+    warm_pages_manager(monkeypatch)
+
+
+@pytest.fixture
+def app(runs_root, uploads, starter_model, warm_server, monkeypatch):
+    """A fresh dashboard session (Chinese, the default) with an empty runs folder. The Train page waits for its
+    background checks however long they take under load, so its plan is there after one run (test_app_second_pass
+    checks the page when they outlast the wait)."""
+    from app import train_checks
+
+    monkeypatch.setattr(train_checks, "WAIT_S", 120.0)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
