@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((ROOT / "pages").glob("*.py")) + [ROOT / "streamlit_app.py"]
 FORBIDDEN = ("trainer_core.training", "deepspeed")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = [*ROOT.glob("*.py"), *ROOT.glob("app/*.py"), *ROOT.glob("pages/*.py"), *ROOT.glob("trainer_core/**/*.py")]
 
 

@@ -16,10 +16,10 @@ from trainer_core.data.token_stats import TokenCounter
 from trainer_core.data.light_tokenizer import load_light_tokenizer
 from trainer_core.models.local import load_tokenizer
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # toy_chat_models.py is shared, in tests/
 from toy_chat_models import chatml_llama, llama3, zephyr_tags  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 CONVERSATIONS = [
     [{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是甄嬛，家父是大理寺少卿甄远道。"}],
