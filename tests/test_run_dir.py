@@ -204,11 +204,11 @@ def test_a_stop_request_carries_its_cause_as_a_coded_message(tmp_path):
      {"detail": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"}),
 ])
 def test_the_supervisor_records_a_failure_with_its_code(tmp_path, log, code, params):
-    from trainer_core.runs.state import finish
+    from trainer_core.runs.state import record_end
 
     rd.write_status(tmp_path, rd.Status(state=rd.RUNNING))
     (tmp_path / rd.LOG).write_text("\n".join(log) + "\n")
-    finish(tmp_path, 1)
+    record_end(tmp_path, 1)
     status = rd.read_status(tmp_path)
     assert status.state == rd.FAILED
     assert status.error_text.code == code and dict(status.error_text.params) == params
