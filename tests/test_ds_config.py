@@ -7,7 +7,6 @@ import json
 import pytest
 
 from trainer_core.config.run_config import load_config
-from trainer_core.common.lint import lints_text
 from trainer_core.config.ds_config import (ZeroLayout, build_ds_config, lint_ds_config, lint_run,
                                           list_presets, load_preset, zero_layout)
 from trainer_core.common.errors import UserError
@@ -224,15 +223,3 @@ def test_zero_layout_reads_the_dict_that_runs():
     for bad in ({"stage": 4}, {"stage": True}, {"stage": 2, "offload_optimizer": {"device": "disk"}}):
         with pytest.raises(UserError, match="not valid"):
             zero_layout({"zero_optimization": bad})
-
-
-def test_lints_read_as_one_sentence_in_either_language():
-    from app.messages_zh import MESSAGES_ZH
-
-    lints = lint_ds_config({"fp16": {"enabled": True}, "bf16": {"enabled": True},
-                            "zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}}, world_size=1)
-    assert codes(lints) == ["offload-optimizer-stage", "fp16-and-bf16"]
-    one = lints_text(lints)
-    assert str(one) == "offload_optimizer needs ZeRO stage 1, 2 or 3; fp16 and bf16 are both enabled; enable one"
-    assert one.render(MESSAGES_ZH.get) == "offload_optimizer 需要 ZeRO stage 1、2 或 3；fp16 和 bf16 同时开启了；请只开启其中一个"
-    assert lints_text(lints[:1]) == lints[0].message
