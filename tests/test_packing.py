@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM
 from trainer_core.common import paths
 from trainer_core.common.paths import SAMPLE_DATA
 from trainer_core.config.run_config import DEFAULT_PERSONA, load_config
-from trainer_core.data.batching import IGNORE, Collator
+from trainer_core.data.batching import Collator
+from trainer_core.data.chat_format import IGNORE_INDEX
 from trainer_core.data.chat_format import encode_conversations
 from trainer_core.data.dataset import load_dataset
 from trainer_core.training.train import build_rows
@@ -130,11 +131,11 @@ def test_labels_train_only_each_answer_and_never_cross_a_boundary(rows_of, start
     for k in range(len(train)):
         row = train[k]
         for (s, t), i in zip(segments(row), train.members[k]):
-            assert row["labels"][s] == IGNORE, "an example's first token would be trained from the previous one"
+            assert row["labels"][s] == IGNORE_INDEX, "an example's first token would be trained from the previous one"
             own = encode_conversations(starter_tokenizer, [conversations[i]], persona=DEFAULT_PERSONA,
                                        max_length=256)[0]
             assert row["labels"][s:t] == own.labels
-            trained = [j for j in range(s, t) if row["labels"][j] != IGNORE]
+            trained = [j for j in range(s, t) if row["labels"][j] != IGNORE_INDEX]
             assert trained and len(trained) < t - s  # the answer is trained, the prompt is not
             assert all(row["labels"][j] == row["input_ids"][j] for j in trained)
 

@@ -1,10 +1,10 @@
 """Turn encoded examples into training batches: optional packing without cross-contamination, and collation.
 
 training.train.build_rows chooses which records share a row (first_fit_decreasing, then a seeded shuffle);
-ArrayRows lays each row out. Packing concatenates several examples into one row and restarts `position_ids` at 0 for each; with no attention
-mask, transformers (>= 4.53) derives a block-diagonal causal mask from those position ids, so one example never
-attends to another. The first token of each example carries label -100 (it is a system/user token), so no loss
-crosses a boundary either.
+ArrayRows lays each row out. Packing concatenates several examples into one row and restarts `position_ids` at 0
+for each; with no attention mask, transformers (>= 4.53) derives a block-diagonal causal mask from those position
+ids, so one example never attends to another. The first token of each example carries label -100 (it is a
+system/user token), so no loss crosses a boundary either.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-IGNORE = -100
+from trainer_core.data.chat_format import IGNORE_INDEX
 
 
 def first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
@@ -87,7 +87,7 @@ class Collator:
                     for k in ("input_ids", "labels", "position_ids")}
         width = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
         pos = torch.zeros((len(features), width), dtype=torch.long)
         mask = torch.zeros((len(features), width), dtype=torch.long)
         for i, f in enumerate(features):
