@@ -80,7 +80,7 @@ def root_error(log_path: Path, tail_bytes: int = 256_000) -> Text | None:
     first = rd.RANK_EXIT.search(joined)
     if first and int(first.group(1)) < 0:
         sig = -int(first.group(1))
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        name = signal_name(sig)
         if sig == signal.SIGKILL:
             return text("runs.failed_rank_sigkill", "a rank process was killed by {signal} (kill -9 or the kernel's "
                         "out-of-memory killer); the launcher stopped the other ranks", signal=name)
