@@ -237,3 +237,22 @@ def test_the_longest_failure_reason_fits_in_the_blocks_status_json_already_has(t
     failed = rd.Status(state=rd.FAILED, lints=status.lints, error=line,
                        error_text=text("runs.failed_exception", "{message}", message=line))
     assert json_bytes(failed) + 1 <= size, (json_bytes(failed), size)  # + its newline
+
+
+def test_the_end_is_recorded_on_a_filesystem_without_locks(tmp_path, monkeypatch):
+    """Rank 0 of a Slurm job records its own end, in a run directory on a cluster filesystem that may refuse flock
+    (Lustre mounted without it, NFS without lockd). No such filesystem here: flock is made to refuse as they do."""
+    import errno
+    import fcntl
+
+    from trainer_core.runs import state
+
+    def refuse(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    rd.write_status(tmp_path, rd.Status(state=rd.RUNNING))
+    rd.request(tmp_path, rd.SAVE_AND_STOP)
+    assert state.record_end(tmp_path, 0)
+    status = rd.read_status(tmp_path)
+    assert status.state == rd.STOPPED and status.exit_code == 0 and status.ended is not None
