@@ -149,7 +149,6 @@ MESSAGES_ZH: dict[str, str] = {
     "config.plan_cpu_ranks": "本机没有 GPU：以上数字是每个 CPU 进程（rank）的常驻内存",
     "config.plan_fp32_on_gpu": "在 GPU 上用 fp32 训练，参数和梯度占用的显存会翻倍；请使用 auto 精度",
     "config.bad_zero_block": "DeepSpeed 配置中的 zero_optimization 无效（stage {stage}，卸载设备 {devices}）；请先修正 DeepSpeed 检查报告的问题",
-    "lint.list": "{first}；{rest}",
     "lint.zero_stage": "zero_optimization.stage 必须是 0、1、2 或 3（当前为 {stage}）",
     "lint.offload_device": "zero_optimization.{key}.device 必须是以下之一：{choices}（当前为 {device}）",
     "lint.zero3_save_gather": "ZeRO-3 没有开启 stage3_gather_16bit_weights_on_model_save：保存下来的模型将没有可用的权重；请把它设为 true",

@@ -341,15 +341,15 @@ def test_monitor_shows_a_failed_run_with_its_root_error_and_an_escaped_log(app, 
 
 
 def test_monitor_says_why_a_run_failed_in_chinese(app, runs_root):
-    """The supervisor's own record of a failure (state.finish, as it runs when the launcher exits) is shown in
+    """The supervisor's own record of a failure (state.record_end, as the supervisor calls it when the launcher exits) is shown in
     Chinese; a line from train.log stays as the program wrote it, inside a Chinese sentence."""
-    from trainer_core.runs.state import finish
+    from trainer_core.runs.state import record_end
 
     line = "RuntimeError: CUDA error: device-side assert triggered"
     crashed = make_run(runs_root, "crashed", "running", log=["Traceback (most recent call last):", f"[rank0]: {line}"])
     silent = make_run(runs_root, "silent", "running")
-    finish(crashed, 1)
-    finish(silent, 1)
+    record_end(crashed, 1)
+    record_end(silent, 1)
     goto(app, "pages/monitor.py")
     app.selectbox(key="mon.run").set_value("crashed").run()
     reason = MESSAGES_ZH["runs.failed_exception"].format(message=line)

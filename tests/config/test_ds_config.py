@@ -7,7 +7,6 @@ import json
 import pytest
 
 from trainer_core.config.run_config import load_config
-from trainer_core.common.lint import lints_text
 from trainer_core.config.ds_config import (ZeroLayout, build_ds_config, lint_ds_config, lint_run,
                                           list_presets, load_preset, zero_layout)
 from trainer_core.common.errors import UserError
@@ -230,20 +229,6 @@ def test_zero_layout_reads_the_dict_that_runs():
     for bad in ({"stage": 4}, {"stage": True}, {"stage": 2, "offload_optimizer": {"device": "disk"}}):
         with pytest.raises(UserError, match="not valid"):
             zero_layout({"zero_optimization": bad})
-
-
-def test_lints_read_as_one_sentence_in_either_language():
-    from app.messages_zh import MESSAGES_ZH
-
-    lints = lint_ds_config({"fp16": {"enabled": True}, "bf16": {"enabled": True},
-                            "zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}}, world_size=1)
-    assert codes(lints) == ["offload-optimizer-stage", "fp16-and-bf16"]
-    one = lints_text(lints)
-    assert str(one) == ("zero_optimization.offload_optimizer needs zero_optimization.stage >= 1 (stage 0 has no ZeRO "
-                        "optimizer to offload); fp16 and bf16 are both enabled; enable one")
-    assert one.render(MESSAGES_ZH.get) == ("zero_optimization.offload_optimizer 需要 zero_optimization.stage 至少为 1"
-                                           "（stage 0 没有可卸载的 ZeRO 优化器）；fp16 和 bf16 同时开启了；请只开启其中一个")
-    assert lints_text(lints[:1]) == lints[0].message
 
 
 @pytest.mark.parametrize("stage,offload_optimizer,offload_param,problem", [

@@ -204,11 +204,11 @@ def test_a_stop_request_carries_its_cause_as_a_coded_message(tmp_path):
      {"detail": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"}),
 ])
 def test_the_supervisor_records_a_failure_with_its_code(tmp_path, log, code, params):
-    from trainer_core.runs.state import finish
+    from trainer_core.runs.state import record_end
 
     protocol.write_status(tmp_path, protocol.Status(state=protocol.RUNNING))
     (tmp_path / protocol.LOG).write_text("\n".join(log) + "\n")
-    finish(tmp_path, 1)
+    record_end(tmp_path, 1)
     status = protocol.read_status(tmp_path)
     assert status.state == protocol.FAILED
     assert status.error_text.code == code and dict(status.error_text.params) == params
@@ -237,3 +237,22 @@ def test_the_longest_failure_reason_fits_in_the_blocks_status_json_already_has(t
     failed = protocol.Status(state=protocol.FAILED, lints=status.lints, error=line,
                        error_text=text("runs.failed_exception", "{message}", message=line))
     assert json_bytes(failed) + 1 <= size, (json_bytes(failed), size)  # + its newline
+
+
+def test_the_end_is_recorded_on_a_filesystem_without_locks(tmp_path, monkeypatch):
+    """Rank 0 of a Slurm job records its own end, in a run directory on a cluster filesystem that may refuse flock
+    (Lustre mounted without it, NFS without lockd). No such filesystem here: flock is made to refuse as they do."""
+    import errno
+    import fcntl
+
+    from trainer_core.runs import state
+
+    def refuse(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    protocol.write_status(tmp_path, protocol.Status(state=protocol.RUNNING))
+    protocol.request(tmp_path, protocol.SAVE_AND_STOP)
+    assert state.record_end(tmp_path, 0)
+    status = protocol.read_status(tmp_path)
+    assert status.state == protocol.STOPPED and status.exit_code == 0 and status.ended is not None

@@ -4,6 +4,7 @@ told truly by whoever sees it, the foreground CLI never leaves training behind, 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -53,6 +54,43 @@ def finished_run(root: Path, state: str = protocol.FAILED) -> Path:
     protocol.update_status(run, state=state, exit_code=1, ended=time.time() - 3600, error=None, step=12, total_steps=40,
                      phase=protocol.PHASE_TRAINING, eta_s=1317.0, loss=7.5)
     return run
+
+
+TERMINAL_NAMES = {"COMPLETED", "FAILED", "STOPPED", *protocol.TERMINAL}
+END_FIELDS = {"exit_code", "ended", "forced"}
+
+
+def terminal_writes(tree) -> list[int]:
+    """Lines of calls that write a terminal state or an end field (exit code, end time, forced) into status.json:
+    update_status/write_status/Status(...) given a terminal state, or an end field with a value other than None."""
+    lines = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
+                in ("update_status", "write_status", "Status")):
+            continue
+        for kw in node.keywords:
+            value = kw.value
+            name = value.attr if isinstance(value, ast.Attribute) else getattr(value, "value", None)
+            if (kw.arg == "state" and name in TERMINAL_NAMES) or (
+                    kw.arg in END_FIELDS and not (isinstance(value, ast.Constant) and value.value is None)):
+                lines.append(node.lineno)
+                break
+    return lines
+
+
+def test_a_runs_terminal_state_has_one_writer():
+    """Only state.record_end writes how a run ended; the supervisor, rank 0 of a run launched without one, `stop`
+    and readers all call it. (Before, training/train.py wrote it too, for runs launched by hand or by Slurm.)"""
+    found = []
+    for path in sorted([*(PROJECT_ROOT / "trainer_core").rglob("*.py"), *(PROJECT_ROOT / "app").glob("*.py"),
+                        *(PROJECT_ROOT / "pages").glob("*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if path == PROJECT_ROOT / "trainer_core" / "runs" / "state.py":
+            writer = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "record_end")
+            assert not terminal_writes(writer)  # it writes what end_fields computes
+            continue
+        found += [f"{path.relative_to(PROJECT_ROOT)}:{line}" for line in terminal_writes(tree)]
+    assert not found, f"terminal state written outside state.record_end: {found}"
 
 
 @pytest.fixture

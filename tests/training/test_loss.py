@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from trainer_core.data.batching import IGNORE, Collator
+from trainer_core.data.batching import Collator
+from trainer_core.data.chat_format import IGNORE_INDEX
 from trainer_core.training.loss import LabelledLoss
 
 
@@ -17,7 +18,7 @@ def batch(vocab: int = 151_000) -> dict:
     rows = []
     for n, answer in ((14, 5), (9, 3)):
         ids = torch.randint(0, vocab, (n,), generator=g).tolist()
-        rows.append({"input_ids": ids, "labels": [IGNORE] * (n - answer) + ids[n - answer:],
+        rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (n - answer) + ids[n - answer:],
                      "position_ids": list(range(n))})
     return Collator(pad_token_id=0, packed=False)(rows)
 
@@ -36,7 +37,7 @@ def plain(model, inputs: dict) -> torch.Tensor:
     """The textbook loss: full logits, shifted, summed cross-entropy over the labels."""
     with torch.no_grad():
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
-    return F.cross_entropy(logits.float().transpose(1, 2), inputs["labels"][:, 1:], ignore_index=IGNORE,
+    return F.cross_entropy(logits.float().transpose(1, 2), inputs["labels"][:, 1:], ignore_index=IGNORE_INDEX,
                            reduction="sum")
 
 
@@ -63,7 +64,7 @@ def test_blockwise_and_logits_paths_agree_on_the_starter(starter):
 def test_the_choice_waits_for_a_batch_with_labels(starter):
     loss = LabelledLoss("auto")
     unlabelled = batch()
-    unlabelled["labels"] = torch.full_like(unlabelled["labels"], IGNORE)
+    unlabelled["labels"] = torch.full_like(unlabelled["labels"], IGNORE_INDEX)
     run(loss, starter, unlabelled)
     assert loss.path is None, "nothing to compare the head on yet"
     run(loss, starter, batch())

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, TrainingArguments
 
-from trainer_core.data.batching import IGNORE, Collator
+from trainer_core.data.batching import Collator
+from trainer_core.data.chat_format import IGNORE_INDEX
 from trainer_core.training.loss import LabelledLoss
 from trainer_core.training.trainer import SupervisedTrainer, TokenCounts
 
@@ -15,7 +16,7 @@ from trainer_core.training.trainer import SupervisedTrainer, TokenCounts
 def micro_batch(seed: int, n: int, answer: int, vocab: int = 151_000) -> dict:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (n,), generator=g).tolist()
-    row = {"input_ids": ids, "labels": [IGNORE] * (n - answer) + ids[n - answer:], "position_ids": list(range(n))}
+    row = {"input_ids": ids, "labels": [IGNORE_INDEX] * (n - answer) + ids[n - answer:], "position_ids": list(range(n))}
     return Collator(pad_token_id=0, packed=True)([row])
 
 
@@ -35,8 +36,8 @@ def reference_gradients(model, batches: list[dict]) -> tuple[float, dict]:
     for b in batches:
         logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"]).logits[:, :-1].float()
         target = b["labels"][:, 1:]
-        total = total + F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="sum")
-        count += int((target != IGNORE).sum())
+        total = total + F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="sum")
+        count += int((target != IGNORE_INDEX).sum())
     (total / count).backward()
     return float(total.detach() / count), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainer_core.common.errors import Text, text
+from trainer_core.common.errors import Text
 
 
 @dataclass
@@ -20,9 +20,3 @@ class Lint:
 
     def __str__(self) -> str:
         return f"{self.level}: {self.message} [{self.code}]"
-
-
-def lints_text(lints: list[Lint]) -> Text:
-    """The lints' messages as one sentence, e.g. for an error that refuses a run; shown in the reader's language."""
-    first, *rest = [x.message for x in lints]
-    return first if not rest else text("lint.list", "{first}; {rest}", first=first, rest=lints_text(lints[1:]))

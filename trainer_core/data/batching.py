@@ -1,50 +1,20 @@
 """Turn encoded examples into training batches: optional packing without cross-contamination, and collation.
 
-Packing concatenates several examples into one row and restarts `position_ids` at 0 for each; with no attention
-mask, transformers (>= 4.53) derives a block-diagonal causal mask from those position ids, so one example never
-attends to another. The first token of each example carries label -100 (it is a system/user token), so no loss
-crosses a boundary either.
+training.train.build_rows chooses which records share a row (first_fit_decreasing, then a seeded shuffle);
+ArrayRows lays each row out. Packing concatenates several examples into one row and restarts `position_ids` at 0
+for each; with no attention mask, transformers (>= 4.53) derives a block-diagonal causal mask from those position
+ids, so one example never attends to another. The first token of each example carries label -100 (it is a
+system/user token), so no loss crosses a boundary either.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-IGNORE = -100
-
-
-@dataclass
-class Row:
-    input_ids: list[int]
-    labels: list[int]
-    position_ids: list[int]
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-
-def single_rows(examples) -> list[Row]:
-    return [Row(list(e.input_ids), list(e.labels), list(range(len(e.input_ids)))) for e in examples]
-
-
-def pack_rows(examples, max_length: int, seed: int) -> list[Row]:
-    """First-fit-decreasing packing into rows of at most max_length tokens."""
-    bins = first_fit_decreasing([len(e.input_ids) for e in examples], max_length)
-    random.Random(seed).shuffle(bins)
-    rows = []
-    for members in bins:
-        ids, labels, pos = [], [], []
-        for i in members:
-            e = examples[i]
-            ids += e.input_ids
-            labels += e.labels
-            pos += range(len(e.input_ids))
-        rows.append(Row(ids, labels, pos))
-    return rows
+from trainer_core.data.chat_format import IGNORE_INDEX
 
 
 def first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
@@ -100,18 +70,6 @@ class ArrayRows(torch.utils.data.Dataset):
         return {"input_ids": ids.tolist(), "labels": labels.tolist(), "position_ids": pos.tolist()}
 
 
-class RowDataset(torch.utils.data.Dataset):
-    def __init__(self, rows: list[Row]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        r = self.rows[i]
-        return {"input_ids": r.input_ids, "labels": r.labels, "position_ids": r.position_ids}
-
-
 @dataclass
 class Collator:
     """Right-pads a batch. Packed batches get no attention mask (position ids carry the boundaries)."""
@@ -129,7 +87,7 @@ class Collator:
                     for k in ("input_ids", "labels", "position_ids")}
         width = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
         pos = torch.zeros((len(features), width), dtype=torch.long)
         mask = torch.zeros((len(features), width), dtype=torch.long)
         for i, f in enumerate(features):

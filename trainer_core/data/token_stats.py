@@ -10,9 +10,10 @@ from typing import Callable
 
 import numpy as np
 
+from trainer_core.data.chat_format import IGNORE_INDEX
+
 STATS_BATCH = 2048
 """Conversations encoded per tokenizer call when measuring: large enough for the batch path, small in memory."""
-IGNORE_LABEL = -100  # chat_format.IGNORE_INDEX, PyTorch's cross-entropy ignore index
 
 
 @dataclass
@@ -66,7 +67,7 @@ class TokenCounter:
             self._lengths.append(len(e.input_ids))
             # Training keeps the first max_length tokens (chat_format's cut); counting the labels in that prefix
             # of the full encoding gives its figures without tokenizing everything a second time.
-            n_labels = sum(1 for label in e.labels[:self.max_length] if label != IGNORE_LABEL)
+            n_labels = sum(1 for label in e.labels[:self.max_length] if label != IGNORE_INDEX)
             self.n_truncated += len(e.input_ids) > self.max_length
             self.n_answer_lost += n_labels == 0
             self.n_label_tokens += n_labels

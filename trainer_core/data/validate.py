@@ -83,11 +83,6 @@ class Problems(list):
         for p in problems:
             self.append(p)
 
-    @property
-    def n_hidden(self) -> int:
-        """Problems counted but not kept."""
-        return self.total - len(self)
-
 
 def validate_record(record, row: int, errors: list, warnings: list,
                     max_chars: int) -> tuple[str | None, list[dict] | None]:

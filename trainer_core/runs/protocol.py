@@ -67,7 +67,6 @@ COMPLETED, FAILED, STOPPED = "completed", "failed", "stopped"
 STATES = (QUEUED, STARTING, RUNNING, STOPPING, COMPLETED, FAILED, STOPPED)
 LIVE = frozenset({STARTING, RUNNING, STOPPING})  # a process of the run exists (or should)
 TERMINAL = frozenset({COMPLETED, FAILED, STOPPED})  # final: written once no process of the run remains
-TERMINAL_STATES = tuple(sorted(TERMINAL))  # old name
 
 
 def state_text(state: str) -> Text:

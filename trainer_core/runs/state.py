@@ -1,4 +1,4 @@
-"""A run's state from its directory alone, and the outcome the supervisor records when the launcher ends.
+"""A run's state from its directory alone, and the one writer of its terminal state (record_end).
 
 read_state checks status.json against the processes: the supervisor's liveness (manifest.json), or for runs
 launched outside it (launch_node.sh, Slurm) rank 0's heartbeat. A live state whose processes are gone reads
@@ -8,6 +8,7 @@ launched outside it (launch_node.sh, Slurm) rank 0's heartbeat. A live state who
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import os
 import shutil
@@ -79,7 +80,7 @@ def root_error(log_path: Path, tail_bytes: int = 256_000) -> Text | None:
     first = protocol.RANK_EXIT.search(joined)
     if first and int(first.group(1)) < 0:
         sig = -int(first.group(1))
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        name = signal_name(sig)
         if sig == signal.SIGKILL:
             return text("runs.failed_rank_sigkill", "a rank process was killed by {signal} (kill -9 or the kernel's "
                         "out-of-memory killer); the launcher stopped the other ranks", signal=name)
@@ -202,7 +203,13 @@ def one_writer(run: Path):
         return
     fd = os.open(run, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            # A cluster filesystem without locks (Lustre mounted without flock, NFS without lockd), where rank 0 of
+            # a Slurm job records its end: that run has no other writer here, so it writes unlocked.
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
         _WRITING.add(key)
         yield
     finally:
@@ -211,21 +218,19 @@ def one_writer(run: Path):
 
 
 def record_end(run: Path, code: int | None, signalled: int | None = None, **extra: Any) -> bool:
-    """Write the run's final state to status.json, once: whoever comes first (the state is still live) writes it;
-    later callers find it terminal and leave it. Returns whether this call wrote it."""
+    """The one writer of a run's terminal state (state, cause, exit code, end time) in status.json, written once:
+    whoever comes first while the state is still live writes it; later callers find it terminal and leave it.
+    Returns whether this call wrote it. Its callers hand it what they know, and end_fields reads the rest from the
+    run directory:
+      - the supervisor, once its launcher exited: `code`, and `signalled`, the signal that terminated it;
+      - rank 0 of a run launched without a supervisor (by hand, Slurm), as it exits: `code` 0;
+      - `stop`, or a reader, finding no process of the run left: `code` None (nobody saw the end)."""
     with one_writer(run):
         if not protocol.read_status(run).live:
             return False
         fields = end_fields(run, code, signalled)
         protocol.update_status(run, **{**fields, **extra})
         return True
-
-
-def finish(run: Path, code: int, signalled: int | None = None) -> None:
-    """The supervisor's record of the end, once its launcher exited with `code` (`signalled`: the signal that
-    terminated the supervisor itself)."""
-    with one_writer(run):
-        protocol.update_status(run, **end_fields(run, code, signalled))
 
 
 # Causes the log names outright; a nearly full disk or the trainer's own message does not override them.

@@ -33,7 +33,7 @@ from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol
 from trainer_core.runs.launch import launch_env, node_argv
 from trainer_core.runs.resources import sample_resources
-from trainer_core.runs.state import finish, launcher_end, read_state, signal_name
+from trainer_core.runs.state import launcher_end, read_state, record_end, signal_name
 
 STOP_GRACE_S = 15.0
 # How long the supervisor waits for orphaned ranks to save and stop after DeepSpeed's launcher died under them.
@@ -174,7 +174,7 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     sampler.join(timeout=5)
     # The device locks stay held until this process exits, right after the final state is written: a start that
     # sees the state waits that moment for them (_acquire).
-    finish(run, code, signalled[0] if signalled else None)
+    record_end(run, code, signalled[0] if signalled else None)
     _note(log, f"=== supervisor: launcher exited with {code}\n")
     return 0
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from trainer_core.data.batching import IGNORE
+from trainer_core.data.chat_format import IGNORE_INDEX
 from trainer_core.training.linear_ce import linear_cross_entropy
 
 HEAD_LOSSES = ("auto", "logits")
@@ -39,7 +39,7 @@ class LabelledLoss:
         """(summed loss, number of labelled tokens, model outputs). `model` runs the forward (a DeepSpeed engine
         during training), `base` is the plain module under it."""
         target = labels[:, 1:]
-        mask = target != IGNORE
+        mask = target != IGNORE_INDEX
         head = self._blockwise_head(base, inputs, mask)
         if head is not None:
             outputs = model(**inputs, logits_to_keep=torch.empty(0, dtype=torch.long), output_hidden_states=True,
@@ -54,7 +54,7 @@ class LabelledLoss:
             outputs = model(**inputs, use_cache=False)
             outputs.logits = outputs.logits[:, :-1]
         logits = outputs.logits.float()
-        loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
+        loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
                                    reduction="sum")
         return loss_sum, int(mask.sum()), outputs
 

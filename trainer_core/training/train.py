@@ -25,6 +25,7 @@ from trainer_core.config.run_config import RunConfig, load_config
 from trainer_core.data.batching import ArrayRows, Collator, first_fit_decreasing
 from trainer_core.common.errors import UserError, text
 from trainer_core.runs import protocol
+from trainer_core.runs.state import record_end
 from trainer_core.training import ranks
 from trainer_core.training.loss import HEAD_LOSSES
 from trainer_core.training.ranks import LOST, barrier, global_rank, log_rank0
@@ -268,8 +269,9 @@ def save_final(trainer, tokenizer, cfg: RunConfig, run: Path) -> None:
 
 
 def finish(run: Path, cfg: RunConfig, trainer, tokenizer, callback, supervised: bool) -> int:
-    """After training: final/ when training ran to its end; the reason in status.json either way. Unsupervised
-    ranks (by hand, Slurm) also record the end state, which otherwise the supervisor writes once devices are free."""
+    """After training: final/ when training ran to its end, the progress fields in status.json either way. The
+    terminal state is written by state.record_end alone: the supervisor calls it once the launcher exits; a run
+    launched without one (by hand, Slurm) has rank 0 call it here, as it exits with code 0."""
     rank0 = global_rank() == 0
     if callback.lost:
         # The supervisor (or launcher) is gone: nobody else will say why the run ended. The state turns `failed`
@@ -284,18 +286,16 @@ def finish(run: Path, cfg: RunConfig, trainer, tokenizer, callback, supervised: 
     if callback.stopping:
         if rank0:
             protocol.update_status(run, phase=None)
-            if not supervised:
-                protocol.update_status(run, state=protocol.STOPPED, exit_code=0, ended=time.time(), forced=False)
         log_rank0("stopped on request after saving a checkpoint")
-        return 0
-    if rank0:
-        protocol.update_status(run, phase=protocol.PHASE_CONSOLIDATING, eta_s=None)
-    save_final(trainer, tokenizer, cfg, run)
-    if rank0:
-        protocol.update_status(run, step=trainer.state.global_step, final=True, phase=None)
-        if not supervised:
-            protocol.update_status(run, state=protocol.COMPLETED, exit_code=0, ended=time.time())
-        log_rank0(f"final model written to {run / protocol.FINAL}")
+    else:
+        if rank0:
+            protocol.update_status(run, phase=protocol.PHASE_CONSOLIDATING, eta_s=None)
+        save_final(trainer, tokenizer, cfg, run)
+        if rank0:
+            protocol.update_status(run, step=trainer.state.global_step, final=True, phase=None)
+            log_rank0(f"final model written to {run / protocol.FINAL}")
+    if rank0 and not supervised:
+        record_end(run, 0)  # `stopped` (the stop request in control.json) or `completed` (final/ on disk)
     return 0
 
 
