@@ -64,6 +64,7 @@ class Plan:
 def plan(cfg: RunConfig, *, memory: bool = True) -> Plan:
     """Every check a run must pass, and what it would run. Raises UserError naming the first problem."""
     hw = detect()
+    preflight.check_method(cfg, hw)
     cfg = preflight.resolve_paths(cfg)
     n_records = preflight.check_files(cfg)
     preflight.check_placement(cfg, hw)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
+from trainer_core.models.adapters import plain_model
 from trainer_core.runs import protocol as rd
 from trainer_core.training.loss import LabelledLoss
 from trainer_core.training.ranks import all_reduce_floats, global_rank
@@ -102,4 +103,4 @@ class SupervisedTrainer(Trainer):
 
     def _base(self, model):
         base = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
-        return getattr(base, "module", base)
+        return plain_model(getattr(base, "module", base))  # a LoRA run's PeftModel: the model under it
