@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from trainer_core.models.adapters import plain_model
+from trainer_core.models.adapters import drop_frozen_aliases, plain_model
 from trainer_core.runs import protocol as rd
 from trainer_core.training.loss import LabelledLoss
 from trainer_core.training.ranks import all_reduce_floats, global_rank
@@ -95,6 +95,8 @@ class SupervisedTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         set_phase(self.run_dir, rd.PHASE_SAVING, phase_done=None, phase_total=None)
+        if self.is_deepspeed_enabled and hasattr(self.model, "peft_config"):
+            drop_frozen_aliases(self.model_wrapped)  # a LoRA run's checkpoint: the adapter, not the tied head
         super()._save_checkpoint(model, trial)
         set_phase(self.run_dir, self._phase_after())
 
