@@ -257,6 +257,7 @@ MESSAGES_ZH: dict[str, str] = {
     "training.lost_saved": "{cause}；各 rank 已保存检查点 {step} 并停止；恢复运行即可继续。",
 
     # --- models (trainer_core/models/) ---
+    "models.export_no_adapter": "运行 {run} 的 {src} 中没有适配器（缺少 {file}）",
     "models.adapter_base_missing": "{path} 是基座模型 {base} 的 LoRA 适配器，但该基座模型已不在原处；请把它放回这个路径。",
     "models.adapter_config_broken": "{path}：{file} 无法读取（{reason}）",
     "models.lora_no_blocks": "模型里找不到重复的层块列表来放 LoRA 适配器；请在 lora.target_modules 中写明层名。",
@@ -334,6 +335,8 @@ MESSAGES_ZH: dict[str, str] = {
     "models.checkpoint_needs_run": "--checkpoint {step} 只能用于运行；{path} 是模型目录，不是运行。",
 
     # --- cli (trainer_core/cli/) ---
+    "cli.adapter_format": "{method} 运行不支持 --format {format}；请用 --merge 导出后再转换合并后的模型",
+    "cli.merge_full_run": "--merge 只适用于 lora 和 qlora 运行；运行 {run} 训练了所有权重（train.method {method}），它导出的本来就是完整模型",
     "cli.out_of_range": "{flag} 必须在 {lo:,} 到 {hi:,} 之间（收到 {value}）。",
     "cli.out_of_range_why": "{flag} 必须在 {lo:,} 到 {hi:,} 之间（{why}）（收到 {value}）。",
     "cli.max_length_range": "即 data.max_length 允许的范围",

@@ -187,7 +187,7 @@ def load_with_adapter(adapter_dir: str | Path, *, trust_remote_code: bool = Fals
     return model.eval(), base_dir
 
 
-def merged_state(adapter_dir: str | Path, *, trust_remote_code: bool = False) -> tuple[Any, Path]:
+def merged_model(adapter_dir: str | Path, *, trust_remote_code: bool = False) -> tuple[Any, Path]:
     """(base with the adapter merged into its weights, in fp32, a plain transformers model; the base folder)."""
     model, base_dir = load_with_adapter(adapter_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
     return model.merge_and_unload(), base_dir

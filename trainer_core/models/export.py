@@ -1,6 +1,8 @@
-"""Consolidate a ZeRO checkpoint into one safetensors model with DeepSpeed's own zero_to_fp32 tooling.
+"""Consolidate a ZeRO checkpoint into one safetensors model with DeepSpeed's own zero_to_fp32 tooling; for a
+lora/qlora run, export its adapter, or with --merge the base with the adapter merged in.
 
-The result (runs/<name>/exports/checkpoint-N/) loads with plain `AutoModelForCausalLM.from_pretrained`.
+The result (runs/<name>/exports/checkpoint-N/, or .../<final or checkpoint-N>-merged/) loads with plain
+`AutoModelForCausalLM.from_pretrained`.
 zero_to_fp32 reads the optimizer shards with torch.load; it is only ever pointed at checkpoints our own trainer
 wrote into this run directory, never at user-supplied files.
 """
@@ -111,6 +113,64 @@ def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def adapter_source(run: Path, step: int | None) -> Path:
+    """The adapter folder of a lora/qlora run to export: checkpoint `step`, else final/, else the newest complete
+    checkpoint. The Trainer writes each one's adapter_model.safetensors whole, so no ZeRO shard is read."""
+    if step is None and rd.has_final(run):
+        return run / rd.FINAL
+    return pick_checkpoint(run, step)
+
+
+def export_adapter_run(run: Path, step: int | None = None, *, merge: bool = False,
+                       persona_in_template: bool = True) -> Path:
+    """A lora/qlora run's export into exports/: with `merge`, a full model (the base with the adapter merged into
+    its weights, in the base's dtype, tied weights stored once) that loads without peft; else the adapter itself
+    (PEFT's format, pointing at its base), tokenizer, template and persona."""
+    from trainer_core.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir, merged_model
+
+    cfg = load_config(run / rd.CONFIG)
+    src = adapter_source(run, step)
+    if not is_adapter_dir(src):
+        raise UserError("models.export_no_adapter", "{src} of run {run} holds no adapter ({file} missing)",
+                        src=src.name, run=run.name, file=ADAPTER_CONFIG)
+    dest = run / rd.EXPORTS / (f"{src.name}-merged" if merge else src.name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        with disk_full_named(dest):
+            if merge:
+                model, base_dir = merged_model(src, trust_remote_code=cfg.model.trust_remote_code)
+                # The merge is computed in fp32; the folder keeps the base's own dtype (a 7B stays 15 GB, not 30).
+                model.to(torch_dtype_of(base_dir)).save_pretrained(str(tmp), safe_serialization=True)
+            else:
+                base_dir = Path(cfg.model.path)
+                for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+                    shutil.copy2(src / name, tmp / name)
+            for f in model_files(src, base_dir):
+                if not (tmp / f.name).exists() and not (merge and f.name == ADAPTER_CONFIG):
+                    shutil.copy2(f, tmp / f.name)
+            write_persona(cfg, tmp, in_template=persona_in_template)
+        rd.mark_complete(tmp, {"source": str(src), "merged": merge})
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def torch_dtype_of(model_dir: Path):
+    """The dtype a model folder's weights are stored in, from its config.json."""
+    import json
+
+    import torch
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return getattr(torch, name, torch.float32)
 
 
 def write_persona(cfg, dest: Path, *, in_template: bool = True) -> None:
