@@ -93,6 +93,15 @@ class SupervisedTrainer(Trainer):
             output.metrics[key] = float(total / count)
         return output
 
+    def create_optimizer(self):
+        """The Trainer's optimizer without empty parameter groups. It puts weights and biases/norms in two groups;
+        a LoRA run trains only adapter matrices, so the second is empty, and ZeRO-3's optimizer drops empty groups
+        while the learning-rate scheduler (built over the groups before DeepSpeed wraps them) still counts two:
+        its first step failed with `zip() argument 2 is longer than argument 1`."""
+        optimizer = super().create_optimizer()
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        return optimizer
+
     def _save_checkpoint(self, model, trial):
         set_phase(self.run_dir, rd.PHASE_SAVING, phase_done=None, phase_total=None)
         if self.is_deepspeed_enabled and hasattr(self.model, "peft_config"):
