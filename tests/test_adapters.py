@@ -113,9 +113,10 @@ def test_a_leaf_name_shared_outside_the_blocks_is_named_in_full():
 
 def test_head_and_base_are_frozen_and_checkpointing_feeds_gradients_to_the_adapters(starter_model):
     model = AutoModelForCausalLM.from_pretrained(starter_model)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     cfg = RunConfig(train=TrainArgs(method="lora", gradient_checkpointing=True))
     peft_model = adapters.wrap_for_training(model, cfg)
+    # As the Trainer does it: after the model is built, with transformers' default reentrant checkpointing.
+    peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     assert not model.get_output_embeddings().weight.requires_grad
     peft_model.train()
     ids = torch.randint(0, 1000, (1, 16))
