@@ -99,7 +99,8 @@ class SupervisedTrainer(Trainer):
         while the learning-rate scheduler (built over the groups before DeepSpeed wraps them) still counts two:
         its first step failed with `zip() argument 2 is longer than argument 1`."""
         optimizer = super().create_optimizer()
-        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        if hasattr(optimizer, "param_groups"):  # not accelerate's DummyOptim (the DeepSpeed config's optimizer)
+            optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         return optimizer
 
     def _save_checkpoint(self, model, trial):
