@@ -73,11 +73,11 @@ def test_lora_two_ranks_zero2_trains_only_the_adapter_merges_and_chats(runs_root
     merged = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(starter_model).state_dict()
     unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(starter_model), str(final)).eval()
-    adapted = {n.removeprefix("base_model.model.").rsplit(".", 2)[0] for n, _ in unmerged.named_parameters()
+    adapted = {n.removeprefix("base_model.model.").split(".lora_A.")[0] for n, _ in unmerged.named_parameters()
                if ".lora_A." in n}
     changed = []
     for name, tensor in merged.state_dict().items():
-        if name.rsplit(".", 1)[0] in adapted:
+        if name.endswith(".weight") and name.rsplit(".", 1)[0] in adapted:  # biases stay: lora bias="none"
             changed.append(name)
             assert not torch.equal(tensor, base[name])
         else:
