@@ -134,8 +134,9 @@ def wrap_for_training(model, cfg, log=lambda _: None):
         # Casts norms to fp32 and enables the input gradients that checkpointing over frozen 4-bit layers needs.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     elif checkpointing:
-        # With reentrant checkpointing a segment whose inputs need no grad is not recomputed for backward: the
-        # frozen embedding's output must require grad so the adapters inside the blocks get theirs.
+        # Reentrant checkpointing (transformers' default) gives a block's output a gradient only when one of its
+        # inputs needs one; the frozen embedding's output needs none, so without this the adapters got no gradient
+        # ("element 0 of tensors does not require grad" at the first backward).
         model.enable_input_require_grads()
     peft_model = get_peft_model(model, lora_config(cfg, model))
     trainable, total = peft_model.get_nb_trainable_parameters()
