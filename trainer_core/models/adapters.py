@@ -114,16 +114,6 @@ def lora_config(cfg, model: torch.nn.Module):
 
 # ------------------------------------------------------------------------------------------------ training
 
-def quantization_config(precision: str):
-    """QLoRA's base: 4-bit NF4 with double quantisation and a 16-bit compute dtype (bf16 where the GPU has it).
-    The 4-bit weights are stored in that dtype too, so ZeRO-3 can shard them like the other parameters."""
-    from transformers import BitsAndBytesConfig
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
-
-
 def wrap_for_training(model, cfg, log=lambda _: None):
     """The model with LoRA adapters on its targets; only they (and lora.modules_to_save) train, the base and the
     head stay frozen."""
