@@ -12,7 +12,7 @@ import streamlit as st
 
 from app.chat_transcript import TranscriptInfo, file_stem, transcript_json, transcript_markdown
 from app.i18n import say, t
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.data.chat_template import specials_in
 from trainer_core.config.run_config import load_config
 from trainer_core.common.errors import UserError
@@ -27,14 +27,14 @@ PROBES = ["你是谁？", "皇上驾到！", "你这个又蠢又丑的女人，�
 def run_targets(run: Path) -> dict[str, Path]:
     """Chat-ready models of a run: final/, each complete checkpoint, each export, newest first."""
     out: dict[str, Path] = {}
-    if rd.has_final(run):
-        out["final"] = run / rd.FINAL
-    exports = run / rd.EXPORTS
+    if protocol.has_final(run):
+        out["final"] = run / protocol.FINAL
+    exports = run / protocol.EXPORTS
     if exports.is_dir():
-        for p in sorted(exports.glob("checkpoint-*"), key=rd.checkpoint_step, reverse=True):
-            if (p / rd.COMPLETE_MARKER).is_file():
-                out[f"export-{rd.checkpoint_step(p)}"] = p
-    for p in reversed(rd.complete_checkpoints(run)):
+        for p in sorted(exports.glob("checkpoint-*"), key=protocol.checkpoint_step, reverse=True):
+            if (p / protocol.COMPLETE_MARKER).is_file():
+                out[f"export-{protocol.checkpoint_step(p)}"] = p
+    for p in reversed(protocol.complete_checkpoints(run)):
         out[p.name] = p
     return out
 
@@ -45,7 +45,7 @@ def chat_runs() -> list[Path]:
 
 def run_base(run: Path) -> tuple[str, bool]:
     """The model a run started from and whether it needs remote code: the "base" side of compare mode."""
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     return cfg.model.path, cfg.model.trust_remote_code
 
 
@@ -87,7 +87,7 @@ def chat_device():
 
 
 def _stamp(p: Path) -> float:
-    marker = p / rd.COMPLETE_MARKER if (p / rd.COMPLETE_MARKER).exists() else p / "config.json"
+    marker = p / protocol.COMPLETE_MARKER if (p / protocol.COMPLETE_MARKER).exists() else p / "config.json"
     return marker.stat().st_mtime if marker.exists() else 0.0
 
 

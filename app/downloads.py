@@ -18,7 +18,7 @@ from app import file_route
 from app.i18n import say, t
 from trainer_core.config.memory import fmt_bytes
 from trainer_core.common.errors import UserError
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 CONFIG_MAX_BYTES = 256 * 1024
 """Largest file taken as a run config (one is a few KB)."""
@@ -31,7 +31,7 @@ def _link(folder: Path, top: str) -> str:
     """This tab's download link for a folder, minted once and renewed when it is about to expire (a page run must
     not mint a token per rerun: each is kept by the server until it expires)."""
     links = st.session_state.setdefault("dl.links", {})
-    key = (str(folder), top, (folder / rd.COMPLETE_MARKER).stat().st_mtime_ns)
+    key = (str(folder), top, (folder / protocol.COMPLETE_MARKER).stat().st_mtime_ns)
     url, expires = links.get(key, ("", 0.0))
     if expires - time.time() < file_route.GRANT_TTL_S / 4:
         url, expires = links[key] = file_route.grant(folder, top)
@@ -57,7 +57,7 @@ def model_buttons(run: Path) -> None:
 
 
 def config_button(run: Path) -> None:
-    st.download_button(t("dl.config"), (run / rd.CONFIG).read_bytes(), file_name=f"{run.name}.yaml",
+    st.download_button(t("dl.config"), (run / protocol.CONFIG).read_bytes(), file_name=f"{run.name}.yaml",
                        mime="application/x-yaml", key="dl.config", icon=":material/download:", on_click="ignore")
 
 

@@ -93,9 +93,9 @@ def estimate(run: Path, *, checkpoint: str | None, base: bool, settings: pe.Eval
 
 def _persona(run: Path) -> str:
     from trainer_core.config.run_config import load_config
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
 
-    return load_config(Path(run) / rd.CONFIG).data.persona
+    return load_config(Path(run) / protocol.CONFIG).data.persona
 
 
 def results_frame(results: dict[str, dict]) -> pd.DataFrame:

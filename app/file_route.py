@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 PREFIX = "studio-download"
 GRANT_TTL_S = 3600.0
@@ -103,7 +103,7 @@ async def download(request):
     if g is None:
         return _refusal(404, "This download link is unknown or has expired: open the Runs page again for a new one. "
                              "/ 下载链接无效或已过期：请重新打开历史运行页面。")
-    if not (g.folder / rd.COMPLETE_MARKER).is_file():
+    if not (g.folder / protocol.COMPLETE_MARKER).is_file():
         return _refusal(410, f"{g.top} is no longer a complete model folder on the server (deleted or being "
                              f"rewritten). / {g.top} 已不是完整的模型文件夹（已删除或正在重写）。")
     name = f"{g.top}.zip"

@@ -8,8 +8,8 @@ from pathlib import Path
 import streamlit as st
 
 from app.i18n import LANGUAGES, phase_text, state_label, t
-from app.state import active_run
-from trainer_core.runs import protocol as rd
+from app.tab_state import active_run
+from trainer_core.runs import protocol
 from trainer_core.runs.state import read_state
 
 CARD_REFRESH_S = 2.0
@@ -74,8 +74,8 @@ def notify_end(name: str, state: str, on_monitor: bool) -> None:
     """A toast when the run this tab follows ends while the tab is on another page (the Monitor says it itself)."""
     seen = st.session_state.setdefault("frame.seen", {})
     before, seen[name] = seen.get(name), state
-    if before in rd.LIVE and state in rd.TERMINAL and not on_monitor:
-        icons = {rd.COMPLETED: ":material/task_alt:", rd.FAILED: ":material/error:", rd.STOPPED: ":material/pause:"}
+    if before in protocol.LIVE and state in protocol.TERMINAL and not on_monitor:
+        icons = {protocol.COMPLETED: ":material/task_alt:", protocol.FAILED: ":material/error:", protocol.STOPPED: ":material/pause:"}
         st.toast(t(f"frame.ended.{state}", name=name), icon=icons[state], duration="long")
 
 
@@ -91,7 +91,7 @@ def sidebar(page_url: str = "") -> None:
             return
         state = read_state(run).state
         notify_end(run.name, state, on_monitor=page_url == "monitor")
-        live = state in rd.LIVE
+        live = state in protocol.LIVE
         st.fragment(run_every=CARD_REFRESH_S if live else None)(_run_card)(run, live)
 
 

@@ -12,7 +12,7 @@ import streamlit as st
 
 from app.messages_zh import MESSAGES_ZH
 from trainer_core.config.run_config import SECTIONS, field_help
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 LANGUAGES = {"zh": "中文", "en": "English"}
 DEFAULT_LANGUAGE = "zh"
@@ -897,8 +897,8 @@ EN.update({
 
 LABELS = {"zh": ZH, "en": EN}
 
-STATE_COLOURS = {rd.QUEUED: "gray", rd.STARTING: "blue", rd.RUNNING: "blue", rd.STOPPING: "orange",
-                 rd.COMPLETED: "green", rd.FAILED: "red", rd.STOPPED: "orange"}
+STATE_COLOURS = {protocol.QUEUED: "gray", protocol.STARTING: "blue", protocol.RUNNING: "blue", protocol.STOPPING: "orange",
+                 protocol.COMPLETED: "green", protocol.FAILED: "red", protocol.STOPPED: "orange"}
 
 
 def lang() -> str:
@@ -938,10 +938,10 @@ def state_name(state: str) -> str:
     return t(f"state.{state}") if f"state.{state}" in ZH else state
 
 
-def phase_text(status: rd.Status) -> str:
+def phase_text(status: protocol.Status) -> str:
     """What a live run is doing, e.g. "验证 12/50"; empty when it says nothing more than its state."""
     phase = status.phase
-    if not phase or status.state not in (rd.RUNNING, rd.STOPPING):
+    if not phase or status.state not in (protocol.RUNNING, protocol.STOPPING):
         return ""
     text = t(f"phase.{phase}") if f"phase.{phase}" in ZH else phase
     if status.phase_total:

@@ -13,7 +13,7 @@ import streamlit as st
 
 from app.i18n import option_labels, phase_text, say, state_name, t
 from trainer_core.config.memory import fmt_bytes
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs.state import read_state
 from trainer_core.common.tailing import read_new_rows, tail_lines
 
@@ -44,7 +44,7 @@ def new_rows(run: Path, filename: str, parse=None) -> list[dict]:
 
 def _metrics_row(raw: dict) -> dict:
     """A metrics.jsonl row as the protocol reads it (unknown keys kept, missing ones absent)."""
-    return rd.MetricsRow.from_json(raw).to_json()
+    return protocol.MetricsRow.from_json(raw).to_json()
 
 
 def _thin(df: pd.DataFrame) -> pd.DataFrame:
@@ -125,7 +125,7 @@ def log_html(lines: list[str]) -> str:
     out = []
     for line in lines:
         text = html.escape(line)
-        if rd.is_error_line(line):
+        if protocol.is_error_line(line):
             text = f'<span style="color:#b71c1c; background:#fdecea; font-weight:600">{text}</span>'
         out.append(text)
     style = ("font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.78rem; white-space: pre-wrap; "
@@ -176,7 +176,7 @@ def resume_choice(row, run: Path, checkpoints: list[int]) -> None:
         st.warning(t("mon.resume_drops", step=step, later=", ".join(map(str, later))), icon=":material/warning:")
 
 
-def failure_reason(s: rd.Status) -> str:
+def failure_reason(s: protocol.Status) -> str:
     """Why the run failed, in the tab's language: the coded reason where status.json has one; a run directory
     written before `error_text` existed shows its English `error` as it is."""
     if s.error_text is not None:
@@ -200,12 +200,12 @@ def _estimate(config_path: str, mtime: float) -> int | None:
         return None  # the trainer will report the data problem itself; the page shows "?" meanwhile
 
 
-def total_steps_text(run: Path, status: rd.Status) -> str:
+def total_steps_text(run: Path, status: protocol.Status) -> str:
     """The run's total steps as the trainer reports it, or before it does (start-up) an estimate from the run's
     config and data, marked "≈"."""
     if status.total_steps:
         return str(status.total_steps)
-    config = run / rd.CONFIG
+    config = run / protocol.CONFIG
     try:
         estimate = _estimate(str(config), config.stat().st_mtime)
     except OSError:
@@ -226,13 +226,13 @@ def curve_controls() -> tuple[str, float]:
 def live_panel(run: Path, live: bool) -> None:
     """Progress, charts, memory and log of one run; redrawn every second while the run is alive."""
     s = read_state(run)
-    train, evals = metric_frames(new_rows(run, rd.METRICS, _metrics_row))
+    train, evals = metric_frames(new_rows(run, protocol.METRICS, _metrics_row))
     last = train.iloc[-1].to_dict() if not train.empty else {}
     progress_row(run, s, last)
     metric_charts(train, evals)
     memory_charts(run, last)
     st.markdown(f"**{t('mon.log')}**")
-    lines = tail_lines(run / rd.LOG, LOG_LINES)
+    lines = tail_lines(run / protocol.LOG, LOG_LINES)
     if lines:
         st.html(log_html(lines))
     else:
@@ -241,7 +241,7 @@ def live_panel(run: Path, live: bool) -> None:
         st.rerun()  # the run ended: redraw the page once (buttons, error box) and stop the timer
 
 
-def progress_row(run: Path, s: rd.Status, last: dict) -> None:
+def progress_row(run: Path, s: protocol.Status, last: dict) -> None:
     """The progress bar and the headline figures: step, losses, throughput, ETA, run time."""
     step, total = s.step, s.total_steps or 0
     total_text = total_steps_text(run, s)
@@ -256,7 +256,7 @@ def progress_row(run: Path, s: rd.Status, last: dict) -> None:
         c[2].metric(t("mon.eval_loss"), _fmt(s.eval_loss, ".4f"))
         c[3].metric(t("mon.tokens_s"), _fmt(last.get("tokens_per_s"), ",.0f"),
                     help=t("mon.label_tokens_s", n=_fmt(last.get("label_tokens_per_s"), ",.0f")))
-        training = s.live and s.phase in (None, rd.PHASE_TRAINING)
+        training = s.live and s.phase in (None, protocol.PHASE_TRAINING)
         c[4].metric(t("mon.eta"), fmt_duration(s.eta_s) if training else "-")  # none once training is over
         c[5].metric(t("mon.elapsed"), fmt_duration(s.run_s), help=t("mon.run_time_help"))
 
@@ -301,7 +301,7 @@ def metric_charts(train: pd.DataFrame, evals: pd.DataFrame) -> None:
 
 def memory_charts(run: Path, last: dict) -> None:
     """Per-device memory (GPU, or each CPU rank's resident memory) and host RAM over time."""
-    dev, host, on_gpu = resource_frames(new_rows(run, rd.RESOURCES))
+    dev, host, on_gpu = resource_frames(new_rows(run, protocol.RESOURCES))
     c1, c2 = st.columns(2)
     with c1:
         st.markdown(f"**{t('mon.chart.gpu_mem') if on_gpu else t('mon.chart.rank_mem')}**")

@@ -9,7 +9,7 @@ import altair as alt
 import pandas as pd
 
 from app.i18n import say, state_name
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.config.run_config import RunConfig, load_config
 from trainer_core.common.errors import UserError
 from trainer_core.runs.registry import DAMAGED, read_listed
@@ -17,7 +17,7 @@ from trainer_core.common.tailing import read_all_rows
 
 
 def saved_config(run: Path) -> RunConfig:
-    return load_config(run / rd.CONFIG)
+    return load_config(run / protocol.CONFIG)
 
 
 def _loss(value) -> str:
@@ -60,7 +60,7 @@ def loss_overlay(runs: list[Path], x_title: str, y_title: str, labels: dict[str,
     `labels` names the two kinds in the tab's language."""
     parts = []
     for run in runs:
-        rows = [rd.MetricsRow.from_json(r) for r in read_all_rows(run / rd.METRICS)]
+        rows = [protocol.MetricsRow.from_json(r) for r in read_all_rows(run / protocol.METRICS)]
         for column in ("loss", "eval_loss"):
             kept = [{"step": r.step, column: getattr(r, column)} for r in rows if getattr(r, column) is not None]
             if kept:

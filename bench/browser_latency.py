@@ -49,14 +49,14 @@ SAMPLE = PROJECT_ROOT / "data" / "sample_zhenhuan.jsonl"  # the form's data file
 
 def make_live(run: Path) -> None:
     """Turn a finished run into a live one: this process stands in for its supervisor."""
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
 
     me = psutil.Process()
-    rd.write_json_atomic(run / rd.MANIFEST, {"pid": me.pid, "pgid": os.getpgid(me.pid),
+    protocol.write_json_atomic(run / protocol.MANIFEST, {"pid": me.pid, "pgid": os.getpgid(me.pid),
                                              "create_time": me.create_time(), "started": time.time()})
-    with open(run / rd.METRICS, "w") as f:
+    with open(run / protocol.METRICS, "w") as f:
         f.write(json.dumps(row(1)) + "\n")
-    rd.update_status(run, state=rd.RUNNING, step=1, total_steps=TOTAL, loss=12.0, eta_s=999.0)
+    protocol.update_status(run, state=protocol.RUNNING, step=1, total_steps=TOTAL, loss=12.0, eta_s=999.0)
 
 
 def row(step: int) -> dict:
@@ -66,11 +66,11 @@ def row(step: int) -> dict:
 
 
 def write_step(run: Path, step: int) -> float:
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
 
-    with open(run / rd.METRICS, "a") as f:
+    with open(run / protocol.METRICS, "a") as f:
         f.write(json.dumps(row(step)) + "\n")
-    rd.update_status(run, step=step, loss=row(step)["loss"])
+    protocol.update_status(run, step=step, loss=row(step)["loss"])
     return time.perf_counter()
 
 

@@ -27,27 +27,27 @@ PAGES = ["pages/data.py", "pages/train.py", "pages/monitor.py", "pages/chat.py",
 
 def make_runs(root: Path, n: int, log_gb: float) -> Path:
     from trainer_core.common import paths
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
     from trainer_core.config.run_config import load_config, save_config
 
     now = time.time()
     live = None
     for i in range(n):
         run = root / f"run-{i:03d}"
-        (run / rd.CHECKPOINTS / "checkpoint-200").mkdir(parents=True)
-        (run / rd.CHECKPOINTS / "checkpoint-200" / rd.COMPLETE_MARKER).write_text("{}")
-        save_config(load_config(paths.CONFIGS_DIR / "quickstart.yaml", [f"name=run-{i:03d}"]), run / rd.CONFIG)
-        with open(run / rd.METRICS, "w") as f:
+        (run / protocol.CHECKPOINTS / "checkpoint-200").mkdir(parents=True)
+        (run / protocol.CHECKPOINTS / "checkpoint-200" / protocol.COMPLETE_MARKER).write_text("{}")
+        save_config(load_config(paths.CONFIGS_DIR / "quickstart.yaml", [f"name=run-{i:03d}"]), run / protocol.CONFIG)
+        with open(run / protocol.METRICS, "w") as f:
             for s in range(1, 201):
                 f.write(json.dumps({"step": s, "total_steps": 200, "loss": 12 - s * 0.02, "lr": 1e-3,
                                     "grad_norm": 1.0, "tokens_per_s": 900.0, "label_tokens_per_s": 400.0,
                                     "elapsed_s": s * 1.0, "eta_s": 200.0 - s, "peak_mem_bytes": [2**30]}) + "\n")
-        (run / rd.LOG).write_text("step ok\n" * 100, encoding="utf-8")
-        rd.write_status(run, rd.Status(state=rd.COMPLETED, name=run.name, step=200, total_steps=200, loss=8.0,
+        (run / protocol.LOG).write_text("step ok\n" * 100, encoding="utf-8")
+        protocol.write_status(run, protocol.Status(state=protocol.COMPLETED, name=run.name, step=200, total_steps=200, loss=8.0,
                                        created=now - 3600 + i, ended=now - 3000 + i))
         live = run
     # The newest run gets a 1 GB log: a sparse hole followed by real lines, as a long run's log would end.
-    log = live / rd.LOG
+    log = live / protocol.LOG
     with open(log, "wb") as f:
         f.truncate(int(log_gb * 2**30))
         f.seek(0, os.SEEK_END)

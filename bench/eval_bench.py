@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer_core.config.run_config import load_config  # noqa: E402
 from trainer_core.evaluation import persona_eval as pe  # noqa: E402
-from trainer_core.runs import protocol as rd  # noqa: E402
+from trainer_core.runs import protocol  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
-    cfg = load_config(args.run / rd.CONFIG)
+    cfg = load_config(args.run / protocol.CONFIG)
     [(label, folder)] = pe.models_of(args.run, None)
     data = pe.held_out(cfg, args.records)
     probes = pe.Probes.load(pe.default_probes(cfg.data.persona))

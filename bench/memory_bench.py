@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: trainer_core importable
 from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 
-from trainer_core.runs import protocol as rd  # noqa: E402
+from trainer_core.runs import protocol  # noqa: E402
 from trainer_core.common.tailing import read_all_rows  # noqa: E402
 
 STARTER = PROJECT_ROOT / "models" / "qwen2-starter"
@@ -77,10 +77,10 @@ def measure(work: Path, model: Path, v: dict, name: str) -> dict:
     predicted = plan_memory(cfg).per_rank_device_bytes
     if proc.returncode != 0:
         return {**v, "predicted": predicted, "measured": None, "sampled": None,
-                "error": (run / rd.LOG).read_text(errors="replace")[-800:] if (run / rd.LOG).exists() else proc.stderr[-800:]}
-    peaks = [max(r["peak_mem_bytes"]) for r in read_all_rows(run / rd.METRICS) if r.get("peak_mem_bytes")]
-    sampled = [rk["rss_bytes"] for row in read_all_rows(run / rd.RESOURCES) for rk in row.get("ranks", [])]
-    shutil.rmtree(run / rd.FINAL, ignore_errors=True)
+                "error": (run / protocol.LOG).read_text(errors="replace")[-800:] if (run / protocol.LOG).exists() else proc.stderr[-800:]}
+    peaks = [max(r["peak_mem_bytes"]) for r in read_all_rows(run / protocol.METRICS) if r.get("peak_mem_bytes")]
+    sampled = [rk["rss_bytes"] for row in read_all_rows(run / protocol.RESOURCES) for rk in row.get("ranks", [])]
+    shutil.rmtree(run / protocol.FINAL, ignore_errors=True)
     return {**v, "predicted": predicted, "measured": max(peaks) if peaks else None,
             "sampled": max(sampled) if sampled else None}
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import DEFAULT_DATA, ROOT, data_file  # noqa: E402
 from bench.data_bench import BUILD_ROWS, measure, write_records  # noqa: E402
 from bench.train_bench import QUICKSTART, env, phase_table, hooks_env, read_phases  # noqa: E402
-from trainer_core.runs import protocol as rd  # noqa: E402
+from trainer_core.runs import protocol  # noqa: E402
 
 STARTER = ROOT / "models" / "qwen2-starter"
 BODIES = {"body-50M": 8, "body-100M": 16}  # layers of hidden 768, intermediate 2048, 12 heads / 4 KV heads
@@ -88,10 +88,10 @@ def train_point(work: Path, name: str, steps: int, sets: list[str], data: Path) 
     wall = time.perf_counter() - t
     run = work / "runs" / name
     if proc.returncode != 0:
-        log = run / rd.LOG
+        log = run / protocol.LOG
         tail = log.read_text(errors="replace")[-2500:] if log.is_file() else proc.stderr[-2500:]
         return {"recipe": name, "error": f"exit {proc.returncode}: {tail}"}
-    rows = [json.loads(line) for line in (run / rd.METRICS).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (run / protocol.METRICS).read_text().splitlines() if line.strip()]
     steps_rows = [r for r in rows if r.get("loss") is not None]
     gaps = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(steps_rows, steps_rows[1:])]  # the first step excluded
     peaks = [max(p) for p in zip(*[r["peak_mem_bytes"] for r in rows if r.get("peak_mem_bytes")])]

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from bench.common import DEFAULT_DATA, data_file  # noqa: E402
 from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 
-from trainer_core.runs import protocol as rd  # noqa: E402
+from trainer_core.runs import protocol  # noqa: E402
 from trainer_core.config.run_config import load_config  # noqa: E402
 from trainer_core.runs.orchestrate import create_run  # noqa: E402
 from trainer_core.runs.lifecycle import stop  # noqa: E402
@@ -58,16 +58,16 @@ def stop_seconds(data: Path, ranks: int, cap: int) -> float:
     t0 = time.time()
     s = stop(run).state
     dt = time.time() - t0
-    assert s.state == rd.STOPPED and rd.latest_checkpoint(run), s
+    assert s.state == protocol.STOPPED and protocol.latest_checkpoint(run), s
     return dt
 
 
 def tail_seconds(data: Path, ranks: int, cap: int) -> float:
     run = launch(data, ranks, cap, ["train.max_steps=6"])
-    s = wait(run, lambda s: s.phase not in (None, rd.PHASE_TRAINING) or s.terminal, 600, "the end of training")
+    s = wait(run, lambda s: s.phase not in (None, protocol.PHASE_TRAINING) or s.terminal, 600, "the end of training")
     t0 = time.time()
     s = wait(run, lambda s: s.terminal, 900, "completion")
-    assert s.state == rd.COMPLETED, s
+    assert s.state == protocol.COMPLETED, s
     return time.time() - t0
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_DATA, EVAL_MAX_LENGTH, data_file, encode_heldout, write_json  # noqa: E402
-from trainer_core.runs import protocol as rd  # noqa: E402
+from trainer_core.runs import protocol  # noqa: E402
 from trainer_core.common.paths import PROJECT_ROOT, STARTER_MODEL_DIR  # noqa: E402
 from trainer_core.common.tailing import read_all_rows  # noqa: E402
 
@@ -147,9 +147,9 @@ def run_ours(work: Path, name: str, config: Path, data: Path, heldout: Path, n_r
     proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=e, capture_output=True, text=True)
     run = work / "runs" / name
     if proc.returncode != 0:
-        log = (run / rd.LOG).read_text(errors="replace")[-3000:] if (run / rd.LOG).is_file() else proc.stderr[-3000:]
+        log = (run / protocol.LOG).read_text(errors="replace")[-3000:] if (run / protocol.LOG).is_file() else proc.stderr[-3000:]
         sys.exit(f"{name} failed (exit {proc.returncode}):\n{log}")
-    rows = read_all_rows(run / rd.METRICS)
+    rows = read_all_rows(run / protocol.METRICS)
     # Training time at each row: elapsed since on_train_begin minus the evaluations that ran before it.
     curve, eval_s, steps = [], 0.0, []
     for r in rows:
@@ -159,7 +159,7 @@ def run_ours(work: Path, name: str, config: Path, data: Path, heldout: Path, n_r
         if r.get("loss") is not None:
             steps.append((r["step"], r["elapsed_s"] - eval_s, r["label_tokens"], r["tokens"]))
     last = steps[-1]
-    final = run / rd.FINAL
+    final = run / protocol.FINAL
     return {
         "recipe": name,
         "run": str(run),

@@ -10,7 +10,7 @@ from app import train_form as form
 from app.data_view import resolve, shown_path
 from app.frame import require_frame
 from app.i18n import option_labels, say, t
-from app.state import active_run
+from app.tab_state import active_run
 from trainer_core.common.errors import UserError
 from trainer_core.models.inference import (MAX_NEW_TOKENS_RANGE, REPETITION_PENALTY_RANGE, TEMPERATURE_RANGE,
                                            TOP_P_RANGE, GenParams, ReplyHandle)

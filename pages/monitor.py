@@ -5,9 +5,9 @@ import streamlit as st
 from app import monitor_view as mv
 from app.frame import require_frame
 from app.i18n import say, t
-from app.state import active_run, runs_or_stop, set_active_run
+from app.tab_state import active_run, runs_or_stop, set_active_run
 from trainer_core.common.errors import UserError
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs.lifecycle import resume
 from trainer_core.runs.state import read_state
 
@@ -20,16 +20,16 @@ st.selectbox(t("mon.run"), list(runs), key="mon.run", on_change=lambda: set_acti
 run = runs[st.session_state["mon.run"]]
 s = read_state(run)
 
-if s.state == rd.FAILED:
+if s.state == protocol.FAILED:
     st.error(t("mon.failed", error=mv.failure_reason(s)), icon=":material/error:")
-elif s.state == rd.COMPLETED:
+elif s.state == protocol.COMPLETED:
     st.success(t("mon.completed"), icon=":material/task_alt:")
     if s.note_text is not None or s.note:  # how it ended, when something died after final/ was complete
         st.caption(say(s.note_text) if s.note_text is not None else s.note)
     if st.button(t("mon.chat_now"), key="mon.chat_now", icon=":material/chat:"):
         st.session_state["chat.open"] = run.name  # the Chat page opens on this run, whatever it showed before
         st.switch_page("pages/chat.py")
-elif s.state == rd.STOPPED:
+elif s.state == protocol.STOPPED:
     st.info(t("mon.stopped", checkpoints=", ".join(map(str, s.checkpoints)) or "-"), icon=":material/pause:")
 elif s.supervisor_lost:
     st.warning(t("mon.supervisor_lost", n=s.supervisor_lost), icon=":material/warning:")
@@ -38,14 +38,14 @@ elif s.heartbeat_age_s is not None:  # launched by launch_node.sh or Slurm: no s
 
 row = st.container(horizontal=True)  # one row of buttons, each as wide as its label
 if row.button(t("mon.stop"), key="mon.stop", icon=":material/save:", help=t("mon.stop_help"),
-               disabled=s.state not in (rd.STARTING, rd.RUNNING)):
+               disabled=s.state not in (protocol.STARTING, protocol.RUNNING)):
     mv.stop_in_background(run, force=False)
     st.toast(t("mon.stop_requested"))
 can_force = s.alive and not s.terminal
 if row.button(t("mon.force_stop"), key="mon.force_stop", icon=":material/dangerous:", help=t("mon.force_help"),
                disabled=not can_force):
     st.session_state["mon.force_confirm"] = run.name  # nothing is saved: ask first, as Delete does
-resumable = s.state in (rd.STOPPED, rd.FAILED)
+resumable = s.state in (protocol.STOPPED, protocol.FAILED)
 if row.button(t("mon.resume"), key="mon.resume", icon=":material/play_arrow:", help=t("mon.resume_help"),
                disabled=not resumable):
     try:

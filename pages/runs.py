@@ -8,7 +8,7 @@ from app import runs_view as rv
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
-from app.state import active_run, runs_or_stop, set_active_run
+from app.tab_state import active_run, runs_or_stop, set_active_run
 from trainer_core.common.errors import UserError
 from trainer_core.runs.orchestrate import launch
 from trainer_core.runs.registry import delete_run

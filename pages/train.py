@@ -9,7 +9,7 @@ from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
 from app.qwen1_import_view import offer_qwen1_import
-from app.state import set_active_run
+from app.tab_state import set_active_run
 from trainer_core.common.errors import UserError
 from trainer_core.config.memory import fmt_bytes
 from trainer_core.runs.orchestrate import launch

@@ -103,7 +103,7 @@ def main(rank: int, port: int, run: Path) -> None:
     from transformers import TrainerControl, TrainerState
 
     from trainer_core.config.run_config import RunConfig
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
     from trainer_core.training import ranks
     from trainer_core.training.callbacks import RunDirCallback
     from trainer_core.training.trainer import TokenCounts
@@ -129,7 +129,7 @@ def main(rank: int, port: int, run: Path) -> None:
     seen["eval"] = ranks.all_reduce_floats([0.5 * (rank + 1), float(rank + 2)])
 
     if rank == 0:
-        rd.request(run, rd.SAVE_AND_STOP)  # only rank 0 reads control.json: no race with rank 1
+        protocol.request(run, protocol.SAVE_AND_STOP)  # only rank 0 reads control.json: no race with rank 1
     state.global_step = 2
     cb.on_step_end(None, state, control)  # stop agreement, with a request
     seen["stop_on_request"] = control.should_training_stop
@@ -140,7 +140,7 @@ def main(rank: int, port: int, run: Path) -> None:
     seen["lost"], seen["lost_cause"] = cb.lost, ranks.LOST.get("cause")
 
     if rank == 0:
-        rd.checkpoint_dir(run, state.global_step).mkdir(parents=True)
+        protocol.checkpoint_dir(run, state.global_step).mkdir(parents=True)
     cb.on_save(None, state, control)  # checkpoint barrier, then rank 0 marks it complete
     ranks.barrier()  # save_final's barriers
     cb.on_train_end(None, state, control)

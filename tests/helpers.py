@@ -43,10 +43,10 @@ def warm_pages_manager(monkeypatch) -> None:
 
 def run_pids(run: Path) -> list[int]:
     """Every living process of a run (its supervisor's process group), from its manifest."""
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
     from trainer_core.runs.processes import members
 
-    return [p.pid for p in members(run, rd.read_json(run / rd.MANIFEST) or {})]
+    return [p.pid for p in members(run, protocol.read_json(run / protocol.MANIFEST) or {})]
 
 
 def rank_pids(run: Path) -> list[int]:

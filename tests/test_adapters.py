@@ -18,7 +18,7 @@ from trainer_core.config.run_config import RunConfig, config_from_dict, load_con
 from trainer_core.config.sections import LoraArgs, ModelArgs, TrainArgs
 from trainer_core.models import adapters
 from trainer_core.runs import preflight
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 QUICKSTART = "configs/quickstart.yaml"
 STARTER_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -174,17 +174,17 @@ def adapter_run(tmp_path, starter_model):
     run.mkdir()
     cfg = load_config(QUICKSTART, ["train.method=lora", "name=lora-run"])
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(starter_model)))
-    save_config(cfg, run / rd.CONFIG)
+    save_config(cfg, run / protocol.CONFIG)
     torch.manual_seed(0)
     model = adapters.wrap_for_training(AutoModelForCausalLM.from_pretrained(starter_model), cfg)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    final = run / rd.FINAL
+    final = run / protocol.FINAL
     model.save_pretrained(final)
     AutoTokenizer.from_pretrained(starter_model).save_pretrained(final)
-    rd.mark_complete(final, {})
+    protocol.mark_complete(final, {})
     return run
 
 
@@ -192,9 +192,9 @@ def test_merged_export_equals_base_plus_adapter_and_loads_without_peft(adapter_r
     proc = cli("export", str(adapter_run), "--merge", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = Path(proc.stdout.strip().splitlines()[-1])
-    assert out == adapter_run / "exports" / "final-merged" and (out / rd.COMPLETE_MARKER).is_file()
+    assert out == adapter_run / "exports" / "final-merged" and (out / protocol.COMPLETE_MARKER).is_file()
     assert not (out / adapters.ADAPTER_CONFIG).exists() and (out / "tokenizer.json").is_file()
-    assert json.loads((out / rd.PERSONA).read_text())["persona"]
+    assert json.loads((out / protocol.PERSONA).read_text())["persona"]
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys  # tied: stored once
@@ -202,7 +202,7 @@ def test_merged_export_equals_base_plus_adapter_and_loads_without_peft(adapter_r
 
     merged = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no peft
     assert not hasattr(merged, "peft_config")
-    unmerged, base_dir = adapters.load_with_adapter(adapter_run / rd.FINAL)
+    unmerged, base_dir = adapters.load_with_adapter(adapter_run / protocol.FINAL)
     assert base_dir == Path(starter_model).resolve() or base_dir == Path(starter_model)
     ids = torch.randint(0, 151000, (2, 32))
     with torch.no_grad():
@@ -222,8 +222,8 @@ def test_export_without_merge_copies_the_adapter(adapter_run):
 
 
 def test_merge_of_a_full_run_is_refused_in_one_line(adapter_run):
-    cfg = load_config(adapter_run / rd.CONFIG, ["train.method=full"])
-    save_config(cfg, adapter_run / rd.CONFIG)
+    cfg = load_config(adapter_run / protocol.CONFIG, ["train.method=full"])
+    save_config(cfg, adapter_run / protocol.CONFIG)
     proc = cli("export", str(adapter_run), "--merge", timeout=300)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "--merge applies to lora and qlora runs" in proc.stderr
@@ -234,17 +234,17 @@ def test_chat_loads_base_plus_adapter_unmerged(adapter_run):
 
     from trainer_core.models.inference import load_chat_model
 
-    model, tok = load_chat_model(adapter_run / rd.FINAL)
+    model, tok = load_chat_model(adapter_run / protocol.FINAL)
     assert isinstance(model, PeftModel) and tok.convert_tokens_to_ids("<|im_end|>") == 151645
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     assert hasattr(layer, "lora_A") and not layer.merged  # the adapter is applied, not merged into the base
 
 
 def test_an_adapter_whose_base_moved_is_refused_naming_it(adapter_run, tmp_path):
-    config = adapter_run / rd.FINAL / adapters.ADAPTER_CONFIG
+    config = adapter_run / protocol.FINAL / adapters.ADAPTER_CONFIG
     info = json.loads(config.read_text())
     info["base_model_name_or_path"] = str(tmp_path / "gone")
     config.write_text(json.dumps(info))
     with pytest.raises(UserError) as e:
-        adapters.load_with_adapter(adapter_run / rd.FINAL)
+        adapters.load_with_adapter(adapter_run / protocol.FINAL)
     assert e.value.code == "models.adapter_base_missing" and "gone" in str(e.value)

@@ -24,7 +24,7 @@ from app.i18n import EN, LABELS, ZH
 from app.messages_zh import MESSAGES_ZH
 from helpers import warm_pages_manager
 from trainer_core.common import paths
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.config.hardware import detect
 from trainer_core.config.run_config import load_config, save_config
 from trainer_core.common.paths import PROJECT_ROOT
@@ -78,37 +78,37 @@ def make_run(root: Path, name: str, state: str, *, steps: int = 8, error: str | 
              log: list[str] = (), alive: bool = False) -> Path:
     """A run directory as the trainer and supervisor leave it (or, with alive=True, as a live run looks)."""
     run = root / name
-    (run / rd.CHECKPOINTS).mkdir(parents=True)
+    (run / protocol.CHECKPOINTS).mkdir(parents=True)
     cfg = load_config(paths.CONFIGS_DIR / "quickstart.yaml", [f"name={name}", "train.epochs=1"])
-    save_config(cfg, run / rd.CONFIG)
+    save_config(cfg, run / protocol.CONFIG)
     t0 = time.time() - 60
-    with open(run / rd.METRICS, "w") as f:
+    with open(run / protocol.METRICS, "w") as f:
         for s in range(1, steps + 1):
             f.write(json.dumps({"step": s, "total_steps": 10, "loss": 12 - s * 0.3, "eval_loss": None, "lr": 1e-3,
                                 "grad_norm": 1.1, "tokens_per_s": 500.0, "label_tokens_per_s": 250.0,
                                 "elapsed_s": s * 2.0, "eta_s": 10.0, "peak_mem_bytes": [2**30]}) + "\n")
         f.write(json.dumps({"step": steps, "total_steps": 10, "loss": None, "eval_loss": 11.5}) + "\n")
-    with open(run / rd.RESOURCES, "w") as f:
+    with open(run / protocol.RESOURCES, "w") as f:
         for i in range(5):
             f.write(json.dumps({"time": t0 + 2 * i, "ranks": [{"pid": 1, "rank": 0, "rss_bytes": 2**30}],
                                 "host_used_bytes": 8 * 2**30, "host_total_bytes": 16 * 2**30}) + "\n")
-    (run / rd.LOG).write_text("\n".join(["step 1 ok", *log]) + "\n", encoding="utf-8")
-    ckpt = run / rd.CHECKPOINTS / f"checkpoint-{steps}"
+    (run / protocol.LOG).write_text("\n".join(["step 1 ok", *log]) + "\n", encoding="utf-8")
+    ckpt = run / protocol.CHECKPOINTS / f"checkpoint-{steps}"
     ckpt.mkdir()
-    (ckpt / rd.COMPLETE_MARKER).write_text("{}")
+    (ckpt / protocol.COMPLETE_MARKER).write_text("{}")
     if final:
-        (run / rd.FINAL).mkdir()
+        (run / protocol.FINAL).mkdir()
         for f in paths.STARTER_MODEL_DIR.iterdir():
-            (run / rd.FINAL / f.name).symlink_to(f)
-        (run / rd.FINAL / "persona.json").write_text(json.dumps({"persona": "你是华妃"}), encoding="utf-8")
-        (run / rd.FINAL / rd.COMPLETE_MARKER).write_text("{}")
+            (run / protocol.FINAL / f.name).symlink_to(f)
+        (run / protocol.FINAL / "persona.json").write_text(json.dumps({"persona": "你是华妃"}), encoding="utf-8")
+        (run / protocol.FINAL / protocol.COMPLETE_MARKER).write_text("{}")
     status = {"state": state, "created": t0, "ended": t0 + 50, "name": name, "step": steps, "total_steps": 10,
               "loss": 12 - steps * 0.3, "eval_loss": 11.5, "eta_s": 4.0, "error": error}
     if alive:  # this test process stands in for the supervisor: alive, with the start time recorded
         me = psutil.Process()
-        rd.write_json_atomic(run / rd.MANIFEST, {"pid": me.pid, "pgid": os.getpgid(me.pid),
+        protocol.write_json_atomic(run / protocol.MANIFEST, {"pid": me.pid, "pgid": os.getpgid(me.pid),
                                                  "create_time": me.create_time(), "started": t0})
-    rd.write_json_atomic(run / rd.STATUS, status)
+    protocol.write_json_atomic(run / protocol.STATUS, status)
     return run
 
 
@@ -419,12 +419,12 @@ def test_monitor_says_why_a_run_failed_in_chinese(app, runs_root):
 def test_monitor_judges_an_external_run_by_its_heartbeat(app, runs_root):
     """A Slurm-launched run has no supervisor: the page says so while rank 0 beats, and shows it failed after."""
     run = make_run(runs_root, "slurm", "running")
-    rd.write_json_atomic(run / rd.HEARTBEAT, {"time": time.time() - 12, "host": "node0", "pid": 1})
+    protocol.write_json_atomic(run / protocol.HEARTBEAT, {"time": time.time() - 12, "host": "node0", "pid": 1})
     goto(app, "pages/monitor.py")
     shown = [c.value for c in app.caption if c.value.startswith(ZH["mon.external"].split("{age}")[0])]
     assert shown and shown[0] in [ZH["mon.external"].format(age=str(a)) for a in (12, 13, 14)]
     assert app.button(key="mon.stop").disabled is False and app.button(key="mon.force_stop").disabled is True
-    rd.write_json_atomic(run / rd.HEARTBEAT, {"time": time.time() - rd.HEARTBEAT_STALE_S - 60, "host": "node0",
+    protocol.write_json_atomic(run / protocol.HEARTBEAT, {"time": time.time() - protocol.HEARTBEAT_STALE_S - 60, "host": "node0",
                                              "pid": 1})
     app.run()
     assert app.error[0].value == ZH["mon.failed"].format(error=MESSAGES_ZH["runs.lost_heartbeat"].format(minutes=6))
@@ -445,7 +445,7 @@ def test_a_fresh_session_reattaches_to_a_live_run(runs_root, uploads, starter_mo
     make_run(runs_root, "older", "completed", final=True)
     time.sleep(0.05)
     make_run(runs_root, "live", "running", alive=True)
-    (runs_root / "older" / rd.CONFIG).touch()  # newest by mtime, yet the live run wins
+    (runs_root / "older" / protocol.CONFIG).touch()  # newest by mtime, yet the live run wins
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert not at.exception
     card = [m.value for m in at.sidebar.markdown] + [t.value for t in at.sidebar.text]
@@ -562,7 +562,7 @@ def test_beyond_loopback_nothing_is_served_without_the_password(runs_root, uploa
 def test_monitor_shows_the_phase_with_progress_and_no_eta_once_training_is_over(app, runs_root):
     """Evaluation at the end of training is named with its progress, instead of a stale ETA under 'running'."""
     run = make_run(runs_root, "evaluating", "running", alive=True)
-    rd.update_status(run, phase="evaluating", phase_done=3, phase_total=12)
+    protocol.update_status(run, phase="evaluating", phase_done=3, phase_total=12)
     goto(app, "pages/monitor.py")
     progress = app.get("progress")[0].proto.text
     assert f"{ZH['state.running']} · {ZH['phase.evaluating']} 3/12" in progress, progress
@@ -585,7 +585,7 @@ def test_monitor_warns_when_the_ranks_outlive_their_supervisor(app, runs_root):
                              env={**os.environ, RUN_DIR_ENV: str(run)})
     try:
         # The manifest names a supervisor that is gone (pid 1's start time does not match) and the ranks' group.
-        rd.write_json_atomic(run / rd.MANIFEST, {"pid": 1, "create_time": 0.0, "pgid": ranks.pid})
+        protocol.write_json_atomic(run / protocol.MANIFEST, {"pid": 1, "create_time": 0.0, "pgid": ranks.pid})
         goto(app, "pages/monitor.py")
         assert app.warning and app.warning[0].value == ZH["mon.supervisor_lost"].format(n=1)
         assert app.button(key="mon.force_stop").disabled is False

@@ -21,7 +21,7 @@ from app.i18n import EN, ZH
 from test_app_pages import app, goto, make_run, texts, uploads, warm_server  # noqa: F401 (fixtures)
 from app.data_view import shown_path
 from trainer_core.common import paths
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 STARTER = shown_path(paths.STARTER_MODEL_DIR)  # as the page shows it: relative to the project where it lies inside
 
@@ -137,7 +137,7 @@ def test_run_time_survives_resume_and_is_the_same_measure_on_monitor_and_runs(ap
     """A resumed run: a first segment of 100 s, then the live one (started 60 s ago by make_run's manifest). Both
     pages show the sum, not the live segment alone, nor the trainer's per-segment elapsed_s (16 s here)."""
     run = make_run(runs_root, "resumed", "running", alive=True)
-    rd.update_status(run, segments=[[time.time() - 1000, time.time() - 900]])
+    protocol.update_status(run, segments=[[time.time() - 1000, time.time() - 900]])
     goto(app, "pages/monitor.py")
     shown = {m.label: m for m in app.metric}[ZH["mon.elapsed"]]
     assert 159 <= _seconds(shown.value) <= 165, shown.value
@@ -149,7 +149,7 @@ def test_run_time_survives_resume_and_is_the_same_measure_on_monitor_and_runs(ap
 
 def test_runs_table_shows_a_dash_for_a_missing_eval_loss(app, runs_root):
     run = make_run(runs_root, "no-eval", "completed")
-    rd.update_status(run, eval_loss=None)
+    protocol.update_status(run, eval_loss=None)
     goto(app, "pages/runs.py")
     row = app.dataframe[0].value.set_index("name").loc["no-eval"]
     assert row["eval loss"] == "-" and row["final loss"] == "9.6000"
@@ -255,7 +255,7 @@ def test_force_stop_asks_first(app, runs_root):
                                   env={**os.environ, RUN_DIR_ENV: str(run)})
     try:
         proc = psutil.Process(supervisor.pid)
-        rd.write_json_atomic(run / rd.MANIFEST, {"pid": proc.pid, "pgid": proc.pid, "create_time": proc.create_time(),
+        protocol.write_json_atomic(run / protocol.MANIFEST, {"pid": proc.pid, "pgid": proc.pid, "create_time": proc.create_time(),
                                                  "started": time.time() - 60})
         goto(app, "pages/monitor.py")
         app.button(key="mon.force_stop").click().run()
@@ -281,9 +281,9 @@ def test_resume_from_a_chosen_checkpoint(app, runs_root, monkeypatch):
     from trainer_core.runs import lifecycle
 
     run = make_run(runs_root, "paused", "stopped", steps=8)
-    (run / rd.CHECKPOINTS / "checkpoint-4").mkdir()
-    (run / rd.CHECKPOINTS / "checkpoint-4" / rd.COMPLETE_MARKER).write_text("{}")
-    (run / rd.CHECKPOINTS / "checkpoint-6").mkdir()  # partial: never offered
+    (run / protocol.CHECKPOINTS / "checkpoint-4").mkdir()
+    (run / protocol.CHECKPOINTS / "checkpoint-4" / protocol.COMPLETE_MARKER).write_text("{}")
+    (run / protocol.CHECKPOINTS / "checkpoint-6").mkdir()  # partial: never offered
     started = []
     monkeypatch.setattr(lifecycle, "start", lambda run, detach, resume_from: started.append(resume_from))
     goto(app, "pages/monitor.py")
@@ -293,8 +293,8 @@ def test_resume_from_a_chosen_checkpoint(app, runs_root, monkeypatch):
     box.set_value(4).run()
     assert ZH["mon.resume_drops"].format(step=4, later="8") in texts(app, "warning")
     app.button(key="mon.resume").click().run()
-    assert not app.exception and started == [run / rd.CHECKPOINTS / "checkpoint-4"]
-    assert sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
+    assert not app.exception and started == [run / protocol.CHECKPOINTS / "checkpoint-4"]
+    assert sorted(p.name for p in (run / protocol.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
 
 
 def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
@@ -302,9 +302,9 @@ def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
     from trainer_core.data.step_estimate import estimate_total_steps
 
     run = make_run(runs_root, "starting", "starting", steps=0, alive=True)
-    rd.update_status(run, step=0, total_steps=None)
-    (run / rd.METRICS).unlink()
-    expected = estimate_total_steps(load_config(run / rd.CONFIG))
+    protocol.update_status(run, step=0, total_steps=None)
+    (run / protocol.METRICS).unlink()
+    expected = estimate_total_steps(load_config(run / protocol.CONFIG))
     assert expected > 0
     goto(app, "pages/monitor.py")
     step = {m.label: m for m in app.metric}[ZH["mon.step"]]
@@ -316,14 +316,14 @@ def test_a_toast_says_when_the_followed_run_ends_while_on_another_page(app, runs
     run = make_run(runs_root, "r", "running", alive=True)
     goto(app, "pages/data.py")
     assert not app.toast
-    rd.update_status(run, state="completed")
+    protocol.update_status(run, state="completed")
     app.run()
     assert [x.value for x in app.toast] == [ZH["frame.ended.completed"].format(name="r")]
     # On the Monitor the page itself says so: no toast there.
     other = make_run(runs_root, "s", "running", alive=True)
     goto(app, "pages/monitor.py")
     app.selectbox(key="mon.run").set_value("s").run()
-    rd.update_status(other, state="failed", error="boom")
+    protocol.update_status(other, state="failed", error="boom")
     app.run()
     assert not app.toast
 
@@ -342,7 +342,7 @@ def test_monitor_smooths_the_loss_and_draws_over_epochs_or_tokens(app, runs_root
              "eval_loss": None, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 500.0, "label_tokens_per_s": 250.0}
             for s in range(1, 9)]
     rows.append({"step": 8, "epoch": 2.0, "tokens": 8000, "loss": None, "eval_loss": 11.0})
-    (run / rd.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / protocol.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     goto(app, "pages/monitor.py")
 
     def loss_spec() -> dict:
@@ -365,7 +365,7 @@ def test_runs_compare_shows_eval_loss_and_the_config_differences(app, runs_root)
 
     make_run(runs_root, "a", "completed")
     b = make_run(runs_root, "b", "completed")
-    save_config(load_config(b / rd.CONFIG, ["train.learning_rate=2e-5"]), b / rd.CONFIG)
+    save_config(load_config(b / protocol.CONFIG, ["train.learning_rate=2e-5"]), b / protocol.CONFIG)
     goto(app, "pages/runs.py")
     spec = json.loads(app.get("vega_lite_chart")[0].proto.spec)
     assert spec["encoding"]["strokeDash"]["scale"]["domain"] == [ZH["mon.loss"], ZH["mon.eval_loss"]]
@@ -376,7 +376,7 @@ def test_runs_compare_shows_eval_loss_and_the_config_differences(app, runs_root)
     # Same configs (but the name): said in words, no table.
     app.multiselect(key="p.runs.compare").set_value(["a"]).run()
     assert len(app.dataframe) == 1
-    save_config(load_config(b / rd.CONFIG, ["train.learning_rate=0.008"]), b / rd.CONFIG)
+    save_config(load_config(b / protocol.CONFIG, ["train.learning_rate=0.008"]), b / protocol.CONFIG)
     app.multiselect(key="p.runs.compare").set_value(["a", "b"]).run()
     assert ZH["runs.no_diff"] in texts(app, "caption")
 
@@ -412,12 +412,12 @@ def test_runs_page_offers_the_model_as_a_streamed_zip_and_the_config_yaml(app, r
     run = make_run(runs_root, "done", "completed", final=True)
     before = sorted(p.name for p in run.iterdir())
     goto(app, "pages/runs.py")
-    size = sum(f.stat().st_size for f in (run / rd.FINAL).iterdir() if f.name != rd.COMPLETE_MARKER)
+    size = sum(f.stat().st_size for f in (run / protocol.FINAL).iterdir() if f.name != protocol.COMPLETE_MARKER)
     (link,) = _links(app)
     assert ZH["dl.model"].format(name="done-final", size=fmt_bytes(size)) in link
     assert 'download="done-final.zip"' in link and "/studio-download/" in link
     token = link.split("/studio-download/")[1].split("/")[0]
-    assert file_route.lookup(token).folder == (run / rd.FINAL).resolve()
+    assert file_route.lookup(token).folder == (run / protocol.FINAL).resolve()
     assert ZH["dl.config"] in [b.proto.label for b in app.get("download_button")]
     app.run()
     assert _links(app) == [link] and len(file_route._grants) == 1, "a rerun reuses the tab's link"
@@ -430,7 +430,7 @@ def test_without_the_route_the_runs_page_names_the_folder(app, runs_root):
     run = make_run(runs_root, "done", "completed", final=True)
     goto(app, "pages/runs.py")
     assert not _links(app)
-    assert ZH["dl.no_route"].format(name="done-final", path=str(run / rd.FINAL)) in [c.value for c in app.caption]
+    assert ZH["dl.no_route"].format(name="done-final", path=str(run / protocol.FINAL)) in [c.value for c in app.caption]
 
 
 def test_the_zip_streams_the_whole_model_folder_in_chunks(runs_root, starter_model, tmp_path):
@@ -446,12 +446,12 @@ def test_the_zip_streams_the_whole_model_folder_in_chunks(runs_root, starter_mod
     run = make_run(runs_root, "done", "completed", final=True)
     big = tmp_path / "model-00002-of-00002.safetensors"
     big.write_bytes(os.urandom(1024) * (64 * 1024))
-    (run / rd.FINAL / big.name).symlink_to(big)
+    (run / protocol.FINAL / big.name).symlink_to(big)
     before = sorted(p.name for p in run.rglob("*"))
     tracemalloc.start()
     blocks, total, largest = 0, 0, 0
     with open(tmp_path / "out.zip", "wb") as out:
-        for block in zip_chunks(run / rd.FINAL, "done-final"):
+        for block in zip_chunks(run / protocol.FINAL, "done-final"):
             blocks, total, largest = blocks + 1, total + len(block), max(largest, len(block))
             out.write(block)
     peak = tracemalloc.get_traced_memory()[1]
@@ -462,7 +462,7 @@ def test_the_zip_streams_the_whole_model_folder_in_chunks(runs_root, starter_mod
     with zipfile.ZipFile(io.BytesIO((tmp_path / "out.zip").read_bytes())) as zf:
         assert zf.testzip() is None
         names = sorted(zf.namelist())
-        expected = sorted(f"done-final/{f.name}" for f in (run / rd.FINAL).iterdir() if f.name != rd.COMPLETE_MARKER)
+        expected = sorted(f"done-final/{f.name}" for f in (run / protocol.FINAL).iterdir() if f.name != protocol.COMPLETE_MARKER)
         assert names == expected and "done-final/persona.json" in names and "done-final/model.safetensors" in names
         assert zf.read("done-final/model.safetensors") == (starter_model / "model.safetensors").read_bytes()
         assert zf.read(f"done-final/{big.name}") == big.read_bytes()
@@ -473,9 +473,9 @@ def test_an_incomplete_folder_is_not_zipped(runs_root):
     from trainer_core.models.archive import zip_chunks
 
     run = make_run(runs_root, "done", "completed", final=True)
-    (run / rd.FINAL / rd.COMPLETE_MARKER).unlink()
+    (run / protocol.FINAL / protocol.COMPLETE_MARKER).unlink()
     with pytest.raises(UserError) as e:
-        next(zip_chunks(run / rd.FINAL, "done-final"))
+        next(zip_chunks(run / protocol.FINAL, "done-final"))
     assert e.value.code == "models.archive_incomplete"
 
 
@@ -578,7 +578,7 @@ def test_stop_ends_the_reply_being_written_and_keeps_it_marked_stopped(app, runs
 
 def _checkpoint_model(run, step: int) -> None:
     """Make checkpoint-N of a hand-written run chat-ready: the starter model's files, as final/ has them."""
-    ckpt = run / rd.CHECKPOINTS / f"checkpoint-{step}"
+    ckpt = run / protocol.CHECKPOINTS / f"checkpoint-{step}"
     for f in paths.STARTER_MODEL_DIR.iterdir():
         (ckpt / f.name).symlink_to(f)
 

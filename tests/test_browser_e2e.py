@@ -26,7 +26,7 @@ import pytest
 from bench.nav_recorder import NAV_RECORDER
 from helpers import free_port
 from trainer_core.common.paths import PROJECT_ROOT
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -194,8 +194,8 @@ def walk_through(page, server: Server, expect) -> None:
     settle(page)
     shot(page, "4-monitor-done-zh")
     assert (run / "final" / "COMPLETE").is_file()
-    assert f"resuming from {run / rd.CHECKPOINTS / f'checkpoint-{older}'}" in (run / rd.LOG).read_text()
-    steps = [r["step"] for r in map(json.loads, (run / rd.METRICS).read_text().splitlines()) if r.get("loss")]
+    assert f"resuming from {run / protocol.CHECKPOINTS / f'checkpoint-{older}'}" in (run / protocol.LOG).read_text()
+    steps = [r["step"] for r in map(json.loads, (run / protocol.METRICS).read_text().splitlines()) if r.get("loss")]
     assert steps.count(older + 1) == 1, f"the abandoned steps after {older} are still in the metrics: {steps}"
     download_export(page, run, tmp, expect)
     chat_and_stop(page, expect)
@@ -354,12 +354,12 @@ def watch_and_restart(page, server: Server, expect) -> Path:
 def stop_then_resume_from_older(page, run: Path, expect) -> int:
     """Stop once two checkpoints exist (Stop saves one more), then resume from the older of the two kept."""
     deadline = time.time() + 300
-    while len(rd.complete_checkpoints(run)) < 1 and time.time() < deadline:
+    while len(protocol.complete_checkpoints(run)) < 1 and time.time() < deadline:
         time.sleep(0.5)
     page.get_by_role("button", name="停止（先保存）").click()
     expect(page.get_by_text("已停止。完整检查点")).to_be_visible(timeout=300_000)
     settle(page)
-    steps = [rd.checkpoint_step(c) for c in rd.complete_checkpoints(run)]
+    steps = [protocol.checkpoint_step(c) for c in protocol.complete_checkpoints(run)]
     assert len(steps) >= 2, f"stop left {steps}"
     older = steps[-2]
     page.locator(f".st-key-mon-resume_step-{run.name}").click()
@@ -394,7 +394,7 @@ def download_export(page, run: Path, tmp: Path, expect) -> None:
         assert zf.testzip() is None
         names = {n.split("/", 1)[1] for n in zf.namelist()}
         assert all(n.startswith(f"{run.name}-{export.name}/") for n in zf.namelist())
-    on_disk = {p.name for p in export.iterdir() if p.name != rd.COMPLETE_MARKER}
+    on_disk = {p.name for p in export.iterdir() if p.name != protocol.COMPLETE_MARKER}
     assert names == on_disk, (names, on_disk)
     assert {"model.safetensors", "config.json", "tokenizer.json", "persona.json"} <= names, names
     assert not [p for p in (run / "exports").iterdir() if p.suffix == ".zip"], "no archive copy is left on disk"

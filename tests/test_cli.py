@@ -10,7 +10,7 @@ import yaml
 
 from helpers import cli, quick_sets
 from trainer_core.common.paths import PROJECT_ROOT
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "huanhuan.json"
 QUICKSTART = "configs/quickstart.yaml"
@@ -166,8 +166,8 @@ def test_remote_code_model_trains_with_chatml_when_trusted(runs_root, remote_cod
                                                   "train.max_steps": 4, "data.eval_ratio": 0}))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = Path(proc.stdout.strip().splitlines()[-1])
-    assert rd.read_status(run).state == rd.COMPLETED
-    final = run / rd.FINAL
+    assert protocol.read_status(run).state == protocol.COMPLETED
+    final = run / protocol.FINAL
     assert (final / "model.safetensors").is_file() and list(final.glob("*.py")), "custom code travels with final/"
     reply = cli("chat", str(run), "--trust-remote-code", "--prompt", "你是谁", "--max-new-tokens", "5", check=True)
     assert reply.returncode == 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from helpers import free_port
 
 from trainer_core.common.paths import PROJECT_ROOT
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 RANK = Path(__file__).with_name("device_only_rank.py")
 
@@ -45,7 +45,7 @@ def test_rank_collectives_use_the_accelerator_device(tmp_path):
         assert s["stop_without_request"] is False and s["stop_on_request"] is True and s["lost"] is True
         assert s["eval"] == [1.5, 5.0]
     assert seen[0]["lost_cause"] == "rank 1's watchdog fired"  # rank 0 learnt rank 1's cause through gather
-    rows = [json.loads(line) for line in (run / rd.METRICS).read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / protocol.METRICS).read_text().splitlines()]
     assert [(r["tokens"], r["label_tokens"], len(r["peak_mem_bytes"])) for r in rows] == [(300, 30, 2)]
-    assert rd.read_status(run).last_checkpoint == 2
-    assert (rd.checkpoint_dir(run, 2) / rd.COMPLETE_MARKER).is_file()
+    assert protocol.read_status(run).last_checkpoint == 2
+    assert (protocol.checkpoint_dir(run, 2) / protocol.COMPLETE_MARKER).is_file()

@@ -22,7 +22,7 @@ import pytest
 from app import file_route
 from helpers import free_port
 from test_app_pages import make_run
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +62,8 @@ def test_a_granted_folder_downloads_as_a_zip_streamed_in_blocks(server, runs_roo
     run = make_run(runs_root, "done", "completed", final=True)
     big = tmp_path / "model-00002-of-00002.safetensors"
     big.write_bytes(os.urandom(1024) * (64 * 1024))
-    (run / rd.FINAL / big.name).symlink_to(big)
-    url, expires = file_route.grant(run / rd.FINAL, "done-final")
+    (run / protocol.FINAL / big.name).symlink_to(big)
+    url, expires = file_route.grant(run / protocol.FINAL, "done-final")
     assert expires > time.time() + file_route.GRANT_TTL_S - 5 and url.endswith("/done-final.zip")
     tracemalloc.start()
     try:
@@ -81,19 +81,19 @@ def test_a_granted_folder_downloads_as_a_zip_streamed_in_blocks(server, runs_roo
     with zipfile.ZipFile(io.BytesIO((tmp_path / "got.zip").read_bytes())) as zf:
         assert zf.testzip() is None
         assert zf.read(f"done-final/{big.name}") == big.read_bytes()
-        on_disk = sorted(p.name for p in (run / rd.FINAL).iterdir() if p.name != rd.COMPLETE_MARKER)
+        on_disk = sorted(p.name for p in (run / protocol.FINAL).iterdir() if p.name != protocol.COMPLETE_MARKER)
         assert sorted(n.split("/", 1)[1] for n in zf.namelist()) == on_disk
 
 
 def test_unknown_expired_and_incomplete_are_refused(server, runs_root):
     run = make_run(runs_root, "done", "completed", final=True)
-    url, _ = file_route.grant(run / rd.FINAL, "done-final")
+    url, _ = file_route.grant(run / protocol.FINAL, "done-final")
     token = url.split("/")[-2]
     status, _, body = fetch(server + url.replace(token, "x" * len(token)))
     assert status == 404 and "expired" in body.decode()
-    old, _ = file_route.grant(run / rd.FINAL, "done-final", now=time.time() - file_route.GRANT_TTL_S - 1)
+    old, _ = file_route.grant(run / protocol.FINAL, "done-final", now=time.time() - file_route.GRANT_TTL_S - 1)
     assert fetch(server + old)[0] == 404, "a link past its lifetime no longer works"
-    (run / rd.FINAL / rd.COMPLETE_MARKER).unlink()  # deleted or being rewritten since the link was minted
+    (run / protocol.FINAL / protocol.COMPLETE_MARKER).unlink()  # deleted or being rewritten since the link was minted
     status, _, body = fetch(server + url)
     assert status == 410 and "done-final" in body.decode()
     assert fetch(server + f"/{file_route.PREFIX}/{token}")[0] == 404, "the route needs the file name too"

@@ -519,13 +519,13 @@ def test_export_and_chat_on_damaged_checkpoints_of_a_real_run(runs_root, starter
     """A real two-step run and its real ZeRO checkpoint: export writes model files only; a full disk, a checkpoint
     without its safetensors and truncated optimizer shards are each one line."""
     from helpers import quick_sets
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
 
     sets = quick_sets(**{"train.max_steps": 2, "train.save_steps": 2, "data.eval_ratio": 0, "name": "damaged-ckpt"})
     cli("train", QUICKSTART, *sets, timeout=900, check=True)
     run = runs_root / "damaged-ckpt"
-    ckpt = rd.complete_checkpoints(run)[-1]
-    step = str(rd.checkpoint_step(ckpt))
+    ckpt = protocol.complete_checkpoints(run)[-1]
+    step = str(protocol.checkpoint_step(ckpt))
     assert list(ckpt.glob("zero_to_*.py")), "DeepSpeed drops its scripts into the checkpoint"
 
     exported = Path(cli("export", run.name, check=True).stdout.strip().splitlines()[-1])
@@ -536,14 +536,14 @@ def test_export_and_chat_on_damaged_checkpoints_of_a_real_run(runs_root, starter
     mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]
     if os.geteuid() == 0 and not subprocess.run(mount).returncode:  # CI runs as root
         try:
-            shutil.rmtree(run / rd.EXPORTS)
-            (run / rd.EXPORTS).symlink_to(small)  # the exports folder on a 1 MiB disk
+            shutil.rmtree(run / protocol.EXPORTS)
+            (run / protocol.EXPORTS).symlink_to(small)  # the exports folder on a 1 MiB disk
             err = one_line(cli("export", run.name), after_progress=True)  # the consolidation ran
             assert "no space left on device while writing" in err and "SafetensorError" not in err, err
             assert not list(small.iterdir()), "the partial export is removed"
         finally:
             subprocess.run(["umount", "-l", str(small)])
-            (run / rd.EXPORTS).unlink()
+            (run / protocol.EXPORTS).unlink()
 
     (ckpt / "model.safetensors").unlink()
     err = one_line(cli("chat", run.name, "--checkpoint", step, "--prompt", "你好"))

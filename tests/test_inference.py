@@ -123,14 +123,14 @@ def test_a_run_without_a_model_yet_is_explained(tmp_path):
 
 
 def test_plain_model_folder_uses_its_own_default_system_prompt(starter_model, tmp_path):
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
     from trainer_core.models.inference import PERSONA_GIVEN, PERSONA_MODEL_DEFAULT, PERSONA_TRAINED, chat_persona
 
     assert chat_persona(starter_model, None) == ("", PERSONA_MODEL_DEFAULT)
     assert chat_persona(starter_model, "你是甄嬛") == ("你是甄嬛", PERSONA_GIVEN)
     trained = tmp_path / "final"
     trained.mkdir()
-    rd.write_json_atomic(trained / "persona.json", {"persona": "你是华妃"})
+    protocol.write_json_atomic(trained / "persona.json", {"persona": "你是华妃"})
     assert chat_persona(trained, None) == ("你是华妃", PERSONA_TRAINED)
 
     # No persona: the template's own default system turn is what the model sees.

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from helpers import cli, detach, quick_sets, wait_for
 from trainer_core.common.tailing import read_all_rows
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs.state import read_state
 
 pytestmark = pytest.mark.slow
@@ -48,22 +48,22 @@ def model_states_bytes(ckpt: Path) -> int:
 
 def test_lora_two_ranks_zero2_trains_only_the_adapter_merges_and_chats(runs_root, starter_model):
     run = finished_run(cli("train", QUICKSTART, *quick_sets(**LORA, name="lora-z2")))
-    status = rd.read_status(run)
-    assert status.state == rd.COMPLETED and status.world_size == 2
-    log = (run / rd.LOG).read_text(encoding="utf-8", errors="replace")
+    status = protocol.read_status(run)
+    assert status.state == protocol.COMPLETED and status.world_size == 2
+    log = (run / protocol.LOG).read_text(encoding="utf-8", errors="replace")
     assert "lora: 37,376 of 9,854,016 parameters train" in log
     assert "loss: blockwise head cross-entropy" in log, "the blockwise head loss works with the frozen head"
 
-    final = run / rd.FINAL
+    final = run / protocol.FINAL
     check_adapter_folder(final, starter_model)
     assert not (final / "model.safetensors").exists()
     assert (final / "tokenizer.json").is_file() and (final / "chat_template.jinja").is_file()
-    persona = rd.read_json(final / rd.PERSONA)
+    persona = protocol.read_json(final / protocol.PERSONA)
     assert Path(persona["base_model"]).resolve() == Path(starter_model).resolve()
 
     # Checkpoints hold the adapter and its optimizer state, not the frozen base (the tied head neither: the
     # starter's 152k x 64 head alone is 39 MB).
-    ckpt = rd.complete_checkpoints(run)[-1]
+    ckpt = protocol.complete_checkpoints(run)[-1]
     check_adapter_folder(ckpt, starter_model)
     assert 0 < model_states_bytes(ckpt) < 2**20
 
@@ -87,7 +87,7 @@ def test_lora_two_ranks_zero2_trains_only_the_adapter_merges_and_chats(runs_root
     with torch.no_grad():
         assert torch.allclose(unmerged(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4, rtol=0)
 
-    step = rd.checkpoint_step(ckpt)
+    step = protocol.checkpoint_step(ckpt)
     reply = cli("chat", str(run), "--checkpoint", str(step), "--prompt", "你是谁", "--max-new-tokens", "6",
                 "--seed", "0", check=True)
     assert reply.stdout.strip()
@@ -97,37 +97,37 @@ def test_lora_two_ranks_zero3_with_checkpointing_completes(runs_root, starter_mo
     sets = quick_sets(**LORA, **{"deepspeed.stage": 3, "deepspeed.offload_optimizer": "none",
                                  "train.gradient_checkpointing": "true", "name": "lora-z3"})
     run = finished_run(cli("train", QUICKSTART, *sets))
-    status = rd.read_status(run)
-    assert status.state == rd.COMPLETED and status.world_size == 2
-    rows = [r for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
+    status = protocol.read_status(run)
+    assert status.state == protocol.COMPLETED and status.world_size == 2
+    rows = [r for r in read_all_rows(run / protocol.METRICS) if r.get("loss") is not None]
     assert [r["step"] for r in rows] == list(range(1, status.total_steps + 1))
-    check_adapter_folder(run / rd.FINAL, starter_model)
-    ckpt = rd.complete_checkpoints(run)[-1]
+    check_adapter_folder(run / protocol.FINAL, starter_model)
+    ckpt = protocol.complete_checkpoints(run)[-1]
     assert 0 < model_states_bytes(ckpt) < 2**20
 
 
 def test_lora_stop_and_resume_continue_from_the_adapter_checkpoint(runs_root, starter_model):
     run = detach(*quick_sets(**LORA, **{"train.max_steps": 60, "train.save_steps": 4, "data.eval_ratio": 0,
                                         "name": "lora-resume"}))
-    wait_for(lambda: rd.complete_checkpoints(run), 600, "a first checkpoint")
+    wait_for(lambda: protocol.complete_checkpoints(run), 600, "a first checkpoint")
     stopped = cli("stop", str(run), timeout=300)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
-    st = wait_for(lambda: (s := read_state(run)).state in rd.TERMINAL and s, 300, "the run to stop")
-    assert st.state == rd.STOPPED
-    saved = rd.complete_checkpoints(run)[-1]
-    step = rd.checkpoint_step(saved)
+    st = wait_for(lambda: (s := read_state(run)).state in protocol.TERMINAL and s, 300, "the run to stop")
+    assert st.state == protocol.STOPPED
+    saved = protocol.complete_checkpoints(run)[-1]
+    step = protocol.checkpoint_step(saved)
     assert step < 60
     adapter_then = load_file(str(saved / "adapter_model.safetensors"))
 
     resumed = cli("resume", str(run), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"from {saved.name}" in resumed.stderr
-    status = rd.read_status(run)
-    assert status.state == rd.COMPLETED and status.step == 60
-    rows = [r for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
+    status = protocol.read_status(run)
+    assert status.state == protocol.COMPLETED and status.step == 60
+    rows = [r for r in read_all_rows(run / protocol.METRICS) if r.get("loss") is not None]
     after = [r["step"] for r in rows if r["step"] > step]
     assert after == list(range(step + 1, 61)), "the resumed run goes on from the checkpoint's step"
-    log = (run / rd.LOG).read_text(encoding="utf-8", errors="replace")
+    log = (run / protocol.LOG).read_text(encoding="utf-8", errors="replace")
     assert re.search(rf"resuming from \S*{saved.name}", log)
-    final = check_adapter_folder(run / rd.FINAL, starter_model)
+    final = check_adapter_folder(run / protocol.FINAL, starter_model)
     assert any(not torch.equal(final[k], adapter_then[k]) for k in final), "the adapter went on training"

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import SHARED, cli
 from trainer_core.common.paths import PROJECT_ROOT
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.data.chat_format import encode_conversations, prompt_ids
 from trainer_core.config.run_config import load_config
 from trainer_core.common.errors import UserError
@@ -351,7 +351,7 @@ def trained_run(imported: Path, **sets) -> Path:
     proc = cli("train", QUICKSTART, *args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = Path(proc.stdout.strip().splitlines()[-1])
-    assert rd.read_status(run).state == rd.COMPLETED
+    assert protocol.read_status(run).state == protocol.COMPLETED
     return run
 
 
@@ -359,9 +359,9 @@ def trained_run(imported: Path, **sets) -> Path:
 def test_imported_model_trains_zero2_offload_chats_and_exports(runs_root, imported):
     run = trained_run(imported, **{"train.max_steps": 3, "train.save_steps": 3, "deepspeed.stage": 2,
                                    "deepspeed.offload_optimizer": "cpu", "name": "qwen1-z2"})
-    rows = [r for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
+    rows = [r for r in read_all_rows(run / protocol.METRICS) if r.get("loss") is not None]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in rows)
-    final = run / rd.FINAL
+    final = run / protocol.FINAL
     model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=False, use_safetensors=True)
     assert type(model).__name__ == "Qwen2ForCausalLM" and not model.config.tie_word_embeddings
     base = qwen1_tensors(FIXTURE)["lm_head.weight"].float()
@@ -374,7 +374,7 @@ def test_imported_model_trains_zero2_offload_chats_and_exports(runs_root, import
     out = Path(cli("export", str(run), "--format", "qwen1", check=True).stdout.strip().splitlines()[-1])
     assert out.name == "checkpoint-3-qwen1"
     exported = AutoModelForCausalLM.from_pretrained(out.with_name("checkpoint-3"), use_safetensors=True).state_dict()
-    saved = qwen1_tensors(rd.complete_checkpoints(run)[-1])
+    saved = qwen1_tensors(protocol.complete_checkpoints(run)[-1])
     assert torch.allclose(exported["lm_head.weight"], saved["lm_head.weight"].float())
     # The Qwen-1 copy: the tutorial's own names, dtype and code files, holding the fine-tuned weights.
     qwen1 = qwen1_tensors(out)
@@ -389,8 +389,8 @@ def test_imported_model_trains_on_two_ranks_zero3(runs_root, imported):
     run = trained_run(imported, **{"train.max_steps": 2, "train.save_steps": 2, "deepspeed.stage": 3,
                                    "deepspeed.offload_optimizer": "none", "placement.num_ranks": 2,
                                    "name": "qwen1-z3"})
-    assert rd.read_status(run).world_size == 2
-    state = AutoModelForCausalLM.from_pretrained(run / rd.FINAL, use_safetensors=True).state_dict()
+    assert protocol.read_status(run).world_size == 2
+    state = AutoModelForCausalLM.from_pretrained(run / protocol.FINAL, use_safetensors=True).state_dict()
     # ZeRO-3 gathered the real weights on save, the untied lm_head included.
     assert state["model.embed_tokens.weight"].shape == state["lm_head.weight"].shape == (151936, 32)
     assert not torch.equal(state["model.embed_tokens.weight"], state["lm_head.weight"])

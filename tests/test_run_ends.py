@@ -19,7 +19,7 @@ import pytest
 from helpers import CPU_LOCK, cli, detach, quick_sets, wait_for
 from trainer_core.config.run_config import load_config
 from trainer_core.common.paths import PROJECT_ROOT
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs.device_locks import holder as lock_holder
 from trainer_core.runs.orchestrate import create_run
 from trainer_core.runs.state import read_state
@@ -47,11 +47,11 @@ def part(run: Path, name: str) -> psutil.Process:
     raise AssertionError(f"no {name} process in run {run.name}")
 
 
-def finished_run(root: Path, state: str = rd.FAILED) -> Path:
+def finished_run(root: Path, state: str = protocol.FAILED) -> Path:
     """A real run directory (created as `train` creates it) that ran and ended long ago."""
     run = create_run(load_config(QUICKSTART, ["name=long-over"]), root)
-    rd.update_status(run, state=state, exit_code=1, ended=time.time() - 3600, error=None, step=12, total_steps=40,
-                     phase=rd.PHASE_TRAINING, eta_s=1317.0, loss=7.5)
+    protocol.update_status(run, state=state, exit_code=1, ended=time.time() - 3600, error=None, step=12, total_steps=40,
+                     phase=protocol.PHASE_TRAINING, eta_s=1317.0, loss=7.5)
     return run
 
 
@@ -72,22 +72,22 @@ def test_stop_of_an_ended_run_never_signals_the_stranger_that_has_its_group_id(r
     run = finished_run(runs_root)
     # The honest simulation of PID reuse: the run's recorded supervisor pid and group id now belong to the stranger
     # (its recorded start time stays the supervisor's, from before the stranger existed).
-    rd.write_json_atomic(run / rd.MANIFEST, {"pid": stranger.pid, "pgid": stranger.pid, "host": "here",
+    protocol.write_json_atomic(run / protocol.MANIFEST, {"pid": stranger.pid, "pgid": stranger.pid, "host": "here",
                                              "create_time": stranger.create_time() - 3600,
                                              "started": time.time() - 7200, "lock_keys": [CPU_LOCK]})
-    before = (run / rd.STATUS).read_bytes()
+    before = (run / protocol.STATUS).read_bytes()
     out = cli("stop", str(run), *(["--force"] if force else []), timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines() == [f"{run.name}: already ended, failed (checkpoints: []; no process "
                                                "left to end)"], out.stdout
     time.sleep(0.5)
     assert stranger.is_running() and stranger.status() != psutil.STATUS_ZOMBIE, "stop signalled a stranger"
-    assert (run / rd.STATUS).read_bytes() == before, "an ended run's state must not change"
-    assert not (run / rd.CONTROL).exists()
+    assert (run / protocol.STATUS).read_bytes() == before, "an ended run's state must not change"
+    assert not (run / protocol.CONTROL).exists()
 
 
 def test_an_ended_run_shows_no_phase_eta_or_live_loss(runs_root, starter_model):
-    run = finished_run(runs_root, rd.STOPPED)
+    run = finished_run(runs_root, protocol.STOPPED)
     out = cli("status", str(run), check=True).stdout.strip()
     assert out == f"{run.name}: stopped  step 12/40  last loss 7.5", out
     st = json.loads(cli("status", str(run), "--json", check=True).stdout)
@@ -96,19 +96,19 @@ def test_an_ended_run_shows_no_phase_eta_or_live_loss(runs_root, starter_model):
 
 def test_leftovers_of_a_killed_save_are_removed_at_stop_and_never_counted(runs_root, starter_model):
     run = finished_run(runs_root)
-    complete = rd.checkpoint_dir(run, 4)
+    complete = protocol.checkpoint_dir(run, 4)
     complete.mkdir(parents=True)
-    rd.mark_complete(complete, {"step": 4})
-    for leftover in (rd.checkpoint_dir(run, 2), rd.checkpoint_dir(run, 6), run / ".final.tmp"):
+    protocol.mark_complete(complete, {"step": 4})
+    for leftover in (protocol.checkpoint_dir(run, 2), protocol.checkpoint_dir(run, 6), run / ".final.tmp"):
         (leftover / "sub").mkdir(parents=True)
         (leftover / "sub" / "shard.bin").write_bytes(b"x" * 1000)
     st = json.loads(cli("status", str(run), "--json", check=True).stdout)
     assert st["checkpoints"] == [4] and not st["has_final"]
     out = cli("stop", str(run), timeout=60)
     assert out.returncode == 0 and "checkpoints: [4]" in out.stdout, out.stdout
-    assert sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
+    assert sorted(p.name for p in (run / protocol.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
     assert not (run / ".final.tmp").exists()
-    assert read_state(run).state == rd.FAILED
+    assert read_state(run).state == protocol.FAILED
 
 
 # ---------------------------------------------------------------- real runs
@@ -165,9 +165,9 @@ def test_the_device_lock_is_held_while_any_process_of_the_run_lives(runs_root, t
             # Both ranks are up (loading) and nothing has trained yet.
             wait_for(lambda: sum("trainer_core.training.train" in p.cmdline() for p in processes_of(run)) == 2,
                      120, "both rank processes", interval=0.05)
-            assert rd.read_status(run).step == 0
+            assert protocol.read_status(run).step == 0
         elif when == "training":
-            wait_for(lambda: rd.read_status(run).step >= 1, 300, "a training step")
+            wait_for(lambda: protocol.read_status(run).step >= 1, 300, "a training step")
         if target:
             os.kill(part(run, target).pid, signal.SIGKILL)
         st = end_of(run)
@@ -175,7 +175,7 @@ def test_the_device_lock_is_held_while_any_process_of_the_run_lives(runs_root, t
         watch.stop()
     assert watch.polls > 20
     assert not watch.gaps, f"the device lock was free while these processes of the run lived: {watch.gaps[:3]}"
-    assert st.state == (rd.COMPLETED if target is None else rd.FAILED), (st.state, st.error)
+    assert st.state == (protocol.COMPLETED if target is None else protocol.FAILED), (st.state, st.error)
     wait_for(lambda: lock_holder(CPU_LOCK) is None, 10, "the lock to be free once the last process is gone")
 
 
@@ -183,16 +183,16 @@ def test_the_device_lock_is_held_while_any_process_of_the_run_lives(runs_root, t
 def test_kill_9_of_the_supervisor_while_consolidating_final_ends_completed(runs_root):
     run = detach(*quick_sets(**{"train.max_steps": 3, "train.save_steps": 0, "data.eval_ratio": 0,
                                 "name": "consolidating"}))
-    wait_for(lambda: rd.read_status(run).phase == rd.PHASE_CONSOLIDATING, 300, "consolidating final",
+    wait_for(lambda: protocol.read_status(run).phase == protocol.PHASE_CONSOLIDATING, 300, "consolidating final",
              interval=0.01)
-    os.kill(int(rd.read_manifest(run)["pid"]), signal.SIGKILL)
+    os.kill(int(protocol.read_manifest(run)["pid"]), signal.SIGKILL)
     st = end_of(run)
-    assert rd.has_final(run)
-    assert st.state == rd.COMPLETED and st.error is None, (st.state, st.error)
+    assert protocol.has_final(run)
+    assert st.state == protocol.COMPLETED and st.error is None, (st.state, st.error)
     assert st.note and "supervisor ended before recording it" in st.note
     # The reader that found no process left wrote the end, once, for everyone after it.
-    on_disk = rd.read_status(run)
-    assert on_disk.state == rd.COMPLETED and on_disk.note_text.code == "runs.completed_unrecorded"
+    on_disk = protocol.read_status(run)
+    assert on_disk.state == protocol.COMPLETED and on_disk.note_text.code == "runs.completed_unrecorded"
     assert on_disk.phase is None and on_disk.eta_s is None and on_disk.ended is not None
     out = cli("status", str(run), check=True).stdout
     assert out.startswith("consolidating: completed  step 3/3  last loss") and "eta" not in out, out
@@ -202,13 +202,13 @@ def test_kill_9_of_the_supervisor_while_consolidating_final_ends_completed(runs_
 def test_sigterm_to_the_supervisor_saves_stops_and_says_so(runs_root):
     run = detach(*quick_sets(**{"train.max_steps": 400, "train.save_steps": 1000, "data.eval_ratio": 0,
                                 "name": "terminated"}))
-    wait_for(lambda: rd.read_status(run).step >= 2, 600, "two training steps")
-    os.kill(int(rd.read_manifest(run)["pid"]), signal.SIGTERM)
+    wait_for(lambda: protocol.read_status(run).step >= 2, 600, "two training steps")
+    os.kill(int(protocol.read_manifest(run)["pid"]), signal.SIGTERM)
     st = end_of(run)
-    assert st.state == rd.FAILED
+    assert st.state == protocol.FAILED
     assert st.error.startswith("the run's supervisor was terminated by SIGTERM; they were asked to save and stop "
                                "(last complete checkpoint: "), st.error
-    assert rd.latest_checkpoint(run) is not None
+    assert protocol.latest_checkpoint(run) is not None
 
 
 @pytest.mark.slow
@@ -220,7 +220,7 @@ def test_a_signal_to_a_foreground_train_stops_the_run_like_ctrl_c(runs_root, sig
                             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = runs_root / "foreground"
     try:
-        wait_for(lambda: rd.read_status(run).step >= 2, 600, "two training steps")
+        wait_for(lambda: protocol.read_status(run).step >= 2, 600, "two training steps")
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=300)
     finally:
@@ -229,7 +229,7 @@ def test_a_signal_to_a_foreground_train_stops_the_run_like_ctrl_c(runs_root, sig
     assert out.strip().splitlines()[-1] == str(run)
     assert not processes_of(run), "the CLI exited leaving its run training"
     st = read_state(run)
-    assert st.state == rd.STOPPED and st.checkpoints, (st.state, st.error)
+    assert st.state == protocol.STOPPED and st.checkpoints, (st.state, st.error)
     assert lock_holder(CPU_LOCK) is None
 
 
@@ -239,12 +239,12 @@ def test_leftovers_of_a_killed_save_are_removed_at_start(runs_root, starter_mode
     from trainer_core.runs.supervisor import start
 
     run = create_run(load_config(QUICKSTART, ["name=leftovers", "train.max_steps=400"]))
-    for leftover in (rd.checkpoint_dir(run, 3), run / ".final.tmp"):
+    for leftover in (protocol.checkpoint_dir(run, 3), run / ".final.tmp"):
         leftover.mkdir(parents=True)
         (leftover / "shard.bin").write_bytes(b"x")
     start(run, detach=True)
     try:
-        assert not rd.checkpoint_dir(run, 3).exists() and not (run / ".final.tmp").exists()
+        assert not protocol.checkpoint_dir(run, 3).exists() and not (run / ".final.tmp").exists()
     finally:
         stop(run, force=True)
     assert not processes_of(run)

@@ -7,7 +7,7 @@ import pytest
 
 from trainer_core.common.paths import PROJECT_ROOT
 from trainer_core.runs import orchestrate
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs import registry
 from trainer_core.config.run_config import load_config
 from trainer_core.common.errors import UserError
@@ -35,7 +35,7 @@ def test_simultaneous_unnamed_runs_get_distinct_complete_directories(runs_root, 
         th.join()
     assert sorted(p.name for p in made) == ["run-same-second", "run-same-second-2", "run-same-second-3"]
     for run in made:
-        assert load_config(run / rd.CONFIG).name == run.name and rd.read_status(run).state == rd.QUEUED
+        assert load_config(run / protocol.CONFIG).name == run.name and protocol.read_status(run).state == protocol.QUEUED
     assert visible(runs_root) == sorted(p.name for p in made), "no temporary or reserved leftovers"
 
 
@@ -84,7 +84,7 @@ def test_a_deepspeed_file_with_stage_3_gets_a_stage_3_memory_plan(runs_root, sta
 
 def test_the_created_run_saves_the_zero_settings_of_its_deepspeed_file(runs_root, starter_model):
     run = orchestrate.create_run(load_config(QUICK, ["name=z3", "deepspeed.config_file=configs/deepspeed/zero3.json"]))
-    saved = load_config(run / rd.CONFIG)  # what the trainer reads, and logs as its ZeRO stage
+    saved = load_config(run / protocol.CONFIG)  # what the trainer reads, and logs as its ZeRO stage
     assert saved.deepspeed.stage == 3 and saved.deepspeed.offload_optimizer == "none"
     assert saved.deepspeed.config_file == str((PROJECT_ROOT / "configs" / "deepspeed" / "zero3.json").resolve())
 
@@ -108,10 +108,10 @@ def _stopped_run_with_checkpoints(runs_root):
 
     run = make_run(runs_root, "branchy", "stopped", steps=8)
     for step, complete in ((4, True), (10, False)):
-        (run / rd.CHECKPOINTS / f"checkpoint-{step}").mkdir()
+        (run / protocol.CHECKPOINTS / f"checkpoint-{step}").mkdir()
         if complete:
-            (run / rd.CHECKPOINTS / f"checkpoint-{step}" / rd.COMPLETE_MARKER).write_text("{}")
-    with open(run / rd.METRICS, "a") as f:
+            (run / protocol.CHECKPOINTS / f"checkpoint-{step}" / protocol.COMPLETE_MARKER).write_text("{}")
+    with open(run / protocol.METRICS, "a") as f:
         f.write(json.dumps({"step": 10, "total_steps": 10, "loss": 8.0}) + "\n")
     return run
 
@@ -119,20 +119,20 @@ def _stopped_run_with_checkpoints(runs_root):
 def _metric_steps(run):
     from trainer_core.common.tailing import read_all_rows
 
-    return sorted({r["step"] for r in read_all_rows(run / rd.METRICS)})
+    return sorted({r["step"] for r in read_all_rows(run / protocol.METRICS)})
 
 
 def test_resume_from_a_checkpoint_that_does_not_exist_is_refused_naming_the_complete_ones(runs_root, starter_model):
     from helpers import cli
 
     run = _stopped_run_with_checkpoints(runs_root)
-    before = sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()), (run / rd.METRICS).read_text()
+    before = sorted(p.name for p in (run / protocol.CHECKPOINTS).iterdir()), (run / protocol.METRICS).read_text()
     for step in ("10", "7"):  # partial, absent
         res = cli("resume", str(run), "--checkpoint", step, timeout=120)
         assert res.returncode == 2 and res.stderr.strip().splitlines() == [
             f"error: run branchy has no complete checkpoint {step}; complete checkpoints: 4, 8"], res.stderr
-    assert (sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()), (run / rd.METRICS).read_text()) == before
-    assert not (run / rd.MANIFEST).exists()
+    assert (sorted(p.name for p in (run / protocol.CHECKPOINTS).iterdir()), (run / protocol.METRICS).read_text()) == before
+    assert not (run / protocol.MANIFEST).exists()
 
 
 def test_resume_from_an_older_checkpoint_drops_the_later_history(runs_root, starter_model, monkeypatch):
@@ -143,11 +143,11 @@ def test_resume_from_an_older_checkpoint_drops_the_later_history(runs_root, star
     run = _stopped_run_with_checkpoints(runs_root)
     started = []
     monkeypatch.setattr(lifecycle, "start", lambda run, detach, resume_from: started.append(resume_from))
-    assert lifecycle.resume(run, checkpoint=4) == run / rd.CHECKPOINTS / "checkpoint-4"
-    assert started == [run / rd.CHECKPOINTS / "checkpoint-4"]
-    assert sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
+    assert lifecycle.resume(run, checkpoint=4) == run / protocol.CHECKPOINTS / "checkpoint-4"
+    assert started == [run / protocol.CHECKPOINTS / "checkpoint-4"]
+    assert sorted(p.name for p in (run / protocol.CHECKPOINTS).iterdir()) == ["checkpoint-4"]
     assert _metric_steps(run) == [1, 2, 3, 4]
-    status = rd.read_status(run)
+    status = protocol.read_status(run)
     assert status.resumed_from == 4 and status.step == 4
 
 
@@ -157,7 +157,7 @@ def test_a_refused_resume_puts_the_later_checkpoints_back(runs_root, starter_mod
     from trainer_core.runs import device_locks, lifecycle
 
     run = _stopped_run_with_checkpoints(runs_root)
-    before = sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()), (run / rd.METRICS).read_text()
+    before = sorted(p.name for p in (run / protocol.CHECKPOINTS).iterdir()), (run / protocol.METRICS).read_text()
     fds = device_locks.acquire(runs_root / "other", [CPU_LOCK])
     try:
         with pytest.raises(UserError, match="in use by run"):
@@ -165,6 +165,6 @@ def test_a_refused_resume_puts_the_later_checkpoints_back(runs_root, starter_mod
     finally:
         for fd in fds:
             __import__("os").close(fd)
-    assert (sorted(p.name for p in (run / rd.CHECKPOINTS).iterdir()), (run / rd.METRICS).read_text()) == before
-    assert [p.name for p in (run / rd.CHECKPOINTS).glob(".superseded-*")] == []
-    assert rd.read_status(run).step == 8 and rd.read_status(run).resumed_from is None
+    assert (sorted(p.name for p in (run / protocol.CHECKPOINTS).iterdir()), (run / protocol.METRICS).read_text()) == before
+    assert [p.name for p in (run / protocol.CHECKPOINTS).glob(".superseded-*")] == []
+    assert protocol.read_status(run).step == 8 and protocol.read_status(run).resumed_from is None

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import cli, quick_sets, wait_for
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_command_line
 from trainer_core.config.run_config import load_config
 from trainer_core.runs.launch import free_port
@@ -43,7 +43,7 @@ def test_scripts_are_valid_bash_and_run_the_planned_command(runs_root, starter_m
     for script in (node, slurm):
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
         assert os.access(script, os.X_OK)
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     line = node_command_line(cfg, run, has_gpu=False)
     assert line in node.read_text() and "--no_ssh" in line and '--node_rank "$NODE_RANK"' in line
     # The Slurm script starts that same per-node script on every node, one task each.
@@ -51,19 +51,19 @@ def test_scripts_are_valid_bash_and_run_the_planned_command(runs_root, starter_m
     assert "#SBATCH --nodes=2" in text and "#SBATCH --ntasks-per-node=1" in text
     assert f"bash {shlex.quote(str(run))}/{NODE_SCRIPT}" in text
     # plan shows one command per node, each with its rank.
-    planned = rd.read_json(run / rd.COMMAND)["argv"]
+    planned = protocol.read_json(run / protocol.COMMAND)["argv"]
     assert [a[a.index("--node_rank") + 1] for a in planned] == ["0", "1"]
     assert (run / "hostfile").read_text() == "node0 slots=1\nnode1 slots=1\n"
 
 
 def micro(run: Path) -> int:
-    return load_config(run / rd.CONFIG).train.micro_batch_size
+    return load_config(run / protocol.CONFIG).train.micro_batch_size
 
 
 def rows_and_steps(run: Path, log: str) -> tuple[int, list[int], int]:
     n_rows = int(re.search(r"(\d+) training rows", log).group(1))
-    steps = [r["step"] for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
-    return n_rows, steps, rd.read_status(run).total_steps
+    steps = [r["step"] for r in read_all_rows(run / protocol.METRICS) if r.get("loss") is not None]
+    return n_rows, steps, protocol.read_status(run).total_steps
 
 
 @pytest.mark.slow
@@ -75,16 +75,16 @@ def test_two_nodes_on_loopback_train_with_sharded_data(runs_root):
     joined = cli("join", str(run), "--node-rank", "1", "--no-lock", timeout=600)
     assert joined.returncode == 0, joined.stderr[-3000:]
     deadline = time.time() + 120
-    while read_state(run).state not in rd.TERMINAL and time.time() < deadline:
+    while read_state(run).state not in protocol.TERMINAL and time.time() < deadline:
         time.sleep(0.5)
     st = read_state(run)
-    assert st.state == rd.COMPLETED, st.error
+    assert st.state == protocol.COMPLETED, st.error
     assert st.nodes_expected == 2 and st.world_size == 2
-    n_rows, steps, total = rows_and_steps(run, (run / rd.LOG).read_text(encoding="utf-8", errors="replace"))
+    n_rows, steps, total = rows_and_steps(run, (run / protocol.LOG).read_text(encoding="utf-8", errors="replace"))
     assert total == math.ceil(n_rows / (micro(run) * 2)) < math.ceil(n_rows / micro(run)), \
         "data must be sharded over both nodes' ranks"
     assert steps == list(range(1, total + 1)), "only global rank 0 writes metrics"
-    assert rd.has_final(run) and rd.complete_checkpoints(run)
+    assert protocol.has_final(run) and protocol.complete_checkpoints(run)
 
 
 def slurm_job(run: Path, tmp_path: Path) -> subprocess.Popen:
@@ -120,12 +120,12 @@ def test_slurm_script_runs_both_nodes(runs_root, tmp_path):
         kill_job(job)
     assert job.returncode == 0, output[-3000:]
     st = read_state(run)
-    assert st.state == rd.COMPLETED and rd.has_final(run)
+    assert st.state == protocol.COMPLETED and protocol.has_final(run)
     assert (run / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
     n_rows, steps, total = rows_and_steps(run, output)  # sbatch would put this in slurm-%j.log
     assert total == math.ceil(n_rows / (micro(run) * 2)) and steps == list(range(1, total + 1))
-    beat = rd.read_json(run / rd.HEARTBEAT)
-    assert beat["host"] == socket.gethostname() and rd.heartbeat_age(run) < rd.HEARTBEAT_EVERY_S + 30
+    beat = protocol.read_json(run / protocol.HEARTBEAT)
+    assert beat["host"] == socket.gethostname() and protocol.heartbeat_age(run) < protocol.HEARTBEAT_EVERY_S + 30
 
 
 @pytest.mark.slow
@@ -135,19 +135,19 @@ def test_a_killed_slurm_job_is_reported_failed_once_its_heartbeat_stops(runs_roo
     run = created_run(*two_node_sets(name="slurm-killed", **{"train.max_steps": 100000, "train.save_steps": 0}))
     job = slurm_job(run, tmp_path)
     try:
-        wait_for(lambda: rd.read_status(run).step >= 2, 300,
+        wait_for(lambda: protocol.read_status(run).step >= 2, 300,
                  "the external run to train")
-        assert read_state(run).state == rd.RUNNING and not read_state(run).alive  # no supervisor here
+        assert read_state(run).state == protocol.RUNNING and not read_state(run).alive  # no supervisor here
     finally:
         kill_job(job)
-    last_beat = rd.read_json(run / rd.HEARTBEAT)["time"]
-    stale = rd.HEARTBEAT_EVERY_S + 5
-    monkeypatch.setattr(rd, "HEARTBEAT_STALE_S", stale)
-    assert read_state(run).state == rd.RUNNING  # a beat at most one interval old: not judged yet
-    st = wait_for(lambda: (s := read_state(run)).state == rd.FAILED and s, stale + 10, "the run to be judged lost")
-    assert rd.read_json(run / rd.HEARTBEAT)["time"] == last_beat  # nothing beats any more
+    last_beat = protocol.read_json(run / protocol.HEARTBEAT)["time"]
+    stale = protocol.HEARTBEAT_EVERY_S + 5
+    monkeypatch.setattr(protocol, "HEARTBEAT_STALE_S", stale)
+    assert read_state(run).state == protocol.RUNNING  # a beat at most one interval old: not judged yet
+    st = wait_for(lambda: (s := read_state(run)).state == protocol.FAILED and s, stale + 10, "the run to be judged lost")
+    assert protocol.read_json(run / protocol.HEARTBEAT)["time"] == last_beat  # nothing beats any more
     assert st.interrupted and st.error
-    assert rd.read_status(run).state == rd.RUNNING  # judged from the directory, nothing rewritten
+    assert protocol.read_status(run).state == protocol.RUNNING  # judged from the directory, nothing rewritten
 
 
 def test_a_single_node_run_also_gets_cluster_scripts(runs_root, starter_model):
@@ -155,7 +155,7 @@ def test_a_single_node_run_also_gets_cluster_scripts(runs_root, starter_model):
     assert subprocess.run(["bash", "-n", str(run / NODE_SCRIPT)]).returncode == 0
     text = (run / NODE_SCRIPT).read_text()
     assert "--no_ssh" in text and "--num_gpus 2" in text
-    (argv,) = rd.read_json(run / rd.COMMAND)["argv"]
+    (argv,) = protocol.read_json(run / protocol.COMMAND)["argv"]
     assert argv[argv.index("--num_gpus") + 1] == "2" and "--no_ssh" not in argv, "the run itself launches locally"
 
 
@@ -167,10 +167,10 @@ def test_an_external_job_stops_from_the_studio_with_a_checkpoint(runs_root, tmp_
     from trainer_core.runs.lifecycle import stop
 
     run = created_run(*two_node_sets(name="slurm-stop", **{"train.max_steps": 100000, "train.save_steps": 0}))
-    rd.write_json_atomic(run / rd.CONTROL, {"action": "save_and_stop", "requested": 0})  # left by an earlier attempt
+    protocol.write_json_atomic(run / protocol.CONTROL, {"action": "save_and_stop", "requested": 0})  # left by an earlier attempt
     job = slurm_job(run, tmp_path)
     try:
-        wait_for(lambda: rd.read_status(run).step >= 2, 300, "the external run to train")
+        wait_for(lambda: protocol.read_status(run).step >= 2, 300, "the external run to train")
         with pytest.raises(UserError, match="started outside the studio"):
             stop(run, force=True)
         st = stop(run, save_timeout=120).state
@@ -178,5 +178,5 @@ def test_an_external_job_stops_from_the_studio_with_a_checkpoint(runs_root, tmp_
     finally:
         kill_job(job)
     assert job.returncode == 0, output[-3000:]
-    assert st.state == rd.STOPPED and read_state(run).state == rd.STOPPED
-    assert rd.complete_checkpoints(run) and not rd.has_final(run)
+    assert st.state == protocol.STOPPED and read_state(run).state == protocol.STOPPED
+    assert protocol.complete_checkpoints(run) and not protocol.has_final(run)

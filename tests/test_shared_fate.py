@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from helpers import CPU_LOCK, cli, detach, quick_sets, rank_pids, run_pids, wait_for
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs.device_locks import holder as lock_holder
 from trainer_core.runs.state import read_state
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 def _pid_of(run: Path, target: str) -> int:
     if target == "supervisor":
-        return int(rd.read_json(run / rd.MANIFEST)["pid"])
+        return int(protocol.read_json(run / protocol.MANIFEST)["pid"])
     module = {"runner": "deepspeed.launcher.runner", "launch": "deepspeed.launcher.launch"}[target]
     for pid in run_pids(run):
         try:
@@ -43,8 +43,8 @@ def _pid_of(run: Path, target: str) -> int:
 def test_killing_a_process_above_the_ranks_ends_the_whole_run_after_a_save(runs_root, target, cause, code):
     run = detach(*quick_sets(**{"placement.num_ranks": 2, "train.max_steps": 400, "train.save_steps": 1000,
                                 "name": f"kill-{target}"}))
-    wait_for(lambda: rd.read_status(run).step >= 2, 300, "two training steps")
-    step_at_kill = rd.read_status(run).step
+    wait_for(lambda: protocol.read_status(run).step >= 2, 300, "two training steps")
+    step_at_kill = protocol.read_status(run).step
     os.kill(_pid_of(run, target), signal.SIGKILL)
 
     # Until the last process is gone the run reads live and its device stays locked; then failed, and free.
@@ -56,20 +56,20 @@ def test_killing_a_process_above_the_ranks_ends_the_whole_run_after_a_save(runs_
         if not pids:
             break
         if ranks:
-            assert st.state in rd.LIVE, (st.state, st.error)
+            assert st.state in protocol.LIVE, (st.state, st.error)
             assert held == str(run), "a rank is alive: its device must stay locked"
             observed_live = True
         assert time.time() < deadline, f"processes of the run left: {pids}"
         time.sleep(0.3)
-    st = wait_for(lambda: (s := read_state(run)).state in rd.TERMINAL and s, 30, "a final state")
+    st = wait_for(lambda: (s := read_state(run)).state in protocol.TERMINAL and s, 30, "a final state")
     assert observed_live
-    assert st.state == rd.FAILED and cause in st.error, st.error
+    assert st.state == protocol.FAILED and cause in st.error, st.error
     assert st.error_text is not None and st.error_text.code == code and str(st.error_text) == st.error
     # The run's last process (the supervisor, just after writing the end) still holds the lock for a moment.
     wait_for(lambda: lock_holder(CPU_LOCK) is None, 30, "the lock to be free once the last process is gone")
-    saved = rd.latest_checkpoint(run)
-    assert saved is not None and rd.checkpoint_step(saved) >= step_at_kill, "the ranks save before they exit"
-    assert not (run / rd.FINAL).exists()
+    saved = protocol.latest_checkpoint(run)
+    assert saved is not None and protocol.checkpoint_step(saved) >= step_at_kill, "the ranks save before they exit"
+    assert not (run / protocol.FINAL).exists()
 
     again = cli("stop", str(run), "--force")
     assert again.returncode == 0 and "no process left to end" in again.stdout, again.stderr

@@ -13,7 +13,7 @@ import pytest
 
 from app.messages_zh import MESSAGES_ZH
 from helpers import CPU_LOCK, cli, detach, quick_sets, run_pids, wait_for
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs.device_locks import holder as lock_holder
 from trainer_core.runs.state import read_state
 from trainer_core.common.tailing import read_all_rows
@@ -35,7 +35,7 @@ def status_json(run: Path) -> dict:
 def test_detached_two_rank_run_outlives_its_launcher_and_holds_the_cpu_lock(runs_root, monkeypatch):
     run = detach(*quick_sets(**{"placement.num_ranks": 2, "name": "detached"}))
     # The CLI process that started it has exited; the run is in its own session and keeps going.
-    manifest = rd.read_json(run / rd.MANIFEST)
+    manifest = protocol.read_json(run / protocol.MANIFEST)
     assert manifest["pgid"] == manifest["pid"] and manifest["pgid"] != os.getpgid(0)
     st = wait_for(lambda: (s := status_json(run))["state"] == "running" and s.get("step", 0) >= 1 and s,
                   240, "training progress")
@@ -56,71 +56,71 @@ def test_detached_two_rank_run_outlives_its_launcher_and_holds_the_cpu_lock(runs
     assert not any(other.iterdir())
 
     wait_for(lambda: status_json(run)["state"] == "completed", 400, "completion")
-    final = rd.read_status(run)
-    assert final.exit_code == 0 and final.state == rd.COMPLETED
+    final = protocol.read_status(run)
+    assert final.exit_code == 0 and final.state == protocol.COMPLETED
     # The run's last process (the supervisor, just after writing the end) still holds the lock for a moment.
     wait_for(lambda: lock_holder(CPU_LOCK) is None, 30, "the lock to be free once the last process is gone")
-    samples = read_all_rows(run / rd.RESOURCES)
+    samples = read_all_rows(run / protocol.RESOURCES)
     assert any(len(s["ranks"]) == 2 and all(r["rss_bytes"] > 50 * 2**20 for r in s["ranks"]) for s in samples)
     assert {r["rank"] for s in samples for r in s["ranks"]} == {0, 1}
 
 
 def test_stop_saves_then_ends_every_process_and_resume_finishes(runs_root):
     run = detach(*quick_sets(**{"train.max_steps": 30, "train.save_steps": 1000, "name": "stoppable"}))
-    wait_for(lambda: rd.read_status(run).step >= 3, 240, "three steps")
+    wait_for(lambda: protocol.read_status(run).step >= 3, 240, "three steps")
     pids = run_pids(run)
     assert len(pids) >= 3  # supervisor, deepspeed launcher(s), rank
 
     out = cli("stop", str(run), timeout=300)
     assert out.returncode == 0, out.stderr
     st = read_state(run)
-    assert st.state == rd.STOPPED and not st.alive
+    assert st.state == protocol.STOPPED and not st.alive
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     # The run's last process (the supervisor, just after writing the end) still holds the lock for a moment.
     wait_for(lambda: lock_holder(CPU_LOCK) is None, 30, "the lock to be free once the last process is gone")
-    ckpts = rd.complete_checkpoints(run)
+    ckpts = protocol.complete_checkpoints(run)
     assert len(ckpts) == 1, "stop must save a complete checkpoint (save_steps alone would not have)"
-    stopped_at = rd.checkpoint_step(ckpts[0])
+    stopped_at = protocol.checkpoint_step(ckpts[0])
     assert 3 <= stopped_at < 30
 
     first = st.run_s
     time.sleep(3)  # time spent stopped: not part of the run's time
     res = cli("resume", str(run), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert read_state(run).state == rd.COMPLETED and rd.has_final(run)
+    assert read_state(run).state == protocol.COMPLETED and protocol.has_final(run)
     # The run's time is both segments added up (the Monitor and Runs pages show it), without the pause between.
     done = read_state(run)
     (start, end), = done.segments
     assert abs((end - start) - first) < 0.01
-    second = done.ended - rd.read_json(run / rd.MANIFEST)["started"]
+    second = done.ended - protocol.read_json(run / protocol.MANIFEST)["started"]
     assert abs(done.run_s - (first + second)) < 0.01 and done.run_s < done.ended - done.created - 2.5
-    steps = [r["step"] for r in read_all_rows(run / rd.METRICS) if r.get("loss") is not None]
+    steps = [r["step"] for r in read_all_rows(run / protocol.METRICS) if r.get("loss") is not None]
     # Resumed from the saved step: the steps after it are trained once more each, up to max_steps.
     assert steps[-1] == 30 and steps.count(stopped_at + 1) == 1 and max(steps) == 30
-    assert "resuming from" in (run / rd.LOG).read_text()
+    assert "resuming from" in (run / protocol.LOG).read_text()
 
 
 def test_kill_9_during_a_checkpoint_save_is_never_offered(runs_root):
     run = detach(*quick_sets(**{"train.max_steps": 24, "train.save_steps": 2, "name": "killed"}))
-    ckroot = run / rd.CHECKPOINTS
+    ckroot = run / protocol.CHECKPOINTS
 
     def partial_checkpoint():
-        done = {p.name for p in rd.complete_checkpoints(run)}
+        done = {p.name for p in protocol.complete_checkpoints(run)}
         if not done:
             return None  # wait for one complete checkpoint to fall back to
         for p in ckroot.glob("checkpoint-*"):
-            if p.name not in done and not (p / rd.COMPLETE_MARKER).exists():
+            if p.name not in done and not (p / protocol.COMPLETE_MARKER).exists():
                 return p
         return None
 
     partial = wait_for(partial_checkpoint, 300, "a save in progress", interval=0.005)
-    os.killpg(int(rd.read_json(run / rd.MANIFEST)["pgid"]), signal.SIGKILL)
+    os.killpg(int(protocol.read_json(run / protocol.MANIFEST)["pgid"]), signal.SIGKILL)
     wait_for(lambda: not run_pids(run), 20, "every process gone")
-    complete = [rd.checkpoint_step(p) for p in rd.complete_checkpoints(run)]
-    partial_step = rd.checkpoint_step(partial)
+    complete = [protocol.checkpoint_step(p) for p in protocol.complete_checkpoints(run)]
+    partial_step = protocol.checkpoint_step(partial)
     assert partial_step not in complete, "a checkpoint without its marker was offered"
     st = read_state(run)
-    assert st.state == rd.FAILED and st.interrupted
+    assert st.state == protocol.FAILED and st.interrupted
     assert partial_step not in st.checkpoints
     # The kernel drops a killed process's flock when it finally releases the file, which a loaded machine can do a
     # moment after the process is gone from /proc.
@@ -128,9 +128,9 @@ def test_kill_9_during_a_checkpoint_save_is_never_offered(runs_root):
 
     res = cli("resume", str(run), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    log = (run / rd.LOG).read_text()
-    assert f"resuming from {run / rd.CHECKPOINTS / f'checkpoint-{max(complete)}'}" in log
-    assert read_state(run).state == rd.COMPLETED
+    log = (run / protocol.LOG).read_text()
+    assert f"resuming from {run / protocol.CHECKPOINTS / f'checkpoint-{max(complete)}'}" in log
+    assert read_state(run).state == protocol.COMPLETED
 
 
 def test_a_model_gone_by_launch_time_ends_failed_with_the_root_error(runs_root, starter_model, tmp_path):
@@ -143,7 +143,7 @@ def test_a_model_gone_by_launch_time_ends_failed_with_the_root_error(runs_root, 
     run = create_run(load_config(QUICKSTART, [f"model.path={moved}", "name=model-gone"]))  # preflight passes
     shutil.rmtree(moved)  # the share is unmounted / the folder moved before the run starts
     start(run, detach=True)
-    wait_for(lambda: read_state(run).state == rd.FAILED, 240, "failure")
+    wait_for(lambda: read_state(run).state == protocol.FAILED, 240, "failure")
     st = status_json(run)  # the CLI's JSON: the format on disk and on stdout
     assert st["state"] == "failed" and st["exit_code"] not in (0, None)
     assert st["error"] == f"model.path {moved} is not a directory: point it at a local model folder " \

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import cli
 from toy_chat_models import chatml_llama, tiny_llama
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.data.chat_format import prompt_ids
 
 pytestmark = pytest.mark.slow
@@ -40,17 +40,17 @@ def test_tiny_llama_learns_to_end_its_turn(runs_root, tmp_path):
     proc = cli("train", "configs/quickstart.yaml", *args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = Path(proc.stdout.strip().splitlines()[-1])
-    final = run / rd.FINAL
+    final = run / protocol.FINAL
 
     # The source model's token ids survive training (no "Updated tokens" rewrite by the Trainer), in final/ and in
     # the checkpoint.
-    checkpoint = rd.complete_checkpoints(run)[-1]
+    checkpoint = protocol.complete_checkpoints(run)[-1]
     for folder in (final, checkpoint):
         for name, before in (("config.json", source_config), ("generation_config.json", source_gen)):
             after = json.loads((folder / name).read_text())
             for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
                 assert after.get(key) == before.get(key), (folder.name, name, key)
-    assert "Updated tokens" not in (run / rd.LOG).read_text(encoding="utf-8", errors="replace")
+    assert "Updated tokens" not in (run / protocol.LOG).read_text(encoding="utf-8", errors="replace")
 
     # Greedy replies end on their own: the last generated token is the template's <|im_end|>.
     tok = AutoTokenizer.from_pretrained(final)
@@ -74,5 +74,5 @@ def test_tiny_llama_learns_to_end_its_turn(runs_root, tmp_path):
 
     # export: the persona travels with the weights, DeepSpeed's helper script does not.
     out = Path(cli("export", str(run), check=True, timeout=300).stdout.strip().splitlines()[-1])
-    assert rd.read_json(out / "persona.json")["persona"] == PERSONA
+    assert protocol.read_json(out / "persona.json")["persona"] == PERSONA
     assert not (out / "zero_to_fp32.py").exists() and (out / "model.safetensors").is_file()

@@ -50,12 +50,12 @@ def cmd_chat(args) -> int:
 def _model_or_run(ref: str) -> Path:
     """A model folder, a run directory, or a run's name (as status/stop/export accept it)."""
     from trainer_core.common import paths
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
 
     p = Path(ref).expanduser()
     if p.is_dir():
         return p
-    if "/" not in ref and (paths.runs_root() / ref / rd.CONFIG).is_file():
+    if "/" not in ref and (paths.runs_root() / ref / protocol.CONFIG).is_file():
         return run_dir(ref)
     raise UserError("cli.no_model_or_run", "{ref}: no such model folder or run; give a model directory, a run "
                     "directory or a run name (`python -m trainer_core runs` lists them)", ref=ref)
@@ -77,9 +77,9 @@ def cmd_export(args) -> int:
         from trainer_core.config.run_config import load_config
         from trainer_core.models.qwen1_export import export_qwen1
         from trainer_core.models.qwen1_import import imported_from
-        from trainer_core.runs import protocol as rd
+        from trainer_core.runs import protocol
 
-        original = imported_from(load_config(run / rd.CONFIG).model.path)
+        original = imported_from(load_config(run / protocol.CONFIG).model.path)
     out = export_checkpoint(run, args.checkpoint, persona_in_template=not args.no_persona_template)
     if args.format == "qwen1":
         out = export_qwen1(out, original, out.with_name(f"{out.name}-qwen1"))
@@ -91,9 +91,9 @@ def _adapter_run(run: Path, args) -> bool:
     """Whether the run trained adapters (lora/qlora); --merge on any other run, or with --format qwen1, is refused."""
     from trainer_core.config.run_config import load_config
     from trainer_core.models.adapters import uses_adapter
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
 
-    method = load_config(run / rd.CONFIG).train.method
+    method = load_config(run / protocol.CONFIG).train.method
     if args.merge and not uses_adapter(method):
         raise UserError("cli.merge_full_run", "--merge applies to lora and qlora runs; run {run} trained every "
                         "weight (train.method {method}), so its export is already a full model", run=run.name,

@@ -98,12 +98,12 @@ def _say(line: str) -> None:
 def _wait_foreground(run: Path, interrupts: _Interrupts) -> int:
     """Follow a foreground run's log until it ends and its last process is gone; a signal stops it (_Interrupts)."""
     from trainer_core.runs import processes as run_processes
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
     from trainer_core.runs.state import read_state
     from trainer_core.common.tailing import read_tail_bytes
 
     offset = 0
-    log = run / rd.LOG
+    log = run / protocol.LOG
     while True:
         interrupts.poll(run)
         size = log.stat().st_size if log.exists() else 0
@@ -120,20 +120,20 @@ def _wait_foreground(run: Path, interrupts: _Interrupts) -> int:
         time.sleep(0.5)
     # The supervisor writes the end a moment before it exits: return only once nothing of the run is left, so the
     # devices are free for whatever comes next.
-    run_processes.wait_gone(run, rd.read_manifest(run), 30)
-    if state.state == rd.FAILED:
+    run_processes.wait_gone(run, protocol.read_manifest(run), 30)
+    if state.state == protocol.FAILED:
         _say(f"run failed: {state.error}")
-    return 0 if state.state in (rd.COMPLETED, rd.STOPPED) else 1
+    return 0 if state.state in (protocol.COMPLETED, protocol.STOPPED) else 1
 
 
 def cmd_train(args) -> int:
     from trainer_core.config.run_config import load_config
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
     from trainer_core.runs.orchestrate import launch
 
     interrupts = None if args.detach else _Interrupts()
     run = launch(load_config(args.config, args.set))
-    for lint in rd.read_status(run).lints:
+    for lint in protocol.read_status(run).lints:
         print(lint, file=sys.stderr)
     code = 0 if interrupts is None else _wait_foreground(run, interrupts)
     emit(run)
@@ -145,7 +145,7 @@ def _value(value) -> str:
 
 
 def cmd_status(args) -> int:
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
     from trainer_core.runs.registry import read_listed
 
     run = run_dir(args.run)
@@ -158,8 +158,8 @@ def cmd_status(args) -> int:
     if st.terminal:  # over: no phase, no time left, the loss is the last one it logged
         emit(f"{st.name}: {st.state}  step {st.step}/{st.total_steps or '?'}  last loss {_value(st.loss)}")
     else:
-        eta = st.eta_s if st.phase in (None, rd.PHASE_TRAINING) else None
-        phase = st.phase if st.state in (rd.RUNNING, rd.STOPPING) else None
+        eta = st.eta_s if st.phase in (None, protocol.PHASE_TRAINING) else None
+        phase = st.phase if st.state in (protocol.RUNNING, protocol.STOPPING) else None
         if phase and st.phase_total:
             phase += f" {st.phase_done or 0}/{st.phase_total}"
         emit(f"{st.name}: {st.state}{f' ({phase})' if phase else ''}  step {st.step}/{st.total_steps or '?'}  "
@@ -216,13 +216,13 @@ def cmd_runs(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
     from trainer_core.runs.state import read_state
     from trainer_core.common.tailing import read_tail_bytes, tail_lines
 
     bounded(args.n, "-n", 0, MAX_LOG_LINES)
     run = run_dir(args.run)
-    log = run / rd.LOG
+    log = run / protocol.LOG
     for line in tail_lines(log, args.n) if args.n else []:
         emit(line)
     if args.follow:
@@ -245,13 +245,13 @@ def cmd_join(args) -> int:
     from trainer_core.common import paths
     from trainer_core.config.hardware import detect
     from trainer_core.config.run_config import load_config
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
     from trainer_core.runs.device_locks import acquire
     from trainer_core.runs.launch import launch_env, node_argv
     from trainer_core.runs.supervisor import device_keys
 
     run = run_dir(args.run)
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     if cfg.placement.launcher != "no_ssh":
         raise UserError("cli.join_not_no_ssh", "run {name} uses placement.launcher {launcher}; join is for no_ssh "
                         "runs", name=run.name, launcher=cfg.placement.launcher)

@@ -23,7 +23,7 @@ from trainer_core.common.errors import UserError
 from trainer_core.evaluation import metrics as m
 from trainer_core.evaluation import persona_signals as ps
 from trainer_core.common import atomic
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 EVAL_DIR = "eval"
 PROBES_FILE = "probes.json"  # in eval/: the probe set the run's evaluations used (editable, then re-run)
@@ -171,9 +171,9 @@ def models_of(run: Path, checkpoint: str | None) -> list[tuple[str, Path]]:
     "all" every complete checkpoint and the final model, or one step."""
     run = Path(run)
     if checkpoint == "all":
-        found = [(c.name, c) for c in rd.complete_checkpoints(run)]
-        if rd.has_final(run):
-            found.append((rd.FINAL, run / rd.FINAL))
+        found = [(c.name, c) for c in protocol.complete_checkpoints(run)]
+        if protocol.has_final(run):
+            found.append((protocol.FINAL, run / protocol.FINAL))
         if not found:
             raise UserError("models.run_has_no_model", "run {run} has no final model and no complete checkpoint yet",
                             run=run.name)
@@ -382,7 +382,7 @@ def evaluate_run(run: Path, *, checkpoint: str | None = None, base: bool = False
 
     run = Path(run)
     settings = settings or EvalSettings()
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     targets = models_of(run, checkpoint)
     if base:
         targets.insert(0, (BASE, Path(cfg.model.path)))

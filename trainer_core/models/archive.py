@@ -18,14 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from trainer_core.common.errors import UserError
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 CHUNK = 1024 * 1024
 
 
 def model_files(folder: Path) -> list[Path]:
     """What the archive holds: every file in the folder (links followed), sorted, completion marker left out."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != rd.COMPLETE_MARKER)
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != protocol.COMPLETE_MARKER)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -53,9 +53,9 @@ class _Pipe(io.RawIOBase):
 
 
 def require_complete(folder: Path) -> None:
-    if not (Path(folder) / rd.COMPLETE_MARKER).is_file():
+    if not (Path(folder) / protocol.COMPLETE_MARKER).is_file():
         raise UserError("models.archive_incomplete", "{folder} is not a complete model folder (no {marker}); export "
-                        "it again", folder=str(folder), marker=rd.COMPLETE_MARKER)
+                        "it again", folder=str(folder), marker=protocol.COMPLETE_MARKER)
 
 
 def zip_chunks(folder: Path, top: str, chunk: int = CHUNK) -> Iterator[bytes]:
@@ -78,6 +78,6 @@ def zip_chunks(folder: Path, top: str, chunk: int = CHUNK) -> Iterator[bytes]:
 
 def model_folders(run: Path) -> list[Path]:
     """A run's complete model folders that can be downloaded: final/ first, then its exports, newest first."""
-    exports = [p for p in (run / "exports").glob("*") if p.is_dir() and (p / rd.COMPLETE_MARKER).is_file()]
+    exports = [p for p in (run / "exports").glob("*") if p.is_dir() and (p / protocol.COMPLETE_MARKER).is_file()]
     exports.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return ([run / rd.FINAL] if rd.has_final(run) else []) + exports
+    return ([run / protocol.FINAL] if protocol.has_final(run) else []) + exports

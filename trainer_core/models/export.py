@@ -15,13 +15,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.config.run_config import load_config
 from trainer_core.common.errors import UserError
 
 COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
 """Config, generation config, tokenizer and chat-template files: what a model folder holds besides weights."""
-SKIP = {"trainer_state.json", rd.COMPLETE_MARKER}
+SKIP = {"trainer_state.json", protocol.COMPLETE_MARKER}
 """The Trainer's own JSON in a checkpoint, not the model's."""
 
 
@@ -76,25 +76,25 @@ def disk_full_named(dest: Path):
 
 
 def pick_checkpoint(run: Path, step: int | None) -> Path:
-    done = rd.complete_checkpoints(run)
+    done = protocol.complete_checkpoints(run)
     if not done:
         raise UserError("models.export_no_checkpoint", "run {run} has no complete checkpoint to export", run=run.name)
     if step is None:
         return done[-1]
     for c in done:
-        if rd.checkpoint_step(c) == step:
+        if protocol.checkpoint_step(c) == step:
             return c
     raise UserError("models.export_no_such_checkpoint", "run {run} has no complete checkpoint {step}; complete ones: "
-                    "{steps}", run=run.name, step=step, steps=", ".join(str(rd.checkpoint_step(c)) for c in done))
+                    "{steps}", run=run.name, step=step, steps=", ".join(str(protocol.checkpoint_step(c)) for c in done))
 
 
 def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template: bool = True) -> Path:
     ckpt = pick_checkpoint(run, step)
     check_zero_shards(ckpt)
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # after the checks: seconds
 
-    dest = run / rd.EXPORTS / ckpt.name
+    dest = run / protocol.EXPORTS / ckpt.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
     try:
@@ -105,7 +105,7 @@ def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template
                 if not (tmp / f.name).exists():
                     shutil.copy2(f, tmp / f.name)
             write_persona(cfg, tmp, in_template=persona_in_template)
-        rd.mark_complete(tmp, {"source": str(ckpt)})
+        protocol.mark_complete(tmp, {"source": str(ckpt)})
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -118,8 +118,8 @@ def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template
 def adapter_source(run: Path, step: int | None) -> Path:
     """The adapter folder of a lora/qlora run to export: checkpoint `step`, else final/, else the newest complete
     checkpoint. The Trainer writes each one's adapter_model.safetensors whole, so no ZeRO shard is read."""
-    if step is None and rd.has_final(run):
-        return run / rd.FINAL
+    if step is None and protocol.has_final(run):
+        return run / protocol.FINAL
     return pick_checkpoint(run, step)
 
 
@@ -130,12 +130,12 @@ def export_adapter_run(run: Path, step: int | None = None, *, merge: bool = Fals
     (PEFT's format, pointing at its base), tokenizer, template and persona."""
     from trainer_core.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir, merged_model
 
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     src = adapter_source(run, step)
     if not is_adapter_dir(src):
         raise UserError("models.export_no_adapter", "{src} of run {run} holds no adapter ({file} missing)",
                         src=src.name, run=run.name, file=ADAPTER_CONFIG)
-    dest = run / rd.EXPORTS / (f"{src.name}-merged" if merge else src.name)
+    dest = run / protocol.EXPORTS / (f"{src.name}-merged" if merge else src.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
@@ -152,7 +152,7 @@ def export_adapter_run(run: Path, step: int | None = None, *, merge: bool = Fals
                 if not (tmp / f.name).exists() and not (merge and f.name == ADAPTER_CONFIG):
                     shutil.copy2(f, tmp / f.name)
             write_persona(cfg, tmp, in_template=persona_in_template)
-        rd.mark_complete(tmp, {"source": str(src), "merged": merge})
+        protocol.mark_complete(tmp, {"source": str(src), "merged": merge})
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -180,7 +180,7 @@ def write_persona(cfg, dest: Path, *, in_template: bool = True) -> None:
     from trainer_core.models.persona_template import write_default_persona
 
     templated = in_template and write_default_persona(dest, cfg.data.persona)
-    rd.write_json_atomic(dest / rd.PERSONA, {"persona": cfg.data.persona, "base_model": cfg.model.path,
+    protocol.write_json_atomic(dest / protocol.PERSONA, {"persona": cfg.data.persona, "base_model": cfg.model.path,
                                              "trust_remote_code": cfg.model.trust_remote_code,
                                              "in_template": templated})
 

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import torch
 
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.config.sections import MAX_SEED
 from trainer_core.data.chat_format import prompt_ids
 from trainer_core.data.chat_template import stop_token_ids, turn_format
@@ -83,16 +83,16 @@ class GenParams:
 def resolve_model_dir(ref: str | Path, checkpoint: int | None = None) -> Path:
     """A model folder as given, or for a run directory its final/ (or a chosen / the newest complete checkpoint)."""
     p = Path(ref).expanduser()
-    if (p / rd.CONFIG).is_file():  # a run directory
+    if (p / protocol.CONFIG).is_file():  # a run directory
         if checkpoint is not None:
-            for c in rd.complete_checkpoints(p):
-                if rd.checkpoint_step(c) == checkpoint:
+            for c in protocol.complete_checkpoints(p):
+                if protocol.checkpoint_step(c) == checkpoint:
                     return c
             raise UserError("models.no_such_checkpoint", "run {run} has no complete checkpoint {step}", run=p.name,
                             step=checkpoint)
-        if rd.has_final(p):
-            return p / rd.FINAL
-        latest = rd.latest_checkpoint(p)
+        if protocol.has_final(p):
+            return p / protocol.FINAL
+        latest = protocol.latest_checkpoint(p)
         if latest is None:
             raise UserError("models.run_has_no_model", "run {run} has no final model and no complete checkpoint yet",
                             run=p.name)
@@ -106,14 +106,14 @@ def resolve_model_dir(ref: str | Path, checkpoint: int | None = None) -> Path:
 
 def run_persona(model_dir: Path) -> str | None:
     """The persona a fine-tuned model was trained with (final/persona.json or the run's config)."""
-    info = rd.read_json(model_dir / rd.PERSONA)
+    info = protocol.read_json(model_dir / protocol.PERSONA)
     if isinstance(info, dict) and info.get("persona"):
         return info["persona"]
-    run = model_dir.parent.parent if model_dir.parent.name == rd.CHECKPOINTS else None
-    if run is not None and (run / rd.CONFIG).is_file():
+    run = model_dir.parent.parent if model_dir.parent.name == protocol.CHECKPOINTS else None
+    if run is not None and (run / protocol.CONFIG).is_file():
         from trainer_core.config.run_config import load_config
 
-        return load_config(run / rd.CONFIG).data.persona
+        return load_config(run / protocol.CONFIG).data.persona
     return None
 
 

@@ -64,14 +64,14 @@ def _pass_on(fds: list[int], launched: list[subprocess.Popen]) -> None:
 
 
 def _record_killed_launch(launched: list[subprocess.Popen]) -> None:
-    from trainer_core.runs import protocol as rd
+    from trainer_core.runs import protocol
     from trainer_core.runs.processes import RUN_DIR_ENV
 
     run = os.environ.get(RUN_DIR_ENV)
     for p in launched:
         if run and p.returncode is not None and p.returncode < 0:
             try:
-                rd.write_json_atomic(Path(run) / rd.LAUNCH_EXIT, {"pid": p.pid, "signal": -p.returncode})
+                protocol.write_json_atomic(Path(run) / protocol.LAUNCH_EXIT, {"pid": p.pid, "signal": -p.returncode})
             except OSError:
                 pass  # a full disk: the end is then told less precisely
 

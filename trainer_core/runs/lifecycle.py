@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trainer_core.common.errors import UserError
 from trainer_core.runs import processes as run_processes
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs.state import RunState, one_writer, read_state, record_end, segment_end
 from trainer_core.runs.supervisor import STOP_GRACE_S, start
 
@@ -39,25 +39,25 @@ def stop(run: Path, *, force: bool = False, save_timeout: float = 600.0) -> Stop
     it is: no signal (its recorded ids may belong to strangers by now), no new state."""
     state = read_state(run)  # records the end of a run none of whose processes remain
     if state.terminal:
-        if not run_processes.members(run, rd.read_manifest(run)):
-            rd.remove_partial(run)
+        if not run_processes.members(run, protocol.read_manifest(run)):
+            protocol.remove_partial(run)
         return Stopped(state, [], already_ended=True)
-    manifest = rd.read_manifest(run)
+    manifest = protocol.read_manifest(run)
     if not manifest:
         return Stopped(_stop_external(run, force=force, save_timeout=save_timeout), [])
     if not run_processes.members(run, manifest):
         raise _not_running(run)  # queued: never started
-    rd.request(run, rd.FORCE_STOP if force else rd.SAVE_AND_STOP)
+    protocol.request(run, protocol.FORCE_STOP if force else protocol.SAVE_AND_STOP)
     with one_writer(run):  # not over a final state the supervisor has just written
-        if rd.read_status(run).live:
-            rd.update_status(run, state=rd.STOPPING)
+        if protocol.read_status(run).live:
+            protocol.update_status(run, state=protocol.STOPPING)
     if not force:
         # The ranks poll the control file every step, save and exit; the supervisor then records `stopped`.
         run_processes.wait_gone(run, manifest, save_timeout)
     ended = run_processes.end(run, manifest, grace_s=STOP_GRACE_S)
     # The supervisor was gone (or killed here) before it could write: record the end ourselves.
     record_end(run, None, ended=time.time())
-    rd.remove_partial(run)
+    protocol.remove_partial(run)
     return Stopped(read_state(run), ended)
 
 
@@ -74,8 +74,8 @@ def _stop_external(run: Path, *, force: bool, save_timeout: float) -> RunState:
                         "run {name} was started outside the studio (launch_node.sh or Slurm): force-stop it where it "
                         "runs (scancel, or Ctrl-C on its launcher); a normal stop saves and ends it from here",
                         name=run.name)
-    rd.request(run, rd.SAVE_AND_STOP)
-    rd.update_status(run, state=rd.STOPPING)
+    protocol.request(run, protocol.SAVE_AND_STOP)
+    protocol.update_status(run, state=protocol.STOPPING)
     deadline = time.time() + save_timeout
     while time.time() < deadline and not read_state(run).terminal:
         time.sleep(0.5)
@@ -93,27 +93,27 @@ def resume(run: Path, *, detach: bool = True, checkpoint: int | None = None) -> 
     state = read_state(run)
     if state.live:
         raise UserError("runs.resume_live", "run {name} is still {state}; stop it first", name=run.name,
-                        state=rd.state_text(state.state))
-    if state.state == rd.COMPLETED:
+                        state=protocol.state_text(state.state))
+    if state.state == protocol.COMPLETED:
         raise UserError("runs.resume_completed", "run {name} already completed; clone it to train again",
                         name=run.name)
     ckpt = _chosen_checkpoint(run, checkpoint)
     # The segment that ended is kept (start, end), so the run's time survives the new manifest; recorded once even
     # when this resume is refused and tried again.
     segments = [list(x) for x in state.segments]
-    started = rd.read_manifest(run).get("started")
+    started = protocol.read_manifest(run).get("started")
     if started is not None and all(x[0] != started for x in segments):
         segments.append([started, segment_end(run, state, started)])
-    before = rd.read_status(run)
-    step = rd.checkpoint_step(ckpt) if ckpt else 0
-    rd.update_status(run, resumed_from=step if ckpt else None, segments=segments, step=step)
+    before = protocol.read_status(run)
+    step = protocol.checkpoint_step(ckpt) if ckpt else 0
+    protocol.update_status(run, resumed_from=step if ckpt else None, segments=segments, step=step)
     aside = _set_aside(run, step)
     try:
         start(run, detach=detach, resume_from=ckpt)
     except BaseException:
         for src, dst in aside:
             os.replace(dst, src)
-        rd.update_status(run, resumed_from=before.resumed_from, step=before.step)
+        protocol.update_status(run, resumed_from=before.resumed_from, step=before.step)
         raise
     for _, dst in aside:
         if dst.is_dir():
@@ -124,13 +124,13 @@ def resume(run: Path, *, detach: bool = True, checkpoint: int | None = None) -> 
 
 
 def _chosen_checkpoint(run: Path, step: int | None) -> Path | None:
-    complete = rd.complete_checkpoints(run)
+    complete = protocol.complete_checkpoints(run)
     if step is None:
         return complete[-1] if complete else None
     for p in complete:
-        if rd.checkpoint_step(p) == step:
+        if protocol.checkpoint_step(p) == step:
             return p
-    have = ", ".join(str(rd.checkpoint_step(p)) for p in complete) or "none"
+    have = ", ".join(str(protocol.checkpoint_step(p)) for p in complete) or "none"
     raise UserError("runs.no_such_checkpoint", "run {name} has no complete checkpoint {step}; complete checkpoints: "
                     "{have}", name=run.name, step=step, have=have)
 
@@ -140,11 +140,11 @@ def _set_aside(run: Path, step: int) -> list[tuple[Path, Path]]:
     checkpoint-* pattern, so never offered) and metric rows (metrics.jsonl rewritten without them). Returns the
     (original, set-aside) pairs, to delete after the start or to put back if it is refused."""
     moved = []
-    for p in sorted((run / rd.CHECKPOINTS).glob(f"{rd.CHECKPOINT_PREFIX}*"), key=rd.checkpoint_step):
-        if rd.checkpoint_step(p) > step:
+    for p in sorted((run / protocol.CHECKPOINTS).glob(f"{protocol.CHECKPOINT_PREFIX}*"), key=protocol.checkpoint_step):
+        if protocol.checkpoint_step(p) > step:
             moved.append((p, p.with_name(f".superseded-{p.name}")))
             os.replace(*moved[-1])
-    metrics = run / rd.METRICS
+    metrics = run / protocol.METRICS
     if metrics.is_file():
         kept, dropped = [], False
         with open(metrics, encoding="utf-8") as f:

@@ -25,7 +25,7 @@ from trainer_core.config.hardware import Hardware, detect, include_ids
 from trainer_core.config.run_config import RunConfig, save_config
 from trainer_core.common.errors import Text, UserError
 from trainer_core.runs import preflight
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_script, slurm_script
 from trainer_core.runs.launch import all_node_commands, hostfile_text
 from trainer_core.runs.registry import new_run_name, reserve_name, unwritable
@@ -90,7 +90,7 @@ def cluster_files(cfg: RunConfig, run_dir: Path) -> dict[str, str]:
     """The scripts to start the run on a GPU cluster by hand or with Slurm, and a multi-node launcher's hostfile."""
     files = {NODE_SCRIPT: node_script(cfg, run_dir), SLURM_SCRIPT: slurm_script(cfg, run_dir)}
     if cfg.placement.launcher != "local":
-        files[rd.HOSTFILE] = hostfile_text(cfg)
+        files[protocol.HOSTFILE] = hostfile_text(cfg)
     return files
 
 
@@ -114,19 +114,19 @@ def _write_run(p: Plan, root: Path) -> Path:
         final.rmdir()
         raise unwritable(root, e) from None
     try:
-        save_config(cfg, tmp / rd.CONFIG)
-        write_json(p.ds_config, tmp / rd.DS_CONFIG)
+        save_config(cfg, tmp / protocol.CONFIG)
+        write_json(p.ds_config, tmp / protocol.DS_CONFIG)
         for file_name, text in cluster_files(cfg, final).items():
             (tmp / file_name).write_text(text, encoding="utf-8")
-            if file_name != rd.HOSTFILE:
+            if file_name != protocol.HOSTFILE:
                 (tmp / file_name).chmod(0o755)
-        rd.write_json_atomic(tmp / rd.COMMAND, {
+        protocol.write_json_atomic(tmp / protocol.COMMAND, {
             "argv": all_node_commands(cfg, final, has_gpu=p.hardware.has_gpu,
                                       include=include_ids(p.hardware, cfg.placement)),
             "cwd": str(paths.PROJECT_ROOT),
             "note": "planned commands; the supervisor records the exact argv it ran in manifest.json",
         })
-        rd.write_status(tmp, rd.Status(state=rd.QUEUED, created=time.time(), name=name,
+        protocol.write_status(tmp, protocol.Status(state=protocol.QUEUED, created=time.time(), name=name,
                                        nodes_expected=cfg.placement.num_nodes, world_size=cfg.world_size,
                                        lints=[str(x) for x in p.lints]))
         os.rename(tmp, final)  # replaces the empty reserved directory in one step

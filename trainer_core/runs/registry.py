@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from trainer_core.common import paths
 from trainer_core.config.run_config import RunConfig
 from trainer_core.common.errors import Text, UserError, text
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 if TYPE_CHECKING:
     from trainer_core.runs.state import RunState
@@ -46,8 +46,8 @@ def list_runs(runs_root: Path | None = None) -> list[Path]:
     root = runs_root or paths.runs_root()
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / rd.CONFIG).is_file()]
-    return sorted(runs, key=lambda p: (p / rd.CONFIG).stat().st_mtime, reverse=True)
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / protocol.CONFIG).is_file()]
+    return sorted(runs, key=lambda p: (p / protocol.CONFIG).stat().st_mtime, reverse=True)
 
 
 DAMAGED = "damaged"
@@ -71,9 +71,9 @@ def resolve_run_dir(ref: str | Path) -> Path:
     p = Path(ref)
     if not p.is_dir():
         p = paths.runs_root() / str(ref)
-    if not (p / rd.CONFIG).is_file():
+    if not (p / protocol.CONFIG).is_file():
         raise UserError("runs.not_a_run", "{ref} is not a run directory (no {config}); `python -m trainer_core runs` "
-                        "lists them", ref=ref, config=rd.CONFIG)
+                        "lists them", ref=ref, config=protocol.CONFIG)
     return p.resolve()
 
 
@@ -84,7 +84,7 @@ def delete_run(run: Path) -> None:
     state = read_state(run)
     if state.alive:
         raise UserError("runs.delete_live", "run {name} is {state}; stop it before deleting", name=run.name,
-                        state=rd.state_text(state.state))
+                        state=protocol.state_text(state.state))
     root = paths.runs_root().resolve()
     if run.resolve().parent != root:
         raise UserError("runs.delete_outside", "{run} is not inside the runs folder {root}", run=run, root=root)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import psutil
 
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 RANK_MODULE = "trainer_core.training.train"
 
@@ -124,7 +124,7 @@ def sample_resources(run: Path, root_pid: int, stop: threading.Event, every_s: f
     nvml_ok = on_gpu and nvml.start()
     if on_gpu and not nvml_ok and gpu_ids is None:
         nvml.take_new()  # no driver on a machine not said to have GPUs: CPU-only sampling, nothing to report
-    with open(run / rd.RESOURCES, "a", encoding="utf-8") as out:
+    with open(run / protocol.RESOURCES, "a", encoding="utf-8") as out:
         while not stop.is_set():
             row: dict[str, Any] = {"time": time.time()}
             ranks = _ranks(root_pid)

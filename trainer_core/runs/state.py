@@ -22,12 +22,12 @@ import psutil
 
 from trainer_core.common.errors import Text, text
 from trainer_core.runs import processes as run_processes
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.common.tailing import read_tail_bytes
 
 
 @dataclass
-class RunState(rd.Status):
+class RunState(protocol.Status):
     """status.json as checked against the run's processes and checkpoints. Read, never written."""
 
     alive: bool = False
@@ -51,7 +51,7 @@ class RunState(rd.Status):
 
     def to_json(self) -> dict[str, Any]:
         derived = {f.name: getattr(self, f.name) for f in dataclasses.fields(RunState)
-                   if f.name not in {g.name for g in dataclasses.fields(rd.Status)}}
+                   if f.name not in {g.name for g in dataclasses.fields(protocol.Status)}}
         return {**super().to_json(), **derived}
 
 
@@ -62,21 +62,21 @@ def root_error(log_path: Path, tail_bytes: int = 256_000) -> Text | None:
     the log is the program's own output and stays as it is, a parameter of the sentence that frames it."""
     log = read_tail_bytes(log_path, tail_bytes).decode("utf-8", "replace")
     lines = [ln.rstrip() for ln in log.splitlines()]
-    candidates = [c for ln in lines if (c := rd.error_message(ln))]
+    candidates = [c for ln in lines if (c := protocol.error_message(ln))]
     # The launcher's own "exits with return code" noise and our supervisor lines are not root causes.
     candidates = [c for c in candidates if "subprocess.CalledProcessError" not in c and "sigkill_handler" not in c]
     joined = "\n".join(lines)
-    if rd.NO_SPACE.search(joined):
-        detail = next((c for c in reversed(candidates) if rd.NO_SPACE.search(c)), None)
+    if protocol.NO_SPACE.search(joined):
+        detail = next((c for c in reversed(candidates) if protocol.NO_SPACE.search(c)), None)
         return (text("runs.failed_no_space_detail", "no space left on device: {detail}", detail=detail) if detail
                 else text("runs.failed_no_space", "no space left on device"))
-    if rd.OOM.search(joined):
-        detail = next((c for c in reversed(candidates) if rd.OOM.search(c)), None)
+    if protocol.OOM.search(joined):
+        detail = next((c for c in reversed(candidates) if protocol.OOM.search(c)), None)
         return (text("runs.failed_oom_detail", "out of memory: {detail}", detail=detail) if detail
                 else text("runs.failed_oom", "out of memory"))
     # DeepSpeed's launcher names the first rank that failed; a negative code means a signal ended it, and the
     # errors the surviving ranks print afterwards (lost connections) are consequences, not the cause.
-    first = rd.RANK_EXIT.search(joined)
+    first = protocol.RANK_EXIT.search(joined)
     if first and int(first.group(1)) < 0:
         sig = -int(first.group(1))
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
@@ -108,7 +108,7 @@ def disk_full(run: Path) -> Text | None:
 def _own_words(run: Path, from_log: Text | None) -> Text | None:
     """The coded message rank 0 recorded for the user error it stopped on (training/train.py), when that is the
     line the log names: the same sentence, but with its own code, so it reads in the tab's language."""
-    recorded = rd.read_status(run).error_text
+    recorded = protocol.read_status(run).error_text
     if from_log is None or from_log.code != "runs.failed_trainer_said" or recorded is None:
         return None
     return recorded if str(recorded)[:500] == from_log.params["message"] else None
@@ -125,7 +125,7 @@ def launcher_end(run: Path, code: int, signalled: int | None = None) -> Text:
     if signalled:
         return text("runs.supervisor_signalled", "the run's supervisor was terminated by {signal}",
                     signal=signal_name(signalled))
-    killed = rd.read_json(run / rd.LAUNCH_EXIT)
+    killed = protocol.read_json(run / protocol.LAUNCH_EXIT)
     if isinstance(killed, dict) and isinstance(killed.get("signal"), int):
         return text("runs.launch_killed", "DeepSpeed's launch process was killed by {signal}",
                     signal=signal_name(killed["signal"]))
@@ -137,19 +137,19 @@ def launcher_end(run: Path, code: int, signalled: int | None = None) -> Text:
 
 def final_of_this_segment(run: Path, manifest: dict[str, Any]) -> bool:
     """final/ is complete and was written by the segment the manifest started (not left by an earlier one)."""
-    if not rd.has_final(run):
+    if not protocol.has_final(run):
         return False
     started = manifest.get("started")
-    written = (rd.read_json(run / rd.FINAL / rd.COMPLETE_MARKER) or {}).get("time")
+    written = (protocol.read_json(run / protocol.FINAL / protocol.COMPLETE_MARKER) or {}).get("time")
     return not isinstance(started, (int, float)) or (isinstance(written, (int, float)) and written >= started)
 
 
 def end_fields(run: Path, code: int | None, signalled: int | None = None) -> dict[str, Any]:
     """The final state from the launcher's exit code (None: unknown, the supervisor was lost), the stop request and
     what is on disk. A complete final/ means `completed`, whatever died afterwards (said in `note`)."""
-    control = rd.read_control(run)
-    manifest = rd.read_manifest(run)
-    status = rd.read_status(run)
+    control = protocol.read_control(run)
+    manifest = protocol.read_manifest(run)
+    status = protocol.read_status(run)
     started = manifest.get("started")
     ended = time.time() if code is not None or started is None else segment_end(run, status, started)
     out: dict[str, Any] = {"exit_code": code, "ended": ended, "phase": None, "phase_done": None,
@@ -163,30 +163,30 @@ def end_fields(run: Path, code: int | None, signalled: int | None = None) -> dic
         elif code != 0 or signalled or control.cause:
             note = text("runs.completed_then", "the final model was complete; afterwards: {what}",
                         what=control.cause_text or control.cause or after)
-        return {**out, "state": rd.COMPLETED, "final": True, "error": None, "note": note}
+        return {**out, "state": protocol.COMPLETED, "final": True, "error": None, "note": note}
     if control.cause:
-        ckpt = rd.latest_checkpoint(run)
-        saved = (text("runs.saved_checkpoint", "last complete checkpoint: {step}", step=rd.checkpoint_step(ckpt))
+        ckpt = protocol.latest_checkpoint(run)
+        saved = (text("runs.saved_checkpoint", "last complete checkpoint: {step}", step=protocol.checkpoint_step(ckpt))
                  if ckpt else text("runs.saved_none", "no complete checkpoint"))
-        return {**out, "state": rd.FAILED,
+        return {**out, "state": protocol.FAILED,
                 "error": text("runs.failed_asked_to_save", "{cause}; they were asked to save and stop ({saved}); "
                               "resume to go on", cause=control.cause_text or control.cause, saved=saved)}
-    if control.action in (rd.SAVE_AND_STOP, rd.FORCE_STOP):
-        ckpt = rd.latest_checkpoint(run)
-        return {**out, "state": rd.STOPPED, "error": None, "forced": control.action == rd.FORCE_STOP,
-                "last_checkpoint": rd.checkpoint_step(ckpt) if ckpt else None}
-    error = root_error(run / rd.LOG)
+    if control.action in (protocol.SAVE_AND_STOP, protocol.FORCE_STOP):
+        ckpt = protocol.latest_checkpoint(run)
+        return {**out, "state": protocol.STOPPED, "error": None, "forced": control.action == protocol.FORCE_STOP,
+                "last_checkpoint": protocol.checkpoint_step(ckpt) if ckpt else None}
+    error = root_error(run / protocol.LOG)
     if code is None:
         # Nobody recorded the end: rank 0's own record of why it stopped (it saw its supervisor go), else the log.
         error = status.error_text or (text("runs.failed_recorded", "{message}", message=status.error)
                                       if status.error else None) or error
-        return {**out, "state": rd.FAILED, "error": error or text(
+        return {**out, "state": protocol.FAILED, "error": error or text(
             "runs.lost_silently", "the run's processes ended without reporting a result (killed?)")}
     if error is None or error.code not in NAMED_CAUSES:
         named = after if (signalled or code < 0 or after.code == "runs.launch_killed") else None
         error = (named or disk_full(run) or _own_words(run, error) or error
                  or text("runs.failed_exit_code", "the launcher exited with code {exit_code}", exit_code=code))
-    return {**out, "state": rd.FAILED, "error": error}
+    return {**out, "state": protocol.FAILED, "error": error}
 
 
 _WRITING: set[str] = set()  # runs this process holds one_writer for (a signal handler may re-enter it)
@@ -214,10 +214,10 @@ def record_end(run: Path, code: int | None, signalled: int | None = None, **extr
     """Write the run's final state to status.json, once: whoever comes first (the state is still live) writes it;
     later callers find it terminal and leave it. Returns whether this call wrote it."""
     with one_writer(run):
-        if not rd.read_status(run).live:
+        if not protocol.read_status(run).live:
             return False
         fields = end_fields(run, code, signalled)
-        rd.update_status(run, **{**fields, **extra})
+        protocol.update_status(run, **{**fields, **extra})
         return True
 
 
@@ -225,7 +225,7 @@ def finish(run: Path, code: int, signalled: int | None = None) -> None:
     """The supervisor's record of the end, once its launcher exited with `code` (`signalled`: the signal that
     terminated the supervisor itself)."""
     with one_writer(run):
-        rd.update_status(run, **end_fields(run, code, signalled))
+        protocol.update_status(run, **end_fields(run, code, signalled))
 
 
 # Causes the log names outright; a nearly full disk or the trainer's own message does not override them.
@@ -249,31 +249,31 @@ def _lost(run: Path, s: RunState, fallback: Text) -> None:
     the log offers (or the one rank 0 recorded before it went: status.json's own error, kept with its coded form
     when it has one)."""
     if not s.error:
-        s.error_text = root_error(run / rd.LOG) or fallback
+        s.error_text = root_error(run / protocol.LOG) or fallback
         s.error = str(s.error_text)
     s.interrupted = True
-    s.state = rd.FAILED
+    s.state = protocol.FAILED
 
 
-def segment_end(run: Path, status: rd.Status, started: float) -> float:
+def segment_end(run: Path, status: protocol.Status, started: float) -> float:
     """When the segment that started at `started` ended: its recorded end, or for one that ended without a word
     (killed, lost) the last write to its log."""
     if status.ended is not None and status.ended >= started:
         return status.ended
     try:
-        return max((run / rd.LOG).stat().st_mtime, started)
+        return max((run / protocol.LOG).stat().st_mtime, started)
     except OSError:
         return started
 
 
-def run_seconds(run: Path, status: rd.Status, manifest: dict[str, Any]) -> float | None:
+def run_seconds(run: Path, status: protocol.Status, manifest: dict[str, Any]) -> float | None:
     """How long the run has run: each segment (a launch or a resume, to its end; start-up, evaluation and saving
     included) added up. The time a run sat stopped before a resume is not counted."""
     past = sum(end - start for start, end in status.segments)
     started = manifest.get("started") or status.created
     if started is None:
         return past or None
-    if status.state in rd.TERMINAL:
+    if status.state in protocol.TERMINAL:
         return past + segment_end(run, status, started) - started
     return past + max(time.time() - started, 0.0)
 
@@ -281,9 +281,9 @@ def run_seconds(run: Path, status: rd.Status, manifest: dict[str, Any]) -> float
 def read_state(run: Path) -> RunState:
     """State of a run from its directory alone. A run is `failed` only once no process of it remains: while its
     ranks outlive a lost supervisor it stays live, with the cause in `warning`."""
-    disk = rd.read_status(run)
-    s = RunState(**{f.name: getattr(disk, f.name) for f in dataclasses.fields(rd.Status)})
-    manifest = rd.read_manifest(run)
+    disk = protocol.read_status(run)
+    s = RunState(**{f.name: getattr(disk, f.name) for f in dataclasses.fields(protocol.Status)})
+    manifest = protocol.read_manifest(run)
     s.alive = bool(manifest) and _alive(manifest)
     if s.live and manifest and not s.alive:
         rest = run_processes.members(run, manifest)
@@ -297,25 +297,25 @@ def read_state(run: Path) -> RunState:
             # no process is left to write it, so this reader does, once (another reader may have just done it).
             try:
                 record_end(run, None)
-                disk = rd.read_status(run)
-                s = RunState(**{f.name: getattr(disk, f.name) for f in dataclasses.fields(rd.Status)})
+                disk = protocol.read_status(run)
+                s = RunState(**{f.name: getattr(disk, f.name) for f in dataclasses.fields(protocol.Status)})
             except OSError:  # a run directory this reader may not write: judge it without writing
                 _lost(run, s, text("runs.lost_silently", "the run's processes ended without reporting a result "
                                    "(killed?)"))
     elif s.live and not manifest:
-        age = s.heartbeat_age_s = rd.heartbeat_age(run)
-        if age is not None and age > rd.HEARTBEAT_STALE_S:
+        age = s.heartbeat_age_s = protocol.heartbeat_age(run)
+        if age is not None and age > protocol.HEARTBEAT_STALE_S:
             _lost(run, s, text("runs.lost_heartbeat", "no heartbeat from the trainer for {minutes:.0f} min: its job "
                                "ended without reporting a result (node lost or job killed?)", minutes=age / 60))
-    if s.state == rd.RUNNING and rd.read_control(run).action:
-        s.state = rd.STOPPING
+    if s.state == protocol.RUNNING and protocol.read_control(run).action:
+        s.state = protocol.STOPPING
     if s.terminal:
         # What a run was doing and how long it had left are over with it (older writers left them behind).
         s.phase = s.phase_done = s.phase_total = s.eta_s = None
         # Its end was written by a reader that found its processes gone: nobody saw it end.
-        s.interrupted = s.interrupted or (s.state == rd.FAILED and s.exit_code is None and bool(manifest))
+        s.interrupted = s.interrupted or (s.state == protocol.FAILED and s.exit_code is None and bool(manifest))
     s.run_dir, s.name = str(run), run.name
-    s.checkpoints = [rd.checkpoint_step(p) for p in rd.complete_checkpoints(run)]
-    s.has_final = rd.has_final(run)
+    s.checkpoints = [protocol.checkpoint_step(p) for p in protocol.complete_checkpoints(run)]
+    s.has_final = protocol.has_final(run)
     s.run_s = run_seconds(run, s, manifest)
     return s

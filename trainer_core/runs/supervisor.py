@@ -30,7 +30,7 @@ from trainer_core.config.run_config import load_config
 from trainer_core.common.errors import UserError, text
 from trainer_core.runs import device_locks, keep_locks
 from trainer_core.runs import processes as run_processes
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.runs.launch import launch_env, node_argv
 from trainer_core.runs.resources import sample_resources
 from trainer_core.runs.state import finish, launcher_end, read_state, signal_name
@@ -44,7 +44,7 @@ ORPHAN_SAVE_TIMEOUT_S = 300.0
 
 def device_keys(run: Path) -> list[str]:
     """Lock names for the devices this node's ranks use (see device_locks)."""
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     hw = detect()
     # By the machine's ids, so that runs with different CUDA_VISIBLE_DEVICES (or Slurm jobs) see each other.
     return device_locks.device_keys(cfg.placement.num_ranks, lock_ids(hw, cfg.placement), hw.has_gpu)
@@ -57,16 +57,16 @@ def start(run: Path, *, detach: bool = True, resume_from: Path | None = None) ->
     devices cannot both start; the supervisor inherits the lock descriptors and holds them for the run's life."""
     run = run.resolve()
     state = read_state(run).state
-    if state in rd.LIVE:
+    if state in protocol.LIVE:
         raise UserError("runs.already_live", "run {name} is already {state}", name=run.name,
-                        state=rd.state_text(state))
+                        state=protocol.state_text(state))
     keys = device_keys(run)
     fds = _acquire(run, keys)
     try:
-        rd.remove_partial(run)  # nothing of this run runs: whatever a killed save left is garbage
-        rd.update_status(run, state=rd.STARTING, exit_code=None, error=None, note=None, final=False)
-        (run / rd.CONTROL).unlink(missing_ok=True)
-        (run / rd.LAUNCH_EXIT).unlink(missing_ok=True)
+        protocol.remove_partial(run)  # nothing of this run runs: whatever a killed save left is garbage
+        protocol.update_status(run, state=protocol.STARTING, exit_code=None, error=None, note=None, final=False)
+        (run / protocol.CONTROL).unlink(missing_ok=True)
+        (run / protocol.LAUNCH_EXIT).unlink(missing_ok=True)
         argv = [sys.executable, "-m", "trainer_core.runs.supervisor", "--run-dir", str(run),
                 "--lock-fds", ",".join(map(str, fds)), "--lock-keys", ",".join(keys)]
         if resume_from is not None:
@@ -76,7 +76,7 @@ def start(run: Path, *, detach: bool = True, resume_from: Path | None = None) ->
         env[run_processes.RUN_DIR_ENV] = str(run)  # inherited by every process of the run: its proof of identity
         proc = subprocess.Popen(
             argv, cwd=paths.PROJECT_ROOT, env=env, pass_fds=fds, start_new_session=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(run / rd.SUPERVISOR_LOG, "ab"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(run / protocol.SUPERVISOR_LOG, "ab"),
         )
     finally:
         for fd in fds:
@@ -84,7 +84,7 @@ def start(run: Path, *, detach: bool = True, resume_from: Path | None = None) ->
     # Wait until the supervisor has written its manifest, so status is meaningful as soon as we return.
     deadline = time.time() + 30
     while time.time() < deadline and proc.poll() is None:
-        if rd.read_manifest(run).get("pid") == proc.pid:
+        if protocol.read_manifest(run).get("pid") == proc.pid:
             break
         time.sleep(0.05)
     if not detach:
@@ -111,7 +111,7 @@ def _acquire(run: Path, keys: list[str]) -> list[int]:
 def _holders_ended(keys: list[str]) -> bool:
     """Every held lock among `keys` belongs to a run that has recorded its end (its last processes are exiting)."""
     held = [h for h in map(device_locks.holder, keys) if h]
-    return bool(held) and all(rd.read_status(Path(h)).terminal for h in held)
+    return bool(held) and all(protocol.read_status(Path(h)).terminal for h in held)
 
 
 # ---------------------------------------------------------------- the supervisor process itself
@@ -123,7 +123,7 @@ def _proc_info(pid: int) -> dict[str, Any]:
 
 def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_keys: list[str]) -> int:
     me = _proc_info(os.getpid())
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     hw = detect()
     # The final state is ours to write; the runner is started through keep_locks, so it, `launch` and every rank
     # hold the device locks from birth.
@@ -131,31 +131,31 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
                                      master_port=_pick_port(cfg), supervised=True,
                                      include=include_ids(hw, cfg.placement)))
     # The ranks read host, pid and lock_keys to watch this process and to hold the device locks with it.
-    rd.write_json_atomic(run / rd.MANIFEST, {**me, "host": socket.gethostname(), "argv": argv,
+    protocol.write_json_atomic(run / protocol.MANIFEST, {**me, "host": socket.gethostname(), "argv": argv,
                                              "started": time.time(), "lock_fds": lock_fds, "lock_keys": lock_keys,
                                              "resume_from": str(resume_from) if resume_from else None})
-    rd.write_json_atomic(run / rd.COMMAND, {"argv": [argv], "cwd": str(paths.PROJECT_ROOT)})
-    log = open(run / rd.LOG, "ab", buffering=0)
+    protocol.write_json_atomic(run / protocol.COMMAND, {"argv": [argv], "cwd": str(paths.PROJECT_ROOT)})
+    log = open(run / protocol.LOG, "ab", buffering=0)
     _note(log, f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} supervisor {me['pid']} starting: {argv}\n")
     env = launch_env(cfg, hw.has_gpu)
     env[run_processes.RUN_DIR_ENV] = str(run)
     env[keep_locks.LOCK_FDS_ENV] = ",".join(map(str, lock_fds))
     child = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=env, pass_fds=lock_fds,
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    rd.update_status(run, state=rd.STARTING, launcher_pid=child.pid)
+    protocol.update_status(run, state=protocol.STARTING, launcher_pid=child.pid)
     signalled: list[int] = []
 
     def on_signal(signum, frame):
         """Terminated from outside (SIGTERM, SIGINT, SIGHUP): the ranks save and stop, and the end names why. A
         stop already asked for (stop, force-stop) goes its own way: the signal is passed on to the runner."""
-        if signalled or rd.read_control(run).action:
+        if signalled or protocol.read_control(run).action:
             try:
                 child.send_signal(signum)
             except ProcessLookupError:
                 pass
             return
         signalled.append(signum)
-        rd.request(run, rd.SAVE_AND_STOP, cause=launcher_end(run, 0, signum))
+        protocol.request(run, protocol.SAVE_AND_STOP, cause=launcher_end(run, 0, signum))
         _note(log, f"=== supervisor: {signal_name(signum)}; asking the ranks to save and stop\n")
         threading.Thread(target=_end_late, args=(run, me, log), daemon=True).start()
 
@@ -197,8 +197,8 @@ def _collect_orphans(run: Path, me: dict[str, Any], code: int, log, signalled: i
                  what=launcher_end(run, code, signalled), n=len(leftover))
     _note(log, f"=== supervisor: {cause}: {', '.join(map(run_processes.describe, leftover))}; asking them to "
                "save and stop\n")
-    if not rd.read_control(run).action:
-        rd.request(run, rd.SAVE_AND_STOP, cause=cause)
+    if not protocol.read_control(run).action:
+        protocol.request(run, protocol.SAVE_AND_STOP, cause=cause)
     if not run_processes.wait_gone(run, me, ORPHAN_SAVE_TIMEOUT_S, exclude_self=True):
         ended = run_processes.end(run, me, grace_s=STOP_GRACE_S, exclude_self=True)
         _note(log, f"=== supervisor: ended {', '.join(ended)}\n")

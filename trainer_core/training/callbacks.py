@@ -13,17 +13,17 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from trainer_core.config.run_config import RunConfig
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.training.ranks import LOST, all_reduce_ints, barrier, gather, global_rank, peak_memory_bytes
 from trainer_core.training.trainer import TokenCounts
 
 
 def rotate_checkpoints(run: Path, keep: int) -> None:
     """Keep the newest `keep` complete checkpoints; drop older ones and any unmarked (partial) leftovers."""
-    complete = rd.complete_checkpoints(run)
-    newest = rd.checkpoint_step(complete[-1]) if complete else -1
-    for p in (run / rd.CHECKPOINTS).glob(f"{rd.CHECKPOINT_PREFIX}*"):
-        if not (p / rd.COMPLETE_MARKER).is_file() and rd.checkpoint_step(p) < newest:
+    complete = protocol.complete_checkpoints(run)
+    newest = protocol.checkpoint_step(complete[-1]) if complete else -1
+    for p in (run / protocol.CHECKPOINTS).glob(f"{protocol.CHECKPOINT_PREFIX}*"):
+        if not (p / protocol.COMPLETE_MARKER).is_file() and protocol.checkpoint_step(p) < newest:
             shutil.rmtree(p, ignore_errors=True)
     for p in complete[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
@@ -38,7 +38,7 @@ class RunDirCallback(TrainerCallback):
         self.t0 = self.last_t = time.time()
         self.start_step = 0
         self.last_tokens = (0, 0)
-        self.metrics = open(run / rd.METRICS, "a", encoding="utf-8") if self.rank == 0 else None
+        self.metrics = open(run / protocol.METRICS, "a", encoding="utf-8") if self.rank == 0 else None
         self.stopping = False
         """A stop was requested (or a process above the ranks died): save, no evaluation."""
         self.lost = False
@@ -50,7 +50,7 @@ class RunDirCallback(TrainerCallback):
         self.t0 = self.last_t = time.time()
         self.start_step = state.global_step
         if self.rank == 0:
-            rd.update_status(self.run, state=rd.RUNNING, phase=rd.PHASE_TRAINING, step=state.global_step,
+            protocol.update_status(self.run, state=protocol.RUNNING, phase=protocol.PHASE_TRAINING, step=state.global_step,
                              total_steps=state.max_steps, started_training=time.time(),
                              world_size=self.cfg.world_size)
 
@@ -58,7 +58,7 @@ class RunDirCallback(TrainerCallback):
         # Rank 0 reads the control file, each rank adds whether its own watchdog fired, and the verdict is shared.
         request = 0
         if self.rank == 0:
-            request = 1 if rd.read_control(self.run).action == rd.SAVE_AND_STOP else 0
+            request = 1 if protocol.read_control(self.run).action == protocol.SAVE_AND_STOP else 0
         request, lost = all_reduce_ints([request, 1 if LOST else 0])
         if request or lost:
             self.stopping, self.lost = True, bool(lost)
@@ -68,9 +68,9 @@ class RunDirCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_evaluate = False  # a full evaluation pass before saving made Stop take minutes
             if self.rank == 0:
-                rd.update_status(self.run, state=rd.STOPPING, phase=rd.PHASE_SAVING, eta_s=None)
+                protocol.update_status(self.run, state=protocol.STOPPING, phase=protocol.PHASE_SAVING, eta_s=None)
         elif state.global_step >= state.max_steps and self.rank == 0:
-            rd.update_status(self.run, phase=rd.PHASE_FINISHING, eta_s=None)
+            protocol.update_status(self.run, phase=protocol.PHASE_FINISHING, eta_s=None)
 
     def on_epoch_end(self, args, state, control, **kw):
         if self.stopping:
@@ -81,7 +81,7 @@ class RunDirCallback(TrainerCallback):
         now = time.time()
         if self.rank == 0 and now - self.last_progress >= 1.0:  # status.json at most once a second
             self.last_progress = now
-            rd.update_status(self.run, phase_done=self.eval_batches)
+            protocol.update_status(self.run, phase_done=self.eval_batches)
 
     def on_evaluate(self, args, state, control, **kw):
         self.eval_batches = 0
@@ -94,18 +94,18 @@ class RunDirCallback(TrainerCallback):
             return
         row = self._metrics_row(state, logs, tokens, labels, peaks)
         self.last_t, self.last_tokens = row.time, (tokens, labels)
-        rd.append_metrics(self.metrics, row)
+        protocol.append_metrics(self.metrics, row)
         update = {"step": state.global_step, "total_steps": state.max_steps, "eta_s": row.eta_s}
         update.update({k: logs[k] for k in ("loss", "eval_loss") if logs.get(k) is not None})
-        rd.update_status(self.run, **update)
+        protocol.update_status(self.run, **update)
 
-    def _metrics_row(self, state, logs: dict, tokens: int, labels: int, peaks: list[int]) -> rd.MetricsRow:
+    def _metrics_row(self, state, logs: dict, tokens: int, labels: int, peaks: list[int]) -> protocol.MetricsRow:
         now = time.time()
         dt = max(now - self.last_t, 1e-9)
         elapsed = now - self.t0
         done = state.global_step - self.start_step
         eta = elapsed / done * max(state.max_steps - state.global_step, 0) if done > 0 else None
-        return rd.MetricsRow(
+        return protocol.MetricsRow(
             step=state.global_step,
             total_steps=state.max_steps,
             epoch=round(state.epoch or 0.0, 4),
@@ -128,11 +128,11 @@ class RunDirCallback(TrainerCallback):
         # Trainer.on_save fires after every rank wrote its shards; the barrier makes that true across nodes.
         barrier()
         if self.rank == 0:
-            ckpt = rd.checkpoint_dir(self.run, state.global_step)
+            ckpt = protocol.checkpoint_dir(self.run, state.global_step)
             if ckpt.is_dir():
-                rd.mark_complete(ckpt, {"step": state.global_step, "time": time.time()})
+                protocol.mark_complete(ckpt, {"step": state.global_step, "time": time.time()})
                 rotate_checkpoints(self.run, self.cfg.train.save_total_limit)
-                rd.update_status(self.run, last_checkpoint=state.global_step)
+                protocol.update_status(self.run, last_checkpoint=state.global_step)
         barrier()
 
     def on_train_end(self, args, state, control, **kw):

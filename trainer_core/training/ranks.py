@@ -12,7 +12,7 @@ import torch
 from trainer_core.common.errors import Text, text
 from trainer_core.runs import device_locks
 from trainer_core.runs import processes as run_processes
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 
 # Why this rank saves and stops on its own, without a stop request: the process it answers to died.
 LOST: dict[str, Text] = {}
@@ -87,7 +87,7 @@ def share_fate(run: Path, supervised: bool) -> list[int]:
     signal.signal(signal.SIGUSR1, lambda *_: LOST.setdefault("cause", text("training.lost_launch",
                                                                            "DeepSpeed's launch process died")))
     run_processes.die_with_parent(signal.SIGUSR1)
-    manifest = rd.read_json(run / rd.MANIFEST, {}) or {}
+    manifest = protocol.read_json(run / protocol.MANIFEST, {}) or {}
     # A manifest left by an earlier supervised attempt means nothing to a run started by hand or by Slurm.
     if not supervised or not manifest or not run_processes.on_this_host(manifest):
         return []

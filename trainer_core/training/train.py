@@ -24,7 +24,7 @@ from trainer_core.config.hardware import resolve_precision
 from trainer_core.config.run_config import RunConfig, load_config
 from trainer_core.data.batching import ArrayRows, Collator, first_fit_decreasing
 from trainer_core.common.errors import UserError, text
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.training import ranks
 from trainer_core.training.loss import HEAD_LOSSES
 from trainer_core.training.ranks import LOST, barrier, global_rank, log_rank0
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = args.run_dir.resolve()
-    cfg = load_config(run / rd.CONFIG)
+    cfg = load_config(run / protocol.CONFIG)
     setup_rank(run, args.supervised)
     trainer, tokenizer, callback = build_trainer(run, cfg, args.head_loss)
     if args.resume_from:
@@ -58,11 +58,11 @@ def setup_rank(run: Path, supervised: bool) -> None:
     ranks.share_fate(run, supervised)  # its lock descriptors stay open until this process exits
     ranks.init_distributed()
     if global_rank() == 0:
-        rd.start_heartbeat(run)  # before loading the model, which can take minutes for a 7B
+        protocol.start_heartbeat(run)  # before loading the model, which can take minutes for a 7B
         if not supervised:
             # Launched by hand or by Slurm: a stop request left by an earlier attempt is not meant for this one (the
             # supervisor clears it itself before a supervised start).
-            (run / rd.CONTROL).unlink(missing_ok=True)
+            (run / protocol.CONTROL).unlink(missing_ok=True)
 
 
 def training_arguments(cfg: RunConfig, run: Path, precision: str):
@@ -71,8 +71,8 @@ def training_arguments(cfg: RunConfig, run: Path, precision: str):
 
     t = cfg.train
     return TrainingArguments(
-        output_dir=str(run / rd.CHECKPOINTS),
-        deepspeed=json.loads((run / rd.DS_CONFIG).read_text(encoding="utf-8")),
+        output_dir=str(run / protocol.CHECKPOINTS),
+        deepspeed=json.loads((run / protocol.DS_CONFIG).read_text(encoding="utf-8")),
         accelerator_config={"use_configured_state": True},
         per_device_train_batch_size=t.micro_batch_size,
         per_device_eval_batch_size=t.micro_batch_size,
@@ -261,16 +261,16 @@ def save_final(trainer, tokenizer, cfg: RunConfig, run: Path) -> None:
     + persona in final/, published by a rename once complete."""
     from trainer_core.models.export import disk_full_named, write_persona
 
-    tmp = run / rd.FINAL_TMP
+    tmp = run / protocol.FINAL_TMP
     if global_rank() == 0 and tmp.exists():
         shutil.rmtree(tmp)
     barrier()
-    with disk_full_named(run / rd.FINAL):
+    with disk_full_named(run / protocol.FINAL):
         trainer.save_model(str(tmp))  # all ranks: ZeRO-3 gathers the 16-bit weights here
     barrier()
     if global_rank() != 0:
         return
-    with disk_full_named(run / rd.FINAL):
+    with disk_full_named(run / protocol.FINAL):
         # final/ is what users share and load: weights as safetensors only, no pickled Trainer arguments.
         (tmp / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(str(tmp))
@@ -278,12 +278,12 @@ def save_final(trainer, tokenizer, cfg: RunConfig, run: Path) -> None:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(str(tmp))
         write_persona(cfg, tmp)
-    rd.mark_complete(tmp, {"time": time.time()})
-    final = run / rd.FINAL
+    protocol.mark_complete(tmp, {"time": time.time()})
+    final = run / protocol.FINAL
     if final.exists():
         shutil.rmtree(final)
     tmp.replace(final)
-    rd.fsync_dir(run)
+    protocol.fsync_dir(run)
 
 
 def finish(run: Path, cfg: RunConfig, trainer, tokenizer, callback, supervised: bool) -> int:
@@ -295,26 +295,26 @@ def finish(run: Path, cfg: RunConfig, trainer, tokenizer, callback, supervised: 
         # once no process of the run remains (read_state), with this cause.
         if rank0:
             cause = LOST.get("cause") or text("training.lost_unknown", "a process of the run died")
-            rd.update_status(run, phase=None, error=text("training.lost_saved", "{cause}; the ranks saved checkpoint "
+            protocol.update_status(run, phase=None, error=text("training.lost_saved", "{cause}; the ranks saved checkpoint "
                                                          "{step} and stopped; resume to go on", cause=cause,
                                                          step=trainer.state.global_step))
         log_rank0("stopped after saving a checkpoint: a process above the ranks died")
         return 0
     if callback.stopping:
         if rank0:
-            rd.update_status(run, phase=None)
+            protocol.update_status(run, phase=None)
             if not supervised:
-                rd.update_status(run, state=rd.STOPPED, exit_code=0, ended=time.time(), forced=False)
+                protocol.update_status(run, state=protocol.STOPPED, exit_code=0, ended=time.time(), forced=False)
         log_rank0("stopped on request after saving a checkpoint")
         return 0
     if rank0:
-        rd.update_status(run, phase=rd.PHASE_CONSOLIDATING, eta_s=None)
+        protocol.update_status(run, phase=protocol.PHASE_CONSOLIDATING, eta_s=None)
     save_final(trainer, tokenizer, cfg, run)
     if rank0:
-        rd.update_status(run, step=trainer.state.global_step, final=True, phase=None)
+        protocol.update_status(run, step=trainer.state.global_step, final=True, phase=None)
         if not supervised:
-            rd.update_status(run, state=rd.COMPLETED, exit_code=0, ended=time.time())
-        log_rank0(f"final model written to {run / rd.FINAL}")
+            protocol.update_status(run, state=protocol.COMPLETED, exit_code=0, ended=time.time())
+        log_rank0(f"final model written to {run / protocol.FINAL}")
     return 0
 
 
@@ -324,8 +324,8 @@ def record_user_error(e: UserError) -> None:
     log names the same sentence, so the dashboard can say it in Chinese."""
     try:
         run = parse_args(None).run_dir.resolve()
-        if global_rank() == 0 and (run / rd.STATUS).exists():
-            rd.update_status(run, error=e.text)
+        if global_rank() == 0 and (run / protocol.STATUS).exists():
+            protocol.update_status(run, error=e.text)
     except (OSError, SystemExit):
         pass  # the English line in train.log still says it
 

@@ -10,7 +10,7 @@ import torch
 from transformers import Trainer
 
 from trainer_core.models.adapters import drop_frozen_aliases, plain_model
-from trainer_core.runs import protocol as rd
+from trainer_core.runs import protocol
 from trainer_core.training.loss import LabelledLoss
 from trainer_core.training.ranks import all_reduce_floats, global_rank
 
@@ -28,7 +28,7 @@ class TokenCounts:
 def set_phase(run: Path, phase: str | None, **fields) -> None:
     """What the run is doing now, for every reader of status.json (rank 0 only)."""
     if global_rank() == 0:
-        rd.update_status(run, phase=phase, **fields)
+        protocol.update_status(run, phase=phase, **fields)
 
 
 class SupervisedTrainer(Trainer):
@@ -83,7 +83,7 @@ class SupervisedTrainer(Trainer):
         """eval_loss as the mean over every label token of the eval set, the same for any batch size or rank
         count (the Trainer's own is a mean of per-batch means)."""
         self.eval_sum, self.eval_count = 0.0, 0
-        set_phase(self.run_dir, rd.PHASE_EVALUATING, phase_done=0, phase_total=len(dataloader))
+        set_phase(self.run_dir, protocol.PHASE_EVALUATING, phase_done=0, phase_total=len(dataloader))
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                          metric_key_prefix)
         set_phase(self.run_dir, self._phase_after(), phase_done=None, phase_total=None)
@@ -104,14 +104,14 @@ class SupervisedTrainer(Trainer):
         return optimizer
 
     def _save_checkpoint(self, model, trial):
-        set_phase(self.run_dir, rd.PHASE_SAVING, phase_done=None, phase_total=None)
+        set_phase(self.run_dir, protocol.PHASE_SAVING, phase_done=None, phase_total=None)
         if self.is_deepspeed_enabled and hasattr(self.model, "peft_config"):
             drop_frozen_aliases(self.model_wrapped)  # a LoRA run's checkpoint: the adapter, not the tied head
         super()._save_checkpoint(model, trial)
         set_phase(self.run_dir, self._phase_after())
 
     def _phase_after(self) -> str:
-        return rd.PHASE_TRAINING if not self.control.should_training_stop else rd.PHASE_FINISHING
+        return protocol.PHASE_TRAINING if not self.control.should_training_stop else protocol.PHASE_FINISHING
 
     def _base(self, model):
         base = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
