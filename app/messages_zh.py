@@ -101,6 +101,8 @@ MESSAGES_ZH: dict[str, str] = {
     "config.one_of": "{name} 必须是以下之一：{choices}（当前为 {value}）",
     "config.epochs_positive": "{name} 必须大于 0，除非设置了 train.max_steps（当前为 {value}）",
     "config.at_most": "{name} 不能超过 {hi}（当前为 {value}）",
+    "config.lora_alpha": "{name} 必须 > 0（当前为 {value}）",
+    "config.module_names": "{name} 必须是模块名，例如 q_proj 或 model.layers.0.mlp（当前为 {value}）",
     "config.max_steps": "{name} 必须是 -1，或 1 到 {hi} 之间的步数（当前为 {value}）",
     "config.learning_rate": "{name} 必须大于 0 且小于 1（当前为 {value}）",
     "config.not_negative": "{name} 不能为负数（当前为 {value}）",
@@ -192,6 +194,7 @@ MESSAGES_ZH: dict[str, str] = {
     "runs.lint_error": "{message}（{lint}）",
     "runs.problems_joined": "{first}；{rest}",
     "runs.ds_config_problems": "DeepSpeed 配置有问题：{problems}",
+    "runs.learning_rate_lora": "train.learning_rate {lr:g} 与 {billions:.1f}B 参数模型的 {method} 适配器常用的学习率相差很远（通常为 1e-4 到 2e-4；低于 {lo:g} 几乎学不动，高于 {hi:g} 容易发散）。",
     "runs.learning_rate_high": "train.learning_rate {lr:g} 远高于 {billions:.1f}B 参数模型全参数微调能承受的范围（通常为 1e-5 到 2e-5；高于 {limit:g} 往往会抹掉模型已有的知识）；configs/qwen_7b_4x24gb.yaml 使用 1e-5。",
     "runs.no_usable_records": "data.path {path} 中没有可用的记录。",
     "runs.no_usable_records_first": "data.path {path} 中没有可用的记录；第一个问题：{problem}",
@@ -251,6 +254,13 @@ MESSAGES_ZH: dict[str, str] = {
     "training.lost_saved": "{cause}；各 rank 已保存检查点 {step} 并停止；恢复运行即可继续。",
 
     # --- models (trainer_core/models/) ---
+    "models.export_no_adapter": "{src} 中没有适配器（缺少 {file}）",
+    "models.adapter_base_missing": "{path} 是基座模型 {base} 的 LoRA 适配器，但该基座模型已不在原处；请把它放回这个路径。",
+    "models.adapter_config_broken": "{path}：{file} 无法读取（{reason}）",
+    "models.lora_no_blocks": "模型里找不到重复的层块列表来放 LoRA 适配器；请在 lora.target_modules 中写明层名。",
+    "models.lora_no_linear": "模型的层块（{blocks}）里没有可放 LoRA 适配器的线性层；请在 lora.target_modules 中写明层名。",
+    "models.qlora_needs_bitsandbytes": "train.method qlora 需要 bitsandbytes 包，但它没有安装；请 `pip install bitsandbytes`，或改用 train.method lora",
+    "models.qlora_needs_cuda": "train.method qlora 需要 CUDA GPU（它的 4 位基座运行在 bitsandbytes 的 CUDA 内核上），而这台机器没有；请改用 train.method lora",
     "models.dest_exists": "{dest} 已存在；请换一个新的文件夹名，或先删除它。",
     "models.dest_parent_missing": "{parent} 不存在；请先创建它，或选择其他目标位置。",
     "models.ended_early": "{file} 提前结束；请重新下载。",
@@ -320,6 +330,8 @@ MESSAGES_ZH: dict[str, str] = {
     "models.checkpoint_needs_run": "--checkpoint {step} 只能用于运行；{path} 是模型目录，不是运行。",
 
     # --- cli (trainer_core/cli/) ---
+    "cli.adapter_format": "{method} 运行不支持 --format {format}；请用 --merge 导出后再转换合并后的模型",
+    "cli.merge_full_run": "--merge 只适用于 lora 和 qlora 运行；运行 {run} 训练了所有权重（train.method {method}），它导出的本来就是完整模型",
     "cli.out_of_range": "{flag} 必须在 {lo:,} 到 {hi:,} 之间（收到 {value}）。",
     "cli.out_of_range_why": "{flag} 必须在 {lo:,} 到 {hi:,} 之间（{why}）（收到 {value}）。",
     "cli.max_length_range": "即 data.max_length 允许的范围",

@@ -13,6 +13,7 @@ import streamlit as st
 from app.i18n import CONFIG_FIELDS, LABELS, lang, option_labels, say, t
 from trainer_core.common import paths
 from trainer_core.config.run_config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
+from trainer_core.config.sections import METHODS
 from trainer_core.common.errors import UserError
 
 QUICKSTART = paths.CONFIGS_DIR / "quickstart.yaml"
@@ -48,6 +49,14 @@ WIDGETS: dict[tuple[str, str], tuple] = {
     ("train", "save_total_limit"): ("int", 1),
     ("train", "eval_steps"): ("int", 10),
     ("train", "seed"): ("int", 1),
+    ("train", "method"): ("select", METHODS),
+    ("lora", "rank"): ("int", 1),
+    ("lora", "alpha"): ("float", 1.0, "%.1f"),
+    ("lora", "dropout"): ("float", 0.01, "%.2f"),
+    ("lora", "target_modules"): ("names",),
+    ("lora", "use_rslora"): ("bool",),
+    ("lora", "use_dora"): ("bool",),
+    ("lora", "modules_to_save"): ("names",),
     ("deepspeed", "stage"): ("select", (0, 1, 2, 3)),
     ("deepspeed", "offload_optimizer"): ("select", OFFLOAD_DEVICES),
     ("deepspeed", "offload_param"): ("select", OFFLOAD_DEVICES),
@@ -79,6 +88,8 @@ def _widget_value(section: str, name: str, value):
         return f"{value:g}"
     if (section, name) == ("placement", "gpus"):
         return list(value)
+    if WIDGETS[(section, name)][0] == "names":  # typed as "q_proj, v_proj"; the config splits it again
+        return ", ".join(value)
     return value
 
 
@@ -175,7 +186,7 @@ def field(section: str, name: str, error: str | None = None, **kw) -> None:
     k = key(section, name)
     if kind == "model":
         _model_picker(label, help_)
-    elif kind == "text":
+    elif kind in ("text", "names"):
         st.text_input(label, key=k, help=help_, persist_state="session", **kw)
     elif kind == "area":
         st.text_area(label, key=k, help=help_, height=90, persist_state="session", **kw)

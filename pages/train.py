@@ -60,6 +60,20 @@ with tabs[0]:
     with c3:
         f("data", "packing")
 with tabs[1]:
+    f("train", "method")
+    if form.value("train", "method") != "full":  # the adapters' own fields, only where they apply
+        c1, c2, c3, c4 = st.columns(4)
+        with c1:
+            f("lora", "rank")
+            f("lora", "alpha")
+        with c2:
+            f("lora", "dropout")
+            f("lora", "use_rslora")
+            f("lora", "use_dora")
+        with c3:
+            f("lora", "target_modules", placeholder=t("train.lora_targets_auto"))
+        with c4:
+            f("lora", "modules_to_save")
     c1, c2, c3 = st.columns(3)
     with c1:
         f("train", "epochs")

@@ -41,7 +41,7 @@ ALL_FIELDS = [(section, f.name) for section, cls in SECTIONS.items() for f in da
 
 
 def test_sections_are_all_found():
-    assert set(SECTIONS) == {"model", "data", "train", "deepspeed", "placement"}
+    assert set(SECTIONS) == {"model", "data", "train", "lora", "deepspeed", "placement"}
     assert len(ALL_FIELDS) > 30
 
 

@@ -7,7 +7,7 @@
     python -m trainer_core status RUN [--json] | stop RUN [--force] | resume RUN [--checkpoint STEP] [--detach]
     python -m trainer_core runs [--json] | logs RUN [-n N] [--follow]
     python -m trainer_core chat MODEL_OR_RUN --prompt TEXT [--persona TEXT] [--max-new-tokens N]
-    python -m trainer_core export RUN [--checkpoint STEP] [--format qwen1]
+    python -m trainer_core export RUN [--checkpoint STEP] [--format qwen1] [--merge]
     python -m trainer_core evaluate RUN [--checkpoint STEP|all] [--base] [--probes FILE] [--max-records N] [--json]
     python -m trainer_core import-model SRC DEST          (Qwen-1 / Qwen-7B-Chat folder -> native Qwen2 folder)
     python -m trainer_core join RUN --node-rank N         (other nodes of a no_ssh multi-node run)

@@ -68,6 +68,12 @@ def cmd_export(args) -> int:
 
     bounded(args.checkpoint, "--checkpoint", 0, MAX_STEPS)
     run = run_dir(args.run)
+    if _adapter_run(run, args):
+        from trainer_core.runs.outputs import export_adapter_run
+
+        emit(export_adapter_run(run, args.checkpoint, merge=args.merge,
+                                persona_in_template=not args.no_persona_template))
+        return 0
     if args.format == "qwen1":  # checked before the consolidation, which can take minutes
         from trainer_core.config.run_config import load_config
         from trainer_core.models.qwen1_export import export_qwen1
@@ -80,6 +86,23 @@ def cmd_export(args) -> int:
         out = export_qwen1(out, original, out.with_name(f"{out.name}-qwen1"))
     emit(out)
     return 0
+
+
+def _adapter_run(run: Path, args) -> bool:
+    """Whether the run trained adapters (lora/qlora); --merge on any other run, or with --format qwen1, is refused."""
+    from trainer_core.config.run_config import load_config
+    from trainer_core.models.adapters import uses_adapter
+    from trainer_core.runs import protocol
+
+    method = load_config(run / protocol.CONFIG).train.method
+    if args.merge and not uses_adapter(method):
+        raise UserError("cli.merge_full_run", "--merge applies to lora and qlora runs; run {run} trained every "
+                        "weight (train.method {method}), so its export is already a full model", run=run.name,
+                        method=method)
+    if uses_adapter(method) and args.format != "hf":
+        raise UserError("cli.adapter_format", "--format {format} is not available for a {method} run; export it "
+                        "with --merge and convert the merged model", format=args.format, method=method)
+    return uses_adapter(method)
 
 
 def cmd_import_model(args) -> int:
@@ -124,6 +147,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--no-persona-template", action="store_true",
                    help="keep the model's own chat template (by default the trained persona becomes its default "
                         "system prompt, for users who pass none)")
+    s.add_argument("--merge", action="store_true",
+                   help="lora/qlora runs: write the base with the adapter merged in, a full model that loads without "
+                        "peft (without it: the adapter, with a pointer to its base)")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("import-model", help="convert a Qwen-1 (Qwen-7B-Chat) folder into a native Qwen2 folder")

@@ -1,6 +1,6 @@
 """The one typed run config: it drives the dashboard form, the CLI and the trainer.
 
-`RunConfig` is a name plus five sections (their fields, docs and checks are in `sections.py`). This module builds it
+`RunConfig` is a name plus six sections (their fields, docs and checks are in `sections.py`). This module builds it
 from plain data with every value's type checked, reads it from YAML, applies `--set key=value` overrides and finds
 the docstring under a field for help text. Every refusal is a coded `UserError` naming the dotted field.
 """
@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from trainer_core.config.sections import (DEFAULT_PERSONA, LAUNCHERS, MAX_LENGTH_RANGE, OFFLOAD_DEVICES, PRECISIONS,
-                                          SCHEDULERS, DataArgs, DeepSpeedArgs, ModelArgs, PlacementArgs, TrainArgs,
-                                          short, system_dir)
+                                          SCHEDULERS, DataArgs, DeepSpeedArgs, LoraArgs, ModelArgs, PlacementArgs,
+                                          TrainArgs, short, system_dir)
 from trainer_core.common.errors import Text, UserError, text
 from trainer_core.common.user_files import read_text
 
@@ -45,6 +45,7 @@ class RunConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    lora: LoraArgs = field(default_factory=LoraArgs)
     deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
     placement: PlacementArgs = field(default_factory=PlacementArgs)
 
@@ -75,8 +76,8 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
     """Check a YAML value against a field type; ints are accepted where floats are expected."""
     if typing.get_origin(typ) is list:
         (item,) = typing.get_args(typ)
-        if isinstance(value, (int, str)) and not isinstance(value, bool) and item is int:
-            # "0,1,3" or a single id, the way people type GPU lists.
+        if isinstance(value, (int, str)) and not isinstance(value, bool) and item in (int, str):
+            # "0,1,3" or a single id, the way people type GPU lists (and "q_proj,v_proj" module names).
             value = [v for v in str(value).replace(" ", "").split(",") if v != ""]
         if not isinstance(value, list):
             raise UserError("config.not_a_list", "{name} must be a list (got {kind} {value})",

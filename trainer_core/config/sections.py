@@ -1,4 +1,4 @@
-"""The five sections of a run config (model, data, train, deepspeed, placement): their fields, documented and checked.
+"""The sections of a run config (model, data, train, lora, deepspeed, placement): their fields, documented and checked.
 
 Each field carries a docstring (the dashboard's help text and the README point here) and every section validates
 itself on construction, raising a coded `UserError` that names the dotted field, e.g.
@@ -97,6 +97,7 @@ MAX_BATCH = 65_536
 MAX_SEED = 2**32 - 1
 MAX_NODES = 4096
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+METHODS = ("full", "lora", "qlora")
 
 
 @dataclass
@@ -149,6 +150,10 @@ class TrainArgs:
     seed: int = 42
     """Random seed for initialisation, shuffling and the eval split."""
 
+    method: str = "full"
+    """full (every weight trains), lora (the base stays frozen; small low-rank adapters train, see the lora section)
+    or qlora (lora over a base loaded in 4-bit NF4; needs a CUDA GPU and bitsandbytes)."""
+
     def __post_init__(self) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, text(
             "config.epochs_positive", "{name} must be > 0 unless train.max_steps is set (got {value})",
@@ -176,6 +181,47 @@ class TrainArgs:
         _between("train.eval_steps", self.eval_steps, 0, MAX_STEPS, f"{MAX_STEPS:,}")
         # numpy, torch and Python's random all take a 32-bit unsigned seed; anything else fails after start-up.
         _between("train.seed", self.seed, 0, MAX_SEED)
+        _one_of("train.method", self.method, METHODS)
+
+
+MODULE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
+
+
+@dataclass
+class LoraArgs:
+    rank: int = 16
+    """Rank r of each adapter (its matrices are r x in and out x r): higher learns more and stores more."""
+
+    alpha: float = 32.0
+    """Scale of the adapter's update: it is multiplied by alpha / rank (alpha / sqrt(rank) with use_rslora)."""
+
+    dropout: float = 0.05
+    """Dropout on the adapter's input during training (0 disables it)."""
+
+    target_modules: list[str] = field(default_factory=list)
+    """Names (or name suffixes) of the linear layers that get adapters; empty: every linear layer inside the
+    model's blocks, found from the model itself (the output head and the embeddings never)."""
+
+    use_rslora: bool = False
+    """Rank-stabilised LoRA: scale by alpha / sqrt(rank), which keeps high ranks learning."""
+
+    use_dora: bool = False
+    """DoRA: also learn each weight's magnitude; slower, sometimes better at low rank."""
+
+    modules_to_save: list[str] = field(default_factory=list)
+    """Modules trained in full and saved beside the adapter (e.g. lm_head when the vocabulary's use changes); they
+    make the adapter as large as those modules."""
+
+    def __post_init__(self) -> None:
+        _between("lora.rank", self.rank, 1, 4096)
+        _check(0 < self.alpha <= 1e6, text("config.lora_alpha", "{name} must be > 0 (got {value})",
+                                           name="lora.alpha", value=self.alpha))
+        _check(0 <= self.dropout < 1, text("config.in_interval", "{name} must be in {interval} (got {value})",
+                                           name="lora.dropout", interval="[0, 1)", value=self.dropout))
+        for name in ("target_modules", "modules_to_save"):
+            bad = [m for m in getattr(self, name) if not MODULE_NAME_RE.fullmatch(m)]
+            _check(not bad, text("config.module_names", "{name} must be module names such as q_proj or "
+                                 "model.layers.0.mlp (got {value})", name=f"lora.{name}", value=short(bad[:1])))
 
 
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")

@@ -1,4 +1,5 @@
-"""Consolidate a ZeRO checkpoint into one safetensors model with DeepSpeed's own zero_to_fp32 tooling.
+"""Consolidate a ZeRO checkpoint into one safetensors model with DeepSpeed's own zero_to_fp32 tooling; for a
+lora/qlora run, export its adapter, or with --merge the base with the adapter merged in.
 
 The result (a run's exports/checkpoint-N/: runs/outputs.py picks the checkpoint and names the folder) loads with plain
 `AutoModelForCausalLM.from_pretrained`. zero_to_fp32 reads the optimizer shards with torch.load; it is only ever
@@ -104,6 +105,53 @@ def consolidate(ckpt: Path, dest: Path, cfg, *, persona_in_template: bool = True
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def export_adapter(src: Path, dest: Path, cfg, *, merge: bool = False, persona_in_template: bool = True) -> Path:
+    """The adapter folder `src` of a lora/qlora run with config `cfg` as a model folder at `dest`: with `merge`, a
+    full model (the base with the adapter merged into its weights, in the base's dtype, tied weights stored once)
+    that loads without peft; else the adapter itself (PEFT's format, pointing at its base), tokenizer, template and
+    persona. Written beside `dest`, marked complete, then renamed into place."""
+    from trainer_core.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir, merged_model
+
+    if not is_adapter_dir(src):
+        raise UserError("models.export_no_adapter", "{src} holds no adapter ({file} missing)",
+                        src=str(src), file=ADAPTER_CONFIG)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        with disk_full_named(dest):
+            if merge:
+                model, base_dir = merged_model(src, trust_remote_code=cfg.model.trust_remote_code)
+                # The merge is computed in fp32; the folder keeps the base's own dtype (a 7B stays 15 GB, not 30).
+                model.to(torch_dtype_of(base_dir)).save_pretrained(str(tmp), safe_serialization=True)
+            else:
+                base_dir = Path(cfg.model.path)
+                for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+                    shutil.copy2(src / name, tmp / name)
+            for f in model_files(src, base_dir):
+                if not (tmp / f.name).exists() and not (merge and f.name == ADAPTER_CONFIG):
+                    shutil.copy2(f, tmp / f.name)
+            write_persona(cfg, tmp, in_template=persona_in_template)
+        mark_complete(tmp, {"source": str(src), "merged": merge})
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def torch_dtype_of(model_dir: Path):
+    """The dtype a model folder's weights are stored in, from its config.json."""
+    import json
+
+    import torch
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return getattr(torch, name, torch.float32)
 
 
 def write_persona(cfg, dest: Path, *, in_template: bool = True) -> None:

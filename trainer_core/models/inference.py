@@ -27,6 +27,7 @@ from trainer_core.config.sections import MAX_SEED
 from trainer_core.data.chat_format import prompt_ids
 from trainer_core.data.chat_template import stop_token_ids, turn_format
 from trainer_core.common.errors import UserError
+from trainer_core.models.adapters import is_adapter_dir, load_with_adapter
 from trainer_core.models.local import check_model_dir
 
 
@@ -101,9 +102,14 @@ def _load_chat_model(model_dir: Path, trust_remote_code: bool, device: str):
     from trainer_core.config.hardware import native_bf16
     from trainer_core.models.local import load_tokenizer
 
-    check_model_dir(model_dir, trust_remote_code=trust_remote_code)
     on_gpu = device.startswith("cuda")
     dtype = torch.bfloat16 if on_gpu and native_bf16(torch.cuda.get_device_capability(device)) else torch.float32
+    if is_adapter_dir(model_dir):  # a LoRA run's final/ or checkpoint: its base with the adapter, unmerged
+        model, _ = load_with_adapter(model_dir, trust_remote_code=trust_remote_code, dtype=dtype)
+        tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+        model.to(device).eval()
+        return model, tok
+    check_model_dir(model_dir, trust_remote_code=trust_remote_code)
     tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=dtype,
                                                  use_safetensors=True)

@@ -34,11 +34,27 @@ def checkpoints(run: Path) -> list[Path]:
 
 
 def exports(run: Path) -> list[Path]:
-    """Complete exports (exports/checkpoint-N/), newest step first."""
+    """Complete exports, newest first: exports/checkpoint-N/ (a consolidated checkpoint, or a lora run's adapter),
+    and for lora/qlora runs exports/final/ and the merged models exports/<final or checkpoint-N>-merged/."""
     root = run / protocol.EXPORTS
-    found = [p for p in root.glob(f"{protocol.CHECKPOINT_PREFIX}*")
-             if p.is_dir() and (p / protocol.COMPLETE_MARKER).is_file() and protocol.checkpoint_step(p) >= 0]
-    return sorted(found, key=protocol.checkpoint_step, reverse=True)
+    found = [p for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")
+             and (p / protocol.COMPLETE_MARKER).is_file() and _export_order(p) is not None]
+    return sorted(found, key=_export_order, reverse=True)
+
+
+def _export_order(folder: Path) -> tuple[int, int] | None:
+    """(step, merged) of an export folder's name; final counts as the last step; None for a name we never write."""
+    name = folder.name.removesuffix("-merged")
+    merged = int(name != folder.name)
+    if name == protocol.FINAL:
+        return (2**62, merged)
+    step = protocol.checkpoint_step(Path(name)) if name.startswith(protocol.CHECKPOINT_PREFIX) else -1
+    return (step, merged) if step >= 0 else None
+
+
+def export_label(folder: Path) -> str:
+    """export-<step>, export-final, with -merged for a merged adapter: how the Chat page names an export."""
+    return EXPORT_LABEL + folder.name.removeprefix(protocol.CHECKPOINT_PREFIX)
 
 
 def chat_models(run: Path) -> dict[str, Path]:
@@ -47,7 +63,7 @@ def chat_models(run: Path) -> dict[str, Path]:
     if (final := final_model(run)) is not None:
         out[FINAL_LABEL] = final
     for p in exports(run):
-        out[f"{EXPORT_LABEL}{protocol.checkpoint_step(p)}"] = p
+        out[export_label(p)] = p
     for p in reversed(checkpoints(run)):
         out[p.name] = p
     return out
@@ -106,6 +122,29 @@ def export_checkpoint(run: Path, step: int | None = None, *, persona_in_template
     ckpt = export_source(run, step)
     return consolidate(ckpt, export_target(run, ckpt), load_config(run / protocol.CONFIG),
                        persona_in_template=persona_in_template)
+
+
+def adapter_source(run: Path, step: int | None) -> Path:
+    """The adapter folder of a lora/qlora run to export: checkpoint `step`, else final/, else the newest complete
+    checkpoint. The Trainer writes each one's adapter_model.safetensors whole, so no ZeRO shard is read."""
+    final = final_model(run)
+    if step is None and final is not None:
+        return final
+    return export_source(run, step)
+
+
+def export_adapter_run(run: Path, step: int | None = None, *, merge: bool = False,
+                       persona_in_template: bool = True) -> Path:
+    """A lora/qlora run's export into exports/: the adapter (exports/<final or checkpoint-N>/) or, with `merge`, the
+    merged full model (exports/<final or checkpoint-N>-merged/)."""
+    from trainer_core.models.export import export_adapter
+
+    src = adapter_source(run, step)
+    dest = run / protocol.EXPORTS / (f"{src.name}-merged" if merge else src.name)
+    from trainer_core.config.run_config import load_config
+
+    return export_adapter(src, dest, load_config(run / protocol.CONFIG), merge=merge,
+                          persona_in_template=persona_in_template)
 
 
 def model_dir(ref: str | Path, step: int | None = None) -> Path:

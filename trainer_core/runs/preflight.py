@@ -13,6 +13,7 @@ from trainer_core.config.ds_config import build_ds_config, lint_run, zero_layout
 from trainer_core.config.hardware import VISIBLE_ENV, Hardware, bf16_everywhere, resolve_precision, run_gpus
 from trainer_core.config.run_config import RunConfig
 from trainer_core.common.errors import UserError, text
+from trainer_core.models.adapters import bitsandbytes_installed, method_problem, uses_adapter
 from trainer_core.models.local import check_model_dir
 from trainer_core.models.qwen1_import import lint_imported_length
 from trainer_core.runs.launch import hostfile_text
@@ -152,6 +153,8 @@ def lint_learning_rate(cfg: RunConfig) -> list[Lint]:
         params = model_shape(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code).params
     except UserError:
         return []  # the memory plan reports what is wrong with the model's config
+    if uses_adapter(cfg.train.method):
+        return lint_adapter_learning_rate(cfg, params)
     limit = next((lr for size, lr in LR_LIMITS if params >= size), None)
     if limit is None or cfg.train.learning_rate <= limit:
         return []
@@ -160,6 +163,32 @@ def lint_learning_rate(cfg: RunConfig) -> list[Lint]:
         "train.learning_rate {lr:g} is far above what full fine-tuning of a {billions:.1f}B-parameter model "
         "tolerates (usually 1e-5 to 2e-5; above {limit:g} it tends to erase what the model already knows); "
         "configs/qwen_7b_4x24gb.yaml uses 1e-5", lr=cfg.train.learning_rate, billions=params / 1e9, limit=limit))]
+
+
+# LoRA recipes (PEFT's and Qwen's examples, LLaMA-Factory, ms-swift) train adapters at 1e-4 to 2e-4; a rate ten times
+# off either way barely moves the adapters or makes them diverge. Models below LORA_LR_MIN_PARAMS (the starter, a
+# random 10M model) keep their own rates.
+LORA_LR_RANGE = (1e-5, 2e-3)
+LORA_LR_MIN_PARAMS = 1e8
+
+
+def lint_adapter_learning_rate(cfg: RunConfig, params: int) -> list[Lint]:
+    lo, hi = LORA_LR_RANGE
+    if params < LORA_LR_MIN_PARAMS or lo <= cfg.train.learning_rate <= hi:
+        return []
+    return [Lint("warning", "learning-rate-lora", text(
+        "runs.learning_rate_lora", "train.learning_rate {lr:g} is far from what {method} adapters of a "
+        "{billions:.1f}B-parameter model train with (usually 1e-4 to 2e-4; below {lo:g} they barely move, above "
+        "{hi:g} they tend to diverge)", lr=cfg.train.learning_rate, method=cfg.train.method, billions=params / 1e9,
+        lo=lo, hi=hi))]
+
+
+def check_method(cfg: RunConfig, hw: Hardware) -> None:
+    """train.method can run on this machine (qlora needs a CUDA GPU): refused before anything is read or started."""
+    problem = method_problem(cfg.train.method, cfg.placement.launcher, hw.has_gpu and hw.gpu_problem is None,
+                             bitsandbytes_installed())
+    if problem is not None:
+        raise problem
 
 
 def check_answers_fit(cfg: RunConfig) -> int:

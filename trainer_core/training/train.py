@@ -194,12 +194,30 @@ def supports_flash_attention(cfg: RunConfig) -> bool:
 def load_model(cfg: RunConfig, precision: str, attention: str | None = None):
     from transformers import AutoModelForCausalLM
 
+    from trainer_core.models import adapters
+
     extra = {"attn_implementation": attention} if attention else {}
+    if cfg.train.method == "qlora":  # preflight refused it without a CUDA GPU
+        extra["quantization_config"] = quantization_config(precision)
+        if cfg.deepspeed.stage < 3:  # ZeRO-3 places (and shards) the weights itself and refuses a device_map
+            extra["device_map"] = {"": torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code,
                                                  dtype=load_dtype(precision), use_safetensors=True, **extra)
     if cfg.train.gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False):
         model.config.use_cache = False
+    if adapters.uses_adapter(cfg.train.method):
+        model = adapters.wrap_for_training(model, cfg, log=log_rank0)
     return model
+
+
+def quantization_config(precision: str):
+    """QLoRA's base: 4-bit NF4 with double quantisation and a 16-bit compute dtype (bf16 where the GPU has it).
+    The 4-bit weights are stored in that dtype too, so ZeRO-3 can shard them like the other parameters."""
+    from transformers import BitsAndBytesConfig
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
 
 
 def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | None]:
@@ -240,7 +258,8 @@ def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | N
 
 
 def save_final(trainer, tokenizer, cfg: RunConfig, run: Path) -> None:
-    """Consolidated safetensors + tokenizer + persona in final/, published by a rename once complete."""
+    """Consolidated safetensors (a lora/qlora run: the adapter in PEFT's format, pointing at its base) + tokenizer
+    + persona in final/, published by a rename once complete."""
     from trainer_core.models.export import disk_full_named, write_persona
 
     tmp = run / protocol.FINAL_TMP

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
+from trainer_core.models.adapters import drop_frozen_aliases, plain_model
 from trainer_core.runs import protocol
 from trainer_core.training.loss import LabelledLoss
 from trainer_core.training.ranks import all_reduce_floats, global_rank
@@ -92,8 +93,20 @@ class SupervisedTrainer(Trainer):
             output.metrics[key] = float(total / count)
         return output
 
+    def create_optimizer(self):
+        """The Trainer's optimizer without empty parameter groups. It puts weights and biases/norms in two groups;
+        a LoRA run trains only adapter matrices, so the second is empty, and ZeRO-3's optimizer drops empty groups
+        while the learning-rate scheduler (built over the groups before DeepSpeed wraps them) still counts two:
+        its first step failed with `zip() argument 2 is longer than argument 1`."""
+        optimizer = super().create_optimizer()
+        if hasattr(optimizer, "param_groups"):  # not accelerate's DummyOptim (the DeepSpeed config's optimizer)
+            optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        return optimizer
+
     def _save_checkpoint(self, model, trial):
         set_phase(self.run_dir, protocol.PHASE_SAVING, phase_done=None, phase_total=None)
+        if self.is_deepspeed_enabled and hasattr(self.model, "peft_config"):
+            drop_frozen_aliases(self.model_wrapped)  # a LoRA run's checkpoint: the adapter, not the tied head
         super()._save_checkpoint(model, trial)
         set_phase(self.run_dir, self._phase_after())
 
@@ -110,4 +123,4 @@ class SupervisedTrainer(Trainer):
 
     def _base(self, model):
         base = self.accelerator.unwrap_model(model) if hasattr(self, "accelerator") else model
-        return getattr(base, "module", base)
+        return plain_model(getattr(base, "module", base))  # a LoRA run's PeftModel: the model under it
