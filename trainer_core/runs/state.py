@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from trainer_core.common.errors import Text, text
+from trainer_core.runs import outputs
 from trainer_core.runs import processes as run_processes
 from trainer_core.runs import protocol
 from trainer_core.common.tailing import read_tail_bytes
@@ -320,7 +321,7 @@ def read_state(run: Path) -> RunState:
         # Its end was written by a reader that found its processes gone: nobody saw it end.
         s.interrupted = s.interrupted or (s.state == protocol.FAILED and s.exit_code is None and bool(manifest))
     s.run_dir, s.name = str(run), run.name
-    s.checkpoints = [protocol.checkpoint_step(p) for p in protocol.complete_checkpoints(run)]
-    s.has_final = protocol.has_final(run)
+    s.checkpoints = [protocol.checkpoint_step(p) for p in outputs.checkpoints(run)]
+    s.has_final = outputs.final_model(run) is not None
     s.run_s = run_seconds(run, s, manifest)
     return s
