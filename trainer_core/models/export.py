@@ -84,27 +84,35 @@ def consolidate(ckpt: Path, dest: Path, cfg, *, persona_in_template: bool = True
     if not weights:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # after the checks: seconds
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}.", dir=dest.parent))
-    try:
+    with published(dest, {"source": str(ckpt)}) as tmp:
         state = None if weights else get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
-        with disk_full_named(dest):
-            if state is not None:
-                save_safetensors(dedupe_shared(state), tmp)
-            for f in weights:
+        if state is not None:
+            save_safetensors(dedupe_shared(state), tmp)
+        for f in weights:
+            shutil.copy2(f, tmp / f.name)
+        for f in model_files(ckpt, Path(cfg.model.path)):
+            if not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
-            for f in model_files(ckpt, Path(cfg.model.path)):
-                if not (tmp / f.name).exists():
-                    shutil.copy2(f, tmp / f.name)
-            write_persona(cfg, tmp, in_template=persona_in_template)
-        mark_complete(tmp, {"source": str(ckpt)})
+        write_persona(cfg, tmp, in_template=persona_in_template)
+    return dest
+
+
+@contextlib.contextmanager
+def published(dest: Path, info: dict):
+    """A folder built beside `dest` (yielded), then marked complete with `info` and renamed into place, replacing an
+    older one; removed if building fails, and a full disk is named (the export is never half there)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        with disk_full_named(dest):
+            yield tmp
+        mark_complete(tmp, info)
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dest
 
 
 def export_adapter(src: Path, dest: Path, cfg, *, merge: bool = False, persona_in_template: bool = True) -> Path:
@@ -117,29 +125,19 @@ def export_adapter(src: Path, dest: Path, cfg, *, merge: bool = False, persona_i
     if not is_adapter_dir(src):
         raise UserError("models.export_no_adapter", "{src} holds no adapter ({file} missing)",
                         src=str(src), file=ADAPTER_CONFIG)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        with disk_full_named(dest):
-            if merge:
-                model, base_dir = merged_model(src, trust_remote_code=cfg.model.trust_remote_code)
-                # The merge is computed in fp32; the folder keeps the base's own dtype (a 7B stays 15 GB, not 30).
-                model.to(torch_dtype_of(base_dir)).save_pretrained(str(tmp), safe_serialization=True)
-            else:
-                base_dir = Path(cfg.model.path)
-                for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-                    shutil.copy2(src / name, tmp / name)
-            for f in model_files(src, base_dir):
-                if not (tmp / f.name).exists() and not (merge and f.name == ADAPTER_CONFIG):
-                    shutil.copy2(f, tmp / f.name)
-            write_persona(cfg, tmp, in_template=persona_in_template)
-        mark_complete(tmp, {"source": str(src), "merged": merge})
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with published(dest, {"source": str(src), "merged": merge}) as tmp:
+        if merge:
+            model, base_dir = merged_model(src, trust_remote_code=cfg.model.trust_remote_code)
+            # The merge is computed in fp32; the folder keeps the base's own dtype (a 7B stays 15 GB, not 30).
+            model.to(torch_dtype_of(base_dir)).save_pretrained(str(tmp), safe_serialization=True)
+        else:
+            base_dir = Path(cfg.model.path)
+            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+                shutil.copy2(src / name, tmp / name)
+        for f in model_files(src, base_dir):
+            if not (tmp / f.name).exists() and not (merge and f.name == ADAPTER_CONFIG):
+                shutil.copy2(f, tmp / f.name)
+        write_persona(cfg, tmp, in_template=persona_in_template)
     return dest
 
 
