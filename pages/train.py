@@ -59,6 +59,9 @@ with tabs[0]:
         st.caption(form.eval_note())
     with c3:
         f("data", "packing")
+        f("eval", "persona_at_end")
+        f("eval", "max_records")
+        f("eval", "max_new_tokens")
 with tabs[1]:
     c1, c2, c3 = st.columns(3)
     with c1:
