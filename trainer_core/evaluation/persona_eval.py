@@ -135,32 +135,24 @@ def _label_order(label: str) -> tuple[int, int]:
 
 
 def held_out(cfg, max_records: int) -> HeldOut:
-    """The run's held-out records (the split training used) and its first training answers, read from its data."""
+    """The run's held-out records (the split training used) and its first training answers, read from its data in
+    one pass: each usable record is kept as compact JSON text (about the file's size, which load_dataset bounds)
+    until the count fixes the split, then only the records wanted are decoded."""
     from trainer_core.data.dataset import load_dataset
     from trainer_core.data.split import held_out_split
 
-    count = load_dataset(cfg.data.path, keep=False).usable_count
-    eval_idx, train_idx = held_out_split(count, seed=cfg.train.seed, eval_ratio=cfg.data.eval_ratio,
+    records: list[bytes] = []
+    load_dataset(cfg.data.path, keep=False,
+                 on_usable=lambda _row, c: records.append(json.dumps(c, ensure_ascii=False).encode()))
+    eval_idx, train_idx = held_out_split(len(records), seed=cfg.train.seed, eval_ratio=cfg.data.eval_ratio,
                                          max_eval=cfg.data.max_eval_records)
     if not eval_idx:
         raise UserError("eval.no_held_out", "the run holds out no records (data.eval_ratio is 0); evaluation needs "
                         "held-out answers")
-    wanted = {i: k for k, i in enumerate(eval_idx[:max_records])}
-    answers_from = {i for i in train_idx[:MAX_TRAINING_ANSWERS]}
-    picked: dict[int, list[dict]] = {}
-    training_answers: list[str] = []
-    seen = [0]
-
-    def take(_row: int, conversation: list[dict]) -> None:
-        i = seen[0]
-        seen[0] += 1
-        if i in wanted:
-            picked[wanted[i]] = conversation
-        elif i in answers_from:
-            training_answers.extend(t["content"] for t in conversation if t["role"] == "assistant")
-
-    load_dataset(cfg.data.path, keep=False, on_usable=take)
-    conversations = [picked[k] for k in sorted(picked)]
+    conversations = [json.loads(records[i]) for i in eval_idx[:max_records]]
+    training_answers = [t["content"] for i in sorted(train_idx[:MAX_TRAINING_ANSWERS])  # in file order
+                        for t in json.loads(records[i]) if t["role"] == "assistant"]
+    del records
     last = [max(j for j, t in enumerate(c) if t["role"] == "assistant") for c in conversations]
     return HeldOut(prompts=[c[:j] for c, j in zip(conversations, last)],
                    references=[c[j]["content"] for c, j in zip(conversations, last)],
