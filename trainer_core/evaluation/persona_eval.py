@@ -10,6 +10,7 @@ docs/persona_eval.md.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -131,7 +132,7 @@ def _label_order(label: str) -> tuple[int, int]:
         return 0, 0
     if label.startswith("checkpoint-") and label[11:].isdigit():
         return 1, int(label[11:])
-    return 2, 0
+    return (3, 0) if label.startswith(CHAT_PROBE) else (2, 0)
 
 
 def held_out(cfg, max_records: int) -> HeldOut:
@@ -235,8 +236,7 @@ def _evaluate_loaded(model, tok, persona: str, data: HeldOut, probes: Probes, se
         "rouge_l": sum(m.rouge_l(r, ref) for r, ref in zip(held, data.references)) / len(held),
         "bleu4": m.bleu4(held, data.references),
         "ends_by_itself": m.share(ended),
-        "identity_in_persona": m.share(ps.names_persona(r, names) for r in probe_replies),
-        "breaks_character": m.share(ps.breaks_character(r, patterns) for r in probe_replies),
+        **identity_metrics(probe_replies, names, patterns),
         "style_js": m.style_js(replies, data.training_answers),
         "distinct_2": m.distinct_2(replies),
         "repetition": sum(m.repetition(r) for r in replies) / len(replies),
@@ -246,6 +246,41 @@ def _evaluate_loaded(model, tok, persona: str, data: HeldOut, probes: Probes, se
             "ai_patterns": patterns, "n_records": len(held), "n_probes": len(probe_replies),
             "n_answer_tokens": n_tokens, "seconds": round(time.monotonic() - started, 2),
             "replies": {"held_out": held, "probes": probe_replies, "ended": ended}}
+
+
+def identity_metrics(probe_replies: list[str], names: list[str], patterns: list[str]) -> dict[str, float]:
+    """identity_in_persona (share of probe replies naming the persona) and breaks_character (share claiming to be an
+    AI, an assistant or a model)."""
+    return {"identity_in_persona": m.share(ps.names_persona(r, names) for r in probe_replies),
+            "breaks_character": m.share(ps.breaks_character(r, patterns) for r in probe_replies)}
+
+
+CHAT_PROBE = "chat-probe-"
+"""Label prefix of results sent from the Chat page's persona probe."""
+
+
+def store_chat_probe(run: Path, model: str, *, model_dir: Path, persona: str, prompts: list[str],
+                     replies: list[str]) -> str:
+    """Store the Chat page's persona-probe replies of one model of a run as a result in eval/ labelled
+    chat-probe-<model>: identity metrics as an evaluation computes them (names and patterns from the run's probe
+    file when it has one), lexicon_rate when the run has a lexicon. Returns the label."""
+    if not replies:
+        raise UserError("eval.probe_empty", "the persona probe has no replies to send to the evaluation")
+    saved = eval_dir(run) / PROBES_FILE
+    probes = Probes.load(saved) if saved.is_file() else Probes(language=ps.language(persona), identity=prompts)
+    names = probes.names or ps.persona_names(persona)
+    patterns = probes.ai_patterns or ps.AI_CLAIMS.get(probes.language, ps.AI_CLAIMS["en"])
+    label = CHAT_PROBE + re.sub(r"[^A-Za-z0-9._-]+", "_", model)
+    result = {"label": label, "source": "chat_probe", "model": str(model_dir), "persona": persona, "names": names,
+              "ai_patterns": patterns, "n_records": 0, "n_probes": len(replies), "prompts": list(prompts),
+              "metrics": identity_metrics(replies, names, patterns),
+              "replies": {"held_out": [], "probes": list(replies), "ended": []}}
+    words = (atomic.read_json(eval_dir(run) / LEXICON_FILE) or {}).get("lexicon")
+    if words:
+        result = score_lexicon(result, words)
+    eval_dir(run).mkdir(parents=True, exist_ok=True)
+    atomic.write_json_atomic(result_path(run, label), result)
+    return label
 
 
 def generate_replies(model, tok, prompts: list[list[dict]], *, persona: str, settings: EvalSettings,
