@@ -72,7 +72,8 @@ def test_a_completed_run_evaluates_final_and_base_by_itself(tmp_path, monkeypatc
     proc = subprocess.Popen(background.argv(run, max_records=200, max_new_tokens=128), cwd=PROJECT_ROOT,
                             start_new_session=True)
     try:
-        wait_for(lambda: background.read_status(run).get("done", 0) > 0, 300, "the evaluation to make progress")
+        wait_for(lambda: background.read_status(run).get("pid") == proc.pid
+                 and background.read_status(run).get("done", 0) > 0, 300, "the evaluation to make progress")
         background.request_stop(run)
         assert proc.wait(timeout=60) == 0
     finally:
