@@ -296,12 +296,15 @@ def side_title(by: list[str]) -> str:
     return t(f"chat.side.{by[0]}", name=by[1])
 
 
-def run_probe(conv: dict, sides: dict[str, tuple], persona: str, params: GenParams, device: str = "cpu") -> None:
+def run_probe(conv: dict, sides: dict[str, tuple], persona: str, params: GenParams, device: str = "cpu", *,
+              run: Path | None = None, models: dict[str, str] | None = None) -> None:
     """Ask every side each probe prompt (one turn, no history), streaming the answers in columns under a progress
     bar, each with a stop button: a stop ends the probe there and keeps what was answered. The results stay with
-    this conversation, so they stay on the page and never show under another model."""
+    this conversation, so they stay on the page and never show under another model. With `run` (and `models`: each
+    side's model label in that run), a completed probe can be sent to the run's persona evaluation."""
     probe = conv["probe"] = {"by": {side: v[2] for side, v in sides.items()}, "rows": [], "done": False,
-                             "persona": persona}
+                             "persona": persona, "run": str(run) if run else None, "models": models or {},
+                             "paths": {side: str(v[0]) for side, v in sides.items()}}
     st.subheader(t("chat.probe_results"))
     bar = st.progress(0.0)
     total = len(PROBES) * len(sides)
@@ -377,6 +380,30 @@ def show_probe_scores(probe: dict) -> None:
                  column_config={"side": st.column_config.Column(t("chat.probe_side")),
                                 "answers": st.column_config.Column(t("chat.probe_answers"))})
     st.caption(t("chat.probe_scores_help"))
+    if probe.get("run") and probe.get("done"):
+        if st.button(t("chat.probe_send"), key="chat.probe_send", icon=":material/fact_check:",
+                     help=t("chat.probe_send_help")):
+            try:
+                labels = send_probe(probe)
+            except (UserError, OSError) as e:
+                st.error(say(e), icon=":material/error:")
+            else:
+                st.success(t("chat.probe_sent", labels=", ".join(labels)), icon=":material/check:")
+
+
+def send_probe(probe: dict) -> list[str]:
+    """Store each side's probe replies as a chat-probe result in the run's eval/ folder (shown in the Runs page's
+    evaluation table); returns the labels written."""
+    from trainer_core.evaluation import persona_eval as pe
+
+    run = Path(probe["run"])
+    prompts = [row["prompt"] for row in probe["rows"]]
+    labels = []
+    for side in probe["by"]:
+        replies = [probe_text(row.get(side)) for row in probe["rows"]]
+        labels.append(pe.store_chat_probe(run, probe["models"].get(side, side), model_dir=Path(probe["paths"][side]),
+                                          persona=probe.get("persona", ""), prompts=prompts, replies=replies))
+    return labels
 
 
 def compare_choices(targets: dict[str, Path], target: str) -> list[str]:

@@ -15,6 +15,7 @@ import altair as alt
 import pandas as pd
 
 from trainer_core.common.errors import UserError
+from trainer_core.evaluation import background
 from trainer_core.evaluation import persona_eval as pe
 
 # Shown in this order; the chart draws the ones that are shares or scores between 0 and 1.
@@ -140,7 +141,8 @@ def panel(run: Path, state) -> None:
     from app.i18n import say, t
 
     job = job_for(run)
-    running = job is not None and job.running
+    at_end = background.read_status(run)  # eval.persona_at_end's evaluation, in its own process
+    running = (job is not None and job.running) or at_end.get("state") == background.RUNNING
     steps = [str(c) for c in reversed(state.checkpoints)]
     choices = ["latest", "all", *steps]
     c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")
@@ -170,7 +172,11 @@ def panel(run: Path, state) -> None:
         else:
             st.rerun()
     if running and row.button(t("eval.stop"), key="eval.stop", icon=":material/stop:"):
-        job.cancel.set()  # honoured within one token; the model being evaluated writes nothing
+        # Honoured within one token; the model being evaluated writes nothing.
+        if job is not None and job.running:
+            job.cancel.set()
+        else:
+            background.request_stop(run)
     st.fragment(run_every=REFRESH_S if running else None)(_progress)(run, running)
     frame = results_frame(results)
     if frame.empty:
@@ -191,6 +197,7 @@ def _progress(run: Path, was_running: bool) -> None:
 
     job = job_for(run)
     if job is None:
+        _background_progress(run, was_running)
         return
     if job.running:
         fraction = job.done / job.total if job.total else 0.0
@@ -203,3 +210,24 @@ def _progress(run: Path, was_running: bool) -> None:
                  icon=":material/error:")
     if was_running and not job.running:
         st.rerun(scope="app")  # finished: redraw the buttons and the results once, and stop the timer
+
+
+def _background_progress(run: Path, was_running: bool) -> None:
+    """Progress and outcome of the evaluation eval.persona_at_end started when training completed."""
+    import streamlit as st
+
+    from app.i18n import t
+
+    status = background.read_status(run)
+    state = status.get("state")
+    if state == background.RUNNING:
+        total = status.get("total") or 0
+        st.progress(status.get("done", 0) / total if total else 0.0,
+                    text=t("eval.progress", model=status.get("label") or "…", done=status.get("done", 0),
+                           total=total or "?", models=", ".join(status.get("models") or [])))
+    elif state == background.STOPPED:
+        st.info(t("eval.stopped"), icon=":material/stop_circle:")
+    elif state == background.FAILED:
+        st.error(t("eval.failed", error=status.get("error") or "?"), icon=":material/error:")
+    if was_running and state != background.RUNNING:
+        st.rerun(scope="app")

@@ -323,6 +323,7 @@ MESSAGES_ZH: dict[str, str] = {
     "models.run_has_no_model": "运行 {run} 还没有最终模型，也没有完整的检查点。",
     "eval.out_of_range": "{field} 必须是 {lo:,} 到 {hi:,} 之间的整数（收到 {value}）。",
     "eval.probes_unreadable": "无法读取探针文件 {path}：{reason}",
+    "eval.probe_empty": "人设探针没有可发送给评估的回答。",
     "eval.probes_shape": "探针文件 {path} 需要一个 \"identity\" 问题列表。",
     "eval.probes_lists": "探针文件 {path}：names 和 ai_patterns 必须是文本列表。",
     "eval.no_held_out": "该运行没有留出任何记录（data.eval_ratio 为 0）；评估需要留出的回答。",

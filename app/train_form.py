@@ -70,6 +70,9 @@ WIDGETS: dict[tuple[str, str], tuple] = {
     ("placement", "node_rank"): ("int", 1),
     ("placement", "master_addr"): ("text",),
     ("placement", "master_port"): ("int", 1),
+    ("eval", "persona_at_end"): ("bool",),
+    ("eval", "max_records"): ("int", 50),
+    ("eval", "max_new_tokens"): ("int", 32),
 }
 assert set(WIDGETS) == set(CONFIG_FIELDS), "every RunConfig field needs a widget in WIDGETS"
 

@@ -129,6 +129,7 @@ cv.export_buttons(buttons, conv, cv.transcript_info(source, name, checkpoint, pe
 
 # ---- persona probe: the same four prompts, one turn each, on every side; the results belong to this conversation
 if run_probe:
-    cv.run_probe(conv, sides, persona, params, device.device)
+    cv.run_probe(conv, sides, persona, params, device.device, run=run if source == "run" else None,
+                 models={side: checkpoint if side == "ft" else side for side in sides})
 else:
     cv.show_probe(conv)

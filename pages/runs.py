@@ -94,7 +94,7 @@ if st.session_state.get("runs.confirm") == run.name:
 
 with st.expander(t("runs.export"), expanded=False):
     downloads.export_panel(run)
-with st.expander(t("eval.title"), expanded=bool(pe_view.job_for(run))):
+with st.expander(t("eval.title"), expanded=bool(pe_view.job_for(run)) or pe_view.background.running(run)):
     pe_view.panel(run, state)
 st.markdown(f"**{t('dl.title')}**")
 downloads.model_buttons(run)

@@ -59,6 +59,9 @@ with tabs[0]:
         st.caption(form.eval_note())
     with c3:
         f("data", "packing")
+        f("eval", "persona_at_end")
+        f("eval", "max_records")
+        f("eval", "max_new_tokens")
 with tabs[1]:
     f("train", "method")
     if form.value("train", "method") != "full":  # the adapters' own fields, only where they apply

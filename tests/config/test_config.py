@@ -41,7 +41,7 @@ ALL_FIELDS = [(section, f.name) for section, cls in SECTIONS.items() for f in da
 
 
 def test_sections_are_all_found():
-    assert set(SECTIONS) == {"model", "data", "train", "lora", "deepspeed", "placement"}
+    assert set(SECTIONS) == {"model", "data", "train", "lora", "deepspeed", "placement", "eval"}
     assert len(ALL_FIELDS) > 30
 
 
@@ -205,3 +205,13 @@ def test_yaml_round_trip(tmp_path):
     assert back.data.persona == '你是"甄嬛"\nyes: no'
     assert "甄嬛" in f.read_text(encoding="utf-8")  # stored readable, not escaped
     assert back != RunConfig()
+
+
+def test_the_eval_section_is_off_by_default_and_names_a_bad_field():
+    assert RunConfig().eval.persona_at_end is False
+    cfg = config_from_dict({"eval": {"persona_at_end": True, "max_records": 20}})
+    assert (cfg.eval.persona_at_end, cfg.eval.max_records, cfg.eval.max_new_tokens) == (True, 20, 128)
+    with pytest.raises(UserError, match=r"eval\.max_records must be between 1 and 10,000 \(got 0\)"):
+        config_from_dict({"eval": {"max_records": 0}})
+    with pytest.raises(UserError, match=r"eval\.persona_at_end must be true or false"):
+        config_from_dict({"eval": {"persona_at_end": "maybe"}})

@@ -1,6 +1,6 @@
 """The one typed run config: it drives the dashboard form, the CLI and the trainer.
 
-`RunConfig` is a name plus six sections (their fields, docs and checks are in `sections.py`). This module builds it
+`RunConfig` is a name plus its sections (their fields, docs and checks are in `sections.py`). This module builds it
 from plain data with every value's type checked, reads it from YAML, applies `--set key=value` overrides and finds
 the docstring under a field for help text. Every refusal is a coded `UserError` naming the dotted field.
 """
@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from trainer_core.config.sections import (DEFAULT_PERSONA, LAUNCHERS, MAX_LENGTH_RANGE, OFFLOAD_DEVICES, PRECISIONS,
-                                          SCHEDULERS, DataArgs, DeepSpeedArgs, LoraArgs, ModelArgs, PlacementArgs,
-                                          TrainArgs, short, system_dir)
+                                          SCHEDULERS, DataArgs, DeepSpeedArgs, EvalArgs, LoraArgs, ModelArgs,
+                                          PlacementArgs, TrainArgs, short, system_dir)
 from trainer_core.common.errors import Text, UserError, text
 from trainer_core.common.user_files import read_text
 
@@ -48,6 +48,7 @@ class RunConfig:
     lora: LoraArgs = field(default_factory=LoraArgs)
     deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
     placement: PlacementArgs = field(default_factory=PlacementArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
 
     def __post_init__(self) -> None:
         if self.name and not RUN_NAME_RE.fullmatch(self.name):

@@ -1,4 +1,4 @@
-"""The sections of a run config (model, data, train, lora, deepspeed, placement): their fields, documented and checked.
+"""The sections of a run config (model, data, train, lora, deepspeed, placement, eval): their fields, documented and checked.
 
 Each field carries a docstring (the dashboard's help text and the README point here) and every section validates
 itself on construction, raising a coded `UserError` that names the dotted field, e.g.
@@ -363,3 +363,20 @@ class PlacementArgs:
             name=name, count=len(gpus), ranks=self.num_ranks))
         _check(all(g <= 1023 for g in gpus), text(
             "config.gpu_id_high", "{name} must be GPU ids below 1024 (got {value})", name=name, value=short(gpus)))
+
+
+@dataclass
+class EvalArgs:
+    persona_at_end: bool = False
+    """When training completes, evaluate the final model and the base model on the persona (as `evaluate RUN
+    --base`), in the background; results go to the run's eval/ folder, a failure to the evaluation's own status."""
+
+    max_records: int = 200
+    """Held-out records that evaluation scores at most."""
+
+    max_new_tokens: int = 128
+    """Longest reply of that evaluation, in tokens."""
+
+    def __post_init__(self) -> None:
+        _between("eval.max_records", self.max_records, 1, 10_000, "10,000")
+        _between("eval.max_new_tokens", self.max_new_tokens, 1, 4096)

@@ -10,6 +10,7 @@ docs/persona_eval.md.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -131,36 +132,28 @@ def _label_order(label: str) -> tuple[int, int]:
         return 0, 0
     if label.startswith("checkpoint-") and label[11:].isdigit():
         return 1, int(label[11:])
-    return 2, 0
+    return (3, 0) if label.startswith(CHAT_PROBE) else (2, 0)
 
 
 def held_out(cfg, max_records: int) -> HeldOut:
-    """The run's held-out records (the split training used) and its first training answers, read from its data."""
+    """The run's held-out records (the split training used) and its first training answers, read from its data in
+    one pass: each usable record is kept as compact JSON text (about the file's size, which load_dataset bounds)
+    until the count fixes the split, then only the records wanted are decoded."""
     from trainer_core.data.dataset import load_dataset
     from trainer_core.data.split import held_out_split
 
-    count = load_dataset(cfg.data.path, keep=False).usable_count
-    eval_idx, train_idx = held_out_split(count, seed=cfg.train.seed, eval_ratio=cfg.data.eval_ratio,
+    records: list[bytes] = []
+    load_dataset(cfg.data.path, keep=False,
+                 on_usable=lambda _row, c: records.append(json.dumps(c, ensure_ascii=False).encode()))
+    eval_idx, train_idx = held_out_split(len(records), seed=cfg.train.seed, eval_ratio=cfg.data.eval_ratio,
                                          max_eval=cfg.data.max_eval_records)
     if not eval_idx:
         raise UserError("eval.no_held_out", "the run holds out no records (data.eval_ratio is 0); evaluation needs "
                         "held-out answers")
-    wanted = {i: k for k, i in enumerate(eval_idx[:max_records])}
-    answers_from = {i for i in train_idx[:MAX_TRAINING_ANSWERS]}
-    picked: dict[int, list[dict]] = {}
-    training_answers: list[str] = []
-    seen = [0]
-
-    def take(_row: int, conversation: list[dict]) -> None:
-        i = seen[0]
-        seen[0] += 1
-        if i in wanted:
-            picked[wanted[i]] = conversation
-        elif i in answers_from:
-            training_answers.extend(t["content"] for t in conversation if t["role"] == "assistant")
-
-    load_dataset(cfg.data.path, keep=False, on_usable=take)
-    conversations = [picked[k] for k in sorted(picked)]
+    conversations = [json.loads(records[i]) for i in eval_idx[:max_records]]
+    training_answers = [t["content"] for i in sorted(train_idx[:MAX_TRAINING_ANSWERS])  # in file order
+                        for t in json.loads(records[i]) if t["role"] == "assistant"]
+    del records
     last = [max(j for j, t in enumerate(c) if t["role"] == "assistant") for c in conversations]
     return HeldOut(prompts=[c[:j] for c, j in zip(conversations, last)],
                    references=[c[j]["content"] for c, j in zip(conversations, last)],
@@ -243,8 +236,7 @@ def _evaluate_loaded(model, tok, persona: str, data: HeldOut, probes: Probes, se
         "rouge_l": sum(m.rouge_l(r, ref) for r, ref in zip(held, data.references)) / len(held),
         "bleu4": m.bleu4(held, data.references),
         "ends_by_itself": m.share(ended),
-        "identity_in_persona": m.share(ps.names_persona(r, names) for r in probe_replies),
-        "breaks_character": m.share(ps.breaks_character(r, patterns) for r in probe_replies),
+        **identity_metrics(probe_replies, names, patterns),
         "style_js": m.style_js(replies, data.training_answers),
         "distinct_2": m.distinct_2(replies),
         "repetition": sum(m.repetition(r) for r in replies) / len(replies),
@@ -254,6 +246,41 @@ def _evaluate_loaded(model, tok, persona: str, data: HeldOut, probes: Probes, se
             "ai_patterns": patterns, "n_records": len(held), "n_probes": len(probe_replies),
             "n_answer_tokens": n_tokens, "seconds": round(time.monotonic() - started, 2),
             "replies": {"held_out": held, "probes": probe_replies, "ended": ended}}
+
+
+def identity_metrics(probe_replies: list[str], names: list[str], patterns: list[str]) -> dict[str, float]:
+    """identity_in_persona (share of probe replies naming the persona) and breaks_character (share claiming to be an
+    AI, an assistant or a model)."""
+    return {"identity_in_persona": m.share(ps.names_persona(r, names) for r in probe_replies),
+            "breaks_character": m.share(ps.breaks_character(r, patterns) for r in probe_replies)}
+
+
+CHAT_PROBE = "chat-probe-"
+"""Label prefix of results sent from the Chat page's persona probe."""
+
+
+def store_chat_probe(run: Path, model: str, *, model_dir: Path, persona: str, prompts: list[str],
+                     replies: list[str]) -> str:
+    """Store the Chat page's persona-probe replies of one model of a run as a result in eval/ labelled
+    chat-probe-<model>: identity metrics as an evaluation computes them (names and patterns from the run's probe
+    file when it has one), lexicon_rate when the run has a lexicon. Returns the label."""
+    if not replies:
+        raise UserError("eval.probe_empty", "the persona probe has no replies to send to the evaluation")
+    saved = eval_dir(run) / PROBES_FILE
+    probes = Probes.load(saved) if saved.is_file() else Probes(language=ps.language(persona), identity=prompts)
+    names = probes.names or ps.persona_names(persona)
+    patterns = probes.ai_patterns or ps.AI_CLAIMS.get(probes.language, ps.AI_CLAIMS["en"])
+    label = CHAT_PROBE + re.sub(r"[^A-Za-z0-9._-]+", "_", model)
+    result = {"label": label, "source": "chat_probe", "model": str(model_dir), "persona": persona, "names": names,
+              "ai_patterns": patterns, "n_records": 0, "n_probes": len(replies), "prompts": list(prompts),
+              "metrics": identity_metrics(replies, names, patterns),
+              "replies": {"held_out": [], "probes": list(replies), "ended": []}}
+    words = (atomic.read_json(eval_dir(run) / LEXICON_FILE) or {}).get("lexicon")
+    if words:
+        result = score_lexicon(result, words)
+    eval_dir(run).mkdir(parents=True, exist_ok=True)
+    atomic.write_json_atomic(result_path(run, label), result)
+    return label
 
 
 def generate_replies(model, tok, prompts: list[list[dict]], *, persona: str, settings: EvalSettings,

@@ -176,7 +176,37 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     # sees the state waits that moment for them (_acquire).
     record_end(run, code, signalled[0] if signalled else None)
     _note(log, f"=== supervisor: launcher exited with {code}\n")
+    if cfg.eval.persona_at_end and read_state(run).state == protocol.COMPLETED:
+        _evaluate_at_end(run, cfg, lock_fds, log)
     return 0
+
+
+# The background evaluation's module, started by name: evaluation sits beside runs, so runs does not import it.
+EVAL_MODULE = "trainer_core.evaluation.background"
+
+
+def _evaluate_at_end(run: Path, cfg, lock_fds: list[int], log) -> None:
+    """eval.persona_at_end: start the persona evaluation of final/ and the base model in its own process once the
+    run's end is recorded. The training devices' locks are released first (the evaluation picks its device as chat
+    does), and the process is no member of the run (own session, no run identity), so it changes nothing of the
+    run's state; its outcome goes to RUN/eval/status.json."""
+    for fd in lock_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    env = {k: v for k, v in os.environ.items() if k not in (run_processes.RUN_DIR_ENV, keep_locks.LOCK_FDS_ENV)}
+    argv = [sys.executable, "-m", EVAL_MODULE, "--run-dir", str(run), "--max-records", str(cfg.eval.max_records),
+            "--max-new-tokens", str(cfg.eval.max_new_tokens)]
+    try:
+        (run / "eval").mkdir(exist_ok=True)
+        proc = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=env, start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=open(run / "eval" / "eval.log", "ab"))
+    except OSError as e:
+        _note(log, f"=== supervisor: could not start the persona evaluation: {e}\n")
+        return
+    _note(log, f"=== supervisor: persona evaluation started (pid {proc.pid}, see eval/status.json)\n")
 
 
 def _end_late(run: Path, me: dict[str, Any], log) -> None:
