@@ -189,12 +189,45 @@ def clear() -> None:
 
 
 def add_prompt(conv: dict, sides, prompt: str) -> None:
-    """The user's turn on every side shown; an unanswered turn left by an interrupted run is replaced."""
+    """The user's turn on every side shown; an unanswered turn left by an interrupted run is replaced. The turn is
+    numbered, the same on every side, so that each reply is drawn beside its own question (show_conversation)."""
+    conv["turns"] = turn = conv.get("turns", 0) + 1
     for side in sides:
         hist = conv[side]
         if hist and hist[-1]["role"] == "user":
             hist.pop()
-        hist.append({"role": "user", "content": prompt})
+        hist.append({"role": "user", "content": prompt, "turn": turn})
+
+
+def turn_rows(hists: dict[str, list[dict]]) -> list[dict[str, list[dict]]]:
+    """The conversation as rows, one per question: each side's question and reply of that turn. A side shown only
+    for later turns (compare switched on mid-conversation) has no cell in the earlier rows. Messages written before
+    turns were numbered are aligned from the newest turn."""
+    rows: dict[int, dict[str, list[dict]]] = {}
+    for side, hist in hists.items():
+        questions = sum(m["role"] == "user" for m in hist)
+        key, seen = -questions, 0
+        for msg in hist:
+            if msg["role"] == "user":
+                key = msg.get("turn", seen - questions)
+                seen += 1
+            rows.setdefault(key, {}).setdefault(side, []).append(msg)
+    return [rows[k] for k in sorted(rows)]
+
+
+def show_conversation(conv: dict, sides: dict[str, tuple]) -> dict:
+    """Each side's title over its column, then one row per question with every side's question and reply side by
+    side. Returns the last row's column of each side, where the replies to a new question stream."""
+    cols = dict(zip(sides, st.columns(len(sides))))
+    for side, (_, _, by) in sides.items():
+        cols[side].markdown(f"**{side_title(by)}**")
+    for row in turn_rows({side: conv[side] for side in sides}):
+        cols = dict(zip(sides, st.columns(len(sides))))
+        for side, msgs in row.items():
+            with cols[side]:
+                for msg in msgs:
+                    show_message(msg)
+    return cols
 
 
 _REPLY_LOCK = threading.Lock()

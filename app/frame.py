@@ -57,13 +57,20 @@ def signed_in() -> bool:
 
 
 def notify_end(name: str, state: str, on_monitor: bool) -> None:
-    """A toast when the run this tab follows ends while the tab is on another page (the Monitor says it itself)."""
+    """Say in the sidebar that the run this tab follows ended while the tab was on another page (the Monitor says it
+    itself), until the Monitor is opened. Not a toast: a toast covered the right-hand column of the page (the
+    compared replies on the Chat page) for as long as it showed."""
     seen = st.session_state.setdefault("frame.seen", {})
     before, seen[name] = seen.get(name), state
-    if before in protocol.LIVE and state in protocol.TERMINAL and not on_monitor:
+    if on_monitor:
+        st.session_state.pop("frame.ended", None)
+    elif before in protocol.LIVE and state in protocol.TERMINAL:
+        st.session_state["frame.ended"] = (name, state)
+    ended = st.session_state.get("frame.ended")
+    if ended and ended[0] == name and ended[1] == state:
         icons = {protocol.COMPLETED: ":material/task_alt:", protocol.FAILED: ":material/error:",
                  protocol.STOPPED: ":material/pause:"}
-        st.toast(t(f"frame.ended.{state}", name=name), icon=icons[state], duration="long")
+        st.info(t(f"frame.ended.{state}", name=name), icon=icons[state])
 
 
 def sidebar(page_url: str = "") -> None:

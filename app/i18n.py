@@ -307,6 +307,12 @@ ZH: dict[str, str] = {
     "phase.saving checkpoint": "保存检查点",
     "phase.finishing": "收尾",
     "phase.consolidating final": "合并最终模型",
+    "phase.launching ranks": "启动各 rank 进程",
+    "phase.joining the process group": "建立进程组",
+    "phase.preparing data": "准备数据",
+    "phase.loading the model": "加载模型",
+    "phase.building kernels": "编译算子（DeepSpeedCPUAdam）",
+    "phase.initialising DeepSpeed": "初始化 DeepSpeed",
     "train.eval_cost": "验证：留出 {ratio:.0%} 的记录，最多 {cap} 条；{when}，训练结束时再验证一次。停止运行时不做验证。",
     "train.eval_every": "每 {n} 步一次",
     "train.eval_epoch": "每轮一次",
@@ -713,6 +719,12 @@ EN: dict[str, str] = {
     "phase.saving checkpoint": "saving checkpoint",
     "phase.finishing": "finishing",
     "phase.consolidating final": "consolidating final model",
+    "phase.launching ranks": "launching ranks",
+    "phase.joining the process group": "joining the process group",
+    "phase.preparing data": "preparing data",
+    "phase.loading the model": "loading the model",
+    "phase.building kernels": "building kernels (DeepSpeedCPUAdam)",
+    "phase.initialising DeepSpeed": "initialising DeepSpeed",
     "train.eval_cost": "Evaluation: {ratio:.0%} of the records held out, at most {cap}; {when}, and once when training "
                        "ends. Stopping a run skips evaluation.",
     "train.eval_every": "every {n} steps",
@@ -954,9 +966,10 @@ def state_name(state: str) -> str:
 
 
 def phase_text(status: protocol.Status) -> str:
-    """What a live run is doing, e.g. "验证 12/50"; empty when it says nothing more than its state."""
+    """What a live run is doing, e.g. "验证 12/50", or its start-up step, e.g. "加载模型 4/6"; empty when it says
+    nothing more than its state."""
     phase = status.phase
-    if not phase or status.state not in (protocol.RUNNING, protocol.STOPPING):
+    if not phase or not status.live:
         return ""
     text = t(f"phase.{phase}") if f"phase.{phase}" in ZH else phase
     if status.phase_total:

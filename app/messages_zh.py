@@ -242,6 +242,7 @@ MESSAGES_ZH: dict[str, str] = {
     "runs.failed_recorded": "{message}",
     "runs.completed_unrecorded": "最终模型已完整写出，但运行的监督进程在记录结果之前就结束了（被终止了？）。",
     "runs.completed_then": "最终模型已完整写出；之后：{what}",
+    "runs.stopped_starting": "在启动过程中停止，尚未训练任何一步；这次启动没有保存任何内容",
     "runs.lost_silently": "运行的进程都已结束，但没有报告结果（被终止了？）。",
     "runs.lost_heartbeat": "已有 {minutes:.0f} 分钟没有收到训练进程的心跳：它的作业结束了，但没有报告结果（节点失联或作业被终止？）。",
 

@@ -250,7 +250,10 @@ def progress_row(run: Path, s: protocol.Status, last: dict) -> None:
     total_text = total_steps_text(run, s)
     with st.container(key="mon-progress"):
         phase = phase_text(s)
-        st.progress(min(step / total, 1.0) if total else 0.0,
+        starting = s.live and s.phase in protocol.STARTUP_PHASES and s.phase_total
+        # While starting, the bar counts start-up steps: "启动中 · 加载模型 4/6" fills it to 4/6.
+        st.progress(min((s.phase_done or 0) / s.phase_total, 1.0) if starting
+                    else min(step / total, 1.0) if total else 0.0,
                     text=t("mon.progress", step=step, total=total_text,
                            state=state_name(s.state) + (f" · {phase}" if phase else "")))
         c = st.columns(6)

@@ -105,12 +105,7 @@ if prompt:
 # mid-reply is shown again: what a model said stays what it said.
 ask = bool(prompt) or st.session_state.pop("chat.regenerate_now", False)
 
-cols = dict(zip(sides, st.columns(len(sides))))
-for side, (_, _, by) in sides.items():
-    with cols[side]:
-        st.markdown(f"**{cv.side_title(by)}**")
-        for msg in conv[side]:
-            cv.show_message(msg)
+cols = cv.show_conversation(conv, sides)
 for side, (path, trust_code, by) in sides.items():
     hist = conv[side]
     if ask and hist and hist[-1]["role"] == "user":

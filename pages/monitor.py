@@ -37,7 +37,7 @@ row = st.container(horizontal=True)  # one row of buttons, each as wide as its l
 if row.button(t("mon.stop"), key="mon.stop", icon=":material/save:", help=t("mon.stop_help"),
                disabled=s.state not in (protocol.STARTING, protocol.RUNNING)):
     mv.stop_in_background(run, force=False)
-    st.toast(t("mon.stop_requested"))
+    st.session_state["mon.stop_asked"] = run.name
 can_force = s.alive and not s.terminal
 if row.button(t("mon.force_stop"), key="mon.force_stop", icon=":material/dangerous:", help=t("mon.force_help"),
                disabled=not can_force):
@@ -64,10 +64,14 @@ if st.session_state.get("mon.force_confirm") == run.name:
         if confirm.button(t("mon.force_yes"), key="mon.force_yes", type="primary"):
             st.session_state.pop("mon.force_confirm")
             mv.stop_in_background(run, force=True)
-            st.toast(t("mon.stop_requested"))
+            st.session_state["mon.stop_asked"] = run.name
         if confirm.button(t("mon.force_no"), key="mon.force_no"):
             st.session_state.pop("mon.force_confirm")
             st.rerun()
+
+if st.session_state.get("mon.stop_asked") == run.name and s.live:
+    # Inline, not a toast: a toast sits over the right-hand column (the charts) while the run stops.
+    st.info(t("mon.stop_requested"), icon=":material/pause:")
 
 live = s.live
 st.fragment(run_every=mv.REFRESH_S if live else None)(mv.live_panel)(run, live)

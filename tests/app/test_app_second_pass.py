@@ -312,20 +312,28 @@ def test_monitor_estimates_total_steps_before_training_starts(app, runs_root):
     assert f"0 / ≈{expected}" in app.get("progress")[0].proto.text
 
 
-def test_a_toast_says_when_the_followed_run_ends_while_on_another_page(app, runs_root):
+def test_the_sidebar_says_when_the_followed_run_ends_while_on_another_page(app, runs_root):
+    """Said in the sidebar until the Monitor is opened, not in a toast: a toast covered the page's right column."""
     run = make_run(runs_root, "r", "running", alive=True)
     goto(app, "pages/data.py")
-    assert not app.toast
+    ended = ZH["frame.ended.completed"].format(name="r")
+    assert ended not in [x.value for x in app.sidebar.info]
     protocol.update_status(run, state="completed")
     app.run()
-    assert [x.value for x in app.toast] == [ZH["frame.ended.completed"].format(name="r")]
-    # On the Monitor the page itself says so: no toast there.
+    assert not app.toast and [x.value for x in app.sidebar.info] == [ended]
+    goto(app, "pages/chat.py")
+    assert [x.value for x in app.sidebar.info] == [ended]
+    # On the Monitor the page itself says so: not in the sidebar there, nor afterwards.
+    goto(app, "pages/monitor.py")
+    assert ended not in [x.value for x in app.sidebar.info]
+    goto(app, "pages/data.py")
+    assert ended not in [x.value for x in app.sidebar.info]
     other = make_run(runs_root, "s", "running", alive=True)
     goto(app, "pages/monitor.py")
     app.selectbox(key="mon.run").set_value("s").run()
     protocol.update_status(other, state="failed", error="boom")
     app.run()
-    assert not app.toast
+    assert not app.toast and not app.sidebar.info
 
 
 def test_ema_is_bias_corrected():

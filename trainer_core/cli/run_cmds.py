@@ -159,7 +159,7 @@ def cmd_status(args) -> int:
         emit(f"{st.name}: {st.state}  step {st.step}/{st.total_steps or '?'}  last loss {_value(st.loss)}")
     else:
         eta = st.eta_s if st.phase in (None, protocol.PHASE_TRAINING) else None
-        phase = st.phase if st.state in (protocol.RUNNING, protocol.STOPPING) else None
+        phase = st.phase if st.live else None
         if phase and st.phase_total:
             phase += f" {st.phase_done or 0}/{st.phase_total}"
         emit(f"{st.name}: {st.state}{f' ({phase})' if phase else ''}  step {st.step}/{st.total_steps or '?'}  "

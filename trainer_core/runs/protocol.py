@@ -83,7 +83,22 @@ PHASE_EVALUATING = "evaluating"
 PHASE_SAVING = "saving checkpoint"
 PHASE_FINISHING = "finishing"
 PHASE_CONSOLIDATING = "consolidating final"
-PHASES = (PHASE_TRAINING, PHASE_EVALUATING, PHASE_SAVING, PHASE_FINISHING, PHASE_CONSOLIDATING)
+# Start-up, in order: the supervisor writes the first, rank 0 the others as it reaches them (phase_done/phase_total
+# count them, so a reader shows "loading the model 3/6"). A stop request is honoured between them (train.py).
+PHASE_LAUNCHING = "launching ranks"
+PHASE_JOINING = "joining the process group"
+PHASE_PREPARING_DATA = "preparing data"
+PHASE_LOADING_MODEL = "loading the model"
+PHASE_BUILDING_KERNELS = "building kernels"
+PHASE_INITIALISING = "initialising DeepSpeed"
+STARTUP_PHASES = (PHASE_LAUNCHING, PHASE_JOINING, PHASE_PREPARING_DATA, PHASE_LOADING_MODEL, PHASE_BUILDING_KERNELS,
+                  PHASE_INITIALISING)
+PHASES = (*STARTUP_PHASES, PHASE_TRAINING, PHASE_EVALUATING, PHASE_SAVING, PHASE_FINISHING, PHASE_CONSOLIDATING)
+
+
+def startup_phase(phase: str) -> dict[str, Any]:
+    """The status.json fields that say the run is at start-up step `phase` (counted from 1)."""
+    return {"phase": phase, "phase_done": STARTUP_PHASES.index(phase) + 1, "phase_total": len(STARTUP_PHASES)}
 
 # Runs launched outside our supervisor (launch_node.sh, Slurm) have no process here to check, so rank 0 proves it
 # is alive by rewriting heartbeat.json; a heartbeat older than HEARTBEAT_STALE_S means the job is gone. The margin

@@ -36,6 +36,10 @@ from trainer_core.runs.resources import sample_resources
 from trainer_core.runs.state import launcher_end, read_state, record_end, signal_name
 
 STOP_GRACE_S = 15.0
+# A stop during start-up: how long the ranks get to leave at their next start-up step before the supervisor ends
+# them (loading a 7B or building a kernel cannot be interrupted from inside), and how long SIGTERM gets then.
+STARTUP_STOP_WAIT_S = 3.0
+STARTUP_STOP_GRACE_S = 2.0  # nothing to save yet: SIGKILL soon after
 # How long the supervisor waits for orphaned ranks to save and stop after DeepSpeed's launcher died under them.
 ORPHAN_SAVE_TIMEOUT_S = 300.0
 
@@ -142,7 +146,8 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
     env[keep_locks.LOCK_FDS_ENV] = ",".join(map(str, lock_fds))
     child = subprocess.Popen(argv, cwd=paths.PROJECT_ROOT, env=env, pass_fds=lock_fds,
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    protocol.update_status(run, state=protocol.STARTING, launcher_pid=child.pid)
+    protocol.update_status(run, state=protocol.STARTING, launcher_pid=child.pid,
+                           **protocol.startup_phase(protocol.PHASE_LAUNCHING))
     signalled: list[int] = []
 
     def on_signal(signum, frame):
@@ -168,13 +173,16 @@ def supervise(run: Path, resume_from: Path | None, lock_fds: list[int], lock_key
                                kwargs={"gpu_ids": gpu_ids, "warn": lambda line: _note(log, f"=== {line}\n")},
                                daemon=True)
     sampler.start()
+    watcher = threading.Thread(target=_stop_while_starting, args=(run, me, child, log), daemon=True)
+    watcher.start()
     code = child.wait()
+    watcher.join()  # when it is ending the run's processes, let it finish: they are not orphans to save
     _collect_orphans(run, me, code, log, signalled[0] if signalled else None)
     stop.set()
     sampler.join(timeout=5)
     # The device locks stay held until this process exits, right after the final state is written: a start that
     # sees the state waits that moment for them (_acquire).
-    record_end(run, code, signalled[0] if signalled else None)
+    record_end(run, code, signalled[0] if signalled else None, **_startup_note(run))
     _note(log, f"=== supervisor: launcher exited with {code}\n")
     if cfg.eval.persona_at_end and read_state(run).state == protocol.COMPLETED:
         _evaluate_at_end(run, cfg, lock_fds, log)
@@ -207,6 +215,40 @@ def _evaluate_at_end(run: Path, cfg, lock_fds: list[int], log) -> None:
         _note(log, f"=== supervisor: could not start the persona evaluation: {e}\n")
         return
     _note(log, f"=== supervisor: persona evaluation started (pid {proc.pid}, see eval/status.json)\n")
+
+
+def _starting(run: Path) -> bool:
+    """The run is at a start-up step (it has not begun training)."""
+    return protocol.read_status(run).phase in protocol.STARTUP_PHASES
+
+
+def _stop_while_starting(run: Path, me: dict[str, Any], child: subprocess.Popen, log) -> None:
+    """A stop asked during start-up ends the run within seconds: the ranks leave by themselves at their next
+    start-up step (train.py); ranks still starting STARTUP_STOP_WAIT_S later are in a step they cannot leave
+    (loading the model, building a kernel, launching), so the run's processes are ended (only proven members, never
+    this supervisor). Nothing is lost: no step was trained, no checkpoint written."""
+    asked = None
+    while child.poll() is None:
+        if not _starting(run):
+            return  # training began: a stop now saves a checkpoint the usual way
+        if protocol.read_control(run).action:
+            asked = asked or time.time()
+            if time.time() - asked >= STARTUP_STOP_WAIT_S:
+                _note(log, "=== supervisor: stop requested during start-up and the ranks are still starting; ending "
+                           "the run's processes\n")
+                ended = run_processes.end(run, me, grace_s=STARTUP_STOP_GRACE_S, exclude_self=True)
+                _note(log, f"=== supervisor: stopped during start-up; ended {', '.join(ended) or 'nothing'}\n")
+                return
+        time.sleep(0.2)
+
+
+def _startup_note(run: Path) -> dict[str, Any]:
+    """The note for a run stopped on request before it trained a step."""
+    control = protocol.read_control(run)
+    if control.action and not control.cause and _starting(run):
+        return {"note": text("runs.stopped_starting", "stopped during start-up, before training a step; nothing "
+                             "was saved by this start")}
+    return {}
 
 
 def _end_late(run: Path, me: dict[str, Any], log) -> None:

@@ -14,7 +14,8 @@ from transformers import TrainerCallback
 
 from trainer_core.config.run_config import RunConfig
 from trainer_core.runs import protocol
-from trainer_core.training.ranks import LOST, all_reduce_ints, barrier, gather, global_rank, peak_memory_bytes
+from trainer_core.training.ranks import (LOST, StoppedStarting, all_reduce_ints, barrier, gather, global_rank,
+                                         peak_memory_bytes)
 from trainer_core.training.trainer import TokenCounts
 
 
@@ -47,6 +48,10 @@ class RunDirCallback(TrainerCallback):
         self.eval_batches = 0
 
     def on_train_begin(self, args, state, control, **kw):
+        # DeepSpeed is initialised (and a resumed checkpoint loaded): the last chance to stop without a step.
+        stop = 1 if self.rank == 0 and protocol.read_control(self.run).action else 0
+        if all_reduce_ints([stop])[0]:
+            raise StoppedStarting
         self.t0 = self.last_t = time.time()
         self.start_step = state.global_step
         if self.rank == 0:

@@ -97,6 +97,24 @@ def share_fate(run: Path, supervised: bool) -> list[int]:
     return fds
 
 
+class StoppedStarting(Exception):
+    """A stop was requested during start-up: every rank leaves together, before training a step."""
+
+
+def startup_step(run: Path, phase: str) -> None:
+    """Enter start-up step `phase` (one of protocol.STARTUP_PHASES): every rank first leaves, raising
+    StoppedStarting, if a stop was requested; then rank 0 says in status.json which step the run is at. Rank 0 reads
+    control.json and the verdict is shared, so all ranks leave at the same step (a rank that went on alone would wait
+    forever in the next collective). Before the process group is up the ranks cannot agree, so only a single rank
+    checks there; the supervisor ends ranks that a stop finds in a step they cannot leave (stop_while_starting)."""
+    stop = 1 if global_rank() == 0 and protocol.read_control(run).action else 0
+    if dist() is not None or int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        if all_reduce_ints([stop])[0]:
+            raise StoppedStarting
+    if global_rank() == 0:
+        protocol.update_status(run, **protocol.startup_phase(phase))
+
+
 def collective_device() -> torch.device:
     """Where a tensor handed to a collective must live: the accelerator's current device (cuda:<local rank> on a GPU,
     cpu on DeepSpeed's CPU accelerator). On CUDA, DeepSpeed's process group is plain NCCL, which serves only CUDA

@@ -28,7 +28,7 @@ from trainer_core.runs import protocol
 from trainer_core.runs.state import record_end
 from trainer_core.training import ranks
 from trainer_core.training.loss import HEAD_LOSSES
-from trainer_core.training.ranks import LOST, barrier, global_rank, log_rank0
+from trainer_core.training.ranks import LOST, StoppedStarting, barrier, global_rank, log_rank0, startup_step
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,17 +46,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = args.run_dir.resolve()
     cfg = load_config(run / protocol.CONFIG)
-    setup_rank(run, args.supervised)
-    trainer, tokenizer, callback = build_trainer(run, cfg, args.head_loss)
-    if args.resume_from:
-        log_rank0(f"resuming from {args.resume_from}")
-    trainer.train(resume_from_checkpoint=args.resume_from or None)
+    try:
+        setup_rank(run, args.supervised)
+        trainer, tokenizer, callback = build_trainer(run, cfg, args.head_loss)
+        if args.resume_from:
+            log_rank0(f"resuming from {args.resume_from}")
+        startup_step(run, protocol.PHASE_INITIALISING)  # the callback checks once more right before the first step
+        trainer.train(resume_from_checkpoint=args.resume_from or None)
+    except StoppedStarting:
+        # Nothing trained, nothing saved: the supervisor (or rank 0 below) records `stopped`.
+        log_rank0("stopped on request during start-up, before training a step")
+        if not args.supervised and global_rank() == 0:
+            record_end(run, 0)
+        return 0
     return finish(run, cfg, trainer, tokenizer, callback, args.supervised)
 
 
 def setup_rank(run: Path, supervised: bool) -> None:
     """Tie the rank to the processes above it, join the process group, and on rank 0 start the heartbeat."""
     ranks.share_fate(run, supervised)  # its lock descriptors stay open until this process exits
+    startup_step(run, protocol.PHASE_JOINING)
     ranks.init_distributed()
     if global_rank() == 0:
         protocol.start_heartbeat(run)  # before loading the model, which can take minutes for a 7B
@@ -122,6 +131,7 @@ def build_trainer(run: Path, cfg: RunConfig, head_loss: str):
     targs = training_arguments(cfg, run, precision)
     log_rank0(f"ranks={targs.world_size} precision={precision} zero_stage={cfg.deepspeed.stage} "
               f"offload={cfg.deepspeed.offload_optimizer}/{cfg.deepspeed.offload_param}")
+    startup_step(run, protocol.PHASE_PREPARING_DATA)
     # Checked again here: the folder may have moved or changed between creating the run and starting it.
     check_model_dir(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
@@ -129,6 +139,7 @@ def build_trainer(run: Path, cfg: RunConfig, head_loss: str):
     if pad_id is None:
         pad_id = getattr(tokenizer, "eod_id", None) or tokenizer.eos_token_id or 0
     train_rows, eval_rows = build_rows(cfg, tokenizer, log_rank0)
+    startup_step(run, protocol.PHASE_LOADING_MODEL)
     counts = TokenCounts()
     callback = RunDirCallback(run, cfg, counts)
     attention = None
@@ -136,8 +147,12 @@ def build_trainer(run: Path, cfg: RunConfig, head_loss: str):
         attention = packed_attention(True, precision, torch.cuda.get_device_capability(), flash_attn_installed(),
                                      supports_flash_attention(cfg))
     log_rank0(f"attention: {attention or 'the model default (sdpa)'}; weights load in {load_dtype(precision)}")
+    model = load_model(cfg, precision, attention)
+    if cfg.deepspeed.offload_optimizer != "none":
+        startup_step(run, protocol.PHASE_BUILDING_KERNELS)
+        build_cpu_adam()
     trainer = SupervisedTrainer(
-        model=load_model(cfg, precision, attention),
+        model=model,
         args=targs,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
@@ -150,6 +165,14 @@ def build_trainer(run: Path, cfg: RunConfig, head_loss: str):
 
 
 FLASH = "flash_attention_2"
+
+
+def build_cpu_adam() -> None:
+    """Load DeepSpeed's CPU Adam now, JIT-compiling it on first use (minutes), so start-up shows it as a step of
+    its own: DeepSpeedCPUAdam, built inside deepspeed.initialize, then finds the loaded module."""
+    from deepspeed.ops.op_builder import CPUAdamBuilder
+
+    CPUAdamBuilder().load()
 
 
 def load_dtype(precision: str) -> torch.dtype:
