@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import altair as alt
@@ -117,16 +118,23 @@ def result_of(job: data_jobs.Job, text: str):
     return job.result
 
 
+def field_label(field: str) -> str:
+    """A record field as the table shows it: validation names a turn of a converted (alpaca) record "turn N",
+    which is shown in the tab's language; real field names (`messages[0]`, `output`) stay as they are."""
+    m = re.fullmatch(r"turn (\d+)", field)
+    return t("data.field.turn", n=m.group(1)) if m else field
+
+
 def errors_frame(report: DataReport, which: str = "errors") -> pd.DataFrame:
     """Row problems as a table, each message in the tab's language."""
-    rows = [{"row": e.row, "field": e.field, "message": say(e.message)} for e in getattr(report, which)]
+    rows = [{"row": e.row, "field": field_label(e.field), "message": say(e.message)} for e in getattr(report, which)]
     return pd.DataFrame(rows, columns=["row", "field", "message"])
 
 
 def special_frame(report: DataReport, tokenizer) -> pd.DataFrame:
     """Per-row warnings for texts holding the tokenizer's special-token strings (they need the tokenizer, so they are
     not part of the report itself)."""
-    rows = [{"row": w.row, "field": w.field, "message": say(w.message)}
+    rows = [{"row": w.row, "field": field_label(w.field), "message": say(w.message)}
             for w in special_token_warnings(report, tokenizer)]
     return pd.DataFrame(rows, columns=["row", "field", "message"])
 

@@ -100,6 +100,7 @@ ZH: dict[str, str] = {
     "data.end_of_turn": "对话模板的回合结束符是 `{marker}`：每个回答之后训练一次，模型靠它学会停下。",
     "data.col.field": "字段",
     "data.col.message": "原因",
+    "data.field.turn": "第 {n} 轮",
     "data.answer_lost_note": "{n} 条记录超过 {max_length} 个 token，尾部会被截断；其中 {lost} 条连回答都被完全截掉，训练时会跳过。可以调大最大长度，或缩短这些记录。",
     "data.cut.title": "精简数据：取前 N 条、随机 N 条、去除完全重复",
     "data.cut.note": "只从可用记录中挑选；结果写成 data/uploads 下的新 .jsonl 文件并自动选中，原文件保持不变。",
@@ -526,6 +527,7 @@ EN: dict[str, str] = {
                         "how the model learns to stop.",
     "data.col.field": "Field",
     "data.col.message": "Reason",
+    "data.field.turn": "turn {n}",
     "data.answer_lost_note": "{n} records are longer than {max_length} tokens and lose their tail; {lost} of them lose "
                              "their whole answer and are skipped in training. Raise max length or shorten them.",
     "data.cut.title": "Make a smaller copy: first N, random N, without exact duplicates",
@@ -917,6 +919,8 @@ def phase_text(status: protocol.Status) -> str:
     phase = status.phase
     if not phase or status.state not in (protocol.RUNNING, protocol.STOPPING):
         return ""
+    if phase == protocol.PHASE_TRAINING and status.state == protocol.RUNNING and not status.phase_total:
+        return ""  # "训练中 · 训练" says the same thing twice
     text = t(f"phase.{phase}") if f"phase.{phase}" in ZH else phase
     if status.phase_total:
         text += f" {status.phase_done or 0}/{status.phase_total}"
