@@ -146,7 +146,7 @@ ZH: dict[str, str] = {
     "train.hostfile": "将写入的 hostfile",
     "train.download_node": "下载每节点脚本",
     "train.download_slurm": "下载 Slurm 脚本",
-    "train.command_note": "由监督进程在运行目录中执行；主端口启动时会另选一个空闲端口。命令行等价：python -m trainer_core train <config.yaml>",
+    "train.command_note": "由监督进程在运行目录中执行；主端口启动时会另选一个空闲端口。命令行等价：`python -m trainer_core train <config.yaml>`",
     "train.launch": "开始训练",
     "train.launch_blocked": "配置有误，改正后才能开始：{error}",
     "train.launching": "正在创建运行并启动……",
@@ -578,7 +578,7 @@ EN: dict[str, str] = {
     "train.download_node": "Download the per-node script",
     "train.download_slurm": "Download the Slurm script",
     "train.command_note": "Run by the supervisor inside the run folder; it picks a free master port at launch. "
-                          "CLI equivalent: python -m trainer_core train <config.yaml>",
+                          "CLI equivalent: `python -m trainer_core train <config.yaml>`",
     "train.launch": "Launch",
     "train.launch_blocked": "Fix the config to launch: {error}",
     "train.launching": "Creating the run and starting it…",

@@ -33,7 +33,8 @@ EXACT = {
     "Choose options": "请选择（可多选）",
     "Number is above the allowed range.": "数值高于允许的范围。",
     "Number is below the allowed range.": "数值低于允许的范围。",
-    "Error": "错误",  # the bold start of a widget's error tooltip: "**Error**: Number is above..."
+    "Error": "错误",
+    "Skip to main content": "跳到主要内容",  # the skip link a keyboard user meets first  # the bold start of a widget's error tooltip: "**Error**: Number is above..."
 }
 # Sentences with a value in them: (pattern of the English, its Chinese) and, in BACK, the way back to English.
 PATTERNS = [
