@@ -1,0 +1,30 @@
+"""Issue 31, item 9: the Monitor page's charts (axis labels of a flat series, memory across a stopped gap)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from app import monitor_view
+
+
+def _rows(times: list[float]) -> list[dict]:
+    return [{"time": t, "ranks": [{"pid": 1, "rank": 0, "rss_bytes": 2**30}], "host_used_bytes": 2**33,
+             "host_total_bytes": 2**34} for t in times]
+
+
+def test_memory_axis_counts_run_time_not_the_stopped_gap():
+    """Stopped for an hour, then resumed: the axis goes on from where it was (as Run time does), so the line does
+    not run straight across the hour."""
+    dev, host, on_gpu = monitor_view.resource_frames(_rows([1000, 1002, 1004, 4604, 4606]))
+    assert not on_gpu
+    assert list(dev["t"]) == [0, 2, 4, 4, 6]
+    assert list(host["t"].drop_duplicates()) == [0, 2, 4, 6]
+
+
+def test_a_flat_series_gets_short_axis_labels():
+    """One loss point (or a constant gradient norm) drew ticks like "11.936600"; "~g" trims them to 11.9366."""
+    df = pd.DataFrame({"step": [1], "series": ["loss"], "value": [11.9366]})
+    spec = monitor_view.line_chart(df, "step", "step", "loss").to_dict()
+    assert spec["encoding"]["y"]["axis"]["format"] == "~g"
+    spec = monitor_view.line_chart(df, "step", "step", "lr", y_format=".1e").to_dict()
+    assert spec["encoding"]["y"]["axis"]["format"] == ".1e"
