@@ -28,3 +28,23 @@ def test_a_flat_series_gets_short_axis_labels():
     assert spec["encoding"]["y"]["axis"]["format"] == "~g"
     spec = monitor_view.line_chart(df, "step", "step", "lr", y_format=".1e").to_dict()
     assert spec["encoding"]["y"]["axis"]["format"] == ".1e"
+
+
+def _panel_index(at) -> int:
+    """Where the live panel (the one with the headline metrics) sits among the page's top-level elements."""
+    return next(i for i, node in at.main.children.items() if hasattr(node, "get") and node.get("metric"))
+
+
+def test_the_panel_keeps_its_place_when_a_run_ends(app, runs_root):
+    """A run that turns stopped redraws the page with a notice above the buttons; the panel used to move down one
+    place, and until the redraw finished its charts were drawn into the button row that had taken its old place."""
+    from pages_helpers import goto, make_run
+
+    make_run(runs_root, "live", "running", alive=True)
+    make_run(runs_root, "ended", "stopped", steps=4)
+    goto(app, "pages/monitor.py")
+    app.selectbox(key="mon.run").set_value("live").run()
+    live = _panel_index(app)
+    app.selectbox(key="mon.run").set_value("ended").run()
+    assert app.info, "the stopped run's notice is shown"
+    assert _panel_index(app) == live
