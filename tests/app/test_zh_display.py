@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from app import data_view
 from app.i18n import phase_text
 from trainer_core.data.dataset import load_dataset_bytes
@@ -26,3 +28,18 @@ def test_a_training_run_does_not_say_training_twice():
     evaluating = protocol.Status(state=protocol.RUNNING, phase=protocol.PHASE_EVALUATING, phase_done=3, phase_total=9)
     assert phase_text(evaluating) == "验证 3/9"
     assert phase_text(protocol.Status(state=protocol.STOPPING, phase=protocol.PHASE_TRAINING)) == "训练"
+
+
+def test_runs_table_columns_fit_their_headers(app, runs_root):
+    """The Runs table sized columns by their values, so headers (最终损失, 运行时长 with its help icon) were cut."""
+    from pages_helpers import goto, make_run
+
+    from app import runs_view
+
+    make_run(runs_root, "r", "completed")
+    goto(app, "pages/runs.py")
+    table = app.dataframe[0]
+    columns = json.loads(table.proto.columns)  # the column config Streamlit sends to the grid
+    for name, header in (("final loss", "最终损失"), ("duration", "运行时长"), ("steps", "步数")):
+        width = columns[name]["width"]
+        assert isinstance(width, int) and width >= runs_view.text_width(header) + 28, (name, width)
