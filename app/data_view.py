@@ -165,11 +165,17 @@ def length_histogram(stats: TokenStats, labels: dict[str, str]) -> alt.LayerChar
     """Token lengths as a histogram with a red rule at max_length; the part of each bar past the rule (records that
     get truncated) in red. Bins are whole tokens over the whole axis, so a handful of records still shows bars."""
     bins, top = histogram_bins(stats.lengths, stats.max_length)
+    # Each bar spans its own bottom and top (the truncated part of a bin sits on its kept part): with x2 given, a
+    # stacked y alone drew every bar as a thin floating dash at its height.
+    kept = bins[~bins["cut"]].set_index("start")["count"]
+    bins = bins.assign(bottom=[kept.get(a, 0) if c else 0 for a, c in zip(bins["start"], bins["cut"])])
+    bins = bins.assign(top=bins["bottom"] + bins["count"])
     whole = alt.Axis(format="d", tickMinStep=1)  # no "0.2 records", no repeated "302" labels
     bars = alt.Chart(bins).mark_bar().encode(
         x=alt.X("start:Q", title=labels["x"], axis=whole, scale=alt.Scale(domain=[0, top])),
         x2="end:Q",
-        y=alt.Y("count:Q", title=labels["y"], axis=whole, stack="zero"),
+        y=alt.Y("top:Q", title=labels["y"], axis=whole),
+        y2="bottom:Q",
         color=alt.Color("cut:N", scale=alt.Scale(domain=[False, True], range=["#4c78a8", "#e45756"]), legend=None),
         tooltip=["start:Q", "end:Q", "count:Q"],
     )

@@ -1,4 +1,4 @@
-"""Issue 31, item 9: the Monitor page's charts (axis labels of a flat series, memory across a stopped gap)."""
+"""Issue 31, item 9: chart layout (Monitor axis labels, memory across a stopped gap, panel place; the Data page histogram)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,20 @@ def test_the_panel_keeps_its_place_when_a_run_ends(app, runs_root):
     app.selectbox(key="mon.run").set_value("ended").run()
     assert app.info, "the stopped run's notice is shown"
     assert _panel_index(app) == live
+
+
+def test_histogram_bars_stand_on_the_axis_and_the_cut_part_on_the_kept_part():
+    """The token histogram drew each bar as a thin floating dash at its height (x2 with a stacked y)."""
+    from types import SimpleNamespace
+
+    from app import data_view
+
+    stats = SimpleNamespace(lengths=[5, 5, 5, 40, 41], max_length=40)  # what the histogram reads of TokenStats
+    spec = data_view.length_histogram(stats, {"x": "x", "y": "y"}).to_dict()
+    bars = spec["layer"][0]
+    assert bars["encoding"]["y2"]["field"] == "bottom"
+    rows = {(r["start"], r["cut"]): r for r in spec["datasets"][bars["data"]["name"]]}
+    kept = next(r for (start, cut), r in rows.items() if not cut and r["count"] == 3)
+    assert (kept["bottom"], kept["top"]) == (0, 3)
+    cut = next(r for (start, c), r in rows.items() if c)  # 41 tokens, in the bin of the kept 40
+    assert (cut["bottom"], cut["top"]) == (1, 2)
