@@ -162,6 +162,7 @@ streamlit_zh.install(lang)
 time.sleep(1.5)  # what follows is drawn after the script's iframe has loaded, as on a real page
 st.file_uploader("data " + lang, key="up-" + lang)
 st.number_input("n", min_value=1, max_value=5, key="n")
+st.multiselect("runs", ["run-a", "run-b"], key="runs")
 """
 
 
@@ -170,7 +171,8 @@ st.number_input("n", min_value=1, max_value=5, key="n")
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH: apt-get install -y chromium")
 def test_still_translating_after_switching_to_english_and_back(tmp_path):
     """Issue 31: a number input's range message (Streamlit's Markdown in an error tooltip) stayed English in the
-    Chinese UI; and after 中文 → English → 中文 a newly drawn uploader must say 上传 again. Both ways round."""
+    Chinese UI, as did the compare picker's "No results"; after 中文 → English → 中文 what is drawn later (the
+    tooltip) was no longer translated at all: the page's observer had died with the iframe the switch reloaded."""
     from playwright.sync_api import expect
 
     app_file = tmp_path / "switch_app.py"
@@ -204,6 +206,11 @@ def test_still_translating_after_switching_to_english_and_back(tmp_path):
                 page.get_by_test_id("stTooltipErrorHoverTarget").hover()  # the message shows on hover
                 expect(page.get_by_test_id("stTooltipErrorContent")).to_contain_text("数值超出允许的范围：请输入 1 到 5 之间的值",
                                                                                      timeout=15_000)
+                picker = page.get_by_test_id("stMultiSelect").locator("input")
+                picker.click()
+                picker.fill("zzz")  # the compare picker with nothing matching
+                expect(page.get_by_text("没有匹配项", exact=True)).to_be_visible(timeout=15_000)
+                picker.press("Escape")
                 page.get_by_text("en", exact=True).click()
                 expect(page.get_by_label("data en")).to_be_attached(timeout=90_000)
                 number.fill("0")
