@@ -61,6 +61,10 @@ def test_english_words_are_found_and_identifiers_and_model_names_are_not():
     assert english_words("字段 turn 2") == ["turn"]
 
 
+DRAWN = """() => !document.querySelector('[data-testid="stSkeleton"]')
+  && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(e => e.querySelector("canvas, svg"))
+  && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(e => e.querySelector("canvas"))"""
+
 VISIBLE_TEXT = """(sel) => {
   const skip = new Set(document.querySelectorAll(sel));
   const out = [];
@@ -108,11 +112,10 @@ def test_every_page_in_chinese_shows_no_english(tmp_path):
                     expect(page.get_by_role("heading", name=label)).to_be_visible()
                     page.wait_for_timeout(500)
                     page.wait_for_selector(IDLE, state="attached", timeout=90_000)
-                    page.wait_for_timeout(1500)  # charts and the translating script settle
+                    page.wait_for_function(DRAWN, timeout=60_000)  # tables and charts load after the script run
+                    page.wait_for_timeout(1500)  # and the translating script has had its turn
                     ARTIFACTS.mkdir(exist_ok=True)
                     page.screenshot(path=str(ARTIFACTS / f"{shot}.png"))
-                    words = [w for s in page.evaluate(VISIBLE_TEXT, USER_TEXT) for w in english_words(s)
-                             if w]
                     lines = [s for s in page.evaluate(VISIBLE_TEXT, USER_TEXT) if english_words(s)]
                     if lines:
                         found[label] = lines
