@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import altair as alt
@@ -117,16 +118,23 @@ def result_of(job: data_jobs.Job, text: str):
     return job.result
 
 
+def field_label(field: str) -> str:
+    """A record field as the table shows it: validation names a turn of a converted (alpaca) record "turn N",
+    which is shown in the tab's language; real field names (`messages[0]`, `output`) stay as they are."""
+    m = re.fullmatch(r"turn (\d+)", field)
+    return t("data.field.turn", n=m.group(1)) if m else field
+
+
 def errors_frame(report: DataReport, which: str = "errors") -> pd.DataFrame:
     """Row problems as a table, each message in the tab's language."""
-    rows = [{"row": e.row, "field": e.field, "message": say(e.message)} for e in getattr(report, which)]
+    rows = [{"row": e.row, "field": field_label(e.field), "message": say(e.message)} for e in getattr(report, which)]
     return pd.DataFrame(rows, columns=["row", "field", "message"])
 
 
 def special_frame(report: DataReport, tokenizer) -> pd.DataFrame:
     """Per-row warnings for texts holding the tokenizer's special-token strings (they need the tokenizer, so they are
     not part of the report itself)."""
-    rows = [{"row": w.row, "field": w.field, "message": say(w.message)}
+    rows = [{"row": w.row, "field": field_label(w.field), "message": say(w.message)}
             for w in special_token_warnings(report, tokenizer)]
     return pd.DataFrame(rows, columns=["row", "field", "message"])
 
@@ -157,11 +165,17 @@ def length_histogram(stats: TokenStats, labels: dict[str, str]) -> alt.LayerChar
     """Token lengths as a histogram with a red rule at max_length; the part of each bar past the rule (records that
     get truncated) in red. Bins are whole tokens over the whole axis, so a handful of records still shows bars."""
     bins, top = histogram_bins(stats.lengths, stats.max_length)
+    # Each bar spans its own bottom and top (the truncated part of a bin sits on its kept part): with x2 given, a
+    # stacked y alone drew every bar as a thin floating dash at its height.
+    kept = bins[~bins["cut"]].set_index("start")["count"]
+    bins = bins.assign(bottom=[kept.get(a, 0) if c else 0 for a, c in zip(bins["start"], bins["cut"])])
+    bins = bins.assign(top=bins["bottom"] + bins["count"])
     whole = alt.Axis(format="d", tickMinStep=1)  # no "0.2 records", no repeated "302" labels
     bars = alt.Chart(bins).mark_bar().encode(
         x=alt.X("start:Q", title=labels["x"], axis=whole, scale=alt.Scale(domain=[0, top])),
         x2="end:Q",
-        y=alt.Y("count:Q", title=labels["y"], axis=whole, stack="zero"),
+        y=alt.Y("top:Q", title=labels["y"], axis=whole),
+        y2="bottom:Q",
         color=alt.Color("cut:N", scale=alt.Scale(domain=[False, True], range=["#4c78a8", "#e45756"]), legend=None),
         tooltip=["start:Q", "end:Q", "count:Q"],
     )

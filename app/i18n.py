@@ -100,6 +100,7 @@ ZH: dict[str, str] = {
     "data.end_of_turn": "对话模板的回合结束符是 `{marker}`：每个回答之后训练一次，模型靠它学会停下。",
     "data.col.field": "字段",
     "data.col.message": "原因",
+    "data.field.turn": "第 {n} 轮",
     "data.answer_lost_note": "{n} 条记录超过 {max_length} 个 token，尾部会被截断；其中 {lost} 条连回答都被完全截掉，训练时会跳过。可以调大最大长度，或缩短这些记录。",
     "data.cut.title": "精简数据：取前 N 条、随机 N 条、去除完全重复",
     "data.cut.note": "只从可用记录中挑选；结果写成 data/uploads 下的新 .jsonl 文件并自动选中，原文件保持不变。",
@@ -145,7 +146,7 @@ ZH: dict[str, str] = {
     "train.hostfile": "将写入的 hostfile",
     "train.download_node": "下载每节点脚本",
     "train.download_slurm": "下载 Slurm 脚本",
-    "train.command_note": "由监督进程在运行目录中执行；主端口启动时会另选一个空闲端口。命令行等价：python -m trainer_core train <config.yaml>",
+    "train.command_note": "由监督进程在运行目录中执行；主端口启动时会另选一个空闲端口。命令行等价：`python -m trainer_core train <config.yaml>`",
     "train.launch": "开始训练",
     "train.launch_blocked": "配置有误，改正后才能开始：{error}",
     "train.launching": "正在创建运行并启动……",
@@ -339,7 +340,7 @@ ZH: dict[str, str] = {
     "mon.loss_smoothed": "平滑后的损失（{w}）",
     "mon.lr": "学习率",
     "mon.grad_norm": "梯度范数",
-    "mon.x_time": "时间（秒）",
+    "mon.x_time": "运行时间（秒）",
     "mon.chart.loss": "损失 / 验证损失",
     "mon.chart.lr": "学习率",
     "mon.chart.grad_norm": "梯度范数",
@@ -558,6 +559,7 @@ EN: dict[str, str] = {
                         "how the model learns to stop.",
     "data.col.field": "Field",
     "data.col.message": "Reason",
+    "data.field.turn": "turn {n}",
     "data.answer_lost_note": "{n} records are longer than {max_length} tokens and lose their tail; {lost} of them lose "
                              "their whole answer and are skipped in training. Raise max length or shorten them.",
     "data.cut.title": "Make a smaller copy: first N, random N, without exact duplicates",
@@ -608,7 +610,7 @@ EN: dict[str, str] = {
     "train.download_node": "Download the per-node script",
     "train.download_slurm": "Download the Slurm script",
     "train.command_note": "Run by the supervisor inside the run folder; it picks a free master port at launch. "
-                          "CLI equivalent: python -m trainer_core train <config.yaml>",
+                          "CLI equivalent: `python -m trainer_core train <config.yaml>`",
     "train.launch": "Launch",
     "train.launch_blocked": "Fix the config to launch: {error}",
     "train.launching": "Creating the run and starting it…",
@@ -752,7 +754,7 @@ EN: dict[str, str] = {
     "mon.loss_smoothed": "smoothed loss ({w})",
     "mon.lr": "learning rate",
     "mon.grad_norm": "gradient norm",
-    "mon.x_time": "time (s)",
+    "mon.x_time": "run time (s)",
     "mon.chart.loss": "Loss / eval loss",
     "mon.chart.lr": "Learning rate",
     "mon.chart.grad_norm": "Gradient norm",
@@ -971,6 +973,8 @@ def phase_text(status: protocol.Status) -> str:
     phase = status.phase
     if not phase or not status.live:
         return ""
+    if phase == protocol.PHASE_TRAINING and status.state == protocol.RUNNING and not status.phase_total:
+        return ""  # "训练中 · 训练" says the same thing twice
     text = t(f"phase.{phase}") if f"phase.{phase}" in ZH else phase
     if status.phase_total:
         text += f" {status.phase_done or 0}/{status.phase_total}"

@@ -88,7 +88,8 @@ def ema(values: pd.Series, weight: float) -> pd.Series:
 
 def line_chart(df: pd.DataFrame, x: str, x_title: str, y_title: str, *, y_format: str | None = None,
                log_scale: bool = False) -> alt.Chart:
-    axis = alt.Axis(format=y_format) if y_format else alt.Axis()
+    # "~g": a flat series (one point, or a constant) otherwise gets ticks like "11.936600" or "1.100000"
+    axis = alt.Axis(format=y_format or "~g")
     scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
     x_axis = {"step": alt.Axis(tickMinStep=1, format="d"), "tokens": alt.Axis(format="~s")}.get(x, alt.Axis())
     order = list(dict.fromkeys(df["series"]))  # colours follow the series order, not the labels' alphabet
@@ -101,16 +102,24 @@ def line_chart(df: pd.DataFrame, x: str, x_title: str, y_title: str, *, y_format
     ).properties(height=220)
 
 
+STOPPED_GAP_S = 60.0
+"""A gap between memory samples longer than this is time the run was not running (samples come every few seconds)."""
+
+
 def resource_frames(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
     """(per-device memory, host RAM) as long frames over elapsed seconds, and whether the first is GPU memory."""
     if not rows:
         empty = pd.DataFrame(columns=["t", "series", "value"])
         return empty, empty, False
-    t0 = rows[0]["time"]
     on_gpu = any(r.get("gpus") for r in rows)
     dev, host = [], []
+    t_s, last = 0.0, rows[0]["time"]
     for r in rows:
-        t_s = r["time"] - t0
+        # The axis counts run time, as the Run time figure does: a gap with no samples (the run stopped, then was
+        # resumed) adds nothing, so the line does not run straight across the stopped hours.
+        gap = r["time"] - last
+        t_s += gap if gap <= STOPPED_GAP_S else 0.0
+        last = r["time"]
         if on_gpu:
             # A GPU whose memory query failed in that sample has no figure (the sampler reports the error once).
             dev += [{"t": t_s, "series": f"GPU {g['index']}", "value": g["used_bytes"] / 2**30}

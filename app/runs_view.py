@@ -49,6 +49,18 @@ def history_row(run: Path) -> dict:
     }
 
 
+def text_width(text: str) -> int:
+    """About how many pixels `text` takes in the table's font: a CJK character is about twice a Latin one."""
+    return sum(14 if ord(ch) > 0x2E80 else 8 for ch in str(text))
+
+
+def column_width(header: str, values, *, with_help: bool = False) -> int:
+    """A table column wide enough for its header (and help icon) and its longest value: the grid sized columns by
+    their values alone, so headers such as 最终损失 or "Final loss" showed cut off."""
+    widest = max([text_width(header) + (22 if with_help else 0), *(text_width(v) for v in values)])
+    return min(widest + 28, 400)  # cell padding and the sort arrow; a very long run name still leaves room
+
+
 def history_frame(runs: list[Path]) -> pd.DataFrame:
     return pd.DataFrame([history_row(r) for r in runs],
                         columns=["name", "model", "data", "state", "steps", "final loss", "eval loss", "duration",

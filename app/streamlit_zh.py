@@ -13,8 +13,7 @@ import json
 
 import streamlit as st
 
-# Exact sentences of Streamlit 1.67's frontend (checked against .venv's static bundle by tests/test_streamlit_zh.py),
-# and a pattern for the uploader's size line ("200MB per file • JSON, JSONL").
+# Exact sentences of Streamlit 1.67's frontend (checked against .venv's static bundle by tests/app/test_streamlit_zh.py).
 EXACT = {
     "Upload": "上传",
     "Upload directories": "上传文件夹",
@@ -27,9 +26,45 @@ EXACT = {
     "Running...": "运行中…",
     "Stop": "停止",
     "Rerun": "重新运行",
+    "Uploading...": "正在上传…",
+    "Upload failed": "上传失败",
+    "No results": "没有匹配项",
+    "Choose an option": "请选择一项",
+    "Choose options": "请选择（可多选）",
+    "Number is above the allowed range.": "数值高于允许的范围。",
+    "Number is below the allowed range.": "数值低于允许的范围。",
+    "Error": "错误",
+    "Skip to main content": "跳到主要内容",  # the skip link a keyboard user meets first  # the bold start of a widget's error tooltip: "**Error**: Number is above..."
 }
-PATTERNS = [(r"^(\d+(?:\.\d+)?\s*[KMG]?B) per file", "单个文件不超过 $1")]
-BACK = [(r"^单个文件不超过 (\S+)", "$1 per file")]
+# Sentences with a value in them: (pattern of the English, its Chinese) and, in BACK, the way back to English.
+PATTERNS = [
+    (r"^(\d+(?:\.\d+)?\s*[KMG]?B) per file", "单个文件不超过 $1"),
+    (r"^Number is above the allowed range\. Please enter a value less than or equal to (.+)\.$",
+     "数值高于允许的范围：请输入不大于 $1 的值。"),
+    (r"^Number is below the allowed range\. Please enter a value greater than or equal to (.+)\.$",
+     "数值低于允许的范围：请输入不小于 $1 的值。"),
+    (r"^Number is outside the allowed range\. Please enter a value between (.+) and (.+)\.$",
+     "数值超出允许的范围：请输入 $1 到 $2 之间的值。"),
+    (r"^Press Enter to apply$", "按回车键应用"),
+    (r"^Press Enter to submit form$", "按回车键提交表单"),
+    (r"^Press (⌘|Ctrl)\+Enter to apply$", "按 $1+回车键应用"),
+]
+# Where each pattern's sentence is built in Streamlit's bundle (a template literal), for tests/app/test_streamlit_zh.py.
+TEMPLATES = ["per file`", "Please enter a value less than or equal to ${",
+             "Please enter a value greater than or equal to ${", "Please enter a value between ${", "`Press Enter to ${",
+             "+Enter to ${"]
+BACK = [
+    (r"^单个文件不超过 (\S+)", "$1 per file"),
+    (r"^数值高于允许的范围：请输入不大于 (.+) 的值。$",
+     "Number is above the allowed range. Please enter a value less than or equal to $1."),
+    (r"^数值低于允许的范围：请输入不小于 (.+) 的值。$",
+     "Number is below the allowed range. Please enter a value greater than or equal to $1."),
+    (r"^数值超出允许的范围：请输入 (.+) 到 (.+) 之间的值。$",
+     "Number is outside the allowed range. Please enter a value between $1 and $2."),
+    (r"^按回车键应用$", "Press Enter to apply"),
+    (r"^按回车键提交表单$", "Press Enter to submit form"),
+    (r"^按 (⌘|Ctrl)\+回车键应用$", "Press $1+Enter to apply"),
+]
 
 SCRIPT = """<script>
 (function () {
@@ -46,20 +81,26 @@ SCRIPT = """<script>
     for (let n = walker.currentNode; n; n = walker.nextNode()) {
       if (n.nodeType !== 3) continue;
       const el = n.parentElement;
-      if (el && el.closest(USER_TEXT) && !el.closest("button")) continue;  // never rewrite the user's own words
-      const s = n.nodeValue.trim();
+      // never rewrite the user's own words; a widget's error tooltip (a number out of range) is Streamlit's, though
+      if (el && el.closest(USER_TEXT) && !el.closest('button,[data-testid="stTooltipErrorContent"]')) continue;
+      let s = n.nodeValue.trim();
       if (!s) continue;
-      if (exact[s] !== undefined) { n.nodeValue = exact[s]; continue; }
-      for (const [re, to] of patterns) if (re.test(s)) { n.nodeValue = s.replace(re, to); break; }
+      const lead = s.startsWith(": ") ? ": " : "";  // the sentence after "**Error**" in an error tooltip
+      s = s.slice(lead.length);
+      if (exact[s] !== undefined) { n.nodeValue = lead + exact[s]; continue; }
+      for (const [re, to] of patterns) if (re.test(s)) { n.nodeValue = lead + s.replace(re, to); break; }
     }
   }
   fix(doc.body);
-  if (doc.__studioObserver) return;  // one observer per tab, however many page runs place this script
-  doc.__studioObserver = true;
-  new MutationObserver(ms => ms.forEach(m => {
+  // One observer per tab, owned by the newest copy of this script: an observer dies with the iframe that made it
+  // (a language switch reloads the iframe, a page switch replaces it), so a flag alone could leave the tab with a
+  // dead one, and what React drew afterwards stayed English.
+  try { if (doc.__studioObserver) doc.__studioObserver.disconnect(); } catch (e) {}
+  doc.__studioObserver = new MutationObserver(ms => ms.forEach(m => {
     if (m.type === "characterData") fix(m.target.parentNode || m.target);
     m.addedNodes.forEach(fix);
-  })).observe(doc.body, {childList: true, subtree: true, characterData: true});
+  }));
+  doc.__studioObserver.observe(doc.body, {childList: true, subtree: true, characterData: true});
 })();
 </script>"""
 

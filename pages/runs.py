@@ -17,9 +17,10 @@ runs = runs_or_stop("runs.none")
 
 table = rv.history_frame(list(runs.values()))
 st.dataframe(table, hide_index=True, key="runs.table",
-             column_config={c: st.column_config.Column(t(f"runs.col.{c}"),
-                                                        help=t("mon.run_time_help") if c == "duration" else None)
-                            for c in table.columns})
+             column_config={c: st.column_config.Column(
+                 t(f"runs.col.{c}"), help=t("mon.run_time_help") if c == "duration" else None,
+                 width=rv.column_width(t(f"runs.col.{c}"), table[c], with_help=c == "duration"))
+                 for c in table.columns})
 
 st.subheader(t("runs.overlay"))
 if "p.runs.compare" in st.session_state:

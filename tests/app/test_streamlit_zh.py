@@ -24,6 +24,7 @@ from helpers import free_port
 from browser import CHROMIUM, CHROMIUM_ARGS, wait_healthy
 from trainer_core.common.paths import PROJECT_ROOT
 
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 BUNDLE = "\n".join(p.read_text(errors="replace")
                    for p in (Path(streamlit.__file__).parent / "static" / "static" / "js").glob("*.js"))
 
@@ -36,15 +37,40 @@ def _in_bundle(sentence: str) -> bool:
 def test_every_translated_sentence_is_still_in_streamlits_bundle():
     missing = [s for s in streamlit_zh.EXACT if not _in_bundle(s)]
     assert not missing, f"Streamlit no longer writes these (update app/streamlit_zh.py): {missing}"
-    assert "per file`" in BUNDLE
+    missing = [s for s in streamlit_zh.TEMPLATES if s not in BUNDLE]
+    assert not missing, f"Streamlit no longer builds these sentences (update app/streamlit_zh.py): {missing}"
 
 
-def test_size_pattern_matches_the_uploader_line_and_back():
-    (pattern, repl), = streamlit_zh.PATTERNS
-    zh = re.sub(pattern, repl.replace("$1", r"\1"), "200MB per file")
-    assert zh == "单个文件不超过 200MB"
-    (back, back_repl), = streamlit_zh.BACK
-    assert re.sub(back, back_repl.replace("$1", r"\1"), zh) == "200MB per file"
+def _rewrite(rules: list[tuple[str, str]], sentence: str) -> str:
+    """What the page script does with one text node: the first matching pattern (JS `$1` is Python's `\\1`)."""
+    for pattern, repl in rules:
+        if re.search(pattern, sentence):
+            return re.sub(pattern, re.sub(r"\$(\d)", r"\\\1", repl), sentence)
+    return sentence
+
+
+@pytest.mark.parametrize("english, chinese", [
+    ("200MB per file", "单个文件不超过 200MB"),
+    ("Number is above the allowed range. Please enter a value less than or equal to 8192.",
+     "数值高于允许的范围：请输入不大于 8192 的值。"),
+    ("Number is below the allowed range. Please enter a value greater than or equal to 1.",
+     "数值低于允许的范围：请输入不小于 1 的值。"),
+    ("Number is outside the allowed range. Please enter a value between 1 and 50.",
+     "数值超出允许的范围：请输入 1 到 50 之间的值。"),
+    ("Press Enter to apply", "按回车键应用"),
+    ("Press Ctrl+Enter to apply", "按 Ctrl+回车键应用"),
+])
+def test_patterns_translate_streamlits_sentences_and_back(english, chinese):
+    assert _rewrite(streamlit_zh.PATTERNS, english) == chinese
+    assert _rewrite(streamlit_zh.BACK, chinese) == english
+
+
+def test_number_range_and_empty_picker_sentences_are_translated():
+    """Issue 31: a number input's range message and the compare picker's "No results" stayed English."""
+    for english in ("No results", "Number is above the allowed range.", "Number is below the allowed range.",
+                    "Choose an option"):
+        assert english in streamlit_zh.EXACT
+    assert len(set(streamlit_zh.EXACT.values())) == len(streamlit_zh.EXACT)  # the way back to English is unique
 
 
 def _iframes(lang_first: str, lang_then: str | None = None) -> list[int]:
@@ -122,3 +148,79 @@ def _uploader(browser, url: str, button: str) -> dict:
         return page.locator('[data-testid="stFileUploader"]').bounding_box()
     finally:
         page.close()
+
+
+SWITCH_APP = """
+import time
+
+import streamlit as st
+
+from app import streamlit_zh
+
+lang = st.radio("lang", ["zh", "en"], horizontal=True)
+streamlit_zh.install(lang)
+time.sleep(1.5)  # what follows is drawn after the script's iframe has loaded, as on a real page
+st.file_uploader("data " + lang, key="up-" + lang)
+st.number_input("n", min_value=1, max_value=5, key="n")
+st.multiselect("runs", ["run-a", "run-b"], key="runs")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH: apt-get install -y chromium")
+def test_still_translating_after_switching_to_english_and_back(tmp_path):
+    """Issue 31: a number input's range message (Streamlit's Markdown in an error tooltip) stayed English in the
+    Chinese UI, as did the compare picker's "No results"; after 中文 → English → 中文 what is drawn later (the
+    tooltip) was no longer translated at all: the page's observer had died with the iframe the switch reloaded."""
+    from playwright.sync_api import expect
+
+    app_file = tmp_path / "switch_app.py"
+    app_file.write_text(SWITCH_APP)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    with open(tmp_path / "streamlit.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app_file), "--server.port", str(port),
+                                 "--server.headless", "true"], cwd=PROJECT_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(url, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 800})
+                page.set_default_timeout(90_000)
+                page.goto(url)
+                dropzone = page.locator('[data-testid="stFileUploaderDropzone"]')
+                expect(dropzone).to_contain_text("单个文件不超过", timeout=90_000)
+                page.get_by_text("en", exact=True).click()
+                expect(dropzone).to_contain_text("per file", timeout=90_000)
+                page.get_by_text("zh", exact=True).click()
+                expect(page.get_by_label("data zh")).to_be_attached(timeout=90_000)
+                expect(dropzone.locator("button")).to_contain_text("上传", timeout=15_000)
+                expect(dropzone).to_contain_text("单个文件不超过")
+                number = page.get_by_label("n", exact=True)
+                number.fill("9")
+                number.press("Enter")
+                page.get_by_test_id("stTooltipErrorHoverTarget").hover()  # the message shows on hover
+                expect(page.get_by_test_id("stTooltipErrorContent")).to_contain_text("数值超出允许的范围：请输入 1 到 5 之间的值",
+                                                                                     timeout=15_000)
+                picker = page.get_by_test_id("stMultiSelect").locator("input")
+                picker.click()
+                picker.fill("zzz")  # the compare picker with nothing matching
+                expect(page.get_by_text("没有匹配项", exact=True)).to_be_visible(timeout=15_000)
+                picker.press("Escape")
+                page.get_by_text("en", exact=True).click()
+                expect(page.get_by_label("data en")).to_be_attached(timeout=90_000)
+                number.fill("0")
+                number.press("Enter")
+                page.get_by_test_id("stTooltipErrorHoverTarget").hover()
+                expect(page.get_by_test_id("stTooltipErrorContent")).to_contain_text("Number is outside", timeout=15_000)
+            finally:
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "streamlit-zh-switch.png"))
+                browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
