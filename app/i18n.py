@@ -157,6 +157,8 @@ ZH: dict[str, str] = {
     "plan.fits": "内存够用。",
     "plan.not_fit": "内存不够：换更高的 ZeRO 阶段、开启卸载、减小微批或最大长度，或开启梯度检查点。",
     "plan.part.model_states": "模型状态",
+    "plan.part.frozen_base": "冻结的基座",
+    "plan.part.adapter_states": "适配器状态",
     "plan.part.activations": "激活",
     "plan.part.logits": "logits",
     "plan.part.process_baseline": "进程基线",
@@ -605,6 +607,8 @@ EN: dict[str, str] = {
     "plan.not_fit": "Will not fit: use a higher ZeRO stage, offload, a smaller micro batch or max length, or gradient "
                     "checkpointing.",
     "plan.part.model_states": "model states",
+    "plan.part.frozen_base": "frozen base",
+    "plan.part.adapter_states": "adapter states",
     "plan.part.activations": "activations",
     "plan.part.logits": "logits",
     "plan.part.process_baseline": "process baseline",
