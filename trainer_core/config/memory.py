@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer_core.config.ds_config import ZeroLayout, build_ds_config, zero_layout
 from trainer_core.config.hardware import Hardware, detect, resolve_precision, run_gpus
 from trainer_core.config.head_loss import workspace_bytes
-from trainer_core.config.lora_targets import AdapterShape, adapter_shape
 from trainer_core.config.run_config import RunConfig
 from trainer_core.common.errors import Text, UserError, text
+
+if TYPE_CHECKING:
+    from trainer_core.config.lora_targets import AdapterShape
 
 GiB = 1024**3
 MiB = 1024**2
@@ -102,6 +105,8 @@ def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False, lora=
     config's lora section) also the adapter it would put on that model."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainer_core.config.lora_targets import adapter_shape  # torch: imported when a shape is asked for
 
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
