@@ -136,8 +136,12 @@ def build_trainer(run: Path, cfg: RunConfig, head_loss: str):
         attention = packed_attention(True, precision, torch.cuda.get_device_capability(), flash_attn_installed(),
                                      supports_flash_attention(cfg))
     log_rank0(f"attention: {attention or 'the model default (sdpa)'}; weights load in {load_dtype(precision)}")
+    model = load_model(cfg, precision, attention)
+    if cfg.train.method != "full" and global_rank() == 0 and (run / protocol.STATUS).exists():
+        trainable, total = model.get_nb_trainable_parameters()  # counts ZeRO-3's partitioned weights whole
+        protocol.update_status(run, trainable_params=int(trainable), total_params=int(total))  # for the Monitor
     trainer = SupervisedTrainer(
-        model=load_model(cfg, precision, attention),
+        model=model,
         args=targs,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
