@@ -18,8 +18,8 @@ from trainer_core.data.chat_template import specials_in
 from trainer_core.config.run_config import load_config
 from trainer_core.common.errors import UserError
 from trainer_core.models.inference import (MAX_NEW_TOKENS_RANGE, REPETITION_PENALTY_RANGE, TEMPERATURE_RANGE,
-                                           TOP_P_RANGE, GenParams, ReplyHandle, chat_model, release_chat_models,
-                                           stream_reply)
+                                           TOP_P_RANGE, GenParams, ReplyHandle, chat_model, held_adapter_over,
+                                           release_chat_models, stream_reply)
 from trainer_core.models.local import list_local_models  # noqa: F401 (the page's model list)
 from trainer_core.runs import outputs
 from trainer_core.runs.outputs import FINAL_LABEL, chat_models  # noqa: F401 (what the page picks from)
@@ -146,6 +146,13 @@ def keep_only(sides: dict[str, tuple], device: str) -> None:
 
 def reply_stream(model_dir: str | Path, trust_remote_code: bool, messages: list[dict], persona: str,
                  params: GenParams, handle: ReplyHandle | None = None, device: str = "cpu") -> Iterator[str]:
+    # Compare mode's base side of a LoRA run: the fine-tuned side (answered first) holds base + adapter, which
+    # answers as the base with its adapter off; the base is not loaded a second time.
+    over = held_adapter_over(model_dir, trust_remote_code=trust_remote_code, device=device)
+    if over is not None:
+        model, tok = over
+        turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return stream_reply(model, tok, turns, persona=persona, params=params, handle=handle, adapter_off=True)
     model, tok = load(model_dir, trust_remote_code, device)
     # A snapshot: the generator reads the messages only when first iterated, after the reply being written has
     # been added to the history.

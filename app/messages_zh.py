@@ -150,6 +150,7 @@ MESSAGES_ZH: dict[str, str] = {
     "config.model_config_unreadable": "model.path {path}：无法读取它的配置（{detail}）",
     "config.plan_cpu_ranks": "本机没有 GPU：以上数字是每个 CPU 进程（rank）的常驻内存",
     "config.plan_fp32_on_gpu": "在 GPU 上用 fp32 训练，参数和梯度占用的显存会翻倍；请使用 auto 精度",
+    "config.plan_adapter_gpu_unverified": "GPU 上的 {method}：估算值，尚未经 GPU 实测验证",
     "config.bad_zero_block": "DeepSpeed 配置中的 zero_optimization 无效（stage {stage}，卸载设备 {devices}）；请先修正 DeepSpeed 检查报告的问题",
     "lint.zero_stage": "zero_optimization.stage 必须是 0、1、2 或 3（当前为 {stage}）",
     "lint.offload_device": "zero_optimization.{key}.device 必须是以下之一：{choices}（当前为 {device}）",

@@ -34,6 +34,8 @@ def history_row(run: Path) -> dict:
     try:
         cfg = saved_config(run)
         model, data = Path(cfg.model.path).name, Path(cfg.data.path).name
+        if cfg.train.method != "full":
+            model = f"{model} + {cfg.train.method}"  # an adapter run: the column names its base
     except UserError:
         model = data = "?"
     return {

@@ -293,7 +293,7 @@ def run_figures(run: Path, shape: dict, ctx: float | None, peak: float | None) -
     return out
 
 
-def train_sets(model_dir: Path, name: str, stage: int, steps: int, big: bool) -> list[str]:
+def train_sets(model_dir: Path, name: str, stage: int, steps: int, big: bool, method: str = "full") -> list[str]:
     sets = [f"name={name}", f"model.path={model_dir}", f"data.path={DATA}", "data.eval_ratio=0",
             f"train.max_steps={steps}", "train.epochs=1000", "train.save_steps=0", "train.logging_steps=1",
             f"deepspeed.stage={stage}",
@@ -301,23 +301,43 @@ def train_sets(model_dir: Path, name: str, stage: int, steps: int, big: bool) ->
             "deepspeed.offload_optimizer=none"]
     if big:
         sets += ["data.max_length=1024", "train.micro_batch_size=8", "train.learning_rate=1e-4"]
+    if method != "full":
+        sets.append(f"train.method={method}")
+    if method == "qlora":
+        sets.append("train.gradient_checkpointing=true")  # as the QLoRA anchors run it
     return sets
 
 
+def jobs_for(models: dict[str, Path], gpu: bool) -> list[tuple[str, Path, int, bool, str]]:
+    """(run name, model folder, ZeRO stage, big, train.method) of each training run, in the order they run. On a
+    GPU the 0.5B shape trains full at ZeRO-2, then as LoRA and QLoRA at ZeRO-2 (their planner figures are unverified
+    until these run), then full at ZeRO-3, which the deadline may cut. The dry run trains the starter's LoRA on CPU
+    (QLoRA needs CUDA)."""
+    jobs = [(f"{key}-z{stage}", d, stage, key != "starter", "full") for key, d in models.items() for stage in (2, 3)]
+    extra = ([(f"0.5b-{m}-z2", models["0.5b"], 2, True, m) for m in ("lora", "qlora")] if gpu and "0.5b" in models
+             else [("starter-lora-z2", models["starter"], 2, False, "lora")] if not gpu else [])
+    at = next((i for i, j in enumerate(jobs) if j[0] == "0.5b-z3"), len(jobs))
+    jobs[at:at] = extra
+    return [j for j in jobs if (j[1] / "config.json").is_file()]
+
+
 def check_run(steps: Steps, model_dir: Path, name: str, stage: int, n_steps: int, big: bool, ctx_by_len: dict,
-              peak: float | None, plans: dict) -> dict:
-    sets = train_sets(model_dir, name, stage, n_steps, big)
+              peak: float | None, plans: dict, method: str = "full") -> dict:
+    sets = train_sets(model_dir, name, stage, n_steps, big, method)
     flags = [a for s in sets for a in ("--set", s)]
     planned = plans.get(name) or {}
     res = steps.call([sys.executable, "-m", "trainer_core", "train", str(QUICKSTART), *flags],
                      (240 if big else 150) * steps.scale, name=f"train {name}", min_s=30)
-    out = {"name": name, "stage": stage, "model": model_dir.name, "sets": sets, "seconds_wall": res.get("seconds"),
+    out = {"name": name, "stage": stage, "method": method, "model": model_dir.name, "sets": sets,
+           "seconds_wall": res.get("seconds"),
            "planned_per_rank_bytes": planned.get("per_rank_device_bytes"), "plan": planned}
     run = steps.work / "runs" / name
     if run.is_dir():
         shape = model_shape(model_dir)
         max_length = 1024 if big else 256
-        out.update(run_figures(run, shape, ctx_by_len.get(str(max_length)), peak))
+        # MFU's 6 x parameters assumes every weight gets a gradient; a frozen base skips those: no MFU for adapters.
+        ctx = ctx_by_len.get(str(max_length)) if method == "full" else None
+        out.update(run_figures(run, shape, ctx, peak))
         peaks = [b for b in (out.get("peak_mem_bytes") or []) if b]
         if peaks and out["planned_per_rank_bytes"]:
             out["peak_over_plan"] = round(max(peaks) / out["planned_per_rank_bytes"], 3)
@@ -383,16 +403,16 @@ def checks(steps: Steps, args, report: dict) -> None:
         models["0.5b"] = steps.work / "models" / "qwen2.5-0.5b-shape"
     report["context"] = step_json(steps, "context", 90, "--model", str(models["starter"]))
     ctx = {k: v["mean_label_context"] for k, v in report["context"].get("by_max_length", {}).items()}
-    jobs = [(f"{key}-z{stage}", model_dir, stage, key != "starter") for key, model_dir in models.items()
-            if (model_dir / "config.json").is_file() for stage in (2, 3)]
+    jobs = jobs_for(models, gpu)
     report["plans"] = step_json(steps, "plans", 90, "--runs", json.dumps(
-        {name: train_sets(model_dir, name, stage, args.steps, big) for name, model_dir, stage, big in jobs}))
+        {name: train_sets(model_dir, name, stage, args.steps, big, method)
+         for name, model_dir, stage, big, method in jobs}))
     report["runs"] = [{"name": key, "error": f"skipped: {model_dir.name} was not built"}
                       for key, model_dir in models.items() if not (model_dir / "config.json").is_file()]
     plans = report["plans"].get("by_run", {})
-    for name, model_dir, stage, big in jobs:
+    for name, model_dir, stage, big, method in jobs:
         report["runs"].append(guarded(name, lambda: check_run(steps, model_dir, name, stage, args.steps, big, ctx,
-                                                                peak, plans)))
+                                                                peak, plans, method)))
         if name == "starter-z2":  # chat as soon as there is a model to chat with: the 0.5B runs may use the time up
             report["chat"] = guarded("chat", lambda: chat(steps))
     report.setdefault("chat", {"error": "skipped: no starter run"})
@@ -534,7 +554,7 @@ def step_env(work: Path) -> dict:
 
     out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
            "cuda_available": torch.cuda.is_available()}
-    for mod in ("transformers", "deepspeed", "accelerate", "tokenizers", "trl", "pydantic"):
+    for mod in ("transformers", "deepspeed", "accelerate", "tokenizers", "trl", "pydantic", "peft", "bitsandbytes"):
         try:
             out[mod] = __import__(mod).__version__
         except Exception as e:  # noqa: BLE001 - reported, not fatal

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for the GPU check machine (no network there; docs/gpu_check.md has the exact `run` tool call):
 #   bash bench/gpu_check.sh --prepare   here, where PyPI is reachable: builds .cache/gpu_wheelhouse (our pinned wheels
-#                                       for CPython 3.12 x86-64, DeepSpeed built as a pure wheel, qwen.tiktoken)
+#                                       for CPython 3.12 x86-64, DeepSpeed built as a pure wheel, qwen.tiktoken;
+#                                       bitsandbytes for the QLoRA case when it fits the carry limit)
 #   bash bench/gpu_check.sh             on the GPU machine, from the repo root, the wheelhouse carried: installs it into
 #                                       a venv over the image's CUDA torch without network, then bench/gpu_check.py
 #   bash bench/gpu_check.sh --dry-run   the same with the GPU steps skipped (proves the offline install here)
@@ -82,7 +83,12 @@ lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in site.getsitepa
 print("image site-packages added:", *site.getsitepackages())
 EOF
     "${PIP[@]}" install --no-index --no-compile --find-links "$WH/wheels" -r "$WH/requirements.txt" || return 1
-    "$VPY" -c "import torch, deepspeed, transformers, trl, trainer_core, trainer_core.training.train
+    # bitsandbytes (QLoRA) when the wheelhouse has it; without it the qlora case reports the trainer's refusal.
+    if [ -s "$WH/optional.txt" ]; then
+        "${PIP[@]}" install --no-index --no-compile --find-links "$WH/wheels" -r "$WH/optional.txt" \
+            || echo "gpu_check: optional wheels not installed (the QLoRA case will say so)"
+    fi
+    "$VPY" -c "import torch, deepspeed, transformers, trl, peft, trainer_core, trainer_core.training.train
 print('imports ok: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| transformers',
       transformers.__version__, '| trl', trl.__version__)"
 }

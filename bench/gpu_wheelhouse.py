@@ -7,8 +7,9 @@ That machine's image has CPython 3.12 with a CUDA torch, transformers 5.x and no
 64 MiB travels with a call, tree and carried folders together. So the wheelhouse holds our pinned packages that the
 image lacks or has at another version, for CPython 3.12 on manylinux x86_64, never torch (the image's CUDA build is
 used); DeepSpeed is an sdist on PyPI and is built here into a pure-Python wheel (its ops JIT-compile where they run).
-Beside the wheels: `requirements.txt` (the exact pins the GPU side installs) and `qwen.tiktoken` (the starter model
-is rebuilt from it there: the model folder itself, 56 MB, would not fit).
+Beside the wheels: `requirements.txt` (the exact pins the GPU side installs), `optional.txt` (pins installed when
+their wheel is there: bitsandbytes for the QLoRA case) and `qwen.tiktoken` (the starter model is rebuilt from it
+there: the model folder itself, 56 MB, would not fit).
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ PINS = [
     "dill==0.3.8",  # datasets 4.0.0: dill<0.3.9
     "multiprocess==0.70.16",  # datasets 4.0.0: multiprocess<0.70.17
     "fsspec==2025.3.0",  # datasets 4.0.0: fsspec<=2025.3.0
+    "peft==0.21.2",  # train.method lora/qlora (requirements.txt's pin); pure Python
+]
+# Installed only when their wheel came and fits the carry limit: bitsandbytes' manylinux wheel carries its CUDA
+# kernels for several CUDA versions (tens of MB), for the QLoRA case alone. Without it that case reports the
+# trainer's own one-line refusal and every other case runs.
+OPTIONAL_PINS = [
+    "bitsandbytes==0.50.2",  # QLoRA's 4-bit NF4 base; torch, numpy and packaging are on the image
 ]
 BUILT_HERE = {"deepspeed"}  # sdist only on PyPI: `pip wheel` here, DS_BUILD_OPS=0
 
@@ -125,6 +133,33 @@ def qwen_vocab() -> Path:
     return ensure_qwen_vocab()
 
 
+def wheel_of(pin: str, wheels: Path) -> Path | None:
+    """The downloaded wheel of `pin` (wheel file names spell the project with underscores)."""
+    name, version = _name(pin).replace("-", "_"), pin.split("==")[1]
+    return next(iter(sorted(wheels.glob(f"{name}-{version}-*.whl"))), None)
+
+
+def add_optional(wheels: Path, partial: Path, log) -> tuple[list[str], list[str]]:
+    """Download OPTIONAL_PINS one by one, keeping each that still fits the carry limit with the tree; (kept pins,
+    dropped pins with the reason)."""
+    kept, dropped = [], []
+    for pin in OPTIONAL_PINS:
+        try:
+            download([pin], wheels, log)
+        except subprocess.CalledProcessError as e:
+            dropped.append(f"{pin}: download failed ({e.returncode})")
+            continue
+        wheel = wheel_of(pin, wheels)
+        problem = "no wheel" if wheel is None else size_problem(tree_bytes(), dir_bytes(partial))
+        if problem:
+            if wheel is not None:
+                wheel.unlink()
+            dropped.append(f"{pin}: {problem}")
+        else:
+            kept.append(pin)
+    return kept, dropped
+
+
 def build(dest: Path = WHEELHOUSE, log=sys.stderr) -> dict:
     """(Re)build the wheelhouse at dest; returns its manifest (also written as dest/manifest.json)."""
     partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent if dest.parent.is_dir() else None))
@@ -137,7 +172,10 @@ def build(dest: Path = WHEELHOUSE, log=sys.stderr) -> dict:
                 build_deepspeed(pin, wheels, log)
         shutil.copyfile(qwen_vocab(), partial / "qwen.tiktoken")
         (partial / "requirements.txt").write_text("".join(f"{p}\n" for p in PINS))
-        manifest = {"python": PYTHON_VERSION, "platforms": PLATFORMS, "pins": PINS,
+        optional, dropped = add_optional(wheels, partial, log)
+        (partial / "optional.txt").write_text("".join(f"{p}\n" for p in optional))
+        manifest = {"python": PYTHON_VERSION, "platforms": PLATFORMS, "pins": PINS, "optional": optional,
+                    "optional_dropped": dropped,
                     "wheels": {w.name: w.stat().st_size for w in sorted(wheels.glob("*.whl"))}}
         manifest["bytes"] = dir_bytes(partial)
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/memory_bench.py                          # both models, ZeRO 0-3, +/- offload, 1 and 2 ranks
     .venv/bin/python bench/memory_bench.py --models starter --ranks 1   # a subset
+    .venv/bin/python bench/memory_bench.py --methods lora                # LoRA cells (train.method=lora)
 
 Each cell is a real 3-step run of `python -m trainer_core train configs/quickstart.yaml` on the shipped sample data.
 Measured: the largest rank's peak resident memory (getrusage ru_maxrss, which the trainer writes to metrics.jsonl as
@@ -49,12 +50,13 @@ def build_100m(dest: Path) -> Path:
     return dest
 
 
-def variants(ranks: list[int]) -> list[dict]:
+def variants(ranks: list[int], methods: tuple[str, ...] = ("full",)) -> list[dict]:
     out = []
-    for n in ranks:
-        for stage in (0, 1, 2, 3):
-            for offload in ((False,) if stage == 0 else (False, True)):
-                out.append({"stage": stage, "offload": offload, "ranks": n})
+    for method in methods:
+        for n in ranks:
+            for stage in (0, 1, 2, 3):
+                for offload in ((False,) if stage == 0 else (False, True)):
+                    out.append({"method": method, "stage": stage, "offload": offload, "ranks": n})
     return out
 
 
@@ -65,7 +67,7 @@ def measure(work: Path, model: Path, v: dict, name: str) -> dict:
     sets = [f"model.path={model}", f"deepspeed.stage={v['stage']}",
             f"deepspeed.offload_optimizer={'cpu' if v['offload'] else 'none'}",
             f"deepspeed.offload_param={'cpu' if v['offload'] and v['stage'] == 3 else 'none'}",
-            f"placement.num_ranks={v['ranks']}", "train.max_steps=3", "train.save_steps=0", "data.eval_ratio=0",
+            f"placement.num_ranks={v['ranks']}", f"train.method={v['method']}", "train.max_steps=3", "train.save_steps=0", "data.eval_ratio=0",
             f"name={name}"]
     argv = [sys.executable, "-m", "trainer_core", "train", str(PROJECT_ROOT / "configs" / "quickstart.yaml")]
     for s in sets:
@@ -87,17 +89,17 @@ def measure(work: Path, model: Path, v: dict, name: str) -> dict:
 
 def table(rows: list[dict]) -> str:
     mib = 2**20
-    lines = ["| model | ZeRO | offload | ranks | predicted MiB | measured MiB | sampled MiB | error |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | ZeRO | offload | ranks | predicted MiB | measured MiB | sampled MiB | error |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["measured"] is None:
-            lines.append(f"| {r['model']} | {r['stage']} | {'yes' if r['offload'] else 'no'} | {r['ranks']} | "
-                         f"{r['predicted'] / mib:.0f} | failed | - | - |")
+            lines.append(f"| {r['model']} | {r['method']} | {r['stage']} | {'yes' if r['offload'] else 'no'} | "
+                         f"{r['ranks']} | {r['predicted'] / mib:.0f} | failed | - | - |")
             continue
         err = (r["predicted"] - r["measured"]) / r["measured"]
         flag = "" if abs(err) <= GOAL else " (outside 25%)"
-        lines.append(f"| {r['model']} | {r['stage']} | {'yes' if r['offload'] else 'no'} | {r['ranks']} | "
-                     f"{r['predicted'] / mib:.0f} | {r['measured'] / mib:.0f} | "
+        lines.append(f"| {r['model']} | {r['method']} | {r['stage']} | {'yes' if r['offload'] else 'no'} | "
+                     f"{r['ranks']} | {r['predicted'] / mib:.0f} | {r['measured'] / mib:.0f} | "
                      f"{(r['sampled'] or 0) / mib:.0f} | {err:+.0%}{flag} |")
     return "\n".join(lines)
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="starter,100m")
     p.add_argument("--ranks", default="1,2")
+    p.add_argument("--methods", default="full", help="train.method values, comma-separated: full,lora")
     p.add_argument("--json", type=Path, help="also write the rows to this file")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="memory-bench-"))
@@ -114,12 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         models[m] = STARTER if m == "starter" else build_100m(work / "qwen2-100m")
     rows = []
     for label, path in models.items():
-        for i, v in enumerate(variants([int(x) for x in args.ranks.split(",")])):
+        for i, v in enumerate(variants([int(x) for x in args.ranks.split(",")],
+                                         tuple(args.methods.split(",")))):
             t = time.time()
             r = {"model": label, **measure(work, path, v, f"{label}-{i}")}
             rows.append(r)
             got = "failed" if r["measured"] is None else f"{r['measured'] / 2**20:.0f} MiB"
-            print(f"{label} ZeRO-{v['stage']} offload={v['offload']} ranks={v['ranks']}: predicted "
+            print(f"{label} {v['method']} ZeRO-{v['stage']} offload={v['offload']} ranks={v['ranks']}: predicted "
                   f"{r['predicted'] / 2**20:.0f} MiB, measured {got} ({time.time() - t:.0f}s)", flush=True)
     print()
     print(table(rows))

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from app import adapter_view
 from app import monitor_view as mv
 from app.frame import require_frame
 from app.i18n import say, t
@@ -16,6 +17,7 @@ st.session_state["mon.run"] = active_run().name
 st.selectbox(t("mon.run"), list(runs), key="mon.run", on_change=lambda: set_active_run(st.session_state["mon.run"]))
 run = runs[st.session_state["mon.run"]]
 s = read_state(run)
+adapter_view.monitor_caption(run, s)  # a lora/qlora run: its base, trainable parameters, adapter size
 
 # Fixed slots, whatever the state: a run that ends mid-view redraws with a notice here, and the panel below must
 # keep its place in the page (a shifted panel was drawn inside the button row until the redraw finished).

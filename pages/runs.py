@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app import downloads
+from app import adapter_view, downloads
 from app import eval_view as pe_view
 from app import runs_view as rv
 from app import train_form as form
@@ -93,6 +93,7 @@ if st.session_state.get("runs.confirm") == run.name:
         st.session_state.pop("runs.confirm")
         st.rerun()
 
+adapter_view.runs_panel(run, state, cfg)
 with st.expander(t("runs.export"), expanded=False):
     downloads.export_panel(run)
 with st.expander(t("eval.title"), expanded=bool(pe_view.job_for(run)) or pe_view.background.running(run)):

@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from app import downloads, train_checks
+from app import downloads, method_fit, train_checks
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
@@ -154,6 +154,7 @@ else:
             st.caption(form.breakdown_text(plan))
             for note in plan.notes:
                 st.caption(say(note))
+        method_fit.show(pf)
     for lint in pf.lints:
         st.warning(say(lint.message), icon=":material/rule:")
     with st.expander(t("train.command"), expanded=True):

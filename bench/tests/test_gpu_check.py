@@ -93,3 +93,55 @@ def test_reap_ends_only_marked_processes(tmp_path):
         for p in (marked, named, other):
             p.kill()
             p.wait()
+
+
+def _models(tmp_path, *keys):
+    out = {}
+    for key in keys:
+        d = tmp_path / key
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        out[key] = d
+    return out
+
+
+def test_a_gpu_check_trains_lora_and_qlora_on_the_05b_before_its_zero3_run(tmp_path):
+    from bench.gpu_check import jobs_for, train_sets
+
+    models = _models(tmp_path, "starter", "0.5b")
+    jobs = jobs_for(models, gpu=True)
+    assert [(j[0], j[4]) for j in jobs] == [
+        ("starter-z2", "full"), ("starter-z3", "full"), ("0.5b-z2", "full"), ("0.5b-lora-z2", "lora"),
+        ("0.5b-qlora-z2", "qlora"), ("0.5b-z3", "full")]
+    qlora = train_sets(models["0.5b"], "0.5b-qlora-z2", 2, 2, True, "qlora")
+    assert "train.method=qlora" in qlora and "train.gradient_checkpointing=true" in qlora
+    assert not any(s.startswith("train.method") for s in train_sets(models["0.5b"], "0.5b-z2", 2, 2, True))
+
+
+def test_the_dry_run_trains_the_starters_lora_and_no_qlora(tmp_path):
+    from bench.gpu_check import jobs_for
+
+    jobs = jobs_for(_models(tmp_path, "starter"), gpu=False)
+    assert [(j[0], j[4]) for j in jobs] == [("starter-z2", "full"), ("starter-z3", "full"),
+                                            ("starter-lora-z2", "lora")]
+
+
+def test_an_optional_wheel_that_would_not_travel_is_dropped(tmp_path, monkeypatch):
+    """bitsandbytes' CUDA wheel is kept only while tree + wheelhouse fit the carry limit (no download here: pip's
+    download is replaced by writing a wheel of the given size)."""
+    from bench import gpu_wheelhouse as wh
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    size = {"n": 0}
+
+    def fake_download(pins, dest, log):
+        (dest / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl").write_bytes(b"x" * size["n"])
+
+    monkeypatch.setattr(wh, "download", fake_download)
+    monkeypatch.setattr(wh, "tree_bytes", lambda: 10 * 2**20)
+    size["n"] = 20 * 2**20
+    assert wh.add_optional(wheels, tmp_path, None) == (["bitsandbytes==0.50.2"], [])
+    size["n"] = 60 * 2**20
+    kept, dropped = wh.add_optional(wheels, tmp_path, None)
+    assert kept == [] and dropped[0].startswith("bitsandbytes==0.50.2: the tree") and not list(wheels.glob("*.whl"))

@@ -247,3 +247,104 @@ def test_a_deepspeed_config_file_decides_the_zero_layout_of_the_plan(qwen7b_dir,
     assert plan_memory(form, qwen7b, H100x4, ds=build_ds_config(zero3)).breakdown == from_form.breakdown
     with pytest.raises(UserError, match="zero_optimization in the DeepSpeed config is not valid"):
         plan_memory(form, qwen7b, H100x4, ds={"zero_optimization": {"stage": 7}})
+
+
+# ------------------------------------------------------------------ LoRA and QLoRA
+# A small Qwen2 whose adapter is counted by hand: hidden 64, 2 layers, intermediate 128, vocabulary 1000, untied.
+# Base: embedding and head 2 x 64,000; per layer q/k/v/o 4 x 4,096 (+ 192 q/k/v biases), gate/up/down 3 x 8,192,
+# two norms 128: 41,280; two layers 82,560; final norm 64. Total 210,624; the block linears' weights 81,920.
+# Rank-8 adapters on every block linear: q/k/v/o 4 x 8 x (64 + 64) = 4,096, gate/up 2 x 8 x (64 + 128) = 3,072,
+# down 8 x (128 + 64) = 1,536: 8,704 per layer, 17,408 in all.
+SMALL_PARAMS, SMALL_BLOCK_LINEAR, SMALL_ADAPTER = 210_624, 81_920, 17_408
+RTX24x1 = Hardware(gpus=[Gpu(0, "RTX 4090", 24 * GiB, (8, 9), physical=0)], host_ram_bytes=64 * GiB, cpu_cores=16)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small")
+    (d / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128, "vocab_size": 1000,
+        "tie_word_embeddings": False}), encoding="utf-8")
+    return d
+
+
+def small_plan(small_dir, hw, *sets):
+    cfg = load_config(None, [f"model.path={small_dir}", "lora.rank=8", "placement.num_ranks=1", *sets])
+    return plan_memory(cfg, hw=hw)
+
+
+def test_the_adapter_is_counted_from_the_shapes(small_dir):
+    from trainer_core.config.sections import LoraArgs
+
+    shape = model_shape(small_dir, lora=LoraArgs(rank=8))
+    assert (shape.params, shape.adapter.trainable, shape.adapter.quantisable, shape.adapter.targets) == \
+        (SMALL_PARAMS, SMALL_ADAPTER, SMALL_BLOCK_LINEAR, 14)
+    assert shape.adapter.largest_trainable == 8 * (64 + 128)
+    some = model_shape(small_dir, lora=LoraArgs(rank=8, target_modules=["q_proj", "v_proj"], use_dora=True))
+    assert some.adapter.trainable == 2 * 2 * (8 * (64 + 64) + 64)  # DoRA adds a magnitude per output feature
+
+
+def test_a_lora_plan_on_cpu_holds_the_frozen_base_and_the_adapters_states_only(small_dir):
+    """fp32 on CPU: the base's 4 bytes per parameter and the measured ZeRO-2 bytes per trained parameter (5 whole +
+    18 sharded) for the adapter alone; a full fine-tune's figures are not what a LoRA run shows."""
+    full = small_plan(small_dir, CPU_ONLY, "deepspeed.stage=2", "deepspeed.offload_optimizer=none")
+    lora = small_plan(small_dir, CPU_ONLY, "deepspeed.stage=2", "deepspeed.offload_optimizer=none",
+                      "train.method=lora")
+    assert lora.method == "lora" and lora.trainable == SMALL_ADAPTER and full.trainable is None
+    assert lora.breakdown["frozen_base"] == 4 * SMALL_PARAMS
+    assert lora.breakdown["adapter_states"] == SMALL_ADAPTER * (5 + 18)
+    assert "model_states" not in lora.breakdown
+    assert lora.per_rank_device_bytes == sum(lora.breakdown.values())
+    assert full.breakdown["model_states"] == SMALL_PARAMS * (5 + 18)
+
+
+def test_lora_and_qlora_on_one_gpu(small_dir):
+    """bf16 on a 24 GB card, ZeRO-2 without offload: the base in 2 bytes (QLoRA: the block linears in 4-bit NF4
+    with double quantisation's constants, the rest in fp32 as peft's kbit preparation casts it), the adapter's
+    16-bit weights and gradients and fp32 optimizer states, DeepSpeed's 4 + 16 bytes per parameter on one rank."""
+    sets = ("deepspeed.stage=2", "deepspeed.offload_optimizer=none")
+    lora = small_plan(small_dir, RTX24x1, *sets, "train.method=lora")
+    assert lora.breakdown["frozen_base"] == 2 * SMALL_PARAMS
+    assert lora.breakdown["adapter_states"] == 20 * SMALL_ADAPTER
+    assert [str(n) for n in lora.notes] == ["lora on GPUs: estimates, unverified until a GPU run confirms them"]
+    qlora = small_plan(small_dir, RTX24x1, *sets, "train.method=qlora")
+    nf4 = SMALL_BLOCK_LINEAR * 0.5 + SMALL_BLOCK_LINEAR * 0.127 / 8  # 40,960 + 1,300.48
+    assert qlora.breakdown["frozen_base"] == int(nf4 + (SMALL_PARAMS - SMALL_BLOCK_LINEAR) * 4) == 557_076
+    assert qlora.breakdown["adapter_states"] == 20 * SMALL_ADAPTER
+
+
+def test_zero3_shards_the_frozen_base_and_the_adapter(small_dir):
+    """ZeRO-3 over 2 GPUs partitions frozen weights too (one layer, the 64,000-parameter head, gathered whole)."""
+    two = Hardware(gpus=RTX24x4.gpus[:2], host_ram_bytes=512 * GiB, cpu_cores=32)
+    p = small_plan(small_dir, two, "placement.num_ranks=2", "deepspeed.stage=3", "deepspeed.offload_optimizer=none",
+                   "deepspeed.offload_param=none", "train.method=lora")
+    assert p.breakdown["frozen_base"] == int(2 * SMALL_PARAMS / 2 + 2 * 64_000)
+    _, dev, _ = estimate_zero3_model_states_mem_needs(SMALL_ADAPTER, 8 * (64 + 128), num_gpus_per_node=2,
+                                                      num_nodes=1, cpu_offload=False, cpu_offload_params=False,
+                                                      zero_init=True, additional_buffer_factor=1.5)
+    assert p.breakdown["adapter_states"] == int(dev)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_adapters_keep_their_inputs_and_low_rank_activations(small_dir, checkpointing):
+    """With dropout each adapted layer keeps its dropped-out input (per layer 4 x 64 + 2 x 64 + 128 = 512 features)
+    and its rank-8 output (7 x 8 = 56) for backward: 568 values a token a layer in fp32 on CPU; checkpointing keeps
+    one layer's worth. The frozen embedding adds no gradient to the head's memory."""
+    sets = (f"train.gradient_checkpointing={str(checkpointing).lower()}", "train.micro_batch_size=2",
+            "data.max_length=32", "deepspeed.stage=2", "deepspeed.offload_optimizer=none")
+    full = small_plan(small_dir, CPU_ONLY, *sets)
+    lora = small_plan(small_dir, CPU_ONLY, *sets, "train.method=lora")
+    layers = 1 if checkpointing else 2
+    assert lora.breakdown["activations"] - full.breakdown["activations"] == layers * 2 * 32 * 568 * 4
+    assert full.breakdown["logits"] - lora.breakdown["logits"] == 1000 * 64 * 4
+    no_dropout = small_plan(small_dir, CPU_ONLY, *sets, "train.method=lora", "lora.dropout=0")
+    assert no_dropout.breakdown["activations"] - full.breakdown["activations"] == layers * 2 * 32 * 56 * 4
+
+
+def test_a_7b_lora_fits_one_24gb_card_where_the_full_fine_tune_does_not(qwen7b_dir):
+    full = plan(qwen7b_dir, None, RTX24x1, "placement.num_ranks=1", "deepspeed.offload_optimizer=none")
+    lora = plan(qwen7b_dir, None, RTX24x1, "placement.num_ranks=1", "train.method=lora")
+    qlora = plan(qwen7b_dir, None, RTX24x1, "placement.num_ranks=1", "train.method=qlora")
+    assert not full.fits and lora.fits and qlora.fits
+    assert qlora.per_rank_device_bytes < lora.per_rank_device_bytes < 24 * GiB

@@ -111,6 +111,19 @@ def test_a_leaf_name_shared_outside_the_blocks_is_named_in_full():
     assert "transformer.h.0.attn.c_proj" in targets and "transformer.c_proj" not in targets
 
 
+@pytest.mark.parametrize("lora", [LoraArgs(), LoraArgs(rank=4, target_modules=["q_proj", "down_proj"],
+                                                   use_dora=True, modules_to_save=["lm_head"])])
+def test_the_planners_adapter_count_is_peft_s(starter_model, lora):
+    """The memory planner counts the adapter from config.json on the meta device; peft, wrapping the loaded model,
+    must train exactly that many parameters."""
+    from trainer_core.config.memory import model_shape
+
+    model = AutoModelForCausalLM.from_pretrained(starter_model)
+    cfg = RunConfig(train=TrainArgs(method="lora"), lora=lora)
+    trainable, _ = adapters.wrap_for_training(model, cfg).get_nb_trainable_parameters()
+    assert model_shape(starter_model, lora=lora).adapter.trainable == trainable
+
+
 def test_head_and_base_are_frozen_and_checkpointing_feeds_gradients_to_the_adapters(starter_model):
     model = AutoModelForCausalLM.from_pretrained(starter_model)
     cfg = RunConfig(train=TrainArgs(method="lora", gradient_checkpointing=True))

@@ -99,6 +99,8 @@ def test_lora_two_ranks_zero3_with_checkpointing_completes(runs_root, starter_mo
     run = finished_run(cli("train", QUICKSTART, *sets))
     status = protocol.read_status(run)
     assert status.state == protocol.COMPLETED and status.world_size == 2
+    # For the Monitor: counted whole though ZeRO-3 partitions the weights over the ranks.
+    assert (status.trainable_params, status.total_params) == (37_376, 9_854_016)
     rows = [r for r in read_all_rows(run / protocol.METRICS) if r.get("loss") is not None]
     assert [r["step"] for r in rows] == list(range(1, status.total_steps + 1))
     check_adapter_folder(run / protocol.FINAL, starter_model)

@@ -46,6 +46,10 @@ def _print_memory(p) -> None:
     emit(f"# memory plan (ZeRO stage {ds.stage}, offload optimizer {ds.offload_optimizer}, "
          f"param {ds.offload_param})")
     emit(f"  parameters: {m.params:,}")
+    if m.trainable is not None:
+        emit(f"  {m.method}: {m.trainable:,} trainable ({100 * m.trainable / max(m.params, 1):.2f}%), "
+             f"frozen base {fmt_bytes(m.breakdown.get('frozen_base'))}, "
+             f"adapter states {fmt_bytes(m.breakdown.get('adapter_states'))}")
     emit(f"  per rank: {fmt_bytes(m.per_rank_device_bytes)}"
          + (f" (of {fmt_bytes(m.device_total_bytes)})" if m.device_total_bytes else ""))
     emit(f"  host RAM: {fmt_bytes(m.host_bytes)} of {fmt_bytes(m.host_total_bytes)}"

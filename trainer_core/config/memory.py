@@ -4,19 +4,28 @@ On GPUs, model states come from DeepSpeed's own estimators (ZeRO-2/3; stages 0/1
 ranks from bytes per parameter measured by bench/memory_bench.py. Activations and the vocabulary head's memory come
 from the batch shape. The model is instantiated on the meta device, so a 7B model answers in about a second
 without touching its weights. On a CPU-only machine every rank's "accelerator" memory is its resident memory.
+
+LoRA and QLoRA (train.method lora|qlora): the base is frozen, so it holds only its weights (16 or 32 bit; QLoRA's
+block linears in 4 bit), and gradients, fp32 master weights and Adam's moments exist for the adapter's parameters
+alone, sharded by ZeRO as a full fine-tune's are. The adapter is counted from the same targets training finds
+(config/lora_targets.py) on the meta model.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer_core.config.ds_config import ZeroLayout, build_ds_config, zero_layout
 from trainer_core.config.hardware import Hardware, detect, resolve_precision, run_gpus
 from trainer_core.config.head_loss import workspace_bytes
 from trainer_core.config.run_config import RunConfig
 from trainer_core.common.errors import Text, UserError, text
+
+if TYPE_CHECKING:
+    from trainer_core.config.lora_targets import AdapterShape
 
 GiB = 1024**3
 MiB = 1024**2
@@ -45,6 +54,13 @@ CUDA_CONTEXT_BYTES = 512 * MiB
 NCCL_BYTES = 256 * MiB
 # Share of the sequence that carries labels in role-play data (answers are short); used for the head's estimate.
 LABEL_FRACTION = 0.5
+# QLoRA's 4-bit NF4 weight per parameter: half a byte, plus the quantisation constants of double quantisation (an
+# 8-bit absmax per block of 64 weights and an fp32 constant per 256 of those: 0.127 bits per parameter, the QLoRA
+# paper, section 3).
+NF4_BYTES = 0.5 + 0.127 / 8
+# QLoRA's parameters outside the 4-bit linears (embeddings, norms, head): peft's prepare_model_for_kbit_training
+# casts every 16-bit parameter that is not 4-bit to fp32.
+QLORA_OTHER_BYTES = 4
 
 
 @dataclass
@@ -56,6 +72,8 @@ class ModelShape:
     heads: int
     intermediate: int
     vocab: int
+    adapter: AdapterShape | None = None
+    """The LoRA adapter of the run's lora section on this model (None: planned without one)."""
 
 
 @dataclass
@@ -72,16 +90,23 @@ class MemoryPlan:
     notes: list[Text] = field(default_factory=list)
     """What to keep in mind reading the figures; the dashboard shows them in the tab's language."""
     on_gpu: bool = False
+    method: str = "full"
+    """train.method the plan is for."""
+    trainable: int | None = None
+    """Parameters that train (the adapter's, for lora/qlora); None for a full fine-tune (all of them)."""
 
     def to_dict(self) -> dict:
         """Plain data for JSON (`cli plan --json`): the notes as English sentences."""
         return {**asdict(self), "notes": [str(n) for n in self.notes]}
 
 
-def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False) -> ModelShape:
-    """Exact parameter counts from config.json by building the model on the meta device."""
+def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False, lora=None) -> ModelShape:
+    """Exact parameter counts from config.json by building the model on the meta device; with `lora` (the run
+    config's lora section) also the adapter it would put on that model."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainer_core.config.lora_targets import adapter_shape  # torch: imported when a shape is asked for
 
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -114,6 +139,7 @@ def model_shape(model_dir: str | Path, *, trust_remote_code: bool = False) -> Mo
         heads=get("num_attention_heads", "n_head"),
         intermediate=get("intermediate_size", "ffn_hidden_size", default=4 * hidden),
         vocab=get("vocab_size"),
+        adapter=adapter_shape(model, lora) if lora is not None else None,
     )
 
 
@@ -190,6 +216,10 @@ def _activations(shape: ModelShape, cfg: RunConfig, stage: int, half: bool, on_g
     b, s = cfg.train.micro_batch_size, cfg.data.max_length
     d = 2 if half else 4
     per_layer = b * s * (10 * shape.hidden + 3 * shape.intermediate) * d + b * shape.heads * s * 4
+    if shape.adapter is not None and cfg.train.method != "full":
+        # Each adapted layer keeps its dropped-out input and its rank-r activation for backward.
+        adapter = shape.adapter
+        per_layer += b * s * (adapter.inputs_per_token + adapter.ranks_per_token) * d // max(shape.layers, 1)
     if cfg.train.gradient_checkpointing:
         acts = shape.layers * b * s * shape.hidden * d + per_layer
     else:
@@ -205,7 +235,9 @@ def _activations(shape: ModelShape, cfg: RunConfig, stage: int, half: bool, on_g
     else:
         # The blockwise head loss (linear_ce) never holds the logits: its workspace, plus the embedding's dense
         # gradient, which autograd adds to the head's when the two are tied.
-        head = workspace_bytes(labelled, shape.vocab, shape.hidden, d, on_gpu) + shape.vocab * shape.hidden * d
+        head = workspace_bytes(labelled, shape.vocab, shape.hidden, d, on_gpu)
+        if cfg.train.method == "full":
+            head += shape.vocab * shape.hidden * d  # a frozen embedding (lora, qlora) gets no gradient
     return int(acts), int(head)
 
 
@@ -216,6 +248,26 @@ def _cpu_model_states(shape: ModelShape, zero: ZeroLayout, world_size: int) -> i
     return int(shape.params * (whole + sharded / world_size))
 
 
+def _frozen_base(shape: ModelShape, method: str, half: bool, stage: int, world: int) -> int:
+    """Bytes per rank of an adapter run's frozen base weights (no gradients, no optimizer states)."""
+    if method == "qlora":
+        quantised = shape.adapter.quantisable
+        whole = quantised * NF4_BYTES + (shape.params - quantised) * QLORA_OTHER_BYTES
+    else:
+        whole = shape.params * (2 if half else 4)
+    if stage == 3:
+        # ZeRO-3 partitions frozen parameters as well, and gathers one layer whole at a time.
+        per_param = whole / shape.params
+        return int(whole / world + shape.largest_layer_params * per_param)
+    return int(whole)
+
+
+def _adapter_only(shape: ModelShape) -> ModelShape:
+    """The shape ZeRO's optimizer sees in an adapter run: only the adapter's parameters train."""
+    return replace(shape, params=max(shape.adapter.trainable, 1),
+                   largest_layer_params=max(shape.adapter.largest_trainable, 1))
+
+
 def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | None = None,
                 ds: dict | None = None) -> MemoryPlan:
     """Peak memory per rank and per node for `cfg`, with ZeRO stage and offload read from `ds`, the DeepSpeed config
@@ -223,7 +275,12 @@ def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | 
     hw = hw or detect()
     ds = ds if ds is not None else build_ds_config(cfg, on_gpu=hw.has_gpu)
     zero = zero_layout(ds)
-    shape = shape or model_shape(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    method = cfg.train.method
+    adapter = method != "full"
+    shape = shape or model_shape(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code,
+                                 lora=cfg.lora if adapter else None)
+    if adapter and shape.adapter is None:
+        raise ValueError("an adapter plan needs a ModelShape with its adapter (model_shape(..., lora=cfg.lora))")
     gpus = run_gpus(hw, cfg.placement) or hw.gpus  # the run's GPUs (all of them when it asks for missing ones)
     precision = resolve_precision(cfg.train.precision, gpus)
     half = precision in ("bf16", "fp16")
@@ -231,9 +288,22 @@ def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | 
     acts, logits = _activations(shape, cfg, zero.stage, half, hw.has_gpu)
     notes = []
     if hw.has_gpu:
-        dev_states, host_states = _model_states(shape, zero, ranks, nodes, half)
-        breakdown = {"model_states": dev_states, "activations": acts, "logits": logits,
-                     "zero_buffers": zero_buffers(zero, shape, half), "cuda_context": CUDA_CONTEXT_BYTES,
+        trained = _adapter_only(shape) if adapter else shape
+        dev_states, host_states = _model_states(trained, zero, ranks, nodes, half)
+        if adapter:
+            base = _frozen_base(shape, method, half, zero.stage, cfg.world_size)
+            states = {"frozen_base": base, "adapter_states": dev_states}
+            if method == "lora":
+                # Each rank loads the base on the host before DeepSpeed moves it (ZeRO-3's zero.Init: one layer at
+                # a time), with the estimators' 1.5 buffer factor; QLoRA loads straight onto the GPU in 4 bit.
+                loaded = base if zero.stage < 3 else shape.largest_layer_params * (2 if half else 4)
+                host_states += int(ranks * loaded * 1.5)
+            notes.append(text("config.plan_adapter_gpu_unverified", "{method} on GPUs: estimates, unverified "
+                              "until a GPU run confirms them", method=method))
+        else:
+            states = {"model_states": dev_states}
+        breakdown = {**states, "activations": acts, "logits": logits,
+                     "zero_buffers": zero_buffers(zero, trained, half), "cuda_context": CUDA_CONTEXT_BYTES,
                      "nccl": NCCL_BYTES if cfg.world_size > 1 else 0}
         per_rank = sum(breakdown.values())
         host = host_states + ranks * int(1.5 * GiB)  # each rank's process on the host
@@ -241,10 +311,15 @@ def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | 
         fits = per_rank <= 0.95 * device_total and host <= hw.host_ram_bytes
     else:
         # CPU ranks: "device" memory is the rank's RSS, and all ranks share the host.
-        states = _cpu_model_states(shape, zero, cfg.world_size)
-        breakdown = {"model_states": states, "activations": acts, "logits": logits,
-                     "process_baseline": CPU_RANK_BASELINE}
-        per_rank = CPU_RANK_BASELINE + states + acts + logits
+        if adapter:
+            # fp32 on CPU; every rank keeps the whole loaded base (as a full fine-tune's ZeRO-3 peak does); the
+            # adapter's states by the measured bytes per trained parameter.
+            states = {"frozen_base": 4 * shape.params,
+                      "adapter_states": _cpu_model_states(_adapter_only(shape), zero, cfg.world_size)}
+        else:
+            states = {"model_states": _cpu_model_states(shape, zero, cfg.world_size)}
+        breakdown = {**states, "activations": acts, "logits": logits, "process_baseline": CPU_RANK_BASELINE}
+        per_rank = sum(breakdown.values())
         host = per_rank * ranks
         device_total = None
         fits = host <= 0.9 * hw.host_ram_bytes
@@ -254,7 +329,8 @@ def plan_memory(cfg: RunConfig, shape: ModelShape | None = None, hw: Hardware | 
                           "fp32 on a GPU doubles parameter and gradient memory; use auto precision"))
     return MemoryPlan(params=shape.params, per_rank_device_bytes=int(per_rank), host_bytes=int(host),
                       breakdown=breakdown, device_total_bytes=device_total, host_total_bytes=hw.host_ram_bytes,
-                      fits=fits, notes=notes, on_gpu=hw.has_gpu)
+                      fits=fits, notes=notes, on_gpu=hw.has_gpu, method=method,
+                      trainable=shape.adapter.trainable if adapter else None)
 
 
 def fmt_bytes(n: int | None) -> str:

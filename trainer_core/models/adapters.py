@@ -1,10 +1,8 @@
 """LoRA and QLoRA adapters through peft: which layers get them, wrapping a model for training, loading a base with
 its adapter for chat, and merging an adapter into a full model.
 
-Targets are found from the model itself: every linear layer inside its repeated decoder blocks (the largest
-`ModuleList` of same-class modules), never the output head or the embeddings, which sit outside the blocks. They
-are named by their leaf names (q_proj, up_proj, ...), the form PEFT, vLLM and other tools read, unless a linear
-layer outside the blocks shares a leaf name; then by full names, so nothing outside the blocks is adapted.
+Targets are found from the model itself (config/lora_targets.py, which the memory planner shares): every linear
+layer inside its repeated decoder blocks, never the output head or the embeddings.
 
 An adapter folder (final/ or a checkpoint of a `lora`/`qlora` run) is PEFT's: adapter_config.json (whose
 `base_model_name_or_path` points at the base model's folder) and adapter_model.safetensors.
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 
 from trainer_core.common.errors import UserError
+from trainer_core.config.lora_targets import block_list, target_modules  # noqa: F401  (block_list: tests, callers)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -57,49 +56,6 @@ def bitsandbytes_installed() -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ targets
-
-def _linear_types() -> tuple[type, ...]:
-    from transformers.pytorch_utils import Conv1D  # GPT-2-style models' linear layer
-
-    return (torch.nn.Linear, Conv1D)
-
-
-def block_list(model: torch.nn.Module) -> str:
-    """The qualified name of the model's decoder blocks: the ModuleList with the most children that are all of
-    one class (model.layers for Llama/Qwen2, transformer.h for GPT-2 and Qwen-1)."""
-    best, size = None, 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > size \
-                and len({type(m) for m in module}) == 1:
-            best, size = name, len(module)
-    if best is None:
-        raise UserError("models.lora_no_blocks", "the model has no list of repeated blocks to put LoRA adapters "
-                        "in; name the layers in lora.target_modules")
-    return best
-
-
-def target_modules(model: torch.nn.Module, chosen: list[str]) -> list[str]:
-    """The adapter targets: `chosen` (lora.target_modules) when given, else every linear layer in the blocks."""
-    if chosen:
-        return list(chosen)
-    blocks = block_list(model)
-    linear = _linear_types()
-    inside, outside = [], set()
-    for name, module in model.named_modules():
-        if not isinstance(module, linear):
-            continue
-        if name.startswith(blocks + "."):
-            inside.append(name)
-        else:
-            outside.add(name.rpartition(".")[2])
-    if not inside:
-        raise UserError("models.lora_no_linear", "the model's blocks ({blocks}) hold no linear layer to put LoRA "
-                        "adapters on; name the layers in lora.target_modules", blocks=blocks)
-    leaves = sorted({n.rpartition(".")[2] for n in inside})
-    if outside.intersection(leaves):
-        return inside  # a head or projection outside the blocks shares a leaf name: name each layer in full
-    return leaves
-
 
 def lora_config(cfg, model: torch.nn.Module):
     """PEFT's LoraConfig for the run config's `lora` section and this model."""

@@ -12,6 +12,7 @@ CPU is faster than letting them fight over the cores.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
@@ -27,7 +28,7 @@ from trainer_core.config.sections import MAX_SEED
 from trainer_core.data.chat_format import prompt_ids
 from trainer_core.data.chat_template import stop_token_ids, turn_format
 from trainer_core.common.errors import UserError
-from trainer_core.models.adapters import is_adapter_dir, load_with_adapter
+from trainer_core.models.adapters import adapter_base, is_adapter_dir, load_with_adapter
 from trainer_core.models.local import check_model_dir
 
 
@@ -155,6 +156,24 @@ def release_chat_models(keep: set[tuple[str, bool, str]] | None = None) -> int:
         del dropped
         _free_memory()
     return len(gone)
+
+
+def held_adapter_over(base_dir: str | Path, *, trust_remote_code: bool = False, device: str = "cpu"):
+    """(model, tokenizer) of a held LoRA model whose base is `base_dir`, or None. Compare mode answers as the base
+    from it with the adapter switched off (`stream_reply(..., adapter_off=True)`), instead of loading the base a
+    second time beside it."""
+    want = Path(base_dir).resolve()
+    with _models_lock:
+        held = list(_models.items())
+    for (folder, trust, dev, _), pair in reversed(held):  # the most recently used first
+        if trust != trust_remote_code or dev != device or not is_adapter_dir(folder):
+            continue
+        try:
+            if adapter_base(folder).resolve() == want:
+                return pair
+        except UserError:
+            continue  # a broken adapter folder: not this base's
+    return None
 
 
 def held_chat_models() -> list[tuple]:
@@ -340,9 +359,10 @@ def _generate_kwargs(model, tokenizer, messages: list[dict], persona: str, param
 
 
 def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params: GenParams,
-                 handle: ReplyHandle | None = None) -> Iterator[str]:
+                 handle: ReplyHandle | None = None, adapter_off: bool = False) -> Iterator[str]:
     """Yield the reply text piece by piece while `generate` runs on the inference thread. `handle.stop()` (from
-    any thread) ends it early; the pieces already yielded are the reply."""
+    any thread) ends it early; the pieces already yielded are the reply. `adapter_off`: a PEFT model answers as its
+    base (peft's `disable_adapter()`, for this generation only: the one inference thread runs one at a time)."""
     from transformers import StoppingCriteriaList
 
     handle = handle or ReplyHandle()
@@ -357,7 +377,8 @@ def stream_reply(model, tokenizer, messages: list[dict], *, persona: str, params
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             handle._begin()
-            with torch.inference_mode():
+            off = model.disable_adapter() if adapter_off else contextlib.nullcontext()
+            with torch.inference_mode(), off:
                 model.generate(**kwargs)
         except BaseException:
             streamer.end()  # unblock the reader; the error reaches the caller through the future

@@ -232,6 +232,10 @@ class Status:
     complete), in English."""
     note_text: Text | None = None
     """The same note as a coded message."""
+    trainable_params: int | None = None
+    """Parameters that train in a lora/qlora run (the adapter's), written by rank 0 once the model is built."""
+    total_params: int | None = None
+    """Base and adapter parameters together in a lora/qlora run."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know; kept so a rewrite loses nothing."""
 

@@ -148,6 +148,9 @@ def build_trainer(run: Path, cfg: RunConfig, head_loss: str):
                                      supports_flash_attention(cfg))
     log_rank0(f"attention: {attention or 'the model default (sdpa)'}; weights load in {load_dtype(precision)}")
     model = load_model(cfg, precision, attention)
+    if cfg.train.method != "full" and global_rank() == 0 and (run / protocol.STATUS).exists():
+        trainable, total = model.get_nb_trainable_parameters()  # counts ZeRO-3's partitioned weights whole
+        protocol.update_status(run, trainable_params=int(trainable), total_params=int(total))  # for the Monitor
     if cfg.deepspeed.offload_optimizer != "none":
         startup_step(run, protocol.PHASE_BUILDING_KERNELS)
         build_cpu_adam()
