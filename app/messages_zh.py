@@ -96,6 +96,8 @@ MESSAGES_ZH: dict[str, str] = {
     "config.model_path_empty": "{name} 为空：请填写本地模型所在的目录",
     "config.data_path_empty": "{name} 为空：请填写数据集文件，或 save_to_disk 保存的文件夹",
     "config.between": "{name} 必须在 {lo} 到 {hi} 之间（当前为 {value}）",
+    "config.problems": "{count} 处问题：{problems}",
+    "config.problems_joined": "{first}；{rest}",
     "config.in_interval": "{name} 必须在区间 {interval} 内（当前为 {value}）",
     "config.stage": "{name} 必须是 0、1、2 或 3（当前为 {value}）",
     "config.one_of": "{name} 必须是以下之一：{choices}（当前为 {value}）",

@@ -9,7 +9,7 @@ from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
 from app.qwen1_import_view import offer_qwen1_import
-from app.run_actions import UserError, fmt_bytes, launch
+from app.run_actions import UserError, each_error, fmt_bytes, launch
 from app.tab_state import set_active_run
 
 require_frame()
@@ -18,19 +18,20 @@ st.caption(t("app.steps"))
 
 # Validate what the widgets hold before drawing them, so each error can sit under its own field. The slow checks
 # (the data through the tokenizer) start now in the background and are waited for below the form.
-cfg, error = form.validate()
+cfg, errors = form.validate()
 pf = None
 checks = train_checks.start(cfg) if cfg is not None else None
 if checks is not None and checks.done:  # known already: a problem goes under its field
     try:
         pf = checks.result(0)
     except UserError as e:
-        error = say(e)
+        errors = each_error(e)
+error = form.errors_text(errors) if errors else None
 
 
 def f(section: str, name: str, **kw) -> None:
-    """One form field, with `error` under it when the error names this field."""
-    form.field(section, name, error, **kw)
+    """One form field, with each problem that names this field under it."""
+    form.field(section, name, errors, **kw)
 
 
 
