@@ -207,6 +207,8 @@ MESSAGES_ZH: dict[str, str] = {
     "runs.lock_dir_unusable": "无法使用设备锁目录 {folder}（{reason}）；请把 {env} 设为本机所有看板共用的可写目录。",
     "runs.another_run": "另一个运行",
     "runs.device_busy": "{key} 正被运行 {holder} 占用；请先停止它，或选择其他设备（placement.gpus）。",
+    "runs.device_busy_cpu": "{key} 正被运行 {holder} 占用；请先停止它，或等它结束（这台机器没有 GPU，一次只能训练一个运行）。",
+    "runs.persona_empty": "data.persona 为空：没有自带 system 轮的记录将不带 system 轮训练，模型学不到要扮演的角色；如确实不需要人设可忽略。",
     "runs.device_taken": "{key} 已不再为运行 {name} 保留：它的监督进程在各 rank 启动前就结束了，设备已被另一个运行占用；请稍后恢复此运行。",
     "runs.hostfile_line": "placement.hostfile 第 {line} 行 {text!r} 应形如 'host1 slots=4'。",
     "runs.hostfile_slots": "placement.hostfile 第 {line} 行：slots 必须是正整数（收到 {slots!r}）。",

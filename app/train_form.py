@@ -141,6 +141,12 @@ def eval_note() -> str:
     return t("train.eval_cost", ratio=ratio, cap=cap, when=when)
 
 
+def launch_inputs() -> tuple[str, str]:
+    """(the data file as the user would type it, the persona) that a launch from the form would train with."""
+    persona = str(value("data", "persona") or "")
+    return paths.shown(str(value("data", "path") or "")), persona if len(persona) <= 300 else persona[:300] + "…"
+
+
 def form_dict() -> dict:
     raw: dict = {"name": value("run", "name") or ""}
     for section, name in CONFIG_FIELDS:

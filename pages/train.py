@@ -9,7 +9,7 @@ from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
 from app.qwen1_import_view import offer_qwen1_import
-from app.run_actions import UserError, each_error, fmt_bytes, launch
+from app.run_actions import UserError, device_busy, each_error, fmt_bytes, launch
 from app.tab_state import set_active_run
 
 require_frame()
@@ -27,6 +27,8 @@ if checks is not None and checks.done:  # known already: a problem goes under it
     except UserError as e:
         errors = each_error(e)
 error = form.errors_text(errors) if errors else None
+# Asked on every draw, not kept with the plan: a run may take or free the devices while the plan still holds.
+busy = device_busy(cfg, form.hardware()) if cfg is not None else None
 
 
 def f(section: str, name: str, **kw) -> None:
@@ -51,6 +53,8 @@ with tabs[0]:
         f("data", "path")
         st.page_link("pages/data.py", label=t("train.check_data"), icon=":material/dataset:")
         f("data", "persona")
+        if not str(form.value("data", "persona") or "").strip():
+            st.warning(t("train.persona_empty"), icon=":material/warning:")
     c1, c2, c3 = st.columns(3)
     with c1:
         f("data", "max_length")
@@ -138,6 +142,8 @@ else:
             st.caption(form.breakdown_text(plan))
             for note in plan.notes:
                 st.caption(say(note))
+    if busy is not None:
+        st.error(say(busy), icon=":material/block:")
     for lint in pf.lints:
         st.warning(say(lint.message), icon=":material/rule:")
     with st.expander(t("train.command"), expanded=True):
@@ -166,12 +172,19 @@ else:
     if yaml.open:
         yaml.code(pf.cfg.to_yaml(), language="yaml")
 
+# What the click trains, beside the button: after a restart or a page switch the user sees the file and persona.
+data_shown, persona = form.launch_inputs()
+st.markdown(t("train.uses", data=data_shown, persona=persona if persona.strip() else t("train.uses_no_persona")))
 launch_row = st.container(horizontal=True, vertical_alignment="center")
 clicked = launch_row.button(t("train.launch"), key="train.launch", type="primary", icon=":material/rocket_launch:",
-                            disabled=bool(error))
+                            disabled=bool(error) or busy is not None)
 if error:
     launch_row.caption(t("train.launch_blocked", error=error))
-if clicked and not error:
+elif busy is not None:
+    launch_row.caption(t("train.launch_busy", reason=say(busy)))
+if clicked and busy is not None:  # taken between the draw and the click
+    st.error(t("train.refused", error=say(busy)), icon=":material/block:")
+elif clicked and not error:
     try:
         with st.spinner(t("train.launching")):
             run = launch(cfg, checked=pf)  # the plan shown above, planned again only if it no longer holds

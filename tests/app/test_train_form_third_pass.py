@@ -29,3 +29,45 @@ def test_five_invalid_fields_are_reported_at_once_each_under_its_field(app, runs
     assert summary and all(field in summary[0] for field in FIVE), errors
     assert app.button(key="train.launch").disabled is True
     assert list(runs_root.iterdir()) == []
+
+
+def test_a_busy_device_is_in_the_plan_and_disables_launch_before_the_click(app, runs_root):
+    """Another run holds this machine's device (a real device lock, as a running run holds it): the page says so
+    in the plan, by run, with the button disabled, and gives no GPU advice on this machine without a GPU."""
+    import os
+
+    from helpers import CPU_LOCK
+    from trainer_core.runs import device_locks
+
+    fds = device_locks.acquire(runs_root / "other-run", [CPU_LOCK])
+    try:
+        goto(app, "pages/train.py")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert any("other-run" in e for e in texts(app, "error")), texts(app, "error")
+    assert app.button(key="train.launch").disabled is True
+    assert any("other-run" in c for c in texts(app, "caption")), "the reason sits beside the disabled button"
+    shown = " ".join(texts(app, "error") + texts(app, "caption") + texts(app, "warning"))
+    assert "placement.gpus" not in shown and "GPU" not in " ".join(e for e in texts(app, "error") if "other-run" in e).replace("没有 GPU", "")
+    assert list(runs_root.iterdir()) == []
+
+
+def test_an_empty_persona_is_warned_at_the_field_and_in_the_plan(app):
+    from app.i18n import LABELS
+    from app.messages_zh import MESSAGES_ZH
+
+    goto(app, "pages/train.py")
+    app.text_area(key="p.f.data.persona").set_value("").run()
+    assert not app.exception
+    warnings = texts(app, "warning")
+    assert LABELS["zh"]["train.persona_empty"] in warnings
+    assert MESSAGES_ZH["runs.persona_empty"] in warnings  # the plan's lint
+    assert any(LABELS["zh"]["train.uses_no_persona"] in m for m in texts(app, "markdown"))
+
+
+def test_the_data_file_and_persona_a_launch_uses_are_shown_beside_the_button(app):
+    goto(app, "pages/train.py")
+    app.text_area(key="p.f.data.persona").set_value("你是一只猫").run()
+    uses = [m for m in texts(app, "markdown") if "你是一只猫" in m]
+    assert uses and "sample_zhenhuan.jsonl" in uses[0]

@@ -17,3 +17,29 @@ def test_plan_names_five_invalid_fields_at_once_one_line_each(runs_root):
     assert len(lines) == 5 and all(line.startswith("error: ") for line in lines), lines
     assert sorted(line.split()[1] for line in lines) == sorted(FIVE), lines
     assert list(runs_root.iterdir()) == []
+
+
+def test_plan_warns_about_an_empty_persona(runs_root):
+    proc = cli("plan", QUICKSTART, "--set", "data.persona=")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "data.persona is empty" in proc.stdout and "[persona-empty]" in proc.stdout
+
+
+def test_busy_devices_are_in_the_plan_and_the_refusal_gives_no_gpu_advice_without_a_gpu(runs_root):
+    """A real device lock held by another run, as a running run holds it; this machine has no GPU."""
+    import os
+
+    from helpers import CPU_LOCK
+    from trainer_core.runs import device_locks
+
+    fds = device_locks.acquire(runs_root / "other-run", [CPU_LOCK])
+    try:
+        planned = cli("plan", QUICKSTART)
+        refused = cli("train", QUICKSTART, "--detach")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert planned.returncode == 0 and "busy: " in planned.stdout and "other-run" in planned.stdout
+    assert refused.returncode == 2 and "other-run" in refused.stderr, refused.stderr
+    assert "placement.gpus" not in refused.stderr + planned.stdout
+    assert list(runs_root.iterdir()) == []

@@ -73,7 +73,8 @@ class UserErrors(UserError):
         joined = self.errors[-1].text
         for e in reversed(self.errors[:-1]):
             joined = text("config.problems_joined", "{first}; {rest}", first=e.text, rest=joined)
-        super().__init__("config.problems", "{count} problems: {problems}", count=len(self.errors), problems=joined)
+        super().__init__(text("config.problems", "{count} problems: {problems}", count=len(self.errors),
+                              problems=joined))
 
 
 def each_error(e: UserError) -> list[UserError]:

@@ -121,6 +121,7 @@ def lints(cfg: RunConfig, ds: dict[str, Any], hw: Hardware) -> list[Lint]:
     found = lint_run(cfg, ds, gpu_supports_bf16=bf16_everywhere(gpus),
                      resolved_precision=resolve_precision(cfg.train.precision, gpus))
     found += lint_learning_rate(cfg)
+    found += lint_persona(cfg)
     found += lint_imported_length(cfg.model.path, cfg.data.max_length)
     errors = [text("runs.lint_error", "error: {message} [{lint}]", message=x.message, lint=x.code)
               for x in found if x.level == "error"]
@@ -160,6 +161,15 @@ def lint_learning_rate(cfg: RunConfig) -> list[Lint]:
         "train.learning_rate {lr:g} is far above what full fine-tuning of a {billions:.1f}B-parameter model "
         "tolerates (usually 1e-5 to 2e-5; above {limit:g} it tends to erase what the model already knows); "
         "configs/qwen_7b_4x24gb.yaml uses 1e-5", lr=cfg.train.learning_rate, billions=params / 1e9, limit=limit))]
+
+
+def lint_persona(cfg: RunConfig) -> list[Lint]:
+    """A warning when data.persona is empty: records without their own system turn then train with none."""
+    if cfg.data.persona.strip():
+        return []
+    return [Lint("warning", "persona-empty", text(
+        "runs.persona_empty", "data.persona is empty: records without their own system turn train with no system "
+        "turn, so the model learns no role to play; ignore this only if that is intended"))]
 
 
 def check_answers_fit(cfg: RunConfig) -> int:
