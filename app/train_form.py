@@ -10,6 +10,7 @@ import re
 
 import streamlit as st
 
+from app import form_draft
 from app.i18n import CONFIG_FIELDS, LABELS, lang, option_labels, say, t
 from trainer_core.common import paths
 from trainer_core.config.run_config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
@@ -103,11 +104,14 @@ def _set_model(path: str) -> None:
 
 
 def ensure_defaults() -> None:
-    """Fill the form with the quickstart config the first time a tab opens the dashboard."""
+    """Fill the form the first time a tab opens the dashboard: the quickstart config, then the tab's own draft
+    when its URL names one (a server restart reconnected it); keep the tab's draft after every change."""
     if MODEL_CHOICE not in st.session_state:
         load_into_form(default_config())
+        form_draft.restore()
     if st.session_state.pop("train.clear_name", False):
         st.session_state[key("run", "name")] = ""
+    form_draft.save()
 
 
 def model_options() -> list[str]:

@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from app import downloads, train_checks
+from app import downloads, form_draft, train_checks
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
@@ -15,6 +15,11 @@ from app.tab_state import set_active_run
 require_frame()
 st.title(t("train.title"))
 st.caption(t("app.steps"))
+draft = form_draft.notice()
+if draft is not None and draft[0] == "lost":  # said before anything can be launched from the reset form
+    st.warning(t("train.draft_lost", reason=t(draft[1])), icon=":material/restore_page:")
+elif draft is not None:
+    st.info(t("train.draft_restored"), icon=":material/restore_page:")
 
 # Validate what the widgets hold before drawing them, so each error can sit under its own field. The slow checks
 # (the data through the tokenizer) start now in the background and are waited for below the form.
@@ -175,6 +180,8 @@ else:
 # What the click trains, beside the button: after a restart or a page switch the user sees the file and persona.
 data_shown, persona = form.launch_inputs()
 st.markdown(t("train.uses", data=data_shown, persona=persona if persona.strip() else t("train.uses_no_persona")))
+if draft is not None and draft[0] == "lost":
+    st.caption(t("train.draft_lost", reason=t(draft[1])))
 launch_row = st.container(horizontal=True, vertical_alignment="center")
 clicked = launch_row.button(t("train.launch"), key="train.launch", type="primary", icon=":material/rocket_launch:",
                             disabled=bool(error) or busy is not None)
@@ -192,5 +199,6 @@ elif clicked and not error:
         st.error(t("train.refused", error=say(e)), icon=":material/block:")
     else:
         set_active_run(run)
+        form_draft.clear_notice()
         st.session_state["train.clear_name"] = True
         st.switch_page("pages/monitor.py")

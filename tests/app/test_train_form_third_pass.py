@@ -71,3 +71,47 @@ def test_the_data_file_and_persona_a_launch_uses_are_shown_beside_the_button(app
     app.text_area(key="p.f.data.persona").set_value("你是一只猫").run()
     uses = [m for m in texts(app, "markdown") if "你是一只猫" in m]
     assert uses and "sample_zhenhuan.jsonl" in uses[0]
+
+
+def restarted(draft_id: str | None):
+    """A new server session for the same tab: Streamlit's frontend reconnects after a restart and reruns the page
+    with the tab's URL, so only what the URL holds (the draft id) comes with it."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.pages_helpers import APP
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    if draft_id is not None:
+        at.query_params["draft"] = draft_id
+    at.run()
+    assert not at.exception
+    return goto(at, "pages/train.py")
+
+
+def test_a_restarted_server_gives_the_tab_its_data_and_persona_back(app, uploads):
+    from app.i18n import LABELS
+
+    data = uploads / "mine.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text('{"instruction": "你好", "output": "臣妾在。"}\n' * 4, encoding="utf-8")
+    goto(app, "pages/train.py")
+    app.text_input(key="p.f.data.path").set_value(str(data))
+    app.text_area(key="p.f.data.persona").set_value("你是华妃").run()
+    draft_id = app.query_params["draft"]
+    if isinstance(draft_id, list):
+        draft_id = draft_id[0]
+
+    again = restarted(draft_id)
+    assert again.text_input(key="p.f.data.path").value == str(data)
+    assert again.text_area(key="p.f.data.persona").value == "你是华妃"
+    assert LABELS["zh"]["train.draft_restored"] in texts(again, "info")
+    assert any("你是华妃" in m and "mine.jsonl" in m for m in texts(again, "markdown")), "shown beside Launch"
+
+
+def test_a_draft_that_cannot_be_restored_is_said_before_any_launch(app):
+    from app.i18n import LABELS
+
+    again = restarted("0" * 32)  # the tab's draft is gone (cleaned up, another cache folder)
+    lost = LABELS["zh"]["train.draft_lost"].split("（")[0]
+    assert any(w.startswith(lost) for w in texts(again, "warning")), texts(again, "warning")
+    assert any(c.startswith(lost) for c in texts(again, "caption")), "said again beside the launch button"
