@@ -112,6 +112,7 @@ ZH: dict[str, str] = {
     "data.cut.dedupe": "去除完全重复的记录（本文件有 {n} 条）",
     "data.cut.go": "生成新的数据文件",
     "data.cut.done": "已生成并选中 `{path}`：从 {of} 条中保留了 {kept} 条，去除重复 {dups} 条。",
+    "data.cut.written": "已生成 `{path}`（训练表单现在用的是别的数据文件）：从 {of} 条中保留了 {kept} 条，去除重复 {dups} 条。",
     "data.special_rows": "{n} 处文本含有这个分词器的特殊 token（如 `<|im_end|>`）：它们按普通文字训练，不会变成对话标记；多半是数据里的错误。",
     # train page
     "train.title": "训练",
@@ -548,6 +549,7 @@ EN: dict[str, str] = {
     "data.cut.dedupe": "Remove exact duplicates ({n} in this file)",
     "data.cut.go": "Write the new dataset file",
     "data.cut.done": "Wrote and selected `{path}`: {kept} of {of} records kept, {dups} duplicates removed.",
+    "data.cut.written": "Wrote `{path}` (the Train form now uses another data file): {kept} of {of} records kept, {dups} duplicates removed.",
     "data.special_rows": "{n} texts hold one of this tokenizer's special tokens (such as `<|im_end|>`): they are "
                          "trained as plain text, never as turn markers, and are most likely a mistake in the data.",
     "train.title": "Train",

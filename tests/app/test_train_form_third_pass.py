@@ -5,7 +5,7 @@ Run: .venv/bin/python -m pytest tests/app/test_train_form_third_pass.py -q
 
 from __future__ import annotations
 
-from tests.pages_helpers import goto, texts
+from pages_helpers import goto, texts
 
 FIVE = {"train.learning_rate": "5", "train.epochs": -1.0, "data.max_length": 1, "train.seed": -3,
         "train.micro_batch_size": 0}
@@ -78,7 +78,7 @@ def restarted(draft_id: str | None):
     with the tab's URL, so only what the URL holds (the draft id) comes with it."""
     from streamlit.testing.v1 import AppTest
 
-    from tests.pages_helpers import APP
+    from pages_helpers import APP
 
     at = AppTest.from_file(APP, default_timeout=120)
     if draft_id is not None:
@@ -115,3 +115,24 @@ def test_a_draft_that_cannot_be_restored_is_said_before_any_launch(app):
     lost = LABELS["zh"]["train.draft_lost"].split("（")[0]
     assert any(w.startswith(lost) for w in texts(again, "warning")), texts(again, "warning")
     assert any(c.startswith(lost) for c in texts(again, "caption")), "said again beside the launch button"
+
+
+def test_a_subset_is_not_called_selected_once_the_train_form_uses_another_file(app, uploads):
+    from app.i18n import LABELS
+
+    records = "".join(f'{{"instruction": "问{i}", "output": "答{i}"}}\n' for i in range(6))
+    uploads.mkdir(parents=True, exist_ok=True)
+    (uploads / "six.jsonl").write_text(records, encoding="utf-8")
+    app.radio(key="p.data.source").set_value("path").run()
+    app.text_input(key="p.data.server_path").set_value(str(uploads / "six.jsonl")).run()
+    app.radio(key="data.cut.mode").set_value("first")
+    app.number_input(key="data.cut.n").set_value(3)
+    app.button(key="data.cut.go").click().run()
+    done = LABELS["zh"]["data.cut.done"].split("`")[0]
+    assert any(s.startswith(done) for s in texts(app, "success"))
+    goto(app, "pages/train.py")
+    app.text_input(key="p.f.data.path").set_value("data/sample_zhenhuan.jsonl").run()
+    goto(app, "pages/data.py")
+    assert not any(s.startswith(done) for s in texts(app, "success")), "a stale 'selected' box"
+    assert app.button(key="data.use") is not None  # the page offers to use the subset instead
+    assert any(s.startswith(LABELS["zh"]["data.cut.written"].split("`")[0]) for s in texts(app, "success"))
