@@ -32,6 +32,7 @@ MAX_DRAFTS = 500
 ID = "draft.id"
 SAVED = "draft.saved"
 NOTICE = "draft.notice"
+FRESH = "draft.fresh"
 # What a draft holds besides the Train form's `p.f.*` widgets: the Data page's source choice and typed path, and
 # the file uploaded in this tab.
 DATA_KEYS = ("p.data.source", "p.data.server_path", "data.last_upload")
@@ -73,6 +74,7 @@ def _upload_ok(value) -> bool:
 def restore() -> None:
     """On a tab's first run: take the draft its URL names into the form (already filled with the defaults), or
     note why it could not; a tab without one gets a new id."""
+    st.session_state[FRESH] = True
     asked = st.query_params.get(PARAM)
     if asked is None:
         st.session_state[ID] = secrets.token_hex(16)
@@ -137,6 +139,12 @@ def _prune() -> None:
 def notice() -> tuple[str, str] | None:
     """("restored", "") after a restart brought the draft back, ("lost", reason label) when it could not."""
     return st.session_state.get(NOTICE)
+
+
+def first_run() -> bool:
+    """True once, on the first run of a server session. A click arriving then was made on a page the previous
+    server drew (the tab reconnected after a restart): the page acts on it only once the form was shown again."""
+    return bool(st.session_state.pop(FRESH, False))
 
 
 def clear_notice() -> None:

@@ -106,7 +106,9 @@ def _set_model(path: str) -> None:
 def ensure_defaults() -> None:
     """Fill the form the first time a tab opens the dashboard: the quickstart config, then the tab's own draft
     when its URL names one (a server restart reconnected it); keep the tab's draft after every change."""
-    if MODEL_CHOICE not in st.session_state:
+    # A new server session: a new tab, or a tab Streamlit reconnected after a restart. The latter resends only the
+    # widgets on screen, so the whole form is set again: defaults, then the tab's draft.
+    if form_draft.ID not in st.session_state:
         load_into_form(default_config())
         form_draft.restore()
     if st.session_state.pop("train.clear_name", False):

@@ -16,6 +16,7 @@ require_frame()
 st.title(t("train.title"))
 st.caption(t("app.steps"))
 draft = form_draft.notice()
+first_run = form_draft.first_run()
 if draft is not None and draft[0] == "lost":  # said before anything can be launched from the reset form
     st.warning(t("train.draft_lost", reason=t(draft[1])), icon=":material/restore_page:")
 elif draft is not None:
@@ -189,7 +190,9 @@ if error:
     launch_row.caption(t("train.launch_blocked", error=error))
 elif busy is not None:
     launch_row.caption(t("train.launch_busy", reason=say(busy)))
-if clicked and busy is not None:  # taken between the draw and the click
+if clicked and first_run:  # clicked before a restart: the form may have changed under it
+    st.warning(t("train.check_before_launch"), icon=":material/restore_page:")
+elif clicked and busy is not None:  # taken between the draw and the click
     st.error(t("train.refused", error=say(busy)), icon=":material/block:")
 elif clicked and not error:
     try:
