@@ -184,8 +184,12 @@ st.markdown(t("train.uses", data=data_shown, persona=persona if persona.strip() 
 if draft is not None and draft[0] == "lost":
     st.caption(t("train.draft_lost", reason=t(draft[1])))
 launch_row = st.container(horizontal=True, vertical_alignment="center")
+# The click is kept by a callback: a device taken between the draw and the click disables the button in this very
+# run, and a disabled button reads as not clicked; the page must still say why nothing started.
 clicked = launch_row.button(t("train.launch"), key="train.launch", type="primary", icon=":material/rocket_launch:",
-                            disabled=bool(error) or busy is not None)
+                            disabled=bool(error) or busy is not None,
+                            on_click=lambda: st.session_state.update({"train.clicked": True}))
+clicked = st.session_state.pop("train.clicked", False) or clicked
 if error:
     launch_row.caption(t("train.launch_blocked", error=error))
 elif busy is not None:

@@ -187,11 +187,25 @@ def config_from_dict(raw: Any) -> RunConfig:
             cfg = RunConfig(**{k: v for k, v in kwargs.items() if v is not None})
         except UserError as e:
             found.append(e)
+    found = _first_per_field(found)
     if len(found) == 1:
         raise found[0]
     if found:
         raise UserErrors(found)
     return cfg
+
+
+def _first_per_field(found: list[UserError]) -> list[UserError]:
+    """One problem per field (the first its checks found): a value out of range often breaks a rule between
+    fields too, and the user fixes the value once."""
+    seen, out = set(), []
+    for e in found:
+        name = e.text.params.get("name")
+        if isinstance(name, str) and name in seen:
+            continue
+        seen.add(name)
+        out.append(e)
+    return out
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
