@@ -231,8 +231,11 @@ def subset_panel(path: Path, report: DataReport) -> None:
     state = st.session_state
     done = state.get("data.subset_done")
     if done is not None and done.path.resolve() == path.resolve():
-        st.success(t("data.cut.done", path=shown_path(done.path), kept=done.n_kept, of=done.n_of,
-                     dups=done.n_duplicates), icon=":material/content_cut:")
+        # "selected" only while the Train form still trains on it: once another file was picked there, the page
+        # offers "use this file" and the box must not say otherwise.
+        selected = resolve(str(form.value("data", "path") or "")) == path.resolve()
+        st.success(t("data.cut.done" if selected else "data.cut.written", path=shown_path(done.path),
+                     kept=done.n_kept, of=done.n_of, dups=done.n_duplicates), icon=":material/content_cut:")
     with st.expander(t("data.cut.title"), icon=":material/content_cut:"):
         st.caption(t("data.cut.note"))
         state.setdefault("data.cut.mode", "first")

@@ -10,11 +10,12 @@ import re
 
 import streamlit as st
 
+from app import form_draft
 from app.i18n import CONFIG_FIELDS, LABELS, lang, option_labels, say, t
 from trainer_core.common import paths
 from trainer_core.config.run_config import OFFLOAD_DEVICES, PRECISIONS, SCHEDULERS, LAUNCHERS, RunConfig, config_from_dict, load_config
 from trainer_core.config.sections import METHODS
-from trainer_core.common.errors import UserError
+from trainer_core.common.errors import UserError, each_error
 
 QUICKSTART = paths.CONFIGS_DIR / "quickstart.yaml"
 OTHER_MODEL = "__other__"
@@ -117,11 +118,16 @@ def _set_model(path: str) -> None:
 
 
 def ensure_defaults() -> None:
-    """Fill the form with the quickstart config the first time a tab opens the dashboard."""
-    if MODEL_CHOICE not in st.session_state:
+    """Fill the form the first time a tab opens the dashboard: the quickstart config, then the tab's own draft
+    when its URL names one (a server restart reconnected it); keep the tab's draft after every change."""
+    # A new server session: a new tab, or a tab Streamlit reconnected after a restart. The latter resends only the
+    # widgets on screen, so the whole form is set again: defaults, then the tab's draft.
+    if form_draft.ID not in st.session_state:
         load_into_form(default_config())
+        form_draft.restore()
     if st.session_state.pop("train.clear_name", False):
         st.session_state[key("run", "name")] = ""
+    form_draft.save()
 
 
 def model_options() -> list[str]:
@@ -155,6 +161,12 @@ def eval_note() -> str:
     return t("train.eval_cost", ratio=ratio, cap=cap, when=when)
 
 
+def launch_inputs() -> tuple[str, str]:
+    """(the data file as the user would type it, the persona) that a launch from the form would train with."""
+    persona = str(value("data", "persona") or "")
+    return paths.shown(str(value("data", "path") or "")), persona if len(persona) <= 300 else persona[:300] + "…"
+
+
 def form_dict() -> dict:
     raw: dict = {"name": value("run", "name") or ""}
     for section, name in CONFIG_FIELDS:
@@ -163,27 +175,36 @@ def form_dict() -> dict:
     return raw
 
 
-def validate() -> tuple[RunConfig | None, str | None]:
-    """(config, None) when the form is valid, else (None, the library's message naming the field)."""
+def validate() -> tuple[RunConfig | None, list[UserError]]:
+    """(config, []) when the form is valid, else (None, every problem: one per invalid field, found in one pass)."""
     try:
-        return config_from_dict(form_dict()), None
+        return config_from_dict(form_dict()), []
     except UserError as e:
-        return None, say(e)
+        return None, each_error(e)
 
 
 _FIELD_RE = re.compile(r"^(name|[a-z_]+\.[a-z_]+)\b")
 
 
-def error_field(message: str | None) -> str | None:
-    """`train.learning_rate must be > 0 ...` -> `train.learning_rate` (`name ...` -> `run.name`)."""
-    m = _FIELD_RE.match(message or "")
+def error_field(error: UserError) -> str | None:
+    """The dotted field a problem is about: its `name` parameter (`train.learning_rate`; `name` is `run.name`),
+    else the field its English sentence starts with (`data.path ...`)."""
+    named = error.text.params.get("name")
+    m = _FIELD_RE.match(named if isinstance(named, str) else str(error))
     if not m:
         return None
     return "run.name" if m.group(1) == "name" else m.group(1)
 
 
-def field(section: str, name: str, error: str | None = None, **kw) -> None:
-    """Draw the widget for one config field, with the field's docstring as help and its error right below."""
+def errors_text(errors: list[UserError]) -> str:
+    """Every problem in the tab's language, one per line (markdown list when there are several)."""
+    if len(errors) == 1:
+        return say(errors[0])
+    return "\n" + "\n".join(f"- {say(e)}" for e in errors)
+
+
+def field(section: str, name: str, errors: list[UserError] = (), **kw) -> None:
+    """Draw the widget for one config field, with the field's docstring as help and its problems right below."""
     kind, *opts = WIDGETS[(section, name)]
     label, help_ = t(f"field.{section}.{name}"), t(f"help.{section}.{name}")
     k = key(section, name)
@@ -204,8 +225,9 @@ def field(section: str, name: str, error: str | None = None, **kw) -> None:
         st.selectbox(label, list(opts[0]), key=k, help=help_, format_func=fmt, persist_state="session", **kw)
     elif kind == "gpus":
         _gpu_picker(label, help_, k)
-    if error and error_field(error) == f"{section}.{name}":
-        st.error(error, icon=":material/error:")
+    for error in errors:
+        if error_field(error) == f"{section}.{name}":
+            st.error(say(error), icon=":material/error:")
 
 
 def _model_picker(label: str, help_: str) -> None:

@@ -4,33 +4,42 @@ import json
 
 import streamlit as st
 
-from app import downloads, method_fit, train_checks
+from app import downloads, form_draft, method_fit, train_checks
 from app import train_form as form
 from app.frame import require_frame
 from app.i18n import say, t
 from app.qwen1_import_view import offer_qwen1_import
-from app.run_actions import UserError, fmt_bytes, launch
+from app.run_actions import UserError, device_busy, each_error, fmt_bytes, launch
 from app.tab_state import set_active_run
 
 require_frame()
 st.title(t("train.title"))
 st.caption(t("app.steps"))
+draft = form_draft.notice()
+first_run = form_draft.first_run()
+if draft is not None and draft[0] == "lost":  # said before anything can be launched from the reset form
+    st.warning(t("train.draft_lost", reason=t(draft[1])), icon=":material/restore_page:")
+elif draft is not None:
+    st.info(t("train.draft_restored"), icon=":material/restore_page:")
 
 # Validate what the widgets hold before drawing them, so each error can sit under its own field. The slow checks
 # (the data through the tokenizer) start now in the background and are waited for below the form.
-cfg, error = form.validate()
+cfg, errors = form.validate()
 pf = None
 checks = train_checks.start(cfg) if cfg is not None else None
 if checks is not None and checks.done:  # known already: a problem goes under its field
     try:
         pf = checks.result(0)
     except UserError as e:
-        error = say(e)
+        errors = each_error(e)
+error = form.errors_text(errors) if errors else None
+# Asked on every draw, not kept with the plan: a run may take or free the devices while the plan still holds.
+busy = device_busy(cfg, form.hardware()) if cfg is not None else None
 
 
 def f(section: str, name: str, **kw) -> None:
-    """One form field, with `error` under it when the error names this field."""
-    form.field(section, name, error, **kw)
+    """One form field, with each problem that names this field under it."""
+    form.field(section, name, errors, **kw)
 
 
 
@@ -50,6 +59,8 @@ with tabs[0]:
         f("data", "path")
         st.page_link("pages/data.py", label=t("train.check_data"), icon=":material/dataset:")
         f("data", "persona")
+        if not str(form.value("data", "persona") or "").strip():
+            st.warning(t("train.persona_empty"), icon=":material/warning:")
     c1, c2, c3 = st.columns(3)
     with c1:
         f("data", "max_length")
@@ -155,6 +166,8 @@ else:
             for note in plan.notes:
                 st.caption(say(note))
         method_fit.show(pf)
+    if busy is not None:
+        st.error(say(busy), icon=":material/block:")
     for lint in pf.lints:
         st.warning(say(lint.message), icon=":material/rule:")
     with st.expander(t("train.command"), expanded=True):
@@ -183,12 +196,27 @@ else:
     if yaml.open:
         yaml.code(pf.cfg.to_yaml(), language="yaml")
 
+# What the click trains, beside the button: after a restart or a page switch the user sees the file and persona.
+data_shown, persona = form.launch_inputs()
+st.markdown(t("train.uses", data=data_shown, persona=persona if persona.strip() else t("train.uses_no_persona")))
+if draft is not None and draft[0] == "lost":
+    st.caption(t("train.draft_lost", reason=t(draft[1])))
 launch_row = st.container(horizontal=True, vertical_alignment="center")
+# The click is kept by a callback: a device taken between the draw and the click disables the button in this very
+# run, and a disabled button reads as not clicked; the page must still say why nothing started.
 clicked = launch_row.button(t("train.launch"), key="train.launch", type="primary", icon=":material/rocket_launch:",
-                            disabled=bool(error))
+                            disabled=bool(error) or busy is not None,
+                            on_click=lambda: st.session_state.update({"train.clicked": True}))
+clicked = st.session_state.pop("train.clicked", False) or clicked
 if error:
     launch_row.caption(t("train.launch_blocked", error=error))
-if clicked and not error:
+elif busy is not None:
+    launch_row.caption(t("train.launch_busy", reason=say(busy)))
+if clicked and first_run:  # clicked before a restart: the form may have changed under it
+    st.warning(t("train.check_before_launch"), icon=":material/restore_page:")
+elif clicked and busy is not None:  # taken between the draw and the click
+    st.error(t("train.refused", error=say(busy)), icon=":material/block:")
+elif clicked and not error:
     try:
         with st.spinner(t("train.launching")):
             run = launch(cfg, checked=pf)  # the plan shown above, planned again only if it no longer holds
@@ -196,5 +224,6 @@ if clicked and not error:
         st.error(t("train.refused", error=say(e)), icon=":material/block:")
     else:
         set_active_run(run)
+        form_draft.clear_notice()
         st.session_state["train.clear_name"] = True
         st.switch_page("pages/monitor.py")

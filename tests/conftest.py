@@ -85,9 +85,10 @@ def app(runs_root, uploads, starter_model, warm_server, monkeypatch):
     """A fresh dashboard session (Chinese, the default) with an empty runs folder. The Train page waits for its
     background checks however long they take under load, so its plan is there after one run (test_app_second_pass
     checks the page when they outlast the wait)."""
-    from app import train_checks
+    from app import form_draft, train_checks
 
     monkeypatch.setattr(train_checks, "WAIT_S", 120.0)
+    monkeypatch.setattr(form_draft, "FOLDER", runs_root.parent / "form_drafts")  # each tab's draft, per test
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     assert not at.exception

@@ -23,7 +23,7 @@ import contextlib
 import sys
 
 from trainer_core.cli import common, data_cmds, eval_cmds, model_cmds, run_cmds
-from trainer_core.common.errors import UserError
+from trainer_core.common.errors import UserError, each_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,5 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             return args.fn(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for problem in each_error(e):  # every invalid field of a config on its own line
+            print(f"error: {problem}", file=sys.stderr)
         return 2

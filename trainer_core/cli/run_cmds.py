@@ -18,14 +18,16 @@ MAX_LOG_LINES = 100_000
 def cmd_plan(args) -> int:
     from trainer_core.config.run_config import load_config
     from trainer_core.runs.launch import shell_line
-    from trainer_core.runs.orchestrate import plan
+    from trainer_core.runs.orchestrate import device_busy, plan
 
     p = plan(load_config(args.config, args.set))
     if p.memory_problem is not None:
         raise UserError(p.memory_problem)
+    busy = device_busy(p.cfg, p.hardware)  # a launch now would be refused: say so in the plan, not only at train
     if args.json:
         print_json({"config": p.cfg.to_dict(), "ds_config": p.ds_config, "argv": p.argv,
-                    "memory": p.memory.to_dict(), "lints": [str(x) for x in p.lints], "records": p.n_records})
+                    "memory": p.memory.to_dict(), "lints": [str(x) for x in p.lints], "records": p.n_records,
+                    "device_busy": str(busy) if busy else None})
         return 0
     emit("# DeepSpeed config")
     emit(json.dumps(p.ds_config, indent=2))
@@ -36,6 +38,8 @@ def cmd_plan(args) -> int:
     emit("# lint")
     for x in p.lints or ["ok"]:
         emit(f"  {x}")
+    emit("# devices")
+    emit(f"  busy: {busy}" if busy else "  free")
     return 0
 
 

@@ -60,3 +60,23 @@ class UserError(Exception):
     @property
     def code(self) -> str:
         return self.text.code
+
+
+class UserErrors(UserError):
+    """Several problems found in one pass (every invalid field of a config), so the user fixes them all at once.
+
+    `errors` holds each problem as its own `UserError`; the message joins them. Code that catches `UserError` still
+    works; code that can show a list (the Train form, the CLI) reads `errors`."""
+
+    def __init__(self, errors: list[UserError]):
+        self.errors = list(errors)
+        joined = self.errors[-1].text
+        for e in reversed(self.errors[:-1]):
+            joined = text("config.problems_joined", "{first}; {rest}", first=e.text, rest=joined)
+        super().__init__(text("config.problems", "{count} problems: {problems}", count=len(self.errors),
+                              problems=joined))
+
+
+def each_error(e: UserError) -> list[UserError]:
+    """The problems a `UserError` carries: its own list for `UserErrors`, else itself."""
+    return list(e.errors) if isinstance(e, UserErrors) else [e]

@@ -23,8 +23,8 @@ import yaml
 
 from trainer_core.config.sections import (DEFAULT_PERSONA, LAUNCHERS, MAX_LENGTH_RANGE, OFFLOAD_DEVICES, PRECISIONS,
                                           SCHEDULERS, DataArgs, DeepSpeedArgs, EvalArgs, LoraArgs, ModelArgs,
-                                          PlacementArgs, TrainArgs, short, system_dir)
-from trainer_core.common.errors import Text, UserError, text
+                                          PlacementArgs, TrainArgs, collecting, short, system_dir)
+from trainer_core.common.errors import Text, UserError, UserErrors, text
 from trainer_core.common.user_files import read_text
 
 # Names importers take from here; the sections module holds them.
@@ -143,38 +143,71 @@ def _unknown_key(name: str, choices: list[str]) -> UserError:
                      key=repr(name), known=", ".join(sorted(choices)))
 
 
-def _build_section(cls: type, raw: Any, prefix: str) -> Any:
+def _build_section(cls: type, raw: Any, prefix: str, found: list[UserError]) -> Any:
+    """The section built from `raw`; each problem goes into `found` (a field of the wrong type keeps its default,
+    so the section's own checks still run on the others)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError("config.section_not_mapping", "{name} must be a mapping of keys to values (got {value})",
-                        name=prefix, value=short(raw))
+        found.append(UserError("config.section_not_mapping", "{name} must be a mapping of keys to values (got "
+                               "{value})", name=prefix, value=short(raw)))
+        return None
     types = _field_types(cls)
     kwargs = {}
     for key, value in raw.items():
         name = f"{prefix}.{key}"
-        if key not in types:
-            raise _unknown_key(name, [f"{prefix}.{k}" for k in types])
-        kwargs[key] = _coerce(value, types[key], name)
+        try:
+            if key not in types:
+                raise _unknown_key(name, [f"{prefix}.{k}" for k in types])
+            kwargs[key] = _coerce(value, types[key], name)
+        except UserError as e:
+            found.append(e)
     return cls(**kwargs)
 
 
 def config_from_dict(raw: Any) -> RunConfig:
-    """Build and validate a RunConfig from plain data (parsed YAML)."""
+    """Build and validate a RunConfig from plain data (parsed YAML). Every problem is found in one pass: one raises
+    as itself, several as `UserErrors` carrying each (one per field)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError("config.not_a_mapping",
                         "the config must be a YAML mapping with keys like model, data, train, deepspeed, placement")
     kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == "name":
-            kwargs["name"] = _coerce(value if value is not None else "", str, "name")
-        elif key in SECTIONS:
-            kwargs[key] = _build_section(SECTIONS[key], value, key)
-        else:
-            raise _unknown_key(str(key), ["name", *SECTIONS])
-    return RunConfig(**kwargs)
+    with collecting() as found:
+        for key, value in raw.items():
+            try:
+                if key == "name":
+                    kwargs["name"] = _coerce(value if value is not None else "", str, "name")
+                elif key in SECTIONS:
+                    kwargs[key] = _build_section(SECTIONS[key], value, key, found)
+                else:
+                    raise _unknown_key(str(key), ["name", *SECTIONS])
+            except UserError as e:
+                found.append(e)
+        try:
+            cfg = RunConfig(**{k: v for k, v in kwargs.items() if v is not None})
+        except UserError as e:
+            found.append(e)
+    found = _first_per_field(found)
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        raise UserErrors(found)
+    return cfg
+
+
+def _first_per_field(found: list[UserError]) -> list[UserError]:
+    """One problem per field (the first its checks found): a value out of range often breaks a rule between
+    fields too, and the user fixes the value once."""
+    seen, out = set(), []
+    for e in found:
+        name = e.text.params.get("name")
+        if isinstance(name, str) and name in seen:
+            continue
+        seen.add(name)
+        out.append(e)
+    return out
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -8,7 +8,9 @@ and reads it from YAML and `--set`.
 
 from __future__ import annotations
 
+import contextvars
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,30 @@ def short(value: Any) -> str:
     return r if len(r) <= 80 else r[:60] + f"... ({len(r):,} characters)"
 
 
+# While `collecting()` is active, failed checks are gathered here instead of raised: each section's __post_init__
+# then runs every check, so one pass over a config finds every invalid field (issue 31 item 5), without each check
+# having to be rewritten as a function returning its problem.
+_FOUND: contextvars.ContextVar[list[UserError] | None] = contextvars.ContextVar("config_problems", default=None)
+
+
+@contextmanager
+def collecting():
+    """Gather every failed check made inside the block into the yielded list instead of raising the first. The
+    objects built inside may be invalid: use them only when the list stays empty."""
+    found: list[UserError] = []
+    token = _FOUND.set(found)
+    try:
+        yield found
+    finally:
+        _FOUND.reset(token)
+
+
 def _check(ok: bool, message: Text) -> None:
     if not ok:
-        raise UserError(message)
+        found = _FOUND.get()
+        if found is None:
+            raise UserError(message)
+        found.append(UserError(message))
 
 
 def _between(name: str, value: Any, lo: Any, hi: Any, hi_text: str = "") -> None:
@@ -289,7 +312,7 @@ class DeepSpeedArgs:
         _one_of("deepspeed.offload_optimizer", self.offload_optimizer, OFFLOAD_DEVICES)
         _one_of("deepspeed.offload_param", self.offload_param, OFFLOAD_DEVICES)
         for problem in offload_stage_problems(self.stage, self.offload_optimizer, self.offload_param, "deepspeed"):
-            raise UserError(problem)
+            _check(False, problem)
         uses_nvme = "nvme" in (self.offload_optimizer, self.offload_param)
         _check(not uses_nvme or bool(self.nvme_path), text(
             "config.nvme_path_required", "{name} is required when offloading to nvme", name="deepspeed.nvme_path"))

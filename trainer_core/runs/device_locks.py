@@ -17,7 +17,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer_core.common.errors import UserError, text
+from trainer_core.common.errors import Text, UserError, text
 
 LOCK_DIR_ENV = "TRAINER_LOCK_DIR"
 GATE = ".gate"
@@ -83,12 +83,11 @@ def acquire(run: Path, keys: list[str]) -> list[int]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _holder(fd) or text("runs.another_run", "another run")
+                holder = _holder(fd)
                 os.close(fd)
                 for f in fds:
                     os.close(f)
-                raise UserError("runs.device_busy", "{key} is in use by run {holder}; stop it or pick other devices "
-                                "(placement.gpus)", key=key, holder=holder) from None
+                raise UserError(busy_text(key, holder)) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(run).encode(), 0)
             fcntl.flock(fd, fcntl.LOCK_SH)  # under the gate: nobody can take it exclusively in between
@@ -113,6 +112,26 @@ def hold_as_rank(run: Path, keys: list[str]) -> list[int]:
             fcntl.flock(fd, fcntl.LOCK_SH)
             fds.append(fd)
     return fds
+
+
+def busy_text(key: str, holder: str) -> Text:
+    """Why a device cannot be taken, with advice that fits it: another GPU on a GPU, only waiting on a CPU host
+    (a machine without a GPU has one CPU device; placement.gpus cannot help there)."""
+    who = holder or text("runs.another_run", "another run")
+    if key.endswith("-cpu"):
+        return text("runs.device_busy_cpu", "{key} is in use by run {holder}; stop it or wait until it ends (this "
+                    "machine has no GPU, so one run trains at a time)", key=key, holder=who)
+    return text("runs.device_busy", "{key} is in use by run {holder}; stop it or pick other devices "
+                "(placement.gpus)", key=key, holder=who)
+
+
+def first_busy(keys: list[str]) -> Text | None:
+    """Why a launch on these devices would be refused right now (the first one held by a run), else None."""
+    for key in keys:
+        who = holder(key)
+        if who is not None:
+            return busy_text(key, "" if who == "?" else who)
+    return None
 
 
 def holder(key: str) -> str | None:

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 from trainer_core.common import paths
 from trainer_core.common.lint import Lint
 from trainer_core.config.ds_config import write_json
-from trainer_core.config.hardware import Hardware, detect, include_ids
+from trainer_core.config.hardware import Hardware, detect, include_ids, lock_ids
 from trainer_core.config.run_config import RunConfig, save_config
 from trainer_core.common.errors import Text, UserError
-from trainer_core.runs import preflight
+from trainer_core.runs import device_locks, preflight
 from trainer_core.runs import protocol
 from trainer_core.runs.cluster import NODE_SCRIPT, SLURM_SCRIPT, node_script, slurm_script
 from trainer_core.runs.launch import all_node_commands, hostfile_text
@@ -98,6 +98,17 @@ def plan(cfg: RunConfig, *, memory: bool = True) -> Plan:
         except UserError as e:
             out.memory_problem = e.text
     return out
+
+
+def device_busy(cfg: RunConfig, hw: Hardware | None = None) -> Text | None:
+    """Why launching `cfg` here would be refused now because a run holds its devices (which device, which run), else
+    None. Asked afresh each time a front-end shows a plan: a plan is kept while its inputs hold, a lock is not."""
+    hw = hw or detect()
+    try:
+        keys = device_locks.device_keys(cfg.placement.num_ranks, lock_ids(hw, cfg.placement), hw.has_gpu)
+        return device_locks.first_busy(keys)
+    except UserError:
+        return None  # GPUs this machine lacks, an unusable lock folder: the plan or the launch says so by itself
 
 
 def cluster_files(cfg: RunConfig, run_dir: Path) -> dict[str, str]:

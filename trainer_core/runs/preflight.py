@@ -122,6 +122,7 @@ def lints(cfg: RunConfig, ds: dict[str, Any], hw: Hardware) -> list[Lint]:
     found = lint_run(cfg, ds, gpu_supports_bf16=bf16_everywhere(gpus),
                      resolved_precision=resolve_precision(cfg.train.precision, gpus))
     found += lint_learning_rate(cfg)
+    found += lint_persona(cfg)
     found += lint_imported_length(cfg.model.path, cfg.data.max_length)
     errors = [text("runs.lint_error", "error: {message} [{lint}]", message=x.message, lint=x.code)
               for x in found if x.level == "error"]
@@ -189,6 +190,15 @@ def check_method(cfg: RunConfig, hw: Hardware) -> None:
                              bitsandbytes_installed())
     if problem is not None:
         raise problem
+
+
+def lint_persona(cfg: RunConfig) -> list[Lint]:
+    """A warning when data.persona is empty: records without their own system turn then train with none."""
+    if cfg.data.persona.strip():
+        return []
+    return [Lint("warning", "persona-empty", text(
+        "runs.persona_empty", "data.persona is empty: records without their own system turn train with no system "
+        "turn, so the model learns no role to play; ignore this only if that is intended"))]
 
 
 def check_answers_fit(cfg: RunConfig) -> int:
