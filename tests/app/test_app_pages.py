@@ -467,7 +467,7 @@ def test_chat_streams_replies_compares_with_the_base_and_probes_the_persona(app,
     app.button(key="chat.regenerate").click().run()
     assert [m.name for m in app.chat_message] == ["user", "assistant"]
     conv = app.session_state["chat.conversations"][app.session_state["chat.current"]]
-    assert conv["ft"][0] == {"role": "user", "content": "你是谁？"}
+    assert conv["ft"][0] == {"role": "user", "content": "你是谁？", "turn": 1}  # turn: where compare draws it
     # Compare mode: the same prompt to the base model, side by side; then the probe set on both.
     app.toggle(key="p.chat.compare").set_value(True)
     app.button(key="chat.clear").click().run()
