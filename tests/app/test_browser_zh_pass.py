@@ -34,7 +34,7 @@ ALLOWED = {
     "adamw", "bf16", "fp16", "fp32", "eta", "ema", "chatml", "alpaca", "sharegpt", "yaml", "zip", "streamlit",
     "huggingface", "hugging", "face", "offload", "nvme", "ckpt", "eos", "bos", "top", "temperature", "system", "user",
     "assistant", "sample", "zhenhuan", "tiny", "starter", "quickstart", "checkpoint", "final", "run", "yml", "rank",
-    "packing", "logits", "epoch", "markdown", "slurm",
+    "packing", "logits", "epoch", "markdown", "slurm", "qlora", "dora", "rslora", "peft", "nf4", "bitsandbytes",
 }
 # Data and model text the page shows as it is: run names, paths, file names, numbers with units, key=value.
 IDENTIFIER = re.compile(r"\S*[._/\\=:\d\-]\S*")
