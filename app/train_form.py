@@ -167,11 +167,31 @@ def launch_inputs() -> tuple[str, str]:
     return paths.shown(str(value("data", "path") or "")), persona if len(persona) <= 300 else persona[:300] + "…"
 
 
+# The placement fields of the other nodes: a local run is this machine alone (its rendezvous port is picked free).
+OTHER_NODES = {("placement", n) for n in ("hostfile", "num_nodes", "node_rank", "master_addr", "master_port")}
+
+
+def applies(section: str, name: str) -> bool:
+    """Whether a field means anything with the form's other choices: the page draws only these and the config
+    gets only these. A field that does not apply keeps its value in the form for when its choice comes back, but
+    the config takes the field's default: a value the user cannot see must neither change the run nor block it
+    with an error under a field that is not on the page (a hidden num_nodes of 2 refused every local launch)."""
+    if section == "lora":
+        return value("train", "method") != "full"
+    if (section, name) == ("deepspeed", "nvme_path"):
+        return "nvme" in (value("deepspeed", "offload_optimizer"), value("deepspeed", "offload_param"))
+    if (section, name) in OTHER_NODES:
+        return value("placement", "launcher") != "local"
+    return True
+
+
 def form_dict() -> dict:
     raw: dict = {"name": value("run", "name") or ""}
     for section, name in CONFIG_FIELDS:
         if section != "run":
-            raw.setdefault(section, {})[name] = value(section, name)
+            fields = raw.setdefault(section, {})
+            if applies(section, name):
+                fields[name] = value(section, name)
     return raw
 
 

@@ -75,7 +75,7 @@ with tabs[0]:
         f("eval", "max_new_tokens")
 with tabs[1]:
     f("train", "method")
-    if form.value("train", "method") != "full":  # the adapters' own fields, only where they apply
+    if form.applies("lora", "rank"):  # the adapters' own fields, only where they apply
         c1, c2, c3, c4 = st.columns(4)
         with c1:
             f("lora", "rank")
@@ -116,7 +116,7 @@ with tabs[2]:
         f("deepspeed", "stage")
         f("deepspeed", "offload_optimizer")
         f("deepspeed", "offload_param")
-        if "nvme" in (form.value("deepspeed", "offload_optimizer"), form.value("deepspeed", "offload_param")):
+        if form.applies("deepspeed", "nvme_path"):
             f("deepspeed", "nvme_path")
     with c2:
         f("train", "precision")
@@ -130,7 +130,7 @@ with tabs[3]:
         f("placement", "num_ranks")
         f("placement", "gpus")
         f("placement", "launcher")
-    if form.value("placement", "launcher") != "local":
+    if form.applies("placement", "hostfile"):
         with c2:
             f("placement", "hostfile")
             f("placement", "num_nodes")
