@@ -1,10 +1,21 @@
-"""Debian's Chromium for the browser tests, and waiting for a dashboard server to answer."""
+"""Debian's Chromium for the browser tests, waiting for a dashboard server to answer, a probe page served by
+Streamlit, and one browser page with the tests' timeouts and a screenshot when a test fails."""
 
+from __future__ import annotations
+
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
+from helpers import free_port
+from trainer_core.common.paths import PROJECT_ROOT
 
 CHROMIUM = shutil.which("chromium")
 
@@ -26,3 +37,47 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
             time.sleep(0.5)
     raise AssertionError(f"streamlit did not answer on {url} within {timeout}s")
 
+
+@contextmanager
+def serve_script(app_file: Path, log: Path) -> Iterator[str]:
+    """`streamlit run app_file` (a probe page that imports the project's packages) on a free port; yields its URL
+    once it answers, and ends it (its own process group) after the block."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app_file), "--server.port", str(port),
+                                 "--server.headless", "true"], cwd=PROJECT_ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def browser_page(failure_shot: Path, *, init_script: str | None = None, timeout_ms: float = 60_000,
+                 **context_options) -> Iterator:
+    """One page of a fresh Chromium (1400 x 1000 unless `viewport` is given), Playwright's and `expect`'s timeouts
+    set to `timeout_ms`; when the block fails, the page as it was is saved to `failure_shot`. The browser is
+    closed after the block."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(**{"viewport": {"width": 1400, "height": 1000}, **context_options})
+        if init_script is not None:
+            context.add_init_script(init_script)
+        page = context.new_page()
+        page.set_default_timeout(timeout_ms)
+        expect.set_options(timeout=timeout_ms)
+        try:
+            yield page
+        except BaseException:
+            failure_shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(failure_shot))
+            raise
+        finally:
+            browser.close()

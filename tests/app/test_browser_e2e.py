@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import CHROMIUM, CHROMIUM_ARGS, wait_healthy
+from browser import CHROMIUM, CHROMIUM_ARGS, browser_page, wait_healthy
 from helpers import free_port
 from nav_recorder import NAV_RECORDER
 from trainer_core.common.paths import PROJECT_ROOT
@@ -443,41 +443,30 @@ def english_pages(page, expect) -> None:
 def test_a_restart_mid_edit_keeps_the_tabs_data_and_persona(server):
     """Issue 31: the tab reconnects by itself after a server restart, in a new session; the Train form comes back
     from the tab's draft (its id in the URL) instead of the quickstart's data and persona."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        page.set_default_timeout(60_000)
-        expect.set_options(timeout=60_000)
-        try:
-            page.goto(server.url)
-            expect(page.get_by_role("heading", name="数据")).to_be_visible(timeout=90_000)
-            nav(page, "训练")
-            expect(page.get_by_role("heading", name="训练")).to_be_visible()
-            settle(page)
-            page.evaluate("window.__noReload = true")
-            persona = page.get_by_role("textbox", name="人设（系统提示词）")
-            persona.fill("你是华妃，说话带刺")
-            persona.press("Control+Enter")  # Streamlit takes a text area's value on Ctrl+Enter or blur
-            settle(page)
-            expect(page.get_by_text("你是华妃，说话带刺").last).to_be_visible()  # beside the launch button
-            assert "draft=" in page.url
-            server.stop()
-            expect(page.get_by_text("连接中断")).to_be_visible(timeout=60_000)
-            server.start()
-            expect(page.get_by_text("连接中断")).to_be_hidden(timeout=120_000)
-            # The next rerun (here Streamlit's "r" shortcut) runs in a new server session: the form is the tab's
-            # draft and the page says it was restored.
-            page.get_by_role("heading", name="训练").click()
-            page.keyboard.press("r")
-            expect(page.get_by_text("服务重启后已恢复这个标签页的表单草稿。")).to_be_visible(timeout=120_000)
-            expect(page.get_by_role("textbox", name="人设（系统提示词）")).to_have_value("你是华妃，说话带刺")
-            expect(page.get_by_role("textbox", name="数据集文件")).to_have_value("data/sample_zhenhuan.jsonl")
-            assert page.evaluate("window.__noReload") is True, "the page was reloaded, not reconnected"
-        except BaseException:
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "restart-draft-failure.png"))
-            raise
-        finally:
-            browser.close()
+    with browser_page(ARTIFACTS / "restart-draft-failure.png") as page:
+        page.goto(server.url)
+        expect(page.get_by_role("heading", name="数据")).to_be_visible(timeout=90_000)
+        nav(page, "训练")
+        expect(page.get_by_role("heading", name="训练")).to_be_visible()
+        settle(page)
+        page.evaluate("window.__noReload = true")
+        persona = page.get_by_role("textbox", name="人设（系统提示词）")
+        persona.fill("你是华妃，说话带刺")
+        persona.press("Control+Enter")  # Streamlit takes a text area's value on Ctrl+Enter or blur
+        settle(page)
+        expect(page.get_by_text("你是华妃，说话带刺").last).to_be_visible()  # beside the launch button
+        assert "draft=" in page.url
+        server.stop()
+        expect(page.get_by_text("连接中断")).to_be_visible(timeout=60_000)
+        server.start()
+        expect(page.get_by_text("连接中断")).to_be_hidden(timeout=120_000)
+        # The next rerun (here Streamlit's "r" shortcut) runs in a new server session: the form is the tab's
+        # draft and the page says it was restored.
+        page.get_by_role("heading", name="训练").click()
+        page.keyboard.press("r")
+        expect(page.get_by_text("服务重启后已恢复这个标签页的表单草稿。")).to_be_visible(timeout=120_000)
+        expect(page.get_by_role("textbox", name="人设（系统提示词）")).to_have_value("你是华妃，说话带刺")
+        expect(page.get_by_role("textbox", name="数据集文件")).to_have_value("data/sample_zhenhuan.jsonl")
+        assert page.evaluate("window.__noReload") is True, "the page was reloaded, not reconnected"

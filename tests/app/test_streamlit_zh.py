@@ -7,11 +7,7 @@ the script is placed in Chinese tabs only.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +16,7 @@ from playwright.sync_api import sync_playwright
 from streamlit.testing.v1 import AppTest
 
 from app import streamlit_zh
-from helpers import free_port
-from browser import CHROMIUM, CHROMIUM_ARGS, wait_healthy
+from browser import CHROMIUM, CHROMIUM_ARGS, serve_script
 from trainer_core.common.paths import PROJECT_ROOT
 
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -117,25 +112,13 @@ def test_the_script_takes_no_room_on_the_page_and_still_translates(tmp_path):
     and the column's gap above it used to push it 17 px down), and the uploader still says 上传."""
     app_file = tmp_path / "probe_app.py"  # not app.py: that name would shadow the project's app package
     app_file.write_text(PROBE_APP)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    with open(tmp_path / "streamlit.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app_file), "--server.port", str(port),
-                                 "--server.headless", "true"], cwd=PROJECT_ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_healthy(url, proc)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                plain = _uploader(browser, f"{url}/?lang=en", "Upload")
-                translated = _uploader(browser, f"{url}/?lang=zh", "上传")
-            finally:
-                browser.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    with serve_script(app_file, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            plain = _uploader(browser, f"{url}/?lang=en", "Upload")
+            translated = _uploader(browser, f"{url}/?lang=zh", "上传")
+        finally:
+            browser.close()
     assert translated == plain, (translated, plain)
 
 
@@ -177,15 +160,7 @@ def test_still_translating_after_switching_to_english_and_back(tmp_path):
 
     app_file = tmp_path / "switch_app.py"
     app_file.write_text(SWITCH_APP)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    with open(tmp_path / "streamlit.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app_file), "--server.port", str(port),
-                                 "--server.headless", "true"], cwd=PROJECT_ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_healthy(url, proc)
+    with serve_script(app_file, tmp_path / "streamlit.log") as url:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
@@ -221,6 +196,3 @@ def test_still_translating_after_switching_to_english_and_back(tmp_path):
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "streamlit-zh-switch.png"))
                 browser.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
