@@ -1,5 +1,5 @@
-"""Debian's Chromium for the browser tests, waiting for a dashboard server to answer, a probe page served by
-Streamlit, and one browser page with the tests' timeouts and a screenshot when a test fails."""
+"""Debian's Chromium for the browser tests: a dashboard (or probe page) served by Streamlit, waiting for it to
+answer and for a script run to end, and one browser page with the tests' timeouts and a screenshot on failure."""
 
 from __future__ import annotations
 
@@ -39,22 +39,37 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 @contextmanager
-def serve_script(app_file: Path, log: Path) -> Iterator[str]:
-    """`streamlit run app_file` (a probe page that imports the project's packages) on a free port; yields its URL
-    once it answers, and ends it (its own process group) after the block."""
+def streamlit_server(log: Path, script: Path | None = None, **env: str) -> Iterator[str]:
+    """A Streamlit server on a free port; yields its URL once it answers and ends it (its own process group: runs
+    live in sessions of their own) after the block. Without `script`, the dashboard as run_app.sh starts it
+    (`python -m app.serve`); with one, `streamlit run script` (a probe page that imports the project's packages).
+    `env`: variables set for it (a private runs folder, a private device-lock folder)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app_file), "--server.port", str(port),
-                                 "--server.headless", "true"], cwd=PROJECT_ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    serve = ["-m", "app.serve"] if script is None else ["-m", "streamlit", "run", str(script)]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, *serve, "--server.port", str(port), "--server.headless", "true"],
+                                cwd=PROJECT_ROOT, env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), **env),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_healthy(url, proc)
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+
+def settle(page, timeout: float = 60_000) -> None:
+    """Wait until the script run has finished (not for pages that refresh themselves every second)."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector(IDLE, state="attached", timeout=timeout)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from playwright.sync_api import sync_playwright
 from streamlit.testing.v1 import AppTest
 
 from app import streamlit_zh
-from browser import CHROMIUM, CHROMIUM_ARGS, serve_script
+from browser import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 from trainer_core.common.paths import PROJECT_ROOT
 
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -112,7 +112,7 @@ def test_the_script_takes_no_room_on_the_page_and_still_translates(tmp_path):
     and the column's gap above it used to push it 17 px down), and the uploader still says 上传."""
     app_file = tmp_path / "probe_app.py"  # not app.py: that name would shadow the project's app package
     app_file.write_text(PROBE_APP)
-    with serve_script(app_file, tmp_path / "streamlit.log") as url, sync_playwright() as p:
+    with streamlit_server(tmp_path / "streamlit.log", app_file) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             plain = _uploader(browser, f"{url}/?lang=en", "Upload")
@@ -160,7 +160,7 @@ def test_still_translating_after_switching_to_english_and_back(tmp_path):
 
     app_file = tmp_path / "switch_app.py"
     app_file.write_text(SWITCH_APP)
-    with serve_script(app_file, tmp_path / "streamlit.log") as url:
+    with streamlit_server(tmp_path / "streamlit.log", app_file) as url:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
