@@ -8,6 +8,9 @@ system turn and the question as the prompt, the answer as the completion), so th
 (`completion_only_loss`); `packing=True` (TRL's best-fit-decreasing packing, padding-free); fp32 on a CPU
 (bf16 where the GPU supports it). Every number that defines the job comes from job.json, which peer_bench writes
 from our run config. The final model is saved to <output_dir>/final for the shared evaluator.
+With a "peft" entry in job.json (peer_bench --methods lora), TRL trains LoRA adapters: SFTTrainer's peft_config, a
+peft LoraConfig of exactly those arguments (our adapter's rank, alpha, dropout and targets); final/ is then the
+adapter, which the evaluator loads on its base.
 """
 
 import argparse
@@ -32,7 +35,13 @@ def main() -> None:
     args = SFTConfig(**job["sft_config"], bf16=gpu_bf16, fp16=False)
     tokenizer = AutoTokenizer.from_pretrained(job["model"])
     model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.bfloat16 if gpu_bf16 else torch.float32)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    peft_config = None
+    if job.get("peft"):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**job["peft"])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=peft_config)
     trainer.train()
     trainer.save_model(str(Path(args.output_dir) / "final"))
 
