@@ -299,3 +299,23 @@ def test_lora_ratios_compare_each_recipe_with_its_full_form_and_ours_with_trl_pe
     only = ["ours", "trl", "llamafactory"]
     assert recipe_names(SimpleNamespace(only=only, methods=["full", "lora"])) == [*only, "ours-lora", "trl-lora"]
     assert recipe_names(SimpleNamespace(only=only, methods=["lora"])) == ["ours-lora", "trl-lora"]
+
+
+def test_a_peer_venv_missing_a_new_pin_is_completed_in_place(tmp_path, monkeypatch):
+    """A TRL venv made before peft was pinned fails its check (`import trl, peft, deepspeed`) and is completed with
+    pip in place, not wiped and rebuilt. Its python here is a script that logs its arguments instead of installing."""
+    from bench import peer_venvs
+
+    assert "import trl, peft" in peer_venvs.PEERS["trl"]["check"]  # checked first: the old ensure would build a venv
+    monkeypatch.setattr(peer_venvs, "VENVS", tmp_path / "venvs")
+    monkeypatch.delenv("PEER_PYTHON", raising=False)
+    py = peer_venvs.python("trl")
+    py.parent.mkdir(parents=True)
+    log = tmp_path / "calls"
+    py.write_text(f'#!/bin/sh\n[ "$1" = "-c" ] && exit 1\necho "$@" >> {log}\n')
+    py.chmod(0o755)
+    with open(tmp_path / "out", "w") as out:
+        assert peer_venvs.ensure("trl", log=out) == py
+    calls = log.read_text().splitlines()
+    assert [c.split()[:3] for c in calls] == [["-m", "pip", "install"]] * 2  # no `venv --clear`, no pip upgrade
+    assert "peft==0.21.2" in calls[-1].split() and "trl==0.24.0" in calls[-1].split()
