@@ -9,6 +9,7 @@
     .venv/bin/python bench/peer_bench.py --seeds 42,1,2  # the whole job once per seed, then the spread over seeds
     .venv/bin/python bench/peer_bench.py --dump DIR      # also every recipe's batches, lr and setup, step by step
     .venv/bin/python bench/peer_bench.py --set deepspeed.offload_optimizer=none  # a run-config override of the job
+    .venv/bin/python bench/peer_bench.py --methods full,lora --only ours,trl  # LoRA vs full, ours vs TRL + peft
 
 Every recipe trains the same model (the starter) on the same training records with the same ZeRO-2 + CPU-offload
 DeepSpeed JSON (the one `trainer_core plan` resolves for configs/quickstart.yaml), epochs, micro-batch x
@@ -26,6 +27,14 @@ train_bench) are scored by bench/common.py for every recipe: ours by its in-trai
 Label tokens: the positions whose next-token label is not -100 in the batches each trainer fed its loss (ours:
 answer tokens and their <|im_end|>). Times are training time only, from on_train_begin, evaluations subtracted.
 Nothing here asserts a time; a peer that fails is reported with its error and the others still run.
+
+--methods full,lora runs every recipe of --only that has a LoRA form (ours, trl) a second time with LoRA adapters
+(recipes ours-lora, trl-lora), the job otherwise the same (data, epochs, max length, schedule, DeepSpeed JSON, seed):
+ours with `train.method=lora` and our `lora` section's defaults, TRL's SFTTrainer with a peft LoraConfig of the same
+rank, alpha, dropout and target modules (every linear layer of the model's blocks, found by our
+config/lora_targets.py), both at one LoRA learning rate (--lora-lr; default 10x the full job's, the ratio "LoRA
+Without Regret" (Thinking Machines, 2025) found best across model sizes) and ours' gradient checkpointing setting.
+The table then also gives each recipe's LoRA / full ratios. Held-out loss of an adapter is scored on base + adapter.
 """
 
 from __future__ import annotations
@@ -48,6 +57,9 @@ from bench.train_bench import (QUICKSTART, SEED, _rescore, env, phase_table, hoo
 from trainer_core.config.run_config import load_config  # noqa: E402
 
 RECIPES = ("ours", "trl", "llamafactory", "ours-newline")
+METHODS = ("full", "lora")
+LORA_RECIPES = ("ours", "trl")  # the recipes with a LoRA form (--methods lora): "<recipe>-lora"
+LORA_LR_FACTOR = 10  # --lora-lr default: this times the full job's rate
 # ours-newline: ours, also training the `\n` after each answer's <|im_end|> as both peers do (bench/hooks/newline_label); an
 # ablation of one of the two differences between ours and TRL that the loss comparison leaves, not a default.
 
@@ -134,7 +146,31 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
     dataset_info = {"huanhuan": {"file_name": str(data), "formatting": "alpaca",
                                  "columns": {"prompt": "instruction", "query": "input", "response": "output",
                                              "system": "system"}}}
+    if cfg.train.method == "lora":
+        # TRL + peft with our adapter: the same rank, alpha, dropout and targets. setdefault: a job that already sets
+        # TRL's checkpointing keeps it; otherwise ours' (TRL's own default is on).
+        trl["peft"] = lora_settings(cfg)
+        trl.setdefault("gradient_checkpointing", t.gradient_checkpointing)
+        if trl["gradient_checkpointing"]:
+            trl.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": True})  # the HF default, as ours
     return {"trl": trl, "llamafactory": llamafactory, "dataset_info": dataset_info}
+
+
+def lora_settings(cfg) -> dict:
+    """peft LoraConfig arguments equal to the adapter our trainer puts on cfg's model (models/adapters.py): targets
+    from config/lora_targets.py on the model built on the meta device, bias off, causal LM."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainer_core.config.lora_targets import target_modules
+
+    la = cfg.lora
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir(cfg)))
+    return {"r": la.rank, "lora_alpha": la.alpha, "lora_dropout": la.dropout,
+            "target_modules": target_modules(model, la.target_modules), "use_rslora": la.use_rslora,
+            "use_dora": la.use_dora, "modules_to_save": list(la.modules_to_save) or None, "bias": "none",
+            "task_type": "CAUSAL_LM"}
 
 
 def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
@@ -152,8 +188,10 @@ def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
     s = peer_settings(cfg, work, lf_data, lf_dir, ds_json)
     write_json(lf_dir / "dataset_info.json", s["dataset_info"])
     (work / "llamafactory.yaml").write_text(yaml.safe_dump(s["llamafactory"], allow_unicode=True), encoding="utf-8")
+    trl = dict(s["trl"])
+    peft = trl.pop("peft", None)  # not an SFTConfig argument: peer_trl_train.py makes a LoraConfig of it
     write_json(work / "trl-job.json", {"data": str(train), "persona": cfg.data.persona, "model": str(model_dir(cfg)),
-                                       "sft_config": s["trl"]})
+                                       "sft_config": trl, **({"peft": peft} if peft else {})})
     probe = work / "probe"
     probe.mkdir()
     encoded = encode_heldout(load_tokenizer(model_dir(cfg)), json.loads(heldout.read_text(encoding="utf-8")),
@@ -258,6 +296,11 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a run-config override of every recipe's job, e.g. deepspeed.offload_optimizer=none (the GPU "
                         "check: DeepSpeed's CPU Adam would first compile for minutes in each venv)")
+    p.add_argument("--methods", default="full", help="comma-separated: full, lora (default full); lora runs "
+                   "the recipes of --only with a LoRA form (" + ", ".join(LORA_RECIPES) + ") with adapters too, as "
+                   "<recipe>-lora")
+    p.add_argument("--lora-lr", type=float, help=f"learning rate of every LoRA recipe (default {LORA_LR_FACTOR}x the "
+                   "full job's train.learning_rate)")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs, peer configs)")
     args = p.parse_args(argv)
@@ -271,6 +314,13 @@ def parse_args(argv: list[str] | None):
         p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds: each seed once (got {','.join(map(str, args.seeds))})")
+    args.methods = [m for m in args.methods.split(",") if m]
+    if not args.methods or set(args.methods) - set(METHODS) or len(set(args.methods)) != len(args.methods):
+        p.error(f"--methods: expected full and/or lora, each once (got {','.join(args.methods) or 'nothing'})")
+    if "lora" in args.methods and not set(args.only) & set(LORA_RECIPES):
+        p.error(f"--methods lora: none of --only has a LoRA form; add {' or '.join(LORA_RECIPES)}")
+    if args.lora_lr is not None and not 0 < args.lora_lr < 1:
+        p.error(f"--lora-lr must be > 0 and < 1 (got {args.lora_lr:g})")
     if args.dump and "ours-newline" in args.only:  # a process imports one sitecustomize: one hook folder each
         p.error("--dump cannot record ours-newline (its labels hook and the step dump are both a sitecustomize); "
                 "leave it out of --only or drop --dump")
@@ -282,11 +332,35 @@ def parse_args(argv: list[str] | None):
     return args
 
 
+def lora_sets(args, cfg) -> list[str]:
+    """The run-config overrides that make the job a LoRA job: the method and the LoRA learning rate."""
+    lr = args.lora_lr if args.lora_lr is not None else LORA_LR_FACTOR * cfg.train.learning_rate
+    return ["train.method=lora", f"train.learning_rate={lr!r}"]
+
+
+def recipe_names(args) -> list[str]:
+    """The recipes run, in order: --only's, then the LoRA forms of those that have one (with --methods lora)."""
+    names = list(args.only) if "full" in args.methods else []
+    if "lora" in args.methods:
+        names += [f"{r}-lora" for r in args.only if r in LORA_RECIPES]
+    return names
+
+
 def run_all(args, work: Path) -> dict[str, list[dict]]:
     """Every chosen recipe, --repeat times, interleaved so a change in the machine's load hits them alike."""
     train, heldout, ours_data = prepare_data(args.data, work, args.records, args.heldout, args.seed)
     cfg = job_config(args.epochs, args.model, args.seed, args.set)
     write_peer_inputs(cfg, work, train, heldout)
+    lora_work, lora_job = work / "lora", []
+    if "lora" in args.methods:  # the peers' LoRA job files, beside the full job's
+        lora_work.mkdir()
+        lora_job = lora_sets(args, cfg)
+        lora_cfg = job_config(args.epochs, args.model, args.seed, [*args.set, *lora_job])
+        write_peer_inputs(lora_cfg, lora_work, train, heldout)
+        print(f"LoRA recipes: learning rate {lora_cfg.train.learning_rate:g}, rank {lora_cfg.lora.rank}, alpha "
+              f"{lora_cfg.lora.alpha:g}, dropout {lora_cfg.lora.dropout:g}, gradient checkpointing "
+              f"{'on' if lora_cfg.train.gradient_checkpointing else 'off'}, targets "
+              f"{', '.join(lora_settings(lora_cfg)['target_modules'])}", flush=True)
     n_train = args.records - args.heldout
     print(f"{args.records} records, {args.heldout} held out, {args.epochs} epoch(s), seed {args.seed}; work dir "
           f"{work}", flush=True)
@@ -295,8 +369,9 @@ def run_all(args, work: Path) -> dict[str, list[dict]]:
     def dump(name: str) -> Path | None:
         return args.dump / f"{name}-{rep[0] + 1}" if args.dump else None
 
-    def ours(name: str = "ours", hooks: str | None = None):
-        sets = ["train.eval_steps=1", f"train.epochs={args.epochs}", f"model.path={cfg.model.path}", *args.set]
+    def ours(name: str = "ours", hooks: str | None = None, method_sets: tuple[str, ...] = ()):
+        sets = ["train.eval_steps=1", f"train.epochs={args.epochs}", f"model.path={cfg.model.path}", *args.set,
+                *method_sets]
         hooks = hooks or ("step_dump" if args.dump else None)  # parse_args refuses --dump with another hook
         e = hooks_env(work, name, args.phases, hooks)
         if hooks == "step_dump":
@@ -305,12 +380,17 @@ def run_all(args, work: Path) -> dict[str, list[dict]]:
         r["records"] = n_train * args.epochs
         return r
 
+    def peer_lora(peer: str) -> dict:
+        r = run_peer(peer, lora_work, heldout, n_train, args.epochs, args.phases, dump(f"{peer}-lora"))
+        return {**r, "recipe": f"{peer}-lora"}
+
     jobs = {"ours": ours, "ours-newline": lambda: ours("ours-newline", "newline_label"),
             **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs, args.phases, dump(peer)))
-               for peer in ("trl", "llamafactory")}}
-    runs: dict[str, list[dict]] = {name: [] for name in args.only}
+               for peer in ("trl", "llamafactory")},
+            "ours-lora": lambda: ours("ours-lora", method_sets=tuple(lora_job)), "trl-lora": lambda: peer_lora("trl")}
+    runs: dict[str, list[dict]] = {name: [] for name in recipe_names(args)}
     for rep[0] in range(args.repeat):
-        for name in args.only:
+        for name in runs:
             t = time.time()
             runs[name].append(jobs[name]())
             shutil.rmtree(work / "runs" / name, ignore_errors=True)
@@ -336,13 +416,8 @@ def report(args, runs: dict[str, list[dict]]) -> dict:
           f"({slowest['recipe'] if slowest else '-'}) final held-out loss "
           f"{'-' if target is None else f'{target:.4f}'}")
     print(table(results, target))
-    ref = next((r for r in done if r["recipe"] == "ours"), None)
-    for r in done:
-        if ref is None or r is ref:
-            continue
-        print(f"ours / {r['recipe']}: records/s {(ref['records'] / ref['train_time_s']) / (r['records'] / r['train_time_s']):.2f}x, "
-              f"label tokens/s {(ref['label_tokens'] / ref['train_time_s']) / (r['label_tokens'] / r['train_time_s']):.2f}x, "
-              f"peak RSS {ref['peak_rss_bytes'] / r['peak_rss_bytes']:.2f}x")
+    if ratios := ratio_lines(done):
+        print(ratios)
     if args.phases:
         print("\nwhere each optimizer step's time goes (ms per step, bench/hooks/phase_timer):")
         print(phase_table([r for r in done if r.get("phases")]))
@@ -353,6 +428,34 @@ def report(args, runs: dict[str, list[dict]]) -> dict:
     return {"records": args.records, "heldout": args.heldout, "epochs": args.epochs, "seed": args.seed,
             "target": target, "target_recipe": slowest["recipe"] if slowest else None, "results": results,
             "runs": runs}
+
+
+def ratio_lines(done: list[dict]) -> str:
+    """Ours against each other recipe of the same method (ours / trl, ours-lora / trl-lora), then each recipe's
+    LoRA form against its full one (ours-lora / ours, trl-lora / trl)."""
+    by = {r["recipe"]: r for r in done}
+
+    def rate(r: dict, key: str) -> float:
+        return r[key] / r["train_time_s"]
+
+    lines = []
+    for r in done:
+        lora = r["recipe"].endswith("-lora")
+        ref = by.get("ours-lora" if lora else "ours")
+        if ref is None or r is ref or (lora and r["recipe"] == "ours-lora"):
+            continue
+        lines.append(f"{ref['recipe']} / {r['recipe']}: records/s {rate(ref, 'records') / rate(r, 'records'):.2f}x, "
+                     f"label tokens/s {rate(ref, 'label_tokens') / rate(r, 'label_tokens'):.2f}x, "
+                     f"peak RSS {ref['peak_rss_bytes'] / r['peak_rss_bytes']:.2f}x")
+    for r in done:
+        full = by.get(r["recipe"].removesuffix("-lora")) if r["recipe"].endswith("-lora") else None
+        if full is None:
+            continue
+        lines.append(f"{r['recipe']} / {full['recipe']} (LoRA / full): records/s "
+                     f"{rate(r, 'records') / rate(full, 'records'):.2f}x, peak RSS "
+                     f"{r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}x, held-out loss {r['heldout_loss']:.4f} vs "
+                     f"{full['heldout_loss']:.4f}")
+    return "\n".join(lines)
 
 
 def sweep_summary(reports: list[dict]) -> str:

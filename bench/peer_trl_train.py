@@ -8,6 +8,12 @@ system turn and the question as the prompt, the answer as the completion), so th
 (`completion_only_loss`); `packing=True` (TRL's best-fit-decreasing packing, padding-free); fp32 on a CPU
 (bf16 where the GPU supports it). Every number that defines the job comes from job.json, which peer_bench writes
 from our run config. The final model is saved to <output_dir>/final for the shared evaluator.
+With a "peft" entry in job.json (peer_bench --methods lora), TRL trains LoRA adapters: SFTTrainer's peft_config, a
+peft LoraConfig of exactly those arguments (our adapter's rank, alpha, dropout and targets); final/ is then the
+adapter, which the evaluator loads on its base. transformers' Trainer puts the trainable weights in two groups (with
+and without weight decay); LoRA's adapters fill only the first, DeepSpeed's ZeRO optimizer drops the empty one, and the
+learning-rate scheduler, built over both, failed TRL's first step (`zip() argument 2 is longer than argument 1`), so
+the empty group is left out here, as our trainer does (trainer_core/training/trainer.py); nothing else changes.
 """
 
 import argparse
@@ -18,6 +24,14 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
+
+
+class NoEmptyGroupsSFTTrainer(SFTTrainer):
+    def create_optimizer(self):
+        optimizer = super().create_optimizer()
+        if hasattr(optimizer, "param_groups"):  # not accelerate's DummyOptim (a DeepSpeed JSON's own optimizer)
+            optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        return optimizer
 
 
 def main() -> None:
@@ -32,7 +46,13 @@ def main() -> None:
     args = SFTConfig(**job["sft_config"], bf16=gpu_bf16, fp16=False)
     tokenizer = AutoTokenizer.from_pretrained(job["model"])
     model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.bfloat16 if gpu_bf16 else torch.float32)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    peft_config, trainer_cls = None, SFTTrainer
+    if job.get("peft"):
+        from peft import LoraConfig
+
+        peft_config, trainer_cls = LoraConfig(**job["peft"]), NoEmptyGroupsSFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                          peft_config=peft_config)
     trainer.train()
     trainer.save_model(str(Path(args.output_dir) / "final"))
 

@@ -24,6 +24,7 @@ from trainer_core.common.paths import PROJECT_ROOT  # noqa: E402
 VENVS = PROJECT_ROOT / ".cache" / "peer-venvs"
 TORCH = os.environ.get("PEER_TORCH", "torch==2.13.0")  # the local wheel's version
 DEEPSPEED = "deepspeed==0.19.8"  # ours: the same ZeRO-2 offload engine and CPU Adam for every recipe
+PEFT = "peft==0.21.2"  # ours (requirements.txt): the same LoRA layers for TRL's LoRA recipe (peer_bench --methods)
 TORCHAUDIO = "torchaudio==2.11.1"  # LLaMA-Factory only imports it (below)
 
 # LLaMA-Factory 0.9.5 declares torchvision, torchaudio, av, gradio and modelscope for its multimodal paths, web UI and
@@ -42,9 +43,9 @@ LLAMAFACTORY_DEPS = [
 ]
 
 PEERS: dict[str, dict] = {
-    "trl": {"pins": ["trl==0.24.0", "transformers==4.57.6", "accelerate==1.11.0", "datasets==4.0.0", DEEPSPEED,
+    "trl": {"pins": ["trl==0.24.0", "transformers==4.57.6", "accelerate==1.11.0", "datasets==4.0.0", PEFT, DEEPSPEED,
                      "ninja"],
-            "no_deps": [], "check": "import trl, deepspeed; print(trl.__version__)"},
+            "no_deps": [], "check": "import trl, peft, deepspeed; print(trl.__version__, peft.__version__)"},
     "llamafactory": {"pins": [*LLAMAFACTORY_DEPS, DEEPSPEED, "ninja"], "no_deps": ["llamafactory==0.9.5", TORCHAUDIO],
                      "check": "import llamafactory.data.mm_plugin, llamafactory; print(llamafactory.__version__)"},
 }
@@ -67,9 +68,11 @@ def ensure(peer: str, log=sys.stdout) -> Path:
     if py.is_file() and subprocess.run([str(py), "-c", spec["check"]], capture_output=True).returncode == 0:
         return py
     VENVS.mkdir(parents=True, exist_ok=True)
-    steps = [[_system_python(), "-m", "venv", "--clear", str(VENVS / peer)],
-             [str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"],
-             [str(py), "-m", "pip", "install", "-q", TORCH]]
+    # A venv that exists but fails its check is completed in place (a pin added since it was made, e.g. TRL's peft),
+    # not rebuilt: pip installs only what is missing or at another version.
+    steps = [] if py.is_file() else [[_system_python(), "-m", "venv", "--clear", str(VENVS / peer)],
+                                     [str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"]]
+    steps.append([str(py), "-m", "pip", "install", "-q", TORCH])
     if spec["no_deps"]:
         steps.append([str(py), "-m", "pip", "install", "-q", "--no-deps", *spec["no_deps"]])
     steps.append([str(py), "-m", "pip", "install", "-q", TORCH, *spec["pins"]])

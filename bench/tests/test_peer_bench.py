@@ -14,7 +14,8 @@ from trainer_core.common.paths import PROJECT_ROOT
 
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from bench.peer_bench import job_config, main, sweep_summary, write_peer_inputs  # noqa: E402
+from bench.peer_bench import (job_config, lora_sets, main, ratio_lines, recipe_names, sweep_summary,  # noqa: E402
+                              write_peer_inputs)
 from trainer_core.config.ds_config import build_ds_config  # noqa: E402
 
 RECORDS = [{"instruction": f"问题{i}", "input": "", "output": f"回答{i}。"} for i in range(6)]
@@ -81,6 +82,9 @@ def test_peers_see_the_same_records_and_persona(peer_inputs):
     (["--seeds", "42,x"], "--seeds: expected comma-separated integers, got '42,x'"),
     (["--seeds", "1,2,1"], "--seeds: each seed once (got 1,2,1)"),
     (["--only", "ours,ours-newline", "--dump", "d"], "--dump cannot record ours-newline"),
+    (["--methods", "full,qlora"], "--methods: expected full and/or lora, each once (got full,qlora)"),
+    (["--methods", "lora", "--only", "llamafactory"], "--methods lora: none of --only has a LoRA form"),
+    (["--methods", "full,lora", "--lora-lr", "2"], "--lora-lr must be > 0 and < 1 (got 2)"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(args, message, capsys, monkeypatch):
     made = []
@@ -239,3 +243,79 @@ def test_peer_python_is_used_as_given(tmp_path, monkeypatch):
     with pytest.raises(subprocess.CalledProcessError):
         peer_venvs.ensure("trl")
     assert not (tmp_path / "venvs").exists()
+
+
+def test_the_lora_recipes_give_trl_our_adapter_and_rate(tmp_path):
+    """--methods lora: TRL's job carries a peft LoraConfig equal to the one our trainer builds for the same run config
+    and model (rank, alpha, dropout, every linear layer of the blocks), and both LoRA recipes train at one rate, 10x
+    the full job's by default, with ours' gradient checkpointing setting (TRL's own default is on)."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    from trainer_core.models.adapters import lora_config
+
+    train, heldout = tmp_path / "train.json", tmp_path / "heldout.json"
+    train.write_text(json.dumps(RECORDS[:4], ensure_ascii=False), encoding="utf-8")
+    heldout.write_text(json.dumps(RECORDS[4:], ensure_ascii=False), encoding="utf-8")
+    full = job_config(1)
+    sets = lora_sets(SimpleNamespace(lora_lr=None), full)
+    assert sets == ["train.method=lora", f"train.learning_rate={10 * full.train.learning_rate!r}"]
+    cfg = job_config(1, sets=sets)
+    write_peer_inputs(cfg, tmp_path, train, heldout)
+    job = json.loads((tmp_path / "trl-job.json").read_text(encoding="utf-8"))
+    s = job["sft_config"]
+    assert "peft" not in s and s["learning_rate"] == cfg.train.learning_rate == 10 * full.train.learning_rate
+    assert s["gradient_checkpointing"] is cfg.train.gradient_checkpointing is False
+    theirs = LoraConfig(**job["peft"])
+    ours = lora_config(cfg, AutoModelForCausalLM.from_pretrained(PROJECT_ROOT / cfg.model.path))
+    for field in ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "use_dora", "modules_to_save",
+                  "bias", "task_type"):
+        assert getattr(theirs, field) == getattr(ours, field), field
+    assert theirs.target_modules == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert lora_sets(SimpleNamespace(lora_lr=2e-4), full)[1] == "train.learning_rate=0.0002"
+    # The full job's TRL file has no adapter.
+    full_dir = tmp_path / "full"
+    full_dir.mkdir()
+    write_peer_inputs(full, full_dir, train, heldout)
+    assert "peft" not in json.loads((full_dir / "trl-job.json").read_text(encoding="utf-8"))
+
+
+def test_lora_ratios_compare_each_recipe_with_its_full_form_and_ours_with_trl_per_method():
+    def r(recipe, seconds, rss, loss):
+        return {"recipe": recipe, "records": 100, "label_tokens": 1000, "train_time_s": seconds,
+                "peak_rss_bytes": rss, "heldout_loss": loss}
+
+    done = [r("ours", 10, 400, 7.0), r("trl", 40, 800, 7.5), r("ours-lora", 5, 200, 8.0), r("trl-lora", 20, 600, 8.5)]
+    assert ratio_lines(done).splitlines() == [
+        "ours / trl: records/s 4.00x, label tokens/s 4.00x, peak RSS 0.50x",
+        "ours-lora / trl-lora: records/s 4.00x, label tokens/s 4.00x, peak RSS 0.33x",
+        "ours-lora / ours (LoRA / full): records/s 2.00x, peak RSS 0.50x, held-out loss 8.0000 vs 7.0000",
+        "trl-lora / trl (LoRA / full): records/s 2.00x, peak RSS 0.75x, held-out loss 8.5000 vs 7.5000",
+    ]
+    from types import SimpleNamespace
+
+    only = ["ours", "trl", "llamafactory"]
+    assert recipe_names(SimpleNamespace(only=only, methods=["full", "lora"])) == [*only, "ours-lora", "trl-lora"]
+    assert recipe_names(SimpleNamespace(only=only, methods=["lora"])) == ["ours-lora", "trl-lora"]
+
+
+def test_a_peer_venv_missing_a_new_pin_is_completed_in_place(tmp_path, monkeypatch):
+    """A TRL venv made before peft was pinned fails its check (`import trl, peft, deepspeed`) and is completed with
+    pip in place, not wiped and rebuilt. Its python here is a script that logs its arguments instead of installing."""
+    from bench import peer_venvs
+
+    assert "import trl, peft" in peer_venvs.PEERS["trl"]["check"]  # checked first: the old ensure would build a venv
+    monkeypatch.setattr(peer_venvs, "VENVS", tmp_path / "venvs")
+    monkeypatch.delenv("PEER_PYTHON", raising=False)
+    py = peer_venvs.python("trl")
+    py.parent.mkdir(parents=True)
+    log = tmp_path / "calls"
+    py.write_text(f'#!/bin/sh\n[ "$1" = "-c" ] && exit 1\necho "$@" >> {log}\n')
+    py.chmod(0o755)
+    with open(tmp_path / "out", "w") as out:
+        assert peer_venvs.ensure("trl", log=out) == py
+    calls = log.read_text().splitlines()
+    assert [c.split()[:3] for c in calls] == [["-m", "pip", "install"]] * 2  # no `venv --clear`, no pip upgrade
+    assert "peft==0.21.2" in calls[-1].split() and "trl==0.24.0" in calls[-1].split()
