@@ -195,7 +195,7 @@ def end_of(run: Path, timeout: float = 600):
     ("deepspeed.launcher.launch", "training"),
 ])
 def test_the_device_lock_is_held_while_any_process_of_the_run_lives(runs_root, target, when):
-    run = detach(*quick_sets(**{"placement.num_ranks": 2, "train.max_steps": 6 if target is None else 400,
+    run = detach(*quick_sets(**{"placement.num_ranks": 2, "train.max_steps": 2 if target is None else 400,
                                 "train.save_steps": 1000, "data.eval_ratio": 0, "name": "locked"}))
     watch = LockWatch(run)
     try:

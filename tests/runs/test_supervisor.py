@@ -101,7 +101,9 @@ def test_stop_saves_then_ends_every_process_and_resume_finishes(runs_root):
 
 
 def test_kill_9_during_a_checkpoint_save_is_never_offered(runs_root):
-    run = detach(*quick_sets(**{"train.max_steps": 24, "train.save_steps": 2, "name": "killed"}))
+    # A save every 2 steps: the first is the fallback, the next six are chances to catch one in progress (a loaded
+    # machine has let three go by); few enough steps that the resume is short.
+    run = detach(*quick_sets(**{"train.max_steps": 16, "train.save_steps": 2, "name": "killed"}))
     ckroot = run / protocol.CHECKPOINTS
 
     def partial_checkpoint():

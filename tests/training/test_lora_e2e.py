@@ -21,6 +21,9 @@ pytestmark = pytest.mark.slow
 
 QUICKSTART = "configs/quickstart.yaml"
 LORA = {"train.method": "lora", "placement.num_ranks": 2}
+# The stop-and-resume run: room for `stop` to land after the first checkpoint (step 4) while its CLI starts, and a
+# short resumed half (each step is a 2-rank step, every 4th a save).
+MAX_STEPS = 30
 
 
 def finished_run(proc) -> Path:
@@ -109,7 +112,7 @@ def test_lora_two_ranks_zero3_with_checkpointing_completes(runs_root, starter_mo
 
 
 def test_lora_stop_and_resume_continue_from_the_adapter_checkpoint(runs_root, starter_model):
-    run = detach(*quick_sets(**LORA, **{"train.max_steps": 60, "train.save_steps": 4, "data.eval_ratio": 0,
+    run = detach(*quick_sets(**LORA, **{"train.max_steps": MAX_STEPS, "train.save_steps": 4, "data.eval_ratio": 0,
                                         "name": "lora-resume"}))
     wait_for(lambda: protocol.complete_checkpoints(run), 600, "a first checkpoint")
     stopped = cli("stop", str(run), timeout=300)
@@ -118,17 +121,17 @@ def test_lora_stop_and_resume_continue_from_the_adapter_checkpoint(runs_root, st
     assert st.state == protocol.STOPPED
     saved = protocol.complete_checkpoints(run)[-1]
     step = protocol.checkpoint_step(saved)
-    assert step < 60
+    assert step < MAX_STEPS
     adapter_then = load_file(str(saved / "adapter_model.safetensors"))
 
     resumed = cli("resume", str(run), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"from {saved.name}" in resumed.stderr
     status = protocol.read_status(run)
-    assert status.state == protocol.COMPLETED and status.step == 60
+    assert status.state == protocol.COMPLETED and status.step == MAX_STEPS
     rows = [r for r in read_all_rows(run / protocol.METRICS) if r.get("loss") is not None]
     after = [r["step"] for r in rows if r["step"] > step]
-    assert after == list(range(step + 1, 61)), "the resumed run goes on from the checkpoint's step"
+    assert after == list(range(step + 1, MAX_STEPS + 1)), "the resumed run goes on from the checkpoint's step"
     log = (run / protocol.LOG).read_text(encoding="utf-8", errors="replace")
     assert re.search(rf"resuming from \S*{saved.name}", log)
     final = check_adapter_folder(run / protocol.FINAL, starter_model)
