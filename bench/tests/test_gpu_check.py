@@ -18,7 +18,7 @@ from bench.gpu_wheelhouse import CARRY_LIMIT, size_problem, tree_bytes
 
 def test_model_flops_by_hand():
     # 6 x 1000 params x 10 labels = 60,000; attention 12 x 2 layers x width 4 x context 5 x 10 labels = 4,800
-    f = model_flops(non_embedding_params=1000, label_tokens=10, layers=2, attn_width=4, mean_label_context=5.0)
+    f = model_flops(params=1000, label_tokens=10, layers=2, attn_width=4, mean_label_context=5.0)
     assert f == {"params": 60_000, "attention": 4_800, "total": 64_800}
     assert mfu(64_800, 2.0, 64_800) == 0.5
     assert mfu(64_800, 2.0, None) is None and mfu(64_800, 0.0, 1e12) is None
@@ -44,7 +44,7 @@ def test_run_figures_measure_the_steps_after_the_first(tmp_path):
             {"step": 2, "loss": 8.0, "elapsed_s": 7.0, "tokens": 300, "label_tokens": 100, "peak_mem_bytes": [9]}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "status.json").write_text(json.dumps({"state": "completed"}))
-    shape = {"non_embedding_params": 1000, "layers": 2, "attn_width": 4}
+    shape = {"matmul_params": 1000, "layers": 2, "attn_width": 4}
     out = run_figures(run, shape, ctx=5.0, peak=96_000.0)
     # step 2 alone: 2 s, 200 positions, 60 labels -> 6*1000*60 + 12*2*4*5*60 = 388,800 FLOPs
     assert (out["seconds"], out["tokens_per_s"], out["label_tokens_per_s"]) == (2.0, 100.0, 30.0)
