@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tarfile
@@ -54,7 +53,7 @@ GPU_SHAPES = {"0.5b": "qwen2.5-0.5b", "0.5b-6l": "qwen2.5-0.5b-6l"}
 
 # MFU's formula, a model's shape from its safetensors headers and the peak measurement: bench/peak_bench.py (no torch
 # at import, as this driver needs).
-from bench.peak_bench import mfu, model_flops, model_shape, safetensors_counts  # noqa: E402,F401
+from bench.peak_bench import mfu, model_flops, model_shape  # noqa: E402
 
 
 # ---------------------------------------------------------------- processes: every one we start, ended
