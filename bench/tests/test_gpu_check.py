@@ -118,6 +118,19 @@ def test_a_gpu_check_trains_lora_and_qlora_on_the_05b_before_its_zero3_run(tmp_p
     assert not any(s.startswith("train.method") for s in train_sets(models["0.5b"], "0.5b-z2", 2, 2, True))
 
 
+def test_the_six_layer_shape_trains_at_zero2_right_after_the_05bs(tmp_path):
+    """The GPU check trains every --shape preset: the 6-layer cut once (ZeRO-2), before the adapters and ZeRO-3,
+    which the deadline may cut; its models are built by bench/common.py's builder under the check's own names."""
+    from bench.gpu_check import GPU_SHAPES, jobs_for
+    from bench.common import SHAPES
+
+    assert set(GPU_SHAPES.values()) <= set(SHAPES)
+    jobs = jobs_for(_models(tmp_path, "starter", "0.5b", "0.5b-6l"), gpu=True)
+    assert [j[0] for j in jobs] == ["starter-z2", "starter-z3", "0.5b-z2", "0.5b-6l-z2", "0.5b-lora-z2",
+                                    "0.5b-qlora-z2", "0.5b-z3"]
+    assert next(j for j in jobs if j[0] == "0.5b-6l-z2")[3] is True  # trained as a big model (1024 tokens, 8 rows)
+
+
 def test_the_dry_run_trains_the_starters_lora_and_no_qlora(tmp_path):
     from bench.gpu_check import jobs_for
 
