@@ -7,20 +7,23 @@ Run through bench/gpu_check.sh (docs/gpu_check.md says how), which installs the 
 Steps, each in its own process group with its own time limit; a step that fails or hangs is recorded with its error
 and the next one runs:
   env        versions, the GPU's name and memory;
-  peak       the measured dense bf16 matmul rate (8192^3, CUDA events, median of 10): MFU's denominator;
+  peak       the measured dense matmul rate in bf16, fp16, tf32 and fp32 (bench/peak_bench.py: 8192^3, CUDA events,
+             median of 10); bf16's is MFU's denominator (the runs train in bf16);
   numerics   the blockwise head loss (trainer_core.training.linear_ce) in bf16 and fp16 against fp64, beside the
              plain 16-bit product, at mean target probabilities up to 0.999;
   starter    the starter model rebuilt offline from qwen.tiktoken by our prepare-models code;
-  model-0.5b a random model of Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14/2 heads, 4864, tied 151,936);
+  shapes     random bf16 models of the benchmarks' --shape presets (bench/common.py SHAPES): qwen2.5-0.5b (hidden
+             896, 24 layers, 14/2 heads, 4864, tied 151,936) and qwen2.5-0.5b-6l (its 6-layer cut), built on the GPU;
   train      `python -m trainer_core train configs/quickstart.yaml --set ...`, ZeRO-2 and ZeRO-3, bf16 (precision
              auto), each model, a few optimizer steps: tokens/s, MFU, max_memory_allocated vs the planner
              (trainer_core.config.memory, as `trainer_core plan` prints it), the supervisor's NVML samples (resources.jsonl);
   chat       `python -m trainer_core chat` on the starter's ZeRO-2 run;
-  peers      TRL's SFTTrainer on the same job (bench/peer_bench.py --only ours,trl) while time is left.
---dry-run skips what needs a GPU (peak, model-0.5b, the 0.5B runs, peers) and runs the rest on the CPU.
+  peers      TRL's SFTTrainer, and LLaMA-Factory where the wheelhouse has it, on the same matched job on the 0.5B
+             shape (bench/peer_bench.py --matched checkpointing-off: records/s, label tokens/s, MFU) while time is left.
+--dry-run skips what needs a GPU (peak, shapes, the 0.5B runs) and runs the rest on the CPU.
 
-MFU = (6 x non-embedding parameters x labelled tokens + attention FLOPs) / time / measured bf16 peak, over the
-optimizer steps after the first (the first holds compilation and allocator warm-up); see `model_flops`.
+MFU = (6 x matmul parameters x labelled tokens + attention FLOPs) / time / measured bf16 peak, over the optimizer
+steps after the first (the first holds compilation and allocator warm-up); see bench/peak_bench.py.
 Writes $OUT/gpu_check.json, gpu_check.md, gpu_check.log and logs.tar.gz. This module imports no torch: the driver
 must hold no GPU memory while the runs train; the steps that need torch run as `python bench/gpu_check.py step NAME`.
 """
@@ -31,7 +34,6 @@ import argparse
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tarfile
@@ -39,67 +41,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as `python bench/gpu_check.py`: bench.peak_bench importable
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 DATA = ROOT / "data" / "sample_zhenhuan.jsonl"
 MARK_ENV = "GPU_CHECK_WORK"  # every process the check starts inherits it: how leftovers are proven ours
 RESERVE_S = 30.0  # kept back from the deadline for stopping runs, reaping and writing the report
-# Qwen2.5-0.5B's shape; the rest (vocabulary, special ids, rope) comes from the starter's config.
-SHAPE_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
-             "num_key_value_heads": 2, "tie_word_embeddings": True, "max_position_embeddings": 32768}
-EMBEDDING_NAMES = ("embed_tokens.weight", "lm_head.weight")
+# The --shape presets the GPU runs train (bench/common.py SHAPES), by the key their runs are named with.
+GPU_SHAPES = {"0.5b": "qwen2.5-0.5b", "0.5b-6l": "qwen2.5-0.5b-6l"}
 
 
-# ---------------------------------------------------------------- MFU
-
-def model_flops(*, non_embedding_params: int, label_tokens: int, layers: int, attn_width: int,
-                mean_label_context: float) -> dict:
-    """Training FLOPs (forward + backward) credited to `label_tokens` trained positions.
-
-    Parameters: 6 x non-embedding parameters per labelled token (2 forward, 4 backward per weight). The embedding and
-    the tied head are left out, as are padding, prompt positions and the head at unlabelled positions: only work
-    that trains a label counts, so the figure is a floor on what the card did.
-    Attention: per labelled token and layer, QK^T and AV over its causal context c (the positions it attends to
-    within its record): 2 products x 2 x c x attn_width forward, x3 with backward = 12 x c x attn_width, where
-    attn_width = query heads x head dim. `mean_label_context` is c averaged over the labelled positions."""
-    params = 6 * non_embedding_params * label_tokens
-    attention = 12 * layers * attn_width * mean_label_context * label_tokens
-    return {"params": params, "attention": attention, "total": params + attention}
-
-
-def mfu(flops: float, seconds: float, peak_flops_per_s: float | None) -> float | None:
-    """Model FLOPs utilisation: achieved FLOP/s over the measured peak; None without a peak or a time."""
-    if not peak_flops_per_s or seconds <= 0:
-        return None
-    return flops / seconds / peak_flops_per_s
-
-
-def safetensors_counts(model_dir: Path) -> tuple[int, int]:
-    """(all parameters, non-embedding parameters) from the safetensors headers alone (no torch, no weights read);
-    a tied head is stored once, as the embedding."""
-    total = non_embedding = 0
-    for f in sorted(model_dir.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for d in meta["shape"]:
-                count *= d
-            total += count
-            if not name.endswith(EMBEDDING_NAMES):
-                non_embedding += count
-    return total, non_embedding
-
-
-def model_shape(model_dir: Path) -> dict:
-    cfg = json.loads((model_dir / "config.json").read_text())
-    total, non_embedding = safetensors_counts(model_dir)
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    return {"params": total, "non_embedding_params": non_embedding, "layers": cfg["num_hidden_layers"],
-            "attn_width": cfg["num_attention_heads"] * head_dim, "hidden": cfg["hidden_size"],
-            "vocab": cfg["vocab_size"]}
+# MFU's formula, a model's shape from its safetensors headers and the peak measurement: bench/peak_bench.py (no torch
+# at import, as this driver needs).
+from bench.peak_bench import mfu, model_flops, model_shape  # noqa: E402
 
 
 # ---------------------------------------------------------------- processes: every one we start, ended
@@ -286,7 +240,7 @@ def run_figures(run: Path, shape: dict, ctx: float | None, peak: float | None) -
         out["tokens_per_s"] = round(tokens / seconds, 1)
         out["label_tokens_per_s"] = round(labels / seconds, 1)
     if ctx is not None:
-        flops = model_flops(non_embedding_params=shape["non_embedding_params"], label_tokens=labels,
+        flops = model_flops(params=shape["matmul_params"], label_tokens=labels,
                             layers=shape["layers"], attn_width=shape["attn_width"], mean_label_context=ctx)
         out["flops"] = flops
         out["mfu"] = mfu(flops["total"], seconds, peak)
@@ -313,7 +267,12 @@ def jobs_for(models: dict[str, Path], gpu: bool) -> list[tuple[str, Path, int, b
     GPU the 0.5B shape trains full at ZeRO-2, then as LoRA and QLoRA at ZeRO-2 (their planner figures are unverified
     until these run), then full at ZeRO-3, which the deadline may cut. The dry run trains the starter's LoRA on CPU
     (QLoRA needs CUDA)."""
-    jobs = [(f"{key}-z{stage}", d, stage, key != "starter", "full") for key, d in models.items() for stage in (2, 3)]
+    jobs = [(f"{key}-z{stage}", d, stage, key != "starter", "full") for key, d in models.items()
+            for stage in ((2,) if key == "0.5b-6l" else (2, 3))]  # the 6-layer cut: ZeRO-2 only, time is short
+    six = [j for j in jobs if j[0] == "0.5b-6l-z2"]
+    if six:  # right after the 0.5B's own ZeRO-2 run, before the deadline can cut it
+        jobs.remove(six[0])
+        jobs.insert(next((i + 1 for i, j in enumerate(jobs) if j[0] == "0.5b-z2"), len(jobs)), six[0])
     extra = ([(f"0.5b-{m}-z2", models["0.5b"], 2, True, m) for m in ("lora", "qlora")] if gpu and "0.5b" in models
              else [("starter-lora-z2", models["starter"], 2, False, "lora")] if not gpu else [])
     at = next((i for i, j in enumerate(jobs) if j[0] == "0.5b-z3"), len(jobs))
@@ -394,13 +353,13 @@ def checks(steps: Steps, args, report: dict) -> None:
     gpu = not args.dry_run
     report["env"] = step_json(steps, "env", 90)
     report["peak"] = step_json(steps, "peak", 90) if gpu else {"skipped": "dry run"}
-    peak = report["peak"].get("flops_per_s")
+    peak = report["peak"].get("flops_per_s")  # bf16's: the runs train in bf16
     report["numerics"] = step_json(steps, "numerics", 120)
     report["starter"] = step_json(steps, "starter", 180, min_s=30)
     models = {"starter": steps.work / "models" / "qwen2-starter"}
     if gpu:
-        report["model_05b"] = step_json(steps, "model-0.5b", 150, min_s=30)
-        models["0.5b"] = steps.work / "models" / "qwen2.5-0.5b-shape"
+        report["shapes"] = step_json(steps, "shapes", 150, min_s=30)
+        models.update({key: steps.work / "models" / name for key, name in GPU_SHAPES.items()})
     report["context"] = step_json(steps, "context", 90, "--model", str(models["starter"]))
     ctx = {k: v["mean_label_context"] for k, v in report["context"].get("by_max_length", {}).items()}
     jobs = jobs_for(models, gpu)
@@ -442,19 +401,24 @@ def chat(steps: Steps) -> dict:
 
 
 def peers(steps: Steps, model_dir: Path | None, records: int = 60, heldout: int = 10) -> dict:
-    """bench/peer_bench.py, ours against TRL's SFTTrainer on the same job (the 0.5B model, the shipped sample's records,
-    the quickstart settings without CPU offload), TRL from the wheelhouse through PEER_PYTHON."""
+    """bench/peer_bench.py, ours against TRL's SFTTrainer (and LLaMA-Factory where the wheelhouse installed it) on
+    the same matched job (the 0.5B model, the shipped sample's records, the quickstart settings without CPU offload,
+    checkpointing off for every recipe), the peers from the wheelhouse through PEER_PYTHON."""
+    import importlib.util
+
     if model_dir is None or not (model_dir / "config.json").is_file():
         return {"error": "skipped: no 0.5B model"}
     data = steps.work / "sample.json"  # peer_bench reads a JSON array
     data.write_text(json.dumps([json.loads(x) for x in DATA.read_text(encoding="utf-8").splitlines() if x.strip()],
                                ensure_ascii=False), encoding="utf-8")
     dest = steps.work / "peers.json"
-    res = steps.call([sys.executable, "bench/peer_bench.py", "--only", "ours,trl", "--model", str(model_dir),
+    only = "ours,trl" + (",llamafactory" if importlib.util.find_spec("llamafactory") else "")
+    res = steps.call([sys.executable, "bench/peer_bench.py", "--only", only, "--model", str(model_dir),
                       "--data", str(data), "--records", str(records), "--heldout", str(heldout),
-                      "--set", "deepspeed.offload_optimizer=none", "--json", str(dest)], 400, name="peers",
+                      "--matched", "checkpointing-off", "--set", "deepspeed.offload_optimizer=none",
+                      "--json", str(dest)], 400, name="peers",
                      min_s=150, env={"PEER_PYTHON": sys.executable})
-    out = {"seconds": res.get("seconds"), "stdout_tail": (res.get("stdout") or "")[-3000:]}
+    out = {"recipes": only, "seconds": res.get("seconds"), "stdout_tail": (res.get("stdout") or "")[-3000:]}
     if dest.is_file():
         out["figures"] = json.loads(dest.read_text())
     if not res["ok"]:
@@ -479,7 +443,9 @@ def summary_markdown(r: dict) -> str:
     if r.get("interrupted"):
         lines += [f"**Interrupted**: {r['interrupted']}", ""]
     if peak.get("flops_per_s"):
-        lines.append(f"Measured bf16 matmul peak: {peak['flops_per_s'] / 1e12:.0f} TFLOP/s ({peak.get('what')}).")
+        lines.append(f"Measured bf16 matmul peak: {peak['flops_per_s'] / 1e12:.0f} TFLOP/s ({peak.get('what')}); "
+                     + ", ".join(f"{d} {x['flops_per_s'] / 1e12:.0f}" for d, x in peak.get("by_dtype", {}).items())
+                     + " TFLOP/s.")
     else:
         lines.append(f"Measured bf16 matmul peak: {peak.get('error') or peak.get('skipped') or '-'}")
     lines += ["", "## Training runs (our CLI, precision auto)", "",
@@ -513,7 +479,10 @@ def summary_markdown(r: dict) -> str:
     lines += ["", "## Chat", "", f"{'ok' if chat.get('ok') else 'failed: ' + str(chat.get('error'))}{took}; reply: "
               f"{chat.get('reply', '').strip()[:120]!r}"]
     peers_ = r.get("peers", {})
-    lines += ["", "## Peers (TRL)", "", peers_.get("skipped") or peers_.get("error") or "ran: see gpu_check.json"]
+    tail = peers_.get("stdout_tail") or ""
+    table_ = "machine:" + tail.split("machine:", 1)[1] if "machine:" in tail else ""  # peer_bench's printed table
+    lines += ["", f"## Peers ({peers_.get('recipes', 'ours,trl')})", "",
+              peers_.get("skipped") or peers_.get("error") or "ran: see gpu_check.json", "", table_.strip()]
     steps = {k: v for k, v in r.items() if isinstance(v, dict) and "seconds" in v}
     lines += ["", "## Steps", "", *(f"- {k}: {v.get('seconds')}s{' - ' + v['error'] if v.get('error') else ''}"
                                      for k, v in steps.items()), ""]
@@ -571,27 +540,12 @@ def step_env(work: Path) -> dict:
 
 
 def step_peak(work: Path) -> dict:
-    """Dense bf16 matmul rate on random data (METHOD.md: never zeros), median of 10 timed products after 3
-    warm-ups, each timed with CUDA events."""
-    import torch
+    """The GPU's dense matmul rate in every training dtype (bench/peak_bench.py: random data, median of 10 timed
+    products after 3 warm-ups, CUDA events); bf16's is the runs' MFU denominator."""
+    from bench.peak_bench import peaks
 
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    times.sort()
-    median = (times[4] + times[5]) / 2
-    return {"flops_per_s": 2 * n**3 / median, "what": f"{n}x{n}x{n} bf16 torch.matmul, median of 10, CUDA events",
-            "times_ms": [round(t * 1e3, 3) for t in times]}
+    by_dtype = peaks(device="cuda", n=8192, repeats=10, warmup=3)
+    return {"flops_per_s": by_dtype["bf16"]["flops_per_s"], "what": by_dtype["bf16"]["what"], "by_dtype": by_dtype}
 
 
 def step_numerics(work: Path) -> dict:
@@ -655,27 +609,19 @@ def step_starter(work: Path) -> dict:
     return {"path": str(path), "build_s": round(time.time() - t0, 1), **model_shape(path)}
 
 
-def step_model_05b(work: Path) -> dict:
-    """A random model of Qwen2.5-0.5B's shape in bf16, initialised on the GPU (seconds, not a minute on the host),
-    with the starter's tokenizer and generation config."""
-    import shutil
-
+def step_shapes(work: Path) -> dict:
+    """The GPU runs' --shape presets as random bf16 models, initialised on the GPU (seconds, not a minute on the
+    host), by bench/common.py's one builder, with the starter's tokenizer (TRAINER_MODELS_DIR: the check's own)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    starter = work / "models" / "qwen2-starter"
-    dest = work / "models" / "qwen2.5-0.5b-shape"
-    config = AutoConfig.from_pretrained(starter)
-    config.update({**SHAPE_05B, "max_window_layers": SHAPE_05B["num_hidden_layers"],
-                   "layer_types": ["full_attention"] * SHAPE_05B["num_hidden_layers"]})
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(dest, safe_serialization=True)
-    for f in starter.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "generation_config.json":
-            shutil.copy(f, dest / f.name)
-    return {"path": str(dest), **model_shape(dest)}
+    from bench.common import shape_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = {}
+    for key, name in GPU_SHAPES.items():
+        path = shape_model(name, root=work / "models", dtype=torch.bfloat16, device=device)
+        out[key] = {"path": str(path), **model_shape(path)}
+    return out
 
 
 def step_context(work: Path, model: Path) -> dict:
@@ -719,7 +665,7 @@ def step_plans(work: Path, runs: str) -> dict:
 
 
 STEP_FNS = {"env": step_env, "plans": step_plans, "peak": step_peak, "numerics": step_numerics, "starter": step_starter,
-            "model-0.5b": step_model_05b, "context": step_context}
+            "shapes": step_shapes, "context": step_context}
 
 
 def main(argv: list[str] | None = None) -> int:

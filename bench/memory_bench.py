@@ -35,19 +35,10 @@ GOAL = 0.25
 
 def build_100m(dest: Path) -> Path:
     """A random Qwen2 of about 100M parameters with the starter's tokenizer, saved as safetensors."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from bench.common import build_random_model
 
-    config = AutoConfig.from_pretrained(STARTER)
-    config.update({"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8,
-                   "num_key_value_heads": 4, "layer_types": ["full_attention"] * 8})
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(dest, safe_serialization=True)
-    for f in STARTER.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "generation_config.json":
-            shutil.copy(f, dest / f.name)
-    return dest
+    return build_random_model(dest, {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
+                                     "num_attention_heads": 8, "num_key_value_heads": 4}, starter=STARTER)
 
 
 def variants(ranks: list[int], methods: tuple[str, ...] = ("full",)) -> list[dict]:

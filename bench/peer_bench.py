@@ -10,6 +10,8 @@
     .venv/bin/python bench/peer_bench.py --dump DIR      # also every recipe's batches, lr and setup, step by step
     .venv/bin/python bench/peer_bench.py --set deepspeed.offload_optimizer=none  # a run-config override of the job
     .venv/bin/python bench/peer_bench.py --methods full,lora --only ours,trl  # LoRA vs full, ours vs TRL + peft
+    .venv/bin/python bench/peer_bench.py --shape qwen2.5-0.5b   # a --shape preset (bench/common.py SHAPES), built once
+    .venv/bin/python bench/peer_bench.py --matched checkpointing-on  # or checkpointing-off (default), defaults
 
 Every recipe trains the same model (the starter) on the same training records with the same ZeRO-2 + CPU-offload
 DeepSpeed JSON (the one `trainer_core plan` resolves for configs/quickstart.yaml), epochs, micro-batch x
@@ -35,6 +37,15 @@ rank, alpha, dropout and target modules (every linear layer of the model's block
 config/lora_targets.py), both at one LoRA learning rate (--lora-lr; default 10x the full job's, the ratio "LoRA
 Without Regret" (Thinking Machines, 2025) found best across model sizes) and ours' gradient checkpointing setting.
 The table then also gives each recipe's LoRA / full ratios. Held-out loss of an adapter is scored on base + adapter.
+Matched jobs (--matched, job_settings): every setting that trades memory for speed or changes the arithmetic is the
+same for every recipe: gradient checkpointing (on or off, reentrant as the HF default), precision (our
+train.precision as it resolves here: fp32 on a CPU), attention kernel (the one our trainer picks: SDPA, or
+flash_attention_2 for packed rows on a GPU that runs it) and the DeepSpeed JSON. `--matched defaults` leaves each
+tool its own defaults instead (TRL's SFTConfig and LLaMA-Factory turn gradient checkpointing on, ours leaves it off;
+the DeepSpeed JSON stays shared). The table's header and the JSON say which; the peers' probe records what each
+actually ran with (checkpointing, attention, weight dtype).
+MFU (bench/peak_bench.py): model FLOPs of the trained tokens per second over this machine's matmul peak in the
+recipe's precision, measured once before the first recipe (or given with --peak).
 """
 
 from __future__ import annotations
@@ -51,7 +62,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_DATA, ROOT, data_file, encode_heldout, write_json  # noqa: E402
+from bench.common import DEFAULT_DATA, ROOT, SHAPES, data_file, encode_heldout, shape_model, write_json  # noqa: E402
+from bench.peak_bench import mean_label_context, model_shape, peaks, recipe_mfu, training_dtypes  # noqa: E402
 from bench.train_bench import (QUICKSTART, SEED, _rescore, env, phase_table, hooks_env, prepare_data,  # noqa: E402
                                 read_phases, run_ours, time_to_loss)
 from trainer_core.config.run_config import load_config  # noqa: E402
@@ -62,6 +74,9 @@ LORA_RECIPES = ("ours", "trl")  # the recipes with a LoRA form (--methods lora):
 LORA_LR_FACTOR = 10  # --lora-lr default: this times the full job's rate
 # ours-newline: ours, also training the `\n` after each answer's <|im_end|> as both peers do (bench/hooks/newline_label); an
 # ablation of one of the two differences between ours and TRL that the loss comparison leaves, not a default.
+
+
+MATCHED = ("checkpointing-off", "checkpointing-on", "defaults")
 
 
 def gpu_bf16() -> bool:
@@ -77,6 +92,45 @@ def job_config(epochs: int, model: Path | None = None, seed: int = SEED, sets: l
                                     *([f"model.path={model}"] if model else []), *(sets or [])])
 
 
+def job_settings(cfg, matched: str) -> dict[str, dict]:
+    """Per recipe, what it runs with on the settings that trade memory for speed or change the arithmetic:
+    gradient_checkpointing, precision, attention (the kernel ours picks; None: the model default, SDPA). Matched:
+    one value for all, ours as our trainer resolves it here. defaults: each tool's own (None where the tool decides
+    it at load time)."""
+    from trainer_core.config.hardware import resolve_precision
+
+    precision = resolve_precision(cfg.train.precision)
+    attention = None
+    if cfg.data.packing and _has_cuda():  # the trainer's own decision (training/train.py)
+        import torch
+
+        from trainer_core.training.train import flash_attn_installed, packed_attention, supports_flash_attention
+
+        attention = packed_attention(True, precision, torch.cuda.get_device_capability(), flash_attn_installed(),
+                                     supports_flash_attention(cfg))
+    ours = {"gradient_checkpointing": cfg.train.gradient_checkpointing, "precision": precision, "attention": attention}
+    if matched == "defaults":
+        peer_precision = "bf16" if gpu_bf16() else "fp32"  # what the peers' job files chose before --matched
+        # TRL's SFTConfig and LLaMA-Factory (disable_gradient_checkpointing: false) turn checkpointing on.
+        return {"ours": ours, "ours-newline": ours,
+                "trl": {"gradient_checkpointing": True, "precision": peer_precision, "attention": None},
+                "llamafactory": {"gradient_checkpointing": True, "precision": peer_precision, "attention": "auto"}}
+    same = {**ours, "gradient_checkpointing": matched == "checkpointing-on"}
+    return {r: dict(same) for r in RECIPES}
+
+
+def matched_sets(settings: dict) -> list[str]:
+    """Our --set overrides for our recipes' entry of job_settings."""
+    return [f"train.gradient_checkpointing={str(settings['gradient_checkpointing']).lower()}",
+            f"train.precision={settings['precision']}"]
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def model_dir(cfg) -> Path:
     """The run config's model folder as an absolute path: the peers run in the work directory, where a relative
     path would be taken for a Hugging Face Hub id."""
@@ -89,8 +143,10 @@ def ds_config(cfg) -> dict:
     return build_ds_config(cfg)
 
 
-def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path) -> dict:
-    """Each peer's own configuration, every job-defining number taken from our run config cfg."""
+def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path,
+                  matched: str = "checkpointing-off") -> dict:
+    """Each peer's own configuration, every job-defining number taken from our run config cfg; at a matched
+    `matched`, also every memory-for-speed and arithmetic setting (job_settings)."""
     t = cfg.train
     # The HF TrainingArguments both peers take under the same names.
     hf_args = {
@@ -146,14 +202,19 @@ def peer_settings(cfg, work: Path, data: Path, dataset_dir: Path, ds_json: Path)
     dataset_info = {"huanhuan": {"file_name": str(data), "formatting": "alpaca",
                                  "columns": {"prompt": "instruction", "query": "input", "response": "output",
                                              "system": "system"}}}
+    trl_model = {}  # what peer_trl_train.py loads the model with (precision, attention)
+    if matched != "defaults":
+        m = job_settings(cfg, matched)
+        gc, precision, attention = (m["trl"][k] for k in ("gradient_checkpointing", "precision", "attention"))
+        # Reentrant checkpointing: the HF default that ours (TrainingArguments' kwargs None) and LLaMA-Factory use.
+        trl.update(gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": True})
+        trl_model = {"precision": precision, "attn_implementation": attention or "sdpa"}
+        llamafactory.update(disable_gradient_checkpointing=not gc, use_reentrant_gc=True, bf16=precision == "bf16",
+                            fp16=precision == "fp16", flash_attn="fa2" if attention == "flash_attention_2" else "sdpa")
     if cfg.train.method == "lora":
-        # TRL + peft with our adapter: the same rank, alpha, dropout and targets. setdefault: a job that already sets
-        # TRL's checkpointing keeps it; otherwise ours' (TRL's own default is on).
+        # TRL + peft with our adapter: the same rank, alpha, dropout and targets (checkpointing as the job says above).
         trl["peft"] = lora_settings(cfg)
-        trl.setdefault("gradient_checkpointing", t.gradient_checkpointing)
-        if trl["gradient_checkpointing"]:
-            trl.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": True})  # the HF default, as ours
-    return {"trl": trl, "llamafactory": llamafactory, "dataset_info": dataset_info}
+    return {"trl": trl, "llamafactory": llamafactory, "dataset_info": dataset_info, "trl_model": trl_model}
 
 
 def lora_settings(cfg) -> dict:
@@ -173,7 +234,7 @@ def lora_settings(cfg) -> dict:
             "task_type": "CAUSAL_LM"}
 
 
-def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
+def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path, matched: str = "checkpointing-off") -> dict:
     """DeepSpeed JSON, TRL's job file, LLaMA-Factory's YAML and dataset, the probe's encoded held-out set."""
     import yaml
     from trainer_core.models.local import load_tokenizer
@@ -185,13 +246,13 @@ def write_peer_inputs(cfg, work: Path, train: Path, heldout: Path) -> dict:
     records = json.loads(train.read_text(encoding="utf-8"))
     lf_data = lf_dir / "train.json"
     write_json(lf_data, [{**r, "system": cfg.data.persona} for r in records])
-    s = peer_settings(cfg, work, lf_data, lf_dir, ds_json)
+    s = peer_settings(cfg, work, lf_data, lf_dir, ds_json, matched)
     write_json(lf_dir / "dataset_info.json", s["dataset_info"])
     (work / "llamafactory.yaml").write_text(yaml.safe_dump(s["llamafactory"], allow_unicode=True), encoding="utf-8")
     trl = dict(s["trl"])
     peft = trl.pop("peft", None)  # not an SFTConfig argument: peer_trl_train.py makes a LoraConfig of it
     write_json(work / "trl-job.json", {"data": str(train), "persona": cfg.data.persona, "model": str(model_dir(cfg)),
-                                       "sft_config": trl, **({"peft": peft} if peft else {})})
+                                       "sft_config": trl, **({"peft": peft} if peft else {}), **s["trl_model"]})
     probe = work / "probe"
     probe.mkdir()
     encoded = encode_heldout(load_tokenizer(model_dir(cfg)), json.loads(heldout.read_text(encoding="utf-8")),
@@ -254,9 +315,18 @@ def last_error(log: str) -> str:
     return (errors or lines or ["no output"])[-1][:400]
 
 
+def job_cell(r: dict) -> str:
+    """What a recipe ran with: the probe's record for the peers (as_run), the job's settings for ours."""
+    j = {**(r.get("settings") or {}), **(r.get("as_run") or {})}
+    if not j:
+        return "-"
+    ckpt = {True: "ckpt on", False: "ckpt off"}.get(j.get("gradient_checkpointing"), "ckpt ?")
+    return f"{ckpt}, {j.get('precision') or '?'}, {j.get('attention') or 'sdpa'}"
+
+
 def table(results: list[dict], target: float | None) -> str:
-    head = ["recipe", "steps", "train_s", "label_tok", "label_tok/s", "records/s", "heldout_loss", "s_to_target",
-            "peak_rss_MiB"]
+    head = ["recipe", "job", "steps", "train_s", "label_tok", "label_tok/s", "records/s", "MFU", "heldout_loss",
+            "s_to_target", "peak_rss_MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if "error" in r:
@@ -264,8 +334,10 @@ def table(results: list[dict], target: float | None) -> str:
             continue
         t = r["train_time_s"]
         reach = None if target is None else time_to_loss(r["eval_curve"], target)
-        cells = [r["recipe"], r["steps"], f"{t:.1f}", r["label_tokens"], f"{r['label_tokens'] / t:.1f}",
-                 f"{r['records'] / t:.2f}", f"{r['heldout_loss']:.4f}", "never" if reach is None else f"{reach:.1f}",
+        m = r.get("mfu")
+        cells = [r["recipe"], job_cell(r), r["steps"], f"{t:.1f}", r["label_tokens"], f"{r['label_tokens'] / t:.1f}",
+                 f"{r['records'] / t:.2f}", "-" if m is None else f"{m:.2%}", f"{r['heldout_loss']:.4f}",
+                 "never" if reach is None else f"{reach:.1f}",
                  f"{r['peak_rss_bytes'] / 2**20:.0f}"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
@@ -280,6 +352,15 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--only", default=",".join(RECIPES), help="comma-separated recipes: " + ", ".join(RECIPES))
     p.add_argument("--model", type=Path, help="model folder every recipe trains (default: the starter); it must "
                    "use the starter's tokenizer, which splits the records and encodes the held-out set")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="instead of --model: a shape preset with random weights "
+                   "and the starter's tokenizer (bench/common.py SHAPES: qwen2.5-0.5b ~494M, qwen2.5-0.5b-6l ~226M, "
+                   "starter), built once into .cache/shapes/<name> and reused")
+    p.add_argument("--matched", choices=MATCHED, default="checkpointing-off",
+                   help="checkpointing-off (default) / checkpointing-on: every recipe runs the same gradient "
+                        "checkpointing, precision, attention kernel and DeepSpeed JSON; defaults: each tool keeps "
+                        "its own (TRL and LLaMA-Factory checkpoint, ours does not)")
+    p.add_argument("--peak", type=float, metavar="GFLOPS",
+                   help="the matmul peak MFU divides by, in GFLOP/s, instead of measuring it (bench/peak_bench.py)")
     p.add_argument("--phases", action="store_true",
                    help="also split each recipe's optimizer step into forward+loss, backward, ZeRO gradient "
                         "handling and optimizer step (bench/hooks/phase_timer, loaded into the peers by bench/hooks/peer_probe)")
@@ -304,6 +385,10 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs, peer configs)")
     args = p.parse_args(argv)
+    if args.shape and args.model:
+        p.error("--shape and --model: give one (--shape builds its own model folder)")
+    if args.peak is not None and args.peak <= 0:
+        p.error(f"--peak must be a positive GFLOP/s figure (got {args.peak})")
     args.only = [r for r in args.only.split(",") if r]
     unknown = sorted(set(args.only) - set(RECIPES))
     if unknown:
@@ -350,16 +435,17 @@ def run_all(args, work: Path) -> dict[str, list[dict]]:
     """Every chosen recipe, --repeat times, interleaved so a change in the machine's load hits them alike."""
     train, heldout, ours_data = prepare_data(args.data, work, args.records, args.heldout, args.seed)
     cfg = job_config(args.epochs, args.model, args.seed, args.set)
-    write_peer_inputs(cfg, work, train, heldout)
+    write_peer_inputs(cfg, work, train, heldout, args.matched)
+    settings = job_settings(cfg, args.matched)
+    ours_matched = [] if args.matched == "defaults" else matched_sets(settings["ours"])
     lora_work, lora_job = work / "lora", []
     if "lora" in args.methods:  # the peers' LoRA job files, beside the full job's
         lora_work.mkdir()
         lora_job = lora_sets(args, cfg)
         lora_cfg = job_config(args.epochs, args.model, args.seed, [*args.set, *lora_job])
-        write_peer_inputs(lora_cfg, lora_work, train, heldout)
+        write_peer_inputs(lora_cfg, lora_work, train, heldout, args.matched)
         print(f"LoRA recipes: learning rate {lora_cfg.train.learning_rate:g}, rank {lora_cfg.lora.rank}, alpha "
-              f"{lora_cfg.lora.alpha:g}, dropout {lora_cfg.lora.dropout:g}, gradient checkpointing "
-              f"{'on' if lora_cfg.train.gradient_checkpointing else 'off'}, targets "
+              f"{lora_cfg.lora.alpha:g}, dropout {lora_cfg.lora.dropout:g}, targets "
               f"{', '.join(lora_settings(lora_cfg)['target_modules'])}", flush=True)
     n_train = args.records - args.heldout
     print(f"{args.records} records, {args.heldout} held out, {args.epochs} epoch(s), seed {args.seed}; work dir "
@@ -371,7 +457,7 @@ def run_all(args, work: Path) -> dict[str, list[dict]]:
 
     def ours(name: str = "ours", hooks: str | None = None, method_sets: tuple[str, ...] = ()):
         sets = ["train.eval_steps=1", f"train.epochs={args.epochs}", f"model.path={cfg.model.path}", *args.set,
-                *method_sets]
+                *ours_matched, *method_sets]
         hooks = hooks or ("step_dump" if args.dump else None)  # parse_args refuses --dump with another hook
         e = hooks_env(work, name, args.phases, hooks)
         if hooks == "step_dump":
@@ -388,6 +474,7 @@ def run_all(args, work: Path) -> dict[str, list[dict]]:
             **{peer: (lambda peer=peer: run_peer(peer, work, heldout, n_train, args.epochs, args.phases, dump(peer)))
                for peer in ("trl", "llamafactory")},
             "ours-lora": lambda: ours("ours-lora", method_sets=tuple(lora_job)), "trl-lora": lambda: peer_lora("trl")}
+    mfu_in = mfu_inputs(cfg, train)
     runs: dict[str, list[dict]] = {name: [] for name in recipe_names(args)}
     for rep[0] in range(args.repeat):
         for name in runs:
@@ -395,9 +482,46 @@ def run_all(args, work: Path) -> dict[str, list[dict]]:
             runs[name].append(jobs[name]())
             shutil.rmtree(work / "runs" / name, ignore_errors=True)
             r = runs[name][-1]
+            r["settings"] = settings[name.removesuffix("-lora")]
+            # 6 x parameters counts the weights' gradient products, which a LoRA step skips for the frozen base:
+            # MFU is given for full fine-tuning only.
+            if "error" not in r and not name.endswith("-lora"):
+                r.update(recipe_mfu(mfu_in, mfu_in["ctx"], r["label_tokens"], r["train_time_s"],
+                                    args.peaks.get(settings[name]["precision"])))
             what = f"failed: {r['error']}" if "error" in r else f"training {r['train_time_s']:.1f}s"
             print(f"{name} done in {time.time() - t:.0f}s wall ({what})", flush=True)
     return runs
+
+
+def mfu_inputs(cfg, train: Path) -> dict:
+    """The model's shape and the training records' mean causal context of a labelled token (bench/peak_bench.py)."""
+    records = json.loads(train.read_text(encoding="utf-8"))
+    return {**model_shape(model_dir(cfg)),
+            "ctx": mean_label_context(model_dir(cfg), records, cfg.data.persona, cfg.data.max_length)}
+
+
+def measure_peaks(args) -> dict[str, float]:
+    """FLOP/s by precision: --peak for every precision, else this machine's measured peak in each (before any
+    recipe runs, on every core)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.peak is not None:
+        return {d: args.peak * 1e9 for d in ("fp32", "bf16", "fp16")}
+    out = {d: r["flops_per_s"] for d, r in peaks([d for d in training_dtypes(device) if d != "tf32"], device).items()}
+    print("matmul peak: " + ", ".join(f"{d} {v / 1e9:.1f} GFLOP/s" for d, v in out.items())
+          + " (bench/peak_bench.py)", flush=True)
+    return out
+
+
+def job_line(args, results: list[dict]) -> str:
+    """The table's label: matched (and how) or each tool's defaults."""
+    if args.matched == "defaults":
+        return ("job: each tool's own defaults (not matched): TRL and LLaMA-Factory checkpoint gradients, ours does "
+                "not; one DeepSpeed JSON")
+    s = next((r["settings"] for r in results if r.get("settings")), {})
+    return (f"job: matched, gradient checkpointing {'on' if s.get('gradient_checkpointing') else 'off'} for every "
+            f"recipe, precision {s.get('precision')}, attention {s.get('attention') or 'sdpa'}, one DeepSpeed JSON")
 
 
 def report(args, runs: dict[str, list[dict]]) -> dict:
@@ -415,6 +539,8 @@ def report(args, runs: dict[str, list[dict]]) -> dict:
           f"{args.heldout} records per answer token (bench/common.py); target = the slowest recipe's "
           f"({slowest['recipe'] if slowest else '-'}) final held-out loss "
           f"{'-' if target is None else f'{target:.4f}'}")
+    print(job_line(args, results) + "; MFU = (6 x matmul parameters + attention) FLOPs per trained token x label "
+          "tokens/s / matmul peak in the recipe's precision (bench/peak_bench.py)")
     print(table(results, target))
     if ratios := ratio_lines(done):
         print(ratios)
@@ -426,7 +552,8 @@ def report(args, runs: dict[str, list[dict]]) -> dict:
             print(f"{name}: training seconds of each run "
                   + ", ".join("failed" if "error" in r else f"{r['train_time_s']:.1f}" for r in rs))
     return {"records": args.records, "heldout": args.heldout, "epochs": args.epochs, "seed": args.seed,
-            "target": target, "target_recipe": slowest["recipe"] if slowest else None, "results": results,
+            "matched": args.matched, "job": job_line(args, results), "shape": args.shape or str(args.model or "starter"),
+            "peak_flops_per_s": args.peaks, "target": target, "target_recipe": slowest["recipe"] if slowest else None, "results": results,
             "runs": runs}
 
 
@@ -501,6 +628,9 @@ def sweep_summary(reports: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.shape:
+        args.model = shape_model(args.shape)
+    args.peaks = measure_peaks(args)
     reports = []
     for seed in args.seeds:
         args.seed = seed

@@ -5,9 +5,10 @@
 
 Configured as TRL's SFT docs recommend for chat data: a conversational prompt-completion dataset (the persona as
 system turn and the question as the prompt, the answer as the completion), so the loss is on the completion only
-(`completion_only_loss`); `packing=True` (TRL's best-fit-decreasing packing, padding-free); fp32 on a CPU
-(bf16 where the GPU supports it). Every number that defines the job comes from job.json, which peer_bench writes
-from our run config. The final model is saved to <output_dir>/final for the shared evaluator.
+(`completion_only_loss`); `packing=True` (TRL's best-fit-decreasing packing, padding-free). Precision and attention
+kernel come from job.json when it names them (peer_bench's matched jobs); otherwise fp32 on a CPU, bf16 where the
+GPU supports it, and the model's default attention. Every number that defines the job comes from job.json, which
+peer_bench writes from our run config. The final model is saved to <output_dir>/final for the shared evaluator.
 With a "peft" entry in job.json (peer_bench --methods lora), TRL trains LoRA adapters: SFTTrainer's peft_config, a
 peft LoraConfig of exactly those arguments (our adapter's rank, alpha, dropout and targets); final/ is then the
 adapter, which the evaluator loads on its base. transformers' Trainer puts the trainable weights in two groups (with
@@ -43,9 +44,12 @@ def main() -> None:
                         {"role": "user", "content": r["instruction"] + r.get("input", "")}],
              "completion": [{"role": "assistant", "content": r["output"]}]} for r in records]
     gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    args = SFTConfig(**job["sft_config"], bf16=gpu_bf16, fp16=False)
+    precision = job.get("precision") or ("bf16" if gpu_bf16 else "fp32")
+    args = SFTConfig(**job["sft_config"], bf16=precision == "bf16", fp16=precision == "fp16")
     tokenizer = AutoTokenizer.from_pretrained(job["model"])
-    model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.bfloat16 if gpu_bf16 else torch.float32)
+    extra = {"attn_implementation": job["attn_implementation"]} if job.get("attn_implementation") else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        job["model"], dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32), **extra)
     peft_config, trainer_cls = None, SFTTrainer
     if job.get("peft"):
         from peft import LoraConfig

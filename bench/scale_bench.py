@@ -47,21 +47,12 @@ BODIES = {"body-50M": 8, "body-100M": 16}  # layers of hidden 768, intermediate 
 
 def build_model(dest: Path, layers: int) -> tuple[Path, int]:
     """A random fp32 Qwen2 with the starter's vocabulary and tokenizer; returns (folder, body parameters)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from bench.common import build_random_model, count_params, shape_config
 
-    config = AutoConfig.from_pretrained(STARTER)
-    config.update({"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": layers,
-                   "num_attention_heads": 12, "num_key_value_heads": 4, "max_window_layers": layers,
-                   "layer_types": ["full_attention"] * layers})
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    body = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
-    model.save_pretrained(dest, safe_serialization=True)
-    for f in STARTER.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "generation_config.json":
-            shutil.copy(f, dest / f.name)
-    return dest, body
+    shape = {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": layers, "num_attention_heads": 12,
+             "num_key_value_heads": 4}
+    build_random_model(dest, shape, starter=STARTER)
+    return dest, count_params(shape) - shape_config(shape).vocab_size * 768  # less the tied embedding
 
 
 def train_point(work: Path, name: str, steps: int, sets: list[str], data: Path) -> dict:

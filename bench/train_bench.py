@@ -4,6 +4,7 @@
     .venv/bin/python bench/train_bench.py --quick      # 60 records, 2 steps each: a smoke check, not a measurement
     .venv/bin/python bench/train_bench.py --ablation   # also our defaults minus each optimisation in turn
     .venv/bin/python bench/train_bench.py --phases     # also ms per step in forward, backward, ZeRO, optimizer
+    .venv/bin/python bench/train_bench.py --shape qwen2.5-0.5b  # every recipe on a --shape preset (bench/common.py)
 
 Three real `deepspeed` launches, one after the other:
   baseline   bench/baseline_train.py: the tutorial's process_func, padding collator, micro-batch 1, its ZeRO-2
@@ -14,6 +15,9 @@ Three real `deepspeed` launches, one after the other:
 The held-out records are the same for all three and scored the same way (bench/common.py). Times are training time
 only (from the Trainer's on_train_begin, after DeepSpeed and CPU Adam are built; our in-training evaluations are
 subtracted). Nothing here asserts a time: the machine is shared, so only ratios from one invocation mean anything.
+MFU (bench/peak_bench.py): model FLOPs of the labelled tokens per second over this machine's measured matmul peak in
+the precision our config resolves to here (fp32 on a CPU, as the baseline runs), measured before the first recipe
+(or given with --peak); the attention term uses the mean causal context of our encoding of the training records.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_DATA, EVAL_MAX_LENGTH, data_file, encode_heldout, write_json  # noqa: E402
+from bench.common import (DEFAULT_DATA, EVAL_MAX_LENGTH, SHAPES, data_file, encode_heldout, shape_model,  # noqa: E402
+                          write_json)
+from bench.peak_bench import mean_label_context, measure_peak, model_shape, recipe_mfu  # noqa: E402
 from trainer_core.runs import protocol  # noqa: E402
 from trainer_core.common.paths import PROJECT_ROOT, STARTER_MODEL_DIR  # noqa: E402
 from trainer_core.common.tailing import read_all_rows  # noqa: E402
@@ -98,7 +104,8 @@ def read_phases(work: Path, name: str) -> dict | None:
     return data
 
 
-def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int, env_extra: dict | None = None) -> dict:
+def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int, env_extra: dict | None = None,
+                 model: Path | None = None) -> dict:
     from trainer_core.runs.launch import free_port
 
     result = work / "baseline.json"
@@ -113,7 +120,7 @@ def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int, env_ext
             "--warmup_steps", "1",
             # Checkpoints are not training: the tutorial saves every 100 steps, we save in neither recipe.
             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--seed", str(SEED),
-            "--model_path", str(PROJECT_ROOT / "models" / "qwen2-starter"), "--data_path", str(train),
+            "--model_path", str(model or PROJECT_ROOT / "models" / "qwen2-starter"), "--data_path", str(train),
             "--heldout_path", str(heldout), "--result_path", str(result)]
     if max_steps > 0:
         argv += ["--max_steps", str(max_steps)]
@@ -132,6 +139,32 @@ def run_baseline(work: Path, train: Path, heldout: Path, max_steps: int, env_ext
         r["records"] = None  # a partial epoch: records/s would mean nothing
     r["phases"] = read_phases(work, "baseline")
     return r
+
+
+def machine_peak(given_gflops: float | None) -> tuple[float, str]:
+    """(FLOP/s, precision): the matmul peak in the precision our quickstart config resolves to here, --peak or
+    measured now, before any recipe runs."""
+    from trainer_core.config.hardware import resolve_precision
+    from trainer_core.config.run_config import load_config
+
+    import torch
+
+    precision = resolve_precision(load_config(QUICKSTART).train.precision)
+    if given_gflops is not None:
+        return given_gflops * 1e9, precision
+    r = measure_peak(precision, "cuda" if torch.cuda.is_available() else "cpu")
+    print(f"matmul peak: {precision} {r['flops_per_s'] / 1e9:.1f} GFLOP/s ({r['what']})", flush=True)
+    return r["flops_per_s"], precision
+
+
+def mfu_inputs(model: Path, train: Path) -> dict:
+    """The model's shape (bench/peak_bench.py) and the training records' mean causal context of a labelled token
+    as our quickstart config encodes them."""
+    from trainer_core.config.run_config import load_config
+
+    cfg = load_config(QUICKSTART)
+    records = json.loads(train.read_text(encoding="utf-8"))
+    return {**model_shape(model), "ctx": mean_label_context(model, records, cfg.data.persona, cfg.data.max_length)}
 
 
 def run_ours(work: Path, name: str, config: Path, data: Path, heldout: Path, n_records: int, n_heldout: int,
@@ -197,14 +230,15 @@ def time_to_loss(curve: list, target: float) -> float | None:
 
 
 def table(results: list[dict], target: float) -> str:
-    head = ["recipe", "steps", "train_s", "label_tok", "label_tok/s", "records/s", "heldout_loss",
+    head = ["recipe", "steps", "train_s", "label_tok", "label_tok/s", "records/s", "MFU", "heldout_loss",
             "s_to_baseline_loss", "peak_rss_MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         t = r["train_time_s"]
         reach = r["train_time_s"] if r["recipe"] == "baseline" else time_to_loss(r.get("eval_curve", []), target)
         cells = [r["recipe"], r["steps"], f"{t:.1f}", r["label_tokens"], f"{r['label_tokens'] / t:.1f}",
-                 "-" if r["records"] is None else f"{r['records'] / t:.2f}", f"{r['heldout_loss']:.4f}",
+                 "-" if r["records"] is None else f"{r['records'] / t:.2f}",
+                 "-" if r.get("mfu") is None else f"{r['mfu']:.2%}", f"{r['heldout_loss']:.4f}",
                  "-" if reach is None else f"{reach:.1f}",
                  f"{r['peak_rss_bytes'] / 2**20:.0f}"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
@@ -279,10 +313,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--phases", action="store_true",
                    help="also time each step's phases (forward+loss, backward, ZeRO gradient handling, optimizer "
                         "step, the loop between steps) through bench/hooks/phase_timer; adds a perf_counter pair per call")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="train every recipe on this shape preset (random weights, "
+                   "the starter's tokenizer; bench/common.py SHAPES), built once into .cache/shapes/<name>")
+    p.add_argument("--peak", type=float, metavar="GFLOPS",
+                   help="the matmul peak MFU divides by, in GFLOP/s, instead of measuring it (bench/peak_bench.py)")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs)")
     args = p.parse_args(argv)
     data_file(args.data)
+    if args.peak is not None and args.peak <= 0:
+        p.error(f"--peak must be a positive GFLOP/s figure (got {args.peak})")
     if args.quick:
         args.records, args.heldout = 60, 6
     return args
@@ -293,15 +333,20 @@ def main(argv: list[str] | None = None) -> int:
     # --quick proves the recipes run and the tables fill (bench/tests); 2 steps still time a step and the gap after it.
     steps_base, steps_ours = (2, 2) if args.quick else (-1, -1)
     only = set(args.only.split(","))
+    model = shape_model(args.shape) if args.shape else STARTER_MODEL_DIR
+    peak, precision = machine_peak(args.peak)
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
     train, heldout, ours_data = prepare_data(args.data, work, args.records, args.heldout)
-    print(f"{args.records} records, {args.heldout} held out; work dir {work}", flush=True)
+    print(f"{args.records} records, {args.heldout} held out; model {args.shape or 'starter'}; work dir {work}",
+          flush=True)
+    mfu_in = mfu_inputs(model, train)
 
     common = [f"train.max_steps={steps_ours}"] if steps_ours > 0 else []
+    common.append(f"model.path={model}")
     jobs = []
     if "baseline" in only:
         jobs.append(("baseline", lambda: run_baseline(work, train, heldout, steps_base,
-                                                      hooks_env(work, "baseline", args.phases))))
+                                                      hooks_env(work, "baseline", args.phases), model)))
     if "ours-same" in only:
         jobs.append(("ours-same", lambda: run_ours(work, "ours-same", OURS_SAME, ours_data, heldout, args.records,
                                                    args.heldout, common, hooks_env(work, "ours-same", args.phases))))
@@ -315,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in jobs:
             t = time.time()
             runs[name].append(fn())
+            r = runs[name][-1]
+            r.update(recipe_mfu(mfu_in, mfu_in["ctx"], r["label_tokens"], r["train_time_s"], peak), precision=precision)
             shutil.rmtree(work / "runs" / name, ignore_errors=True)  # the next repetition reuses the name
             print(f"{name} done in {time.time() - t:.0f}s wall (training {runs[name][-1]['train_time_s']:.1f}s)",
                   flush=True)
@@ -325,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPU cores (shared); training time only"
           f"{f', fastest of {args.repeat} interleaved runs each' if args.repeat > 1 else ''}; held-out loss over "
           f"{args.heldout} records, per answer token; target = the baseline's final held-out loss {target:.4f}")
+    print(f"model {args.shape or 'starter'} ({mfu_in['params'] / 1e6:.1f}M parameters); MFU against the {precision} "
+          f"matmul peak {'-' if not peak else f'{peak / 1e9:.1f} GFLOP/s'} (bench/peak_bench.py)")
     print(table(results, target))
     if results and results[0]["recipe"] == "baseline":
         for line in ratios(results, target):
@@ -340,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: training seconds of each run {times}")
     if args.json:
         write_json(args.json, {"records": args.records, "heldout": args.heldout, "target": target,
+                               "shape": args.shape or "starter", "precision": precision, "peak_flops_per_s": peak,
                                "results": results, "runs": runs})
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

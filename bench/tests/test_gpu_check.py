@@ -18,7 +18,7 @@ from bench.gpu_wheelhouse import CARRY_LIMIT, size_problem, tree_bytes
 
 def test_model_flops_by_hand():
     # 6 x 1000 params x 10 labels = 60,000; attention 12 x 2 layers x width 4 x context 5 x 10 labels = 4,800
-    f = model_flops(non_embedding_params=1000, label_tokens=10, layers=2, attn_width=4, mean_label_context=5.0)
+    f = model_flops(params=1000, label_tokens=10, layers=2, attn_width=4, mean_label_context=5.0)
     assert f == {"params": 60_000, "attention": 4_800, "total": 64_800}
     assert mfu(64_800, 2.0, 64_800) == 0.5
     assert mfu(64_800, 2.0, None) is None and mfu(64_800, 0.0, 1e12) is None
@@ -44,7 +44,7 @@ def test_run_figures_measure_the_steps_after_the_first(tmp_path):
             {"step": 2, "loss": 8.0, "elapsed_s": 7.0, "tokens": 300, "label_tokens": 100, "peak_mem_bytes": [9]}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "status.json").write_text(json.dumps({"state": "completed"}))
-    shape = {"non_embedding_params": 1000, "layers": 2, "attn_width": 4}
+    shape = {"matmul_params": 1000, "layers": 2, "attn_width": 4}
     out = run_figures(run, shape, ctx=5.0, peak=96_000.0)
     # step 2 alone: 2 s, 200 positions, 60 labels -> 6*1000*60 + 12*2*4*5*60 = 388,800 FLOPs
     assert (out["seconds"], out["tokens_per_s"], out["label_tokens_per_s"]) == (2.0, 100.0, 30.0)
@@ -116,6 +116,19 @@ def test_a_gpu_check_trains_lora_and_qlora_on_the_05b_before_its_zero3_run(tmp_p
     qlora = train_sets(models["0.5b"], "0.5b-qlora-z2", 2, 2, True, "qlora")
     assert "train.method=qlora" in qlora and "train.gradient_checkpointing=true" in qlora
     assert not any(s.startswith("train.method") for s in train_sets(models["0.5b"], "0.5b-z2", 2, 2, True))
+
+
+def test_the_six_layer_shape_trains_at_zero2_right_after_the_05bs(tmp_path):
+    """The GPU check trains every --shape preset: the 6-layer cut once (ZeRO-2), before the adapters and ZeRO-3,
+    which the deadline may cut; its models are built by bench/common.py's builder under the check's own names."""
+    from bench.gpu_check import GPU_SHAPES, jobs_for
+    from bench.common import SHAPES
+
+    assert set(GPU_SHAPES.values()) <= set(SHAPES)
+    jobs = jobs_for(_models(tmp_path, "starter", "0.5b", "0.5b-6l"), gpu=True)
+    assert [j[0] for j in jobs] == ["starter-z2", "starter-z3", "0.5b-z2", "0.5b-6l-z2", "0.5b-lora-z2",
+                                    "0.5b-qlora-z2", "0.5b-z3"]
+    assert next(j for j in jobs if j[0] == "0.5b-6l-z2")[3] is True  # trained as a big model (1024 tokens, 8 rows)
 
 
 def test_the_dry_run_trains_the_starters_lora_and_no_qlora(tmp_path):

@@ -6,6 +6,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -14,8 +15,8 @@ from trainer_core.common.paths import PROJECT_ROOT
 
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from bench.peer_bench import (job_config, lora_sets, main, ratio_lines, recipe_names, sweep_summary,  # noqa: E402
-                              write_peer_inputs)
+from bench.peer_bench import (job_config, job_line, job_settings, lora_sets, main, matched_sets,  # noqa: E402
+                              ratio_lines, recipe_names, sweep_summary, write_peer_inputs)
 from trainer_core.config.ds_config import build_ds_config  # noqa: E402
 
 RECORDS = [{"instruction": f"问题{i}", "input": "", "output": f"回答{i}。"} for i in range(6)]
@@ -85,6 +86,10 @@ def test_peers_see_the_same_records_and_persona(peer_inputs):
     (["--methods", "full,qlora"], "--methods: expected full and/or lora, each once (got full,qlora)"),
     (["--methods", "lora", "--only", "llamafactory"], "--methods lora: none of --only has a LoRA form"),
     (["--methods", "full,lora", "--lora-lr", "2"], "--lora-lr must be > 0 and < 1 (got 2)"),
+    (["--shape", "starter", "--model", "m"], "--shape and --model: give one"),
+    (["--shape", "llama-70b"], "argument --shape: invalid choice: 'llama-70b'"),
+    (["--matched", "sometimes"], "argument --matched: invalid choice: 'sometimes'"),
+    (["--peak", "0"], "--peak must be a positive GFLOP/s figure"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(args, message, capsys, monkeypatch):
     made = []
@@ -319,3 +324,44 @@ def test_a_peer_venv_missing_a_new_pin_is_completed_in_place(tmp_path, monkeypat
     calls = log.read_text().splitlines()
     assert [c.split()[:3] for c in calls] == [["-m", "pip", "install"]] * 2  # no `venv --clear`, no pip upgrade
     assert "peft==0.21.2" in calls[-1].split() and "trl==0.24.0" in calls[-1].split()
+
+
+@pytest.mark.parametrize("matched, gc", [("checkpointing-on", True), ("checkpointing-off", False)])
+def test_a_matched_job_sets_checkpointing_precision_and_attention_alike(tmp_path, matched, gc):
+    """Each peer's own files carry the same gradient checkpointing (reentrant, as HF's default that ours uses),
+    precision (ours resolved here: fp32 on a CPU) and attention kernel (SDPA) as our recipe's --set overrides."""
+    train, heldout = tmp_path / "train.json", tmp_path / "heldout.json"
+    train.write_text(json.dumps(RECORDS[:4], ensure_ascii=False), encoding="utf-8")
+    heldout.write_text(json.dumps(RECORDS[4:], ensure_ascii=False), encoding="utf-8")
+    cfg = job_config(1)
+    write_peer_inputs(cfg, tmp_path, train, heldout, matched)
+    trl = json.loads((tmp_path / "trl-job.json").read_text(encoding="utf-8"))
+    lf = yaml.safe_load((tmp_path / "llamafactory.yaml").read_text(encoding="utf-8"))
+    s = trl["sft_config"]
+    assert s["gradient_checkpointing"] is gc and s["gradient_checkpointing_kwargs"] == {"use_reentrant": True}
+    assert (trl["precision"], trl["attn_implementation"]) == ("fp32", "sdpa")
+    assert lf["disable_gradient_checkpointing"] is (not gc) and lf["use_reentrant_gc"] is True
+    assert (lf["bf16"], lf["fp16"], lf["flash_attn"]) == (False, False, "sdpa")
+    settings = job_settings(cfg, matched)
+    assert all(v == {"gradient_checkpointing": gc, "precision": "fp32", "attention": None} for v in settings.values())
+    assert matched_sets(settings["ours"]) == [f"train.gradient_checkpointing={str(gc).lower()}", "train.precision=fp32"]
+    line = job_line(SimpleNamespace(matched=matched), [{"settings": settings["ours"]}])
+    assert line.startswith(f"job: matched, gradient checkpointing {'on' if gc else 'off'} for every recipe")
+
+
+def test_at_defaults_each_tool_keeps_its_own_settings(tmp_path):
+    """--matched defaults: no checkpointing, precision or attention key in the peers' files, so TRL's SFTConfig and
+    LLaMA-Factory apply their own defaults (both checkpoint); the table says so."""
+    train, heldout = tmp_path / "train.json", tmp_path / "heldout.json"
+    train.write_text(json.dumps(RECORDS[:4], ensure_ascii=False), encoding="utf-8")
+    heldout.write_text(json.dumps(RECORDS[4:], ensure_ascii=False), encoding="utf-8")
+    cfg = job_config(1)
+    write_peer_inputs(cfg, tmp_path, train, heldout, "defaults")
+    trl = json.loads((tmp_path / "trl-job.json").read_text(encoding="utf-8"))
+    lf = yaml.safe_load((tmp_path / "llamafactory.yaml").read_text(encoding="utf-8"))
+    assert not {"gradient_checkpointing", "gradient_checkpointing_kwargs"} & set(trl["sft_config"])
+    assert not {"precision", "attn_implementation"} & set(trl)
+    assert not {"disable_gradient_checkpointing", "flash_attn", "fp16"} & set(lf)
+    settings = job_settings(cfg, "defaults")
+    assert settings["ours"]["gradient_checkpointing"] is False and settings["trl"]["gradient_checkpointing"] is True
+    assert job_line(SimpleNamespace(matched="defaults"), []).startswith("job: each tool's own defaults (not matched)")

@@ -43,8 +43,14 @@ def _install(module) -> None:
         def elapsed(self) -> float:
             return time.perf_counter() - self.t0 - self.eval_s
 
-        def on_train_begin(self, args, state, control, **kw):
+        def on_train_begin(self, args, state, control, model=None, **kw):
             self.t0 = time.perf_counter()
+            if model is not None:  # what the peer actually runs with, to label peer_bench's matched/default jobs
+                dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+                self.as_run = {"gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+                               "attention": getattr(model.config, "_attn_implementation", None),
+                               "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+                               "weight_dtype": dtype}
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if state.global_step % probe["eval_steps"] and state.global_step != state.max_steps:
@@ -57,7 +63,8 @@ def _install(module) -> None:
             (Path(OUT) / "result.json").write_text(json.dumps({
                 "train_time_s": self.curve[-1][2] if self.curve else self.elapsed(),
                 "steps": state.global_step, **counts, "eval_curve": self.curve, "probe_eval_s": self.eval_s,
-                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "as_run": getattr(self, "as_run", None)}))
 
     init, compute_loss = trainer_cls.__init__, trainer_cls.compute_loss
 
