@@ -360,8 +360,18 @@ if __name__ == "__main__":
     try:
         code = main()
         ranks.close_distributed()
-        sys.exit(code)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         record_user_error(e)
         sys.exit(2)
+    # Everything the run keeps is on disk by now (checkpoints, status, metrics: each written atomically). A gloo rank
+    # still sometimes aborted in the interpreter's exit-time destructors ("terminate called without an active
+    # exception", a C++ thread object destroyed while joinable) after a clean stop, failing the whole job; leaving
+    # without them, after flushing what Python buffers, ends the rank with its own code.
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
