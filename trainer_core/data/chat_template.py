@@ -10,6 +10,7 @@ import weakref
 from dataclasses import dataclass
 
 from trainer_core.common.errors import UserError
+from trainer_core.data.template_fill import FillRenderer, content_independent
 
 # Probe messages: plain ASCII words no template rewrites and no tokenizer treats specially.
 _PROBE = [
@@ -92,10 +93,33 @@ def require_fast(tokenizer) -> None:
 
 
 def render(tokenizer, conversations: list[list[dict]], **kwargs) -> list[str]:
+    """The tokenizer's template applied to each conversation, as apply_chat_template(tokenize=False) renders it;
+    from cached skeletons where template_fill proves that the same text."""
+    filler = _fill_renderer(tokenizer) if set(kwargs) <= {"add_generation_prompt"} else None
     try:
+        if filler is not None:
+            return filler.render(conversations, bool(kwargs.get("add_generation_prompt", False)))
         return tokenizer.apply_chat_template(conversations, tokenize=False, **kwargs)
     except Exception as e:  # a Jinja error or a template that raises on this shape of conversation
         raise template_failed(e) from None
+
+
+def _fill_renderer(tokenizer) -> FillRenderer | None:
+    """The tokenizer's skeleton renderer, or None where its template is not proven content-independent."""
+    template = tokenizer.chat_template
+    cached = _FILLERS.get(tokenizer)
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    source = template if isinstance(template, str) else tokenizer.get_chat_template()
+    filler = None
+    if content_independent(source):
+        filler = FillRenderer(lambda conversations, agp: tokenizer.apply_chat_template(
+            conversations, tokenize=False, add_generation_prompt=agp))
+    _FILLERS[tokenizer] = (template, filler)
+    return filler
+
+
+_FILLERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _probe(tokenizer, template: str) -> TurnFormat:
