@@ -170,8 +170,6 @@ def _field(node) -> str | None:
 
 def _uses_ok(node, ancestors: tuple, names: set[str]) -> bool:
     """Walk the tree; every use of a message value and of a content must be one the module docstring allows."""
-    from jinja2 import nodes
-
     chain = (*ancestors, node)
     if _message_valued(node, names) and not _message_use_ok(node, ancestors):
         return False
