@@ -99,7 +99,8 @@ def render_mask(tokenizer, encoded: Encoded) -> list[tuple[str, bool]]:
 
 def _cut(ids: list[int], labels: list[int], max_length: int) -> Encoded:
     truncated = len(ids) > max_length
-    ids, labels = ids[:max_length], labels[:max_length]
+    if truncated:
+        ids, labels = ids[:max_length], labels[:max_length]
     n_labels = len(labels) - labels.count(IGNORE_INDEX)
     return Encoded(ids, labels, truncated=truncated, answer_lost=n_labels == 0, n_label_tokens=n_labels)
 

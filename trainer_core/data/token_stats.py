@@ -75,8 +75,11 @@ class TokenCounter:
             self._lengths.append(len(e.input_ids))
             # Training keeps the first max_length tokens (chat_format's cut); counting the labels in that prefix
             # of the full encoding gives its figures without tokenizing everything a second time.
-            kept = e.labels[:self.max_length]
-            n_labels = len(kept) - kept.count(IGNORE_INDEX)
+            if len(e.labels) > self.max_length:
+                kept = e.labels[:self.max_length]
+                n_labels = len(kept) - kept.count(IGNORE_INDEX)
+            else:
+                n_labels = e.n_label_tokens
             self.n_truncated += len(e.input_ids) > self.max_length
             self.n_answer_lost += n_labels == 0
             self.n_label_tokens += n_labels

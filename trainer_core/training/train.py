@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trainer_core.config.hardware import resolve_precision
@@ -270,13 +271,14 @@ def build_rows(cfg: RunConfig, tokenizer, log) -> tuple[ArrayRows, ArrayRows | N
     if truncated:
         log(f"data: {truncated} of {len(train_idx)} records truncated at data.max_length={cfg.data.max_length}; "
             f"{int(lost[train_idx].sum())} lost their whole answer and are skipped")
-    train_idx = [i for i in train_idx if not lost[i]]
-    eval_idx = [i for i in eval_idx if not lost[i]]
+    # Index arrays, not per-record Python: a million records.
+    train_idx = [] if not train_idx else np.asarray(train_idx)[~lost[train_idx]].tolist()
+    eval_idx = [] if not eval_idx else np.asarray(eval_idx)[~lost[eval_idx]].tolist()
     if not train_idx:
         raise UserError("training.no_answer_tokens", "no training record keeps any answer token at "
                         "data.max_length={max_length}; raise it", max_length=cfg.data.max_length)
     if cfg.data.packing:
-        bins = first_fit_decreasing(enc.lengths[train_idx].tolist(), cfg.data.max_length)
+        bins = first_fit_decreasing(enc.lengths[train_idx], cfg.data.max_length)
         random.Random(cfg.train.seed).shuffle(bins)
         members = [[train_idx[j] for j in b] for b in bins]
     else:
