@@ -266,6 +266,7 @@ MESSAGES_ZH: dict[str, str] = {
     "models.lora_no_blocks": "模型里找不到重复的层块列表来放 LoRA 适配器；请在 lora.target_modules 中写明层名。",
     "models.lora_no_linear": "模型的层块（{blocks}）里没有可放 LoRA 适配器的线性层；请在 lora.target_modules 中写明层名。",
     "models.qlora_needs_bitsandbytes": "train.method qlora 需要 bitsandbytes 包，但它没有安装；请 `pip install bitsandbytes`，或改用 train.method lora",
+    "runs.fp16_needs_gpu": "train.precision fp16 需要 CUDA GPU，而这台机器没有；请改用 bf16（在支持 AVX-512-BF16 或 AMX 的 CPU 上很快）或 fp32",
     "models.qlora_needs_cuda": "train.method qlora 需要 CUDA GPU（它的 4 位基座运行在 bitsandbytes 的 CUDA 内核上），而这台机器没有；请改用 train.method lora",
     "models.dest_exists": "{dest} 已存在；请换一个新的文件夹名，或先删除它。",
     "models.dest_parent_missing": "{parent} 不存在；请先创建它，或选择其他目标位置。",

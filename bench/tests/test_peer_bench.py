@@ -343,7 +343,9 @@ def test_a_matched_job_sets_checkpointing_precision_and_attention_alike(tmp_path
     assert lf["disable_gradient_checkpointing"] is (not gc) and lf["use_reentrant_gc"] is True
     assert (lf["bf16"], lf["fp16"], lf["flash_attn"]) == (False, False, "sdpa")
     settings = job_settings(cfg, matched)
-    assert all(v == {"gradient_checkpointing": gc, "precision": "fp32", "attention": None} for v in settings.values())
+    same = {"gradient_checkpointing": gc, "precision": "fp32", "attention": None}
+    assert all(v == same for r, v in settings.items() if r != "ours-bf16")
+    assert settings["ours-bf16"] == {**same, "precision": "bf16"}  # the precision ablation, and only that differs
     assert matched_sets(settings["ours"]) == [f"train.gradient_checkpointing={str(gc).lower()}", "train.precision=fp32"]
     line = job_line(SimpleNamespace(matched=matched), [{"settings": settings["ours"]}])
     assert line.startswith(f"job: matched, gradient checkpointing {'on' if gc else 'off'} for every recipe")

@@ -56,7 +56,12 @@ def cmd_check_data(args) -> int:
         specials.extend(special_warnings(row, conversation, tok))
 
     # One pass, nothing kept: each usable record is measured as it is read, so memory does not grow with the file.
-    report = load_dataset(args.file, keep=False, on_usable=measure if counter else None)
+    try:
+        report = load_dataset(args.file, keep=False, on_usable=measure if counter else None)
+    except BaseException:
+        if counter is not None:
+            counter.close()  # its encoding thread, before the error is reported
+        raise
     report.warnings.extend(specials)
     out = report.to_dict()
     if counter is not None and report.n_usable:

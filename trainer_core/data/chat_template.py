@@ -157,8 +157,17 @@ def template_failed(e: Exception) -> UserError:
 
 
 def special_pattern(tokenizer):
-    strings = special_strings(tokenizer)
-    return re.compile("|".join(map(re.escape, strings))) if strings else None
+    """One regex of every special-token string (longest first), or None; built once per tokenizer (it is asked
+    for per message when a million records are encoded)."""
+    cached = _PATTERNS.get(tokenizer)
+    if cached is None:
+        strings = special_strings(tokenizer)
+        cached = (re.compile("|".join(map(re.escape, strings))) if strings else None,)
+        _PATTERNS[tokenizer] = cached
+    return cached[0]
+
+
+_PATTERNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def special_id(tokenizer, name: str, token: str) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 
 from trainer_core.common import paths
 from trainer_core.data.chat_format import IGNORE_INDEX, Encoded, encode_conversations
+from trainer_core.data.overlap import Overlapped
 
 BATCH = 2048
 """Conversations per tokenizer call."""
@@ -75,6 +76,8 @@ class _Builder:
         self.ids, self.labels = array("i"), array("i")
         self.offsets = array("q", [0])
         self.truncated, self.n_labels = array("b"), array("i")
+        # Each batch is encoded in a worker thread while the file's next records are read (data/overlap).
+        self.encoder = Overlapped(self._encode, self._append)
 
     def add(self, row: int, conversation: list[dict]) -> None:
         self.pending.append(conversation)
@@ -82,10 +85,14 @@ class _Builder:
             self.flush()
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        encoded = encode_conversations(self.tokenizer, self.pending, persona=self.persona, max_length=self.max_length)
-        self.pending = []
+        if self.pending:
+            self.encoder.submit(self.pending)
+            self.pending = []
+
+    def _encode(self, batch: list[list[dict]]) -> list[Encoded]:
+        return encode_conversations(self.tokenizer, batch, persona=self.persona, max_length=self.max_length)
+
+    def _append(self, encoded: list[Encoded]) -> None:
         for e in encoded:
             self.ids.extend(e.input_ids)
             self.labels.extend(e.labels)
@@ -95,6 +102,7 @@ class _Builder:
 
     def result(self, n_rows: int, n_errors: int, first_error: str) -> EncodedSet:
         self.flush()
+        self.encoder.finish()
         as_np = lambda buf, dtype: np.frombuffer(buf, dtype=dtype) if len(buf) else np.zeros(0, dtype)  # noqa: E731
         return EncodedSet(ids=as_np(self.ids, np.int32), labels=as_np(self.labels, np.int32),
                           offsets=np.frombuffer(self.offsets, dtype=np.int64),
@@ -114,9 +122,10 @@ def encode_file(path, tokenizer, *, persona: str, max_length: int) -> EncodedSet
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is rebuilt
     builder = _Builder(tokenizer, persona, max_length)
-    report = load_dataset(path, keep=False, on_usable=builder.add)
-    first = str(report.errors[0]) if report.errors else ""
-    result = builder.result(report.n_rows, report.n_bad_rows, first)
+    with builder.encoder:
+        report = load_dataset(path, keep=False, on_usable=builder.add)
+        first = str(report.errors[0]) if report.errors else ""
+        result = builder.result(report.n_rows, report.n_bad_rows, first)
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         _save(cache_file, result)

@@ -36,8 +36,7 @@ class Skeleton:
     def fill(self, contents: list[str]) -> str:
         out = [self.pieces[0]]
         for slot, piece in zip(self.slots, self.pieces[1:]):
-            out.append(contents[slot])
-            out.append(piece)
+            out += (contents[slot], piece)
         return "".join(out)
 
 
@@ -65,26 +64,29 @@ class FillRenderer:
         return out  # type: ignore[return-value]
 
     def _fill(self, messages: list[dict], add_generation_prompt: bool) -> str | None:
-        try:
-            shape = (add_generation_prompt, *((m["role"], m["content"] != "") for m in messages))
-            if not all(type(m) is dict and len(m) == 2 and type(m["role"]) is str and type(m["content"]) is str
-                       for m in messages):
+        # The shape, flat: (add_generation_prompt, role 0, content 0 non-empty, role 1, ...). Messages with other
+        # fields or non-str values go to Jinja, which may treat them differently.
+        shape, contents = [add_generation_prompt], []
+        for m in messages:
+            if type(m) is not dict or len(m) != 2:
                 return None
-        except (KeyError, TypeError):
-            return None
-        skeleton = self.skeletons.get(shape, False)
+            role, content = m.get("role"), m.get("content")
+            if type(role) is not str or type(content) is not str:
+                return None
+            shape += (role, content != "")
+            contents.append(content)
+        key = tuple(shape)
+        skeleton = self.skeletons.get(key, False)
         if skeleton is False:
-            skeleton = self._build(shape)
+            skeleton = self._build(key)
             if len(self.skeletons) < _SKELETONS_MAX:
-                self.skeletons[shape] = skeleton
-        if skeleton is None:
-            return None
-        return skeleton.fill([m["content"] for m in messages])
+                self.skeletons[key] = skeleton
+        return None if skeleton is None else skeleton.fill(contents)
 
     def _build(self, shape: tuple) -> Skeleton | None:
         """The shape's skeleton, or None where the template raises on it or its text is not contents between fixed
         pieces."""
-        agp, roles = shape[0], shape[1:]
+        agp, roles = shape[0], list(zip(shape[1::2], shape[2::2]))
 
         def probe(mark: Callable[[int], str]) -> str | None:
             messages = [{"role": role, "content": mark(i) if nonempty else ""} for i, (role, nonempty) in

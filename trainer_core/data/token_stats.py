@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from trainer_core.data.chat_format import IGNORE_INDEX
+from trainer_core.data.overlap import Overlapped
 
 STATS_BATCH = 2048
 """Conversations encoded per tokenizer call when measuring: large enough for the batch path, small in memory."""
@@ -52,6 +53,8 @@ class TokenCounter:
         self._pending: list[list[dict]] = []
         self._lengths = array("i")
         self.n_truncated = self.n_answer_lost = self.n_label_tokens = 0
+        # Each batch is encoded in a worker thread while the caller reads the next records (data/overlap).
+        self._encoder = Overlapped(self._encode, self._count)
 
     def add(self, conversation: list[dict]) -> None:
         self._pending.append(conversation)
@@ -59,24 +62,41 @@ class TokenCounter:
             self._flush()
 
     def _flush(self) -> None:
+        self._encoder.submit(self._pending)
+        self._pending = []
+
+    def _encode(self, batch: list[list[dict]]) -> list:
         from trainer_core.data.chat_format import encode_conversations
 
-        full = encode_conversations(self.tokenizer, self._pending, persona=self.persona, max_length=2**31 - 1)
-        self._pending = []
+        return encode_conversations(self.tokenizer, batch, persona=self.persona, max_length=2**31 - 1)
+
+    def _count(self, full: list) -> None:
         for e in full:
             self._lengths.append(len(e.input_ids))
             # Training keeps the first max_length tokens (chat_format's cut); counting the labels in that prefix
             # of the full encoding gives its figures without tokenizing everything a second time.
-            n_labels = sum(1 for label in e.labels[:self.max_length] if label != IGNORE_INDEX)
+            if len(e.labels) > self.max_length:
+                kept = e.labels[:self.max_length]
+                n_labels = len(kept) - kept.count(IGNORE_INDEX)
+            else:
+                n_labels = e.n_label_tokens
             self.n_truncated += len(e.input_ids) > self.max_length
             self.n_answer_lost += n_labels == 0
             self.n_label_tokens += n_labels
         if self.progress is not None:
             self.progress(len(self._lengths))
 
+    def close(self) -> None:
+        """Stop the encoding thread (result() does too); for a caller that gives up before the result."""
+        self._encoder.close()
+
     def result(self) -> TokenStats:
         if self._pending:
             self._flush()
+        try:
+            self._encoder.finish()
+        finally:
+            self._encoder.close()
         lengths = np.frombuffer(self._lengths, dtype=np.int32) if len(self._lengths) else np.zeros(0, np.int32)
         ordered = np.sort(lengths)
         return TokenStats(
@@ -99,9 +119,12 @@ def token_stats(report_or_conversations, tokenizer, *, persona: str, max_length:
     Takes a DataReport (its kept conversations) or a list of conversations."""
     counter = TokenCounter(tokenizer, persona=persona, max_length=max_length, progress=progress)
     conversations = getattr(report_or_conversations, "conversations", report_or_conversations)
-    for conversation in conversations:
-        counter.add(conversation)
-    return counter.result()
+    try:
+        for conversation in conversations:
+            counter.add(conversation)
+        return counter.result()
+    finally:
+        counter.close()
 
 
 def _percentile(ordered, q: float) -> int:

@@ -77,6 +77,7 @@ def plan(cfg: RunConfig, *, memory: bool = True) -> Plan:
     """Every check a run must pass, and what it would run. Raises UserError naming the first problem."""
     hw = detect()
     preflight.check_method(cfg, hw)
+    preflight.check_precision(cfg, hw)
     asked = hash_config(cfg)
     cfg = preflight.resolve_paths(cfg)
     inputs = preflight.input_stamp(cfg)  # before the checks read the files: an edit during them shows at launch

@@ -192,6 +192,14 @@ def check_method(cfg: RunConfig, hw: Hardware) -> None:
         raise problem
 
 
+def check_precision(cfg: RunConfig, hw: Hardware) -> None:
+    """fp16 needs a CUDA GPU: DeepSpeed's CPU accelerator has no fp16 ("Type fp16 is not supported on your
+    device" minutes into the start). bf16 and fp32 train on CPU ranks."""
+    if cfg.train.precision == "fp16" and cfg.placement.launcher == "local" and not hw.has_gpu:
+        raise UserError("runs.fp16_needs_gpu", "train.precision fp16 needs a CUDA GPU and this machine has none; "
+                        "use bf16 (fast on CPUs with AVX-512-BF16 or AMX) or fp32")
+
+
 def lint_persona(cfg: RunConfig) -> list[Lint]:
     """A warning when data.persona is empty: records without their own system turn then train with none."""
     if cfg.data.persona.strip():
