@@ -23,8 +23,8 @@ def first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
     Items of one length are placed together: the first bins with room for one take as many as fit, in bin order,
     and the rest open new bins, each filled before the next opens. That is exactly where first fit puts them one
     by one (a bin passed over has less room than one item and only ever loses room), with one array operation
-    over the bins per distinct length instead of a Python step per item: a million records packed in well
-    under a second instead of 10-20 s. Same bins, in the same order, as scanning every open bin per item."""
+    over the bins per distinct length instead of a Python step per item (part of the million-record preparation
+    figure in docs/benchmarks.md). Same bins, in the same order, as scanning every open bin per item."""
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     n = len(lengths)
     if n == 0:

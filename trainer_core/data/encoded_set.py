@@ -22,7 +22,7 @@ import numpy as np
 
 from trainer_core.common import paths
 from trainer_core.data.chat_format import IGNORE_INDEX, Encoded, encode_conversations
-from trainer_core.data.overlap import Overlapped
+from trainer_core.common.overlap import Overlapped
 
 BATCH = 2048
 """Conversations per tokenizer call."""
@@ -76,7 +76,7 @@ class _Builder:
         self.ids, self.labels = array("i"), array("i")
         self.offsets = array("q", [0])
         self.truncated, self.n_labels = array("b"), array("i")
-        # Each batch is encoded in a worker thread while the file's next records are read (data/overlap).
+        # Each batch is encoded in a worker thread while the file's next records are read (common/overlap).
         self.encoder = Overlapped(self._encode, self._append)
 
     def add(self, row: int, conversation: list[dict]) -> None:

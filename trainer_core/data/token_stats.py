@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from trainer_core.data.chat_format import IGNORE_INDEX
-from trainer_core.data.overlap import Overlapped
+from trainer_core.common.overlap import Overlapped
 
 STATS_BATCH = 2048
 """Conversations encoded per tokenizer call when measuring: large enough for the batch path, small in memory."""
@@ -53,7 +53,7 @@ class TokenCounter:
         self._pending: list[list[dict]] = []
         self._lengths = array("i")
         self.n_truncated = self.n_answer_lost = self.n_label_tokens = 0
-        # Each batch is encoded in a worker thread while the caller reads the next records (data/overlap).
+        # Each batch is encoded in a worker thread while the caller reads the next records (common/overlap).
         self._encoder = Overlapped(self._encode, self._count)
 
     def add(self, conversation: list[dict]) -> None:
